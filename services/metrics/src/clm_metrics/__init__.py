@@ -1,0 +1,1 @@
+"""clm_metrics."""
