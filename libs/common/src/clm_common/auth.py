@@ -1,0 +1,69 @@
+"""Bearer-key authentication for the HTTP APIs, with a short in-memory cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_common import keys
+from clm_common.problem import ProblemError
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key's kind and the source it speaks for."""
+
+    kind: str
+    source: str
+
+
+class KeyVerifier:
+    """Looks keys up in Postgres (by hash) and caches answers, good and bad, for a few seconds."""
+
+    def __init__(self, engine: AsyncEngine, *, ttl_s: float = 10.0, max_entries: int = 10_000):
+        self._engine = engine
+        self._ttl = ttl_s
+        self._max = max_entries
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def verify(self, key: str) -> Principal | None:
+        now = time.monotonic()
+        digest = keys.hash_key(key)
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._engine.connect() as conn:
+            found = await keys.lookup(conn, key)
+        principal = None if found is None else Principal(kind=found[0], source=found[1])
+        if len(self._cache) >= self._max:
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl, principal)
+        return principal
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ProblemError(
+            401,
+            "Unauthorized",
+            "send the key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return token.strip()
+
+
+async def authenticate(request: Request, verifier: KeyVerifier, kind: str) -> Principal:
+    """The caller's principal, or a 401/403 problem."""
+    principal = await verifier.verify(bearer_token(request))
+    if principal is None:
+        raise ProblemError(
+            401, "Unauthorized", "unknown or revoked key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if principal.kind != kind:
+        raise ProblemError(403, "Forbidden", f"this endpoint needs a {kind} key")
+    return principal

@@ -1,0 +1,267 @@
+"""The micro-batch consumer loop both the stage engine and the metrics service run.
+
+Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
+
+* fetch up to ``max_records`` or wait ``max_wait_ms``, whichever first;
+* apply the batch in ONE Postgres transaction: the handler's effects and the compare-and-set
+  of the consumed offsets (:mod:`clm_common.offsets`) commit together, or nothing does;
+* records that cannot be decoded or applied go to the dead-letter topic (acknowledged before
+  the transaction commits) with their reason in headers, and the partition moves on; more
+  than ``max_consecutive_poison`` poison records in a row stop the loop loudly;
+* on assignment, seek every partition to the offset stored in Postgres; on revocation, wait
+  for the batch in flight; Kafka's committed offsets are only a hint, written after the commit;
+* a failing batch (Postgres down, a fenced offset) is rolled back, its partitions are sought
+  back to the stored offsets, and it is retried after a backoff: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
+
+log = logging.getLogger(__name__)
+
+BATCHES = Counter("clm_consumer_batches_total", "Batches applied", ["group", "outcome"])
+RECORDS = Counter("clm_consumer_records_total", "Records consumed", ["group", "outcome"])
+BATCH_SECONDS = Histogram(
+    "clm_consumer_batch_duration_seconds",
+    "Time to apply one batch (transaction included)",
+    ["group"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_SIZE = Histogram(
+    "clm_consumer_batch_records",
+    "Records per applied batch",
+    ["group"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000),
+)
+LAG = Gauge("clm_consumer_lag_records", "Records behind the log end", ["group", "partition"])
+DLQ = Counter("clm_dlq_records_total", "Records sent to the dead-letter topic", ["group"])
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A record the handler could not use, and why."""
+
+    record: Any
+    reason: str
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a handler reports about one batch (poison goes to the DLQ)."""
+
+    poison: list[Poison] = field(default_factory=list)
+    applied: int = 0
+
+
+Handler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[BatchResult]]
+
+
+class PoisonLimitExceeded(RuntimeError):
+    """Too many poison records in a row: something is wrong beyond single bad records."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_records: int = 500
+    max_wait_ms: int = 200
+    retry_backoff_s: float = 1.0
+    max_consecutive_poison: int = 1000
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: BatchConsumer) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._loop.batch_lock:
+            for tp in revoked:
+                self._loop.expected.pop((tp.topic, tp.partition), None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._loop.batch_lock:
+            await self._loop.seek_to_stored(assigned)
+
+
+class BatchConsumer:
+    """Runs ``handler`` over micro-batches of ``topic`` with offsets stored in Postgres."""
+
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        engine: AsyncEngine,
+        topic: str,
+        group_id: str,
+        handler: Handler,
+        dlq_producer: AIOKafkaProducer | None,
+        dlq_topic: str,
+        policy: BatchPolicy,
+    ) -> None:
+        self.consumer = consumer
+        self.engine = engine
+        self.topic = topic
+        self.group_id = group_id
+        self.handler = handler
+        self.dlq_producer = dlq_producer
+        self.dlq_topic = dlq_topic
+        self.policy = policy
+        self.batch_lock = asyncio.Lock()
+        self.expected: dict[tuple[str, int], int | None] = {}
+        self.consecutive_poison = 0
+        self.last_batch_at: float | None = None
+        self._stopping = asyncio.Event()
+
+    async def seek_to_stored(self, partitions: set[TopicPartition]) -> None:
+        """Point each partition at the offset stored in Postgres (retrying while it is down)."""
+        keys = sorted((tp.topic, tp.partition) for tp in partitions)
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    stored = await load_offsets(conn, self.group_id, keys)
+                break
+            except Exception:
+                log.warning("cannot read stored offsets; retrying", exc_info=True)
+                await asyncio.sleep(self.policy.retry_backoff_s)
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            self.expected[(tp.topic, tp.partition)] = offset
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        log.info(
+            "partitions assigned",
+            extra={"group": self.group_id, "partitions": keys, "stored": stored},
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        while not self._stopping.is_set():
+            batches = await self.consumer.getmany(
+                timeout_ms=self.policy.max_wait_ms, max_records=self.policy.max_records
+            )
+            records = [r for tp_records in batches.values() for r in tp_records]
+            if not records:
+                self._update_lag()
+                continue
+            async with self.batch_lock:
+                await self._apply_with_retry(records)
+            self._update_lag()
+
+    async def _apply_with_retry(self, records: list[Any]) -> None:
+        while not self._stopping.is_set():
+            fresh = [
+                r
+                for r in records
+                if (r.topic, r.partition) in self.expected
+                and r.offset >= (self.expected[(r.topic, r.partition)] or 0)
+            ]
+            if not fresh:
+                return
+            started = time.perf_counter()
+            try:
+                await self._apply(fresh)
+            except PoisonLimitExceeded:
+                raise
+            except OffsetFenced as exc:
+                BATCHES.labels(self.group_id, "fenced").inc()
+                log.warning("batch fenced; reloading offsets", extra={"why": str(exc)})
+                await self.seek_to_stored(self._partitions_of(fresh))
+                return
+            except Exception:
+                BATCHES.labels(self.group_id, "failed").inc()
+                log.exception("batch failed; rolled back, retrying", extra={"n": len(fresh)})
+                await asyncio.sleep(self.policy.retry_backoff_s)
+                continue
+            BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
+            BATCH_SIZE.labels(self.group_id).observe(len(fresh))
+            BATCHES.labels(self.group_id, "ok").inc()
+            self.last_batch_at = time.monotonic()
+            return
+        # stopping mid-retry: the stored offsets stay where they were, so nothing is lost;
+        # the next owner of these partitions seeks to them
+
+    @staticmethod
+    def _partitions_of(records: list[Any]) -> set[TopicPartition]:
+        return {TopicPartition(r.topic, r.partition) for r in records}
+
+    async def _apply(self, records: list[Any]) -> None:
+        advances: dict[tuple[str, int], OffsetAdvance] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            advances[key] = OffsetAdvance(r.topic, r.partition, self.expected[key], r.offset + 1)
+        async with self.engine.begin() as conn:
+            await advance_offsets(conn, self.group_id, list(advances.values()))
+            result = await self.handler(conn, records)
+            await self._dead_letter(result.poison)
+        for key, adv in advances.items():
+            self.expected[key] = adv.next_offset
+        RECORDS.labels(self.group_id, "applied").inc(result.applied)
+        RECORDS.labels(self.group_id, "poison").inc(len(result.poison))
+        RECORDS.labels(self.group_id, "skipped").inc(
+            len(records) - result.applied - len(result.poison)
+        )
+        with contextlib.suppress(Exception):
+            await self.consumer.commit(
+                {
+                    TopicPartition(t, p): OffsetAndMetadata(a.next_offset, "")
+                    for (t, p), a in advances.items()
+                }
+            )
+
+    async def _dead_letter(self, poison: list[Poison]) -> None:
+        if not poison:
+            self.consecutive_poison = 0
+            return
+        self.consecutive_poison += len(poison)
+        if self.consecutive_poison > self.policy.max_consecutive_poison:
+            raise PoisonLimitExceeded(
+                f"{self.consecutive_poison} poison records in a row on {self.topic}: stopping"
+            )
+        if self.dlq_producer is None:
+            raise RuntimeError("poison record and no DLQ producer")
+        futures = []
+        for p in poison:
+            rec = p.record
+            headers = [
+                ("reason", p.reason[:1000].encode()),
+                ("original_topic", str(rec.topic).encode()),
+                ("original_partition", str(rec.partition).encode()),
+                ("original_offset", str(rec.offset).encode()),
+                ("consumer_group", self.group_id.encode()),
+            ]
+            futures.append(
+                await self.dlq_producer.send(
+                    self.dlq_topic, value=rec.value, key=rec.key, headers=headers
+                )
+            )
+            log.warning(
+                "record sent to the DLQ",
+                extra={"partition": rec.partition, "offset": rec.offset, "reason": p.reason},
+            )
+        await asyncio.gather(*futures)
+        DLQ.labels(self.group_id).inc(len(poison))
+
+    def _update_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            position = self.expected.get((tp.topic, tp.partition))
+            if highwater is not None:
+                LAG.labels(self.group_id, str(tp.partition)).set(
+                    max(0, highwater - (position or 0))
+                )

@@ -1,0 +1,332 @@
+"""Event contract v1: the touchpoints websites and shops send, as validated pydantic models.
+
+An inbound event is an envelope (``event_id``, ``type``, ids, ``occurred_at``, ``source``,
+``channel``) plus ``properties`` typed per ``type``. :func:`parse_event` validates a JSON-like
+mapping and raises :class:`pydantic.ValidationError` whose locations name the offending field
+(``properties.amount``). Unknown properties are kept. Money is a decimal string on the wire.
+
+Published on ``clm.events.v1`` as :class:`Event` JSON (``model_dump(mode="json")``), with
+``schema_version`` and ``source`` headers; the key is the customer key (:func:`partition_key`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from clm_common.currencies import ISO_4217
+
+SCHEMA_VERSION = 1
+MAX_FUTURE_SKEW = timedelta(hours=24)
+MISSING_CUSTOMER_KEY = "missing_customer_key"
+
+Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+Label = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
+]
+
+
+class EventType(StrEnum):
+    """The touchpoint types of contract v1."""
+
+    AD_CLICK = "ad_click"
+    SITE_VISIT = "site_visit"
+    SIGNUP = "signup"
+    IDENTIFY = "identify"
+    PURCHASE = "purchase"
+    REFUND = "refund"
+    SUBSCRIPTION_CANCELLED = "subscription_cancelled"
+    SUPPORT_TICKET = "support_ticket"
+    REVIEW = "review"
+    NPS_RESPONSE = "nps_response"
+    REFERRAL = "referral"
+    EMAIL_ENGAGEMENT = "email_engagement"
+    MARKETING_SPEND = "marketing_spend"
+
+
+class Properties(BaseModel):
+    """Base of every properties model: unknown keys are kept as they came."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def _currency(value: str) -> str:
+    if value not in ISO_4217:
+        raise ValueError("unknown ISO 4217 currency code")
+    return value
+
+
+Currency = Annotated[str, Field(min_length=3, max_length=3, pattern=r"^[A-Z]{3}$")]
+
+
+class AdClickProperties(Properties):
+    campaign: Label
+    ad: Label | None = None
+    creative: Label | None = None
+
+
+class SiteVisitProperties(Properties):
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    referrer: Annotated[str, Field(max_length=2048)] | None = None
+
+
+class SignupProperties(Properties):
+    email_hash: Annotated[str, Field(max_length=128)] | None = None
+    plan: Label | None = None
+
+
+class IdentifyProperties(Properties):
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
+class PurchaseProperties(Properties):
+    order_id: Id
+    amount: Money
+    currency: Currency
+    items: list[dict[str, Any]] | None = None
+
+    _check_currency = field_validator("currency")(_currency)
+
+
+class RefundProperties(Properties):
+    order_id: Id
+    amount: Money
+    currency: Currency | None = None
+
+    _check_currency = field_validator("currency")(lambda v: None if v is None else _currency(v))
+
+
+class SubscriptionCancelledProperties(Properties):
+    subscription_id: Id | None = None
+    reason: Annotated[str, Field(max_length=500)] | None = None
+
+
+class SupportTicketProperties(Properties):
+    ticket_id: Id
+    status: Literal["opened", "solved"]
+    csat: Annotated[int, Field(ge=1, le=5, strict=True)] | None = None
+
+
+class ReviewProperties(Properties):
+    rating: Annotated[int, Field(ge=1, le=5, strict=True)]
+    text: Annotated[str, Field(max_length=10_000)] | None = None
+
+
+class NpsResponseProperties(Properties):
+    score: Annotated[int, Field(ge=0, le=10, strict=True)]
+
+
+class ReferralProperties(Properties):
+    referred_id: Id
+
+
+class EmailEngagementProperties(Properties):
+    action: Literal["opened", "clicked"]
+    campaign: Label
+
+
+class MarketingSpendProperties(Properties):
+    channel: Label
+    campaign: Label
+    amount: Money
+    currency: Currency
+    period_start: AwareDatetime
+    period_end: AwareDatetime
+
+    _check_currency = field_validator("currency")(_currency)
+
+    @model_validator(mode="after")
+    def _period_ordered(self) -> MarketingSpendProperties:
+        if self.period_end < self.period_start:
+            raise ValueError("period_end is before period_start")
+        return self
+
+
+class EventBase(BaseModel):
+    """The envelope every event shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: Id = Field(description="Client-chosen idempotency key, unique per source.")
+    customer_id: Id | None = None
+    anonymous_id: Id | None = None
+    occurred_at: AwareDatetime = Field(description="When it happened (RFC 3339 with offset).")
+    source: Label = Field(description="Which site or shop sent it; set from the write key.")
+    channel: Label | None = Field(
+        default=None, description="paid_search, social, email, referral, direct, organic, …"
+    )
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _not_far_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+        now = (info.context or {}).get("now")
+        if isinstance(now, datetime) and value > now + MAX_FUTURE_SKEW:
+            raise ValueError("is more than 24h in the future")
+        return value
+
+    @model_validator(mode="after")
+    def _customer_key_present(self) -> EventBase:
+        if (
+            self.customer_id is None
+            and self.anonymous_id is None
+            and getattr(self, "type", None) != EventType.MARKETING_SPEND
+        ):
+            raise PydanticCustomError(
+                MISSING_CUSTOMER_KEY, "customer_id or anonymous_id is required"
+            )
+        return self
+
+
+class AdClick(EventBase):
+    type: Literal["ad_click"]
+    properties: AdClickProperties
+
+
+class SiteVisit(EventBase):
+    type: Literal["site_visit"]
+    properties: SiteVisitProperties
+
+
+class Signup(EventBase):
+    type: Literal["signup"]
+    properties: SignupProperties = Field(default_factory=SignupProperties)
+
+
+class Identify(EventBase):
+    type: Literal["identify"]
+    properties: IdentifyProperties = Field(default_factory=IdentifyProperties)
+
+
+class Purchase(EventBase):
+    type: Literal["purchase"]
+    properties: PurchaseProperties
+
+
+class Refund(EventBase):
+    type: Literal["refund"]
+    properties: RefundProperties
+
+
+class SubscriptionCancelled(EventBase):
+    type: Literal["subscription_cancelled"]
+    properties: SubscriptionCancelledProperties = Field(
+        default_factory=SubscriptionCancelledProperties
+    )
+
+
+class SupportTicket(EventBase):
+    type: Literal["support_ticket"]
+    properties: SupportTicketProperties
+
+
+class Review(EventBase):
+    type: Literal["review"]
+    properties: ReviewProperties
+
+
+class NpsResponse(EventBase):
+    type: Literal["nps_response"]
+    properties: NpsResponseProperties
+
+
+class Referral(EventBase):
+    type: Literal["referral"]
+    properties: ReferralProperties
+
+
+class EmailEngagement(EventBase):
+    type: Literal["email_engagement"]
+    properties: EmailEngagementProperties
+
+
+class MarketingSpend(EventBase):
+    type: Literal["marketing_spend"]
+    properties: MarketingSpendProperties
+
+
+Event = Annotated[
+    AdClick
+    | SiteVisit
+    | Signup
+    | Identify
+    | Purchase
+    | Refund
+    | SubscriptionCancelled
+    | SupportTicket
+    | Review
+    | NpsResponse
+    | Referral
+    | EmailEngagement
+    | MarketingSpend,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: Any, *, now: datetime | None = None) -> Event:
+    """Validate a decoded JSON document as an event (``now`` bounds future timestamps)."""
+    return EVENT_ADAPTER.validate_python(data, context={"now": now})
+
+
+def parse_event_json(raw: bytes) -> Event:
+    """Decode an event as published on the events topic."""
+    return EVENT_ADAPTER.validate_json(raw)
+
+
+def dump_event(event: Event) -> bytes:
+    """The wire form of an event on the events topic (JSON, decimals as strings)."""
+    return EVENT_ADAPTER.dump_json(event, exclude_none=True)
+
+
+def partition_key(event: Event) -> str:
+    """Kafka key: the customer id, else the anonymous id, else (spend) the channel."""
+    if event.customer_id is not None:
+        return event.customer_id
+    if event.anonymous_id is not None:
+        return event.anonymous_id
+    if isinstance(event, MarketingSpend):
+        return f"spend:{event.properties.channel}"
+    return event.event_id
+
+
+def error_field(loc: tuple[int | str, ...], error_type: str) -> str:
+    """The dotted field name an error from :func:`parse_event` is about.
+
+    Drops the discriminator tag pydantic puts first (``purchase.properties.amount`` →
+    ``properties.amount``) and names the envelope fields of envelope-wide errors.
+    """
+    if error_type == MISSING_CUSTOMER_KEY:
+        return "customer_id"
+    if error_type in {"union_tag_invalid", "union_tag_not_found"}:
+        return "type"
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in EVENT_TYPES:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the event contract (for the docs)."""
+    return EVENT_ADAPTER.json_schema()

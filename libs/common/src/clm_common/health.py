@@ -1,0 +1,43 @@
+"""``/healthz`` (the process is alive) and ``/readyz`` (its dependencies answer)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+Check = Callable[[], Awaitable[bool]]
+
+
+def health_router(checks: Callable[[], Mapping[str, Check]]) -> APIRouter:
+    """Health endpoints; ``checks`` gives the named readiness checks of the running app."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="Readiness: Kafka and Postgres answer",
+        responses={503: {"description": "a dependency is down"}},
+    )
+    async def readyz() -> JSONResponse:
+        named = dict(checks())
+        results = await asyncio.gather(
+            *(asyncio.wait_for(check(), timeout=3.0) for check in named.values()),
+            return_exceptions=True,
+        )
+        status = {
+            name: "ok" if result is True else "down"
+            for name, result in zip(named, results, strict=True)
+        }
+        ready = all(v == "ok" for v in status.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": status},
+            status_code=200 if ready else 503,
+        )
+
+    return router

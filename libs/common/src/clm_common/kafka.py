@@ -1,0 +1,136 @@
+"""Kafka client factories and the admin helpers our processes share (aiokafka).
+
+Clients are created inside a running event loop (a lifespan or a worker), never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from clm_common.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(settings: CommonSettings, *, client_id: str) -> AIOKafkaProducer:
+    """An idempotent, acks=all producer: a send resolves only once the broker has the record."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        compression_type="lz4" if _has_lz4() else None,
+        request_timeout_ms=10_000,
+        retry_backoff_ms=100,
+    )
+
+
+def make_consumer(
+    settings: CommonSettings, *, group_id: str, client_id: str, max_poll_records: int = 500
+) -> AIOKafkaConsumer:
+    """A consumer for our manual-offset pattern: no auto commit, offsets live in Postgres."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=30_000,
+        heartbeat_interval_ms=3_000,
+        max_poll_interval_ms=300_000,
+        rebalance_timeout_ms=30_000,
+    )
+
+
+def _has_lz4() -> bool:
+    try:
+        import lz4  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
+    """The topics CLM Stream needs, with their partition counts."""
+    return [
+        TopicSpec(settings.topic_events, settings.events_partitions, {"retention.ms": "-1"}),
+        TopicSpec(
+            settings.topic_lifecycle,
+            settings.lifecycle_partitions,
+            {"retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
+        TopicSpec(settings.topic_dlq, settings.dlq_partitions, {"retention.ms": "-1"}),
+    ]
+
+
+async def ensure_topics(settings: CommonSettings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create the missing topics (replication factor 1 on a single node); return those created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
+    )
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topic_specs(settings) if t.name not in existing]
+        created: list[str] = []
+        for spec in wanted:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name=spec.name,
+                            num_partitions=spec.partitions,
+                            replication_factor=1,
+                            topic_configs=spec.config,
+                        )
+                    ]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+async def kafka_reachable(bootstrap: str, *, timeout_s: float = 2.0) -> bool:
+    """True when a TCP connection to one of the bootstrap brokers opens."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host or "127.0.0.1", int(port)), timeout=timeout_s
+            )
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False

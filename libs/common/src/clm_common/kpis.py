@@ -1,0 +1,110 @@
+"""KPI math, pure: from bucket totals of a window to the KPIs users read.
+
+Totals are sums of per-minute bucket values: ``{(metric, currency): value}``; ``currency`` is
+``""`` for counts. A ratio whose denominator is 0 is unknown (``None``), never 0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+Totals = Mapping[tuple[str, str], Decimal]
+
+WINDOWS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "90d": timedelta(days=90),
+}
+_WINDOW = re.compile(r"^(\d{1,4})([mhd])$")
+MAX_WINDOW = timedelta(days=731)
+CENT = Decimal("0.01")
+
+
+def parse_window(text: str) -> timedelta:
+    """``90m``, ``24h``, ``7d`` … up to two years; ValueError otherwise."""
+    if text in WINDOWS:
+        return WINDOWS[text]
+    match = _WINDOW.match(text)
+    if not match:
+        raise ValueError("window must look like 60m, 24h or 7d")
+    amount, unit = int(match.group(1)), match.group(2)
+    span = {
+        "m": timedelta(minutes=amount),
+        "h": timedelta(hours=amount),
+        "d": timedelta(days=amount),
+    }[unit]
+    if span <= timedelta(0) or span > MAX_WINDOW:
+        raise ValueError("window must be between 1m and 731d")
+    return span
+
+
+def floor_minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+def ratio(numerator: Decimal, denominator: Decimal) -> Decimal | None:
+    if denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def money(value: Decimal | None) -> str | None:
+    """Money as a decimal string to the cent (banker's rounding), or None."""
+    if value is None:
+        return None
+    return str(value.quantize(CENT, rounding=ROUND_HALF_EVEN))
+
+
+def count(totals: Totals, metric: str) -> int:
+    return int(sum((v for (m, _), v in totals.items() if m == metric), Decimal(0)))
+
+
+def by_currency(totals: Totals, metric: str) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    for (m, currency), value in totals.items():
+        if m == metric and currency:
+            out[currency] = out.get(currency, Decimal(0)) + value
+    return out
+
+
+def compute_kpis(totals: Totals, *, reporting_currency: str) -> dict[str, Any]:
+    """The window's KPIs from its bucket totals (money in ``reporting_currency``).
+
+    Revenue and average order value count only orders in the reporting currency (no currency
+    conversion yet); ``revenue_by_currency`` shows every currency's own total.
+    """
+    revenue = by_currency(totals, "revenue")
+    orders_in = by_currency(totals, "orders")
+    rc_revenue = revenue.get(reporting_currency, Decimal(0))
+    rc_orders = orders_in.get(reporting_currency, Decimal(0))
+    purchases = count(totals, "orders")
+    return {
+        "events": count(totals, "events"),
+        "site_visits": count(totals, "events:site_visit"),
+        "ad_clicks": count(totals, "events:ad_click"),
+        "leads": count(totals, "events:signup"),
+        "purchases": purchases,
+        "new_customers": count(totals, "new_customers"),
+        "repeat_purchases": count(totals, "repeat_purchases"),
+        "reactivations": count(totals, "reactivations"),
+        "refunds": count(totals, "refunds"),
+        "currency": reporting_currency,
+        "revenue": money(rc_revenue),
+        "revenue_by_currency": {c: money(v) for c, v in sorted(revenue.items())},
+        "average_order_value": money(ratio(rc_revenue, rc_orders)),
+    }
+
+
+def window_bounds(now: datetime, span: timedelta) -> tuple[datetime, datetime]:
+    """[start, end) of a rolling window ending now, in whole minutes (the bucket size).
+
+    The minute in progress is included, so the window covers ``span`` plus up to a minute.
+    """
+    end = floor_minute(now) + timedelta(minutes=1)
+    return floor_minute(now - span), end

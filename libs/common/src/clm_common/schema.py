@@ -1,0 +1,148 @@
+"""The Postgres schema as SQLAlchemy Core tables (Alembic migrations own the DDL).
+
+Kept in step with ``migrations/versions``; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+MONEY = Numeric(20, 4)
+TS = DateTime(timezone=True)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("revoked_at", TS),
+    CheckConstraint("kind IN ('write', 'read')", name="kind"),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_id", Text, primary_key=True),
+    Column("stage", Text, nullable=False),
+    Column("stage_entered_at", TS, nullable=False),
+    Column("first_seen_at", TS, nullable=False),
+    Column("last_seen_at", TS, nullable=False),
+    Column("first_source", Text, nullable=False),
+    Column("first_channel", Text),
+    Column("acquired_at", TS),
+    Column("converted_at", TS),
+    Column("last_purchase_at", TS),
+    Column("purchases", Integer, nullable=False, server_default="0"),
+    Column("revenue", MONEY, nullable=False, server_default="0"),
+    Column("refunds", Integer, nullable=False, server_default="0"),
+    Column("refunded", MONEY, nullable=False, server_default="0"),
+    Column("tickets_opened", Integer, nullable=False, server_default="0"),
+    Column("tickets_solved", Integer, nullable=False, server_default="0"),
+    Column("reviews", Integer, nullable=False, server_default="0"),
+    Column("review_sum", Integer, nullable=False, server_default="0"),
+    Column("last_nps", SmallInteger),
+    Column("referrals", Integer, nullable=False, server_default="0"),
+    Column("events", Integer, nullable=False, server_default="0"),
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
+)
+Index("ix_customers_stage", customers.c.stage, customers.c.customer_id)
+
+stage_transitions = Table(
+    "stage_transitions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("customer_id", Text, nullable=False),
+    Column("from_stage", Text),
+    Column("to_stage", Text, nullable=False),
+    Column("at", TS, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("recorded_at", TS, nullable=False, server_default=func.now()),
+)
+Index("ix_stage_transitions_customer", stage_transitions.c.customer_id, stage_transitions.c.id)
+
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("customer_id", Text),
+    Column("processed_at", TS, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("source", "event_id"),
+)
+
+consumer_offsets = Table(
+    "consumer_offsets",
+    metadata,
+    Column("group_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("updated_at", TS, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("group_id", "topic", "partition"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("topic", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+)
+
+kpi_buckets = Table(
+    "kpi_buckets",
+    metadata,
+    Column("bucket_start", TS, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("value", Numeric(28, 4), nullable=False),
+    PrimaryKeyConstraint("bucket_start", "metric", "source", "channel", "currency"),
+)
+
+metrics_processed = Table(
+    "metrics_processed",
+    metadata,
+    Column("record_id", Text, primary_key=True),
+    Column("processed_at", TS, nullable=False, server_default=func.now()),
+)
+
+stage_counts = Table(
+    "stage_counts",
+    metadata,
+    Column("stage", Text, primary_key=True),
+    Column("customers", BigInteger, nullable=False, server_default="0"),
+)

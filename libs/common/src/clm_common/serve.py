@@ -1,0 +1,23 @@
+"""Run a service's FastAPI app under uvicorn with our logging (``python -m clm_<service>``)."""
+
+from __future__ import annotations
+
+import uvicorn
+from fastapi import FastAPI
+
+from clm_common.logconfig import configure_logging
+
+
+def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
+    configure_logging(log_level)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,52 @@
+"""Settings shared by every service (pydantic-settings, ``CLM_`` prefix).
+
+Each service subclasses :class:`CommonSettings` with its own fields; values come from the
+environment, are validated at start and fail with a message naming the
+variable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every CLM Stream process needs: where Kafka and Postgres are, topic names."""
+
+    # no env_file: a repo-root .env belongs to docker compose, not to processes run here
+    model_config = SettingsConfigDict(env_prefix="CLM_", extra="ignore", frozen=True)
+
+    env: Literal["dev", "test", "prod"] = Field(
+        default="prod",
+        description="dev seeds well-known keys; prod accepts only keys created with the CLI.",
+    )
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
+    )
+    database_url: str = Field(
+        default="postgresql+asyncpg://clm:clm@127.0.0.1:55432/clm",
+        description="SQLAlchemy URL of the Postgres database (asyncpg driver).",
+    )
+    topic_events: str = Field(default="clm.events.v1", description="Touchpoint events topic.")
+    topic_lifecycle: str = Field(
+        default="clm.lifecycle.v1", description="Enriched lifecycle records topic."
+    )
+    topic_dlq: str = Field(default="clm.events.dlq.v1", description="Dead-letter topic.")
+    events_partitions: int = Field(default=6, ge=1, description="Partitions of the events topic.")
+    lifecycle_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the lifecycle topic."
+    )
+    dlq_partitions: int = Field(default=1, ge=1, description="Partitions of the DLQ topic.")
+    log_level: str = Field(default="INFO", description="Log level of our loggers.")
+    db_pool_size: int = Field(default=10, ge=1, description="Postgres connection pool size.")
+    auth_cache_seconds: float = Field(
+        default=10.0, ge=0, description="How long a verified key is cached in memory."
+    )
+    dev_write_key: str = Field(default="dev-write-key", description="Write key seeded in dev.")
+    dev_read_token: str = Field(default="dev-read-token", description="Read token seeded in dev.")
+    reporting_currency: str = Field(
+        default="USD", pattern=r"^[A-Z]{3}$", description="Currency of the revenue KPIs."
+    )

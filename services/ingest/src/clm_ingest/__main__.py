@@ -1,0 +1,21 @@
+"""``python -m clm_ingest``: run the ingest service."""
+
+from __future__ import annotations
+
+from clm_common.serve import serve
+from clm_ingest.app import create_app
+from clm_ingest.settings import IngestSettings
+
+
+def main() -> None:
+    settings = IngestSettings()
+    serve(
+        create_app(settings),
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log_level=settings.log_level,
+    )
+
+
+if __name__ == "__main__":
+    main()

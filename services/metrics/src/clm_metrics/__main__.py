@@ -1,0 +1,21 @@
+"""``python -m clm_metrics``: run the metrics service."""
+
+from __future__ import annotations
+
+from clm_common.serve import serve
+from clm_metrics.app import create_app
+from clm_metrics.settings import MetricsSettings
+
+
+def main() -> None:
+    settings = MetricsSettings()
+    serve(
+        create_app(settings),
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        log_level=settings.log_level,
+    )
+
+
+if __name__ == "__main__":
+    main()

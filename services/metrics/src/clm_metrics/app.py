@@ -1,0 +1,118 @@
+"""The metrics service: counts lifecycle records into KPI buckets, serves KPIs and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from clm_common.auth import KeyVerifier
+from clm_common.consumer import BatchConsumer, BatchPolicy, PoisonLimitExceeded
+from clm_common.db import create_engine, ping
+from clm_common.health import Check, health_router
+from clm_common.kafka import kafka_reachable, make_consumer, make_producer
+from clm_common.problem import install_problem_handlers
+from clm_common.prom import metrics_router
+from clm_common.worker import Supervisor
+from clm_metrics.api import kpis
+from clm_metrics.deps import State
+from clm_metrics.handler import LifecycleHandler
+from clm_metrics.settings import MetricsSettings
+from clm_metrics.snapshot import refresh_forever
+
+
+def create_app(settings: MetricsSettings | None = None) -> FastAPI:
+    settings = settings or MetricsSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url, pool_size=settings.db_pool_size, app_name="clm-metrics"
+        )
+        app.state.clm = State(
+            settings=settings,
+            engine=engine,
+            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
+        )
+        current: list[BatchConsumer] = []
+
+        async def consume() -> None:
+            producer = make_producer(settings, client_id="clm-metrics-dlq")
+            consumer = make_consumer(
+                settings,
+                group_id=settings.metrics_group,
+                client_id="clm-metrics",
+                max_poll_records=settings.metrics_batch_records,
+            )
+            try:
+                await producer.start()
+                await consumer.start()
+                loop = BatchConsumer(
+                    consumer=consumer,
+                    engine=engine,
+                    topic=settings.topic_lifecycle,
+                    group_id=settings.metrics_group,
+                    handler=LifecycleHandler(),
+                    dlq_producer=producer,
+                    dlq_topic=settings.topic_dlq,
+                    policy=BatchPolicy(
+                        max_records=settings.metrics_batch_records,
+                        max_wait_ms=settings.metrics_batch_wait_ms,
+                    ),
+                )
+                current.append(loop)
+                await loop.run()
+            finally:
+                current.clear()
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+        supervisor = Supervisor("metrics consumer", consume, fatal=(PoisonLimitExceeded,))
+        app.state.supervisor = supervisor
+        consumer_task = asyncio.create_task(supervisor.run(), name="metrics-consumer")
+        refresher = asyncio.create_task(
+            refresh_forever(engine, settings.reporting_currency, settings.metrics_refresh_seconds),
+            name="kpi-refresher",
+        )
+        try:
+            yield
+        finally:
+            supervisor.stop()
+            for loop in list(current):
+                loop.stop()
+            refresher.cancel()
+            _, pending = await asyncio.wait([consumer_task], timeout=15)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(refresher, *pending, return_exceptions=True)
+            await engine.dispose()
+
+    app = FastAPI(
+        title="CLM Stream metrics",
+        version="0.1.0",
+        description="Rolling lifecycle KPIs over HTTP and Prometheus.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+
+    def checks() -> Mapping[str, Check]:
+        state: State = app.state.clm
+
+        async def consumer_alive() -> bool:
+            return app.state.supervisor.failed is None
+
+        return {
+            "postgres": lambda: ping(state.engine),
+            "kafka": lambda: kafka_reachable(settings.kafka_bootstrap),
+            "consumer": consumer_alive,
+        }
+
+    app.include_router(health_router(checks))
+    app.include_router(metrics_router())
+    app.include_router(kpis.router)
+    return app

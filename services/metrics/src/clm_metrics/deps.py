@@ -1,0 +1,23 @@
+"""The running metrics service's typed state (built in the lifespan) and its dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_common.auth import KeyVerifier
+from clm_metrics.settings import MetricsSettings
+
+
+@dataclass(slots=True)
+class State:
+    settings: MetricsSettings
+    engine: AsyncEngine
+    verifier: KeyVerifier
+
+
+def app_state(request: Request) -> State:
+    state: State = request.app.state.clm
+    return state

@@ -1,0 +1,138 @@
+"""The stage engine: consumes touchpoints, keeps stages in Postgres, serves the read API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from clm_common.auth import KeyVerifier
+from clm_common.consumer import BatchConsumer, BatchPolicy, PoisonLimitExceeded
+from clm_common.db import create_engine, ping
+from clm_common.health import Check, health_router
+from clm_common.kafka import kafka_reachable, make_consumer, make_producer
+from clm_common.problem import install_problem_handlers
+from clm_common.prom import metrics_router
+from clm_common.worker import Supervisor
+from clm_stage_engine.api import customers
+from clm_stage_engine.deps import State
+from clm_stage_engine.handler import EventsHandler
+from clm_stage_engine.relay import OutboxRelay
+from clm_stage_engine.settings import StageEngineSettings
+
+
+def create_app(settings: StageEngineSettings | None = None) -> FastAPI:
+    settings = settings or StageEngineSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url, pool_size=settings.db_pool_size, app_name="clm-stage-engine"
+        )
+        state = State(
+            settings=settings,
+            engine=engine,
+            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
+        )
+        app.state.clm = state
+        stopping = asyncio.Event()
+        current: dict[str, BatchConsumer | OutboxRelay] = {}
+
+        async def consume() -> None:
+            producer = make_producer(settings, client_id="clm-stage-engine-dlq")
+            consumer = make_consumer(
+                settings,
+                group_id=settings.stage_engine_group,
+                client_id="clm-stage-engine",
+                max_poll_records=settings.stage_engine_batch_records,
+            )
+            try:
+                await producer.start()
+                await consumer.start()
+                loop = BatchConsumer(
+                    consumer=consumer,
+                    engine=engine,
+                    topic=settings.topic_events,
+                    group_id=settings.stage_engine_group,
+                    handler=EventsHandler(settings.topic_lifecycle),
+                    dlq_producer=producer,
+                    dlq_topic=settings.topic_dlq,
+                    policy=BatchPolicy(
+                        max_records=settings.stage_engine_batch_records,
+                        max_wait_ms=settings.stage_engine_batch_wait_ms,
+                    ),
+                )
+                current["consumer"] = loop
+                if stopping.is_set():
+                    return
+                await loop.run()
+            finally:
+                current.pop("consumer", None)
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+        async def relay() -> None:
+            producer = make_producer(settings, client_id="clm-stage-engine-relay")
+            try:
+                await producer.start()
+                outbox_relay = OutboxRelay(
+                    engine, producer, poll_s=settings.stage_engine_outbox_poll_ms / 1000
+                )
+                current["relay"] = outbox_relay
+                if stopping.is_set():
+                    return
+                await outbox_relay.run()
+            finally:
+                current.pop("relay", None)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+        supervisors = [
+            Supervisor("stage-engine consumer", consume, fatal=(PoisonLimitExceeded,)),
+            Supervisor("outbox relay", relay),
+        ]
+        app.state.supervisors = supervisors
+        tasks = [asyncio.create_task(s.run(), name=s.name) for s in supervisors]
+        try:
+            yield
+        finally:
+            stopping.set()
+            for s in supervisors:
+                s.stop()
+            for worker in list(current.values()):
+                worker.stop()
+            _, pending = await asyncio.wait(tasks, timeout=15)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await engine.dispose()
+
+    app = FastAPI(
+        title="CLM Stream stage engine",
+        version="0.1.0",
+        description="Each customer's lifecycle stage, history and facts.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+
+    def checks() -> Mapping[str, Check]:
+        state: State = app.state.clm
+
+        async def consumer_alive() -> bool:
+            return all(s.failed is None for s in app.state.supervisors)
+
+        return {
+            "postgres": lambda: ping(state.engine),
+            "kafka": lambda: kafka_reachable(settings.kafka_bootstrap),
+            "consumer": consumer_alive,
+        }
+
+    app.include_router(health_router(checks))
+    app.include_router(metrics_router())
+    app.include_router(customers.router)
+    return app
