@@ -57,10 +57,19 @@ def test_unknown_properties_are_kept() -> None:
     ("change", "field"),
     [
         ({"properties": {"order_id": "o", "amount": "-1", "currency": "EUR"}}, "properties.amount"),
-        ({"properties": {"order_id": "o", "amount": "1", "currency": "ZZZ"}}, "properties.currency"),
+        (
+            {"properties": {"order_id": "o", "amount": "1", "currency": "ZZZ"}},
+            "properties.currency",
+        ),
         ({"properties": {"order_id": "o", "currency": "EUR"}}, "properties.amount"),
-        ({"properties": {"order_id": "o", "amount": "abc", "currency": "EUR"}}, "properties.amount"),
-        ({"properties": {"order_id": "o", "amount": "NaN", "currency": "EUR"}}, "properties.amount"),
+        (
+            {"properties": {"order_id": "o", "amount": "abc", "currency": "EUR"}},
+            "properties.amount",
+        ),
+        (
+            {"properties": {"order_id": "o", "amount": "NaN", "currency": "EUR"}},
+            "properties.amount",
+        ),
         ({"occurred_at": "2026-11-23T11:00:00"}, "occurred_at"),
         ({"occurred_at": "yesterday"}, "occurred_at"),
         ({"occurred_at": "2026-11-25T12:00:01Z"}, "occurred_at"),

@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.kpis import WINDOWS, compute_kpis, window_bounds
+from clm_common.lifecycle import Stage
 from clm_metrics import repository
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ async def kpis_for(
         totals = await repository.window_totals(conn, start, end, source=source, channel=channel)
         stages = await repository.customers_by_stage(conn)
     kpis = compute_kpis(totals, reporting_currency=reporting_currency)
-    kpis["customers_by_stage"] = stages
+    kpis["customers_by_stage"] = {stage.value: stages.get(stage.value, 0) for stage in Stage}
     return kpis
 
 

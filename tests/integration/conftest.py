@@ -1,0 +1,101 @@
+"""Helpers for integration tests: topics created, settings built, keys seeded, apps entered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from clm_common.db import create_engine
+from clm_common.kafka import ensure_topics
+from clm_common.keys import store_key
+from clm_common.settings import CommonSettings
+
+T = TypeVar("T")
+
+WRITE_KEY = "it-write-key"
+READ_TOKEN = "it-read-token"
+
+
+@pytest.fixture(autouse=True)
+def _mark(request: pytest.FixtureRequest) -> None:
+    request.node.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def settings_env(clm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key, value in clm_env.items():
+        monkeypatch.setenv(key, value)
+    return clm_env
+
+
+@pytest.fixture
+async def common(settings_env: dict[str, str]) -> AsyncIterator[CommonSettings]:
+    """Settings of this test, with its topics created and its keys seeded."""
+    settings = CommonSettings()
+    await ensure_topics(settings)
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with engine.begin() as conn:
+        await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
+        await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
+    await engine.dispose()
+    yield settings
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, every: float = 0.1
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0
+) -> list[Any]:
+    """Read the topic from the beginning until ``expect`` records came (or time ran out)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for p in described["partitions"]]
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
