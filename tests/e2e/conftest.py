@@ -1,0 +1,78 @@
+"""The whole stack as real processes: the three services on free ports, over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clm_common.db import create_engine
+from clm_common.kafka import ensure_topics
+from clm_common.keys import store_key
+from clm_common.settings import CommonSettings
+from clm_devstack.services import ServiceProcess, start_service
+
+WRITE_KEY = "e2e-write-key"
+READ_TOKEN = "e2e-read-token"
+
+
+@pytest.fixture(autouse=True)
+def _mark(request: pytest.FixtureRequest) -> None:
+    request.node.add_marker(pytest.mark.e2e)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Stack:
+    ingest: str
+    stage_engine: str
+    metrics: str
+    env: dict[str, str]
+    processes: dict[str, ServiceProcess]
+
+
+@pytest.fixture
+async def prepared_env(clm_env: dict[str, str]) -> AsyncIterator[dict[str, str]]:
+    """This test's settings with its topics created and its keys stored."""
+    settings = CommonSettings(
+        kafka_bootstrap=clm_env["CLM_KAFKA_BOOTSTRAP"],
+        database_url=clm_env["CLM_DATABASE_URL"],
+        topic_events=clm_env["CLM_TOPIC_EVENTS"],
+        topic_lifecycle=clm_env["CLM_TOPIC_LIFECYCLE"],
+        topic_dlq=clm_env["CLM_TOPIC_DLQ"],
+        events_partitions=int(clm_env["CLM_EVENTS_PARTITIONS"]),
+        lifecycle_partitions=int(clm_env["CLM_LIFECYCLE_PARTITIONS"]),
+    )
+    await ensure_topics(settings)
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with engine.begin() as conn:
+        await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
+        await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
+    await engine.dispose()
+    yield clm_env
+
+
+@pytest.fixture
+def stack(prepared_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    started: dict[str, ServiceProcess] = {}
+    try:
+        for name in ("ingest", "stage-engine", "metrics"):
+            started[name] = start_service(name, prepared_env, tmp_path, free_port())
+        yield Stack(
+            ingest=started["ingest"].base_url,
+            stage_engine=started["stage-engine"].base_url,
+            metrics=started["metrics"].base_url,
+            env=prepared_env,
+            processes=started,
+        )
+    finally:
+        for proc in started.values():
+            proc.stop()
