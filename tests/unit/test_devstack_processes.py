@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,21 @@ def test_port_checks() -> None:
             processes.require_port_free("127.0.0.1", port, "CLM_X_PORT")
     assert processes.port_free("127.0.0.1", port)
     assert not processes.port_open("127.0.0.1", port)
+
+
+def test_a_port_held_without_a_listener_is_waited_for() -> None:
+    """Like a TIME_WAIT leftover: unbindable, yet nobody listens; it clears by itself."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    assert not processes.port_free("127.0.0.1", port)
+    assert not processes.port_open("127.0.0.1", port)
+    with pytest.raises(DevstackError, match="taken"):
+        processes.require_port_free("127.0.0.1", port, "CLM_X_PORT", transient_wait_s=1.5)
+    release = threading.Timer(0.5, holder.close)
+    release.start()
+    processes.require_port_free("127.0.0.1", port, "CLM_X_PORT", transient_wait_s=10)
+    release.join()
 
 
 def test_tail_and_relevant_line(tmp_path: Path) -> None:

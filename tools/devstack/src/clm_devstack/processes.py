@@ -151,12 +151,32 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def require_port_free(host: str, port: int, env_var: str) -> None:
-    if not port_free(host, port):
-        raise DevstackError(
-            f"port {port} on {host} is taken by another process",
-            f"stop it or set {env_var} to a free port",
+def require_port_free(
+    host: str, port: int, env_var: str, *, transient_wait_s: float = 65.0
+) -> None:
+    """Raise a DevstackError unless host:port can be bound.
+
+    A port nobody listens on can still be unbindable for up to a minute: a closed connection
+    that used it as its local port sits in TIME_WAIT (our defaults lie in Linux's ephemeral
+    range, so a client connection can have borrowed one). Then wait for it to clear.
+    """
+    if port_free(host, port):
+        return
+    if not port_open(host, port):
+        print(
+            f"devstack: port {port} is held by a closing connection (TIME_WAIT); "
+            f"waiting up to {transient_wait_s:.0f}s for it to clear",
+            flush=True,
         )
+        deadline = time.monotonic() + transient_wait_s
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            if port_free(host, port):
+                return
+    raise DevstackError(
+        f"port {port} on {host} is taken by another process",
+        f"stop it or set {env_var} to a free port",
+    )
 
 
 # --------------------------------------------------------------------------- start
