@@ -78,7 +78,7 @@ async def test_events_move_customers_and_are_recorded(
 
     c1 = await eventually(converted)
     assert c1["purchases"] == 1
-    assert c1["revenue"] == "59.9000"
+    assert c1["revenue"] == "59.90"
     assert c1["stage_entered_at"] == "2026-11-23T10:02:00+00:00"
     history = (await engine_app.get("/v1/customers/c1/history", headers=READ)).json()
     assert [(t["from_stage"], t["to_stage"]) for t in history["transitions"]] == [

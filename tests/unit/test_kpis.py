@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clm_common.kpis import compute_kpis, money, parse_window, ratio, window_bounds
+from clm_common.kpis import compute_kpis, exact_money, money, parse_window, ratio, window_bounds
 from clm_metrics.buckets import aggregate, increments, stage_deltas
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -78,6 +78,14 @@ def test_ratios_with_a_zero_denominator_are_null_not_zero() -> None:
     assert kpis["revenue"] == "0.00"
     assert ratio(Decimal(1), Decimal(0)) is None
     assert money(None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("59.9000", "59.90"), ("0", "0.00"), ("12.3456", "12.3456"), ("1E+3", "1000.00")],
+)
+def test_exact_money_keeps_every_digit_and_at_least_cents(value: str, text: str) -> None:
+    assert exact_money(Decimal(value)) == text
 
 
 def test_buckets_are_per_minute_of_event_time() -> None:

@@ -61,6 +61,14 @@ def money(value: Decimal | None) -> str | None:
     return str(value.quantize(CENT, rounding=ROUND_HALF_EVEN))
 
 
+def exact_money(value: Decimal) -> str:
+    """An exact amount as text with at least two decimals (``59.9000`` → ``59.90``)."""
+    normalized = value.normalize()
+    if normalized.as_tuple().exponent > -2:  # type: ignore[operator]
+        normalized = value.quantize(CENT)
+    return format(normalized, "f")
+
+
 def count(totals: Totals, metric: str) -> int:
     return int(sum((v for (m, _), v in totals.items() if m == metric), Decimal(0)))
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
 from clm_common.schema import customers, outbox, processed_events, stage_transitions
 
@@ -148,7 +149,7 @@ async def get_history(conn: AsyncConnection, customer_id: str, limit: int) -> li
 
 def jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return exact_money(value)
     if isinstance(value, datetime):
         return value.isoformat()
     return value
