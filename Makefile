@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen
 DEMO ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install run demo down status test lint fmt test-unit compose-config
+.PHONY: help install run demo down status test lint fmt test-unit compose-config bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ status: ## what of the local stack is running
 lint: install ## ruff format --check, ruff check, mypy --strict
 	@$(RUN) ruff format --check .
 	@$(RUN) ruff check .
-	@$(RUN) mypy libs/common/src services/ingest/src services/stage-engine/src services/metrics/src tools/devstack/src tests
+	@$(RUN) mypy libs/common/src services/ingest/src services/stage-engine/src services/metrics/src tools/devstack/src tests bench
 
 fmt: install ## format and autofix
 	@$(RUN) ruff format .
@@ -45,6 +45,9 @@ fmt: install ## format and autofix
 
 test: lint ## lint, then the whole suite on real Kafka and Postgres (started here if needed)
 	@$(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen pytest $(PYTEST_ARGS)
+
+bench: install ## benchmarks side by side on real Kafka and Postgres (BENCH="name ..."), results in bench/RESULTS.md
+	@$(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen python -m bench $(BENCH)
 
 test-unit: install ## the fast, pure tests only
 	@$(RUN) pytest tests/unit $(PYTEST_ARGS)

@@ -1,0 +1,58 @@
+"""Writing benchmark results: one section per benchmark in bench/RESULTS.md, with the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADER = (
+    "# Benchmark results\n\n"
+    "Written by `make bench`; each section says when and on what it ran. Ratios against the raw\n"
+    "ceilings measured in the same run matter more than absolute numbers.\n"
+)
+
+
+def machine_line() -> str:
+    """CPU model, cores, memory, OS, Python, git commit and date of this run."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu} · {os.cpu_count()} cores · "
+        f"{mem_gib:.0f} GiB · {platform.system()} {platform.release()} · "
+        f"Python {platform.python_version()} · commit {commit or 'unknown'}"
+    )
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or add) the section ``name`` of RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    section = f"{start}\n{body.rstrip()}\n\n_Machine: {machine_line()}_\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else (text.rstrip() + "\n\n" + section + "\n")
+    )
+    RESULTS.write_text(text)
