@@ -1,25 +1,39 @@
-"""Folding a batch: one state per customer, records for every applied event."""
+"""Folding batches: one state per customer, records for every event, and the engine's strategy
+(incremental in order, rebuild on late events) giving the same answer as a full rebuild."""
 
 from __future__ import annotations
 
-import orjson
+import random
+from datetime import UTC, datetime, timedelta
 
-from clm_common.events import parse_event
-from clm_common.lifecycle import Stage
-from clm_stage_engine.processor import fold
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clm_common.events import Event, parse_event
+from clm_common.lifecycle import CustomerState, Stage, advance, customer_key, rebuild
+from clm_common.rules import LifecycleRules
+from clm_stage_engine.processor import Item, fold, needs_history
 from tests.factories import NOW, event_doc
+from tests.unit.test_lifecycle import STEP_TYPES, T0
+
+RULES = LifecycleRules()
+
+
+def item(doc: dict[str, object], tag: int = 0) -> Item[int]:
+    event = parse_event(doc, now=NOW)
+    return Item(tag, event, customer_key(event))
 
 
 def test_a_hot_customer_folds_to_one_state_and_every_event_gets_a_record() -> None:
-    docs = [
-        event_doc("site_visit", event_id="e1", occurred_at="2026-11-23T10:00:00Z"),
-        event_doc("signup", event_id="e2", occurred_at="2026-11-23T10:01:00Z"),
-        event_doc("purchase", event_id="e3", occurred_at="2026-11-23T10:02:00Z"),
-        event_doc("site_visit", customer_id="other", event_id="e4"),
-        event_doc("marketing_spend", customer_id=None, event_id="e5"),
+    items = [
+        item(event_doc("site_visit", event_id="e1", occurred_at="2026-11-23T10:00:00Z")),
+        item(event_doc("signup", event_id="e2", occurred_at="2026-11-23T10:01:00Z")),
+        item(event_doc("purchase", event_id="e3", occurred_at="2026-11-23T10:02:00Z")),
+        item(event_doc("site_visit", customer_id="other", event_id="e4")),
+        item(event_doc("marketing_spend", customer_id=None, event_id="e5")),
     ]
-    items = [(i, parse_event(d, now=NOW)) for i, d in enumerate(docs)]
-    result = fold(items, {})
+    result = fold(items, {}, RULES, now=NOW)
     assert set(result.states) == {"cust-1", "other"}
     assert result.states["cust-1"].stage is Stage.CONVERSION
     assert [t.to_stage for t in result.transitions if t.customer_id == "cust-1"] == [
@@ -27,24 +41,118 @@ def test_a_hot_customer_folds_to_one_state_and_every_event_gets_a_record() -> No
         Stage.ACQUISITION,
         Stage.CONVERSION,
     ]
-    assert result.applied == 5
-    assert len(result.outbox) == 5
-    purchase = orjson.loads(result.outbox[2][1])
-    assert purchase["record_id"] == "shop:e3"
+    assert len(result.applied) == 5
+    records = {orjson.loads(p)["record_id"]: orjson.loads(p) for _, p in result.outbox}
+    purchase = records["shop:e3"]
     assert purchase["stage_before"] == "acquisition"
     assert purchase["stage_after"] == "conversion"
     assert purchase["first_purchase"] is True
     assert purchase["customer"]["revenue"] == "59.90"
-    spend = orjson.loads(result.outbox[4][1])
-    assert spend["customer"] is None
-    assert result.outbox[4][0] == "spend:paid_search"
+    assert records["shop:e5"]["customer"] is None
+
+
+def test_a_late_event_needs_the_history_and_the_rebuild_records_one_correction() -> None:
+    first = fold(
+        [item(event_doc("purchase", event_id="p", occurred_at="2026-11-20T10:00:00Z"))],
+        {},
+        RULES,
+        now=NOW,
+    )
+    late = item(
+        event_doc("ad_click", event_id="a", occurred_at="2026-11-01T10:00:00Z", channel="social")
+    )
+    assert needs_history([late], first.states, {}) == {"cust-1"}
+    history = [i.event for i in first.applied]
+    result = fold([late], first.states, RULES, now=NOW, histories={"cust-1": history})
+    state = result.states["cust-1"]
+    assert state.first_channel == "social"
+    assert state.first_seen_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
+    assert state.stage is Stage.CONVERSION
+    assert result.transitions == []
+    (record,) = [orjson.loads(p) for _, p in result.outbox]
+    assert record["stage_before"] == record["stage_after"] == "conversion"
+
+
+def test_a_merge_folds_the_anonymous_history_into_the_customer() -> None:
+    anon = fold(
+        [
+            item(
+                event_doc(
+                    "ad_click", customer_id=None, event_id="a1", occurred_at="2026-11-01T10:00:00Z"
+                )
+                | {"anonymous_id": "anon-1"}
+            )
+        ],
+        {},
+        RULES,
+        now=NOW,
+    )
+    identify = item(
+        event_doc(
+            "identify", event_id="i1", occurred_at="2026-11-02T10:00:00Z", traits={"email": "x@y"}
+        )
+        | {"anonymous_id": "anon-1"}
+    )
+    histories = {"cust-1": [i.event for i in anon.applied]}
+    result = fold(
+        [identify], {}, RULES, now=NOW, histories=histories, merges={"cust-1": ["anon-1"]}
+    )
+    state = result.states["cust-1"]
+    assert state.first_seen_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
+    assert state.stage is Stage.ACQUISITION
+    assert state.events == 2
+    assert result.transitions[-1].reason == "identity merge"
 
 
 def test_loaded_state_is_continued() -> None:
-    first = fold([(0, parse_event(event_doc("purchase", event_id="a"), now=NOW))], {})
+    first = fold([item(event_doc("purchase", event_id="a"))], {}, RULES, now=NOW)
     second = fold(
-        [(0, parse_event(event_doc("purchase", event_id="b", order_id="o-2"), now=NOW))],
+        [
+            item(
+                event_doc(
+                    "purchase", event_id="b", order_id="o-2", occurred_at="2026-11-23T11:30:00Z"
+                )
+            )
+        ],
         first.states,
+        RULES,
+        now=NOW,
     )
     assert second.states["cust-1"].purchases == 2
     assert second.states["cust-1"].stage is Stage.RETENTION
+
+
+picks = st.lists(
+    st.tuples(st.sampled_from(range(len(STEP_TYPES))), st.integers(0, 400)),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(picks, st.randoms(use_true_random=False), st.integers(1, 5))
+def test_any_arrival_order_and_batching_gives_the_rebuilt_state(
+    steps: list[tuple[int, int]], rnd: random.Random, batch_size: int
+) -> None:
+    """The engine's strategy equals a full rebuild, whatever the arrival order and batches."""
+    events: list[Event] = []
+    for n, (i, day) in enumerate(steps):
+        type_, props = STEP_TYPES[i]
+        at = (T0 + timedelta(days=day)).isoformat()
+        events.append(
+            parse_event(event_doc(type_, event_id=f"e{n:03d}", occurred_at=at, **props), now=NOW)
+        )
+    arrival = list(events)
+    rnd.shuffle(arrival)
+    now = T0 + timedelta(days=1000)
+    loaded: dict[str, CustomerState] = {}
+    stored: list[Event] = []
+    for start in range(0, len(arrival), batch_size):
+        batch = [Item(0, e, "cust-1") for e in arrival[start : start + batch_size]]
+        rebuild_keys = needs_history(batch, loaded, {})
+        histories = {"cust-1": list(stored)} if rebuild_keys else {}
+        result = fold(batch, loaded, RULES, now=now, histories=histories)
+        loaded = dict(result.states)
+        stored.extend(i.event for i in result.applied)
+    final, _ = advance(loaded["cust-1"], now, RULES)
+    assert final == rebuild("cust-1", events, RULES, now)

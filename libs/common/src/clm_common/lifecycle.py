@@ -1,14 +1,25 @@
-"""The lifecycle model: stages and the pure stage reducer.
+"""The lifecycle model: stages and the pure stage reducer, driven by :mod:`clm_common.rules`.
 
-``apply_event(state, event)`` folds one touchpoint into a customer's state and says which stage
-move (if any) it caused. No I/O, no clock: time comes from the event. This first version holds
-the rules of the walking skeleton; the configurable rule file grows it.
+Pure and synchronous: no I/O, no clock (time comes from events, or is passed in as ``until``).
+
+* :func:`advance` applies the time-based moves (``at_risk``, ``churned``) a customer went
+  through between its last activity and a given time.
+* :func:`apply_event` advances to the event's time, then applies the event's facts and rules.
+* :func:`rebuild` folds a customer's whole event set in event-time order: the state is a
+  function of the SET of events (and of ``until``), whatever order they arrived in. The stage
+  engine folds in-order arrivals incrementally and rebuilds when a late event comes; both give
+  the same answer (property-tested).
+
+Stages move forward along the arc; the only backward moves are the defined ones: inactivity
+(→ ``at_risk`` → ``churned``), an explicit cancellation (→ ``churned``), a full refund of the
+only order (→ ``acquisition``), and a correction when a late event rewrites the past.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -22,8 +33,11 @@ from clm_common.events import (
     Refund,
     Review,
     Signup,
+    SiteVisit,
+    SubscriptionCancelled,
     SupportTicket,
 )
+from clm_common.rules import LifecycleRules
 
 
 class Stage(StrEnum):
@@ -38,12 +52,23 @@ class Stage(StrEnum):
     CHURNED = "churned"
 
 
-#: Other names in common use for the arc, accepted wherever a stage is named.
+#: The other vocabulary in common use for the arc, accepted wherever a stage is named.
 STAGE_ALIASES: dict[str, Stage] = {
     "awareness": Stage.REACH,
     "consideration": Stage.ACQUISITION,
     "purchase": Stage.CONVERSION,
     "advocacy": Stage.LOYALTY,
+}
+#: Display names per vocabulary (``CLM_STAGE_VOCABULARY``).
+VOCABULARIES: dict[str, dict[Stage, str]] = {
+    "standard": {s: s.value for s in Stage},
+    "classic": {
+        **{s: s.value for s in Stage},
+        Stage.REACH: "awareness",
+        Stage.ACQUISITION: "consideration",
+        Stage.CONVERSION: "purchase",
+        Stage.LOYALTY: "advocacy",
+    },
 }
 
 ARC: tuple[Stage, ...] = (
@@ -55,6 +80,7 @@ ARC: tuple[Stage, ...] = (
 )
 _RANK = {stage: rank for rank, stage in enumerate(ARC)}
 LAPSED = frozenset({Stage.AT_RISK, Stage.CHURNED})
+CUSTOMER_STAGES = frozenset({Stage.CONVERSION, Stage.RETENTION, Stage.LOYALTY})
 
 
 def parse_stage(name: str) -> Stage:
@@ -63,6 +89,11 @@ def parse_stage(name: str) -> Stage:
     if key in STAGE_ALIASES:
         return STAGE_ALIASES[key]
     return Stage(key)
+
+
+def event_order(event: Event) -> tuple[datetime, str, str]:
+    """The total order events are applied in: event time, then source and id (ties)."""
+    return (event.occurred_at, event.source, event.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +120,16 @@ class CustomerState:
     review_sum: int = 0
     last_nps: int | None = None
     referrals: int = 0
+    reactivations: int = 0
     events: int = 0
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
+    last_event_source: str = ""
+    last_event_id: str = ""
+    recent_visits: tuple[datetime, ...] = field(default=())
+    recent_purchases: tuple[datetime, ...] = field(default=())
+
+    def order_key(self) -> tuple[datetime, str, str]:
+        """The order key of the last event applied (see :func:`event_order`)."""
+        return (self.last_seen_at, self.last_event_source, self.last_event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +146,18 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """What applying an event gave: the new state and the move it caused, if any."""
+    """What applying an event gave: the new state and the moves it caused (oldest first)."""
 
     state: CustomerState
-    transition: Transition | None
+    transitions: tuple[Transition, ...] = ()
     first_purchase: bool = False
     repeat_purchase: bool = False
     reactivation: bool = False
+
+    @property
+    def transition(self) -> Transition | None:
+        """The last move, if any."""
+        return self.transitions[-1] if self.transitions else None
 
 
 def customer_key(event: Event) -> str | None:
@@ -123,18 +167,40 @@ def customer_key(event: Event) -> str | None:
     return event.customer_id or event.anonymous_id
 
 
-def _min_stage(event: Event, purchases_after: int) -> tuple[Stage, str]:
-    """The least stage this event puts a customer in, and why."""
-    if isinstance(event, Purchase):
-        if purchases_after >= 2:
-            return Stage.RETENTION, "repeat purchase"
-        return Stage.CONVERSION, "first purchase"
-    if isinstance(event, Signup | Identify):
-        return Stage.ACQUISITION, event.type
-    return Stage.REACH, event.type
+def _move(
+    state: CustomerState, to: Stage, at: datetime, event_id: str, reason: str
+) -> tuple[CustomerState, Transition]:
+    moved = replace(state, stage=to, stage_entered_at=at)
+    return moved, Transition(state.customer_id, state.stage, to, at, event_id, reason)
 
 
-def _facts(state: CustomerState, event: Event) -> CustomerState:
+def advance(
+    state: CustomerState, until: datetime, rules: LifecycleRules
+) -> tuple[CustomerState, list[Transition]]:
+    """The inactivity moves between the last activity and ``until`` (pure, idempotent)."""
+    moves: list[Transition] = []
+    quiet_since = state.last_seen_at
+    at_risk_at = quiet_since + timedelta(days=rules.at_risk.inactive_days)
+    churned_at = quiet_since + timedelta(days=rules.churned.inactive_days)
+    if state.stage in CUSTOMER_STAGES and until >= at_risk_at:
+        state, t = _move(state, Stage.AT_RISK, at_risk_at, "", "inactive")
+        moves.append(t)
+    if state.stage is Stage.AT_RISK and until >= churned_at:
+        state, t = _move(state, Stage.CHURNED, churned_at, "", "inactive")
+        moves.append(t)
+    return state, moves
+
+
+def _within(times: Iterable[datetime], end: datetime, days: int) -> int:
+    start = end - timedelta(days=days)
+    return sum(1 for t in times if start <= t <= end)
+
+
+def _keep_recent(times: tuple[datetime, ...], at: datetime, keep: int) -> tuple[datetime, ...]:
+    return tuple(sorted((*times, at))[-keep:])
+
+
+def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> CustomerState:
     """Running facts after the event (everything but the stage)."""
     at = event.occurred_at
     earlier = at < state.first_seen_at
@@ -143,9 +209,11 @@ def _facts(state: CustomerState, event: Event) -> CustomerState:
         first_seen_at=min(state.first_seen_at, at),
         last_seen_at=max(state.last_seen_at, at),
         first_source=event.source if earlier else state.first_source,
-        first_channel=event.channel if earlier and event.channel else state.first_channel,
+        first_channel=event.channel if earlier else state.first_channel,
         events=state.events + 1,
     )
+    if (at, event.source, event.event_id) >= state.order_key():
+        s = replace(s, last_event_source=event.source, last_event_id=event.event_id)
     if isinstance(event, Purchase):
         s = replace(
             s,
@@ -153,6 +221,7 @@ def _facts(state: CustomerState, event: Event) -> CustomerState:
             revenue=s.revenue + event.properties.amount,
             last_purchase_at=max(s.last_purchase_at or at, at),
             converted_at=min(s.converted_at or at, at),
+            recent_purchases=_keep_recent(s.recent_purchases, at, rules.loyalty.purchases),
         )
     elif isinstance(event, Refund):
         s = replace(s, refunds=s.refunds + 1, refunded=s.refunded + event.properties.amount)
@@ -167,63 +236,159 @@ def _facts(state: CustomerState, event: Event) -> CustomerState:
         s = replace(s, last_nps=event.properties.score)
     elif isinstance(event, Referral):
         s = replace(s, referrals=s.referrals + 1)
-    if isinstance(event, Signup | Identify):
+    elif isinstance(event, SiteVisit):
+        s = replace(s, recent_visits=_keep_recent(s.recent_visits, at, rules.acquisition.visits))
+    if _is_lead(event, s, rules):
         s = replace(s, acquired_at=min(s.acquired_at or at, at))
     return s
 
 
-def apply_event(state: CustomerState | None, event: Event) -> Applied:
-    """Fold one event into a customer's state (pure).
+def _has_email(event: Identify) -> bool:
+    traits = event.properties.traits
+    return bool(traits.get("email") or traits.get("email_hash"))
 
-    Rules of this version: an unknown customer starts in ``reach``; a signup or identify makes it
-    at least ``acquisition``; a first purchase at least ``conversion``; a second purchase at
-    least ``retention``; a purchase from ``at_risk`` or ``churned`` is a reactivation into
-    ``retention``. Stages never move backwards here.
+
+def _is_lead(event: Event, s: CustomerState, rules: LifecycleRules) -> bool:
+    """Does this event (with the facts after it) make the customer a lead?"""
+    acq = rules.acquisition
+    if isinstance(event, Signup):
+        return acq.signup
+    if isinstance(event, Identify):
+        return acq.identify_with_email and _has_email(event)
+    if isinstance(event, SiteVisit):
+        return _within(s.recent_visits, event.occurred_at, acq.visits_within_days) >= acq.visits
+    if isinstance(event, SupportTicket):
+        return acq.pre_purchase_ticket and s.purchases == 0
+    return False
+
+
+def _target(event: Event, s: CustomerState, rules: LifecycleRules) -> tuple[Stage, str]:
+    """The least arc stage this event (with the facts after it) puts a customer in, and why."""
+    loyal = rules.loyalty
+    converted = s.purchases >= 1
+    if isinstance(event, Purchase):
+        recent = _within(s.recent_purchases, event.occurred_at, loyal.purchases_within_days)
+        if recent >= loyal.purchases:
+            return Stage.LOYALTY, "frequent purchases"
+        if s.purchases >= rules.retention.purchases:
+            return Stage.RETENTION, "repeat purchase"
+        return Stage.CONVERSION, "first purchase"
+    good_review = (
+        isinstance(event, Review)
+        and loyal.review_min_rating is not None
+        and event.properties.rating >= loyal.review_min_rating
+    )
+    if converted and good_review:
+        return Stage.LOYALTY, "good review"
+    promoter = (
+        isinstance(event, NpsResponse)
+        and loyal.nps_min_score is not None
+        and event.properties.score >= loyal.nps_min_score
+    )
+    if converted and promoter:
+        return Stage.LOYALTY, "nps promoter"
+    if converted and isinstance(event, Referral) and loyal.referral:
+        return Stage.LOYALTY, "referral"
+    if _is_lead(event, s, rules):
+        return Stage.ACQUISITION, f"lead: {event.type}"
+    return Stage.REACH, event.type
+
+
+def _new_state(key: str, event: Event) -> CustomerState:
+    at = event.occurred_at
+    return CustomerState(
+        customer_id=key,
+        stage=Stage.REACH,
+        stage_entered_at=at,
+        first_seen_at=at,
+        last_seen_at=at,
+        first_source=event.source,
+        first_channel=event.channel,
+        last_event_source=event.source,
+        last_event_id=event.event_id,
+    )
+
+
+def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules) -> Applied:
+    """Fold one event into a customer's state (pure): advance to its time, then its rules.
+
+    Apply events in :func:`event_order`; a late event needs :func:`rebuild` instead.
     """
     key = customer_key(event)
     if key is None:
         raise ValueError(f"{event.type} events carry no customer")
     at = event.occurred_at
-    before: CustomerState | None = state
+    moves: list[Transition] = []
     if state is None:
-        state = CustomerState(
-            customer_id=key,
-            stage=Stage.REACH,
-            stage_entered_at=at,
-            first_seen_at=at,
-            last_seen_at=at,
-            first_source=event.source,
-            first_channel=event.channel,
-        )
-    after = _facts(state, event)
-    target, reason = _min_stage(event, after.purchases)
-    current = state.stage
-    reactivation = False
-    if before is not None and current in LAPSED:
-        if isinstance(event, Purchase):
-            new_stage, reason, reactivation = Stage.RETENTION, "reactivation", True
-        else:
-            new_stage = current
-    elif before is None or _RANK[target] > _RANK[current]:
-        new_stage = target
+        fresh = True
+        state = _new_state(key, event)
     else:
-        new_stage = current
-    transition = None
-    if before is None or new_stage != current:
+        fresh = False
+        state, moves = advance(state, at, rules)
+    lapsed_before = state.stage in LAPSED
+    after = (
+        _facts(state, event, rules) if not fresh else _facts(replace(state, events=0), event, rules)
+    )
+    target, reason = _target(event, after, rules)
+    current = after.stage
+    new_stage = current
+    reactivation = False
+    if fresh:
+        new_stage = target
+    elif isinstance(event, Purchase) and lapsed_before:
+        new_stage, reason, reactivation = Stage.RETENTION, "reactivation", True
+        after = replace(after, reactivations=after.reactivations + 1)
+    elif isinstance(event, SubscriptionCancelled) and rules.churned.subscription_cancelled:
+        if current in CUSTOMER_STAGES or current is Stage.AT_RISK:
+            new_stage, reason = Stage.CHURNED, "subscription cancelled"
+    elif (
+        isinstance(event, Refund)
+        and rules.refund.full_refund_of_only_order_to_acquisition
+        and current in CUSTOMER_STAGES
+        and after.purchases == 1
+        and after.refunded >= after.revenue
+    ):
+        new_stage, reason = Stage.ACQUISITION, "full refund of the only order"
+    elif current not in LAPSED and _RANK[target] > _RANK[current]:
+        new_stage = target
+    if fresh:
         after = replace(after, stage=new_stage, stage_entered_at=at)
-        transition = Transition(
-            customer_id=key,
-            from_stage=None if before is None else current,
-            to_stage=new_stage,
-            at=at,
-            event_id=event.event_id,
-            reason=reason,
-        )
+        moves.append(Transition(key, None, new_stage, at, event.event_id, reason))
+    elif new_stage != current:
+        after, t = _move(after, new_stage, at, event.event_id, reason)
+        moves.append(t)
     is_purchase = isinstance(event, Purchase)
     return Applied(
         state=after,
-        transition=transition,
+        transitions=tuple(moves),
         first_purchase=is_purchase and after.purchases == 1,
         repeat_purchase=is_purchase and after.purchases >= 2,
         reactivation=reactivation,
     )
+
+
+def is_late(state: CustomerState | None, event: Event) -> bool:
+    """Would applying ``event`` after ``state`` break event-time order?
+
+    Also when the customer was moved by inactivity at a time after the event: the event shows
+    activity the move did not know of, so the move's time (or the move itself) changes.
+    """
+    if state is None:
+        return False
+    if event_order(event) < state.order_key():
+        return True
+    return state.stage in LAPSED and event.occurred_at < state.stage_entered_at
+
+
+def rebuild(
+    key: str, events: Sequence[Event], rules: LifecycleRules, until: datetime | None = None
+) -> CustomerState | None:
+    """A customer's state from its whole event set (any order), advanced to ``until``."""
+    state: CustomerState | None = None
+    for event in sorted(events, key=event_order):
+        state = apply_event(state, event, rules).state
+    if state is not None:
+        state = replace(state, customer_id=key)
+        if until is not None:
+            state, _ = advance(state, until, rules)
+    return state

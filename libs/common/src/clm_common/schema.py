@@ -6,7 +6,9 @@ Kept in step with ``migrations/versions``; a test compares the two.
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -73,7 +75,13 @@ customers = Table(
     Column("referrals", Integer, nullable=False, server_default="0"),
     Column("events", Integer, nullable=False, server_default="0"),
     Column("updated_at", TS, nullable=False, server_default=func.now()),
+    Column("reactivations", Integer, nullable=False, server_default="0"),
+    Column("last_event_source", Text, nullable=False, server_default=""),
+    Column("last_event_id", Text, nullable=False, server_default=""),
+    Column("recent_visits", ARRAY(TS), nullable=False, server_default="{}"),
+    Column("recent_purchases", ARRAY(TS), nullable=False, server_default="{}"),
 )
+Index("ix_customers_last_seen", customers.c.stage, customers.c.last_seen_at)
 Index("ix_customers_stage", customers.c.stage, customers.c.customer_id)
 
 stage_transitions = Table(
@@ -145,4 +153,62 @@ stage_counts = Table(
     metadata,
     Column("stage", Text, primary_key=True),
     Column("customers", BigInteger, nullable=False, server_default="0"),
+)
+
+
+customer_events = Table(
+    "customer_events",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("source", "event_id"),
+)
+Index("ix_customer_events_customer", customer_events.c.customer_id, customer_events.c.occurred_at)
+
+identity_links = Table(
+    "identity_links",
+    metadata,
+    Column("anonymous_id", Text, primary_key=True),
+    Column("customer_id", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("linked_at", TS, nullable=False, server_default=func.now()),
+)
+Index("ix_identity_links_customer", identity_links.c.customer_id)
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("customer_hash", Text, primary_key=True),
+    Column("erased_at", TS, nullable=False, server_default=func.now()),
+)
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("stages", ARRAY(Text)),
+    Column("active", Boolean, nullable=False, server_default="true"),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("subscription_id", BigInteger, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", TS, nullable=False, server_default=func.now()),
+    Column("last_error", Text),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('pending', 'delivered', 'parked')", name="status"),
+)
+Index(
+    "ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at
 )

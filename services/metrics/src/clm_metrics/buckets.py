@@ -19,8 +19,14 @@ class BucketKey:
 
 
 def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
-    """The bucket increments one ``clm.lifecycle.v1`` record makes (bucket = event minute)."""
-    event = record["event"]
+    """The bucket increments one ``clm.lifecycle.v1`` record makes (bucket = event minute).
+
+    Records without an event (time-based moves, identity merges, erasures) only move stage
+    counts.
+    """
+    event = record.get("event")
+    if event is None:
+        return []
     at = datetime.fromisoformat(event["occurred_at"]).replace(second=0, microsecond=0)
     source = str(event.get("source", ""))
     channel = str(event.get("channel") or "")
@@ -57,9 +63,10 @@ def stage_deltas(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in records:
         before, after = r.get("stage_before"), r.get("stage_after")
-        if before == after or after is None:
+        if before == after:
             continue
         if before is not None:
             out[before] = out.get(before, 0) - 1
-        out[after] = out.get(after, 0) + 1
+        if after is not None:  # None: the profile left (merged into another, or erased)
+            out[after] = out.get(after, 0) + 1
     return {s: d for s, d in out.items() if d != 0}

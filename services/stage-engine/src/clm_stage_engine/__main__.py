@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+from clm_common.rules import RulesError, load_rules
 from clm_common.serve import serve
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
@@ -9,8 +12,13 @@ from clm_stage_engine.settings import StageEngineSettings
 
 def main() -> None:
     settings = StageEngineSettings()
+    try:
+        rules = load_rules(settings.stage_engine_rules_path)
+    except RulesError as exc:
+        print(f"stage-engine: error: bad lifecycle rules: {exc}", file=sys.stderr)
+        sys.exit(2)
     serve(
-        create_app(settings),
+        create_app(settings, rules),
         host=settings.stage_engine_host,
         port=settings.stage_engine_port,
         log_level=settings.log_level,

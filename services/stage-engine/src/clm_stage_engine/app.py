@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
@@ -16,16 +17,23 @@ from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_consumer, make_producer
 from clm_common.problem import install_problem_handlers
 from clm_common.prom import metrics_router
+from clm_common.rules import LifecycleRules, load_rules
 from clm_common.worker import Supervisor
-from clm_stage_engine.api import customers
+from clm_stage_engine.api import customers, webhooks
 from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.relay import OutboxRelay
 from clm_stage_engine.settings import StageEngineSettings
+from clm_stage_engine.sweeper import sweep_forever
+from clm_stage_engine.webhooks import Dispatcher
 
 
-def create_app(settings: StageEngineSettings | None = None) -> FastAPI:
+def create_app(
+    settings: StageEngineSettings | None = None, rules: LifecycleRules | None = None
+) -> FastAPI:
+    """The stage engine app; the rule file is loaded (and refused if bad) here, at start."""
     settings = settings or StageEngineSettings()
+    rules = rules or load_rules(settings.stage_engine_rules_path)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,10 +44,11 @@ def create_app(settings: StageEngineSettings | None = None) -> FastAPI:
             settings=settings,
             engine=engine,
             verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
+            rules=rules,
         )
         app.state.clm = state
         stopping = asyncio.Event()
-        current: dict[str, BatchConsumer | OutboxRelay] = {}
+        current: dict[str, BatchConsumer | OutboxRelay | Dispatcher] = {}
 
         async def consume() -> None:
             producer = make_producer(settings, client_id="clm-stage-engine-dlq")
@@ -57,7 +66,7 @@ def create_app(settings: StageEngineSettings | None = None) -> FastAPI:
                     engine=engine,
                     topic=settings.topic_events,
                     group_id=settings.stage_engine_group,
-                    handler=EventsHandler(settings.topic_lifecycle),
+                    handler=EventsHandler(settings.topic_lifecycle, rules),
                     dlq_producer=producer,
                     dlq_topic=settings.topic_dlq,
                     policy=BatchPolicy(
@@ -92,9 +101,36 @@ def create_app(settings: StageEngineSettings | None = None) -> FastAPI:
                 with contextlib.suppress(Exception):
                     await producer.stop()
 
+        async def sweep() -> None:
+            await sweep_forever(
+                engine,
+                rules,
+                lambda: datetime.now(UTC),
+                lifecycle_topic=settings.topic_lifecycle,
+                every_s=settings.stage_engine_sweep_seconds,
+                batch=settings.stage_engine_sweep_batch,
+                stopping=stopping,
+            )
+
+        async def dispatch() -> None:
+            dispatcher = Dispatcher(
+                engine,
+                timeout_s=settings.webhook_timeout_s,
+                max_attempts=settings.webhook_max_attempts,
+                poll_s=settings.webhook_poll_ms / 1000,
+            )
+            current["dispatcher"] = dispatcher
+            try:
+                if not stopping.is_set():
+                    await dispatcher.run()
+            finally:
+                current.pop("dispatcher", None)
+
         supervisors = [
             Supervisor("stage-engine consumer", consume, fatal=(PoisonLimitExceeded,)),
             Supervisor("outbox relay", relay),
+            Supervisor("sweeper", sweep),
+            Supervisor("webhook dispatcher", dispatch),
         ]
         app.state.supervisors = supervisors
         tasks = [asyncio.create_task(s.run(), name=s.name) for s in supervisors]
@@ -135,4 +171,5 @@ def create_app(settings: StageEngineSettings | None = None) -> FastAPI:
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
     app.include_router(customers.router)
+    app.include_router(webhooks.router)
     return app

@@ -8,6 +8,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.auth import KeyVerifier
+from clm_common.rules import LifecycleRules
 from clm_stage_engine.settings import StageEngineSettings
 
 
@@ -16,7 +17,7 @@ class State:
     settings: StageEngineSettings
     engine: AsyncEngine
     verifier: KeyVerifier
-    kafka_up: bool = False
+    rules: LifecycleRules
 
 
 def app_state(request: Request) -> State:

@@ -1,25 +1,50 @@
-"""One micro-batch of ``clm.events.v1``, applied inside the consumer's transaction."""
+"""One micro-batch of ``clm.events.v1``, applied inside the consumer's transaction.
+
+1. decode (poison → DLQ), drop repeats of an event id, claim the new ones in
+   ``processed_events`` (a redelivery finds them claimed and changes nothing);
+2. resolve identities: an event carrying both ids links the anonymous id to the customer;
+   an anonymous-only event lands on its linked customer, if any;
+3. drop events of erased customers that happened before their erasure;
+4. lock the customers' rows in a stable order; rebuild the ones with late events or merges
+   from their stored events, fold the rest incrementally (pure :mod:`processor`);
+5. write rows, the event log, links, history, outbox records and webhook deliveries.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.consumer import BatchResult, Poison
-from clm_common.events import Event, parse_event_json
-from clm_common.lifecycle import customer_key
+from clm_common.events import Event, dump_event, parse_event_json
+from clm_common.lifecycle import customer_key, event_order
+from clm_common.rules import LifecycleRules
 from clm_stage_engine import repository
-from clm_stage_engine.processor import fold
+from clm_stage_engine.processor import FoldResult, Item, fold, needs_history
+from clm_stage_engine.records import removal_record
+
+log = logging.getLogger(__name__)
 
 EVENTS = Counter("clm_events_processed_total", "Events applied by the stage engine", ["type"])
 DUPLICATES = Counter("clm_events_duplicate_total", "Events already applied, skipped")
+ERASED = Counter("clm_events_erased_total", "Events of erased customers, dropped")
+MERGES = Counter("clm_identity_merges_total", "Anonymous profiles merged into customers")
 TRANSITIONS = Counter(
     "clm_stage_transitions_total", "Stage moves recorded", ["from_stage", "to_stage"]
 )
+
+
+def customer_hash(customer_id: str) -> str:
+    """How an erased customer is remembered: never its id, only this hash."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()
 
 
 def decode(record: Any) -> Event:
@@ -29,15 +54,17 @@ def decode(record: Any) -> Event:
 
 
 class EventsHandler:
-    """Decode, dedupe, fold and write one batch; poison comes back for the DLQ."""
+    """Decode, dedupe, resolve, fold and write one batch; poison comes back for the DLQ."""
 
-    def __init__(self, lifecycle_topic: str) -> None:
+    def __init__(self, lifecycle_topic: str, rules: LifecycleRules) -> None:
         self.lifecycle_topic = lifecycle_topic
+        self.rules = rules
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
+        now = datetime.now(UTC)
         poison: list[Poison] = []
         seen: set[tuple[str, str]] = set()
-        items: list[tuple[Any, Event]] = []
+        decoded: list[tuple[Any, Event]] = []
         for record in records:
             try:
                 event = decode(record)
@@ -49,25 +76,146 @@ class EventsHandler:
                 DUPLICATES.inc()
                 continue
             seen.add(ident)
-            items.append((record, event))
+            decoded.append((record, event))
 
         fresh = await repository.claim_events(
-            conn, [(e.source, e.event_id, customer_key(e)) for _, e in items]
+            conn, [(e.source, e.event_id, customer_key(e)) for _, e in decoded]
         )
-        new_items = [(r, e) for r, e in items if (e.source, e.event_id) in fresh]
-        DUPLICATES.inc(len(items) - len(new_items))
-        keys = {k for _, e in new_items if (k := customer_key(e)) is not None}
-        loaded = await repository.lock_customers(conn, sorted(keys))
-        result = fold(new_items, loaded)
+        new = [(r, e) for r, e in decoded if (e.source, e.event_id) in fresh]
+        DUPLICATES.inc(len(decoded) - len(new))
+
+        links = await repository.lookup_links(
+            conn, [e.anonymous_id for _, e in new if e.anonymous_id]
+        )
+        new_links: dict[str, tuple[str, str]] = {}
+        for _, e in sorted(new, key=lambda pair: event_order(pair[1])):
+            anon, cid = e.anonymous_id, e.customer_id
+            if anon and cid and anon != cid and anon not in links and anon not in new_links:
+                new_links[anon] = (cid, e.event_id)
+
+        def resolve(e: Event) -> str | None:
+            key = customer_key(e)
+            if key is None or e.customer_id:
+                return key
+            return links.get(key) or new_links.get(key, (key, ""))[0]
+
+        items = [Item(r, e, resolve(e)) for r, e in new]
+        items = await self._drop_erased(conn, items)
+
+        keys = {i.key for i in items if i.key is not None}
+        loaded = await repository.lock_customers(conn, sorted(keys | set(new_links)))
+        merges: dict[str, list[str]] = {}
+        for anon, (cid, _) in new_links.items():
+            if anon in loaded and cid in keys:
+                merges.setdefault(cid, []).append(anon)
+        rebuild = needs_history(items, loaded, merges)
+        stored = await repository.load_events(
+            conn, sorted(rebuild | {a for anons in merges.values() for a in anons})
+        )
+        histories = {
+            key: [
+                *stored.get(key, []),
+                *(ev for anon in merges.get(key, []) for ev in stored.get(anon, [])),
+            ]
+            for key in rebuild
+        }
+        result = fold(
+            items,
+            {k: v for k, v in loaded.items() if k in keys},
+            self.rules,
+            now=now,
+            histories=histories,
+            merges=merges,
+        )
         poison.extend(Poison(record, reason) for record, reason in result.failed)
+        await self._write(conn, result, loaded, merges, new_links)
+        return BatchResult(poison=poison, applied=len(result.applied))
+
+    async def _drop_erased(self, conn: AsyncConnection, items: list[Item[Any]]) -> list[Item[Any]]:
+        hashes = {customer_hash(i.key): i.key for i in items if i.key is not None}
+        erased = await repository.erased_since(conn, list(hashes))
+        if not erased:
+            return items
+        kept = []
+        for item in items:
+            at = erased.get(customer_hash(item.key)) if item.key is not None else None
+            if at is not None and item.event.occurred_at <= at:
+                ERASED.inc()
+                continue
+            kept.append(item)
+        return kept
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        result: FoldResult[Any],
+        loaded: dict[str, Any],
+        merges: dict[str, list[str]],
+        new_links: dict[str, tuple[str, str]],
+    ) -> None:
+        outbox = list(result.outbox)
+        for cid, anons in sorted(merges.items()):
+            await repository.absorb_profiles(conn, cid, anons)
+            for anon in anons:
+                MERGES.inc()
+                log.info("identity merge", extra={"anonymous_id": anon, "customer_id": cid})
+                outbox.append(
+                    (
+                        cid,
+                        removal_record(
+                            "identity_merge",
+                            f"{anon}>{cid}",
+                            anon,
+                            loaded[anon].stage.value,
+                            merged_into=cid,
+                        ),
+                    )
+                )
+        await repository.insert_links(
+            conn, [(anon, cid, eid) for anon, (cid, eid) in sorted(new_links.items())]
+        )
         await repository.upsert_customers(conn, list(result.states.values()))
+        await repository.insert_customer_events(
+            conn,
+            [
+                (i.event.source, i.event.event_id, i.key, i.event.occurred_at, dump_event(i.event))
+                for i in result.applied
+                if i.key is not None
+            ],
+        )
         await repository.insert_transitions(conn, result.transitions)
-        await repository.insert_outbox(conn, self.lifecycle_topic, result.outbox)
-        for _, event in new_items:
-            EVENTS.labels(event.type).inc()
+        await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
+        await self._enqueue_webhooks(conn, result)
+        for item in result.applied:
+            EVENTS.labels(item.event.type).inc()
         for t in result.transitions:
             TRANSITIONS.labels(t.from_stage.value if t.from_stage else "none", t.to_stage).inc()
-        return BatchResult(poison=poison, applied=result.applied)
+
+    async def _enqueue_webhooks(self, conn: AsyncConnection, result: FoldResult[Any]) -> None:
+        if not result.transitions:
+            return
+        subscriptions = await repository.active_subscriptions(conn)
+        if not subscriptions:
+            return
+        rows: list[tuple[int, bytes]] = []
+        for t in result.transitions:
+            payload = orjson.dumps(
+                {
+                    "type": "stage.changed",
+                    "customer_id": t.customer_id,
+                    "from": t.from_stage.value if t.from_stage else None,
+                    "to": t.to_stage.value,
+                    "at": t.at,
+                    "event_id": t.event_id,
+                    "reason": t.reason,
+                }
+            )
+            rows.extend(
+                (sid, payload)
+                for sid, stages in subscriptions
+                if not stages or t.to_stage in stages
+            )
+        await repository.enqueue_deliveries(conn, rows)
 
 
 def _short(exc: Exception) -> str:

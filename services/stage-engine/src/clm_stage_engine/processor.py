@@ -1,20 +1,42 @@
 """Folding a batch of new events into customer states: pure, no I/O.
 
-A customer's events in one batch are folded in memory, so a hot customer costs one row write
-per batch. Events the reducer cannot apply come back as poison with the reason.
+Per customer the batch's events are folded in memory in event-time order, so a hot customer
+costs one row write per batch. Events arriving in order are applied incrementally; a late event
+(earlier than what was already applied) or an identity merge makes the customer be rebuilt from
+its whole event set, so the result never depends on arrival order. Events the reducer cannot
+apply come back as failures with the reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from clm_common.events import Event, partition_key
-from clm_common.lifecycle import CustomerState, Transition, apply_event, customer_key
+from clm_common.lifecycle import (
+    Applied,
+    CustomerState,
+    Transition,
+    advance,
+    apply_event,
+    event_order,
+    is_late,
+)
+from clm_common.rules import LifecycleRules
 from clm_stage_engine.records import lifecycle_record
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Item(Generic[T]):
+    """A new event of the batch, the customer it lands on, and a tag (the Kafka record)."""
+
+    tag: T
+    event: Event
+    key: str | None  # None: no customer (marketing spend)
 
 
 @dataclass(slots=True)
@@ -22,30 +44,155 @@ class FoldResult(Generic[T]):
     states: dict[str, CustomerState] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
     outbox: list[tuple[str, bytes]] = field(default_factory=list)
-    applied: int = 0
+    applied: list[Item[T]] = field(default_factory=list)
     failed: list[tuple[T, str]] = field(default_factory=list)
 
 
-def fold(items: Sequence[tuple[T, Event]], loaded: Mapping[str, CustomerState]) -> FoldResult[T]:
-    """Apply ``items`` (a tag, e.g. the Kafka record, and its event) in order."""
+def needs_history(
+    items: Sequence[Item[T]],
+    loaded: Mapping[str, CustomerState],
+    merges: Mapping[str, Sequence[str]],
+) -> set[str]:
+    """Customers that must be rebuilt from their stored events: late arrivals and merges."""
+    out = {key for key, sources in merges.items() if any(s in loaded for s in sources)}
+    by_key: dict[str, list[Event]] = {}
+    for item in items:
+        if item.key is not None:
+            by_key.setdefault(item.key, []).append(item.event)
+    for key, events in by_key.items():
+        first = min(events, key=event_order)
+        if is_late(loaded.get(key), first):
+            out.add(key)
+    return out
+
+
+def fold(
+    items: Sequence[Item[T]],
+    loaded: Mapping[str, CustomerState],
+    rules: LifecycleRules,
+    *,
+    now: datetime,
+    histories: Mapping[str, Sequence[Event]] | None = None,
+    merges: Mapping[str, Sequence[str]] | None = None,
+) -> FoldResult[T]:
+    """Apply the batch.
+
+    ``histories`` holds, for every customer :func:`needs_history` named, all its stored events
+    (and those of the profiles merged into it); ``merges`` maps a customer to the anonymous
+    profiles merged into it in this batch.
+    """
+    histories = histories or {}
+    merges = merges or {}
     result: FoldResult[T] = FoldResult()
-    current: dict[str, CustomerState] = dict(loaded)
-    for tag, event in items:
-        key = customer_key(event)
-        if key is None:
-            result.outbox.append((partition_key(event), lifecycle_record(event, None, None)))
-            result.applied += 1
-            continue
-        before = current.get(key)
-        try:
-            applied = apply_event(before, event)
-        except Exception as exc:
-            result.failed.append((tag, f"reducer: {exc!r}"))
-            continue
-        current[key] = applied.state
-        result.states[key] = applied.state
-        if applied.transition is not None:
-            result.transitions.append(applied.transition)
-        result.outbox.append((key, lifecycle_record(event, before, applied)))
-        result.applied += 1
+    by_key: dict[str | None, list[Item[T]]] = {}
+    for item in items:
+        by_key.setdefault(item.key, []).append(item)
+
+    for item in by_key.pop(None, []):
+        result.outbox.append((partition_key(item.event), lifecycle_record(item.event, None, None)))
+        result.applied.append(item)
+
+    for key in sorted(k for k in by_key if k is not None):
+        batch = sorted(by_key[key], key=lambda i: event_order(i.event))
+        before = loaded.get(key)
+        if key in histories:
+            _rebuild(result, key, before, histories[key], batch, merges.get(key, ()), rules, now)
+        else:
+            _incremental(result, key, before, batch, rules)
     return result
+
+
+def _incremental(
+    result: FoldResult[T],
+    key: str,
+    state: CustomerState | None,
+    batch: Sequence[Item[T]],
+    rules: LifecycleRules,
+) -> None:
+    for item in batch:
+        try:
+            applied = apply_event(state, item.event, rules)
+        except Exception as exc:
+            result.failed.append((item.tag, f"reducer: {exc!r}"))
+            continue
+        applied = Applied(
+            state=_keyed(applied.state, key),
+            transitions=tuple(_retag(t, key) for t in applied.transitions),
+            first_purchase=applied.first_purchase,
+            repeat_purchase=applied.repeat_purchase,
+            reactivation=applied.reactivation,
+        )
+        result.transitions.extend(applied.transitions)
+        result.outbox.append((key, lifecycle_record(item.event, state, applied)))
+        result.applied.append(item)
+        state = applied.state
+    if state is not None:
+        result.states[key] = state
+
+
+def _rebuild(
+    result: FoldResult[T],
+    key: str,
+    before: CustomerState | None,
+    history: Sequence[Event],
+    batch: Sequence[Item[T]],
+    merged_from: Sequence[str],
+    rules: LifecycleRules,
+    now: datetime,
+) -> None:
+    """Refold the customer from everything it ever had, in event-time order.
+
+    The history records one correcting move (old stage → rebuilt stage) rather than rewriting
+    the past; each new event's record carries the flags it has at its place in event time.
+    """
+    new_ids = {(i.event.source, i.event.event_id) for i in batch}
+    per_event: dict[tuple[str, str], Applied] = {}
+    state: CustomerState | None = None
+    try:
+        for event in sorted([*history, *(i.event for i in batch)], key=event_order):
+            applied = apply_event(state, event, rules)
+            state = applied.state
+            if (event.source, event.event_id) in new_ids:
+                per_event[(event.source, event.event_id)] = applied
+        assert state is not None
+        state, _ = advance(_keyed(state, key), now, rules)
+    except Exception as exc:
+        result.failed.extend((i.tag, f"reducer (rebuild): {exc!r}") for i in batch)
+        return
+    reason = "identity merge" if merged_from else "late event"
+    moved = before is None or before.stage != state.stage
+    correction = Transition(
+        key,
+        None if before is None else before.stage,
+        state.stage,
+        state.stage_entered_at if before is None else max(now, state.stage_entered_at),
+        batch[-1].event.event_id if batch else "",
+        reason,
+    )
+    if moved:
+        result.transitions.append(correction)
+    previous = before
+    for n, item in enumerate(batch):
+        flags = per_event[(item.event.source, item.event.event_id)]
+        last = n == len(batch) - 1
+        applied = Applied(
+            state=state,
+            transitions=(correction,) if last and moved else (),
+            first_purchase=flags.first_purchase,
+            repeat_purchase=flags.repeat_purchase,
+            reactivation=flags.reactivation,
+        )
+        result.outbox.append((key, lifecycle_record(item.event, previous, applied)))
+        result.applied.append(item)
+        previous = state
+    result.states[key] = state
+
+
+def _keyed(state: CustomerState, key: str) -> CustomerState:
+    return state if state.customer_id == key else replace(state, customer_id=key)
+
+
+def _retag(t: Transition, key: str) -> Transition:
+    if t.customer_id == key:
+        return t
+    return Transition(key, t.from_stage, t.to_stage, t.at, t.event_id, t.reason)

@@ -2,7 +2,7 @@
 
 Versioned schema ``clm.lifecycle.v1``::
 
-    {"schema": "clm.lifecycle.v1", "record_id": "<source>:<event_id>",
+    {"schema": "clm.lifecycle.v1", "kind": "event", "record_id": "<source>:<event_id>",
      "event": {...the event as ingested...},
      "customer": {...facts after the event...} | null,   (null for marketing_spend)
      "stage_before": "reach" | null, "stage_after": "conversion" | null,
@@ -10,6 +10,11 @@ Versioned schema ``clm.lifecycle.v1``::
      "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool}
 
 ``record_id`` is stable, so consumers dedupe relay retries by it.
+
+Two more kinds carry no event (``"event": null``) and take a customer out of its stage:
+``identity_merge`` (an anonymous profile folded into a customer; ``merged_into`` names it) and
+``erasure`` (a customer erased on request). Both have ``stage_after: null`` and
+``customer_id``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
     transition = applied.transition if applied else None
     doc: dict[str, Any] = {
         "schema": SCHEMA,
+        "kind": "event",
         "record_id": record_id(event),
         "event": EVENT_ADAPTER.dump_python(event, mode="json", exclude_none=True),
         "customer": customer_facts(applied.state) if applied else None,
@@ -57,6 +63,28 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
         "first_purchase": bool(applied and applied.first_purchase),
         "repeat_purchase": bool(applied and applied.repeat_purchase),
         "reactivation": bool(applied and applied.reactivation),
+    }
+    return orjson.dumps(doc, default=_default)
+
+
+def removal_record(
+    kind: str, record_key: str, customer_id: str, stage: str | None, **extra: Any
+) -> bytes:
+    """A record saying a profile left its stage: ``identity_merge`` or ``erasure``."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "record_id": f"{kind}:{record_key}",
+        "customer_id": customer_id,
+        "event": None,
+        "customer": None,
+        "stage_before": stage,
+        "stage_after": None,
+        "transition": None,
+        "first_purchase": False,
+        "repeat_purchase": False,
+        "reactivation": False,
+        **extra,
     }
     return orjson.dumps(doc, default=_default)
 

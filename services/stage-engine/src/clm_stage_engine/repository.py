@@ -7,13 +7,24 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
-from clm_common.schema import customers, outbox, processed_events, stage_transitions
+from clm_common.schema import (
+    customer_events,
+    customers,
+    erasures,
+    identity_links,
+    outbox,
+    processed_events,
+    stage_transitions,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
 
 _STATE_COLUMNS = [
     "customer_id",
@@ -37,18 +48,27 @@ _STATE_COLUMNS = [
     "last_nps",
     "referrals",
     "events",
+    "reactivations",
+    "last_event_source",
+    "last_event_id",
+    "recent_visits",
+    "recent_purchases",
 ]
 
 
 def state_from_row(row: Any) -> CustomerState:
     values = {name: getattr(row, name) for name in _STATE_COLUMNS}
     values["stage"] = Stage(values["stage"])
+    values["recent_visits"] = tuple(values["recent_visits"] or ())
+    values["recent_purchases"] = tuple(values["recent_purchases"] or ())
     return CustomerState(**values)
 
 
 def row_from_state(state: CustomerState) -> dict[str, Any]:
     row = {name: getattr(state, name) for name in _STATE_COLUMNS}
     row["stage"] = state.stage.value
+    row["recent_visits"] = list(state.recent_visits)
+    row["recent_purchases"] = list(state.recent_purchases)
     return row
 
 
@@ -153,3 +173,174 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+async def lookup_links(conn: AsyncConnection, anonymous_ids: Sequence[str]) -> dict[str, str]:
+    """anonymous id → customer id, for the ids already linked."""
+    if not anonymous_ids:
+        return {}
+    rows = await conn.execute(
+        select(identity_links.c.anonymous_id, identity_links.c.customer_id).where(
+            identity_links.c.anonymous_id.in_(sorted(set(anonymous_ids)))
+        )
+    )
+    return {r.anonymous_id: r.customer_id for r in rows}
+
+
+async def insert_links(conn: AsyncConnection, links: Sequence[tuple[str, str, str]]) -> None:
+    """(anonymous id, customer id, event id) links; an id already linked keeps its link."""
+    if not links:
+        return
+    await conn.execute(
+        insert(identity_links)
+        .values([{"anonymous_id": a, "customer_id": c, "event_id": e} for a, c, e in links])
+        .on_conflict_do_nothing()
+    )
+
+
+async def load_events(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, list[Event]]:
+    """Every stored event of these customers (the input of a rebuild)."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(customer_events.c.customer_id, customer_events.c.payload).where(
+            customer_events.c.customer_id.in_(sorted(set(keys)))
+        )
+    )
+    out: dict[str, list[Event]] = {}
+    for r in rows:
+        out.setdefault(r.customer_id, []).append(parse_event_json(r.payload))
+    return out
+
+
+async def insert_customer_events(
+    conn: AsyncConnection, rows: Sequence[tuple[str, str, str, datetime, bytes]]
+) -> None:
+    """(source, event id, customer id, occurred at, payload) of applied events."""
+    if not rows:
+        return
+    await conn.execute(
+        insert(customer_events)
+        .values(
+            [
+                {"source": s, "event_id": e, "customer_id": c, "occurred_at": t, "payload": p}
+                for s, e, c, t, p in rows
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[str]) -> None:
+    """Move anonymous profiles' events and history onto a customer and drop their rows."""
+    if not profiles:
+        return
+    await conn.execute(
+        update(customer_events)
+        .where(customer_events.c.customer_id.in_(profiles))
+        .values(customer_id=into)
+    )
+    await conn.execute(
+        update(stage_transitions)
+        .where(stage_transitions.c.customer_id.in_(profiles))
+        .values(customer_id=into)
+    )
+    await conn.execute(delete(customers).where(customers.c.customer_id.in_(profiles)))
+
+
+async def erased_since(conn: AsyncConnection, hashes: Sequence[str]) -> dict[str, datetime]:
+    """customer hash → when it was erased, for erased customers among ``hashes``."""
+    if not hashes:
+        return {}
+    rows = await conn.execute(
+        select(erasures.c.customer_hash, erasures.c.erased_at).where(
+            erasures.c.customer_hash.in_(sorted(set(hashes)))
+        )
+    )
+    return {r.customer_hash: r.erased_at for r in rows}
+
+
+async def active_subscriptions(conn: AsyncConnection) -> list[tuple[int, list[str] | None]]:
+    rows = await conn.execute(
+        select(webhook_subscriptions.c.id, webhook_subscriptions.c.stages).where(
+            webhook_subscriptions.c.active.is_(True)
+        )
+    )
+    return [(r.id, r.stages) for r in rows]
+
+
+async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        insert(webhook_deliveries).values(
+            [{"subscription_id": sid, "payload": payload} for sid, payload in rows]
+        )
+    )
+
+
+async def list_customers(
+    conn: AsyncConnection, *, stage: str | None, after: str | None, limit: int
+) -> list[CustomerState]:
+    """A page of customers by id (keyset: stable while rows are written)."""
+    query = select(customers).order_by(customers.c.customer_id).limit(limit)
+    if stage is not None:
+        query = query.where(customers.c.stage == stage)
+    if after is not None:
+        query = query.where(customers.c.customer_id > after)
+    return [state_from_row(r) for r in await conn.execute(query)]
+
+
+async def count_by_stage(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(select(customers.c.stage, func.count()).group_by(customers.c.stage))
+    return {stage: int(n) for stage, n in rows}
+
+
+async def erase_customer(conn: AsyncConnection, customer_id: str, customer_hash: str) -> bool:
+    """Delete every row about the customer (and its linked anonymous ids); remember the hash."""
+    anon_rows = await conn.execute(
+        delete(identity_links)
+        .where(identity_links.c.customer_id == customer_id)
+        .returning(identity_links.c.anonymous_id)
+    )
+    ids = [customer_id, *(r.anonymous_id for r in anon_rows)]
+    await conn.execute(delete(identity_links).where(identity_links.c.anonymous_id.in_(ids)))
+    existed = await conn.execute(delete(customers).where(customers.c.customer_id.in_(ids)))
+    await conn.execute(delete(stage_transitions).where(stage_transitions.c.customer_id.in_(ids)))
+    await conn.execute(delete(customer_events).where(customer_events.c.customer_id.in_(ids)))
+    await conn.execute(delete(processed_events).where(processed_events.c.customer_id.in_(ids)))
+    await conn.execute(
+        insert(erasures)
+        .values(customer_hash=customer_hash)
+        .on_conflict_do_update(index_elements=["customer_hash"], set_={"erased_at": func.now()})
+    )
+    return bool(existed.rowcount)
+
+
+async def anonymise_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> bool:
+    """Keep the facts and history under a pseudonym; drop raw events and id links."""
+    moved = await conn.execute(
+        update(customers)
+        .where(customers.c.customer_id == customer_id)
+        .values(customer_id=pseudonym)
+    )
+    if not moved.rowcount:
+        return False
+    await conn.execute(
+        update(stage_transitions)
+        .where(stage_transitions.c.customer_id == customer_id)
+        .values(customer_id=pseudonym)
+    )
+    await conn.execute(delete(customer_events).where(customer_events.c.customer_id == customer_id))
+    await conn.execute(
+        delete(identity_links).where(
+            (identity_links.c.customer_id == customer_id)
+            | (identity_links.c.anonymous_id == customer_id)
+        )
+    )
+    await conn.execute(
+        update(processed_events)
+        .where(processed_events.c.customer_id == customer_id)
+        .values(customer_id=pseudonym)
+    )
+    return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 
 from clm_common.settings import CommonSettings
@@ -18,3 +21,23 @@ class StageEngineSettings(CommonSettings):
     stage_engine_outbox_poll_ms: int = Field(
         default=100, ge=10, description="How often the outbox relay looks for new rows."
     )
+    stage_engine_rules_path: Path | None = Field(
+        default=None,
+        description="Lifecycle rule file (YAML); default: deploy/config/lifecycle.yaml.",
+    )
+    stage_vocabulary: Literal["standard", "classic"] = Field(
+        default="standard",
+        description="Stage names in answers: standard (reach…loyalty) or classic "
+        "(awareness, consideration, purchase, retention, advocacy). Both are accepted.",
+    )
+    stage_engine_sweep_seconds: float = Field(
+        default=60.0, gt=0, description="How often the sweeper applies inactivity moves."
+    )
+    stage_engine_sweep_batch: int = Field(
+        default=1000, ge=1, description="Customers one sweeper transaction moves at most."
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="Webhook POST timeout.")
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Deliveries failing this often are parked."
+    )
+    webhook_poll_ms: int = Field(default=500, ge=10, description="Webhook dispatcher poll.")

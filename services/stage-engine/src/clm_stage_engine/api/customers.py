@@ -1,17 +1,22 @@
-"""Read API: a customer's stage, facts and history (read token)."""
+"""Read API: customers' stages, facts and history (read token); erasure (write key)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import base64
+import binascii
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from clm_common.auth import Principal, authenticate
+from clm_common.lifecycle import VOCABULARIES, CustomerState, Stage, parse_stage
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
 from clm_stage_engine.deps import State, app_state
+from clm_stage_engine.handler import customer_hash
+from clm_stage_engine.records import removal_record
 
-router = APIRouter(prefix="/v1/customers", tags=["customers"])
+router = APIRouter(prefix="/v1", tags=["customers"])
 
 CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
 
@@ -20,8 +25,89 @@ async def reader(request: Request, state: Annotated[State, Depends(app_state)]) 
     return await authenticate(request, state.verifier, "read")
 
 
+async def writer(request: Request, state: Annotated[State, Depends(app_state)]) -> Principal:
+    return await authenticate(request, state.verifier, "write")
+
+
+def display(state: State, stage: Stage | str | None) -> str | None:
+    if stage is None:
+        return None
+    return VOCABULARIES[state.settings.stage_vocabulary][Stage(stage)]
+
+
+def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
+    row = repository.row_from_state(customer)
+    for private in ("last_event_source", "last_event_id", "recent_visits", "recent_purchases"):
+        row.pop(private)
+    doc = {k: repository.jsonable(v) for k, v in row.items()}
+    doc["stage"] = display(state, customer.stage)
+    return doc
+
+
+def stage_param(name: str | None) -> Stage | None:
+    if name is None:
+        return None
+    try:
+        return parse_stage(name)
+    except ValueError:
+        raise ProblemError(
+            422,
+            "Invalid request",
+            f"unknown stage {name!r}",
+            errors=[{"field": "stage", "message": f"unknown stage {name!r}"}],
+        ) from None
+
+
 @router.get(
-    "/{customer_id}",
+    "/customers",
+    summary="Customers, optionally in one stage, by id (keyset pagination)",
+    responses={401: {}, 422: {"description": "unknown stage or bad cursor"}},
+)
+async def list_customers(
+    state: Annotated[State, Depends(app_state)],
+    _: Annotated[Principal, Depends(reader)],
+    stage: Annotated[str | None, Query(description="a stage or its alias")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> dict[str, Any]:
+    wanted = stage_param(stage)
+    after = None
+    if cursor is not None:
+        try:
+            after = base64.urlsafe_b64decode(cursor.encode()).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise ProblemError(
+                422,
+                "Invalid request",
+                "bad cursor",
+                errors=[{"field": "cursor", "message": "bad cursor"}],
+            ) from None
+    async with state.engine.connect() as conn:
+        page = await repository.list_customers(
+            conn, stage=wanted.value if wanted else None, after=after, limit=limit
+        )
+    next_cursor = (
+        base64.urlsafe_b64encode(page[-1].customer_id.encode()).decode()
+        if len(page) == limit
+        else None
+    )
+    return {"customers": [customer_doc(state, c) for c in page], "next_cursor": next_cursor}
+
+
+@router.get("/stages", summary="How many customers are in each stage now", responses={401: {}})
+async def stages(
+    state: Annotated[State, Depends(app_state)], _: Annotated[Principal, Depends(reader)]
+) -> dict[str, Any]:
+    async with state.engine.connect() as conn:
+        counts = await repository.count_by_stage(conn)
+    return {
+        "vocabulary": state.settings.stage_vocabulary,
+        "stages": {display(state, s): counts.get(s.value, 0) for s in Stage},
+    }
+
+
+@router.get(
+    "/customers/{customer_id}",
     summary="A customer's lifecycle stage and running facts",
     responses={401: {}, 404: {"description": "unknown customer"}},
 )
@@ -34,12 +120,11 @@ async def get_customer(
         customer = await repository.get_customer(conn, customer_id)
     if customer is None:
         raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
-    row = repository.row_from_state(customer)
-    return {k: repository.jsonable(v) for k, v in row.items()}
+    return customer_doc(state, customer)
 
 
 @router.get(
-    "/{customer_id}/history",
+    "/customers/{customer_id}/history",
     summary="A customer's stage transitions, oldest first",
     responses={401: {}, 404: {"description": "unknown customer"}},
 )
@@ -53,7 +138,60 @@ async def get_history(
         if await repository.get_customer(conn, customer_id) is None:
             raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
         history = await repository.get_history(conn, customer_id, limit)
-    return {
-        "customer_id": customer_id,
-        "transitions": [{k: repository.jsonable(v) for k, v in t.items()} for t in history],
-    }
+    transitions = []
+    for t in history:
+        doc = {k: repository.jsonable(v) for k, v in t.items()}
+        doc["from_stage"] = display(state, t["from_stage"])
+        doc["to_stage"] = display(state, t["to_stage"])
+        transitions.append(doc)
+    return {"customer_id": customer_id, "transitions": transitions}
+
+
+@router.delete(
+    "/customers/{customer_id}",
+    summary="Erase a customer (GDPR): state, history, event log, links, dedupe rows",
+    description=(
+        "`mode=erase` deletes every row about the customer and its linked anonymous ids, and "
+        "remembers only a hash so a replay of the log does not bring it back; "
+        "`mode=anonymise` keeps facts and history under a pseudonym and drops the raw events. "
+        "An erasure record goes out on the lifecycle stream either way."
+    ),
+    responses={401: {}, 403: {}, 404: {"description": "unknown customer"}},
+)
+async def erase(
+    customer_id: CustomerId,
+    state: Annotated[State, Depends(app_state)],
+    _: Annotated[Principal, Depends(writer)],
+    mode: Literal["erase", "anonymise"] = "erase",
+) -> dict[str, Any]:
+    digest = customer_hash(customer_id)
+    async with state.engine.begin() as conn:
+        current = await repository.get_customer(conn, customer_id)
+        if current is None:
+            raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
+        if mode == "erase":
+            await repository.erase_customer(conn, customer_id, digest)
+            pseudonym = None
+        else:
+            pseudonym = f"anon-{digest[:24]}"
+            await repository.anonymise_customer(conn, customer_id, pseudonym)
+        await repository.insert_outbox(
+            conn,
+            state.settings.topic_lifecycle,
+            [
+                (
+                    customer_id,
+                    removal_record(
+                        "erasure",
+                        digest,
+                        customer_id,
+                        current.stage.value,
+                        mode=mode,
+                        pseudonym=pseudonym,
+                        # anonymised customers stay counted in their stage
+                        stage_after=current.stage.value if pseudonym else None,
+                    ),
+                )
+            ],
+        )
+    return {"customer_id": customer_id, "mode": mode, "pseudonym": pseudonym}

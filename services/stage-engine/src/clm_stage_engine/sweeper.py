@@ -1,0 +1,140 @@
+"""The sweeper: time-based moves (inactivity → ``at_risk`` → ``churned``) from a given clock.
+
+Safe with several replicas: each pass takes the candidates with ``FOR UPDATE SKIP LOCKED``, so
+two sweepers never move the same customer, and a consumer batch holding a customer's row is
+simply skipped this pass. Moves are computed by the same pure :func:`lifecycle.advance` the
+reducer uses, recorded in the history and sent downstream like any other move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import orjson
+from prometheus_client import Counter
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_common.lifecycle import CUSTOMER_STAGES, Stage, advance
+from clm_common.rules import LifecycleRules
+from clm_common.schema import customers
+from clm_stage_engine import repository
+from clm_stage_engine.records import SCHEMA, customer_facts
+
+log = logging.getLogger(__name__)
+
+SWEPT = Counter("clm_sweeper_moves_total", "Inactivity moves made by the sweeper", ["to_stage"])
+
+
+async def sweep_once(
+    engine: AsyncEngine,
+    rules: LifecycleRules,
+    now: datetime,
+    *,
+    lifecycle_topic: str,
+    batch: int = 1000,
+) -> int:
+    """Move every customer whose inactivity crossed a threshold by ``now``; return moves."""
+    at_risk_before = now - timedelta(days=rules.at_risk.inactive_days)
+    churn_before = now - timedelta(days=rules.churned.inactive_days)
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(customers)
+                    .where(
+                        or_(
+                            and_(
+                                customers.c.stage.in_([s.value for s in CUSTOMER_STAGES]),
+                                customers.c.last_seen_at <= at_risk_before,
+                            ),
+                            and_(
+                                customers.c.stage == Stage.AT_RISK.value,
+                                customers.c.last_seen_at <= churn_before,
+                            ),
+                        )
+                    )
+                    .order_by(customers.c.customer_id)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return total
+            states, transitions, outbox = [], [], []
+            for row in rows:
+                before = repository.state_from_row(row)
+                after, moves = advance(before, now, rules)
+                if not moves:
+                    continue
+                states.append(after)
+                transitions.extend(moves)
+                for move in moves:
+                    SWEPT.labels(move.to_stage.value).inc()
+                outbox.append(
+                    (
+                        after.customer_id,
+                        orjson.dumps(
+                            {
+                                "schema": SCHEMA,
+                                "kind": "time",
+                                "record_id": f"time:{after.customer_id}:{moves[-1].at.isoformat()}",
+                                "customer_id": after.customer_id,
+                                "event": None,
+                                "customer": customer_facts(after),
+                                "stage_before": before.stage.value,
+                                "stage_after": after.stage.value,
+                                "transition": {
+                                    "from": moves[-1].from_stage.value
+                                    if moves[-1].from_stage
+                                    else None,
+                                    "to": moves[-1].to_stage.value,
+                                    "at": moves[-1].at,
+                                    "reason": moves[-1].reason,
+                                },
+                                "transitions": [
+                                    {"from": m.from_stage, "to": m.to_stage, "at": m.at}
+                                    for m in moves
+                                ],
+                                "first_purchase": False,
+                                "repeat_purchase": False,
+                                "reactivation": False,
+                            },
+                            default=str,
+                        ),
+                    )
+                )
+            await repository.upsert_customers(conn, states)
+            await repository.insert_transitions(conn, transitions)
+            await repository.insert_outbox(conn, lifecycle_topic, outbox)
+            total += len(states)
+            if len(rows) < batch:
+                return total
+
+
+async def sweep_forever(
+    engine: AsyncEngine,
+    rules: LifecycleRules,
+    clock: Callable[[], datetime],
+    *,
+    lifecycle_topic: str,
+    every_s: float,
+    batch: int,
+    stopping: asyncio.Event,
+) -> None:
+    while not stopping.is_set():
+        try:
+            moved = await sweep_once(
+                engine, rules, clock(), lifecycle_topic=lifecycle_topic, batch=batch
+            )
+            if moved:
+                log.info("sweeper moved customers", extra={"moved": moved})
+        except Exception:
+            log.warning("sweep failed; retrying next round", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=every_s)
