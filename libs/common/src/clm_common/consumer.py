@@ -80,6 +80,7 @@ class BatchPolicy:
     max_wait_ms: int = 200
     retry_backoff_s: float = 1.0
     max_consecutive_poison: int = 1000
+    idle_recheck_s: float = 5.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -149,8 +150,31 @@ class BatchConsumer:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def recheck_stored(self) -> None:
+        """While idle: follow stored offsets someone else moved (a replay reset them)."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return
+        try:
+            async with self.engine.connect() as conn:
+                stored = await load_offsets(
+                    conn, self.group_id, sorted((tp.topic, tp.partition) for tp in assigned)
+                )
+        except Exception:
+            log.warning("cannot re-read stored offsets", exc_info=True)
+            return
+        moved = {
+            tp
+            for tp in assigned
+            if stored.get((tp.topic, tp.partition)) != self.expected.get((tp.topic, tp.partition))
+        }
+        if moved:
+            log.info("stored offsets moved; following them", extra={"partitions": len(moved)})
+            await self.seek_to_stored(moved)
+
     async def run(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        last_check = time.monotonic()
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(
                 timeout_ms=self.policy.max_wait_ms, max_records=self.policy.max_records
@@ -158,6 +182,10 @@ class BatchConsumer:
             records = [r for tp_records in batches.values() for r in tp_records]
             if not records:
                 self._update_lag()
+                if time.monotonic() - last_check >= self.policy.idle_recheck_s:
+                    last_check = time.monotonic()
+                    async with self.batch_lock:
+                        await self.recheck_stored()
                 continue
             async with self.batch_lock:
                 await self._apply_with_retry(records)

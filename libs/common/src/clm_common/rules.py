@@ -124,7 +124,13 @@ def parse_rules(text: str, *, source: str = "<rules>") -> LifecycleRules:
 
 
 def load_rules(path: Path | None = None) -> LifecycleRules:
-    """Load the rule file (default: the shipped ``deploy/config/lifecycle.yaml``)."""
+    """Load the rule file (default: the shipped ``deploy/config/lifecycle.yaml``).
+
+    Without a path and without the repository's file (an installed package), the documented
+    defaults apply — the same values as the shipped file (a test keeps them equal).
+    """
+    if path is None and not DEFAULT_RULES_PATH.exists():
+        return LifecycleRules()
     target = path or DEFAULT_RULES_PATH
     try:
         text = target.read_text()

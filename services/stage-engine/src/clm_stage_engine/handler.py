@@ -1,13 +1,13 @@
 """One micro-batch of ``clm.events.v1``, applied inside the consumer's transaction.
 
-1. decode (poison → DLQ), drop repeats of an event id, claim the new ones in
-   ``processed_events`` (a redelivery finds them claimed and changes nothing);
+1. decode (poison → DLQ), drop repeats of an event id and events of erased customers that
+   happened before their erasure (nothing of them is stored, not even a dedupe row), claim the
+   new ones in ``processed_events`` (a redelivery finds them claimed and changes nothing);
 2. resolve identities: an event carrying both ids links the anonymous id to the customer;
    an anonymous-only event lands on its linked customer, if any;
-3. drop events of erased customers that happened before their erasure;
-4. lock the customers' rows in a stable order; rebuild the ones with late events or merges
+3. lock the customers' rows in a stable order; rebuild the ones with late events or merges
    from their stored events, fold the rest incrementally (pure :mod:`processor`);
-5. write rows, the event log, links, history, outbox records and webhook deliveries.
+4. write rows, the event log, links, history, outbox records and webhook deliveries.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class EventsHandler:
             seen.add(ident)
             decoded.append((record, event))
 
+        decoded = await self._drop_erased(conn, decoded)
         fresh = await repository.claim_events(
             conn, [(e.source, e.event_id, customer_key(e)) for _, e in decoded]
         )
@@ -100,7 +101,6 @@ class EventsHandler:
             return links.get(key) or new_links.get(key, (key, ""))[0]
 
         items = [Item(r, e, resolve(e)) for r, e in new]
-        items = await self._drop_erased(conn, items)
 
         keys = {i.key for i in items if i.key is not None}
         loaded = await repository.lock_customers(conn, sorted(keys | set(new_links)))
@@ -131,18 +131,25 @@ class EventsHandler:
         await self._write(conn, result, loaded, merges, new_links)
         return BatchResult(poison=poison, applied=len(result.applied))
 
-    async def _drop_erased(self, conn: AsyncConnection, items: list[Item[Any]]) -> list[Item[Any]]:
-        hashes = {customer_hash(i.key): i.key for i in items if i.key is not None}
-        erased = await repository.erased_since(conn, list(hashes))
+    async def _drop_erased(
+        self, conn: AsyncConnection, pairs: list[tuple[Any, Event]]
+    ) -> list[tuple[Any, Event]]:
+        """Events of an erased customer (either id) from before the erasure are dropped."""
+        ids = {i for _, e in pairs for i in (e.customer_id, e.anonymous_id) if i is not None}
+        erased = await repository.erased_since(conn, [customer_hash(i) for i in ids])
         if not erased:
-            return items
+            return pairs
         kept = []
-        for item in items:
-            at = erased.get(customer_hash(item.key)) if item.key is not None else None
-            if at is not None and item.event.occurred_at <= at:
+        for record, event in pairs:
+            times = [
+                erased.get(customer_hash(i))
+                for i in (event.customer_id, event.anonymous_id)
+                if i is not None
+            ]
+            if any(t is not None and event.occurred_at <= t for t in times):
                 ERASED.inc()
                 continue
-            kept.append(item)
+            kept.append((record, event))
         return kept
 
     async def _write(

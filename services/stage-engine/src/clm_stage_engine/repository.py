@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -296,8 +296,10 @@ async def count_by_stage(conn: AsyncConnection) -> dict[str, int]:
     return {stage: int(n) for stage, n in rows}
 
 
-async def erase_customer(conn: AsyncConnection, customer_id: str, customer_hash: str) -> bool:
-    """Delete every row about the customer (and its linked anonymous ids); remember the hash."""
+async def erase_customer(
+    conn: AsyncConnection, customer_id: str, hasher: Callable[[str], str]
+) -> bool:
+    """Delete every row about the customer and its linked anonymous ids; remember their hashes."""
     anon_rows = await conn.execute(
         delete(identity_links)
         .where(identity_links.c.customer_id == customer_id)
@@ -309,10 +311,9 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, customer_hash:
     await conn.execute(delete(stage_transitions).where(stage_transitions.c.customer_id.in_(ids)))
     await conn.execute(delete(customer_events).where(customer_events.c.customer_id.in_(ids)))
     await conn.execute(delete(processed_events).where(processed_events.c.customer_id.in_(ids)))
+    stmt = insert(erasures).values([{"customer_hash": hasher(i)} for i in ids])
     await conn.execute(
-        insert(erasures)
-        .values(customer_hash=customer_hash)
-        .on_conflict_do_update(index_elements=["customer_hash"], set_={"erased_at": func.now()})
+        stmt.on_conflict_do_update(index_elements=["customer_hash"], set_={"erased_at": func.now()})
     )
     return bool(existed.rowcount)
 

@@ -41,3 +41,6 @@ class StageEngineSettings(CommonSettings):
         default=8, ge=1, description="Deliveries failing this often are parked."
     )
     webhook_poll_ms: int = Field(default=500, ge=10, description="Webhook dispatcher poll.")
+    stage_engine_idle_recheck_s: float = Field(
+        default=5.0, gt=0, description="While idle, how often stored offsets are re-read."
+    )

@@ -170,7 +170,7 @@ async def erase(
         if current is None:
             raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
         if mode == "erase":
-            await repository.erase_customer(conn, customer_id, digest)
+            await repository.erase_customer(conn, customer_id, customer_hash)
             pseudonym = None
         else:
             pseudonym = f"anon-{digest[:24]}"

@@ -1,0 +1,476 @@
+"""The stage engine's lifecycle on real Kafka and Postgres: late events, identity merges, the
+sweeper with a test clock, erasure, replay, webhooks, the read API and the rule file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_common.db import create_engine
+from clm_common.events import dump_event, parse_event
+from clm_common.rules import LifecycleRules, RulesError
+from clm_common.schema import metadata
+from clm_common.settings import CommonSettings
+from clm_stage_engine.app import create_app
+from clm_stage_engine.replay import reset_for_replay
+from clm_stage_engine.settings import StageEngineSettings
+from clm_stage_engine.sweeper import sweep_once
+from clm_stage_engine.webhooks import verify_signature
+from tests.factories import event_doc
+from tests.integration.conftest import READ_TOKEN, WRITE_KEY, eventually, produce, read_topic
+
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
+# recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
+DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
+
+
+def at(days: float) -> str:
+    return (DAY0 + timedelta(days=days)).isoformat()
+
+
+def wire(doc: dict[str, Any]) -> tuple[bytes, bytes]:
+    event = parse_event(doc)  # no "now": these tests play with time
+    key = (event.customer_id or event.anonymous_id or "x").encode()
+    return key, dump_event(event)
+
+
+@pytest.fixture
+async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(common.database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
+            yield c
+
+
+async def get(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None:
+    r = await client.get(f"/v1/customers/{cid}", headers=READ)
+    return r.json() if r.status_code == 200 else None
+
+
+async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        c = await get(client, cid)
+        return c if c and c["events"] == n else None
+
+    return await eventually(probe)
+
+
+async def test_a_late_first_touch_is_applied_by_event_time(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(
+                event_doc(
+                    "site_visit",
+                    customer_id="late",
+                    event_id="v",
+                    occurred_at=at(5),
+                    channel="email",
+                )
+            ),
+            wire(event_doc("purchase", customer_id="late", event_id="p", occurred_at=at(6))),
+        ],
+    )
+    await until_events(client, "late", 2)
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(
+                event_doc(
+                    "ad_click",
+                    customer_id="late",
+                    event_id="a",
+                    occurred_at=at(1),
+                    channel="paid_search",
+                )
+            ),
+            wire(event_doc("signup", customer_id="late", event_id="s", occurred_at=at(2))),
+        ],
+    )
+    c = await until_events(client, "late", 4)
+    assert c["first_channel"] == "paid_search"
+    assert c["first_seen_at"] == at(1)
+    assert c["acquired_at"] == at(2)
+    assert c["stage"] == "conversion"
+    assert c["converted_at"] == at(6)
+
+
+async def test_identity_merge_keeps_first_touch_and_later_anonymous_events_land_on_the_customer(
+    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
+) -> None:
+    anon = event_doc(
+        "ad_click", customer_id=None, event_id="a1", occurred_at=at(0), channel="social"
+    )
+    anon["anonymous_id"] = "anon-7"
+    await produce(common.kafka_bootstrap, common.topic_events, [wire(anon)])
+    assert (await until_events(client, "anon-7", 1))["stage"] == "reach"
+
+    identify = event_doc(
+        "identify",
+        customer_id="known-7",
+        event_id="i1",
+        occurred_at=at(1),
+        traits={"email": "k@x.y"},
+    )
+    identify["anonymous_id"] = "anon-7"
+    await produce(common.kafka_bootstrap, common.topic_events, [wire(identify)])
+    c = await until_events(client, "known-7", 2)
+    assert c["first_channel"] == "social"
+    assert c["first_seen_at"] == at(0)
+    assert c["stage"] == "acquisition"
+    assert await get(client, "anon-7") is None
+
+    later = event_doc("purchase", customer_id=None, event_id="p1", occurred_at=at(2))
+    later["anonymous_id"] = "anon-7"
+    await produce(common.kafka_bootstrap, common.topic_events, [wire(later)])
+    c = await until_events(client, "known-7", 3)
+    assert c["stage"] == "conversion"
+    history = (await client.get("/v1/customers/known-7/history", headers=READ)).json()
+    assert [t["to_stage"] for t in history["transitions"]] == ["reach", "acquisition", "conversion"]
+    async with db.connect() as conn:
+        link = (
+            await conn.execute(
+                text("SELECT customer_id FROM identity_links WHERE anonymous_id = 'anon-7'")
+            )
+        ).scalar_one()
+    assert link == "known-7"
+
+
+async def test_the_sweeper_moves_quiet_customers_with_a_test_clock(
+    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
+) -> None:
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(event_doc("purchase", customer_id="quiet", event_id="q1", occurred_at=at(0))),
+            wire(event_doc("purchase", customer_id="busy", event_id="b1", occurred_at=at(0))),
+            wire(event_doc("site_visit", customer_id="busy", event_id="b2", occurred_at=at(50))),
+        ],
+    )
+    await until_events(client, "busy", 2)
+    rules = LifecycleRules()
+    topic = common.topic_lifecycle
+    assert await sweep_once(db, rules, DAY0 + timedelta(days=59), lifecycle_topic=topic) == 0
+    assert await sweep_once(db, rules, DAY0 + timedelta(days=61), lifecycle_topic=topic) == 1
+    assert (await get(client, "quiet"))["stage"] == "at_risk"  # type: ignore[index]
+    assert (await get(client, "busy"))["stage"] == "conversion"  # type: ignore[index]
+    assert await sweep_once(db, rules, DAY0 + timedelta(days=181), lifecycle_topic=topic) == 2
+    quiet = await get(client, "quiet")
+    assert quiet is not None
+    assert quiet["stage"] == "churned"
+    assert quiet["stage_entered_at"] == at(180)
+    assert (await get(client, "busy"))["stage"] == "at_risk"  # type: ignore[index]
+    history = (await client.get("/v1/customers/quiet/history", headers=READ)).json()
+    assert [(t["to_stage"], t["reason"]) for t in history["transitions"]] == [
+        ("conversion", "first purchase"),
+        ("at_risk", "inactive"),
+        ("churned", "inactive"),
+    ]
+    assert await sweep_once(db, rules, DAY0 + timedelta(days=181), lifecycle_topic=topic) == 0
+
+    # a purchase brings the churned customer back, recorded as a reactivation
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(
+                event_doc(
+                    "purchase",
+                    customer_id="quiet",
+                    event_id="q2",
+                    order_id="o-2",
+                    occurred_at=at(200),
+                )
+            ),
+        ],
+    )
+    back = await until_events(client, "quiet", 2)
+    assert back["stage"] == "retention"
+    assert back["reactivations"] == 1
+    records = await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=8)
+    kinds = [orjson.loads(r.value).get("kind") for r in records]
+    assert kinds.count("time") == 3
+
+
+async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_back(
+    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
+) -> None:
+    anon = event_doc("site_visit", customer_id=None, event_id="ea", occurred_at=at(0))
+    anon["anonymous_id"] = "erase-anon"
+    ident = event_doc(
+        "identify",
+        customer_id="erase-me",
+        event_id="ei",
+        occurred_at=at(1),
+        traits={"email": "e@x"},
+    )
+    ident["anonymous_id"] = "erase-anon"
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(anon),
+            wire(ident),
+            wire(event_doc("purchase", customer_id="erase-me", event_id="ep", occurred_at=at(2))),
+            wire(event_doc("purchase", customer_id="keep-me", event_id="kp", occurred_at=at(2))),
+        ],
+    )
+    await until_events(client, "erase-me", 3)
+    await until_events(client, "keep-me", 1)
+    assert (await client.delete("/v1/customers/erase-me", headers=READ)).status_code == 403
+    erased = await client.delete("/v1/customers/erase-me", headers=WRITE)
+    assert erased.status_code == 200, erased.text
+    assert await get(client, "erase-me") is None
+    assert (await client.delete("/v1/customers/erase-me", headers=WRITE)).status_code == 404
+
+    async def leftovers() -> list[str]:
+        found = []
+        async with db.connect() as conn:
+            for table in metadata.sorted_tables:
+                if table.name in {"outbox", "kpi_buckets", "metrics_processed", "stage_counts"}:
+                    continue
+                for column in table.columns:
+                    if column.type.python_type is not str:
+                        continue
+                    n = (
+                        await conn.execute(
+                            select(func.count())
+                            .select_from(table)
+                            .where(column.in_(["erase-me", "erase-anon"]))
+                        )
+                    ).scalar_one()
+                    if n:
+                        found.append(f"{table.name}.{column.name}")
+        return found
+
+    assert await leftovers() == []
+
+    await reset_for_replay(db, StageEngineSettings().stage_engine_group, common.topic_events)
+    await until_events(client, "keep-me", 1)
+    await asyncio.sleep(2)  # let the whole log replay
+    assert await get(client, "erase-me") is None
+    assert await leftovers() == []
+
+
+async def test_a_replay_rebuilds_the_same_states_as_live_processing(
+    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
+) -> None:
+    docs = []
+    for i in range(12):
+        cid = f"r{i % 4}"
+        kind = ["site_visit", "signup", "purchase", "review"][i % 4]
+        props: dict[str, Any] = {"rating": 5} if kind == "review" else {}
+        docs.append(
+            wire(
+                event_doc(
+                    kind,
+                    customer_id=cid,
+                    event_id=f"rp{i}",
+                    occurred_at=at(i),
+                    order_id=f"o{i}",
+                    **props,
+                )
+            )
+        )
+    await produce(common.kafka_bootstrap, common.topic_events, docs)
+    for i in range(4):
+        await until_events(client, f"r{i}", 3)
+
+    async def snapshot() -> list[Any]:
+        async with db.connect() as conn:
+            rows = await conn.execute(text("SELECT * FROM customers ORDER BY customer_id"))
+            return [tuple(v for k, v in r._mapping.items() if k != "updated_at") for r in rows]
+
+    live = await snapshot()
+    await reset_for_replay(db, StageEngineSettings().stage_engine_group, common.topic_events)
+
+    async def rebuilt() -> list[Any] | None:
+        now = await snapshot()
+        return now if len(now) == 4 and all(r[20] == 3 for r in now) else None  # events column
+
+    await eventually(rebuilt)
+    assert await snapshot() == live
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[str, bytes]] = []
+    fail = False
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((self.headers["X-CLM-Signature"], body))
+        self.send_response(500 if type(self).fail else 204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    _Receiver.received = []
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+async def test_stage_changes_go_out_as_signed_webhooks(
+    client: httpx.AsyncClient, common: CommonSettings, receiver: str, db: AsyncEngine
+) -> None:
+    created = await client.post(
+        "/v1/webhooks", json={"url": receiver, "stages": ["purchase"]}, headers=WRITE
+    )
+    assert created.status_code == 201, created.text
+    secret = created.json()["secret"]
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(event_doc("site_visit", customer_id="hooked", event_id="h1", occurred_at=at(0))),
+            wire(event_doc("purchase", customer_id="hooked", event_id="h2", occurred_at=at(1))),
+        ],
+    )
+
+    async def delivered() -> list[tuple[str, bytes]]:
+        return list(_Receiver.received)
+
+    (signature, body), *_ = await eventually(delivered)
+    assert verify_signature(secret, signature, body, now=time.time())
+    assert not verify_signature("whsec_wrong", signature, body, now=time.time())
+    assert not verify_signature(secret, signature, body, now=time.time() + 3600)
+    payload = json.loads(body)
+    assert (payload["customer_id"], payload["from"], payload["to"]) == (
+        "hooked",
+        "reach",
+        "conversion",
+    )
+    listed = (await client.get("/v1/webhooks", headers=WRITE)).json()["subscriptions"]
+    assert listed[0]["deliveries"] == {"delivered": 1}
+    assert "secret" not in listed[0]
+
+
+async def test_failing_webhooks_are_retried_then_parked(
+    common: CommonSettings, receiver: str, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLM_WEBHOOK_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("CLM_WEBHOOK_POLL_MS", "50")
+    _Receiver.fail = True
+    try:
+        app = create_app(StageEngineSettings())
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
+                await c.post("/v1/webhooks", json={"url": receiver}, headers=WRITE)
+                await produce(
+                    common.kafka_bootstrap,
+                    common.topic_events,
+                    [
+                        wire(
+                            event_doc(
+                                "purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)
+                            )
+                        ),
+                    ],
+                )
+
+                async def parked() -> dict[str, int] | None:
+                    subs = (await c.get("/v1/webhooks", headers=WRITE)).json()["subscriptions"]
+                    return subs[0]["deliveries"] if subs[0]["deliveries"].get("parked") else None
+
+                assert await eventually(parked, timeout=30) == {"parked": 1}
+        assert len(_Receiver.received) == 2
+    finally:
+        _Receiver.fail = False
+
+
+async def test_listing_by_stage_with_aliases_and_stable_cursors(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(
+                event_doc(
+                    "purchase", customer_id=f"buyer-{i:02d}", event_id=f"l{i}", occurred_at=at(0)
+                )
+            )
+            for i in range(7)
+        ]
+        + [wire(event_doc("site_visit", customer_id="visitor", event_id="lv", occurred_at=at(0)))],
+    )
+    await until_events(client, "visitor", 1)
+    for i in range(7):
+        await until_events(client, f"buyer-{i:02d}", 1)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"stage": "purchase", "limit": 3}  # the classic alias
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/v1/customers", params=params, headers=READ)).json()
+        seen.extend(c["customer_id"] for c in page["customers"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"buyer-{i:02d}" for i in range(7)]
+    stages = (await client.get("/v1/stages", headers=READ)).json()["stages"]
+    assert stages["conversion"] == 7
+    assert stages["reach"] == 1
+    bad = await client.get("/v1/customers", params={"stage": "nirvana"}, headers=READ)
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "stage"
+
+
+async def test_the_classic_vocabulary_is_a_setting(common: CommonSettings) -> None:
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [wire(event_doc("site_visit", customer_id="classic", event_id="c1", occurred_at=at(0)))],
+    )
+    app = create_app(StageEngineSettings(stage_vocabulary="classic"))
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
+            customer = await until_events(c, "classic", 1)
+            assert customer["stage"] == "awareness"
+            assert "advocacy" in (await c.get("/v1/stages", headers=READ)).json()["stages"]
+
+
+def test_a_bad_rule_file_stops_the_engine_naming_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "lifecycle.yaml"
+    bad.write_text(
+        "version: 1\nat_risk:\n  inactive_days: 90\nchurned:\n  inactive_days: 30\n  oops: 1\n"
+    )
+    with pytest.raises(RulesError, match=r"lifecycle.yaml:6: churned.oops"):
+        create_app(StageEngineSettings(stage_engine_rules_path=bad))
