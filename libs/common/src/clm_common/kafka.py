@@ -46,8 +46,8 @@ def make_consumer(
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=max_poll_records,
-        session_timeout_ms=30_000,
-        heartbeat_interval_ms=3_000,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_interval_ms=300_000,
         rebalance_timeout_ms=30_000,
     )

@@ -40,6 +40,14 @@ class CommonSettings(BaseSettings):
         default=6, ge=1, description="Partitions of the lifecycle topic."
     )
     dlq_partitions: int = Field(default=1, ge=1, description="Partitions of the DLQ topic.")
+    kafka_session_timeout_ms: int = Field(
+        default=30_000, ge=6_000, description="Consumer group session timeout."
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        default=3_000,
+        ge=100,
+        description="Consumer heartbeat interval (under a third of the above).",
+    )
     log_level: str = Field(default="INFO", description="Log level of our loggers.")
     db_pool_size: int = Field(default=10, ge=1, description="Postgres connection pool size.")
     auth_cache_seconds: float = Field(
