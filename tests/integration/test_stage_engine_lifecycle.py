@@ -474,3 +474,60 @@ def test_a_bad_rule_file_stops_the_engine_naming_the_line(tmp_path: Path) -> Non
     )
     with pytest.raises(RulesError, match=r"lifecycle.yaml:6: churned.oops"):
         create_app(StageEngineSettings(stage_engine_rules_path=bad))
+
+
+async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(
+                event_doc(
+                    "ad_click",
+                    customer_id="dup-a",
+                    event_id="ma",
+                    occurred_at=at(0),
+                    channel="social",
+                )
+            ),
+            wire(event_doc("purchase", customer_id="dup-b", event_id="mb", occurred_at=at(1))),
+        ],
+    )
+    await until_events(client, "dup-a", 1)
+    await until_events(client, "dup-b", 1)
+    assert (
+        await client.post("/v1/customers/dup-a/merge", json={"from": "dup-b"}, headers=READ)
+    ).status_code == 403
+    same = await client.post("/v1/customers/dup-a/merge", json={"from": "dup-a"}, headers=WRITE)
+    assert same.status_code == 422
+    missing = await client.post("/v1/customers/dup-a/merge", json={"from": "nobody"}, headers=WRITE)
+    assert missing.status_code == 404
+    merged = await client.post("/v1/customers/dup-a/merge", json={"from": "dup-b"}, headers=WRITE)
+    assert merged.status_code == 200, merged.text
+    customer = merged.json()["customer"]
+    assert (customer["stage"], customer["purchases"], customer["first_channel"]) == (
+        "conversion",
+        1,
+        "social",
+    )
+    assert await get(client, "dup-b") is None
+    await produce(
+        common.kafka_bootstrap,
+        common.topic_events,
+        [
+            wire(
+                event_doc(
+                    "purchase",
+                    customer_id="dup-b",
+                    event_id="mc",
+                    order_id="o-2",
+                    occurred_at=at(2),
+                )
+            )
+        ],
+    )
+    after = await until_events(client, "dup-a", 3)
+    assert (after["stage"], after["purchases"]) == ("retention", 2)
+    assert await get(client, "dup-b") is None

@@ -19,7 +19,7 @@ from clm_common.problem import install_problem_handlers
 from clm_common.prom import metrics_router
 from clm_common.rules import LifecycleRules, load_rules
 from clm_common.worker import Supervisor
-from clm_stage_engine.api import customers, webhooks
+from clm_stage_engine.api import customers, merge, webhooks
 from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.relay import OutboxRelay
@@ -172,5 +172,6 @@ def create_app(
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
     app.include_router(customers.router)
+    app.include_router(merge.router)
     app.include_router(webhooks.router)
     return app

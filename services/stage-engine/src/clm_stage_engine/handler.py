@@ -86,18 +86,22 @@ class EventsHandler:
         DUPLICATES.inc(len(decoded) - len(new))
 
         links = await repository.lookup_links(
-            conn, [e.anonymous_id for _, e in new if e.anonymous_id]
+            conn,
+            [i for _, e in new for i in (e.anonymous_id, e.customer_id) if i is not None],
         )
         new_links: dict[str, tuple[str, str]] = {}
         for _, e in sorted(new, key=lambda pair: event_order(pair[1])):
             anon, cid = e.anonymous_id, e.customer_id
             if anon and cid and anon != cid and anon not in links and anon not in new_links:
-                new_links[anon] = (cid, e.event_id)
+                new_links[anon] = (links.get(cid, cid), e.event_id)
 
         def resolve(e: Event) -> str | None:
+            """The customer an event lands on: its own id unless merged or linked away."""
             key = customer_key(e)
-            if key is None or e.customer_id:
-                return key
+            if key is None:
+                return None
+            if e.customer_id:
+                return links.get(key, key)  # a customer merged into another
             return links.get(key) or new_links.get(key, (key, ""))[0]
 
         items = [Item(r, e, resolve(e)) for r, e in new]

@@ -1,0 +1,94 @@
+"""Merging two known customers: an explicit, logged operation (write key)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, Field
+
+from clm_common.auth import Principal
+from clm_common.lifecycle import Transition, rebuild
+from clm_common.problem import ProblemError
+from clm_stage_engine import repository
+from clm_stage_engine.api.customers import customer_doc, writer
+from clm_stage_engine.deps import State, app_state
+from clm_stage_engine.records import removal_record
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/customers", tags=["customers"])
+
+
+class MergeIn(BaseModel):
+    source: str = Field(
+        alias="from", min_length=1, max_length=200, description="The customer merged away."
+    )
+
+
+@router.post(
+    "/{customer_id}/merge",
+    summary="Merge another known customer into this one",
+    description=(
+        "Both customers' events, history and links move to `customer_id`, whose state is "
+        "rebuilt from the union of their events (first touch kept); the other id is linked to "
+        "it, so its later events land here. Logged, and announced on the lifecycle stream."
+    ),
+    responses={401: {}, 403: {}, 404: {"description": "either customer unknown"}, 422: {}},
+)
+async def merge(
+    customer_id: Annotated[str, Path(min_length=1, max_length=200)],
+    body: MergeIn,
+    state: Annotated[State, Depends(app_state)],
+    principal: Annotated[Principal, Depends(writer)],
+) -> dict[str, Any]:
+    other = body.source
+    if other == customer_id:
+        raise ProblemError(
+            422,
+            "Invalid request",
+            "cannot merge a customer into itself",
+            errors=[{"field": "from", "message": "same as the target customer"}],
+        )
+    now = datetime.now(UTC)
+    async with state.engine.begin() as conn:
+        rows = await repository.lock_customers(conn, sorted({customer_id, other}))
+        missing = [c for c in (customer_id, other) if c not in rows]
+        if missing:
+            raise ProblemError(404, "Not Found", f"no customer {missing[0]!r}")
+        events = await repository.load_events(conn, [customer_id, other])
+        merged = rebuild(
+            customer_id, [*events.get(customer_id, []), *events.get(other, [])], state.rules, now
+        )
+        assert merged is not None
+        before = rows[customer_id]
+        await repository.absorb_profiles(conn, customer_id, [other])
+        await repository.insert_links(conn, [(other, customer_id, f"merge:{now.isoformat()}")])
+        await repository.upsert_customers(conn, [merged])
+        if merged.stage != before.stage:
+            await repository.insert_transitions(
+                conn,
+                [Transition(customer_id, before.stage, merged.stage, now, "", f"merged {other}")],
+            )
+        await repository.insert_outbox(
+            conn,
+            state.settings.topic_lifecycle,
+            [
+                (
+                    customer_id,
+                    removal_record(
+                        "identity_merge",
+                        f"{other}>{customer_id}",
+                        other,
+                        rows[other].stage.value,
+                        merged_into=customer_id,
+                    ),
+                )
+            ],
+        )
+    log.info(
+        "customers merged",
+        extra={"into": customer_id, "merged": other, "by_source": principal.source},
+    )
+    return {"merged": other, "into": customer_id, "customer": customer_doc(state, merged)}
