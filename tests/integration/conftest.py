@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from clm_common.db import create_engine
+from clm_common.events import dump_event, parse_event
 from clm_common.kafka import ensure_topics
 from clm_common.keys import store_key
 from clm_common.settings import CommonSettings
@@ -89,6 +90,18 @@ async def read_topic(
         return records
     finally:
         await consumer.stop()
+
+
+def wire(doc: dict[str, Any]) -> tuple[bytes, bytes]:
+    """An event document as the ingest would publish it: (key, value)."""
+    event = parse_event(doc)  # no "now": tests play with time
+    key = (event.customer_id or event.anonymous_id or "x").encode()
+    return key, dump_event(event)
+
+
+async def send_events(settings: CommonSettings, *docs: dict[str, Any]) -> None:
+    """Publish event documents on the test's events topic, keyed like the ingest does."""
+    await produce(settings.kafka_bootstrap, settings.topic_events, [wire(d) for d in docs])
 
 
 async def produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:

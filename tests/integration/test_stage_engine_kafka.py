@@ -12,21 +12,21 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, update
 
 from clm_common.db import create_engine
-from clm_common.events import dump_event, parse_event
 from clm_common.schema import consumer_offsets, customers, outbox, stage_transitions
 from clm_common.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
-from tests.factories import NOW, event_doc
-from tests.integration.conftest import READ_TOKEN, eventually, produce, read_topic
+from tests.factories import event_doc
+from tests.integration.conftest import (
+    READ_TOKEN,
+    eventually,
+    produce,
+    read_topic,
+    send_events,
+    wire,
+)
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-
-
-def wire(doc: dict[str, Any]) -> tuple[bytes, bytes]:
-    event = parse_event(doc, now=NOW)
-    key = (event.customer_id or event.anonymous_id or "x").encode()
-    return key, dump_event(event)
 
 
 @pytest.fixture
@@ -46,30 +46,17 @@ async def customer(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None
 async def test_events_move_customers_and_are_recorded(
     engine_app: httpx.AsyncClient, common: CommonSettings
 ) -> None:
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(
-                event_doc(
-                    "site_visit",
-                    customer_id="c1",
-                    event_id="v1",
-                    occurred_at="2026-11-23T10:00:00Z",
-                )
-            ),
-            wire(
-                event_doc(
-                    "signup", customer_id="c1", event_id="s1", occurred_at="2026-11-23T10:01:00Z"
-                )
-            ),
-            wire(
-                event_doc(
-                    "purchase", customer_id="c1", event_id="p1", occurred_at="2026-11-23T10:02:00Z"
-                )
-            ),
-            wire(event_doc("marketing_spend", customer_id=None, event_id="m1")),
-        ],
+    await send_events(
+        common,
+        event_doc(
+            "site_visit",
+            customer_id="c1",
+            event_id="v1",
+            occurred_at="2026-11-23T10:00:00Z",
+        ),
+        event_doc("signup", customer_id="c1", event_id="s1", occurred_at="2026-11-23T10:01:00Z"),
+        event_doc("purchase", customer_id="c1", event_id="p1", occurred_at="2026-11-23T10:02:00Z"),
+        event_doc("marketing_spend", customer_id=None, event_id="m1"),
     )
 
     async def converted() -> dict[str, Any] | None:
@@ -210,3 +197,26 @@ async def test_readiness(engine_app: httpx.AsyncClient) -> None:
     ready = await engine_app.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"postgres": "ok", "kafka": "ok", "consumer": "ok"}
+
+
+async def test_a_big_batch_of_distinct_customers_is_applied(
+    common: CommonSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of customers in one batch: statements stay under Postgres' bind limit."""
+    monkeypatch.setenv("CLM_STAGE_ENGINE_BATCH_RECORDS", "3000")
+    monkeypatch.setenv("CLM_STAGE_ENGINE_BATCH_WAIT_MS", "2000")
+    docs = [event_doc("site_visit", customer_id=f"many-{i}", event_id=f"m{i}") for i in range(2500)]
+    await produce(common.kafka_bootstrap, common.topic_events, [wire(d) for d in docs])
+    engine = create_engine(common.database_url, pool_size=1)
+
+    async def applied() -> bool:
+        async with engine.connect() as conn:
+            n = (await conn.execute(select(func.count()).select_from(customers))).scalar_one()
+        return bool(n == 2500)
+
+    try:
+        app = create_app(StageEngineSettings())
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+            await eventually(applied, timeout=60)
+    finally:
+        await engine.dispose()

@@ -21,7 +21,6 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.db import create_engine
-from clm_common.events import dump_event, parse_event
 from clm_common.rules import LifecycleRules, RulesError
 from clm_common.schema import metadata
 from clm_common.settings import CommonSettings
@@ -31,7 +30,15 @@ from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, eventually, produce, read_topic
+from tests.integration.conftest import (
+    READ_TOKEN,
+    WRITE_KEY,
+    eventually,
+    produce,
+    read_topic,
+    send_events,
+    wire,
+)
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
@@ -41,12 +48,6 @@ DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - ti
 
 def at(days: float) -> str:
     return (DAY0 + timedelta(days=days)).isoformat()
-
-
-def wire(doc: dict[str, Any]) -> tuple[bytes, bytes]:
-    event = parse_event(doc)  # no "now": these tests play with time
-    key = (event.customer_id or event.anonymous_id or "x").encode()
-    return key, dump_event(event)
 
 
 @pytest.fixture
@@ -81,38 +82,28 @@ async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str,
 async def test_a_late_first_touch_is_applied_by_event_time(
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(
-                event_doc(
-                    "site_visit",
-                    customer_id="late",
-                    event_id="v",
-                    occurred_at=at(5),
-                    channel="email",
-                )
-            ),
-            wire(event_doc("purchase", customer_id="late", event_id="p", occurred_at=at(6))),
-        ],
+    await send_events(
+        common,
+        event_doc(
+            "site_visit",
+            customer_id="late",
+            event_id="v",
+            occurred_at=at(5),
+            channel="email",
+        ),
+        event_doc("purchase", customer_id="late", event_id="p", occurred_at=at(6)),
     )
     await until_events(client, "late", 2)
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(
-                event_doc(
-                    "ad_click",
-                    customer_id="late",
-                    event_id="a",
-                    occurred_at=at(1),
-                    channel="paid_search",
-                )
-            ),
-            wire(event_doc("signup", customer_id="late", event_id="s", occurred_at=at(2))),
-        ],
+    await send_events(
+        common,
+        event_doc(
+            "ad_click",
+            customer_id="late",
+            event_id="a",
+            occurred_at=at(1),
+            channel="paid_search",
+        ),
+        event_doc("signup", customer_id="late", event_id="s", occurred_at=at(2)),
     )
     c = await until_events(client, "late", 4)
     assert c["first_channel"] == "paid_search"
@@ -129,7 +120,7 @@ async def test_identity_merge_keeps_first_touch_and_later_anonymous_events_land_
         "ad_click", customer_id=None, event_id="a1", occurred_at=at(0), channel="social"
     )
     anon["anonymous_id"] = "anon-7"
-    await produce(common.kafka_bootstrap, common.topic_events, [wire(anon)])
+    await send_events(common, anon)
     assert (await until_events(client, "anon-7", 1))["stage"] == "reach"
 
     identify = event_doc(
@@ -140,7 +131,7 @@ async def test_identity_merge_keeps_first_touch_and_later_anonymous_events_land_
         traits={"email": "k@x.y"},
     )
     identify["anonymous_id"] = "anon-7"
-    await produce(common.kafka_bootstrap, common.topic_events, [wire(identify)])
+    await send_events(common, identify)
     c = await until_events(client, "known-7", 2)
     assert c["first_channel"] == "social"
     assert c["first_seen_at"] == at(0)
@@ -149,7 +140,7 @@ async def test_identity_merge_keeps_first_touch_and_later_anonymous_events_land_
 
     later = event_doc("purchase", customer_id=None, event_id="p1", occurred_at=at(2))
     later["anonymous_id"] = "anon-7"
-    await produce(common.kafka_bootstrap, common.topic_events, [wire(later)])
+    await send_events(common, later)
     c = await until_events(client, "known-7", 3)
     assert c["stage"] == "conversion"
     history = (await client.get("/v1/customers/known-7/history", headers=READ)).json()
@@ -166,14 +157,11 @@ async def test_identity_merge_keeps_first_touch_and_later_anonymous_events_land_
 async def test_the_sweeper_moves_quiet_customers_with_a_test_clock(
     client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
 ) -> None:
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(event_doc("purchase", customer_id="quiet", event_id="q1", occurred_at=at(0))),
-            wire(event_doc("purchase", customer_id="busy", event_id="b1", occurred_at=at(0))),
-            wire(event_doc("site_visit", customer_id="busy", event_id="b2", occurred_at=at(50))),
-        ],
+    await send_events(
+        common,
+        event_doc("purchase", customer_id="quiet", event_id="q1", occurred_at=at(0)),
+        event_doc("purchase", customer_id="busy", event_id="b1", occurred_at=at(0)),
+        event_doc("site_visit", customer_id="busy", event_id="b2", occurred_at=at(50)),
     )
     await until_events(client, "busy", 2)
     rules = LifecycleRules()
@@ -197,20 +185,15 @@ async def test_the_sweeper_moves_quiet_customers_with_a_test_clock(
     assert await sweep_once(db, rules, DAY0 + timedelta(days=181), lifecycle_topic=topic) == 0
 
     # a purchase brings the churned customer back, recorded as a reactivation
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(
-                event_doc(
-                    "purchase",
-                    customer_id="quiet",
-                    event_id="q2",
-                    order_id="o-2",
-                    occurred_at=at(200),
-                )
-            ),
-        ],
+    await send_events(
+        common,
+        event_doc(
+            "purchase",
+            customer_id="quiet",
+            event_id="q2",
+            order_id="o-2",
+            occurred_at=at(200),
+        ),
     )
     back = await until_events(client, "quiet", 2)
     assert back["stage"] == "retention"
@@ -233,15 +216,12 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
         traits={"email": "e@x"},
     )
     ident["anonymous_id"] = "erase-anon"
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(anon),
-            wire(ident),
-            wire(event_doc("purchase", customer_id="erase-me", event_id="ep", occurred_at=at(2))),
-            wire(event_doc("purchase", customer_id="keep-me", event_id="kp", occurred_at=at(2))),
-        ],
+    await send_events(
+        common,
+        anon,
+        ident,
+        event_doc("purchase", customer_id="erase-me", event_id="ep", occurred_at=at(2)),
+        event_doc("purchase", customer_id="keep-me", event_id="kp", occurred_at=at(2)),
     )
     await until_events(client, "erase-me", 3)
     await until_events(client, "keep-me", 1)
@@ -352,13 +332,10 @@ async def test_stage_changes_go_out_as_signed_webhooks(
     )
     assert created.status_code == 201, created.text
     secret = created.json()["secret"]
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(event_doc("site_visit", customer_id="hooked", event_id="h1", occurred_at=at(0))),
-            wire(event_doc("purchase", customer_id="hooked", event_id="h2", occurred_at=at(1))),
-        ],
+    await send_events(
+        common,
+        event_doc("site_visit", customer_id="hooked", event_id="h1", occurred_at=at(0)),
+        event_doc("purchase", customer_id="hooked", event_id="h2", occurred_at=at(1)),
     )
 
     async def delivered() -> list[tuple[str, bytes]]:
@@ -391,16 +368,9 @@ async def test_failing_webhooks_are_retried_then_parked(
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
                 await c.post("/v1/webhooks", json={"url": receiver}, headers=WRITE)
-                await produce(
-                    common.kafka_bootstrap,
-                    common.topic_events,
-                    [
-                        wire(
-                            event_doc(
-                                "purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)
-                            )
-                        ),
-                    ],
+                await send_events(
+                    common,
+                    event_doc("purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)),
                 )
 
                 async def parked() -> dict[str, int] | None:
@@ -453,10 +423,8 @@ async def test_listing_by_stage_with_aliases_and_stable_cursors(
 
 
 async def test_the_classic_vocabulary_is_a_setting(common: CommonSettings) -> None:
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [wire(event_doc("site_visit", customer_id="classic", event_id="c1", occurred_at=at(0)))],
+    await send_events(
+        common, event_doc("site_visit", customer_id="classic", event_id="c1", occurred_at=at(0))
     )
     app = create_app(StageEngineSettings(stage_vocabulary="classic"))
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
@@ -479,21 +447,16 @@ def test_a_bad_rule_file_stops_the_engine_naming_the_line(tmp_path: Path) -> Non
 async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(
-                event_doc(
-                    "ad_click",
-                    customer_id="dup-a",
-                    event_id="ma",
-                    occurred_at=at(0),
-                    channel="social",
-                )
-            ),
-            wire(event_doc("purchase", customer_id="dup-b", event_id="mb", occurred_at=at(1))),
-        ],
+    await send_events(
+        common,
+        event_doc(
+            "ad_click",
+            customer_id="dup-a",
+            event_id="ma",
+            occurred_at=at(0),
+            channel="social",
+        ),
+        event_doc("purchase", customer_id="dup-b", event_id="mb", occurred_at=at(1)),
     )
     await until_events(client, "dup-a", 1)
     await until_events(client, "dup-b", 1)
@@ -513,20 +476,15 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
         "social",
     )
     assert await get(client, "dup-b") is None
-    await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
-        [
-            wire(
-                event_doc(
-                    "purchase",
-                    customer_id="dup-b",
-                    event_id="mc",
-                    order_id="o-2",
-                    occurred_at=at(2),
-                )
-            )
-        ],
+    await send_events(
+        common,
+        event_doc(
+            "purchase",
+            customer_id="dup-b",
+            event_id="mc",
+            order_id="o-2",
+            occurred_at=at(2),
+        ),
     )
     after = await until_events(client, "dup-a", 3)
     assert (after["stage"], after["purchases"]) == ("retention", 2)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+T = TypeVar("T")
 
 
 def create_engine(database_url: str, *, pool_size: int = 10, app_name: str = "clm") -> AsyncEngine:
@@ -35,3 +40,18 @@ async def ping(engine: AsyncEngine) -> bool:
     except Exception:
         return False
     return True
+
+
+#: asyncpg refuses statements with more than 32767 bind parameters.
+MAX_BIND_PARAMS = 32_000
+
+
+def chunks_for(rows: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
+    """Split a multi-row statement's rows so each statement stays under the bind limit.
+
+    A batch's rows still go in one statement per table whenever they fit (the usual case);
+    a very wide or very large batch takes a few.
+    """
+    size = max(1, MAX_BIND_PARAMS // max(1, columns))
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_common.db import chunks_for
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
@@ -104,34 +105,32 @@ async def upsert_customers(conn: AsyncConnection, states: Sequence[CustomerState
     """One statement for the whole batch."""
     if not states:
         return
-    stmt = insert(customers).values(
-        [row_from_state(s) for s in sorted(states, key=lambda s: s.customer_id)]
-    )
-    updates: dict[str, Any] = {
-        name: stmt.excluded[name] for name in _STATE_COLUMNS if name != "customer_id"
-    }
-    updates["updated_at"] = func.now()
-    await conn.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=updates))
+    rows = [row_from_state(s) for s in sorted(states, key=lambda s: s.customer_id)]
+    for chunk in chunks_for(rows, len(_STATE_COLUMNS)):
+        stmt = insert(customers).values(list(chunk))
+        updates: dict[str, Any] = {
+            name: stmt.excluded[name] for name in _STATE_COLUMNS if name != "customer_id"
+        }
+        updates["updated_at"] = func.now()
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=updates))
 
 
 async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transition]) -> None:
     if not transitions:
         return
-    await conn.execute(
-        insert(stage_transitions).values(
-            [
-                {
-                    "customer_id": t.customer_id,
-                    "from_stage": t.from_stage.value if t.from_stage else None,
-                    "to_stage": t.to_stage.value,
-                    "at": t.at,
-                    "event_id": t.event_id,
-                    "reason": t.reason,
-                }
-                for t in transitions
-            ]
-        )
-    )
+    values = [
+        {
+            "customer_id": t.customer_id,
+            "from_stage": t.from_stage.value if t.from_stage else None,
+            "to_stage": t.to_stage.value,
+            "at": t.at,
+            "event_id": t.event_id,
+            "reason": t.reason,
+        }
+        for t in transitions
+    ]
+    for chunk in chunks_for(values, 6):
+        await conn.execute(insert(stage_transitions).values(list(chunk)))
 
 
 async def insert_outbox(
@@ -219,16 +218,12 @@ async def insert_customer_events(
     """(source, event id, customer id, occurred at, payload) of applied events."""
     if not rows:
         return
-    await conn.execute(
-        insert(customer_events)
-        .values(
-            [
-                {"source": s, "event_id": e, "customer_id": c, "occurred_at": t, "payload": p}
-                for s, e, c, t, p in rows
-            ]
-        )
-        .on_conflict_do_nothing()
-    )
+    values = [
+        {"source": s, "event_id": e, "customer_id": c, "occurred_at": t, "payload": p}
+        for s, e, c, t, p in rows
+    ]
+    for chunk in chunks_for(values, 5):
+        await conn.execute(insert(customer_events).values(list(chunk)).on_conflict_do_nothing())
 
 
 async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[str]) -> None:

@@ -1,0 +1,234 @@
+"""Stage engine benchmark: sustained events/s into Postgres vs a raw bulk insert of the same
+rows, and single-customer read latency at 1M customers.
+
+(a) a topic pre-filled with journeys (visits, signups, purchases) is consumed by a real
+    stage-engine process; events/s from its first applied batch to its last;
+(b) the raw ceiling: the same number of event-log rows COPYed straight into Postgres
+    (asyncpg ``copy_records_to_table``), rows/s — the engine writes at least these rows, plus
+    customers, history, dedupe and outbox rows, in one transaction per batch;
+(c) ``GET /v1/customers/{id}`` over HTTP against the same process with 1M customer rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from bench.results import write_section
+from clm_common.db import create_engine
+from clm_common.events import dump_event, parse_event
+from clm_common.kafka import ensure_topics
+from clm_common.keys import store_key
+from clm_common.settings import CommonSettings
+from clm_devstack.services import start_service
+
+EVENTS = int(os.environ.get("CLM_BENCH_STAGE_EVENTS", "100000"))
+CUSTOMERS_FOR_READS = int(os.environ.get("CLM_BENCH_STAGE_CUSTOMERS", "1000000"))
+READS = 3000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _journey_events(n: int) -> list[tuple[bytes, bytes]]:
+    start = datetime.now(UTC) - timedelta(days=30)
+    kinds = ["site_visit", "site_visit", "signup", "purchase", "purchase"]
+    customers = max(1, n // len(kinds))
+    out = []
+    for step, kind in enumerate(kinds):
+        for c in range(customers):
+            props: dict[str, object] = {"url": "https://shop.example/"}
+            if kind == "purchase":
+                props = {"order_id": f"o{step}", "amount": "42.50", "currency": "USD"}
+            elif kind == "signup":
+                props = {}
+            doc = {
+                "event_id": f"b{c}-{step}",
+                "type": kind,
+                "customer_id": f"bench-{c}",
+                "occurred_at": (start + timedelta(hours=step)).isoformat(),
+                "source": "bench",
+                "channel": "email",
+                "properties": props,
+            }
+            out.append((f"bench-{c}".encode(), dump_event(parse_event(doc))))
+    return out[:n]
+
+
+async def _fresh_database(admin_url: str) -> str:
+    name = f"clm_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(_plain(admin_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = admin_url.rpartition("/")[0] + f"/{name}"
+    proc = await asyncio.create_subprocess_exec(
+        "python",
+        "-m",
+        "alembic",
+        "upgrade",
+        "head",
+        cwd=REPO,
+        env={**os.environ, "CLM_DATABASE_URL": url},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(err.decode())
+    return url
+
+
+async def _count(conn: asyncpg.Connection, table: str) -> int:
+    return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def run() -> str:
+    admin = os.environ.get("CLM_TEST_PG_ADMIN_URL") or os.environ["CLM_DATABASE_URL"]
+    db_url = await _fresh_database(admin)
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "CLM_ENV": "test",
+        "CLM_DATABASE_URL": db_url,
+        "CLM_KAFKA_BOOTSTRAP": os.environ["CLM_KAFKA_BOOTSTRAP"],
+        "CLM_TOPIC_EVENTS": f"bench{tag}.events",
+        "CLM_TOPIC_LIFECYCLE": f"bench{tag}.lifecycle",
+        "CLM_TOPIC_DLQ": f"bench{tag}.dlq",
+        "CLM_STAGE_ENGINE_GROUP": f"bench{tag}",
+        "CLM_STAGE_ENGINE_BATCH_RECORDS": "2000",
+        "CLM_STAGE_ENGINE_SWEEP_SECONDS": "3600",
+        "CLM_LOG_LEVEL": "WARNING",
+    }
+    settings = CommonSettings(
+        kafka_bootstrap=env["CLM_KAFKA_BOOTSTRAP"],
+        database_url=db_url,
+        topic_events=env["CLM_TOPIC_EVENTS"],
+        topic_lifecycle=env["CLM_TOPIC_LIFECYCLE"],
+        topic_dlq=env["CLM_TOPIC_DLQ"],
+    )
+    await ensure_topics(settings)
+    engine = create_engine(db_url, pool_size=1)
+    async with engine.begin() as c:
+        await store_key(c, key="bench-read", kind="read", source="bench")
+    await engine.dispose()
+
+    events = _journey_events(EVENTS)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.topic_events, value=v, key=k) for k, v in events]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+    conn = await asyncpg.connect(_plain(db_url))
+    logs = Path(tempfile.mkdtemp(prefix="clm-bench-"))
+    proc = start_service("stage-engine", env, logs, _free_port())
+    try:
+        first_at = None
+        while True:
+            done = await _count(conn, "processed_events")
+            if done and first_at is None:
+                first_at, first_done = time.perf_counter(), done
+            if done >= len(events):
+                last_at = time.perf_counter()
+                break
+            await asyncio.sleep(0.05)
+        assert first_at is not None
+        engine_rate = (len(events) - first_done) / max(last_at - first_at, 1e-9)
+
+        rows = [
+            (f"raw{i}", f"e{i}", f"c{i % 20000}", datetime.now(UTC), v)
+            for i, (_, v) in enumerate(events)
+        ]
+        await conn.execute("CREATE TABLE raw_events (LIKE customer_events INCLUDING ALL)")
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            "raw_events",
+            records=rows,
+            columns=["source", "event_id", "customer_id", "occurred_at", "payload"],
+        )
+        raw_rate = len(rows) / (time.perf_counter() - started)
+
+        filled = time.perf_counter()
+        await conn.execute(
+            """
+            INSERT INTO customers (customer_id, stage, stage_entered_at, first_seen_at,
+                                   last_seen_at, first_source, purchases, revenue)
+            SELECT 'fill-' || g, 'retention', now(), now(), now(), 'bench', 2, 85.00
+            FROM generate_series(1, $1) AS g
+            """,
+            CUSTOMERS_FOR_READS,
+        )
+        await conn.execute("ANALYZE customers")
+        fill_s = time.perf_counter() - filled
+        total_customers = await _count(conn, "customers")
+        latencies = []
+        async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as http:
+            headers = {"Authorization": "Bearer bench-read"}
+            for _ in range(200):  # warm-up
+                await http.get(
+                    f"/v1/customers/fill-{random.randint(1, CUSTOMERS_FOR_READS)}", headers=headers
+                )
+            for _ in range(READS):
+                cid = f"fill-{random.randint(1, CUSTOMERS_FOR_READS)}"
+                t0 = time.perf_counter()
+                r = await http.get(f"/v1/customers/{cid}", headers=headers)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200
+    finally:
+        proc.stop()
+        await conn.close()
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    target_rate = "met" if engine_rate >= 20_000 else "missed"
+    target_read = "met" if p99 < 5 else "missed"
+    return f"""## Stage engine
+
+| measure | value |
+|---|---|
+| events applied (pre-filled topic, {EVENTS // 5:,} customers × 5 journey events) | {len(events):,} |
+| stage engine sustained rate (one process, batches of 2000) | **{engine_rate:,.0f} events/s** |
+| raw ceiling: COPY of the same number of event-log rows | {raw_rate:,.0f} rows/s |
+| ratio engine ÷ raw COPY | {engine_rate / raw_rate:.2f} |
+| target ≥ 20,000 events/s | {target_rate} |
+| customers in the table for reads (filled in {fill_s:.0f} s) | {total_customers:,} |
+| `GET /v1/customers/{{id}}` over HTTP, {READS} sequential random reads | p50 {p50:.2f} ms · p99 {p99:.2f} ms |
+| target p99 < 5 ms | {target_read} |
+
+The engine writes, per batch and in one transaction: dedupe rows, the event log, customer
+upserts (one per customer per batch), transitions and outbox records; the COPY baseline writes
+only the event-log rows, so the ratio is a ceiling comparison, not like for like.
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    write_section("stage-engine", asyncio.run(run()))
