@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from clm_common.events import Event, parse_event
 from clm_common.lifecycle import CustomerState, Stage, advance, customer_key, rebuild
 from clm_common.rules import LifecycleRules
-from clm_stage_engine.processor import Item, fold, needs_history
+from clm_stage_engine.processor import Item, first_of_each, fold, needs_history
 from tests.factories import NOW, event_doc
 from tests.unit.test_lifecycle import STEP_TYPES, T0
 
@@ -130,11 +130,13 @@ picks = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(picks, st.randoms(use_true_random=False), st.integers(1, 5))
-def test_any_arrival_order_and_batching_gives_the_rebuilt_state(
-    steps: list[tuple[int, int]], rnd: random.Random, batch_size: int
+@given(picks, st.randoms(use_true_random=False), st.integers(1, 5), st.integers(0, 10))
+def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
+    steps: list[tuple[int, int]], rnd: random.Random, batch_size: int, repeats: int
 ) -> None:
-    """The engine's strategy equals a full rebuild, whatever the arrival order and batches."""
+    """The engine's strategy (drop repeats within a batch and what was already processed,
+    fold in order, rebuild on late events) equals a full rebuild of the set of events,
+    whatever the arrival order, the batching and the duplicates."""
     events: list[Event] = []
     for n, (i, day) in enumerate(steps):
         type_, props = STEP_TYPES[i]
@@ -142,17 +144,21 @@ def test_any_arrival_order_and_batching_gives_the_rebuilt_state(
         events.append(
             parse_event(event_doc(type_, event_id=f"e{n:03d}", occurred_at=at, **props), now=NOW)
         )
-    arrival = list(events)
+    arrival = list(events) + [rnd.choice(events) for _ in range(repeats)]
     rnd.shuffle(arrival)
     now = T0 + timedelta(days=1000)
     loaded: dict[str, CustomerState] = {}
     stored: list[Event] = []
+    processed: set[tuple[str, str]] = set()
     for start in range(0, len(arrival), batch_size):
-        batch = [Item(0, e, "cust-1") for e in arrival[start : start + batch_size]]
+        unique = first_of_each([(0, e) for e in arrival[start : start + batch_size]])
+        fresh = [e for _, e in unique if (e.source, e.event_id) not in processed]
+        processed.update((e.source, e.event_id) for e in fresh)
+        batch = [Item(0, e, "cust-1") for e in fresh]
         rebuild_keys = needs_history(batch, loaded, {})
         histories = {"cust-1": list(stored)} if rebuild_keys else {}
         result = fold(batch, loaded, RULES, now=now, histories=histories)
-        loaded = dict(result.states)
+        loaded.update(result.states)
         stored.extend(i.event for i in result.applied)
     final, _ = advance(loaded["cust-1"], now, RULES)
     assert final == rebuild("cust-1", events, RULES, now)

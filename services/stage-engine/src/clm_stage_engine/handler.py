@@ -28,7 +28,7 @@ from clm_common.events import Event, dump_event, parse_event_json
 from clm_common.lifecycle import customer_key, event_order
 from clm_common.rules import LifecycleRules
 from clm_stage_engine import repository
-from clm_stage_engine.processor import FoldResult, Item, fold, needs_history
+from clm_stage_engine.processor import FoldResult, Item, first_of_each, fold, needs_history
 from clm_stage_engine.records import removal_record
 
 log = logging.getLogger(__name__)
@@ -63,20 +63,15 @@ class EventsHandler:
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         now = datetime.now(UTC)
         poison: list[Poison] = []
-        seen: set[tuple[str, str]] = set()
         decoded: list[tuple[Any, Event]] = []
         for record in records:
             try:
-                event = decode(record)
+                decoded.append((record, decode(record)))
             except (ValidationError, ValueError) as exc:
                 poison.append(Poison(record, f"undecodable: {_short(exc)}"))
-                continue
-            ident = (event.source, event.event_id)
-            if ident in seen:
-                DUPLICATES.inc()
-                continue
-            seen.add(ident)
-            decoded.append((record, event))
+        unique = first_of_each(decoded)
+        DUPLICATES.inc(len(decoded) - len(unique))
+        decoded = unique
 
         decoded = await self._drop_erased(conn, decoded)
         fresh = await repository.claim_events(

@@ -48,6 +48,18 @@ class FoldResult(Generic[T]):
     failed: list[tuple[T, str]] = field(default_factory=list)
 
 
+def first_of_each(pairs: Sequence[tuple[T, Event]]) -> list[tuple[T, Event]]:
+    """Keep the first of each (source, event_id): a batch may carry an event twice."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for tag, event in pairs:
+        ident = (event.source, event.event_id)
+        if ident not in seen:
+            seen.add(ident)
+            out.append((tag, event))
+    return out
+
+
 def needs_history(
     items: Sequence[Item[T]],
     loaded: Mapping[str, CustomerState],
