@@ -212,7 +212,7 @@ async def run() -> str:
 | events applied (pre-filled topic, {EVENTS // 5:,} customers × 5 journey events) | {len(events):,} |
 | stage engine sustained rate (one process, batches of 2000) | **{engine_rate:,.0f} events/s** |
 | raw ceiling: COPY of the same number of event-log rows | {raw_rate:,.0f} rows/s |
-| ratio engine ÷ raw COPY | {engine_rate / raw_rate:.2f} |
+| ratio engine ÷ raw COPY | {engine_rate / raw_rate:.3f} |
 | target ≥ 20,000 events/s | {target_rate} |
 | customers in the table for reads (filled in {fill_s:.0f} s) | {total_customers:,} |
 | `GET /v1/customers/{{id}}` over HTTP, {READS} sequential random reads | p50 {p50:.2f} ms · p99 {p99:.2f} ms |

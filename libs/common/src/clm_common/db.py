@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TypeVar
+import functools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-
-T = TypeVar("T")
+from sqlalchemy import ARRAY, Column, CursorResult, Table, TextClause, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 
 def create_engine(database_url: str, *, pool_size: int = 10, app_name: str = "clm") -> AsyncEngine:
@@ -42,16 +48,52 @@ async def ping(engine: AsyncEngine) -> bool:
     return True
 
 
-#: asyncpg refuses statements with more than 32767 bind parameters.
-MAX_BIND_PARAMS = 32_000
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
-def chunks_for(rows: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
-    """Split a multi-row statement's rows so each statement stays under the bind limit.
+def _pg_type(column: Column[Any]) -> str:
+    return str(column.type.compile(dialect=_PG))
 
-    A batch's rows still go in one statement per table whenever they fit (the usual case);
-    a very wide or very large batch takes a few.
+
+@functools.lru_cache(maxsize=64)
+def _unnest_sql(table: Table, columns: tuple[str, ...], tail: str) -> TextClause:
+    """``INSERT … SELECT … FROM unnest(array per column)``: one statement, one parameter per
+    column, whatever the number of rows; the same text every time, so it is prepared once."""
+    aliases = [f"c{i}" for i in range(len(columns))]
+    args, picks = [], []
+    for alias, name in zip(aliases, columns, strict=True):
+        column = table.c[name]
+        if isinstance(column.type, ARRAY):  # unnest flattens arrays: ship them as literals
+            args.append(f"CAST(:{alias} AS TEXT[])")
+            picks.append(f"CAST({alias} AS {_pg_type(column)})")
+        else:
+            args.append(f"CAST(:{alias} AS {_pg_type(column)}[])")
+            picks.append(alias)
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"SELECT {', '.join(picks)} FROM unnest({', '.join(args)}) AS u({', '.join(aliases)}) "
+        f"{tail}"
+    )
+
+
+def array_literal(values: Sequence[datetime]) -> str:
+    """A Postgres array literal of timestamps (for array columns in :func:`unnest_insert`)."""
+    return "{" + ",".join(f'"{v.isoformat()}"' for v in values) + "}"
+
+
+async def unnest_insert(
+    conn: AsyncConnection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    tail: str = "",
+) -> CursorResult[Any]:
+    """Insert ``rows`` (tuples in ``columns`` order) with one statement.
+
+    ``tail`` is the rest of the statement (``ON CONFLICT …``, ``RETURNING …``), written with
+    the real column names. Array columns take :func:`array_literal` strings.
     """
-    size = max(1, MAX_BIND_PARAMS // max(1, columns))
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+    statement = _unnest_sql(table, tuple(columns), tail)
+    params = {f"c{i}": [row[i] for row in rows] for i in range(len(columns))}
+    return await conn.execute(statement, params)

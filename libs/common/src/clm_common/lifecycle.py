@@ -201,46 +201,44 @@ def _keep_recent(times: tuple[datetime, ...], at: datetime, keep: int) -> tuple[
 
 
 def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> CustomerState:
-    """Running facts after the event (everything but the stage)."""
+    """Running facts after the event (everything but the stage), in one copy of the state."""
     at = event.occurred_at
-    earlier = at < state.first_seen_at
-    s = replace(
-        state,
-        first_seen_at=min(state.first_seen_at, at),
-        last_seen_at=max(state.last_seen_at, at),
-        first_source=event.source if earlier else state.first_source,
-        first_channel=event.channel if earlier else state.first_channel,
-        events=state.events + 1,
-    )
+    c: dict[str, object] = {"events": state.events + 1}
+    if at < state.first_seen_at:
+        c.update(first_seen_at=at, first_source=event.source, first_channel=event.channel)
+    if at > state.last_seen_at:
+        c["last_seen_at"] = at
     if (at, event.source, event.event_id) >= state.order_key():
-        s = replace(s, last_event_source=event.source, last_event_id=event.event_id)
+        c.update(last_event_source=event.source, last_event_id=event.event_id)
+    purchases = state.purchases
     if isinstance(event, Purchase):
-        s = replace(
-            s,
-            purchases=s.purchases + 1,
-            revenue=s.revenue + event.properties.amount,
-            last_purchase_at=max(s.last_purchase_at or at, at),
-            converted_at=min(s.converted_at or at, at),
-            recent_purchases=_keep_recent(s.recent_purchases, at, rules.loyalty.purchases),
+        purchases += 1
+        c.update(
+            purchases=purchases,
+            revenue=state.revenue + event.properties.amount,
+            last_purchase_at=max(state.last_purchase_at or at, at),
+            converted_at=min(state.converted_at or at, at),
+            recent_purchases=_keep_recent(state.recent_purchases, at, rules.loyalty.purchases),
         )
     elif isinstance(event, Refund):
-        s = replace(s, refunds=s.refunds + 1, refunded=s.refunded + event.properties.amount)
+        c.update(refunds=state.refunds + 1, refunded=state.refunded + event.properties.amount)
     elif isinstance(event, SupportTicket):
         if event.properties.status == "opened":
-            s = replace(s, tickets_opened=s.tickets_opened + 1)
+            c["tickets_opened"] = state.tickets_opened + 1
         else:
-            s = replace(s, tickets_solved=s.tickets_solved + 1)
+            c["tickets_solved"] = state.tickets_solved + 1
     elif isinstance(event, Review):
-        s = replace(s, reviews=s.reviews + 1, review_sum=s.review_sum + event.properties.rating)
+        c.update(reviews=state.reviews + 1, review_sum=state.review_sum + event.properties.rating)
     elif isinstance(event, NpsResponse):
-        s = replace(s, last_nps=event.properties.score)
+        c["last_nps"] = event.properties.score
     elif isinstance(event, Referral):
-        s = replace(s, referrals=s.referrals + 1)
+        c["referrals"] = state.referrals + 1
     elif isinstance(event, SiteVisit):
-        s = replace(s, recent_visits=_keep_recent(s.recent_visits, at, rules.acquisition.visits))
-    if _is_lead(event, s, rules):
-        s = replace(s, acquired_at=min(s.acquired_at or at, at))
-    return s
+        c["recent_visits"] = _keep_recent(state.recent_visits, at, rules.acquisition.visits)
+    after = replace(state, **c)  # type: ignore[arg-type]
+    if _is_lead(event, after, rules):
+        return replace(after, acquired_at=min(after.acquired_at or at, at))
+    return after
 
 
 def _has_email(event: Identify) -> bool:

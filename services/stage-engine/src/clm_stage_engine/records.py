@@ -19,13 +19,13 @@ Two more kinds carry no event (``"event": null``) and take a customer out of its
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from clm_common.events import EVENT_ADAPTER, Event
+from clm_common.events import Event, dump_event
 from clm_common.lifecycle import Applied, CustomerState
 
 SCHEMA = "clm.lifecycle.v1"
@@ -35,10 +35,16 @@ def record_id(event: Event) -> str:
     return f"{event.source}:{event.event_id}"
 
 
+#: The facts a record carries (the reducer's bookkeeping fields stay inside).
+FACT_FIELDS: tuple[str, ...] = tuple(
+    f.name
+    for f in fields(CustomerState)
+    if f.name not in {"last_event_source", "last_event_id", "recent_visits", "recent_purchases"}
+)
+
+
 def customer_facts(state: CustomerState) -> dict[str, Any]:
-    facts = asdict(state)
-    facts.pop("extra", None)
-    return facts
+    return {name: getattr(state, name) for name in FACT_FIELDS}
 
 
 def lifecycle_record(event: Event, before: CustomerState | None, applied: Applied | None) -> bytes:
@@ -48,7 +54,7 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
         "schema": SCHEMA,
         "kind": "event",
         "record_id": record_id(event),
-        "event": EVENT_ADAPTER.dump_python(event, mode="json", exclude_none=True),
+        "event": orjson.Fragment(dump_event(event)),
         "customer": customer_facts(applied.state) if applied else None,
         "stage_before": before.stage.value if before else None,
         "stage_after": applied.state.stage.value if applied else None,

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.db import chunks_for
+from clm_common.db import array_literal, unnest_insert
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
@@ -79,11 +79,12 @@ async def claim_events(
     """Record (source, event_id) as processed; return those not processed before."""
     if not events:
         return set()
-    result = await conn.execute(
-        insert(processed_events)
-        .values([{"source": s, "event_id": e, "customer_id": c} for s, e, c in events])
-        .on_conflict_do_nothing()
-        .returning(processed_events.c.source, processed_events.c.event_id)
+    result = await unnest_insert(
+        conn,
+        processed_events,
+        ["source", "event_id", "customer_id"],
+        events,
+        tail="ON CONFLICT DO NOTHING RETURNING source, event_id",
     )
     return {(r.source, r.event_id) for r in result}
 
@@ -101,36 +102,43 @@ async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str,
     return {r.customer_id: state_from_row(r) for r in rows}
 
 
+_UPSERT_TAIL = "ON CONFLICT (customer_id) DO UPDATE SET updated_at = now(), " + ", ".join(
+    f"{name} = excluded.{name}" for name in _STATE_COLUMNS if name != "customer_id"
+)
+
+
 async def upsert_customers(conn: AsyncConnection, states: Sequence[CustomerState]) -> None:
-    """One statement for the whole batch."""
+    """One statement for the whole batch, rows in a stable order."""
     if not states:
         return
-    rows = [row_from_state(s) for s in sorted(states, key=lambda s: s.customer_id)]
-    for chunk in chunks_for(rows, len(_STATE_COLUMNS)):
-        stmt = insert(customers).values(list(chunk))
-        updates: dict[str, Any] = {
-            name: stmt.excluded[name] for name in _STATE_COLUMNS if name != "customer_id"
-        }
-        updates["updated_at"] = func.now()
-        await conn.execute(stmt.on_conflict_do_update(index_elements=["customer_id"], set_=updates))
+    rows = []
+    for state in sorted(states, key=lambda s: s.customer_id):
+        row = row_from_state(state)
+        row["recent_visits"] = array_literal(state.recent_visits)
+        row["recent_purchases"] = array_literal(state.recent_purchases)
+        rows.append([row[name] for name in _STATE_COLUMNS])
+    await unnest_insert(conn, customers, _STATE_COLUMNS, rows, tail=_UPSERT_TAIL)
 
 
 async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transition]) -> None:
     if not transitions:
         return
-    values = [
-        {
-            "customer_id": t.customer_id,
-            "from_stage": t.from_stage.value if t.from_stage else None,
-            "to_stage": t.to_stage.value,
-            "at": t.at,
-            "event_id": t.event_id,
-            "reason": t.reason,
-        }
-        for t in transitions
-    ]
-    for chunk in chunks_for(values, 6):
-        await conn.execute(insert(stage_transitions).values(list(chunk)))
+    await unnest_insert(
+        conn,
+        stage_transitions,
+        ["customer_id", "from_stage", "to_stage", "at", "event_id", "reason"],
+        [
+            (
+                t.customer_id,
+                t.from_stage.value if t.from_stage else None,
+                t.to_stage.value,
+                t.at,
+                t.event_id,
+                t.reason,
+            )
+            for t in transitions
+        ],
+    )
 
 
 async def insert_outbox(
@@ -138,9 +146,7 @@ async def insert_outbox(
 ) -> None:
     if not rows:
         return
-    await conn.execute(
-        insert(outbox).values([{"topic": topic, "key": k, "payload": p} for k, p in rows])
-    )
+    await unnest_insert(conn, outbox, ["topic", "key", "payload"], [(topic, k, p) for k, p in rows])
 
 
 async def get_customer(conn: AsyncConnection, customer_id: str) -> CustomerState | None:
@@ -218,12 +224,13 @@ async def insert_customer_events(
     """(source, event id, customer id, occurred at, payload) of applied events."""
     if not rows:
         return
-    values = [
-        {"source": s, "event_id": e, "customer_id": c, "occurred_at": t, "payload": p}
-        for s, e, c, t, p in rows
-    ]
-    for chunk in chunks_for(values, 5):
-        await conn.execute(insert(customer_events).values(list(chunk)).on_conflict_do_nothing())
+    await unnest_insert(
+        conn,
+        customer_events,
+        ["source", "event_id", "customer_id", "occurred_at", "payload"],
+        rows,
+        tail="ON CONFLICT DO NOTHING",
+    )
 
 
 async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[str]) -> None:
