@@ -7,7 +7,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Column, CursorResult, Table, TextClause, text
+from sqlalchemy import (
+    ARRAY,
+    Column,
+    ColumnElement,
+    CursorResult,
+    Table,
+    Text,
+    TextClause,
+    any_,
+    bindparam,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -97,3 +108,9 @@ async def unnest_insert(
     statement = _unnest_sql(table, tuple(columns), tail)
     params = {f"c{i}": [row[i] for row in rows] for i in range(len(columns))}
     return await conn.execute(statement, params)
+
+
+def any_text(values: Sequence[str]) -> ColumnElement[Any]:
+    """``= ANY(:array)``: one parameter whatever the number of values (an ``IN`` list renders
+    one parameter per value, a new statement to prepare for every list length)."""
+    return any_(bindparam("any_values", value=list(values), type_=ARRAY(Text), unique=True))

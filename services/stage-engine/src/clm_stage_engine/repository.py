@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.db import array_literal, unnest_insert
+from clm_common.db import any_text, array_literal, unnest_insert
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
@@ -95,7 +95,7 @@ async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str,
         return {}
     rows = await conn.execute(
         select(customers)
-        .where(customers.c.customer_id.in_(sorted(ids)))
+        .where(customers.c.customer_id == any_text(sorted(ids)))
         .order_by(customers.c.customer_id)
         .with_for_update()
     )
@@ -186,7 +186,7 @@ async def lookup_links(conn: AsyncConnection, anonymous_ids: Sequence[str]) -> d
         return {}
     rows = await conn.execute(
         select(identity_links.c.anonymous_id, identity_links.c.customer_id).where(
-            identity_links.c.anonymous_id.in_(sorted(set(anonymous_ids)))
+            identity_links.c.anonymous_id == any_text(sorted(set(anonymous_ids)))
         )
     )
     return {r.anonymous_id: r.customer_id for r in rows}
@@ -209,7 +209,7 @@ async def load_events(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, l
         return {}
     rows = await conn.execute(
         select(customer_events.c.customer_id, customer_events.c.payload).where(
-            customer_events.c.customer_id.in_(sorted(set(keys)))
+            customer_events.c.customer_id == any_text(sorted(set(keys)))
         )
     )
     out: dict[str, list[Event]] = {}
@@ -256,7 +256,7 @@ async def erased_since(conn: AsyncConnection, hashes: Sequence[str]) -> dict[str
         return {}
     rows = await conn.execute(
         select(erasures.c.customer_hash, erasures.c.erased_at).where(
-            erasures.c.customer_hash.in_(sorted(set(hashes)))
+            erasures.c.customer_hash == any_text(sorted(set(hashes)))
         )
     )
     return {r.customer_hash: r.erased_at for r in rows}
