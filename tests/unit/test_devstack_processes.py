@@ -20,6 +20,8 @@ from clm_devstack.errors import DevstackError
 def sleeper(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     marker = str(tmp_path / "state-dir")
     proc = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", marker])
+    # between fork and exec the child still shows our command line: wait for its own
+    assert processes.wait_until(lambda: processes.pid_is_ours(proc.pid, [marker]), 10, 0.01)
     yield proc
     proc.kill()
     proc.wait()
