@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -38,6 +39,13 @@ PRODUCER_REBUILDS = Counter("clm_ingest_producer_rebuilds_total", "Producers reb
 
 class PublishUnavailable(Exception):
     """The broker did not acknowledge in time (or cannot be reached): answer 503."""
+
+
+class Record(NamedTuple):
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
 
 
 @dataclass(slots=True)
@@ -92,33 +100,36 @@ class Publisher:
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> None:
         """Return once the broker acknowledged the record; raise PublishUnavailable otherwise."""
+        await self.publish_many([Record(topic, key, value, headers)])
+
+    async def publish_many(self, records: list[Record]) -> None:
+        """Return once the broker acknowledged every record; else raise PublishUnavailable.
+
+        All records are queued at once (or none, when the queue has no room for them all) and
+        awaited together under one timeout.
+        """
         if self._closing:
             raise PublishUnavailable("shutting down")
-        loop = asyncio.get_running_loop()
-        item = _Pending(topic, key, value, headers, loop.create_future(), time.perf_counter())
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if self._queue.maxsize - self._queue.qsize() < len(records):
             PUBLISH_FAILURES.labels("queue_full").inc()
-            raise PublishUnavailable("publish queue full") from None
+            raise PublishUnavailable("publish queue full")
+        loop = asyncio.get_running_loop()
+        enqueued = time.perf_counter()
+        items = [_Pending(*r, loop.create_future(), enqueued) for r in records]
+        for item in items:
+            self._queue.put_nowait(item)
+        # return_exceptions: every record's failure is retrieved, none logged as unhandled
+        waiting = asyncio.gather(*(item.done for item in items), return_exceptions=True)
         try:
-            await asyncio.wait_for(asyncio.shield(item.done), timeout=self._timeout_s)
+            results = await asyncio.wait_for(asyncio.shield(waiting), timeout=self._timeout_s)
         except TimeoutError:
             PUBLISH_FAILURES.labels("timeout").inc()
             raise PublishUnavailable("broker did not acknowledge in time") from None
-        except KafkaError as exc:
-            PUBLISH_FAILURES.labels(type(exc).__name__).inc()
-            raise PublishUnavailable(f"broker error: {exc!r}") from exc
-        PUBLISH_SECONDS.observe(time.perf_counter() - item.enqueued)
-
-    async def publish_many(
-        self, records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
-    ) -> None:
-        """Publish several records; all acknowledged, or PublishUnavailable."""
-        results = await asyncio.gather(*(self.publish(*r) for r in records), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
-                raise result
+                PUBLISH_FAILURES.labels(type(result).__name__).inc()
+                raise PublishUnavailable(f"broker error: {result!r}") from result
+        PUBLISH_SECONDS.observe(time.perf_counter() - enqueued)
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -158,14 +169,13 @@ class Publisher:
                 await self._drop_producer()
             try:
                 producer = await self._ensure_producer()
-                for item in batch:
-                    sent = await asyncio.wait_for(
-                        producer.send(
+                # one deadline for the whole batch (a wait_for per record costs a task each)
+                async with asyncio.timeout(self._timeout_s):
+                    for item in batch:
+                        sent = await producer.send(
                             item.topic, value=item.value, key=item.key, headers=item.headers
-                        ),
-                        timeout=self._timeout_s,
-                    )
-                    sent.add_done_callback(self._resolver(item.done))
+                        )
+                        sent.add_done_callback(self._resolver(item.done))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
