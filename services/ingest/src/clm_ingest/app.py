@@ -63,7 +63,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             limiter=(
                 TokenBuckets(
                     rate=settings.ingest_rate_limit_per_s,
-                    burst=max(settings.ingest_rate_limit_burst, settings.ingest_max_batch_events),
+                    burst=settings.ingest_rate_limit_burst,
                 )
                 if settings.ingest_rate_limit_per_s > 0
                 else None
