@@ -40,7 +40,10 @@ def corrected_time(occurred_at: Any, sent_at: Any, received_at: datetime) -> Any
         return occurred_at
     if occurred.tzinfo is None or sent.tzinfo is None:
         return occurred_at
-    return received_at - (sent - occurred)
+    try:
+        return received_at - (sent - occurred)
+    except OverflowError:  # a skew beyond the calendar: no correction
+        return occurred_at
 
 
 def normalize(
