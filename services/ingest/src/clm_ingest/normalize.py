@@ -64,7 +64,8 @@ def normalize(
         raise SourceMismatch(f"this key sends for source {source!r}, not {claimed!r}")
     data["source"] = source
     sent = data.pop("sent_at", sent_at)
-    data.setdefault("event_id", str(uuid.uuid4()))
+    if "event_id" not in data:
+        data["event_id"] = str(uuid.uuid4())
     if "occurred_at" not in data:
         data["occurred_at"] = received_at
     elif sent is not None:
