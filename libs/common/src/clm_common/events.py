@@ -307,6 +307,14 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+EVENTS_ADAPTER: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+def parse_events(data: list[Any], *, now: datetime | None = None) -> list[Event]:
+    """Validate many events in one call (errors' locations start with the index)."""
+    return EVENTS_ADAPTER.validate_python(data, context={"now": now})
+
+
 def parse_event(data: Any, *, now: datetime | None = None) -> Event:
     """Validate a decoded JSON document as an event (``now`` bounds future timestamps)."""
     return EVENT_ADAPTER.validate_python(data, context={"now": now})
@@ -318,8 +326,12 @@ def parse_event_json(raw: bytes) -> Event:
 
 
 def dump_event(event: Event) -> bytes:
-    """The wire form of an event on the events topic (JSON, decimals as strings)."""
-    return EVENT_ADAPTER.dump_json(event, exclude_none=True)
+    """The wire form of an event on the events topic (JSON, decimals as strings).
+
+    Serialized by the event's own model (what the union's serializer picks anyway), which
+    skips the union dispatch: about twice as fast on the ingest's hot path.
+    """
+    return event.__pydantic_serializer__.to_json(event, exclude_none=True)
 
 
 def partition_key(event: Event) -> str:

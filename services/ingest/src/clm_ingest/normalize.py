@@ -46,18 +46,13 @@ def corrected_time(occurred_at: Any, sent_at: Any, received_at: datetime) -> Any
         return occurred_at
 
 
-def normalize(
-    body: Any, *, source: str, received_at: datetime, sent_at: Any | None = None
-) -> Event:
-    """Validate one event body as sent by ``source`` at ``received_at``.
+def prepare(
+    body: dict[str, Any], *, source: str, received_at: datetime, sent_at: Any | None = None
+) -> dict[str, Any]:
+    """The body with the ingest's defaults (see :func:`normalize`), not yet validated.
 
-    Missing ``event_id`` gets a random one (returned to the caller); missing ``occurred_at`` is
-    the receipt time; a ``sent_at`` (in the body, or the batch's) corrects the client's clock
-    skew; ``source`` comes from the key (a different one in the body is refused).
-    Raises ValidationError (422) or SourceMismatch (403).
+    Raises SourceMismatch when the body names another source than the key's.
     """
-    if not isinstance(body, dict):
-        return parse_event(body, now=received_at)  # raises a ValidationError naming the body
     data = dict(body)
     claimed = data.get("source")
     if claimed is not None and claimed != source:
@@ -70,4 +65,20 @@ def normalize(
         data["occurred_at"] = received_at
     elif sent is not None:
         data["occurred_at"] = corrected_time(data["occurred_at"], sent, received_at)
+    return data
+
+
+def normalize(
+    body: Any, *, source: str, received_at: datetime, sent_at: Any | None = None
+) -> Event:
+    """Validate one event body as sent by ``source`` at ``received_at``.
+
+    Missing ``event_id`` gets a random one (returned to the caller); missing ``occurred_at`` is
+    the receipt time; a ``sent_at`` (in the body, or the batch's) corrects the client's clock
+    skew; ``source`` comes from the key (a different one in the body is refused).
+    Raises ValidationError (422) or SourceMismatch (403).
+    """
+    if not isinstance(body, dict):
+        return parse_event(body, now=received_at)  # raises a ValidationError naming the body
+    data = prepare(body, source=source, received_at=received_at, sent_at=sent_at)
     return parse_event(data, now=received_at)

@@ -15,8 +15,15 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from clm_common.events import EVENT_TYPES, SCHEMA_VERSION, Event, dump_event, partition_key
-from clm_ingest.normalize import SourceMismatch, field_errors, normalize
+from clm_common.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    Event,
+    dump_event,
+    parse_events,
+    partition_key,
+)
+from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
 from clm_ingest.publisher import Publisher, Record
 
 ACCEPTED = Counter(
@@ -64,21 +71,38 @@ def check(
     route: str,
     sent_at: Any | None = None,
 ) -> Checked:
-    """Validate each body (see :func:`normalize`); count the refused ones."""
+    """Validate each body (see :func:`normalize`); count the refused ones.
+
+    Fast path: every body prepared, then all validated in one call; only when that fails is
+    each body validated on its own, to sort the valid ones from the refused ones.
+    """
     out = Checked()
-    for index, body in enumerate(bodies):
-        try:
-            out.events.append(
-                (index, normalize(body, source=source, received_at=received_at, sent_at=sent_at))
-            )
-        except ValidationError as exc:
-            errors = field_errors(exc)
-            reason = exc.errors()[0]["type"] if exc.errors() else "invalid"
-            out.rejected.append(Rejection(index, reason, errors))
-        except SourceMismatch as exc:
-            out.rejected.append(
-                Rejection(index, "source_mismatch", [{"field": "source", "message": str(exc)}])
-            )
+    try:
+        prepared = [
+            prepare(body, source=source, received_at=received_at, sent_at=sent_at)
+            if isinstance(body, dict)
+            else body
+            for body in bodies
+        ]
+        out.events = list(enumerate(parse_events(prepared, now=received_at)))
+    except (ValidationError, SourceMismatch):
+        out.events = []
+        for index, body in enumerate(bodies):
+            try:
+                out.events.append(
+                    (
+                        index,
+                        normalize(body, source=source, received_at=received_at, sent_at=sent_at),
+                    )
+                )
+            except ValidationError as exc:
+                errors = field_errors(exc)
+                reason = exc.errors()[0]["type"] if exc.errors() else "invalid"
+                out.rejected.append(Rejection(index, reason, errors))
+            except SourceMismatch as exc:
+                out.rejected.append(
+                    Rejection(index, "source_mismatch", [{"field": "source", "message": str(exc)}])
+                )
     for r in out.rejected:
         REJECTED.labels(_type_label(bodies[r.index]), r.reason, route).inc()
     BATCH_SIZE.labels(route).observe(len(bodies))
