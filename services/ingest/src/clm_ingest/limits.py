@@ -15,12 +15,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clm_ingest.refusals import refusal
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The last value of a request header (names are lower-case in ASGI)."""
+    found = None
+    for key, value in scope.get("headers", []):
+        if key == name:
+            found = value
+    return found
+
+
 class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes``, by Content-Length and while streaming."""
+class _BodyMiddleware:
+    """An ASGI middleware about HTTP request bodies of at most ``max_bytes``."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -29,16 +38,26 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._refuse(scope, receive, send)
-                    return
+        else:
+            await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class BodyLimitMiddleware(_BodyMiddleware):
+    """Refuses bodies over ``max_bytes``, by Content-Length and while streaming."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = header(scope, b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                too_big = False
+            if too_big:
+                await self._refuse(scope, receive, send)
+                return
         seen = 0
         started = False
 
@@ -74,21 +93,11 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-class GzipRequestMiddleware:
+class GzipRequestMiddleware(_BodyMiddleware):
     """Inflates gzip (and deflate) request bodies, at most ``max_bytes`` of them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        encoding = b""
-        for name, value in scope.get("headers", []):
-            if name == b"content-encoding":
-                encoding = value.strip().lower()
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        encoding = (header(scope, b"content-encoding") or b"").strip().lower()
         if encoding in {b"", b"identity"}:
             await self.app(scope, receive, send)
             return

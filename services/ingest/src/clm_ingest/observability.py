@@ -17,6 +17,8 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clm_ingest.limits import header
+
 log = logging.getLogger("clm_ingest.access")
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -61,10 +63,7 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = ""
-        for name, value in scope.get("headers", []):
-            if name == b"x-request-id":
-                given = value.decode("latin-1")
+        given = (header(scope, b"x-request-id") or b"").decode("latin-1")
         rid = given if _ID.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(rid)
         status = 500

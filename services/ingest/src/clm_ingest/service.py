@@ -141,3 +141,10 @@ async def publish(publisher: Publisher, topic: str, events: Sequence[Event], *, 
         raise
     for type_, n in by_type.items():
         ACCEPTED.labels(type_, route).inc(n)
+
+
+async def publish_checked(
+    publisher: Publisher, topic: str, checked: Checked, *, route: str
+) -> None:
+    """Publish the valid events of a request (PublishUnavailable when not acknowledged)."""
+    await publish(publisher, topic, [e for _, e in checked.events], route=route)

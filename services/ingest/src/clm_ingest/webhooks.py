@@ -150,6 +150,21 @@ def _stripe_customer(obj: Mapping[str, Any]) -> dict[str, str]:
     return {"anonymous_id": f"stripe-object:{obj.get('id')}"}
 
 
+def _stripe_money(
+    base: dict[str, Any], type_: str, obj: Mapping[str, Any], order: Any, amount_field: str
+) -> dict[str, Any]:
+    currency = str(_need(obj, "currency"))
+    return {
+        **base,
+        "type": type_,
+        "properties": {
+            "order_id": f"stripe:{order}",
+            "amount": stripe_amount(_need(obj, amount_field), currency),
+            "currency": currency.upper(),
+        },
+    }
+
+
 def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``charge.succeeded`` / ``invoice.paid`` → purchase, ``charge.refunded`` → refund,
     ``customer.subscription.deleted`` → subscription_cancelled. A charge that pays an invoice
@@ -168,53 +183,18 @@ def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     if kind == "charge.succeeded":
         if obj.get("invoice"):
             return []
-        currency = str(_need(obj, "currency"))
-        return [
-            {
-                **base,
-                "type": "purchase",
-                "properties": {
-                    "order_id": f"stripe:{_need(obj, 'id')}",
-                    "amount": stripe_amount(_need(obj, "amount"), currency),
-                    "currency": currency.upper(),
-                },
-            }
-        ]
+        return [_stripe_money(base, "purchase", obj, _need(obj, "id"), "amount")]
     if kind == "invoice.paid":
-        currency = str(_need(obj, "currency"))
-        return [
-            {
-                **base,
-                "type": "purchase",
-                "properties": {
-                    "order_id": f"stripe:{_need(obj, 'id')}",
-                    "amount": stripe_amount(_need(obj, "amount_paid"), currency),
-                    "currency": currency.upper(),
-                    **(
-                        {"subscription_id": f"stripe:{obj['subscription']}"}
-                        if obj.get("subscription")
-                        else {}
-                    ),
-                },
-            }
-        ]
+        doc = _stripe_money(base, "purchase", obj, _need(obj, "id"), "amount_paid")
+        if obj.get("subscription"):
+            doc["properties"]["subscription_id"] = f"stripe:{obj['subscription']}"
+        return [doc]
     if kind == "charge.refunded":
-        currency = str(_need(obj, "currency"))
         # the refunded charge's id: invoice payments are keyed by their invoice
         order = obj.get("invoice") or _need(obj, "id")
         if isinstance(order, dict):
             order = order.get("id")
-        return [
-            {
-                **base,
-                "type": "refund",
-                "properties": {
-                    "order_id": f"stripe:{order}",
-                    "amount": stripe_amount(_need(obj, "amount_refunded"), currency),
-                    "currency": currency.upper(),
-                },
-            }
-        ]
+        return [_stripe_money(base, "refund", obj, order, "amount_refunded")]
     if kind == "customer.subscription.deleted":
         reason = _get(obj, "cancellation_details.reason")
         properties: dict[str, Any] = {"subscription_id": f"stripe:{_need(obj, 'id')}"}

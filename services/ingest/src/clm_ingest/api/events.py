@@ -71,11 +71,8 @@ def unavailable(state: State, exc: PublishUnavailable) -> ProblemError:
 
 async def publish_checked(state: State, checked: service.Checked, route: str) -> None:
     try:
-        await service.publish(
-            state.publisher,
-            state.settings.topic_events,
-            [e for _, e in checked.events],
-            route=route,
+        await service.publish_checked(
+            state.publisher, state.settings.topic_events, checked, route=route
         )
     except PublishUnavailable as exc:
         raise unavailable(state, exc) from None

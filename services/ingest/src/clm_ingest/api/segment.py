@@ -161,11 +161,8 @@ async def _handle(request: Request, state: State, call: str | None) -> JSONRespo
     positions = [i for i, d in enumerate(docs) if d is not None]
     checked = service.check(readable, source=caller.source, received_at=received_at, route=route)
     try:
-        await service.publish(
-            state.publisher,
-            state.settings.topic_events,
-            [e for _, e in checked.events],
-            route=route,
+        await service.publish_checked(
+            state.publisher, state.settings.topic_events, checked, route=route
         )
     except PublishUnavailable as exc:
         raise SegmentError(

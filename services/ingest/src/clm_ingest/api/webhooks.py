@@ -67,6 +67,25 @@ async def _verified_source(
     raise ProblemError(401, "Unauthorized", why)
 
 
+async def _timestamped_hex(
+    request: Request, state: State, provider: str, only: str | None, header_name: str
+) -> tuple[bytes, str]:
+    """The raw body and its source, for Stripe's ``t=…,v1=…`` scheme (also our generic one)."""
+    raw = await request.body()
+    header = request.headers.get(header_name)
+    now = datetime.now(UTC)
+    tolerance = state.settings.ingest_webhook_tolerance_s
+    found = await _verified_source(
+        state,
+        provider,
+        only,
+        lambda s: signatures.timestamped_hex(
+            s, raw, header, now, name=header_name, tolerance_s=tolerance
+        ),
+    )
+    return raw, found
+
+
 def _json(raw: bytes, route: str) -> Any:
     try:
         doc = orjson.loads(raw)
@@ -164,18 +183,7 @@ async def shopify(
 async def stripe(
     request: Request, state: Annotated[State, Depends(app_state)], source: SourceParam = None
 ) -> JSONResponse:
-    raw = await request.body()
-    header = request.headers.get("stripe-signature")
-    now = datetime.now(UTC)
-    tolerance = state.settings.ingest_webhook_tolerance_s
-    found = await _verified_source(
-        state,
-        "stripe",
-        source,
-        lambda s: signatures.timestamped_hex(
-            s, raw, header, now, name="Stripe-Signature", tolerance_s=tolerance
-        ),
-    )
+    raw, found = await _timestamped_hex(request, state, "stripe", source, "Stripe-Signature")
     payload = _json(raw, "/v1/webhooks/stripe")
     docs = _adapted(lambda: webhooks.stripe(payload))
     return await _accept(state, found, docs, "/v1/webhooks/stripe")
@@ -226,17 +234,6 @@ async def zendesk(
 async def generic(
     request: Request, state: Annotated[State, Depends(app_state)], source: SourceParam = None
 ) -> JSONResponse:
-    raw = await request.body()
-    header = request.headers.get("x-clm-signature")
-    now = datetime.now(UTC)
-    tolerance = state.settings.ingest_webhook_tolerance_s
-    found = await _verified_source(
-        state,
-        "generic",
-        source,
-        lambda s: signatures.timestamped_hex(
-            s, raw, header, now, name="X-CLM-Signature", tolerance_s=tolerance
-        ),
-    )
+    raw, found = await _timestamped_hex(request, state, "generic", source, "X-CLM-Signature")
     payload = _json(raw, "/v1/webhooks/generic")
     return await _accept(state, found, [payload], "/v1/webhooks/generic")
