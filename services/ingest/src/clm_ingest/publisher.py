@@ -142,7 +142,9 @@ class Publisher:
         self._waiting_records += len(records)
         self._wakeup.set()
         try:
-            await asyncio.wait_for(asyncio.shield(ticket.done), timeout=self._timeout_s)
+            # asyncio.timeout, not wait_for: no task per request on the hot path
+            async with asyncio.timeout(self._timeout_s):
+                await asyncio.shield(ticket.done)
         except TimeoutError:
             PUBLISH_FAILURES.labels("timeout").inc()
             ticket.done.add_done_callback(_retrieve)
