@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.auth import KeyVerifier, Principal, bearer_token
@@ -59,8 +58,13 @@ async def verify_write_key(state: State, key: str) -> Caller | None:
     return _caller(principal, key)
 
 
-async def writer(request: Request, state: Annotated[State, Depends(app_state)]) -> Caller:
-    """Bearer write key → caller, or a 401/403 problem."""
+async def writer(request: Request) -> Caller:
+    """Bearer write key → caller, or a 401/403 problem.
+
+    The state is read here, not injected: each dependency FastAPI resolves costs the hot path
+    measurably (see bench/RESULTS.md), so the write routes have this one only.
+    """
+    state: State = request.app.state.clm
     key = bearer_token(request)
     principal = await state.verifier.verify(key)
     if principal is None:

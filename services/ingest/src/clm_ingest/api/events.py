@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from clm_common.events import EventType, example_event
 from clm_common.problem import ProblemError
 from clm_ingest import service
-from clm_ingest.deps import Caller, State, app_state, rate_wait, writer
+from clm_ingest.deps import Caller, State, rate_wait, writer
 from clm_ingest.publisher import PublishUnavailable
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -96,11 +96,8 @@ async def publish_checked(state: State, checked: service.Checked, route: str) ->
         }
     },
 )
-async def post_event(
-    request: Request,
-    state: Annotated[State, Depends(app_state)],
-    caller: Annotated[Caller, Depends(writer)],
-) -> JSONResponse:
+async def post_event(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
+    state: State = request.app.state.clm
     route = "/v1/events"
     received_at = datetime.now(UTC)
     doc = parse_json(await request.body(), route)
@@ -113,7 +110,11 @@ async def post_event(
         raise ProblemError(422, "Invalid event", refused.message(), errors=refused.errors)
     await publish_checked(state, checked, route)
     ((_, event),) = checked.events
-    return JSONResponse({"event_id": event.event_id, "status": "accepted"}, status_code=202)
+    return Response(
+        orjson.dumps({"event_id": event.event_id, "status": "accepted"}),
+        status_code=202,
+        media_type="application/json",
+    )
 
 
 BATCH_SCHEMA = {
@@ -156,11 +157,8 @@ BATCH_SCHEMA = {
         }
     },
 )
-async def post_batch(
-    request: Request,
-    state: Annotated[State, Depends(app_state)],
-    caller: Annotated[Caller, Depends(writer)],
-) -> JSONResponse:
+async def post_batch(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
+    state: State = request.app.state.clm
     route = "/v1/events/batch"
     received_at = datetime.now(UTC)
     doc = parse_json(await request.body(), route)
@@ -203,11 +201,14 @@ async def post_batch(
             422, "Invalid events", f"all {len(events)} events were refused", errors=errors
         )
     await publish_checked(state, checked, route)
-    return JSONResponse(
-        {
-            "accepted": len(checked.events),
-            "events": [{"index": i, "event_id": e.event_id} for i, e in checked.events],
-            "rejected": rejected,
-        },
+    return Response(
+        orjson.dumps(
+            {
+                "accepted": len(checked.events),
+                "events": [{"index": i, "event_id": e.event_id} for i, e in checked.events],
+                "rejected": rejected,
+            }
+        ),
         status_code=202,
+        media_type="application/json",
     )
