@@ -6,30 +6,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from clm_common.events import EXAMPLE_PROPERTIES
+
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
-PROPERTIES: dict[str, dict[str, Any]] = {
-    "ad_click": {"campaign": "black-friday", "ad": "banner-1"},
-    "site_visit": {"url": "https://shop.example/", "referrer": "https://search.example/"},
-    "signup": {"plan": "free"},
-    "identify": {"traits": {"plan": "pro"}},
-    "purchase": {"order_id": "o-1", "amount": "59.90", "currency": "EUR"},
-    "refund": {"order_id": "o-1", "amount": "59.90", "currency": "EUR"},
-    "subscription_cancelled": {"subscription_id": "sub-1"},
-    "support_ticket": {"ticket_id": "t-1", "status": "solved", "csat": 5},
-    "review": {"rating": 5, "text": "great"},
-    "nps_response": {"score": 9},
-    "referral": {"referred_id": "friend-1"},
-    "email_engagement": {"action": "clicked", "campaign": "welcome"},
-    "marketing_spend": {
-        "channel": "paid_search",
-        "campaign": "black-friday",
-        "amount": "1000.00",
-        "currency": "EUR",
-        "period_start": "2026-11-01T00:00:00Z",
-        "period_end": "2026-11-30T23:59:59Z",
-    },
-}
+PROPERTIES: dict[str, dict[str, Any]] = EXAMPLE_PROPERTIES
 
 
 def event_doc(

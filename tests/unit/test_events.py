@@ -16,6 +16,7 @@ from clm_common.events import (
     Purchase,
     dump_event,
     error_field,
+    example_event,
     json_schema,
     parse_event,
     parse_event_json,
@@ -154,3 +155,75 @@ def test_purchases_round_trip_exactly(amount: Decimal, at: datetime) -> None:
     assert isinstance(again, Purchase)
     assert again.properties.amount == amount
     assert again.occurred_at == at
+
+
+REQUIRED: dict[str, list[str]] = {
+    "ad_click": ["campaign"],
+    "site_visit": ["url"],
+    "purchase": ["order_id", "amount", "currency"],
+    "refund": ["order_id", "amount"],
+    "support_ticket": ["ticket_id", "status"],
+    "review": ["rating"],
+    "nps_response": ["score"],
+    "referral": ["referred_id"],
+    "email_engagement": ["action", "campaign"],
+    "marketing_spend": [
+        "channel",
+        "campaign",
+        "amount",
+        "currency",
+        "period_start",
+        "period_end",
+    ],
+    "custom": ["name"],
+}
+
+
+@pytest.mark.parametrize(
+    ("type_", "name"), [(t, n) for t, names in REQUIRED.items() for n in names]
+)
+def test_each_missing_required_property_is_named(type_: str, name: str) -> None:
+    doc = event_doc(type_)
+    del doc["properties"][name]
+    assert errors_of(doc) == {f"properties.{name}": "Field required"}
+
+
+@pytest.mark.parametrize(
+    ("type_", "props", "field"),
+    [
+        ("purchase", {"amount": 12}, None),  # a JSON number is a fine amount
+        ("purchase", {"amount": [1]}, "properties.amount"),
+        ("refund", {"amount": "-0.01"}, "properties.amount"),
+        ("refund", {"currency": "eur"}, "properties.currency"),
+        ("marketing_spend", {"amount": "-1"}, "properties.amount"),
+        ("marketing_spend", {"currency": "ABC"}, "properties.currency"),
+        ("nps_response", {"score": -1}, "properties.score"),
+        ("nps_response", {"score": 7.5}, "properties.score"),
+        ("support_ticket", {"csat": 0}, "properties.csat"),
+        ("referral", {"referred_id": ""}, "properties.referred_id"),
+        ("identify", {"traits": "pro"}, "properties.traits"),
+        ("signup", {"email_hash": "x" * 200}, "properties.email_hash"),
+        ("custom", {"name": ""}, "properties.name"),
+    ],
+)
+def test_wrong_types_and_ranges_per_type(
+    type_: str, props: dict[str, Any], field: str | None
+) -> None:
+    doc = event_doc(type_, **props)
+    if field is None:
+        parse_event(doc, now=NOW)
+    else:
+        assert field in errors_of(doc)
+
+
+def test_unknown_properties_are_bounded() -> None:
+    fits = event_doc("custom", blob="x" * 15_000)
+    assert parse_event(fits, now=NOW).properties.model_extra == {"blob": "x" * 15_000}
+    assert "properties" in errors_of(event_doc("custom", blob="x" * 17_000))
+    assert "properties" in errors_of(event_doc("purchase", blob="x" * 17_000))
+
+
+def test_every_type_has_a_documented_example_that_is_valid() -> None:
+    for t in EventType:
+        doc = example_event(t.value)
+        assert parse_event({**doc, "source": "docs"}, now=NOW).type == t.value

@@ -11,11 +11,13 @@ Published on ``clm.events.v1`` as :class:`Event` JSON (``model_dump(mode="json")
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -34,6 +36,7 @@ from clm_common.currencies import ISO_4217
 SCHEMA_VERSION = 1
 MAX_FUTURE_SKEW = timedelta(hours=24)
 MISSING_CUSTOMER_KEY = "missing_customer_key"
+MAX_EXTRA_PROPERTIES_BYTES = 16 * 1024  # unknown properties are kept, up to this much JSON
 
 Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 Label = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
@@ -60,12 +63,22 @@ class EventType(StrEnum):
     REFERRAL = "referral"
     EMAIL_ENGAGEMENT = "email_engagement"
     MARKETING_SPEND = "marketing_spend"
+    CUSTOM = "custom"
 
 
 class Properties(BaseModel):
     """Base of every properties model: unknown keys are kept as they came."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="after")
+    def _extras_bounded(self) -> Properties:
+        extra = self.__pydantic_extra__
+        if extra and len(orjson.dumps(extra, default=str)) > MAX_EXTRA_PROPERTIES_BYTES:
+            raise ValueError(
+                f"unknown properties take more than {MAX_EXTRA_PROPERTIES_BYTES} bytes of JSON"
+            )
+        return self
 
 
 def _currency(value: str) -> str:
@@ -158,6 +171,12 @@ class MarketingSpendProperties(Properties):
         if self.period_end < self.period_start:
             raise ValueError("period_end is before period_start")
         return self
+
+
+class CustomProperties(Properties):
+    """A touchpoint outside the contract's types (e.g. an unmapped Segment track event)."""
+
+    name: Label
 
 
 class EventBase(BaseModel):
@@ -262,6 +281,11 @@ class MarketingSpend(EventBase):
     properties: MarketingSpendProperties
 
 
+class Custom(EventBase):
+    type: Literal["custom"]
+    properties: CustomProperties
+
+
 Event = Annotated[
     AdClick
     | SiteVisit
@@ -275,11 +299,20 @@ Event = Annotated[
     | NpsResponse
     | Referral
     | EmailEngagement
-    | MarketingSpend,
+    | MarketingSpend
+    | Custom,
     Field(discriminator="type"),
 ]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+EVENTS_ADAPTER: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+def parse_events(data: list[Any], *, now: datetime | None = None) -> list[Event]:
+    """Validate many events in one call (errors' locations start with the index)."""
+    return EVENTS_ADAPTER.validate_python(data, context={"now": now})
 
 
 def parse_event(data: Any, *, now: datetime | None = None) -> Event:
@@ -293,8 +326,12 @@ def parse_event_json(raw: bytes) -> Event:
 
 
 def dump_event(event: Event) -> bytes:
-    """The wire form of an event on the events topic (JSON, decimals as strings)."""
-    return EVENT_ADAPTER.dump_json(event, exclude_none=True)
+    """The wire form of an event on the events topic (JSON, decimals as strings).
+
+    Serialized by the event's own model (what the union's serializer picks anyway), which
+    skips the union dispatch: about twice as fast on the ingest's hot path.
+    """
+    return event.__pydantic_serializer__.to_json(event, exclude_none=True)
 
 
 def partition_key(event: Event) -> str:
@@ -330,3 +367,42 @@ EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the event contract (for the docs)."""
     return EVENT_ADAPTER.json_schema()
+
+
+EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
+    "ad_click": {"campaign": "black-friday", "ad": "banner-1"},
+    "site_visit": {"url": "https://shop.example/", "referrer": "https://search.example/"},
+    "signup": {"plan": "free"},
+    "identify": {"traits": {"plan": "pro"}},
+    "purchase": {"order_id": "o-1", "amount": "59.90", "currency": "EUR"},
+    "refund": {"order_id": "o-1", "amount": "59.90", "currency": "EUR"},
+    "subscription_cancelled": {"subscription_id": "sub-1"},
+    "support_ticket": {"ticket_id": "t-1", "status": "solved", "csat": 5},
+    "review": {"rating": 5, "text": "great"},
+    "nps_response": {"score": 9},
+    "referral": {"referred_id": "friend-1"},
+    "email_engagement": {"action": "clicked", "campaign": "welcome"},
+    "marketing_spend": {
+        "channel": "paid_search",
+        "campaign": "black-friday",
+        "amount": "1000.00",
+        "currency": "EUR",
+        "period_start": "2026-11-01T00:00:00Z",
+        "period_end": "2026-11-30T23:59:59Z",
+    },
+    "custom": {"name": "Wishlist Shared"},
+}
+
+
+def example_event(type_: str) -> dict[str, Any]:
+    """A valid request body of this type, as a client sends it (for the docs and tests)."""
+    doc: dict[str, Any] = {
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"clm-example:{type_}")),
+        "type": type_,
+        "occurred_at": "2026-11-23T10:15:00Z",
+        "channel": "email",
+        "properties": EXAMPLE_PROPERTIES[type_],
+    }
+    if type_ != EventType.MARKETING_SPEND:
+        doc["customer_id"] = "cust-42"
+    return doc

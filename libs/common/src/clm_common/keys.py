@@ -1,14 +1,12 @@
 """API keys: write keys (ingest) and read tokens (read APIs), stored as SHA-256 hashes.
 
 Keys are 256-bit random strings, so a plain SHA-256 is enough to store them safely (no
-password-style stretching needed). ``python -m clm_common.keys`` creates, lists, revokes keys
-and seeds the well-known dev keys (only with ``CLM_ENV=dev``).
+password-style stretching needed). ``clm keys`` (or ``python -m clm_common.keys``) creates,
+lists, revokes keys and seeds the well-known dev keys (only with ``CLM_ENV=dev``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import secrets
 import sys
@@ -20,9 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.db import create_engine
 from clm_common.schema import api_keys
-from clm_common.settings import CommonSettings
 
 KeyKind = Literal["write", "read"]
 _PREFIX: dict[str, str] = {"write": "clmw_", "read": "clmr_"}
@@ -93,60 +89,11 @@ async def revoke(conn: AsyncConnection, key_id: int) -> bool:
     return bool(result.rowcount)
 
 
-async def _run(args: argparse.Namespace, settings: CommonSettings) -> int:
-    engine = create_engine(settings.database_url, pool_size=1, app_name="clm-keys")
-    try:
-        async with engine.begin() as conn:
-            if args.command == "seed-dev":
-                if settings.env != "dev":
-                    print("keys: error: seed-dev needs CLM_ENV=dev", file=sys.stderr)
-                    return 2
-                await store_key(
-                    conn, key=settings.dev_write_key, kind="write", source="dev", label="dev"
-                )
-                await store_key(
-                    conn, key=settings.dev_read_token, kind="read", source="dev", label="dev"
-                )
-                print("dev keys seeded (source 'dev')")
-            elif args.command == "create":
-                key = new_key(args.kind)
-                await store_key(conn, key=key, kind=args.kind, source=args.source, label=args.label)
-                print(key)
-            elif args.command == "list":
-                for row in await list_keys(conn):
-                    state = "revoked" if row.revoked_at else "active"
-                    print(f"{row.id}\t{row.kind}\t{row.source}\t{state}\t{row.label}")
-            elif args.command == "revoke":
-                if not await revoke(conn, args.id):
-                    print(f"keys: error: no active key with id {args.id}", file=sys.stderr)
-                    return 1
-                print(f"revoked key {args.id}")
-    finally:
-        await engine.dispose()
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clm_common.keys")
-    sub = parser.add_subparsers(dest="command", required=True)
-    create = sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--kind", choices=["write", "read"], required=True)
-    create.add_argument("--source", required=True, help="the site or shop this key speaks for")
-    create.add_argument("--label", default="")
-    sub.add_parser("list", help="list keys (never their secrets)")
-    rev = sub.add_parser("revoke", help="revoke a key by id")
-    rev.add_argument("id", type=int)
-    sub.add_parser("seed-dev", help="store CLM_DEV_WRITE_KEY and CLM_DEV_READ_TOKEN (dev only)")
-    args = parser.parse_args(argv)
-    settings = CommonSettings()
-    try:
-        return asyncio.run(_run(args, settings))
-    except OSError as exc:
-        print(
-            f"keys: error: cannot reach Postgres ({exc}) — start it or set CLM_DATABASE_URL",
-            file=sys.stderr,
-        )
-        return 2
+    """``python -m clm_common.keys …``: the same as ``clm keys …``."""
+    from clm_common.cli import main as clm_main
+
+    return clm_main(["keys", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -212,3 +212,19 @@ webhook_deliveries = Table(
 Index(
     "ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at
 )
+
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    # Fernet token of the secret (CLM_SECRETS_KEY): HMAC needs the secret itself, so it is
+    # encrypted at rest, never only hashed
+    Column("secret_encrypted", Text, nullable=False),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("revoked_at", TS),
+    CheckConstraint("provider IN ('shopify', 'stripe', 'zendesk', 'generic')", name="provider"),
+)
+Index("ix_webhook_secrets_provider", webhook_secrets.c.provider, webhook_secrets.c.source)

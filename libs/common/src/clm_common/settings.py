@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,14 @@ class CommonSettings(BaseSettings):
         default=10.0, ge=0, description="How long a verified key is cached in memory."
     )
     dev_write_key: str = Field(default="dev-write-key", description="Write key seeded in dev.")
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Fernet key(s), comma-separated, newest first, that encrypt webhook secrets at rest "
+            "(make one with `clm webhooks new-key`). Needed in prod; dev and test fall back to "
+            "a well-known key."
+        ),
+    )
     dev_read_token: str = Field(default="dev-read-token", description="Read token seeded in dev.")
     reporting_currency: str = Field(
         default="USD", pattern=r"^[A-Z]{3}$", description="Currency of the revenue KPIs."

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 
 from clm_common.auth import KeyVerifier
 from clm_common.db import create_engine, ping
+from clm_common.events import EVENT_ADAPTER
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import install_problem_handlers
 from clm_common.prom import metrics_router
-from clm_ingest.api import events
+from clm_common.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
+from clm_ingest.api import events, segment, webhooks
 from clm_ingest.deps import State
-from clm_ingest.limits import BodyLimitMiddleware
+from clm_ingest.limits import BodyLimitMiddleware, GzipRequestMiddleware
+from clm_ingest.observability import ObservabilityMiddleware, install_request_id_logging
 from clm_ingest.publisher import Publisher
+from clm_ingest.ratelimit import TokenBuckets
+from clm_ingest.refusals import SegmentError, segment_response
+from clm_ingest.segment import DEFAULT_TRACK_EVENTS
 from clm_ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+
+def _secret_cache(settings: IngestSettings, engine: Any) -> SecretCache | None:
+    try:
+        box = cipher(settings)
+    except SecretsKeyMissing as exc:
+        log.warning("webhooks disabled: %s", exc)
+        return None
+    return SecretCache(engine, box, ttl_s=settings.auth_cache_seconds)
 
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
@@ -39,6 +60,16 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             engine=engine,
             verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
             publisher=publisher,
+            limiter=(
+                TokenBuckets(
+                    rate=settings.ingest_rate_limit_per_s,
+                    burst=settings.ingest_rate_limit_burst,
+                )
+                if settings.ingest_rate_limit_per_s > 0
+                else None
+            ),
+            secrets=_secret_cache(settings, engine),
+            track_events={**DEFAULT_TRACK_EVENTS, **settings.ingest_segment_events},
         )
         try:
             yield
@@ -49,11 +80,23 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="CLM Stream ingest",
         version="0.1.0",
-        description="Touchpoint events in; Kafka out. 2xx only after the broker acknowledged.",
+        description=(
+            "Touchpoint events in; Kafka out. 2xx only after the broker acknowledged. "
+            "Our own contract (`/v1/events`), Segment's Tracking API, and signed webhooks."
+        ),
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    install_request_id_logging()
+
+    @app.exception_handler(SegmentError)
+    async def _segment(_: Request, exc: SegmentError) -> JSONResponse:
+        return segment_response(exc)
+
+    # outermost last: observability sees every answer, the limit applies before inflating
+    app.add_middleware(GzipRequestMiddleware, max_bytes=settings.ingest_max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingest_max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware)
 
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm
@@ -65,4 +108,28 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
     app.include_router(events.router)
+    app.include_router(segment.router)
+    app.include_router(webhooks.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = doc.setdefault("components", {})
+            schemas = components.setdefault("schemas", {})
+            event = EVENT_ADAPTER.json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(event.pop("$defs", {}))
+            schemas["Event"] = event
+            components["securitySchemes"] = {
+                "writeKey": {"type": "http", "scheme": "bearer"},
+                "segmentBasic": {"type": "http", "scheme": "basic"},
+            }
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -1,14 +1,18 @@
-"""The running ingest's typed state (built in the lifespan) and its dependency."""
+"""The running ingest's typed state (built in the lifespan) and its dependencies."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.auth import KeyVerifier
+from clm_common.auth import KeyVerifier, Principal, bearer_token
+from clm_common.problem import ProblemError
+from clm_common.webhook_secrets import SecretCache
 from clm_ingest.publisher import Publisher
+from clm_ingest.ratelimit import TokenBuckets, retry_after_header
 from clm_ingest.settings import IngestSettings
 
 
@@ -18,8 +22,63 @@ class State:
     engine: AsyncEngine
     verifier: KeyVerifier
     publisher: Publisher
+    limiter: TokenBuckets | None
+    secrets: SecretCache | None  # None: CLM_SECRETS_KEY missing, webhooks answer 503
+    track_events: dict[str, str]
 
 
-def app_state(request: Request) -> State:
+async def app_state(request: Request) -> State:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+    hop per request (it halved the single-event throughput)."""
     state: State = request.app.state.clm
     return state
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated writer, and the key its rate limit is counted under."""
+
+    principal: Principal
+    limit_key: str
+
+    @property
+    def source(self) -> str:
+        return self.principal.source
+
+
+def _caller(principal: Principal, key: str) -> Caller:
+    return Caller(principal, hashlib.sha256(key.encode()).hexdigest()[:24])
+
+
+async def verify_write_key(state: State, key: str) -> Caller | None:
+    """The caller a write key stands for; None when unknown, revoked, or not a write key."""
+    principal = await state.verifier.verify(key)
+    if principal is None or principal.kind != "write":
+        return None
+    return _caller(principal, key)
+
+
+async def writer(request: Request) -> Caller:
+    """Bearer write key → caller, or a 401/403 problem.
+
+    The state is read here, not injected: each dependency FastAPI resolves costs the hot path
+    measurably (see bench/RESULTS.md), so the write routes have this one only.
+    """
+    state: State = request.app.state.clm
+    key = bearer_token(request)
+    principal = await state.verifier.verify(key)
+    if principal is None:
+        raise ProblemError(
+            401, "Unauthorized", "unknown or revoked key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if principal.kind != "write":
+        raise ProblemError(403, "Forbidden", "this endpoint needs a write key")
+    return _caller(principal, key)
+
+
+def rate_wait(state: State, limit_key: str, events: int) -> str | None:
+    """None when the key may send ``events`` now; else the Retry-After value."""
+    if state.limiter is None:
+        return None
+    wait = state.limiter.take(limit_key, max(1, events))
+    return retry_after_header(wait) if wait > 0 else None

@@ -1,18 +1,35 @@
-"""Request body limit (Starlette has none by default): 413 problem+json above the limit."""
+"""Request body limits (Starlette has none by default) and gzip request bodies.
+
+:class:`BodyLimitMiddleware` refuses bodies over the limit as sent (by Content-Length and
+while streaming); :class:`GzipRequestMiddleware`, inside it, inflates ``Content-Encoding: gzip``
+bodies (Segment's libraries send them) and refuses those that inflate past the limit (a small
+"zip bomb" body cannot make us allocate more than ``max_bytes``).
+"""
 
 from __future__ import annotations
 
+import zlib
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clm_common.problem import problem_response
+from clm_ingest.refusals import refusal
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The last value of a request header (names are lower-case in ASGI)."""
+    found = None
+    for key, value in scope.get("headers", []):
+        if key == name:
+            found = value
+    return found
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes``, by Content-Length and while streaming."""
+class _BodyMiddleware:
+    """An ASGI middleware about HTTP request bodies of at most ``max_bytes``."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -21,16 +38,26 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._refuse(scope, receive, send)
-                    return
+        else:
+            await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class BodyLimitMiddleware(_BodyMiddleware):
+    """Refuses bodies over ``max_bytes``, by Content-Length and while streaming."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = header(scope, b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                too_big = False
+            if too_big:
+                await self._refuse(scope, receive, send)
+                return
         seen = 0
         started = False
 
@@ -56,7 +83,76 @@ class BodyLimitMiddleware:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            413, "Content Too Large", f"request body over {self.max_bytes} bytes"
+        response = refusal(
+            scope["path"],
+            413,
+            "body_too_large",
+            "Content Too Large",
+            f"request body over {self.max_bytes} bytes",
         )
         await response(scope, receive, send)
+
+
+class GzipRequestMiddleware(_BodyMiddleware):
+    """Inflates gzip (and deflate) request bodies, at most ``max_bytes`` of them."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        encoding = (header(scope, b"content-encoding") or b"").strip().lower()
+        if encoding in {b"", b"identity"}:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if encoding not in {b"gzip", b"x-gzip", b"deflate"}:
+            await refusal(
+                path,
+                415,
+                "unsupported_encoding",
+                "Unsupported Media Type",
+                "Content-Encoding must be gzip, deflate or identity",
+            )(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        # wbits 47: gzip or zlib header, detected; max_length bounds what we allocate
+        inflater = zlib.decompressobj(wbits=47 if encoding != b"deflate" else 15)
+        try:
+            body = inflater.decompress(b"".join(chunks), self.max_bytes + 1)
+        except zlib.error as exc:
+            await refusal(
+                path,
+                400,
+                "bad_encoding",
+                "Bad Request",
+                f"body is not valid {encoding.decode()}: {exc}",
+            )(scope, receive, send)
+            return
+        if len(body) > self.max_bytes or inflater.unconsumed_tail:
+            await refusal(
+                path,
+                413,
+                "body_too_large",
+                "Content Too Large",
+                f"request body inflates past {self.max_bytes} bytes",
+            )(scope, receive, send)
+            return
+        headers = [
+            (k, v) for k, v in scope["headers"] if k not in {b"content-encoding", b"content-length"}
+        ]
+        headers.append((b"content-length", str(len(body)).encode()))
+        delivered = False
+
+        async def inflated() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        scope["headers"] = headers  # in place: outer middleware sees the matched route
+        await self.app(scope, inflated, send)

@@ -1,4 +1,8 @@
-"""``POST /v1/events``: one touchpoint event, 202 only after the broker acknowledged it."""
+"""``POST /v1/events`` (one) and ``POST /v1/events/batch`` (many): our own contract, v1.
+
+2xx only after the broker acknowledged every accepted event; a batch publishes its valid events
+and lists the refused ones by index.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +11,71 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
-from prometheus_client import Counter
-from pydantic import ValidationError
+from fastapi.responses import Response
 
-from clm_common.auth import Principal, authenticate
-from clm_common.events import SCHEMA_VERSION, dump_event, json_schema, partition_key
+from clm_common.events import EventType, example_event
 from clm_common.problem import ProblemError
-from clm_ingest.deps import State, app_state
-from clm_ingest.normalize import SourceMismatch, field_errors, normalize
+from clm_ingest import service
+from clm_ingest.deps import Caller, State, rate_wait, writer
 from clm_ingest.publisher import PublishUnavailable
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-ACCEPTED = Counter("clm_ingest_events_accepted_total", "Events acknowledged by Kafka", ["type"])
-REJECTED = Counter("clm_ingest_events_rejected_total", "Events refused", ["reason"])
-
-_EXAMPLE = {
-    "event_id": "5f0c6f0e-1b7a-4c1e-9f57-1f7c2a9d0b11",
-    "type": "purchase",
-    "customer_id": "cust-42",
-    "occurred_at": "2026-11-23T10:15:00Z",
-    "channel": "email",
-    "properties": {"order_id": "o-1001", "amount": "59.90", "currency": "EUR"},
+EVENT_REF = {"$ref": "#/components/schemas/Event"}
+EXAMPLES = {t.value: {"summary": t.value, "value": example_event(t.value)} for t in EventType}
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "not JSON, or not valid gzip"},
+    401: {"description": "missing or unknown write key"},
+    403: {"description": "a read key, or the body names another source than the key's"},
+    413: {"description": "body (as sent or inflated) or batch too large"},
+    415: {"description": "a Content-Encoding other than gzip, deflate, identity"},
+    422: {"description": "invalid event(s); `errors` names each field"},
+    429: {"description": "the key's rate limit; retry after Retry-After seconds"},
+    503: {"description": "Kafka unavailable; retry after Retry-After seconds"},
 }
 
 
-async def writer(request: Request, state: Annotated[State, Depends(app_state)]) -> Principal:
-    return await authenticate(request, state.verifier, "write")
+def parse_json(body: bytes, route: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        service.reject("unknown", "bad_json", route)
+        raise ProblemError(
+            400,
+            "Bad Request",
+            f"body is not JSON: {exc}",
+            errors=[{"field": "body", "message": str(exc)}],
+        ) from None
+
+
+def limit_rate(state: State, caller: Caller, events: int, route: str) -> None:
+    retry = rate_wait(state, caller.limit_key, events)
+    if retry is not None:
+        service.reject("unknown", "rate_limited", route, events)
+        raise ProblemError(
+            429,
+            "Too Many Requests",
+            f"rate limit of key for source {caller.source!r}; retry after {retry}s",
+            headers={"Retry-After": retry},
+        )
+
+
+def unavailable(state: State, exc: PublishUnavailable) -> ProblemError:
+    return ProblemError(
+        503,
+        "Service Unavailable",
+        f"events not stored: {exc}; retry with the same event_id",
+        headers={"Retry-After": str(state.settings.ingest_retry_after_s)},
+    )
+
+
+async def publish_checked(state: State, checked: service.Checked, route: str) -> None:
+    try:
+        await service.publish_checked(
+            state.publisher, state.settings.topic_events, checked, route=route
+        )
+    except PublishUnavailable as exc:
+        raise unavailable(state, exc) from None
 
 
 @router.post(
@@ -43,74 +84,131 @@ async def writer(request: Request, state: Annotated[State, Depends(app_state)]) 
     summary="Send one touchpoint event",
     description=(
         "Validates the event, publishes it to Kafka keyed by customer and answers 202 only "
-        "once the broker acknowledged it. `event_id` is the idempotency key: sending the same "
-        "id again changes nothing downstream."
+        "once the broker acknowledged it. `event_id` is the idempotency key (generated and "
+        "returned when absent); `occurred_at` defaults to the receipt time, and a `sent_at` "
+        "(the client's clock when sending) corrects the client's clock skew."
+    ),
+    responses={202: {"description": "accepted and stored by Kafka"}, **REFUSALS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EVENT_REF, "examples": EXAMPLES}},
+        }
+    },
+)
+async def post_event(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
+    state: State = request.app.state.clm
+    route = "/v1/events"
+    received_at = datetime.now(UTC)
+    doc = parse_json(await request.body(), route)
+    limit_rate(state, caller, 1, route)
+    checked = service.check([doc], source=caller.source, received_at=received_at, route=route)
+    if checked.rejected:
+        (refused,) = checked.rejected
+        if refused.reason == "source_mismatch":
+            raise ProblemError(403, "Forbidden", refused.message(), errors=refused.errors)
+        raise ProblemError(422, "Invalid event", refused.message(), errors=refused.errors)
+    await publish_checked(state, checked, route)
+    ((_, event),) = checked.events
+    return Response(
+        orjson.dumps({"event_id": event.event_id, "status": "accepted"}),
+        status_code=202,
+        media_type="application/json",
+    )
+
+
+BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["events"],
+    "properties": {
+        "events": {"type": "array", "items": EVENT_REF, "minItems": 1, "maxItems": 500},
+        "sent_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "The client's clock when sending: corrects every event's skew.",
+        },
+    },
+}
+
+
+@router.post(
+    "/events/batch",
+    status_code=202,
+    summary="Send up to 500 events (1 MiB) at once",
+    description=(
+        "Each event is validated on its own: the valid ones are published and the answer "
+        "(202) lists them with their `event_id` and the refused ones by index with their "
+        "errors. It comes only after the broker acknowledged every accepted event. When no "
+        "event is valid: 422, every error named `events[i].field`."
     ),
     responses={
-        202: {"description": "accepted and stored by Kafka"},
-        400: {"description": "not JSON"},
-        401: {"description": "missing or unknown write key"},
-        403: {"description": "the body names another source than the key's"},
-        413: {"description": "body too large"},
-        422: {"description": "invalid event; `errors` names each field"},
-        503: {"description": "Kafka unavailable; retry after Retry-After seconds"},
+        202: {"description": "the valid events are stored by Kafka; `rejected` lists the rest"},
+        **REFUSALS,
     },
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": json_schema(), "example": _EXAMPLE}},
+            "content": {
+                "application/json": {
+                    "schema": BATCH_SCHEMA,
+                    "example": {"events": [example_event("site_visit"), example_event("purchase")]},
+                }
+            },
         }
     },
 )
-async def post_event(
-    request: Request,
-    state: Annotated[State, Depends(app_state)],
-    principal: Annotated[Principal, Depends(writer)],
-) -> JSONResponse:
+async def post_batch(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
+    state: State = request.app.state.clm
+    route = "/v1/events/batch"
     received_at = datetime.now(UTC)
-    body = await request.body()
-    try:
-        doc: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        REJECTED.labels("bad_json").inc()
-        raise ProblemError(
-            400,
-            "Bad Request",
-            f"body is not JSON: {exc}",
-            errors=[{"field": "body", "message": str(exc)}],
-        ) from None
-    try:
-        event = normalize(doc, source=principal.source, received_at=received_at)
-    except ValidationError as exc:
-        REJECTED.labels("invalid").inc()
-        errors = field_errors(exc)
+    doc = parse_json(await request.body(), route)
+    events = doc.get("events") if isinstance(doc, dict) else None
+    if not isinstance(events, list) or not events:
+        service.reject("unknown", "not_a_batch", route)
         raise ProblemError(
             422,
-            "Invalid event",
-            "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-            errors=errors,
-        ) from None
-    except SourceMismatch as exc:
-        REJECTED.labels("source_mismatch").inc()
-        raise ProblemError(
-            403, "Forbidden", str(exc), errors=[{"field": "source", "message": str(exc)}]
-        ) from None
-    headers = [
-        ("schema_version", str(SCHEMA_VERSION).encode()),
-        ("source", event.source.encode()),
-        ("type", event.type.encode()),
-    ]
-    try:
-        await state.publisher.publish(
-            state.settings.topic_events, partition_key(event).encode(), dump_event(event), headers
+            "Invalid batch",
+            "the body must be an object with a non-empty `events` array",
+            errors=[{"field": "events", "message": "a non-empty array is required"}],
         )
-    except PublishUnavailable as exc:
-        REJECTED.labels("unavailable").inc()
+    limit = state.settings.ingest_max_batch_events
+    if len(events) > limit:
+        service.reject("unknown", "batch_too_large", route, len(events))
         raise ProblemError(
-            503,
-            "Service Unavailable",
-            f"event not stored: {exc}; retry with the same event_id",
-            headers={"Retry-After": str(state.settings.ingest_retry_after_s)},
-        ) from None
-    ACCEPTED.labels(event.type).inc()
-    return JSONResponse({"event_id": event.event_id, "status": "accepted"}, status_code=202)
+            413,
+            "Content Too Large",
+            f"{len(events)} events in one batch; at most {limit}",
+            errors=[{"field": "events", "message": f"at most {limit} events"}],
+        )
+    limit_rate(state, caller, len(events), route)
+    checked = service.check(
+        events,
+        source=caller.source,
+        received_at=received_at,
+        route=route,
+        sent_at=doc.get("sent_at"),
+    )
+    rejected = [
+        {"index": r.index, "reason": r.reason, "errors": r.errors} for r in checked.rejected
+    ]
+    if not checked.events:
+        errors = [
+            {"field": f"events[{r.index}].{e['field']}", "message": e["message"]}
+            for r in checked.rejected
+            for e in r.errors
+        ]
+        raise ProblemError(
+            422, "Invalid events", f"all {len(events)} events were refused", errors=errors
+        )
+    await publish_checked(state, checked, route)
+    return Response(
+        orjson.dumps(
+            {
+                "accepted": len(checked.events),
+                "events": [{"index": i, "event_id": e.event_id} for i, e in checked.events],
+                "rejected": rejected,
+            }
+        ),
+        status_code=202,
+        media_type="application/json",
+    )

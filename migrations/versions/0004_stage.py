@@ -1,7 +1,7 @@
 """stage engine event log identity erasures webhooks
 
 Revision ID: 0004_stage
-Revises: 0001
+Revises: 0002_ingest
 Create Date: 2026-11-23 12:33:48.964569
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0004_stage"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0002_ingest"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,97 @@
+"""Request metrics by route and status, and a request id on every log line and response.
+
+The id comes from the caller's ``X-Request-ID`` (when it is a short, plain token) or is made
+here; it is echoed in the response and added to every log record made while the request runs
+(``request_id`` in the JSON logs). Route labels are path templates, never raw paths.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clm_ingest.limits import header
+
+log = logging.getLogger("clm_ingest.access")
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "clm_request_id", default=None
+)
+REQUESTS = Counter(
+    "clm_ingest_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "clm_ingest_request_duration_seconds",
+    "HTTP request duration by route",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_installed = False
+
+
+def install_request_id_logging() -> None:
+    """Every log record made while a request runs carries its ``request_id`` (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    factory = logging.getLogRecordFactory()
+
+    def with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        rid = REQUEST_ID.get()
+        if rid is not None:
+            record.request_id = rid
+        return record
+
+    logging.setLogRecordFactory(with_request_id)
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = (header(scope, b"x-request-id") or b"").decode("latin-1")
+        rid = given if _ID.match(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route_obj = scope.get("route")
+            route = getattr(route_obj, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            REQUEST_SECONDS.labels(route).observe(elapsed)
+            if status >= 400:
+                log.info(
+                    "request refused",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                    },
+                )
+            REQUEST_ID.reset(token)

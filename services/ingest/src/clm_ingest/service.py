@@ -1,0 +1,150 @@
+"""What every ingest route shares: validate a list of bodies, publish the valid ones, count.
+
+Routes differ only in how bodies arrive (our contract, Segment's, a provider's webhook) and how
+refusals are worded; validation, the Kafka record (key, headers) and the metrics are here.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from clm_common.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    Event,
+    dump_event,
+    parse_events,
+    partition_key,
+)
+from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
+from clm_ingest.publisher import Publisher, Record
+
+ACCEPTED = Counter(
+    "clm_ingest_events_accepted_total", "Events acknowledged by Kafka", ["type", "route"]
+)
+REJECTED = Counter(
+    "clm_ingest_events_rejected_total", "Events refused", ["type", "reason", "route"]
+)
+BATCH_SIZE = Histogram(
+    "clm_ingest_batch_size",
+    "Events per request",
+    ["route"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    reason: str  # bounded: a pydantic error type, "source_mismatch", "unmapped", …
+    errors: list[dict[str, str]]
+
+    def message(self) -> str:
+        return "; ".join(f"{e['field']}: {e['message']}" for e in self.errors)
+
+
+@dataclass(slots=True)
+class Checked:
+    """The bodies of one request, sorted into valid events and refusals (by index)."""
+
+    events: list[tuple[int, Event]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _type_label(body: Any) -> str:
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) and kind in EVENT_TYPES else "unknown"
+
+
+def check(
+    bodies: Sequence[Any],
+    *,
+    source: str,
+    received_at: datetime,
+    route: str,
+    sent_at: Any | None = None,
+) -> Checked:
+    """Validate each body (see :func:`normalize`); count the refused ones.
+
+    Fast path: every body prepared, then all validated in one call; only when that fails is
+    each body validated on its own, to sort the valid ones from the refused ones.
+    """
+    out = Checked()
+    try:
+        prepared = [
+            prepare(body, source=source, received_at=received_at, sent_at=sent_at)
+            if isinstance(body, dict)
+            else body
+            for body in bodies
+        ]
+        out.events = list(enumerate(parse_events(prepared, now=received_at)))
+    except (ValidationError, SourceMismatch):
+        out.events = []
+        for index, body in enumerate(bodies):
+            try:
+                out.events.append(
+                    (
+                        index,
+                        normalize(body, source=source, received_at=received_at, sent_at=sent_at),
+                    )
+                )
+            except ValidationError as exc:
+                errors = field_errors(exc)
+                reason = exc.errors()[0]["type"] if exc.errors() else "invalid"
+                out.rejected.append(Rejection(index, reason, errors))
+            except SourceMismatch as exc:
+                out.rejected.append(
+                    Rejection(index, "source_mismatch", [{"field": "source", "message": str(exc)}])
+                )
+    for r in out.rejected:
+        REJECTED.labels(_type_label(bodies[r.index]), r.reason, route).inc()
+    BATCH_SIZE.labels(route).observe(len(bodies))
+    return out
+
+
+def reject(type_label: str, reason: str, route: str, count: int = 1) -> None:
+    """Count refusals decided before validation (bad JSON, limits, unavailable broker)."""
+    REJECTED.labels(type_label, reason, route).inc(count)
+
+
+def record(event: Event, topic: str) -> Record:
+    """The Kafka record of an event: keyed by customer; schema version, source, type headers."""
+    return Record(
+        topic,
+        partition_key(event).encode(),
+        dump_event(event),
+        [
+            ("schema_version", str(SCHEMA_VERSION).encode()),
+            ("source", event.source.encode()),
+            ("type", event.type.encode()),
+        ],
+    )
+
+
+async def publish(publisher: Publisher, topic: str, events: Sequence[Event], *, route: str) -> None:
+    """Publish all, returning once the broker acknowledged every one (else PublishUnavailable)."""
+    if not events:
+        return
+    by_type = collections.Counter(e.type for e in events)
+    try:
+        await publisher.publish_many([record(e, topic) for e in events])
+    except Exception:
+        for type_, n in by_type.items():
+            REJECTED.labels(type_, "unavailable", route).inc(n)
+        raise
+    for type_, n in by_type.items():
+        ACCEPTED.labels(type_, route).inc(n)
+
+
+async def publish_checked(
+    publisher: Publisher, topic: str, checked: Checked, *, route: str
+) -> None:
+    """Publish the valid events of a request (PublishUnavailable when not acknowledged)."""
+    await publish(publisher, topic, [e for _, e in checked.events], route=route)

@@ -1,0 +1,286 @@
+"""Shop, payment and helpdesk webhook payloads → touchpoint events (pure).
+
+Each adapter takes the provider's JSON (and the headers it needs) and returns the event bodies
+of contract v1 it stands for (none for a topic we do not use: the provider still gets a 2xx, so
+it does not retry). Ids are the providers' own, prefixed (``shopify:``, ``stripe:``,
+``zendesk:``), so a redelivery is the same event and counts once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+# Stripe amounts are in the currency's minor unit; most have 2 decimals, these 0 or 3.
+ZERO_DECIMAL = frozenset(
+    [
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "JPY",
+        "KMF",
+        "KRW",
+        "MGA",
+        "PYG",
+        "RWF",
+        "UGX",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    ]
+)
+THREE_DECIMAL = frozenset(["BHD", "JOD", "KWD", "OMR", "TND"])
+
+
+class PayloadInvalid(Exception):
+    """The payload lacks what its topic needs (answered 422: the provider's data is wrong)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _get(doc: Mapping[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _need(doc: Mapping[str, Any], path: str) -> Any:
+    value = _get(doc, path)
+    if value is None or value == "":
+        raise PayloadInvalid(path, "is required")
+    return value
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+# --- Shopify ----------------------------------------------------------------------------------
+
+SHOPIFY_TOPICS = frozenset({"orders/create", "refunds/create"})
+
+
+def shopify(topic: str, delivery_id: str, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``orders/create`` → purchase, ``refunds/create`` → refund; ``delivery_id`` is the
+    ``X-Shopify-Event-Id`` (or ``X-Shopify-Webhook-Id``), the same for all of Shopify's retries.
+    """
+    if topic not in SHOPIFY_TOPICS:
+        return []
+    event_id = f"shopify:{delivery_id}"
+    if topic == "orders/create":
+        order_id = _str(_need(payload, "id"))
+        customer = _str(_get(payload, "customer.id"))
+        doc: dict[str, Any] = {
+            "event_id": event_id,
+            "type": "purchase",
+            "occurred_at": _need(payload, "created_at"),
+            "properties": {
+                "order_id": f"shopify:{order_id}",
+                "amount": str(_need(payload, "total_price")),
+                "currency": _need(payload, "currency"),
+                "items": [
+                    {k: i.get(k) for k in ("sku", "title", "quantity", "price") if k in i}
+                    for i in payload.get("line_items") or []
+                    if isinstance(i, dict)
+                ],
+            },
+        }
+        if customer:
+            doc["customer_id"] = f"shopify:{customer}"
+        else:  # a guest checkout: the order itself is the best key we have
+            doc["anonymous_id"] = f"shopify-order:{order_id}"
+        return [doc]
+    order_id = _str(_need(payload, "order_id"))
+    transactions = [
+        t
+        for t in payload.get("transactions") or []
+        if isinstance(t, dict) and t.get("kind") == "refund" and t.get("status") != "failure"
+    ]
+    if not transactions:
+        raise PayloadInvalid("transactions", "no refund transaction")
+    amount = sum((Decimal(str(t.get("amount", "0"))) for t in transactions), Decimal(0))
+    currency = transactions[0].get("currency") or payload.get("currency")
+    properties: dict[str, Any] = {"order_id": f"shopify:{order_id}", "amount": format(amount, "f")}
+    if currency:
+        properties["currency"] = currency
+    customer = _str(_get(payload, "customer.id")) or _str(payload.get("customer_id"))
+    doc = {
+        "event_id": event_id,
+        "type": "refund",
+        "occurred_at": _need(payload, "created_at"),
+        "properties": properties,
+    }
+    if customer:
+        doc["customer_id"] = f"shopify:{customer}"
+    else:  # Shopify's refund payload names the order, not the customer
+        doc["anonymous_id"] = f"shopify-order:{order_id}"
+    return [doc]
+
+
+# --- Stripe -----------------------------------------------------------------------------------
+
+
+def stripe_amount(minor: Any, currency: str) -> str:
+    """Stripe's integer minor units as a decimal string in the currency's major unit."""
+    if isinstance(minor, bool) or not isinstance(minor, int):
+        raise PayloadInvalid("amount", "must be an integer amount in minor units")
+    code = currency.upper()
+    places = 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+    return format(Decimal(minor).scaleb(-places), "f")
+
+
+def _stripe_customer(obj: Mapping[str, Any]) -> dict[str, str]:
+    customer = obj.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    if customer:
+        return {"customer_id": f"stripe:{customer}"}
+    return {"anonymous_id": f"stripe-object:{obj.get('id')}"}
+
+
+def _stripe_money(
+    base: dict[str, Any], type_: str, obj: Mapping[str, Any], order: Any, amount_field: str
+) -> dict[str, Any]:
+    currency = str(_need(obj, "currency"))
+    return {
+        **base,
+        "type": type_,
+        "properties": {
+            "order_id": f"stripe:{order}",
+            "amount": stripe_amount(_need(obj, amount_field), currency),
+            "currency": currency.upper(),
+        },
+    }
+
+
+def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``charge.succeeded`` / ``invoice.paid`` → purchase, ``charge.refunded`` → refund,
+    ``customer.subscription.deleted`` → subscription_cancelled. A charge that pays an invoice
+    is skipped (its ``invoice.paid`` is the purchase), so a subscription payment counts once.
+    """
+    kind = _need(payload, "type")
+    event_id = f"stripe:{_need(payload, 'id')}"
+    obj = _get(payload, "data.object")
+    if not isinstance(obj, dict):
+        raise PayloadInvalid("data.object", "is required")
+    created = _need(payload, "created")
+    if isinstance(created, bool) or not isinstance(created, int):
+        raise PayloadInvalid("created", "must be a unix timestamp")
+    occurred_at = datetime.fromtimestamp(created, UTC).isoformat()
+    base = {"event_id": event_id, "occurred_at": occurred_at, **_stripe_customer(obj)}
+    if kind == "charge.succeeded":
+        if obj.get("invoice"):
+            return []
+        return [_stripe_money(base, "purchase", obj, _need(obj, "id"), "amount")]
+    if kind == "invoice.paid":
+        doc = _stripe_money(base, "purchase", obj, _need(obj, "id"), "amount_paid")
+        if obj.get("subscription"):
+            doc["properties"]["subscription_id"] = f"stripe:{obj['subscription']}"
+        return [doc]
+    if kind == "charge.refunded":
+        # the refunded charge's id: invoice payments are keyed by their invoice
+        order = obj.get("invoice") or _need(obj, "id")
+        if isinstance(order, dict):
+            order = order.get("id")
+        return [_stripe_money(base, "refund", obj, order, "amount_refunded")]
+    if kind == "customer.subscription.deleted":
+        reason = _get(obj, "cancellation_details.reason")
+        properties: dict[str, Any] = {"subscription_id": f"stripe:{_need(obj, 'id')}"}
+        if reason:
+            properties["reason"] = str(reason)
+        return [{**base, "type": "subscription_cancelled", "properties": properties}]
+    return []
+
+
+# --- Zendesk ----------------------------------------------------------------------------------
+
+SOLVED = frozenset({"solved", "closed"})
+OPENED = frozenset({"new", "open", "opened"})
+CSAT_WORDS = {"good": 5, "bad": 1}
+
+
+def _csat(value: Any) -> int | None:
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in CSAT_WORDS:
+            return CSAT_WORDS[word]
+        if word.isdigit():
+            return int(word)
+        return None  # offered, unoffered, empty: no answer yet
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def zendesk(payload: Mapping[str, Any], invocation_id: str | None) -> list[dict[str, Any]]:
+    """A ticket created / solved, with its satisfaction rating, → support_ticket.
+
+    Two payload shapes: Zendesk's event webhooks (``type`` ``zen:event-type:ticket.created`` or
+    ``…ticket.status_changed``, ticket in ``detail``), and a trigger webhook whose JSON body the
+    README gives (``ticket_id``, ``status``, ``requester_id``, ``satisfaction``, ``updated_at``).
+    """
+    kind = payload.get("type")
+    if isinstance(kind, str) and kind.startswith("zen:event-type:"):
+        detail = _get(payload, "detail")
+        if not isinstance(detail, dict):
+            raise PayloadInvalid("detail", "is required")
+        if kind == "zen:event-type:ticket.created":
+            status = "opened"
+        elif kind == "zen:event-type:ticket.status_changed":
+            current = str(_get(payload, "event.current") or "").lower()
+            if current not in SOLVED:
+                return []
+            status = "solved"
+        else:
+            return []
+        ticket = _str(_need(detail, "id"))
+        requester = _str(_need(detail, "requester_id"))
+        event_id = f"zendesk:{_need(payload, 'id')}"
+        occurred_at = _need(payload, "time")
+        csat = None
+    else:
+        ticket = _str(_need(payload, "ticket_id"))
+        requester = _str(payload.get("requester_external_id")) or _str(
+            _need(payload, "requester_id")
+        )
+        raw_status = str(_need(payload, "status")).strip().lower()
+        if raw_status in SOLVED:
+            status = "solved"
+        elif raw_status in OPENED:
+            status = "opened"
+        else:
+            return []  # pending, hold: not a touchpoint
+        csat = _csat(payload.get("satisfaction"))
+        occurred_at = payload.get("updated_at")
+        # retries of one invocation share its id; without one, the content is the identity
+        identity = (
+            invocation_id
+            or hashlib.sha256(f"{ticket}|{status}|{csat}|{occurred_at}".encode()).hexdigest()[:32]
+        )
+        event_id = f"zendesk:{identity}"
+    properties: dict[str, Any] = {"ticket_id": f"zendesk:{ticket}", "status": status}
+    if csat is not None:
+        properties["csat"] = csat
+    doc: dict[str, Any] = {
+        "event_id": event_id,
+        "type": "support_ticket",
+        "customer_id": requester
+        if payload.get("requester_external_id")
+        else f"zendesk:{requester}",
+        "properties": properties,
+    }
+    if occurred_at:
+        doc["occurred_at"] = occurred_at
+    return [doc]

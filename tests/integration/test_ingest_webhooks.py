@@ -1,0 +1,213 @@
+"""Signed webhooks on the real broker: secrets from Postgres, events consumed back."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+import pytest
+
+from clm_common.db import create_engine
+from clm_common.settings import CommonSettings
+from clm_common.webhook_secrets import (
+    Provider,
+    cipher,
+    list_secrets,
+    revoke_secret,
+    store_secret,
+)
+from clm_ingest.settings import IngestSettings
+from clm_ingest.signatures import sign_timestamped_hex
+from tests.factories import event_doc
+from tests.integration.conftest import read_topic
+from tests.integration.ingest_server import ingest_client
+from tests.webhook_payloads import (
+    SHOPIFY_ORDER,
+    STRIPE_CHARGE,
+    STRIPE_SUBSCRIPTION,
+    ZENDESK_TRIGGER,
+    stripe_event,
+)
+
+SECRETS: dict[Provider, bytes] = {
+    "shopify": b"shpss_shop-eu-secret",
+    "stripe": b"whsec_stripe-secret",
+    "zendesk": b"zendesk-secret",
+    "generic": b"clmwh_reviews-secret",
+}
+
+
+async def store_secrets(settings: CommonSettings) -> None:
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with engine.begin() as conn:
+        for provider, secret in SECRETS.items():
+            await store_secret(
+                conn, cipher(settings), source="shop-eu", provider=provider, secret=secret.decode()
+            )
+        # another source's Shopify secret: the matching one decides the source
+        await store_secret(
+            conn, cipher(settings), source="shop-us", provider="shopify", secret="shpss_us"
+        )
+    await engine.dispose()
+
+
+@pytest.fixture
+async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
+    await store_secrets(common)
+    async with ingest_client(IngestSettings(auth_cache_seconds=0)) as c:
+        yield c
+
+
+def shopify_headers(body: bytes, secret: bytes, *, delivery: str = "wh-1") -> dict[str, str]:
+    digest = base64.b64encode(hmac.new(secret, body, hashlib.sha256).digest()).decode()
+    return {
+        "X-Shopify-Hmac-Sha256": digest,
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Webhook-Id": delivery,
+        "X-Shopify-Shop-Domain": "shop-eu.myshopify.com",
+        "Content-Type": "application/json",
+    }
+
+
+async def test_shopify_order_is_published_once_per_delivery_id(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    body = orjson.dumps(SHOPIFY_ORDER)
+    headers = shopify_headers(body, SECRETS["shopify"])
+    for _ in range(2):  # Shopify retries a delivery with the same webhook id
+        response = await client.post("/v1/webhooks/shopify", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "accepted", "event_ids": ["shopify:wh-1"]}
+    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=2)
+    assert {orjson.loads(r.value)["event_id"] for r in records} == {"shopify:wh-1"}
+    record = records[0]
+    assert record.key == b"shopify:115310627314723954"
+    assert dict(record.headers) == {
+        "schema_version": b"1",
+        "source": b"shop-eu",
+        "type": b"purchase",
+    }
+    assert orjson.loads(record.value)["properties"]["amount"] == "403.00"
+
+
+async def test_bad_signatures_are_401_and_publish_nothing(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    body = orjson.dumps(SHOPIFY_ORDER)
+    wrong = shopify_headers(body, b"not the secret")
+    assert (
+        await client.post("/v1/webhooks/shopify", content=body, headers=wrong)
+    ).status_code == 401
+    tampered = shopify_headers(body, SECRETS["shopify"])
+    response = await client.post("/v1/webhooks/shopify", content=body + b" ", headers=tampered)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    # the right secret, but only shop-us's secrets are asked for
+    response = await client.post(
+        "/v1/webhooks/shopify?source=shop-us", content=body, headers=tampered
+    )
+    assert response.status_code == 401
+    unsigned = await client.post("/v1/webhooks/stripe", content=b"{}")
+    assert unsigned.status_code == 401
+    assert await read_topic(common.kafka_bootstrap, common.topic_events, expect=1, timeout=2) == []
+
+
+async def test_stripe_fresh_signature_accepted_replayed_stale_one_refused(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    charge = orjson.dumps(stripe_event("charge.succeeded", STRIPE_CHARGE))
+    now = int(time.time())
+    fresh = {"Stripe-Signature": sign_timestamped_hex(SECRETS["stripe"], charge, now)}
+    response = await client.post("/v1/webhooks/stripe", content=charge, headers=fresh)
+    assert response.status_code == 200, response.text
+    stale = {"Stripe-Signature": sign_timestamped_hex(SECRETS["stripe"], charge, now - 600)}
+    replay = await client.post("/v1/webhooks/stripe", content=charge, headers=stale)
+    assert replay.status_code == 401
+    assert "from now" in replay.json()["detail"]
+    cancel = orjson.dumps(
+        stripe_event("customer.subscription.deleted", STRIPE_SUBSCRIPTION, id_="evt_cancel")
+    )
+    signed = {"Stripe-Signature": sign_timestamped_hex(SECRETS["stripe"], cancel, now)}
+    assert (
+        await client.post("/v1/webhooks/stripe", content=cancel, headers=signed)
+    ).status_code == 200
+    ignored = orjson.dumps(stripe_event("payment_intent.created", {"id": "pi_1"}, id_="evt_x"))
+    signed = {"Stripe-Signature": sign_timestamped_hex(SECRETS["stripe"], ignored, now)}
+    response = await client.post("/v1/webhooks/stripe", content=ignored, headers=signed)
+    assert response.json() == {"status": "ignored"}
+    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=3, timeout=5)
+    assert [dict(r.headers)["type"] for r in records] == [
+        b"purchase",
+        b"subscription_cancelled",
+    ] or sorted(dict(r.headers)["type"] for r in records) == [
+        b"purchase",
+        b"subscription_cancelled",
+    ]
+    assert {r.key for r in records} == {b"stripe:cus_NffrFeUfNV2Hib", b"stripe:cus_NeZwdNtLEOXuvB"}
+
+
+async def test_zendesk_and_generic_webhooks(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    body = orjson.dumps(ZENDESK_TRIGGER)
+    ts = datetime.now(UTC).isoformat()
+    signature = base64.b64encode(
+        hmac.new(SECRETS["zendesk"], ts.encode() + body, hashlib.sha256).digest()
+    ).decode()
+    headers = {
+        "X-Zendesk-Webhook-Signature": signature,
+        "X-Zendesk-Webhook-Signature-Timestamp": ts,
+        "X-Zendesk-Webhook-Invocation-Id": "inv-42",
+    }
+    response = await client.post("/v1/webhooks/zendesk", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    bad = {**headers, "X-Zendesk-Webhook-Signature": base64.b64encode(b"x" * 32).decode()}
+    assert (await client.post("/v1/webhooks/zendesk", content=body, headers=bad)).status_code == 401
+
+    review = orjson.dumps(event_doc("review", customer_id="cust-r", source=None, rating=4))
+    signed = {"X-CLM-Signature": sign_timestamped_hex(SECRETS["generic"], review, int(time.time()))}
+    response = await client.post("/v1/webhooks/generic", content=review, headers=signed)
+    assert response.status_code == 200, response.text
+    invalid = orjson.dumps(event_doc("review", source=None, rating=6))
+    signed = {
+        "X-CLM-Signature": sign_timestamped_hex(SECRETS["generic"], invalid, int(time.time()))
+    }
+    response = await client.post("/v1/webhooks/generic", content=invalid, headers=signed)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "properties.rating"
+
+    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=3, timeout=5)
+    found = {dict(r.headers)["type"]: r for r in records}
+    assert set(found) == {b"support_ticket", b"review"}
+    ticket = orjson.loads(found[b"support_ticket"].value)
+    assert ticket["event_id"] == "zendesk:inv-42"
+    assert ticket["properties"] == {"ticket_id": "zendesk:5158", "status": "solved", "csat": 5}
+    assert found[b"review"].key == b"cust-r"
+    assert dict(found[b"review"].headers)["source"] == b"shop-eu"
+
+
+async def test_a_revoked_secret_no_longer_verifies(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    charge = orjson.dumps(stripe_event("charge.succeeded", STRIPE_CHARGE))
+    headers = {
+        "Stripe-Signature": sign_timestamped_hex(SECRETS["stripe"], charge, int(time.time()))
+    }
+    assert (
+        await client.post("/v1/webhooks/stripe", content=charge, headers=headers)
+    ).status_code == 200
+    engine = create_engine(common.database_url, pool_size=1)
+    async with engine.begin() as conn:
+        stripe_ids = [r.id for r in await list_secrets(conn) if r.provider == "stripe"]
+        assert stripe_ids
+        for secret_id in stripe_ids:
+            assert await revoke_secret(conn, secret_id)
+    await engine.dispose()
+    response = await client.post("/v1/webhooks/stripe", content=charge, headers=headers)
+    assert response.status_code == 401  # the secrets cache is off in this test (TTL 0)

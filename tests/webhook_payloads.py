@@ -1,0 +1,127 @@
+"""Webhook payloads in the providers' real shapes (trimmed to the fields that matter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SHOPIFY_ORDER: dict[str, Any] = {
+    "id": 820982911946154508,
+    "admin_graphql_api_id": "gid://shopify/Order/820982911946154508",
+    "email": "jon@example.com",
+    "created_at": "2026-11-23T06:15:42-05:00",
+    "currency": "USD",
+    "total_price": "403.00",
+    "subtotal_price": "393.00",
+    "financial_status": "paid",
+    "order_number": 1234,
+    "customer": {"id": 115310627314723954, "email": "john@example.com"},
+    "line_items": [
+        {
+            "id": 866550311766439020,
+            "sku": "IPOD-342-N",
+            "title": "IPod Nano",
+            "quantity": 1,
+            "price": "199.00",
+        },
+        {
+            "id": 141249953214522974,
+            "sku": "IPOD-342-R",
+            "title": "IPod Nano",
+            "quantity": 1,
+            "price": "194.00",
+        },
+    ],
+}
+
+SHOPIFY_REFUND: dict[str, Any] = {
+    "id": 890088186047892319,
+    "order_id": 820982911946154508,
+    "created_at": "2026-11-23T07:00:00-05:00",
+    "note": "Things were damaged",
+    "restock": False,
+    "transactions": [
+        {"id": 1, "amount": "10.00", "currency": "USD", "kind": "refund", "status": "success"},
+        {"id": 2, "amount": "2.50", "currency": "USD", "kind": "refund", "status": "success"},
+        {"id": 3, "amount": "99.00", "currency": "USD", "kind": "refund", "status": "failure"},
+    ],
+}
+
+
+def stripe_event(
+    type_: str, obj: dict[str, Any], *, id_: str = "evt_1NG8Du2eZvKYlo2CUI79vXWy"
+) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": 1795431600,  # 2026-11-23T11:00:00Z
+        "livemode": False,
+        "pending_webhooks": 1,
+        "type": type_,
+        "data": {"object": obj},
+    }
+
+
+STRIPE_CHARGE: dict[str, Any] = {
+    "id": "ch_3MmlLrLkdIwHu7ix0snN0B15",
+    "object": "charge",
+    "amount": 1099,
+    "amount_refunded": 0,
+    "currency": "eur",
+    "customer": "cus_NffrFeUfNV2Hib",
+    "invoice": None,
+    "paid": True,
+    "status": "succeeded",
+}
+STRIPE_INVOICE: dict[str, Any] = {
+    "id": "in_1MtHbELkdIwHu7ixl4OzzPMv",
+    "object": "invoice",
+    "amount_paid": 1500,
+    "currency": "usd",
+    "customer": "cus_NeZwdNtLEOXuvB",
+    "subscription": "sub_1MowQVLkdIwHu7ixeRlqHVzs",
+    "status": "paid",
+}
+STRIPE_SUBSCRIPTION: dict[str, Any] = {
+    "id": "sub_1MowQVLkdIwHu7ixeRlqHVzs",
+    "object": "subscription",
+    "customer": "cus_NeZwdNtLEOXuvB",
+    "status": "canceled",
+    "cancellation_details": {
+        "comment": None,
+        "feedback": "too_expensive",
+        "reason": "cancellation_requested",
+    },
+}
+
+ZENDESK_CREATED: dict[str, Any] = {
+    "account_id": 22129848,
+    "detail": {
+        "id": "5158",
+        "requester_id": "8447388090494",
+        "status": "NEW",
+        "subject": "Where is my order?",
+        "created_at": "2026-11-23T09:00:00Z",
+    },
+    "event": {},
+    "id": "cbe4028c-7239-495d-b020-f22348516046",
+    "subject": "zen:ticket:5158",
+    "time": "2026-11-23T09:00:00.000000Z",
+    "type": "zen:event-type:ticket.created",
+    "zendesk_event_version": "2022-11-06",
+}
+ZENDESK_SOLVED: dict[str, Any] = {
+    **ZENDESK_CREATED,
+    "id": "d2f2d1c0-2d8e-4c59-b6f3-6a3b0c3b0d9e",
+    "type": "zen:event-type:ticket.status_changed",
+    "event": {"current": "SOLVED", "previous": "OPEN"},
+}
+# the body of a trigger webhook as the README gives it (Zendesk placeholders filled in)
+ZENDESK_TRIGGER: dict[str, Any] = {
+    "ticket_id": "5158",
+    "status": "Solved",
+    "requester_id": "8447388090494",
+    "requester_external_id": "cust-42",
+    "satisfaction": "Good",
+    "updated_at": "2026-11-23T10:00:00Z",
+}
