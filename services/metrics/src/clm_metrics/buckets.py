@@ -31,7 +31,8 @@ from decimal import Decimal
 from typing import Any
 
 #: Stays shorter than a minute go in bin 0; bin ``b`` ≥ 1 holds
-#: ``[STAY_RATIO**(b-1), STAY_RATIO**b)`` minutes. 1.25 keeps the median of the histogram within ±12 % of the true median.
+#: ``[STAY_RATIO**(b-1), STAY_RATIO**b)`` minutes. 1.25 keeps the histogram's median within
+#: ±12 % of the true median.
 STAY_RATIO = 1.25
 STAY_BINS = 80
 #: Customers who count as active (a paying relationship not yet ended).

@@ -6,6 +6,7 @@ Versioned schema ``clm.lifecycle.v1``::
      "event": {...the event as ingested...},
      "customer": {...facts after the event...} | null,   (null for marketing_spend)
      "stage_before": "reach" | null, "stage_after": "conversion" | null,
+     "stage_before_entered_at": "<when the customer entered stage_before>" | null,
      "transition": {"from", "to", "at", "reason"} | null,
      "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool}
 
@@ -46,6 +47,7 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
         "customer": customer_facts(applied.state) if applied else None,
         "stage_before": before.stage.value if before else None,
         "stage_after": applied.state.stage.value if applied else None,
+        "stage_before_entered_at": before.stage_entered_at if before else None,
         "transition": None
         if transition is None
         else {
