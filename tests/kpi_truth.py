@@ -401,3 +401,38 @@ def truth_map(
         ],
         "median_seconds_in_stage": medians,
     }
+
+
+def truth_cohorts(steps: list[Step], period: str) -> list[dict[str, Any]]:
+    """Cohorts by the period of the first purchase: distinct purchasers per period since."""
+    from clm_metrics.buckets import period_start
+    from clm_metrics.repository import periods_between
+
+    active: dict[Any, set[tuple[int, str]]] = {}
+    for s in steps:
+        if s.event.type != "purchase" or s.applied is None or s.applied.state.converted_at is None:
+            continue
+        cohort = period_start(period, s.applied.state.converted_at)
+        since = periods_between(period, cohort, period_start(period, s.at))
+        active.setdefault(cohort, set()).add((since, s.applied.state.customer_id))
+    out = []
+    for cohort in sorted(active):
+        counts: dict[int, int] = {}
+        for since, _ in active[cohort]:
+            counts[since] = counts.get(since, 0) + 1
+        size = counts.get(0, 0)
+        out.append(
+            {
+                "cohort": cohort.isoformat(),
+                "customers": size,
+                "periods": [
+                    {
+                        "periods_since": n,
+                        "purchasing_customers": v,
+                        "share": _rate(v, size),
+                    }
+                    for n, v in sorted(counts.items())
+                ],
+            }
+        )
+    return out
