@@ -96,7 +96,7 @@ async def test_every_kpi_of_every_window_equals_the_truth(
         for flt in filters:
             body = (await metrics.get("/v1/kpis", params={**rng, **flt}, headers=READ)).json()
             start, end = datetime.fromisoformat(body["from"]), datetime.fromisoformat(body["to"])
-            want = truth(steps, start, end, now=now, **flt)  # type: ignore[arg-type]
+            want = truth(steps, start, end, now=now, **flt)
             exact = True
             for name, _metric in SKETCHED.items():
                 assert close(body[name], want[name]), (rng, flt, name, body[name], want[name])
@@ -110,7 +110,7 @@ async def test_every_kpi_of_every_window_equals_the_truth(
             lmap = (
                 await metrics.get("/v1/lifecycle/map", params={**rng, **flt}, headers=READ)
             ).json()
-            expected = truth_map(steps, start, end, **flt)  # type: ignore[arg-type]
+            expected = truth_map(steps, start, end, **flt)
             assert lmap["transitions"] == expected["transitions"]
             assert lmap["median_seconds_in_stage"] == expected["median_seconds_in_stage"]
             assert lmap["customers_by_stage"] == want["customers_by_stage"]

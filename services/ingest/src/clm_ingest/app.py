@@ -12,7 +12,7 @@ from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import install_problem_handlers
-from clm_common.prom import metrics_router
+from clm_common.prom import instrument, metrics_router
 from clm_ingest.api import events
 from clm_ingest.deps import State
 from clm_ingest.limits import BodyLimitMiddleware
@@ -64,5 +64,6 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    instrument(app)
     app.include_router(events.router)
     return app

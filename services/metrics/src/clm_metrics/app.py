@@ -15,7 +15,7 @@ from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_consumer, make_producer
 from clm_common.problem import install_problem_handlers
-from clm_common.prom import metrics_router
+from clm_common.prom import instrument, metrics_router
 from clm_common.worker import Supervisor
 from clm_metrics.api import kpis
 from clm_metrics.deps import State
@@ -126,5 +126,6 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    instrument(app)
     app.include_router(kpis.router)
     return app

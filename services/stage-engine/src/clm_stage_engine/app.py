@@ -15,7 +15,7 @@ from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_consumer, make_producer
 from clm_common.problem import install_problem_handlers
-from clm_common.prom import metrics_router
+from clm_common.prom import instrument, metrics_router
 from clm_common.worker import Supervisor
 from clm_stage_engine.api import customers
 from clm_stage_engine.deps import State
@@ -134,5 +134,6 @@ def create_app(settings: StageEngineSettings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    instrument(app)
     app.include_router(customers.router)
     return app
