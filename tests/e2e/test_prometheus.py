@@ -6,6 +6,7 @@ dashboards query is exposed by a live service.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -137,7 +138,8 @@ async def test_prometheus_scrapes_the_services_and_promql_returns_the_kpi(
             text = (await http.get(f"{service}/metrics")).text
             exposed |= exposed_names(text)
             if promtool is not None:
-                checked = subprocess.run(
+                checked = await asyncio.to_thread(
+                    subprocess.run,
                     [promtool, "check", "metrics"],
                     input=text,
                     capture_output=True,
