@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, and_, bindparam, func, or_, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert
@@ -24,8 +24,16 @@ from clm_metrics import hll
 from clm_metrics.buckets import BucketKey, SketchKey
 from clm_metrics.windows import EPOCH, Grain, Segment, floor_to
 
+T = TypeVar("T")
+
 TotalsKey = tuple[str, str, str, str]
 ROLLUP_GRAINS: tuple[Grain, ...] = ("hour", "day")
+#: Rows per multi-row statement: asyncpg allows 32767 parameters a statement.
+CHUNK_ROWS = 4000
+
+
+def chunks(rows: Sequence[T]) -> list[Sequence[T]]:
+    return [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
 
 
 async def claim_records(conn: AsyncConnection, record_ids: Sequence[str]) -> set[str]:
@@ -56,45 +64,45 @@ async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, D
     """Minute buckets and their rollups: one upsert per table, rows in a stable order."""
     if not increments:
         return
-    stmt = insert(kpi_buckets).values(
-        [
-            {
-                "bucket_start": k.bucket_start,
-                "metric": k.metric,
-                "source": k.source,
-                "channel": k.channel,
-                "currency": k.currency,
-                "value": v,
-            }
-            for k, v in sorted(increments.items())
-        ]
-    )
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["bucket_start", "metric", "source", "channel", "currency"],
-            set_={"value": kpi_buckets.c.value + stmt.excluded.value},
+    minute_rows = [
+        {
+            "bucket_start": k.bucket_start,
+            "metric": k.metric,
+            "source": k.source,
+            "channel": k.channel,
+            "currency": k.currency,
+            "value": v,
+        }
+        for k, v in sorted(increments.items())
+    ]
+    for part in chunks(minute_rows):
+        stmt = insert(kpi_buckets).values(list(part))
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["bucket_start", "metric", "source", "channel", "currency"],
+                set_={"value": kpi_buckets.c.value + stmt.excluded.value},
+            )
         )
-    )
-    rolled = insert(kpi_rollups).values(
-        [
-            {
-                "grain": grain,
-                "bucket_start": k.bucket_start,
-                "metric": k.metric,
-                "source": k.source,
-                "channel": k.channel,
-                "currency": k.currency,
-                "value": v,
-            }
-            for (grain, k), v in sorted(rollup(increments).items())
-        ]
-    )
-    await conn.execute(
-        rolled.on_conflict_do_update(
-            index_elements=["grain", "bucket_start", "metric", "source", "channel", "currency"],
-            set_={"value": kpi_rollups.c.value + rolled.excluded.value},
+    rollup_rows = [
+        {
+            "grain": grain,
+            "bucket_start": k.bucket_start,
+            "metric": k.metric,
+            "source": k.source,
+            "channel": k.channel,
+            "currency": k.currency,
+            "value": v,
+        }
+        for (grain, k), v in sorted(rollup(increments).items())
+    ]
+    for part in chunks(rollup_rows):
+        rolled = insert(kpi_rollups).values(list(part))
+        await conn.execute(
+            rolled.on_conflict_do_update(
+                index_elements=["grain", "bucket_start", "metric", "source", "channel", "currency"],
+                set_={"value": kpi_rollups.c.value + rolled.excluded.value},
+            )
         )
-    )
 
 
 async def add_stage_counts(conn: AsyncConnection, deltas: Mapping[str, int]) -> None:
@@ -123,37 +131,38 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
     keys = sorted(per_row)
     empty = hll.dumps(hll.empty())
     cols = ("grain", "bucket_start", "metric", "source", "channel")
-    await conn.execute(
-        insert(kpi_sketches)
-        .values([{**dict(zip(cols, k, strict=True)), "registers": empty} for k in keys])
-        .on_conflict_do_nothing()
-    )
     c = kpi_sketches.c
-    locked = await conn.execute(
-        select(c.grain, c.bucket_start, c.metric, c.source, c.channel, c.registers)
-        .where(
-            or_(
-                *(
-                    and_(
-                        c.grain == g,
-                        c.bucket_start == b,
-                        c.metric == m,
-                        c.source == s,
-                        c.channel == ch,
+    updates = []
+    for part in chunks(keys):
+        await conn.execute(
+            insert(kpi_sketches)
+            .values([{**dict(zip(cols, k, strict=True)), "registers": empty} for k in part])
+            .on_conflict_do_nothing()
+        )
+        locked = await conn.execute(
+            select(c.grain, c.bucket_start, c.metric, c.source, c.channel, c.registers)
+            .where(
+                or_(
+                    *(
+                        and_(
+                            c.grain == g,
+                            c.bucket_start == b,
+                            c.metric == m,
+                            c.source == s,
+                            c.channel == ch,
+                        )
+                        for g, b, m, s, ch in part
                     )
-                    for g, b, m, s, ch in keys
                 )
             )
+            .order_by(c.grain, c.bucket_start, c.metric, c.source, c.channel)
+            .with_for_update()
         )
-        .order_by(c.grain, c.bucket_start, c.metric, c.source, c.channel)
-        .with_for_update()
-    )
-    updates = []
-    for g, b, m, s, ch, blob in locked:
-        registers = hll.add(hll.loads(blob), per_row[(g, b, m, s, ch)])
-        updates.append(
-            {"g": g, "b": b, "m": m, "s": s, "ch": ch, "registers": hll.dumps(registers)}
-        )
+        for g, b, m, s, ch, blob in locked:
+            registers = hll.add(hll.loads(blob), per_row[(g, b, m, s, ch)])
+            updates.append(
+                {"g": g, "b": b, "m": m, "s": s, "ch": ch, "registers": hll.dumps(registers)}
+            )
     await conn.execute(
         update(kpi_sketches)
         .where(
@@ -175,23 +184,22 @@ async def add_cohort_activity(
     if not rows:
         return
     cohort_of = {(p, cust, start): cohort for p, cust, start, cohort in rows}
-    fresh = await conn.execute(
-        insert(metrics_cohort_activity)
-        .values(
-            [{"period": p, "customer_id": cu, "period_start": s} for p, cu, s in sorted(cohort_of)]
-        )
-        .on_conflict_do_nothing()
-        .returning(
-            metrics_cohort_activity.c.period,
-            metrics_cohort_activity.c.customer_id,
-            metrics_cohort_activity.c.period_start,
-        )
-    )
     counts: dict[tuple[str, date, int], int] = {}
-    for p, cu, s in fresh:
-        cohort = cohort_of[(p, cu, s)]
-        key = (p, cohort, periods_between(p, cohort, s))
-        counts[key] = counts.get(key, 0) + 1
+    for part in chunks(sorted(cohort_of)):
+        fresh = await conn.execute(
+            insert(metrics_cohort_activity)
+            .values([{"period": p, "customer_id": cu, "period_start": s} for p, cu, s in part])
+            .on_conflict_do_nothing()
+            .returning(
+                metrics_cohort_activity.c.period,
+                metrics_cohort_activity.c.customer_id,
+                metrics_cohort_activity.c.period_start,
+            )
+        )
+        for p, cu, s in fresh:
+            cohort = cohort_of[(p, cu, s)]
+            key = (p, cohort, periods_between(p, cohort, s))
+            counts[key] = counts.get(key, 0) + 1
     if not counts:
         return
     stmt = insert(kpi_cohorts).values(
