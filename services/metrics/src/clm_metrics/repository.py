@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, union_all, update
+from sqlalchemy import Table, and_, func, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -60,49 +60,51 @@ def rollup(increments: Mapping[BucketKey, Decimal]) -> dict[tuple[str, BucketKey
     return out
 
 
+_UPSERT_MINUTES = text(
+    """
+    INSERT INTO kpi_buckets AS t (bucket_start, metric, source, channel, currency, value)
+    SELECT * FROM unnest(
+        CAST(:b AS timestamptz[]), CAST(:m AS text[]), CAST(:s AS text[]),
+        CAST(:ch AS text[]), CAST(:cu AS text[]), CAST(:v AS numeric[]))
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (bucket_start, metric, source, channel, currency)
+    DO UPDATE SET value = t.value + EXCLUDED.value
+    """
+)
+_UPSERT_ROLLUPS = text(
+    """
+    INSERT INTO kpi_rollups AS t (grain, bucket_start, metric, source, channel, currency, value)
+    SELECT * FROM unnest(
+        CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]), CAST(:s AS text[]),
+        CAST(:ch AS text[]), CAST(:cu AS text[]), CAST(:v AS numeric[]))
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (grain, bucket_start, metric, source, channel, currency)
+    DO UPDATE SET value = t.value + EXCLUDED.value
+    """
+)
+
+
+def _columns(items: Sequence[tuple[BucketKey, Decimal]]) -> dict[str, list[Any]]:
+    return {
+        "b": [k.bucket_start for k, _ in items],
+        "m": [k.metric for k, _ in items],
+        "s": [k.source for k, _ in items],
+        "ch": [k.channel for k, _ in items],
+        "cu": [k.currency for k, _ in items],
+        "v": [v for _, v in items],
+    }
+
+
 async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, Decimal]) -> None:
-    """Minute buckets and their rollups: one upsert per table, rows in a stable order."""
+    """Minute buckets and their rollups: one array upsert per table, rows in a stable order."""
     if not increments:
         return
-    minute_rows = [
-        {
-            "bucket_start": k.bucket_start,
-            "metric": k.metric,
-            "source": k.source,
-            "channel": k.channel,
-            "currency": k.currency,
-            "value": v,
-        }
-        for k, v in sorted(increments.items())
-    ]
-    for part in chunks(minute_rows):
-        stmt = insert(kpi_buckets).values(list(part))
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["bucket_start", "metric", "source", "channel", "currency"],
-                set_={"value": kpi_buckets.c.value + stmt.excluded.value},
-            )
-        )
-    rollup_rows = [
-        {
-            "grain": grain,
-            "bucket_start": k.bucket_start,
-            "metric": k.metric,
-            "source": k.source,
-            "channel": k.channel,
-            "currency": k.currency,
-            "value": v,
-        }
-        for (grain, k), v in sorted(rollup(increments).items())
-    ]
-    for part in chunks(rollup_rows):
-        rolled = insert(kpi_rollups).values(list(part))
-        await conn.execute(
-            rolled.on_conflict_do_update(
-                index_elements=["grain", "bucket_start", "metric", "source", "channel", "currency"],
-                set_={"value": kpi_rollups.c.value + rolled.excluded.value},
-            )
-        )
+    await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
+    rolled = sorted(rollup(increments).items())
+    await conn.execute(
+        _UPSERT_ROLLUPS,
+        {"g": [g for (g, _), _ in rolled], **_columns([(k, v) for (_, k), v in rolled])},
+    )
 
 
 async def add_stage_counts(conn: AsyncConnection, deltas: Mapping[str, int]) -> None:
@@ -119,8 +121,41 @@ async def add_stage_counts(conn: AsyncConnection, deltas: Mapping[str, int]) -> 
     )
 
 
+_SKETCH_KEYS = """unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
+    CAST(:s AS text[]), CAST(:ch AS text[]))"""
+_SKETCH_INIT = text(
+    f"""
+    INSERT INTO kpi_sketches (grain, bucket_start, metric, source, channel, registers)
+    SELECT u.*, CAST(:empty AS bytea) FROM {_SKETCH_KEYS} AS u
+    ON CONFLICT DO NOTHING
+    """
+)
+_SKETCH_LOCK = text(
+    f"""
+    SELECT k.grain, k.bucket_start, k.metric, k.source, k.channel, k.registers
+    FROM kpi_sketches AS k JOIN {_SKETCH_KEYS} AS u(g, b, m, s, ch)
+      ON (k.grain, k.bucket_start, k.metric, k.source, k.channel) = (u.g, u.b, u.m, u.s, u.ch)
+    ORDER BY 1, 2, 3, 4, 5
+    FOR UPDATE OF k
+    """
+)
+_SKETCH_WRITE = text(
+    """
+    UPDATE kpi_sketches AS k SET registers = u.r
+    FROM unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
+                CAST(:s AS text[]), CAST(:ch AS text[]), CAST(:r AS bytea[]))
+         AS u(g, b, m, s, ch, r)
+    WHERE (k.grain, k.bucket_start, k.metric, k.source, k.channel) = (u.g, u.b, u.m, u.s, u.ch)
+    """
+)
+
+
+def _sketch_columns(keys: Sequence[tuple[str, datetime, str, str, str]]) -> dict[str, list[Any]]:
+    return {name: [k[i] for k in keys] for i, name in enumerate(("g", "b", "m", "s", "ch"))}
+
+
 async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
-    """Add ids to the minute, hour and day sketches (rows locked, merged, written back)."""
+    """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
     per_row: dict[tuple[str, datetime, str, str, str], set[str]] = {}
     for k, ids in items.items():
         for grain in ("minute", *ROLLUP_GRAINS):
@@ -129,52 +164,14 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
     if not per_row:
         return
     keys = sorted(per_row)
-    empty = hll.dumps(hll.empty())
-    cols = ("grain", "bucket_start", "metric", "source", "channel")
-    c = kpi_sketches.c
-    updates = []
-    for part in chunks(keys):
-        await conn.execute(
-            insert(kpi_sketches)
-            .values([{**dict(zip(cols, k, strict=True)), "registers": empty} for k in part])
-            .on_conflict_do_nothing()
-        )
-        locked = await conn.execute(
-            select(c.grain, c.bucket_start, c.metric, c.source, c.channel, c.registers)
-            .where(
-                or_(
-                    *(
-                        and_(
-                            c.grain == g,
-                            c.bucket_start == b,
-                            c.metric == m,
-                            c.source == s,
-                            c.channel == ch,
-                        )
-                        for g, b, m, s, ch in part
-                    )
-                )
-            )
-            .order_by(c.grain, c.bucket_start, c.metric, c.source, c.channel)
-            .with_for_update()
-        )
-        for g, b, m, s, ch, blob in locked:
-            registers = hll.add(hll.loads(blob), per_row[(g, b, m, s, ch)])
-            updates.append(
-                {"g": g, "b": b, "m": m, "s": s, "ch": ch, "registers": hll.dumps(registers)}
-            )
-    await conn.execute(
-        update(kpi_sketches)
-        .where(
-            c.grain == bindparam("g"),
-            c.bucket_start == bindparam("b"),
-            c.metric == bindparam("m"),
-            c.source == bindparam("s"),
-            c.channel == bindparam("ch"),
-        )
-        .values(registers=bindparam("registers")),
-        updates,
-    )
+    columns = _sketch_columns(keys)
+    await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
+    written: list[tuple[str, datetime, str, str, str]] = []
+    blobs: list[bytes] = []
+    for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
+        written.append((g, b, m, s, ch))
+        blobs.append(hll.dumps(hll.add(hll.loads(blob), per_row[(g, b, m, s, ch)])))
+    await conn.execute(_SKETCH_WRITE, {**_sketch_columns(written), "r": blobs})
 
 
 async def add_cohort_activity(
