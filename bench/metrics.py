@@ -5,7 +5,7 @@ History is loaded through the service's own write path (``LifecycleHandler`` →
 hour/day/all-time rollups, sketches, cohorts) from generated journeys replayed by the stage
 reducer, spread over two years; minute rows are not pruned, so the large run is the worst case
 for index depth. Sizes: ``BENCH_METRICS_SMALL_CUSTOMERS`` (default 1 250 ≈ 10k events) and
-``BENCH_METRICS_LARGE_CUSTOMERS`` (default 60 000 ≈ 0.5M events; the 1M customers / 10M events
+``BENCH_METRICS_LARGE_CUSTOMERS`` (default 80 000 ≈ 0.5M events; the 1M customers / 10M events
 of the issue do not load in reasonable time on this machine through this path).
 """
 
@@ -179,7 +179,7 @@ async def one(label: str, customers: int, now: datetime, logs: Path) -> Run:
 async def run() -> list[Run]:
     now = datetime.now(UTC)
     small = int(os.environ.get("BENCH_METRICS_SMALL_CUSTOMERS", "1250"))
-    large = int(os.environ.get("BENCH_METRICS_LARGE_CUSTOMERS", "60000"))
+    large = int(os.environ.get("BENCH_METRICS_LARGE_CUSTOMERS", "80000"))
     with tempfile.TemporaryDirectory() as logs:
         return [
             await one("small", small, now, Path(logs)),
