@@ -297,20 +297,21 @@ async def series_rows(
     return [(b, (m, s, ch, cu), Decimal(v)) for b, m, s, ch, cu, v in await conn.execute(query)]
 
 
-async def distinct_count(
+async def distinct_counts(
     conn: AsyncConnection,
     segments: Sequence[Segment],
-    metric: str,
+    metrics: Sequence[str],
     *,
     source: str | None = None,
     channel: str | None = None,
-) -> int:
-    """HyperLogLog estimate of the distinct ids of ``metric`` over the segments."""
+) -> dict[str, int]:
+    """HyperLogLog estimates of the distinct ids of each metric over the segments."""
     c = kpi_sketches.c
+    out = {m: 0 for m in metrics}
     if not segments:
-        return 0
-    query = select(c.registers).where(
-        c.metric == metric,
+        return out
+    query = select(c.metric, c.registers).where(
+        c.metric.in_(list(metrics)),
         or_(
             *(
                 and_(c.grain == s.grain, c.bucket_start >= s.start, c.bucket_start < s.end)
@@ -319,8 +320,12 @@ async def distinct_count(
         ),
         *_filtered(kpi_sketches, source, channel),
     )
-    blobs = (await conn.execute(query)).scalars().all()
-    return hll.estimate(hll.merge(hll.loads(b) for b in blobs))
+    blobs: dict[str, list[bytes]] = {}
+    for metric, blob in await conn.execute(query):
+        blobs.setdefault(metric, []).append(blob)
+    for metric, found in blobs.items():
+        out[metric] = hll.estimate(hll.merge(hll.loads(b) for b in found))
+    return out
 
 
 async def customers_by_stage(conn: AsyncConnection) -> dict[str, int]:

@@ -50,21 +50,24 @@ async def window_inputs(
     channel: str | None = None,
     distinct: bool = True,
 ) -> WindowInputs:
-    far = floor_to(now, "day") + FUTURE
+    far = max(floor_to(now, "day") + FUTURE, end)
     totals = await repository.range_totals(conn, plan(start, end), source=source, channel=channel)
     all_time = await repository.all_time_totals(conn, source=source, channel=channel)
-    since_start = await repository.range_totals(
-        conn, plan(start, far), source=source, channel=channel, metric_like="flow:%"
-    )
     since_end = await repository.range_totals(
         conn, plan(end, far), source=source, channel=channel, metric_like="flow:%"
     )
+    # [start, far) is the window plus [end, far): no second read of the window's rows
+    since_start = dict(since_end)
+    for key, value in totals.items():
+        if key[0].startswith("flow:"):
+            since_start[key] = since_start.get(key, Decimal(0)) + value
     counts: dict[str, int | None] = {}
     if distinct:
-        for metric in DISTINCT:
-            counts[metric] = await repository.distinct_count(
-                conn, plan(start, end), metric, source=source, channel=channel
+        counts.update(
+            await repository.distinct_counts(
+                conn, plan(start, end), DISTINCT, source=source, channel=channel
             )
+        )
     return WindowInputs(
         totals=totals,
         stages_at_start=stages_at(all_time, since_start),
