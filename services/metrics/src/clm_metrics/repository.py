@@ -28,6 +28,9 @@ T = TypeVar("T")
 
 TotalsKey = tuple[str, str, str, str]
 ROLLUP_GRAINS: tuple[Grain, ...] = ("hour", "day")
+#: The source/channel of the sketches merged over every source or channel (a control character
+#: no event's source or channel can contain), so a query reads one sketch a bucket.
+ANY = "\x1fany"
 #: Rows per multi-row statement: asyncpg allows 32767 parameters a statement.
 CHUNK_ROWS = 4000
 
@@ -159,8 +162,15 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
     per_row: dict[tuple[str, datetime, str, str, str], set[str]] = {}
     for k, ids in items.items():
         for grain in ("minute", *ROLLUP_GRAINS):
-            row = (grain, floor_to(k.bucket_start, grain), k.metric, k.source, k.channel)
-            per_row.setdefault(row, set()).update(ids)
+            start = floor_to(k.bucket_start, grain)
+            for source, channel in (
+                (k.source, k.channel),
+                (k.source, ANY),
+                (ANY, k.channel),
+                (ANY, ANY),
+            ):
+                row = (grain, start, k.metric, source, channel)
+                per_row.setdefault(row, set()).update(ids)
     if not per_row:
         return
     keys = sorted(per_row)
@@ -265,36 +275,25 @@ async def range_totals(
     return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
 
 
+#: What the all-time totals are read for: current stages, open tickets, historical CLV.
+ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+
+
 async def all_time_totals(
     conn: AsyncConnection, *, source: str | None = None, channel: str | None = None
 ) -> dict[TotalsKey, Decimal]:
     c = kpi_rollups.c
     query = (
         select(c.metric, c.source, c.channel, c.currency, func.sum(c.value))
-        .where(c.grain == "all", c.bucket_start == EPOCH, *_filtered(kpi_rollups, source, channel))
+        .where(
+            c.grain == "all",
+            c.bucket_start == EPOCH,
+            or_(c.metric.like("flow:%"), c.metric.in_(ALL_TIME_METRICS)),
+            *_filtered(kpi_rollups, source, channel),
+        )
         .group_by(c.metric, c.source, c.channel, c.currency)
     )
     return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
-
-
-async def series_rows(
-    conn: AsyncConnection,
-    grain: Grain,
-    start: datetime,
-    end: datetime,
-    *,
-    source: str | None = None,
-    channel: str | None = None,
-) -> list[tuple[datetime, TotalsKey, Decimal]]:
-    """Every bucket of one grain in ``[start, end)``."""
-    table = kpi_buckets if grain == "minute" else kpi_rollups
-    c = table.c
-    query = select(c.bucket_start, c.metric, c.source, c.channel, c.currency, c.value).where(
-        c.bucket_start >= start, c.bucket_start < end, *_filtered(table, source, channel)
-    )
-    if grain != "minute":
-        query = query.where(c.grain == grain)
-    return [(b, (m, s, ch, cu), Decimal(v)) for b, m, s, ch, cu, v in await conn.execute(query)]
 
 
 async def distinct_counts(
@@ -318,7 +317,8 @@ async def distinct_counts(
                 for s in segments
             )
         ),
-        *_filtered(kpi_sketches, source, channel),
+        c.source == (ANY if source is None else source),
+        c.channel == (ANY if channel is None else channel),
     )
     blobs: dict[str, list[bytes]] = {}
     for metric, blob in await conn.execute(query):
@@ -326,11 +326,6 @@ async def distinct_counts(
     for metric, found in blobs.items():
         out[metric] = hll.estimate(hll.merge(hll.loads(b) for b in found))
     return out
-
-
-async def customers_by_stage(conn: AsyncConnection) -> dict[str, int]:
-    rows = await conn.execute(select(stage_counts.c.stage, stage_counts.c.customers))
-    return {stage: int(n) for stage, n in rows}
 
 
 async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, int]]:

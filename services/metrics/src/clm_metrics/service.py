@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_common.lifecycle import Stage
 from clm_metrics import repository
-from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, lifecycle_map, stage_net
+from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, stage_net
 from clm_metrics.windows import floor_to, plan
 
 #: Events may be dated up to 24 h ahead; sums "from t on" read up to here.
 FUTURE = timedelta(days=2)
 DISTINCT = ("visitors", "purchasers", "repeat_purchasers")
 MAX_POINTS = 400
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ def stages_at(all_time: Totals, since: Totals) -> dict[str, int]:
 
 
 async def window_inputs(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     start: datetime,
     end: datetime,
     now: datetime,
@@ -50,64 +53,49 @@ async def window_inputs(
     channel: str | None = None,
     distinct: bool = True,
 ) -> WindowInputs:
+    """The window's sums, all-time sums, stage counts at both ends and distinct counts.
+
+    The independent reads run side by side on their own connections.
+    """
     far = max(floor_to(now, "day") + FUTURE, end)
-    totals = await repository.range_totals(conn, plan(start, end), source=source, channel=channel)
-    all_time = await repository.all_time_totals(conn, source=source, channel=channel)
-    since_end = await repository.range_totals(
-        conn, plan(end, far), source=source, channel=channel, metric_like="flow:%"
+    window = plan(start, end)
+
+    async def on_own_connection(read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with engine.connect() as conn:
+            return await read(conn)
+
+    totals, all_time, since_end, counts = await asyncio.gather(
+        on_own_connection(
+            lambda c: repository.range_totals(c, window, source=source, channel=channel)
+        ),
+        on_own_connection(lambda c: repository.all_time_totals(c, source=source, channel=channel)),
+        on_own_connection(
+            lambda c: repository.range_totals(
+                c, plan(end, far), source=source, channel=channel, metric_like="flow:%"
+            )
+        ),
+        on_own_connection(
+            lambda c: repository.distinct_counts(
+                c, window, DISTINCT if distinct else (), source=source, channel=channel
+            )
+        ),
     )
     # [start, far) is the window plus [end, far): no second read of the window's rows
     since_start = dict(since_end)
     for key, value in totals.items():
         if key[0].startswith("flow:"):
             since_start[key] = since_start.get(key, Decimal(0)) + value
-    counts: dict[str, int | None] = {}
-    if distinct:
-        counts.update(
-            await repository.distinct_counts(
-                conn, plan(start, end), DISTINCT, source=source, channel=channel
-            )
-        )
     return WindowInputs(
         totals=totals,
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
         all_time=all_time,
-        distinct=counts,
+        distinct=dict(counts),
     )
-
-
-async def kpis(
-    conn: AsyncConnection,
-    start: datetime,
-    end: datetime,
-    now: datetime,
-    *,
-    reporting_currency: str,
-    source: str | None = None,
-    channel: str | None = None,
-) -> dict[str, Any]:
-    inputs = await window_inputs(conn, start, end, now, source=source, channel=channel)
-    return compute_kpis(inputs, reporting_currency=reporting_currency)
-
-
-async def lifecycle(
-    conn: AsyncConnection,
-    start: datetime,
-    end: datetime,
-    now: datetime,
-    *,
-    source: str | None = None,
-    channel: str | None = None,
-) -> dict[str, Any]:
-    inputs = await window_inputs(
-        conn, start, end, now, source=source, channel=channel, distinct=False
-    )
-    return lifecycle_map(inputs)
 
 
 async def series(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     name: str,
     start: datetime,
     end: datetime,
@@ -124,7 +112,7 @@ async def series(
     while t < end:
         upper = min(t + step, end)
         inputs = await window_inputs(
-            conn,
+            engine,
             t,
             upper,
             now,

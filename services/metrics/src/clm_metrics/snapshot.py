@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -102,14 +103,15 @@ def _number(value: Any) -> float | None:
 
 
 def _set(gauge: Gauge, labels: Sequence[str], value: Any) -> None:
+    """Set a sample, or drop it when the KPI is unknown (an unlabelled gauge shows NaN)."""
     number = _number(value)
-    if number is None:
+    if not labels:
+        gauge.set(math.nan if number is None else number)
+    elif number is None:
         with contextlib.suppress(KeyError):
             gauge.remove(*labels)
-    elif labels:
-        gauge.labels(*labels).set(number)
     else:
-        gauge.set(number)
+        gauge.labels(*labels).set(number)
 
 
 def bounded(values: Mapping[str, int], allowed: Sequence[str] | None, top: int) -> dict[str, int]:
@@ -135,38 +137,33 @@ async def refresh_gauges(
     retention: service.Retention,
 ) -> None:
     now = datetime.now(UTC)
-    async with engine.connect() as conn:
-        for window, span in WINDOWS.items():
-            start, end = window_bounds(now, span)
-            start = retention.align(start, now)
-            inputs = await service.window_inputs(conn, start, end, now)
-            kpis = compute_kpis(inputs, reporting_currency=reporting_currency)
-            for name, gauge in _WINDOWED_GAUGES.items():
-                _set(gauge, [window], kpis[name])
-            for ch, n in bounded(kpis["visits_by_channel"], channels, 0).items():
-                VISITS_BY_CHANNEL.labels(window, ch).set(n)
-            for src, n in bounded(kpis["visits_by_source"], None, max_sources).items():
-                VISITS_BY_SOURCE.labels(window, src).set(n)
-            for ch in channels:
-                _set(
-                    CAC_BY_CHANNEL, [window, ch], (kpis["cac_by_channel"].get(ch) or {}).get("cac")
-                )
-            lmap = lifecycle_map(inputs)
-            for before in [*(s.value for s in Stage), "none"]:
-                for after in (s.value for s in Stage):
-                    TRANSITIONS.labels(window, before, after).set(0)
-            for move in lmap["transitions"]:
-                TRANSITIONS.labels(window, move["from"] or "none", move["to"]).set(
-                    move["customers"]
-                )
-            for stage, seconds in lmap["median_seconds_in_stage"].items():
-                _set(STAY, [window, stage], seconds)
-        for stage, n in kpis["customers_by_stage"].items():
-            CUSTOMERS.labels(stage).set(n)
-        _set(OPEN_TICKETS, [], kpis["open_support_tickets"])
-        _set(CLV, [], kpis["clv_historical"])
+    for window, span in WINDOWS.items():
+        start, end = window_bounds(now, span)
+        start = retention.align(start, now)
+        inputs = await service.window_inputs(engine, start, end, now)
+        kpis = compute_kpis(inputs, reporting_currency=reporting_currency)
+        for name, gauge in _WINDOWED_GAUGES.items():
+            _set(gauge, [window], kpis[name])
+        for ch, n in bounded(kpis["visits_by_channel"], channels, 0).items():
+            VISITS_BY_CHANNEL.labels(window, ch).set(n)
+        for src, n in bounded(kpis["visits_by_source"], None, max_sources).items():
+            VISITS_BY_SOURCE.labels(window, src).set(n)
         for ch in channels:
-            _set(CLV_BY_CHANNEL, [ch], (kpis["clv_by_channel"].get(ch) or {}).get("clv_historical"))
+            _set(CAC_BY_CHANNEL, [window, ch], (kpis["cac_by_channel"].get(ch) or {}).get("cac"))
+        lmap = lifecycle_map(inputs)
+        for before in [*(s.value for s in Stage), "none"]:
+            for after in (s.value for s in Stage):
+                TRANSITIONS.labels(window, before, after).set(0)
+        for move in lmap["transitions"]:
+            TRANSITIONS.labels(window, move["from"] or "none", move["to"]).set(move["customers"])
+        for stage, seconds in lmap["median_seconds_in_stage"].items():
+            _set(STAY, [window, stage], seconds)
+    for stage, n in kpis["customers_by_stage"].items():
+        CUSTOMERS.labels(stage).set(n)
+    _set(OPEN_TICKETS, [], kpis["open_support_tickets"])
+    _set(CLV, [], kpis["clv_historical"])
+    for ch in channels:
+        _set(CLV_BY_CHANNEL, [ch], (kpis["clv_by_channel"].get(ch) or {}).get("clv_historical"))
     REFRESHED.set(now.timestamp())
 
 

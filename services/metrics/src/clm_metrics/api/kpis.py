@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -13,7 +14,7 @@ from clm_common.kpis import parse_window, window_bounds
 from clm_common.problem import ProblemError
 from clm_metrics import service
 from clm_metrics.deps import State, app_state
-from clm_metrics.formulas import WindowInputs, compute_kpis
+from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
 
 router = APIRouter(prefix="/v1", tags=["kpis"])
 
@@ -87,6 +88,49 @@ Source = Annotated[str | None, Query(max_length=200)]
 Channel = Annotated[str | None, Query(max_length=200)]
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The range and filters a KPI request asked for, resolved."""
+
+    window: str | None
+    start: datetime
+    end: datetime
+    now: datetime
+    source: str | None
+    channel: str | None
+
+    async def inputs(self, state: State, *, distinct: bool = True) -> WindowInputs:
+        return await service.window_inputs(
+            state.engine,
+            self.start,
+            self.end,
+            self.now,
+            source=self.source,
+            channel=self.channel,
+            distinct=distinct,
+        )
+
+    def bounds(self) -> dict[str, Any]:
+        return {"from": self.start.isoformat(), "to": self.end.isoformat()}
+
+
+def selection(
+    state: Annotated[State, Depends(app_state)],
+    window: Window = None,
+    from_: From = None,
+    to: To = None,
+    source: Source = None,
+    channel: Channel = None,
+) -> Selection:
+    now = datetime.now(UTC)
+    start, end = resolve_range(state, now, window, from_, to)
+    label = (window or "24h") if from_ is None else None
+    return Selection(label, start, end, now, source, channel)
+
+
+Selected = Annotated[Selection, Depends(selection)]
+
+
 @router.get(
     "/kpis",
     summary="Lifecycle KPIs over a rolling window or a from/to range",
@@ -100,26 +144,12 @@ Channel = Annotated[str | None, Query(max_length=200)]
 async def get_kpis(
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(reader)],
-    window: Window = None,
-    from_: From = None,
-    to: To = None,
-    source: Source = None,
-    channel: Channel = None,
+    sel: Selected,
 ) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    start, end = resolve_range(state, now, window, from_, to)
-    async with state.engine.connect() as conn:
-        body = await service.kpis(
-            conn,
-            start,
-            end,
-            now,
-            reporting_currency=state.settings.reporting_currency,
-            source=source,
-            channel=channel,
-        )
-    label = (window or "24h") if from_ is None else None
-    return {"window": label, "from": start.isoformat(), "to": end.isoformat(), **body}
+    kpis = compute_kpis(
+        await sel.inputs(state), reporting_currency=state.settings.reporting_currency
+    )
+    return {"window": sel.window, **sel.bounds(), **kpis}
 
 
 @router.get(
@@ -131,39 +161,26 @@ async def get_series(
     name: str,
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(reader)],
-    window: Window = None,
-    from_: From = None,
-    to: To = None,
+    sel: Selected,
     step: Annotated[str, Query(description="1h, 1d, 15m …")] = "1h",
-    source: Source = None,
-    channel: Channel = None,
 ) -> dict[str, Any]:
     if name not in SCALAR_KPIS:
         raise ProblemError(404, "Unknown KPI", f"no scalar KPI named {name!r}")
-    now = datetime.now(UTC)
-    start, end = resolve_range(state, now, window, from_, to)
     span = _span(step, "step")
-    if (end - start) / span > service.MAX_POINTS:
+    if (sel.end - sel.start) / span > service.MAX_POINTS:
         raise _invalid("step", f"at most {service.MAX_POINTS} points: take a longer step")
-    async with state.engine.connect() as conn:
-        points = await service.series(
-            conn,
-            name,
-            start,
-            end,
-            span,
-            now,
-            reporting_currency=state.settings.reporting_currency,
-            source=source,
-            channel=channel,
-        )
-    return {
-        "kpi": name,
-        "step": step,
-        "from": start.isoformat(),
-        "to": end.isoformat(),
-        "points": points,
-    }
+    points = await service.series(
+        state.engine,
+        name,
+        sel.start,
+        sel.end,
+        span,
+        sel.now,
+        reporting_currency=state.settings.reporting_currency,
+        source=sel.source,
+        channel=sel.channel,
+    )
+    return {"kpi": name, "step": step, **sel.bounds(), "points": points}
 
 
 @router.get(
@@ -174,17 +191,9 @@ async def get_series(
 async def get_lifecycle_map(
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(reader)],
-    window: Window = None,
-    from_: From = None,
-    to: To = None,
-    source: Source = None,
-    channel: Channel = None,
+    sel: Selected,
 ) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    start, end = resolve_range(state, now, window, from_, to)
-    async with state.engine.connect() as conn:
-        body = await service.lifecycle(conn, start, end, now, source=source, channel=channel)
-    return {"from": start.isoformat(), "to": end.isoformat(), **body}
+    return {**sel.bounds(), **lifecycle_map(await sel.inputs(state, distinct=False))}
 
 
 @router.get(
