@@ -126,8 +126,12 @@ async def test_prometheus_scrapes_the_services_and_promql_returns_the_kpi(
         assert Decimal(revenue[0]["value"][1]).quantize(Decimal("0.01")) == Decimal(want["revenue"])
         customers = await query('sum(clm_kpi_customers{job="clm-metrics"})')
         assert float(customers[0]["value"][1]) == sum(want["customers_by_stage"].values())
-        up = await query('up{job=~"clm-.*"}')
-        assert sorted(float(r["value"][1]) for r in up) == [1.0, 1.0, 1.0]
+
+        async def all_up() -> list[float] | None:
+            up = sorted(float(r["value"][1]) for r in await query('up{job=~"clm-.*"}'))
+            return up if up == [1.0, 1.0, 1.0] else None
+
+        assert await eventually(all_up, timeout=30, every=0.5) == [1.0, 1.0, 1.0]
         rules = (await http.get(f"{prometheus}/api/v1/rules")).json()["data"]["groups"]
         assert {g["name"] for g in rules} >= {"clm-recording", "clm-pipeline", "clm-kpis"}
         assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules

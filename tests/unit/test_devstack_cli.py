@@ -70,7 +70,15 @@ def test_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_stacks_use_separate_state_and_ports(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CLM_KAFKA_PORT", "CLM_KAFKA_CONTROLLER_PORT", "CLM_PG_PORT", "CLM_KAFKA_HEAP"):
+    for name in (
+        "CLM_KAFKA_PORT",
+        "CLM_KAFKA_CONTROLLER_PORT",
+        "CLM_PG_PORT",
+        "CLM_KAFKA_HEAP",
+        "CLM_TEST_KAFKA_PORT",
+        "CLM_TEST_KAFKA_CONTROLLER_PORT",
+        "CLM_TEST_PG_PORT",
+    ):
         monkeypatch.delenv(name, raising=False)
     dev = cli.dev_stack(REPO_ROOT)
     test = cli.testing_stack(REPO_ROOT)
