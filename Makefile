@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen
 DEMO ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install run demo down status test lint fmt test-unit compose-config bench
+.PHONY: help install run demo down status test lint fmt test-unit compose-config bench prometheus-tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,7 +43,23 @@ fmt: install ## format and autofix
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
 
-test: lint ## lint, then the whole suite on real Kafka and Postgres (started here if needed)
+prometheus-tools: ## Debian's prometheus package (prometheus, promtool) for the tests: when root and missing
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's prometheus package for the tests (its service is not started)"; \
+	    made_policy=; \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1; \
+	    fi; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	      || echo "make: warning: could not install prometheus; the promtool and Prometheus tests will skip" >&2; \
+	    if [ -n "$$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	  else \
+	    echo "make: note: prometheus/promtool missing and not root: the Prometheus tests will skip" >&2; \
+	  fi; \
+	fi
+
+test: lint prometheus-tools ## lint, then the whole suite on real Kafka and Postgres (started here if needed)
 	@$(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen pytest $(PYTEST_ARGS)
 
 bench: install ## benchmarks side by side on real Kafka and Postgres (BENCH="name ..."), results in bench/RESULTS.md

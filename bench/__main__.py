@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL: list[str] = ["ingest", "stage_engine"]  # benchmark modules, in run order
+ALL: list[str] = ["ingest", "stage_engine", "metrics"]  # benchmark modules, in run order
 
 
 def main(argv: list[str]) -> int:

@@ -488,3 +488,66 @@ def test_promtool_accepts_prometheus_config() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_rules_and_their_alert_tests() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; `make test` installs it)")
+    for args in (
+        ["check", "rules", *map(str, sorted((PROMETHEUS_DIR / "rules").glob("*.yml")))],
+        ["test", "rules", str(PROMETHEUS_DIR / "tests" / "alerts_test.yml")],
+    ):
+        result = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_cover_the_pipeline_and_churn() -> None:
+    alerts = {
+        rule["alert"]
+        for group in load_yaml(PROMETHEUS_DIR / "rules" / "clm.yml")["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert {
+        "ClmConsumerLagGrowing",
+        "ClmDeadLetterGrowing",
+        "ClmIngestServerErrors",
+        "ClmOutboxBacklog",
+        "ClmChurnRateJump",
+    } <= alerts
+
+
+def test_promql_names_are_extracted_and_rules_resolved() -> None:
+    from tests.promql_names import names_in, service_metric_names
+
+    assert names_in(
+        'histogram_quantile(0.99, sum by (le, group) (rate(a_bucket{x="y"}[5m]))) / b offset 5m'
+    ) == {"a_bucket", "b"}
+    assert names_in('max(clm_kpi_nps{window="$window"}) > 0 and on (job) up') == {
+        "clm_kpi_nps",
+        "up",
+    }
+    assert service_metric_names("clm:consumer_lag_records:sum") == {"clm_consumer_lag_records"}
+
+
+def test_the_lifecycle_dashboard_has_a_row_per_stage_and_the_map() -> None:
+    from tests.promql_names import panel_exprs
+
+    dashboard = json.loads(
+        (GRAFANA_DIR / "dashboards" / "customer-lifecycle.json").read_text(encoding="utf-8")
+    )
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    for stage in ("Reach", "Acquisition", "Conversion", "Retention", "Loyalty", "Lifecycle map"):
+        assert any(r.startswith(stage) for r in rows), stage
+    exprs = " ".join(e for f, _, e in panel_exprs() if f == "customer-lifecycle.json")
+    for metric in (
+        "clm_kpi_customers",
+        "clm_kpi_transitions",
+        "clm_kpi_churn_ratio",
+        "clm_kpi_clv_historical_by_channel",
+        "clm_kpi_customer_acquisition_cost_by_channel",
+    ):
+        assert metric in exprs

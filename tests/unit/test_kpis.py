@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clm_common.kpis import compute_kpis, exact_money, money, parse_window, ratio, window_bounds
+from clm_common.kpis import exact_money, money, parse_window, ratio, window_bounds
 from clm_metrics.buckets import aggregate, increments, stage_deltas
+from clm_metrics.formulas import WindowInputs
+from clm_metrics.formulas import compute_kpis as compute
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -47,11 +49,19 @@ def record(
     }
 
 
-def totals_of(records: list[dict[str, Any]]) -> dict[tuple[str, str], Decimal]:
-    out: dict[tuple[str, str], Decimal] = {}
+def totals_of(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], Decimal]:
+    out: dict[tuple[str, str, str, str], Decimal] = {}
     for key, value in aggregate(p for r in records for p in increments(r)).items():
-        out[(key.metric, key.currency)] = out.get((key.metric, key.currency), Decimal(0)) + value
+        k = (key.metric, key.source, key.channel, key.currency)
+        out[k] = out.get(k, Decimal(0)) + value
     return out
+
+
+def compute_kpis(
+    totals: dict[tuple[str, str, str, str], Decimal], *, reporting_currency: str
+) -> dict[str, Any]:
+    inputs = WindowInputs(totals=totals, stages_at_start={}, stages_at_end={}, all_time={})
+    return compute(inputs, reporting_currency=reporting_currency)
 
 
 def test_revenue_orders_and_average_order_value() -> None:

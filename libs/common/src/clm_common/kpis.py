@@ -10,7 +10,6 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
 
 Totals = Mapping[tuple[str, str], Decimal]
 
@@ -79,34 +78,6 @@ def by_currency(totals: Totals, metric: str) -> dict[str, Decimal]:
         if m == metric and currency:
             out[currency] = out.get(currency, Decimal(0)) + value
     return out
-
-
-def compute_kpis(totals: Totals, *, reporting_currency: str) -> dict[str, Any]:
-    """The window's KPIs from its bucket totals (money in ``reporting_currency``).
-
-    Revenue and average order value count only orders in the reporting currency (no currency
-    conversion yet); ``revenue_by_currency`` shows every currency's own total.
-    """
-    revenue = by_currency(totals, "revenue")
-    orders_in = by_currency(totals, "orders")
-    rc_revenue = revenue.get(reporting_currency, Decimal(0))
-    rc_orders = orders_in.get(reporting_currency, Decimal(0))
-    purchases = count(totals, "orders")
-    return {
-        "events": count(totals, "events"),
-        "site_visits": count(totals, "events:site_visit"),
-        "ad_clicks": count(totals, "events:ad_click"),
-        "leads": count(totals, "events:signup"),
-        "purchases": purchases,
-        "new_customers": count(totals, "new_customers"),
-        "repeat_purchases": count(totals, "repeat_purchases"),
-        "reactivations": count(totals, "reactivations"),
-        "refunds": count(totals, "refunds"),
-        "currency": reporting_currency,
-        "revenue": money(rc_revenue),
-        "revenue_by_currency": {c: money(v) for c, v in sorted(revenue.items())},
-        "average_order_value": money(ratio(rc_revenue, rc_orders)),
-    }
 
 
 def window_bounds(now: datetime, span: timedelta) -> tuple[datetime, datetime]:

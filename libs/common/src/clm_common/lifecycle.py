@@ -24,6 +24,8 @@ from decimal import Decimal
 from enum import StrEnum
 
 from clm_common.events import (
+    AdClick,
+    EmailEngagement,
     Event,
     Identify,
     MarketingSpend,
@@ -107,6 +109,7 @@ class CustomerState:
     last_seen_at: datetime
     first_source: str
     first_channel: str | None = None
+    first_campaign: str | None = None
     acquired_at: datetime | None = None
     converted_at: datetime | None = None
     last_purchase_at: datetime | None = None
@@ -205,7 +208,12 @@ def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> Custome
     at = event.occurred_at
     c: dict[str, object] = {"events": state.events + 1}
     if at < state.first_seen_at:
-        c.update(first_seen_at=at, first_source=event.source, first_channel=event.channel)
+        c.update(
+            first_seen_at=at,
+            first_source=event.source,
+            first_channel=event.channel,
+            first_campaign=_campaign(event),
+        )
     if at > state.last_seen_at:
         c["last_seen_at"] = at
     if (at, event.source, event.event_id) >= state.order_key():
@@ -239,6 +247,13 @@ def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> Custome
     if _is_lead(event, after, rules):
         return replace(after, acquired_at=min(after.acquired_at or at, at))
     return after
+
+
+def _campaign(event: Event) -> str | None:
+    """The campaign an ad click or email engagement came from (first-touch attribution)."""
+    if isinstance(event, AdClick | EmailEngagement):
+        return event.properties.campaign
+    return None
 
 
 def _has_email(event: Identify) -> bool:
@@ -302,6 +317,7 @@ def _new_state(key: str, event: Event) -> CustomerState:
         last_seen_at=at,
         first_source=event.source,
         first_channel=event.channel,
+        first_campaign=_campaign(event),
         last_event_source=event.source,
         last_event_id=event.event_id,
     )

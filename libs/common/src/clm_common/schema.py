@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Index,
     Integer,
@@ -60,6 +61,7 @@ customers = Table(
     Column("last_seen_at", TS, nullable=False),
     Column("first_source", Text, nullable=False),
     Column("first_channel", Text),
+    Column("first_campaign", Text),
     Column("acquired_at", TS),
     Column("converted_at", TS),
     Column("last_purchase_at", TS),
@@ -228,3 +230,53 @@ webhook_secrets = Table(
     CheckConstraint("provider IN ('shopify', 'stripe', 'zendesk', 'generic')", name="provider"),
 )
 Index("ix_webhook_secrets_provider", webhook_secrets.c.provider, webhook_secrets.c.source)
+
+# Rollups of kpi_buckets written in the same transaction: grain 'hour', 'day' and 'all' (one
+# all-time row per key, bucket_start 1970-01-01). Minute rows are pruned after a retention.
+kpi_rollups = Table(
+    "kpi_rollups",
+    metadata,
+    Column("grain", Text, nullable=False),
+    Column("bucket_start", TS, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("value", Numeric(28, 4), nullable=False),
+    PrimaryKeyConstraint("grain", "bucket_start", "metric", "source", "channel", "currency"),
+    CheckConstraint("grain IN ('hour', 'day', 'all')", name="grain"),
+)
+
+# Distinct-count sketches (HyperLogLog registers, zlib-compressed) per grain and bucket.
+kpi_sketches = Table(
+    "kpi_sketches",
+    metadata,
+    Column("grain", Text, nullable=False),
+    Column("bucket_start", TS, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("registers", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("grain", "bucket_start", "metric", "source", "channel"),
+    CheckConstraint("grain IN ('minute', 'hour', 'day')", name="grain"),
+)
+
+# Which customer purchased in which period (exact cohort counts), and the counts themselves.
+metrics_cohort_activity = Table(
+    "metrics_cohort_activity",
+    metadata,
+    Column("period", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("period_start", Date, nullable=False),
+    PrimaryKeyConstraint("period", "customer_id", "period_start"),
+)
+
+kpi_cohorts = Table(
+    "kpi_cohorts",
+    metadata,
+    Column("period", Text, nullable=False),
+    Column("cohort", Date, nullable=False),
+    Column("periods_since", Integer, nullable=False),
+    Column("customers", BigInteger, nullable=False),
+    PrimaryKeyConstraint("period", "cohort", "periods_since"),
+)

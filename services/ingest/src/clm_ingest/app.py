@@ -17,7 +17,7 @@ from clm_common.events import EVENT_ADAPTER
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import install_problem_handlers
-from clm_common.prom import metrics_router
+from clm_common.prom import instrument, metrics_router
 from clm_common.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
 from clm_ingest.api import events, segment, webhooks
 from clm_ingest.deps import State
@@ -107,6 +107,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    instrument(app)
     app.include_router(events.router)
     app.include_router(segment.router)
     app.include_router(webhooks.router)

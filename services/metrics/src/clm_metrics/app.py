@@ -15,13 +15,13 @@ from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_consumer, make_producer
 from clm_common.problem import install_problem_handlers
-from clm_common.prom import metrics_router
+from clm_common.prom import instrument, metrics_router
 from clm_common.worker import Supervisor
 from clm_metrics.api import kpis
 from clm_metrics.deps import State
 from clm_metrics.handler import LifecycleHandler
 from clm_metrics.settings import MetricsSettings
-from clm_metrics.snapshot import refresh_forever
+from clm_metrics.snapshot import prune_forever, refresh_forever
 
 
 def create_app(settings: MetricsSettings | None = None) -> FastAPI:
@@ -75,9 +75,20 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
         supervisor = Supervisor("metrics consumer", consume, fatal=(PoisonLimitExceeded,))
         app.state.supervisor = supervisor
         consumer_task = asyncio.create_task(supervisor.run(), name="metrics-consumer")
+        retention = app.state.clm.retention
         refresher = asyncio.create_task(
-            refresh_forever(engine, settings.reporting_currency, settings.metrics_refresh_seconds),
+            refresh_forever(
+                engine,
+                settings.reporting_currency,
+                settings.metrics_refresh_seconds,
+                channels=settings.metrics_gauge_channels,
+                max_sources=settings.metrics_gauge_max_sources,
+                retention=retention,
+            ),
             name="kpi-refresher",
+        )
+        pruner = asyncio.create_task(
+            prune_forever(engine, retention, settings.metrics_prune_seconds), name="kpi-pruner"
         )
         try:
             yield
@@ -86,10 +97,11 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
             for loop in list(current):
                 loop.stop()
             refresher.cancel()
+            pruner.cancel()
             _, pending = await asyncio.wait([consumer_task], timeout=15)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(refresher, *pending, return_exceptions=True)
+            await asyncio.gather(refresher, pruner, *pending, return_exceptions=True)
             await engine.dispose()
 
     app = FastAPI(
@@ -114,5 +126,6 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    instrument(app)
     app.include_router(kpis.router)
     return app

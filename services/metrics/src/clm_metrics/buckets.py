@@ -1,12 +1,42 @@
-"""From lifecycle records to per-minute bucket increments (pure)."""
+"""From lifecycle records to bucket increments (pure).
+
+Every record adds small integers (or money) to named metrics in the bucket of its minute. Two
+attributions:
+
+* **event** metrics (visits, orders, revenue, refunds, tickets, reviews, NPS, spend …) are keyed
+  by the event's own ``source`` and ``channel`` (spend: the channel it was spent on);
+* **customer** metrics (leads, new customers, flows between stages, time in stage, customer
+  revenue for CLV) are keyed by the customer's first-touch ``first_source`` / ``first_channel``
+  after the event, as CAC and CLV by acquisition channel need.
+
+Metric names (``currency`` is ``""`` for counts):
+
+``events``, ``events:<type>``, ``orders``/``revenue`` (per currency), ``refunds``,
+``refund_amount``, ``tickets_opened``, ``tickets_solved``, ``csat_answers``,
+``csat_satisfied``, ``reviews``, ``rating_sum``, ``nps_responses``, ``nps_promoters``,
+``nps_detractors``, ``spend`` (per currency), ``campaign_spend:<campaign>``,
+``leads``, ``converted_leads`` (in the minute the lead was created), ``new_customers``,
+``repeat_purchases``, ``reactivations``, ``customer_revenue`` (per currency),
+``campaign_leads:<campaign>``, ``campaign_customers:<campaign>``,
+``flow:<from>:<to>`` (``from`` is ``""`` for a new customer), ``stay:<stage>:<bin>``.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+#: Stays shorter than a minute go in bin 0; bin ``b`` ≥ 1 holds
+#: ``[STAY_RATIO**(b-1), STAY_RATIO**b)`` minutes. 1.25 keeps the histogram's median within
+#: ±12 % of the true median.
+STAY_RATIO = 1.25
+STAY_BINS = 80
+#: Customers who count as active (a paying relationship not yet ended).
+ACTIVE_STAGES = ("conversion", "retention", "loyalty", "at_risk")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -18,36 +48,160 @@ class BucketKey:
     currency: str
 
 
-def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
-    """The bucket increments one ``clm.lifecycle.v1`` record makes (bucket = event minute).
+def floor_minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
 
-    Records without an event (time-based moves, identity merges, erasures) only move stage
-    counts.
-    """
+
+def stay_bin(duration: timedelta) -> int:
+    minutes = duration.total_seconds() / 60
+    if minutes < 1:
+        return 0
+    return min(STAY_BINS - 1, 1 + int(math.log(minutes, STAY_RATIO)))
+
+
+def stay_bin_middle(b: int) -> timedelta:
+    """A representative duration of bin ``b`` (the geometric middle of its bounds)."""
+    if b == 0:
+        return timedelta(seconds=30)
+    return timedelta(minutes=STAY_RATIO ** (b - 0.5))
+
+
+def _when(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value))
+
+
+def _entered_before(record: Mapping[str, Any]) -> datetime | None:
+    """When the customer entered ``stage_before`` (None when the record cannot say)."""
+    explicit = record.get("stage_before_entered_at")
+    if explicit:
+        return _when(explicit)
+    facts = record.get("customer") or {}
+    derived = {
+        "reach": facts.get("first_seen_at"),
+        "acquisition": facts.get("acquired_at"),
+        "conversion": facts.get("converted_at"),
+    }.get(str(record.get("stage_before")))
+    return _when(derived) if derived else None
+
+
+def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
+    """Records without an event: a sweeper's time-based moves (``kind: time``: flows and stays
+    at the moves' times) and a profile leaving (``identity_merge``, ``erasure``: a flow out to
+    nowhere, ``flow:<stage>:``, so stage counts at a window's start stay consistent)."""
+    facts = record.get("customer") or {}
+    src, ch = str(facts.get("first_source") or ""), str(facts.get("first_channel") or "")
+    out: list[tuple[BucketKey, Decimal]] = []
+    before, after = record.get("stage_before"), record.get("stage_after")
+    if record.get("kind") == "time":
+        moves = record.get("transitions") or []
+        entered = _entered_before(record)
+        for move in moves:
+            at = _when(move["at"])
+            out.append(
+                (
+                    BucketKey(floor_minute(at), f"flow:{move['from']}:{move['to']}", src, ch, ""),
+                    Decimal(1),
+                )
+            )
+            if entered is not None:
+                stay = f"stay:{move['from']}:{stay_bin(at - entered)}"
+                out.append((BucketKey(floor_minute(at), stay, src, ch, ""), Decimal(1)))
+            entered = at
+        return out
+    if before is not None and after is None and record.get("at"):
+        out.append(
+            (
+                BucketKey(floor_minute(_when(record["at"])), f"flow:{before}:", src, ch, ""),
+                Decimal(1),
+            )
+        )
+    return out
+
+
+def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
+    """The bucket increments one ``clm.lifecycle.v1`` record makes."""
     event = record.get("event")
     if event is None:
-        return []
-    at = datetime.fromisoformat(event["occurred_at"]).replace(second=0, microsecond=0)
-    source = str(event.get("source", ""))
-    channel = str(event.get("channel") or "")
+        return _no_event_increments(record)
+    type_ = str(event["type"])
+    at = floor_minute(_when(event["occurred_at"]))
+    ev_src = str(event.get("source") or "")
+    ev_ch = str(event.get("channel") or "")
     props = event.get("properties") or {}
+    facts = record.get("customer") or {}
+    ft_src = str(facts.get("first_source") or ev_src)
+    ft_ch = str(facts.get("first_channel") or "")
+    one = Decimal(1)
+    out: list[tuple[BucketKey, Decimal]] = []
 
-    def key(metric: str, currency: str = "") -> BucketKey:
-        return BucketKey(at, metric, source, channel, currency)
+    def ev(metric: str, value: Decimal = one, currency: str = "") -> None:
+        out.append((BucketKey(at, metric, ev_src, ev_ch, currency), value))
 
-    out = [(key("events"), Decimal(1)), (key(f"events:{event['type']}"), Decimal(1))]
-    if event["type"] == "purchase":
-        currency = str(props["currency"])
-        out.append((key("orders", currency), Decimal(1)))
-        out.append((key("revenue", currency), Decimal(str(props["amount"]))))
-    elif event["type"] == "refund":
-        out.append((key("refunds"), Decimal(1)))
+    def cu(metric: str, value: Decimal = one, currency: str = "", when: datetime = at) -> None:
+        out.append((BucketKey(floor_minute(when), metric, ft_src, ft_ch, currency), value))
+
+    ev("events")
+    ev(f"events:{type_}")
+    if type_ == "purchase":
+        currency, amount = str(props["currency"]), Decimal(str(props["amount"]))
+        ev("orders", one, currency)
+        ev("revenue", amount, currency)
+        cu("customer_revenue", amount, currency)
+    elif type_ == "refund":
+        ev("refunds")
+        ev("refund_amount", Decimal(str(props["amount"])), str(props.get("currency") or ""))
+    elif type_ == "support_ticket":
+        ev("tickets_opened" if props["status"] == "opened" else "tickets_solved")
+        csat = props.get("csat")
+        if csat is not None:
+            ev("csat_answers")
+            if int(csat) >= 4:
+                ev("csat_satisfied")
+    elif type_ == "review":
+        ev("reviews")
+        ev("rating_sum", Decimal(int(props["rating"])))
+    elif type_ == "nps_response":
+        score = int(props["score"])
+        ev("nps_responses")
+        if score >= 9:
+            ev("nps_promoters")
+        elif score <= 6:
+            ev("nps_detractors")
+    elif type_ == "marketing_spend":
+        when = floor_minute(_when(props["period_start"]))
+        channel, currency = str(props["channel"]), str(props["currency"])
+        amount = Decimal(str(props["amount"]))
+        out.append((BucketKey(when, "spend", ev_src, channel, currency), amount))
+        out.append(
+            (
+                BucketKey(when, f"campaign_spend:{props['campaign']}", ev_src, channel, currency),
+                amount,
+            )
+        )
+
+    campaign = facts.get("first_campaign")
+    before, after = record.get("stage_before"), record.get("stage_after")
+    transition = record.get("transition") or {}
+    moved_at = _when(transition["at"]) if transition.get("at") else at
+    if after is not None and before != after:
+        cu(f"flow:{before or ''}:{after}", when=moved_at)
+        if after == "acquisition" and before in (None, "reach"):
+            cu("leads", when=moved_at)
+            if campaign:
+                cu(f"campaign_leads:{campaign}", when=moved_at)
+        entered = _entered_before(record) if before is not None else None
+        if before is not None and entered is not None:
+            cu(f"stay:{before}:{stay_bin(moved_at - entered)}", when=moved_at)
     if record.get("first_purchase"):
-        out.append((key("new_customers"), Decimal(1)))
+        cu("new_customers")
+        if campaign:
+            cu(f"campaign_customers:{campaign}")
+        if facts.get("acquired_at"):
+            cu("converted_leads", when=_when(facts["acquired_at"]))
     if record.get("repeat_purchase"):
-        out.append((key("repeat_purchases"), Decimal(1)))
+        cu("repeat_purchases")
     if record.get("reactivation"):
-        out.append((key("reactivations"), Decimal(1)))
+        cu("reactivations")
     return out
 
 
@@ -70,3 +224,65 @@ def stage_deltas(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         if after is not None:  # None: the profile left (merged into another, or erased)
             out[after] = out.get(after, 0) + 1
     return {s: d for s, d in out.items() if d != 0}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SketchKey:
+    """A distinct-count sketch bucket (minute; rolled up to hours and days when written)."""
+
+    bucket_start: datetime
+    metric: str
+    source: str
+    channel: str
+
+
+def customer_id_of(record: Mapping[str, Any]) -> str | None:
+    facts = record.get("customer") or {}
+    event = record.get("event") or {}
+    key = facts.get("customer_id") or event.get("customer_id") or event.get("anonymous_id")
+    return None if key is None else str(key)
+
+
+def sketch_items(record: Mapping[str, Any]) -> list[tuple[SketchKey, str]]:
+    """Ids for the distinct counts: ``visitors`` (site visits), ``purchasers``,
+    ``repeat_purchasers`` (a purchase that was the customer's second or later)."""
+    event = record.get("event")
+    if event is None:
+        return []
+    who = customer_id_of(record)
+    if who is None:
+        return []
+    at = floor_minute(_when(event["occurred_at"]))
+    src, ch = str(event.get("source") or ""), str(event.get("channel") or "")
+    out = []
+    if event["type"] == "site_visit":
+        out.append((SketchKey(at, "visitors", src, ch), who))
+    elif event["type"] == "purchase":
+        out.append((SketchKey(at, "purchasers", src, ch), who))
+        if record.get("repeat_purchase"):
+            out.append((SketchKey(at, "repeat_purchasers", src, ch), who))
+    return out
+
+
+def period_start(period: str, at: datetime) -> date:
+    day = at.astimezone(UTC).date()
+    if period == "month":
+        return day.replace(day=1)
+    return day - timedelta(days=day.weekday())
+
+
+def cohort_rows(record: Mapping[str, Any]) -> list[tuple[str, str, date, date]]:
+    """``(period, customer, period of this purchase, cohort)`` for monthly and weekly cohorts;
+    the cohort is the period of the customer's first purchase (``converted_at``)."""
+    event = record.get("event")
+    if event is None:
+        return []
+    facts = record.get("customer") or {}
+    who = customer_id_of(record)
+    if event["type"] != "purchase" or not facts.get("converted_at") or who is None:
+        return []
+    at, converted = _when(event["occurred_at"]), _when(facts["converted_at"])
+    return [
+        (period, who, period_start(period, at), period_start(period, converted))
+        for period in ("month", "week")
+    ]

@@ -8,6 +8,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.auth import KeyVerifier
+from clm_metrics.service import Retention
 from clm_metrics.settings import MetricsSettings
 
 
@@ -16,6 +17,12 @@ class State:
     settings: MetricsSettings
     engine: AsyncEngine
     verifier: KeyVerifier
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(
+            self.settings.metrics_minute_retention_days, self.settings.metrics_hour_retention_days
+        )
 
 
 def app_state(request: Request) -> State:

@@ -10,32 +10,50 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.consumer import BatchResult, Poison
 from clm_metrics import repository
-from clm_metrics.buckets import aggregate, increments, stage_deltas
+from clm_metrics.buckets import (
+    BucketKey,
+    SketchKey,
+    aggregate,
+    cohort_rows,
+    increments,
+    sketch_items,
+    stage_deltas,
+)
+
+Parsed = tuple[list[tuple[BucketKey, Any]], list[tuple[SketchKey, str]], list[Any], dict[str, Any]]
 
 
 class LifecycleHandler:
-    """Dedupe by record id, add bucket increments and stage count deltas (one upsert each)."""
+    """Dedupe by record id; add bucket increments (minute + rollups), sketch ids, cohort
+    activity and stage count deltas (one statement per table per batch)."""
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         poison: list[Poison] = []
-        docs: dict[str, tuple[Any, dict[str, Any]]] = {}
+        docs: dict[str, Parsed] = {}
         for record in records:
             try:
                 doc = orjson.loads(record.value)
                 record_id = str(doc["record_id"])
-                incs = increments(doc)
+                parsed = (increments(doc), sketch_items(doc), cohort_rows(doc), doc)
             except (
                 orjson.JSONDecodeError,
                 KeyError,
                 TypeError,
                 ValueError,
                 ArithmeticError,
+                AttributeError,
             ) as exc:
                 poison.append(Poison(record, f"bad lifecycle record: {exc!r}"[:500]))
                 continue
-            docs.setdefault(record_id, (incs, doc))
+            docs.setdefault(record_id, parsed)
         fresh = await repository.claim_records(conn, list(docs))
         new = [docs[r] for r in docs if r in fresh]
-        await repository.add_to_buckets(conn, aggregate(p for incs, _ in new for p in incs))
-        await repository.add_stage_counts(conn, stage_deltas(doc for _, doc in new))
+        await repository.add_to_buckets(conn, aggregate(p for incs, _, _, _ in new for p in incs))
+        sketches: dict[SketchKey, set[str]] = {}
+        for _, items, _, _ in new:
+            for key, who in items:
+                sketches.setdefault(key, set()).add(who)
+        await repository.add_to_sketches(conn, sketches)
+        await repository.add_cohort_activity(conn, [row for _, _, rows, _ in new for row in rows])
+        await repository.add_stage_counts(conn, stage_deltas(doc for _, _, _, doc in new))
         return BatchResult(poison=poison, applied=len(new))

@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, and_, func, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.schema import kpi_buckets, metrics_processed, stage_counts
-from clm_metrics.buckets import BucketKey
+from clm_common.schema import (
+    kpi_buckets,
+    kpi_cohorts,
+    kpi_rollups,
+    kpi_sketches,
+    metrics_cohort_activity,
+    metrics_processed,
+    stage_counts,
+)
+from clm_metrics import hll
+from clm_metrics.buckets import BucketKey, SketchKey
+from clm_metrics.windows import EPOCH, Grain, Segment, floor_to
+
+T = TypeVar("T")
+
+TotalsKey = tuple[str, str, str, str]
+ROLLUP_GRAINS: tuple[Grain, ...] = ("hour", "day")
+#: The source/channel of the sketches merged over every source or channel (a control character
+#: no event's source or channel can contain), so a query reads one sketch a bucket.
+ANY = "\x1fany"
+#: Rows per multi-row statement: asyncpg allows 32767 parameters a statement.
+CHUNK_ROWS = 4000
+
+
+def chunks(rows: Sequence[T]) -> list[Sequence[T]]:
+    return [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
 
 
 async def claim_records(conn: AsyncConnection, record_ids: Sequence[str]) -> set[str]:
@@ -27,28 +52,61 @@ async def claim_records(conn: AsyncConnection, record_ids: Sequence[str]) -> set
     return {r.record_id for r in result}
 
 
+def rollup(increments: Mapping[BucketKey, Decimal]) -> dict[tuple[str, BucketKey], Decimal]:
+    """The minute increments summed per hour, per day and all time."""
+    out: dict[tuple[str, BucketKey], Decimal] = {}
+    for k, v in increments.items():
+        for grain in (*ROLLUP_GRAINS, "all"):
+            start = EPOCH if grain == "all" else floor_to(k.bucket_start, grain)  # type: ignore[arg-type]
+            key = (grain, BucketKey(start, k.metric, k.source, k.channel, k.currency))
+            out[key] = out.get(key, Decimal(0)) + v
+    return out
+
+
+_UPSERT_MINUTES = text(
+    """
+    INSERT INTO kpi_buckets AS t (bucket_start, metric, source, channel, currency, value)
+    SELECT * FROM unnest(
+        CAST(:b AS timestamptz[]), CAST(:m AS text[]), CAST(:s AS text[]),
+        CAST(:ch AS text[]), CAST(:cu AS text[]), CAST(:v AS numeric[]))
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (bucket_start, metric, source, channel, currency)
+    DO UPDATE SET value = t.value + EXCLUDED.value
+    """
+)
+_UPSERT_ROLLUPS = text(
+    """
+    INSERT INTO kpi_rollups AS t (grain, bucket_start, metric, source, channel, currency, value)
+    SELECT * FROM unnest(
+        CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]), CAST(:s AS text[]),
+        CAST(:ch AS text[]), CAST(:cu AS text[]), CAST(:v AS numeric[]))
+    ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (grain, bucket_start, metric, source, channel, currency)
+    DO UPDATE SET value = t.value + EXCLUDED.value
+    """
+)
+
+
+def _columns(items: Sequence[tuple[BucketKey, Decimal]]) -> dict[str, list[Any]]:
+    return {
+        "b": [k.bucket_start for k, _ in items],
+        "m": [k.metric for k, _ in items],
+        "s": [k.source for k, _ in items],
+        "ch": [k.channel for k, _ in items],
+        "cu": [k.currency for k, _ in items],
+        "v": [v for _, v in items],
+    }
+
+
 async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, Decimal]) -> None:
-    """One upsert for the whole batch, rows in a stable order (no deadlocks)."""
+    """Minute buckets and their rollups: one array upsert per table, rows in a stable order."""
     if not increments:
         return
-    stmt = insert(kpi_buckets).values(
-        [
-            {
-                "bucket_start": k.bucket_start,
-                "metric": k.metric,
-                "source": k.source,
-                "channel": k.channel,
-                "currency": k.currency,
-                "value": v,
-            }
-            for k, v in sorted(increments.items())
-        ]
-    )
+    await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
+    rolled = sorted(rollup(increments).items())
     await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["bucket_start", "metric", "source", "channel", "currency"],
-            set_={"value": kpi_buckets.c.value + stmt.excluded.value},
-        )
+        _UPSERT_ROLLUPS,
+        {"g": [g for (g, _), _ in rolled], **_columns([(k, v) for (_, k), v in rolled])},
     )
 
 
@@ -66,26 +124,234 @@ async def add_stage_counts(conn: AsyncConnection, deltas: Mapping[str, int]) -> 
     )
 
 
-async def window_totals(
+_SKETCH_KEYS = """unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
+    CAST(:s AS text[]), CAST(:ch AS text[]))"""
+_SKETCH_INIT = text(
+    f"""
+    INSERT INTO kpi_sketches (grain, bucket_start, metric, source, channel, registers)
+    SELECT u.*, CAST(:empty AS bytea) FROM {_SKETCH_KEYS} AS u
+    ON CONFLICT DO NOTHING
+    """
+)
+_SKETCH_LOCK = text(
+    f"""
+    SELECT k.grain, k.bucket_start, k.metric, k.source, k.channel, k.registers
+    FROM kpi_sketches AS k JOIN {_SKETCH_KEYS} AS u(g, b, m, s, ch)
+      ON (k.grain, k.bucket_start, k.metric, k.source, k.channel) = (u.g, u.b, u.m, u.s, u.ch)
+    ORDER BY 1, 2, 3, 4, 5
+    FOR UPDATE OF k
+    """
+)
+_SKETCH_WRITE = text(
+    """
+    UPDATE kpi_sketches AS k SET registers = u.r
+    FROM unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
+                CAST(:s AS text[]), CAST(:ch AS text[]), CAST(:r AS bytea[]))
+         AS u(g, b, m, s, ch, r)
+    WHERE (k.grain, k.bucket_start, k.metric, k.source, k.channel) = (u.g, u.b, u.m, u.s, u.ch)
+    """
+)
+
+
+def _sketch_columns(keys: Sequence[tuple[str, datetime, str, str, str]]) -> dict[str, list[Any]]:
+    return {name: [k[i] for k in keys] for i, name in enumerate(("g", "b", "m", "s", "ch"))}
+
+
+async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
+    """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
+    per_row: dict[tuple[str, datetime, str, str, str], set[str]] = {}
+    for k, ids in items.items():
+        for grain in ("minute", *ROLLUP_GRAINS):
+            start = floor_to(k.bucket_start, grain)
+            for source, channel in (
+                (k.source, k.channel),
+                (k.source, ANY),
+                (ANY, k.channel),
+                (ANY, ANY),
+            ):
+                row = (grain, start, k.metric, source, channel)
+                per_row.setdefault(row, set()).update(ids)
+    if not per_row:
+        return
+    keys = sorted(per_row)
+    columns = _sketch_columns(keys)
+    await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
+    written: list[tuple[str, datetime, str, str, str]] = []
+    blobs: list[bytes] = []
+    for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
+        written.append((g, b, m, s, ch))
+        blobs.append(hll.dumps(hll.add(hll.loads(blob), per_row[(g, b, m, s, ch)])))
+    await conn.execute(_SKETCH_WRITE, {**_sketch_columns(written), "r": blobs})
+
+
+async def add_cohort_activity(
+    conn: AsyncConnection, rows: Sequence[tuple[str, str, date, date]]
+) -> None:
+    """``(period, customer, period_start, cohort)``: count each customer once per period."""
+    if not rows:
+        return
+    cohort_of = {(p, cust, start): cohort for p, cust, start, cohort in rows}
+    counts: dict[tuple[str, date, int], int] = {}
+    for part in chunks(sorted(cohort_of)):
+        fresh = await conn.execute(
+            insert(metrics_cohort_activity)
+            .values([{"period": p, "customer_id": cu, "period_start": s} for p, cu, s in part])
+            .on_conflict_do_nothing()
+            .returning(
+                metrics_cohort_activity.c.period,
+                metrics_cohort_activity.c.customer_id,
+                metrics_cohort_activity.c.period_start,
+            )
+        )
+        for p, cu, s in fresh:
+            cohort = cohort_of[(p, cu, s)]
+            key = (p, cohort, periods_between(p, cohort, s))
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return
+    stmt = insert(kpi_cohorts).values(
+        [
+            {"period": p, "cohort": c, "periods_since": n, "customers": v}
+            for (p, c, n), v in sorted(counts.items())
+        ]
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["period", "cohort", "periods_since"],
+            set_={"customers": kpi_cohorts.c.customers + stmt.excluded.customers},
+        )
+    )
+
+
+def periods_between(period: str, cohort: date, start: date) -> int:
+    if period == "month":
+        return (start.year - cohort.year) * 12 + start.month - cohort.month
+    return (start - cohort).days // 7
+
+
+def _filtered(table: Table, source: str | None, channel: str | None) -> list[Any]:
+    where = []
+    if source is not None:
+        where.append(table.c.source == source)
+    if channel is not None:
+        where.append(table.c.channel == channel)
+    return where
+
+
+def _segment_select(
+    segment: Segment, source: str | None, channel: str | None, metric_like: str | None
+) -> Any:
+    table = kpi_buckets if segment.grain == "minute" else kpi_rollups
+    c = table.c
+    query = select(c.metric, c.source, c.channel, c.currency, c.value).where(
+        c.bucket_start >= segment.start,
+        c.bucket_start < segment.end,
+        *_filtered(table, source, channel),
+    )
+    if segment.grain != "minute":
+        query = query.where(c.grain == segment.grain)
+    if metric_like is not None:
+        query = query.where(c.metric.like(metric_like))
+    return query
+
+
+async def range_totals(
     conn: AsyncConnection,
-    start: datetime,
-    end: datetime,
+    segments: Sequence[Segment],
     *,
     source: str | None = None,
     channel: str | None = None,
-) -> dict[tuple[str, str], Decimal]:
+    metric_like: str | None = None,
+) -> dict[TotalsKey, Decimal]:
+    """Sums over the planned segments, by (metric, source, channel, currency)."""
+    if not segments:
+        return {}
+    parts = union_all(
+        *(_segment_select(s, source, channel, metric_like) for s in segments)
+    ).subquery()
+    query = select(
+        parts.c.metric, parts.c.source, parts.c.channel, parts.c.currency, func.sum(parts.c.value)
+    ).group_by(parts.c.metric, parts.c.source, parts.c.channel, parts.c.currency)
+    return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
+
+
+#: What the all-time totals are read for: current stages, open tickets, historical CLV.
+ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+
+
+async def all_time_totals(
+    conn: AsyncConnection, *, source: str | None = None, channel: str | None = None
+) -> dict[TotalsKey, Decimal]:
+    c = kpi_rollups.c
     query = (
-        select(kpi_buckets.c.metric, kpi_buckets.c.currency, func.sum(kpi_buckets.c.value))
-        .where(kpi_buckets.c.bucket_start >= start, kpi_buckets.c.bucket_start < end)
-        .group_by(kpi_buckets.c.metric, kpi_buckets.c.currency)
+        select(c.metric, c.source, c.channel, c.currency, func.sum(c.value))
+        .where(
+            c.grain == "all",
+            c.bucket_start == EPOCH,
+            or_(c.metric.like("flow:%"), c.metric.in_(ALL_TIME_METRICS)),
+            *_filtered(kpi_rollups, source, channel),
+        )
+        .group_by(c.metric, c.source, c.channel, c.currency)
     )
-    if source is not None:
-        query = query.where(kpi_buckets.c.source == source)
-    if channel is not None:
-        query = query.where(kpi_buckets.c.channel == channel)
-    return {(m, c): Decimal(v) for m, c, v in await conn.execute(query)}
+    return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
 
 
-async def customers_by_stage(conn: AsyncConnection) -> dict[str, int]:
-    rows = await conn.execute(select(stage_counts.c.stage, stage_counts.c.customers))
-    return {stage: int(n) for stage, n in rows}
+async def distinct_counts(
+    conn: AsyncConnection,
+    segments: Sequence[Segment],
+    metrics: Sequence[str],
+    *,
+    source: str | None = None,
+    channel: str | None = None,
+) -> dict[str, int]:
+    """HyperLogLog estimates of the distinct ids of each metric over the segments."""
+    c = kpi_sketches.c
+    out = {m: 0 for m in metrics}
+    if not segments:
+        return out
+    query = select(c.metric, c.registers).where(
+        c.metric.in_(list(metrics)),
+        or_(
+            *(
+                and_(c.grain == s.grain, c.bucket_start >= s.start, c.bucket_start < s.end)
+                for s in segments
+            )
+        ),
+        c.source == (ANY if source is None else source),
+        c.channel == (ANY if channel is None else channel),
+    )
+    blobs: dict[str, list[bytes]] = {}
+    for metric, blob in await conn.execute(query):
+        blobs.setdefault(metric, []).append(blob)
+    for metric, found in blobs.items():
+        out[metric] = hll.estimate(hll.merge(hll.loads(b) for b in found))
+    return out
+
+
+async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, int]]:
+    c = kpi_cohorts.c
+    rows = await conn.execute(
+        select(c.cohort, c.periods_since, c.customers)
+        .where(c.period == period)
+        .order_by(c.cohort, c.periods_since)
+    )
+    return [(cohort, int(n), int(v)) for cohort, n, v in rows]
+
+
+async def prune(conn: AsyncConnection, *, minutes_before: datetime, hours_before: datetime) -> int:
+    """Drop minute buckets and sketches older than their retention (hours and days stay)."""
+    n = 0
+    for stmt in (
+        kpi_buckets.delete().where(kpi_buckets.c.bucket_start < minutes_before),
+        kpi_sketches.delete().where(
+            kpi_sketches.c.grain == "minute", kpi_sketches.c.bucket_start < minutes_before
+        ),
+        kpi_rollups.delete().where(
+            kpi_rollups.c.grain == "hour", kpi_rollups.c.bucket_start < hours_before
+        ),
+        kpi_sketches.delete().where(
+            kpi_sketches.c.grain == "hour", kpi_sketches.c.bucket_start < hours_before
+        ),
+    ):
+        n += (await conn.execute(stmt)).rowcount
+    return n

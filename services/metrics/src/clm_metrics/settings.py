@@ -18,3 +18,21 @@ class MetricsSettings(CommonSettings):
     metrics_refresh_seconds: float = Field(
         default=5.0, gt=0, description="How often the Prometheus KPI gauges are recomputed."
     )
+    metrics_minute_retention_days: int = Field(
+        default=92,
+        ge=1,
+        description="Minute buckets older than this are pruned (hours and days stay).",
+    )
+    metrics_hour_retention_days: int = Field(
+        default=400, ge=1, description="Hour rollups older than this are pruned (days stay)."
+    )
+    metrics_prune_seconds: float = Field(
+        default=300, gt=0, description="How often the retention policy runs."
+    )
+    metrics_gauge_channels: list[str] = Field(
+        default=["paid_search", "social", "email", "referral", "direct", "organic", "display"],
+        description="Channels with their own label value in the gauges (others: other).",
+    )
+    metrics_gauge_max_sources: int = Field(
+        default=10, ge=1, le=100, description="Sources labelled in the gauges (the rest: other)."
+    )

@@ -16,7 +16,7 @@ from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_consumer, make_producer
 from clm_common.problem import install_problem_handlers
-from clm_common.prom import metrics_router
+from clm_common.prom import instrument, metrics_router
 from clm_common.rules import LifecycleRules, load_rules
 from clm_common.worker import Supervisor
 from clm_stage_engine.api import customers, merge, webhooks
@@ -171,6 +171,7 @@ def create_app(
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    instrument(app)
     app.include_router(customers.router)
     app.include_router(merge.router)
     app.include_router(webhooks.router)

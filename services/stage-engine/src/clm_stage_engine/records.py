@@ -6,6 +6,7 @@ Versioned schema ``clm.lifecycle.v1``::
      "event": {...the event as ingested...},
      "customer": {...facts after the event...} | null,   (null for marketing_spend)
      "stage_before": "reach" | null, "stage_after": "conversion" | null,
+     "stage_before_entered_at": "<when the customer entered stage_before>" | null,
      "transition": {"from", "to", "at", "reason"} | null,
      "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool}
 
@@ -20,6 +21,7 @@ Two more kinds carry no event (``"event": null``) and take a customer out of its
 from __future__ import annotations
 
 from dataclasses import fields
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -58,6 +60,7 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
         "customer": customer_facts(applied.state) if applied else None,
         "stage_before": before.stage.value if before else None,
         "stage_after": applied.state.stage.value if applied else None,
+        "stage_before_entered_at": before.stage_entered_at if before else None,
         "transition": None
         if transition is None
         else {
@@ -90,6 +93,7 @@ def removal_record(
         "first_purchase": False,
         "repeat_purchase": False,
         "reactivation": False,
+        "at": datetime.now(UTC),
         **extra,
     }
     return orjson.dumps(doc, default=_default)

@@ -35,6 +35,7 @@ _STATE_COLUMNS = [
     "last_seen_at",
     "first_source",
     "first_channel",
+    "first_campaign",
     "acquired_at",
     "converted_at",
     "last_purchase_at",

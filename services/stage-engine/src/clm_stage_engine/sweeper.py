@@ -88,6 +88,7 @@ async def sweep_once(
                                 "event": None,
                                 "customer": customer_facts(after),
                                 "stage_before": before.stage.value,
+                                "stage_before_entered_at": before.stage_entered_at,
                                 "stage_after": after.stage.value,
                                 "transition": {
                                     "from": moves[-1].from_stage.value
@@ -98,7 +99,11 @@ async def sweep_once(
                                     "reason": moves[-1].reason,
                                 },
                                 "transitions": [
-                                    {"from": m.from_stage, "to": m.to_stage, "at": m.at}
+                                    {
+                                        "from": m.from_stage.value if m.from_stage else None,
+                                        "to": m.to_stage.value,
+                                        "at": m.at,
+                                    }
                                     for m in moves
                                 ],
                                 "first_purchase": False,

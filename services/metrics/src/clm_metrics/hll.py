@@ -1,0 +1,98 @@
+"""HyperLogLog distinct counts (pure): mergeable per-bucket sketches for unique visitors etc.
+
+Precision 14: 16384 one-byte registers, a standard error of 1.04 / √16384 ≈ 0.81 %. Ids are
+hashed with BLAKE2b (64 bits). The estimate is Ertl's improved raw estimator ("New cardinality
+estimation algorithms for HyperLogLog sketches", 2017), unbiased from 0 to 2⁶⁴ without
+empirical bias tables; small counts come out exact in practice (it tends to linear counting).
+Registers are stored zlib-compressed: a sparse minute bucket takes a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+P = 14
+M = 1 << P
+Q = 64 - P
+_ALPHA_INF = 1 / (2 * math.log(2))
+
+Registers = npt.NDArray[np.uint8]
+
+
+def empty() -> Registers:
+    return np.zeros(M, dtype=np.uint8)
+
+
+def _position(item: str) -> tuple[int, int]:
+    h = int.from_bytes(hashlib.blake2b(item.encode(), digest_size=8).digest(), "big")
+    index = h >> Q
+    rest = h & ((1 << Q) - 1)
+    rank = Q - rest.bit_length() + 1
+    return index, rank
+
+
+def add(registers: Registers, items: Iterable[str]) -> Registers:
+    for item in items:
+        index, rank = _position(item)
+        if registers[index] < rank:
+            registers[index] = rank
+    return registers
+
+
+def merge(sketches: Iterable[Registers]) -> Registers:
+    out = empty()
+    for s in sketches:
+        np.maximum(out, s, out=out)
+    return out
+
+
+def _sigma(x: float) -> float:
+    if x == 1:
+        return math.inf
+    y, z = 1.0, x
+    while True:
+        x = x * x
+        z_old = z
+        z += x * y
+        y += y
+        if z == z_old:
+            return z
+
+
+def _tau(x: float) -> float:
+    if x in (0, 1):
+        return 0.0
+    y, z = 1.0, 1 - x
+    while True:
+        x = math.sqrt(x)
+        z_old = z
+        y *= 0.5
+        z -= (1 - x) ** 2 * y
+        if z == z_old:
+            return z / 3
+
+
+def estimate(registers: Registers) -> int:
+    """The estimated number of distinct items added."""
+    counts = np.bincount(registers, minlength=Q + 2)
+    if counts[0] == M:
+        return 0
+    z = M * _tau(1 - counts[Q + 1] / M)
+    for k in range(Q, 0, -1):
+        z = 0.5 * (z + float(counts[k]))
+    z += M * _sigma(counts[0] / M)
+    return round(_ALPHA_INF * M * M / z)
+
+
+def dumps(registers: Registers) -> bytes:
+    return zlib.compress(registers.tobytes(), 1)
+
+
+def loads(blob: bytes) -> Registers:
+    return np.frombuffer(zlib.decompress(blob), dtype=np.uint8).copy()

@@ -1,0 +1,163 @@
+"""Reading KPIs: ranges planned over the rollups, then the pure formulas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clm_common.lifecycle import Stage
+from clm_metrics import repository
+from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, stage_net
+from clm_metrics.windows import floor_to, plan
+
+#: Events may be dated up to 24 h ahead; sums "from t on" read up to here.
+FUTURE = timedelta(days=2)
+DISTINCT = ("visitors", "purchasers", "repeat_purchasers")
+MAX_POINTS = 400
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    minute_days: int
+    hour_days: int
+
+    def align(self, at: datetime, now: datetime) -> datetime:
+        """``at`` rounded down to the finest grain still kept at that age."""
+        if at < now - timedelta(days=self.hour_days):
+            return floor_to(at, "day")
+        if at < now - timedelta(days=self.minute_days):
+            return floor_to(at, "hour")
+        return floor_to(at, "minute")
+
+
+def stages_at(all_time: Totals, since: Totals) -> dict[str, int]:
+    """Customers per stage at an instant: all-time net flows minus the flows after it."""
+    now, after = stage_net(all_time), stage_net(since)
+    return {s.value: now.get(s.value, 0) - after.get(s.value, 0) for s in Stage}
+
+
+async def window_inputs(
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    *,
+    source: str | None = None,
+    channel: str | None = None,
+    distinct: bool = True,
+) -> WindowInputs:
+    """The window's sums, all-time sums, stage counts at both ends and distinct counts.
+
+    The independent reads run side by side on their own connections.
+    """
+    far = max(floor_to(now, "day") + FUTURE, end)
+    window = plan(start, end)
+
+    async def on_own_connection(read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with engine.connect() as conn:
+            return await read(conn)
+
+    totals, all_time, since_end, counts = await asyncio.gather(
+        on_own_connection(
+            lambda c: repository.range_totals(c, window, source=source, channel=channel)
+        ),
+        on_own_connection(lambda c: repository.all_time_totals(c, source=source, channel=channel)),
+        on_own_connection(
+            lambda c: repository.range_totals(
+                c, plan(end, far), source=source, channel=channel, metric_like="flow:%"
+            )
+        ),
+        on_own_connection(
+            lambda c: repository.distinct_counts(
+                c, window, DISTINCT if distinct else (), source=source, channel=channel
+            )
+        ),
+    )
+    # [start, far) is the window plus [end, far): no second read of the window's rows
+    since_start = dict(since_end)
+    for key, value in totals.items():
+        if key[0].startswith("flow:"):
+            since_start[key] = since_start.get(key, Decimal(0)) + value
+    return WindowInputs(
+        totals=totals,
+        stages_at_start=stages_at(all_time, since_start),
+        stages_at_end=stages_at(all_time, since_end),
+        all_time=all_time,
+        distinct=dict(counts),
+    )
+
+
+async def series(
+    engine: AsyncEngine,
+    name: str,
+    start: datetime,
+    end: datetime,
+    step: timedelta,
+    now: datetime,
+    *,
+    reporting_currency: str,
+    source: str | None = None,
+    channel: str | None = None,
+) -> list[dict[str, Any]]:
+    """``name`` over ``[start, end)`` in steps (each point is that step's own KPI)."""
+    points = []
+    t = start
+    while t < end:
+        upper = min(t + step, end)
+        inputs = await window_inputs(
+            engine,
+            t,
+            upper,
+            now,
+            source=source,
+            channel=channel,
+            distinct=name in DISTINCT_KPIS,
+        )
+        value = compute_kpis(inputs, reporting_currency=reporting_currency)[name]
+        points.append({"from": t.isoformat(), "to": upper.isoformat(), "value": value})
+        t = upper
+    return points
+
+
+#: KPIs that need the distinct-count sketches.
+DISTINCT_KPIS = frozenset(
+    {
+        "unique_visitors",
+        "conversion_rate_visitors",
+        "purchasing_customers",
+        "purchase_frequency",
+        "repeat_purchase_rate",
+        "clv_predicted",
+    }
+)
+
+
+async def cohort_table(conn: AsyncConnection, period: str) -> list[dict[str, Any]]:
+    rows = await repository.cohorts(conn, period)
+    out: dict[Any, dict[str, Any]] = {}
+    for cohort, since, customers in rows:
+        entry = out.setdefault(
+            cohort, {"cohort": cohort.isoformat(), "customers": 0, "periods": []}
+        )
+        if since == 0:
+            entry["customers"] = customers
+    for cohort, since, customers in rows:
+        entry = out[cohort]
+        size = entry["customers"]
+        entry["periods"].append(
+            {
+                "periods_since": since,
+                "purchasing_customers": customers,
+                "share": None
+                if not size
+                else str((Decimal(customers) / size).quantize(Decimal("0.0001"))),
+            }
+        )
+    return list(out.values())

@@ -1,0 +1,218 @@
+"""Every KPI formula against a brute-force recomputation from the raw events (hypothesis).
+
+Generated journeys are replayed with the stage reducer into the lifecycle records the stage
+engine publishes; the records go through the metrics service's pure path (increments, the
+minute/hour/day rollups, the range plan, the formulas), and every KPI of random windows and
+filters must equal the brute force of ``tests/kpi_truth.py`` exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clm_devstack.journeys import CHANNELS, SOURCES, generate
+from clm_metrics import hll
+from clm_metrics.buckets import (
+    BucketKey,
+    SketchKey,
+    aggregate,
+    increments,
+    sketch_items,
+    stay_bin,
+    stay_bin_middle,
+)
+from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
+from clm_metrics.repository import rollup
+from clm_metrics.service import FUTURE, stages_at
+from clm_metrics.windows import GRAINS, plan
+from tests.kpi_truth import Step, replay, truth, truth_map
+
+NOW = datetime(2026, 11, 23, 12, 34, 56, tzinfo=UTC)
+Totals = dict[tuple[str, str, str, str], Decimal]
+
+
+class Store:
+    """The metrics tables in memory: minute buckets, rollups and sketches, as written."""
+
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+        docs = list(records)
+        minute = aggregate(p for r in docs for p in increments(r))
+        self.grains: dict[str, dict[BucketKey, Decimal]] = {"minute": minute}
+        for (grain, key), v in rollup(minute).items():
+            self.grains.setdefault(grain, {})[key] = v
+        self.sketches: dict[SketchKey, set[str]] = {}
+        for r in docs:
+            for skey, who in sketch_items(r):
+                self.sketches.setdefault(skey, set()).add(who)
+
+    def _keep(self, k: BucketKey, source: str | None, channel: str | None) -> bool:
+        return (source is None or k.source == source) and (channel is None or k.channel == channel)
+
+    def range(
+        self,
+        start: datetime,
+        end: datetime,
+        source: str | None,
+        channel: str | None,
+        prefix: str = "",
+    ) -> Totals:
+        out: Totals = {}
+        for seg in plan(start, end):
+            for k, v in self.grains[seg.grain].items():
+                if (
+                    seg.start <= k.bucket_start < seg.end
+                    and self._keep(k, source, channel)
+                    and k.metric.startswith(prefix)
+                ):
+                    key = (k.metric, k.source, k.channel, k.currency)
+                    out[key] = out.get(key, Decimal(0)) + v
+        return out
+
+    def all_time(self, source: str | None, channel: str | None) -> Totals:
+        out: Totals = {}
+        for k, v in self.grains["all"].items():
+            if self._keep(k, source, channel):
+                key = (k.metric, k.source, k.channel, k.currency)
+                out[key] = out.get(key, Decimal(0)) + v
+        return out
+
+    def distinct(
+        self, metric: str, start: datetime, end: datetime, source: str | None, channel: str | None
+    ) -> set[str]:
+        return {
+            who
+            for k, ids in self.sketches.items()
+            for who in ids
+            if k.metric == metric
+            and start <= k.bucket_start < end
+            and (source is None or k.source == source)
+            and (channel is None or k.channel == channel)
+        }
+
+    def inputs(
+        self, start: datetime, end: datetime, source: str | None, channel: str | None
+    ) -> WindowInputs:
+        far = NOW.replace(hour=0, minute=0, second=0, microsecond=0) + FUTURE
+        all_time = self.all_time(source, channel)
+        return WindowInputs(
+            totals=self.range(start, end, source, channel),
+            stages_at_start=stages_at(all_time, self.range(start, far, source, channel, "flow:")),
+            stages_at_end=stages_at(all_time, self.range(end, far, source, channel, "flow:")),
+            all_time=all_time,
+            distinct={
+                m: len(self.distinct(m, start, end, source, channel))
+                for m in ("visitors", "purchasers", "repeat_purchasers")
+            },
+        )
+
+
+def journeys(seed: int, customers: int) -> list[Step]:
+    docs = generate(seed, customers=customers, now=NOW, days=120)
+    return replay(docs, now=NOW)
+
+
+windows = st.tuples(
+    st.integers(min_value=0, max_value=130 * 24 * 60),  # start: minutes before now
+    st.integers(min_value=1, max_value=100 * 24 * 60),  # length in minutes
+)
+filters = st.tuples(st.none() | st.sampled_from(SOURCES), st.none() | st.sampled_from(CHANNELS))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(min_value=0, max_value=10_000),
+    customers=st.integers(min_value=3, max_value=40),
+    window=windows,
+    flt=filters,
+)
+def test_every_kpi_equals_the_brute_force(
+    seed: int, customers: int, window: tuple[int, int], flt: tuple[str | None, str | None]
+) -> None:
+    steps = journeys(seed, customers)
+    store = Store(s.record() for s in steps)
+    end_now = NOW.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end_now - timedelta(minutes=window[0])
+    end = min(start + timedelta(minutes=window[1]), end_now + timedelta(days=1))
+    source, channel = flt
+    got = compute_kpis(store.inputs(start, end, source, channel), reporting_currency="USD")
+    want = truth(steps, start, end, now=NOW, source=source, channel=channel)
+    assert got == want
+    lmap = lifecycle_map(store.inputs(start, end, source, channel))
+    expected = truth_map(steps, start, end, source=source, channel=channel)
+    assert lmap["transitions"] == expected["transitions"]
+    assert lmap["median_seconds_in_stage"] == expected["median_seconds_in_stage"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    start=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2027, 1, 1)),
+    minutes=st.integers(min_value=0, max_value=400 * 24 * 60),
+)
+def test_a_range_plan_covers_it_exactly_once_with_bounded_rows(
+    start: datetime, minutes: int
+) -> None:
+    s = start.replace(second=0, microsecond=0, tzinfo=UTC)
+    e = s + timedelta(minutes=minutes)
+    segments = plan(s, e)
+    cursor = s
+    for seg in segments:
+        assert seg.start == cursor
+        assert seg.end > seg.start
+        step = GRAINS[seg.grain]
+        assert (seg.start - datetime(1970, 1, 1, tzinfo=UTC)) % step == timedelta(0)
+        assert (seg.end - seg.start) % step == timedelta(0)
+        cursor = seg.end
+    assert cursor == e
+    rows = sum(int((g.end - g.start) / GRAINS[g.grain]) for g in segments)
+    assert rows <= 2 * 59 + 2 * 23 + minutes // (24 * 60) + 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 100, 2_000, 50_000])
+def test_distinct_count_sketch_is_within_two_percent(n: int) -> None:
+    halves = [hll.add(hll.empty(), (f"v{i}" for i in range(k, n, 2))) for k in (0, 1)]
+    blobs = [hll.dumps(h) for h in halves]
+    merged = hll.merge(hll.loads(b) for b in blobs)
+    estimate = hll.estimate(merged)
+    assert abs(estimate - n) <= max(0.02 * n, 0)
+    assert hll.estimate(hll.merge([merged, merged])) == estimate
+
+
+@given(st.integers(min_value=0, max_value=10**7))
+def test_a_stay_bin_middle_is_within_its_bin(seconds: int) -> None:
+    d = timedelta(seconds=seconds)
+    b = stay_bin(d)
+    if 0 < b < 79:
+        assert stay_bin(stay_bin_middle(b)) == b
+        assert abs(stay_bin_middle(b) - d) <= d * 0.25
+
+
+def test_a_zero_denominator_is_null_not_zero() -> None:
+    empty = WindowInputs(totals={}, stages_at_start={}, stages_at_end={}, all_time={})
+    kpis = compute_kpis(empty, reporting_currency="USD")
+    for name in (
+        "lead_conversion_rate",
+        "cac",
+        "conversion_rate_visitors",
+        "conversion_rate_leads",
+        "average_order_value",
+        "purchase_frequency",
+        "refund_rate",
+        "repeat_purchase_rate",
+        "churn_rate",
+        "retention_rate",
+        "csat",
+        "nps",
+        "average_rating",
+        "clv_historical",
+        "clv_predicted",
+    ):
+        assert kpis[name] is None, name
+    assert kpis["revenue"] == "0.00"
+    assert kpis["purchases"] == 0
