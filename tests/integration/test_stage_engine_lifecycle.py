@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -290,7 +291,20 @@ async def test_a_replay_rebuilds_the_same_states_as_live_processing(
             return [tuple(v for k, v in r._mapping.items() if k != "updated_at") for r in rows]
 
     live = await snapshot()
-    await reset_for_replay(db, StageEngineSettings().stage_engine_group, common.topic_events)
+    # the operator's command, as an operator runs it
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "clm_common.cli",
+        "replay",
+        "--yes",
+        "--group",
+        StageEngineSettings().stage_engine_group,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == 0
+    assert b"reset to 0" in out
 
     async def rebuilt() -> list[Any] | None:
         now = await snapshot()

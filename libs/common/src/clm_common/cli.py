@@ -4,6 +4,7 @@
     clm keys list | clm keys revoke ID | clm keys seed-dev
     clm webhooks add --source shop-eu --provider shopify [--secret …]  store a signing secret
     clm webhooks list | clm webhooks revoke ID | clm webhooks new-key
+    clm replay --yes [--group clm-stage-engine]   rebuild every customer from the event log
 
 A group is a function that adds its parser and sets ``handler`` on it; a later group (say,
 ``clm replay``) is one more entry in :data:`GROUPS`. Handlers run in one Postgres transaction.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common import keys, webhook_secrets
+from clm_common import keys, replay, webhook_secrets
 from clm_common.db import create_engine
 from clm_common.settings import CommonSettings
 
@@ -140,9 +142,35 @@ def webhooks_group(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     ).set_defaults(handler=None)
 
 
+# --- clm replay ---------------------------------------------------------------------------------
+
+
+async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:
+    if not args.yes:
+        raise CliError("this clears every derived customer row; run again with --yes")
+    partitions = await replay.reset_for_replay(conn, args.group, settings.topic_events)
+    print(f"replay: cleared; {partitions} partition offsets of {args.group} reset to 0")
+    print("running stage engines rebuild every customer now (see /readyz and consumer lag)")
+    return 0
+
+
+def replay_group(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser(
+        "replay", help="rebuild every customer from the retained event log (after a rule change)"
+    )
+    cmd.add_argument("--yes", action="store_true", help="really clear and rebuild")
+    cmd.add_argument(
+        "--group",
+        default=os.environ.get("CLM_STAGE_ENGINE_GROUP", "clm-stage-engine"),
+        help="the stage engine's consumer group (default: CLM_STAGE_ENGINE_GROUP)",
+    )
+    cmd.set_defaults(handler=_replay)
+
+
 GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     keys_group,
     webhooks_group,
+    replay_group,
 ]
 
 

@@ -1,12 +1,7 @@
-"""Rebuild every customer from the retained event log (after a rule change).
+"""``python -m clm_stage_engine.replay --yes``: rebuild every customer from the retained log.
 
-``python -m clm_stage_engine.replay --yes`` clears what the stage engine derived (customers,
-history, event log, identity links, dedupe rows, unpublished outbox rows) and resets its stored
-offsets to the start of the events topic, in one transaction. Running stage engines notice
-(their next offset compare-and-set fails, or their idle re-check sees the reset), seek to the
-start and re-apply the whole log with the current rules. Erasures are kept: an erased
-customer's events stay dropped. Lifecycle records are re-published with their stable
-``record_id``s, so the metrics service does not count them twice.
+The same as ``clm replay --yes`` (see :mod:`clm_common.replay`), with the stage engine's own
+settings for the group and topic.
 """
 
 from __future__ import annotations
@@ -15,39 +10,20 @@ import argparse
 import asyncio
 import sys
 
-from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_common import replay
 from clm_common.db import create_engine
-from clm_common.schema import consumer_offsets
 from clm_stage_engine.settings import StageEngineSettings
-
-DERIVED = (
-    "customers",
-    "stage_transitions",
-    "customer_events",
-    "identity_links",
-    "processed_events",
-    "outbox",
-)
 
 
 async def reset_for_replay(engine: AsyncEngine, group_id: str, topic: str) -> int:
-    """Clear the derived tables and point the group's stored offsets at 0; return partitions."""
     async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {', '.join(DERIVED)}"))
-        result = await conn.execute(
-            update(consumer_offsets)
-            .where(consumer_offsets.c.group_id == group_id, consumer_offsets.c.topic == topic)
-            .values(next_offset=0)
-        )
-    return int(result.rowcount)
+        return await replay.reset_for_replay(conn, group_id, topic)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clm_stage_engine.replay", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m clm_stage_engine.replay")
     parser.add_argument("--yes", action="store_true", help="really clear and rebuild")
     args = parser.parse_args(argv)
     if not args.yes:
