@@ -20,7 +20,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.databases import create_migrated_database, drop_database
 from bench.results import write_section
 from clm_common.db import create_engine
 from clm_common.kafka import make_producer
@@ -72,39 +71,13 @@ def wire_record() -> bytes:
 # --- setup ------------------------------------------------------------------------------------
 
 
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-async def make_database(admin_url: str) -> str:
-    name = f"clm_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(_plain(admin_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = admin_url.rpartition("/")[0] + "/" + name
-    await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env={**os.environ, "CLM_DATABASE_URL": url},
-        check=True,
-        capture_output=True,
-    )
+async def make_database() -> str:
+    url = await create_migrated_database("clm_bench")
     engine = create_engine(url, pool_size=1)
     async with engine.begin() as c:
         await store_key(c, key=KEY, kind="write", source="bench", label="bench")
     await engine.dispose()
     return url
-
-
-async def drop_database(admin_url: str, url: str) -> None:
-    conn = await asyncpg.connect(_plain(admin_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def make_topic(bootstrap: str) -> str:
@@ -330,7 +303,6 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 async def run() -> str:
     bootstrap = os.environ["CLM_KAFKA_BOOTSTRAP"]
-    admin_url = os.environ.get("CLM_TEST_PG_ADMIN_URL") or os.environ["CLM_DATABASE_URL"]
     record_size = len(wire_record())
     lines: list[tuple[str, Rate, str]] = []
 
@@ -340,7 +312,7 @@ async def run() -> str:
     ceiling_b = await aiokafka_loop(bootstrap, await make_topic(bootstrap))
     print(f"bench ingest: (c) ingest -> (b) {ceiling_b.per_s:,.0f}/s", flush=True)
 
-    db_url = await make_database(admin_url)
+    db_url = await make_database()
     topic = await make_topic(bootstrap)
     logs = Path(tempfile.mkdtemp(prefix="clm-bench-"))
     port = 18911
@@ -372,7 +344,7 @@ async def run() -> str:
             print(f"bench ingest: batch {size}: {load.rate().per_s:,.0f} events/s", flush=True)
     finally:
         proc.stop()
-        await drop_database(admin_url, db_url)
+        await drop_database(db_url)
 
     lines = [
         ("(a) Kafka ProducerPerformance (Java)", ceiling_a, "broker ceiling"),

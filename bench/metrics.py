@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 from sqlalchemy import func, select
 
+from bench.databases import create_migrated_database, drop_database
 from bench.results import write_section
 from clm_common.db import create_engine
 from clm_common.keys import store_key
@@ -37,7 +35,6 @@ from clm_metrics.handler import LifecycleHandler
 from tests.e2e.conftest import free_port
 from tests.kpi_truth import replay
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-read-token"  # noqa: S105 - a token created in a throwaway database
 REQUESTS = 300
 CHUNK = 2500  # customers generated and replayed at a time
@@ -63,23 +60,6 @@ class Run:
     sketch_rows: int
     p50_ms: float
     p99_ms: float
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-def _with_db(url: str, name: str) -> str:
-    return f"{url.rpartition('/')[0]}/{name}"
-
-
-async def _admin(sql: str) -> None:
-    url = os.environ.get("CLM_TEST_PG_ADMIN_URL") or os.environ["CLM_DATABASE_URL"]
-    conn = await asyncpg.connect(_plain(_with_db(url, "postgres")))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def load(url: str, customers: int, now: datetime) -> int:
@@ -147,19 +127,8 @@ def measure(url: str, logs: Path) -> tuple[float, float]:
 
 
 async def one(label: str, customers: int, now: datetime, logs: Path) -> Run:
-    base = os.environ["CLM_DATABASE_URL"]
-    name = f"bench_metrics_{label}_{uuid.uuid4().hex[:6]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    url = _with_db(base, name)
+    url = await create_migrated_database(f"bench_metrics_{label}")
     try:
-        await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env={**os.environ, "CLM_DATABASE_URL": url},
-            check=True,
-            capture_output=True,
-        )
         started = time.perf_counter()
         events = await load(url, customers, now)
         load_s = time.perf_counter() - started
@@ -173,7 +142,7 @@ async def one(label: str, customers: int, now: datetime, logs: Path) -> Run:
             label, customers, events, load_s, minute_rows, rollup_rows, sketch_rows, p50, p99
         )
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await drop_database(url)
 
 
 async def run() -> list[Run]:

@@ -26,6 +26,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from bench.databases import create_migrated_database, plain_url
 from bench.results import write_section
 from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
@@ -38,10 +39,6 @@ EVENTS = int(os.environ.get("CLM_BENCH_STAGE_EVENTS", "100000"))
 CUSTOMERS_FOR_READS = int(os.environ.get("CLM_BENCH_STAGE_CUSTOMERS", "1000000"))
 READS = 3000
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def _journey_events(n: int) -> list[tuple[bytes, bytes]]:
@@ -69,38 +66,12 @@ def _journey_events(n: int) -> list[tuple[bytes, bytes]]:
     return out[:n]
 
 
-async def _fresh_database(admin_url: str) -> str:
-    name = f"clm_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(_plain(admin_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = admin_url.rpartition("/")[0] + f"/{name}"
-    proc = await asyncio.create_subprocess_exec(
-        "python",
-        "-m",
-        "alembic",
-        "upgrade",
-        "head",
-        cwd=REPO,
-        env={**os.environ, "CLM_DATABASE_URL": url},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(err.decode())
-    return url
-
-
 async def _count(conn: asyncpg.Connection, table: str) -> int:
     return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
 
 
 async def run() -> str:
-    admin = os.environ.get("CLM_TEST_PG_ADMIN_URL") or os.environ["CLM_DATABASE_URL"]
-    db_url = await _fresh_database(admin)
+    db_url = await create_migrated_database("clm_bench")
     tag = uuid.uuid4().hex[:8]
     env = {
         "CLM_ENV": "test",
@@ -142,7 +113,7 @@ async def run() -> str:
     finally:
         await producer.stop()
 
-    conn = await asyncpg.connect(_plain(db_url))
+    conn = await asyncpg.connect(plain_url(db_url))
     logs = Path(tempfile.mkdtemp(prefix="clm-bench-"))
     proc = start_service("stage-engine", env, logs, _free_port())
     try:

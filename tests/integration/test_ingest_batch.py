@@ -159,8 +159,8 @@ async def test_metrics_and_request_ids(client: httpx.AsyncClient) -> None:
     assert len(bad.headers["x-request-id"]) == 32
     await client.post("/v1/events/batch", json={"events": [event_doc("review")] * 3}, headers=AUTH)
     text = (await client.get("/metrics")).text
-    assert 'clm_ingest_requests_total{method="POST",route="/v1/events",status="202"}' in text
-    assert 'clm_ingest_requests_total{method="POST",route="/v1/events",status="422"}' in text
+    assert 'clm_http_requests_total{method="POST",route="/v1/events",status="202"}' in text
+    assert 'clm_http_requests_total{method="POST",route="/v1/events",status="422"}' in text
     assert 'clm_ingest_events_accepted_total{route="/v1/events",type="review"}' in text
     assert (
         'clm_ingest_events_rejected_total{reason="greater_than_equal",route="/v1/events",type="review"}'

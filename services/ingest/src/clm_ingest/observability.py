@@ -1,4 +1,7 @@
-"""Request metrics by route and status, and a request id on every log line and response.
+"""A request id on every log line and response, and a log line for every refused request.
+
+Request counts and durations by route and status are the shared ``clm_http_requests_total``
+and ``clm_http_request_duration_seconds`` (:func:`clm_common.prom.instrument`).
 
 The id comes from the caller's ``X-Request-ID`` (when it is a short, plain token) or is made
 here; it is echoed in the response and added to every log record made while the request runs
@@ -14,7 +17,6 @@ import time
 import uuid
 from typing import Any
 
-from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clm_ingest.limits import header
@@ -23,15 +25,6 @@ log = logging.getLogger("clm_ingest.access")
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "clm_request_id", default=None
-)
-REQUESTS = Counter(
-    "clm_ingest_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
-)
-REQUEST_SECONDS = Histogram(
-    "clm_ingest_request_duration_seconds",
-    "HTTP request duration by route",
-    ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _installed = False
@@ -79,11 +72,7 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route_obj = scope.get("route")
-            route = getattr(route_obj, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            REQUEST_SECONDS.labels(route).observe(elapsed)
             if status >= 400:
                 log.info(
                     "request refused",
