@@ -31,6 +31,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.databases import create_migrated_database, drop_database
+from bench.http import Conn
 from bench.results import write_section
 from clm_common.db import create_engine
 from clm_common.kafka import make_producer
@@ -172,33 +173,6 @@ async def aiokafka_loop(bootstrap: str, topic: str, records: int = 200_000) -> R
 
 
 # --- (c), (d) our ingest over HTTP ------------------------------------------------------------
-
-
-class Conn:
-    """One keep-alive HTTP/1.1 connection; one request at a time."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Conn:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def request(self, raw: bytes) -> int:
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        lower = head.lower()
-        at = lower.find(b"content-length:")
-        length = int(lower[at + 15 : lower.find(b"\r\n", at)]) if at >= 0 else 0
-        if length:
-            await self.reader.readexactly(length)
-        return status
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def http_post(path: str, body: bytes) -> bytes:

@@ -25,6 +25,7 @@ class State:
         )
 
 
-def app_state(request: Request) -> State:
+async def app_state(request: Request) -> State:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool."""
     state: State = request.app.state.clm
     return state
