@@ -23,7 +23,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
-    async_sessionmaker,
     create_async_engine,
 )
 
@@ -42,11 +41,6 @@ def create_engine(database_url: str, *, pool_size: int = 10, app_name: str = "cl
             "command_timeout": 60,
         },
     )
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
-    """Sessions that never expire loaded objects on commit (the boundary owns commits)."""
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 async def ping(engine: AsyncEngine) -> bool:

@@ -1,17 +1,14 @@
-"""KPI math, pure: from bucket totals of a window to the KPIs users read.
+"""Windows and money, pure: the shared vocabulary of the KPI math (``clm_metrics.formulas``).
 
-Totals are sums of per-minute bucket values: ``{(metric, currency): value}``; ``currency`` is
-``""`` for counts. A ratio whose denominator is 0 is unknown (``None``), never 0.
+A window is a span ending now in whole minutes; money is a decimal string to the cent; a ratio
+whose denominator is 0 is unknown (``None``), never 0.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-
-Totals = Mapping[tuple[str, str], Decimal]
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -66,18 +63,6 @@ def exact_money(value: Decimal) -> str:
     if normalized.as_tuple().exponent > -2:  # type: ignore[operator]
         normalized = value.quantize(CENT)
     return format(normalized, "f")
-
-
-def count(totals: Totals, metric: str) -> int:
-    return int(sum((v for (m, _), v in totals.items() if m == metric), Decimal(0)))
-
-
-def by_currency(totals: Totals, metric: str) -> dict[str, Decimal]:
-    out: dict[str, Decimal] = {}
-    for (m, currency), value in totals.items():
-        if m == metric and currency:
-            out[currency] = out.get(currency, Decimal(0)) + value
-    return out
 
 
 def window_bounds(now: datetime, span: timedelta) -> tuple[datetime, datetime]:
