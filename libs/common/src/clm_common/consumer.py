@@ -29,7 +29,9 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clm_common.kafka import make_consumer, make_producer
 from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
+from clm_common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +295,46 @@ class BatchConsumer:
                 LAG.labels(self.group_id, str(tp.partition)).set(
                     max(0, highwater - (position or 0))
                 )
+
+
+async def run_batch_consumer(
+    settings: CommonSettings,
+    engine: AsyncEngine,
+    *,
+    name: str,
+    topic: str,
+    group_id: str,
+    handler: Handler,
+    policy: BatchPolicy,
+    register: Callable[[BatchConsumer | None], None],
+    stopping: asyncio.Event,
+) -> None:
+    """One supervised attempt: build the consumer and its DLQ producer, run the loop until it
+    stops or fails, close both. ``register`` gets the running loop (to stop it on shutdown),
+    then ``None``."""
+    producer = make_producer(settings, client_id=f"{name}-dlq")
+    consumer = make_consumer(
+        settings, group_id=group_id, client_id=name, max_poll_records=policy.max_records
+    )
+    try:
+        await producer.start()
+        await consumer.start()
+        loop = BatchConsumer(
+            consumer=consumer,
+            engine=engine,
+            topic=topic,
+            group_id=group_id,
+            handler=handler,
+            dlq_producer=producer,
+            dlq_topic=settings.topic_dlq,
+            policy=policy,
+        )
+        register(loop)
+        if not stopping.is_set():
+            await loop.run()
+    finally:
+        register(None)
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await producer.stop()

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from clm_common.auth import KeyVerifier
-from clm_common.consumer import BatchConsumer, BatchPolicy, PoisonLimitExceeded
+from clm_common.consumer import (
+    BatchConsumer,
+    BatchPolicy,
+    PoisonLimitExceeded,
+    run_batch_consumer,
+)
 from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
-from clm_common.kafka import kafka_reachable, make_consumer, make_producer
+from clm_common.kafka import kafka_reachable
 from clm_common.problem import install_problem_handlers
 from clm_common.prom import instrument, metrics_router
 from clm_common.worker import Supervisor
@@ -39,38 +43,26 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
         )
         current: list[BatchConsumer] = []
 
+        stopping = asyncio.Event()
+
+        def register(loop: BatchConsumer | None) -> None:
+            current[:] = [] if loop is None else [loop]
+
         async def consume() -> None:
-            producer = make_producer(settings, client_id="clm-metrics-dlq")
-            consumer = make_consumer(
+            await run_batch_consumer(
                 settings,
+                engine,
+                name="clm-metrics",
+                topic=settings.topic_lifecycle,
                 group_id=settings.metrics_group,
-                client_id="clm-metrics",
-                max_poll_records=settings.metrics_batch_records,
+                handler=LifecycleHandler(),
+                policy=BatchPolicy(
+                    max_records=settings.metrics_batch_records,
+                    max_wait_ms=settings.metrics_batch_wait_ms,
+                ),
+                register=register,
+                stopping=stopping,
             )
-            try:
-                await producer.start()
-                await consumer.start()
-                loop = BatchConsumer(
-                    consumer=consumer,
-                    engine=engine,
-                    topic=settings.topic_lifecycle,
-                    group_id=settings.metrics_group,
-                    handler=LifecycleHandler(),
-                    dlq_producer=producer,
-                    dlq_topic=settings.topic_dlq,
-                    policy=BatchPolicy(
-                        max_records=settings.metrics_batch_records,
-                        max_wait_ms=settings.metrics_batch_wait_ms,
-                    ),
-                )
-                current.append(loop)
-                await loop.run()
-            finally:
-                current.clear()
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                with contextlib.suppress(Exception):
-                    await producer.stop()
 
         supervisor = Supervisor("metrics consumer", consume, fatal=(PoisonLimitExceeded,))
         app.state.supervisor = supervisor
@@ -93,6 +85,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            stopping.set()
             supervisor.stop()
             for loop in list(current):
                 loop.stop()

@@ -11,10 +11,15 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 
 from clm_common.auth import KeyVerifier
-from clm_common.consumer import BatchConsumer, BatchPolicy, PoisonLimitExceeded
+from clm_common.consumer import (
+    BatchConsumer,
+    BatchPolicy,
+    PoisonLimitExceeded,
+    run_batch_consumer,
+)
 from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
-from clm_common.kafka import kafka_reachable, make_consumer, make_producer
+from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import install_problem_handlers
 from clm_common.prom import instrument, metrics_router
 from clm_common.rules import LifecycleRules, load_rules
@@ -50,41 +55,28 @@ def create_app(
         stopping = asyncio.Event()
         current: dict[str, BatchConsumer | OutboxRelay | Dispatcher] = {}
 
-        async def consume() -> None:
-            producer = make_producer(settings, client_id="clm-stage-engine-dlq")
-            consumer = make_consumer(
-                settings,
-                group_id=settings.stage_engine_group,
-                client_id="clm-stage-engine",
-                max_poll_records=settings.stage_engine_batch_records,
-            )
-            try:
-                await producer.start()
-                await consumer.start()
-                loop = BatchConsumer(
-                    consumer=consumer,
-                    engine=engine,
-                    topic=settings.topic_events,
-                    group_id=settings.stage_engine_group,
-                    handler=EventsHandler(settings.topic_lifecycle, rules),
-                    dlq_producer=producer,
-                    dlq_topic=settings.topic_dlq,
-                    policy=BatchPolicy(
-                        max_records=settings.stage_engine_batch_records,
-                        max_wait_ms=settings.stage_engine_batch_wait_ms,
-                        idle_recheck_s=settings.stage_engine_idle_recheck_s,
-                    ),
-                )
-                current["consumer"] = loop
-                if stopping.is_set():
-                    return
-                await loop.run()
-            finally:
+        def register(loop: BatchConsumer | None) -> None:
+            if loop is None:
                 current.pop("consumer", None)
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+            else:
+                current["consumer"] = loop
+
+        async def consume() -> None:
+            await run_batch_consumer(
+                settings,
+                engine,
+                name="clm-stage-engine",
+                topic=settings.topic_events,
+                group_id=settings.stage_engine_group,
+                handler=EventsHandler(settings.topic_lifecycle, rules),
+                policy=BatchPolicy(
+                    max_records=settings.stage_engine_batch_records,
+                    max_wait_ms=settings.stage_engine_batch_wait_ms,
+                    idle_recheck_s=settings.stage_engine_idle_recheck_s,
+                ),
+                register=register,
+                stopping=stopping,
+            )
 
         async def relay() -> None:
             producer = make_producer(settings, client_id="clm-stage-engine-relay")
