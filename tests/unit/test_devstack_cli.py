@@ -97,6 +97,16 @@ def test_stacks_use_separate_state_and_ports(monkeypatch: pytest.MonkeyPatch) ->
     assert test.postgres.superuser
 
 
+def test_test_stacks_on_other_ports_keep_their_own_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_TEST_KAFKA_PORT", "19492")
+    monkeypatch.setenv("CLM_TEST_KAFKA_CONTROLLER_PORT", "19493")
+    monkeypatch.setenv("CLM_TEST_PG_PORT", "55733")
+    other = cli.testing_stack(REPO_ROOT)
+    assert other.state_dir == REPO_ROOT / ".run" / "test-19492-19493-55733"
+    assert (other.kafka.port, other.postgres.port) == (19492, 55733)
+    assert other.postgres.state_dir == other.state_dir / "postgres"
+
+
 def test_child_env_for_up(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CLM_DEV_WRITE_KEY", "CLM_DEV_READ_TOKEN", "CLM_INGEST_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -67,14 +67,17 @@ def dev_stack(repo_root: Path) -> Stack:
 
 
 def testing_stack(repo_root: Path) -> Stack:
-    state = testing_state_dir(repo_root)
+    kafka_port = env_port("CLM_TEST_KAFKA_PORT", 19092)
+    controller_port = env_port("CLM_TEST_KAFKA_CONTROLLER_PORT", 19093)
+    pg_port = env_port("CLM_TEST_PG_PORT", 55433)
+    state = testing_state_dir(repo_root, (kafka_port, controller_port, pg_port))
     return Stack(
         repo_root,
         state,
         KafkaConfig(
             state_dir=state / "kafka",
-            port=env_port("CLM_TEST_KAFKA_PORT", 19092),
-            controller_port=env_port("CLM_TEST_KAFKA_CONTROLLER_PORT", 19093),
+            port=kafka_port,
+            controller_port=controller_port,
             heap=os.environ.get("CLM_KAFKA_HEAP", "384m").strip() or "384m",
             repo_root=repo_root,
             port_env="CLM_TEST_KAFKA_PORT",
@@ -82,7 +85,7 @@ def testing_stack(repo_root: Path) -> Stack:
         ),
         PostgresConfig(
             state_dir=state / "postgres",
-            port=env_port("CLM_TEST_PG_PORT", 55433),
+            port=pg_port,
             fast_unsafe=True,
             superuser=True,
             port_env="CLM_TEST_PG_PORT",
@@ -447,10 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     infra = sub.add_parser(
         "with-infra",
         help="run a command with Kafka and Postgres available (for make test)",
-        description="If CLM_KAFKA_BOOTSTRAP and CLM_DATABASE_URL are set and reachable, just run "
-        "CMD. Otherwise start a fresh Kafka and Postgres in .run/test (ports 19092/19093 and "
-        "55433), export CLM_KAFKA_BOOTSTRAP, CLM_DATABASE_URL and CLM_TEST_PG_ADMIN_URL, run "
-        "CMD, stop them again and exit with CMD's exit code.",
+        description=(
+            "If CLM_KAFKA_BOOTSTRAP and CLM_DATABASE_URL are set and reachable, just run CMD. "
+            "Otherwise start a fresh Kafka and Postgres in .run/test (ports 19092/19093 and "
+            "55433; other CLM_TEST_*_PORT values get their own .run/test-<ports>), export "
+            "CLM_KAFKA_BOOTSTRAP, CLM_DATABASE_URL and CLM_TEST_PG_ADMIN_URL, run CMD, stop them "
+            "again and exit with CMD's exit code."
+        ),
     )
     infra.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     infra.set_defaults(func=cmd_with_infra)

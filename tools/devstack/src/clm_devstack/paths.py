@@ -36,5 +36,10 @@ def dev_state_dir(repo_root: Path) -> Path:
     return repo_root / ".run" / "dev"
 
 
-def testing_state_dir(repo_root: Path) -> Path:
-    return repo_root / ".run" / "test"
+def testing_state_dir(repo_root: Path, ports: tuple[int, int, int]) -> Path:
+    """``.run/test`` for the default ports; ``.run/test-<kafka>-<controller>-<pg>`` otherwise, so
+    two test stacks on different ports (say, two engineers on one machine) never share state,
+    and neither stops the other's servers as leftovers."""
+    if ports == (19092, 19093, 55433):
+        return repo_root / ".run" / "test"
+    return repo_root / ".run" / ("test-" + "-".join(str(p) for p in ports))
