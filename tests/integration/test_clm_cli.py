@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from clm_common import cli
+from clm_cli import main as cli
 from clm_common.auth import KeyVerifier
 from clm_common.db import create_engine
 from clm_common.schema import webhook_secrets

@@ -295,7 +295,7 @@ async def test_a_replay_rebuilds_the_same_states_as_live_processing(
     done = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "clm_common.cli",
+        "clm_cli",
         "replay",
         "--yes",
         "--group",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -87,14 +86,3 @@ async def revoke(conn: AsyncConnection, key_id: int) -> bool:
         .values(revoked_at=func.now())
     )
     return bool(result.rowcount)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m clm_common.keys …``: the same as ``clm keys …``."""
-    from clm_common.cli import main as clm_main
-
-    return clm_main(["keys", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

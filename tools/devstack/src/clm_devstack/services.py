@@ -257,7 +257,7 @@ def setup_steps() -> list[SetupStep]:
     return [
         SetupStep("database migrations", (py, "-m", "alembic", "upgrade", "head")),
         SetupStep("Kafka topics", (py, "-m", "clm_common.topics", "ensure")),
-        SetupStep("dev keys", (py, "-m", "clm_common.keys", "seed-dev")),
+        SetupStep("dev keys", (py, "-m", "clm_cli", "keys", "seed-dev")),
     ]
 
 

@@ -1,0 +1,1 @@
+"""``clm``: the operator's command line for CLM Stream."""

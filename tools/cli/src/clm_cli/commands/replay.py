@@ -1,0 +1,34 @@
+"""``clm replay``: rebuild every customer from the retained event log."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clm_cli.errors import CliError
+from clm_common import replay
+from clm_common.settings import CommonSettings
+
+
+async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:
+    if not args.yes:
+        raise CliError("this clears every derived customer row; run again with --yes")
+    partitions = await replay.reset_for_replay(conn, args.group, settings.topic_events)
+    print(f"replay: cleared; {partitions} partition offsets of {args.group} reset to 0")
+    print("running stage engines rebuild every customer now (see /readyz and consumer lag)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser(
+        "replay", help="rebuild every customer from the retained event log (after a rule change)"
+    )
+    cmd.add_argument("--yes", action="store_true", help="really clear and rebuild")
+    cmd.add_argument(
+        "--group",
+        default=os.environ.get("CLM_STAGE_ENGINE_GROUP", "clm-stage-engine"),
+        help="the stage engine's consumer group (default: CLM_STAGE_ENGINE_GROUP)",
+    )
+    cmd.set_defaults(handler=_replay)
