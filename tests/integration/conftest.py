@@ -9,11 +9,10 @@ from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
-from clm_common.kafka import ensure_topics
+from clm_common.kafka import ensure_topics, topic_partitions
 from clm_common.keys import store_key
 from clm_common.settings import CommonSettings
 
@@ -69,13 +68,7 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [p["partition"] for p in described["partitions"]]
+    partitions = (await topic_partitions(bootstrap, [topic]))[topic]
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -334,6 +334,15 @@ def dump_event(event: Event) -> bytes:
     return event.__pydantic_serializer__.to_json(event, exclude_none=True)
 
 
+def record_headers(event: Event) -> list[tuple[str, bytes]]:
+    """Headers of an event's record on the events topic: schema version, source, type."""
+    return [
+        ("schema_version", str(SCHEMA_VERSION).encode()),
+        ("source", event.source.encode()),
+        ("type", event.type.encode()),
+    ]
+
+
 def partition_key(event: Event) -> str:
     """Kafka key: the customer id, else the anonymous id, else (spend) the channel."""
     if event.customer_id is not None:

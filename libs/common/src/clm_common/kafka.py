@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -117,6 +118,19 @@ async def ensure_topics(settings: CommonSettings, *, timeout_s: float = 30.0) ->
         return created
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap: str, topics: Iterable[str]) -> dict[str, list[int]]:
+    """The partition numbers of each topic that exists (absent topics are left out)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        present = set(await admin.list_topics())
+        wanted = sorted(set(topics) & present)
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described}
 
 
 async def kafka_reachable(bootstrap: str, *, timeout_s: float = 2.0) -> bool:

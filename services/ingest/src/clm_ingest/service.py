@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from clm_common.events import (
     EVENT_TYPES,
-    SCHEMA_VERSION,
     Event,
     dump_event,
     parse_events,
     partition_key,
+    record_headers,
 )
 from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
 from clm_ingest.publisher import Publisher, Record
@@ -116,16 +116,7 @@ def reject(type_label: str, reason: str, route: str, count: int = 1) -> None:
 
 def record(event: Event, topic: str) -> Record:
     """The Kafka record of an event: keyed by customer; schema version, source, type headers."""
-    return Record(
-        topic,
-        partition_key(event).encode(),
-        dump_event(event),
-        [
-            ("schema_version", str(SCHEMA_VERSION).encode()),
-            ("source", event.source.encode()),
-            ("type", event.type.encode()),
-        ],
-    )
+    return Record(topic, partition_key(event).encode(), dump_event(event), record_headers(event))
 
 
 async def publish(publisher: Publisher, topic: str, events: Sequence[Event], *, route: str) -> None:

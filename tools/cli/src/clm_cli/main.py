@@ -19,25 +19,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_cli.commands import keys, replay, webhooks
+from clm_cli.commands import customers, dlq, keys, kpis, migrate, replay, status, webhooks
 from clm_cli.errors import CliError
+from clm_cli.settings import CliSettings
 from clm_common import webhook_secrets
 from clm_common.db import create_engine
 from clm_common.settings import CommonSettings
 
 Handler = Callable[[argparse.Namespace, CommonSettings, AsyncConnection], Awaitable[int]]
-Action = Callable[[argparse.Namespace, CommonSettings], Coroutine[Any, Any, int]]
+Action = Callable[[argparse.Namespace, CliSettings], Coroutine[Any, Any, int]]
 
 GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     keys.register,
     webhooks.register,
+    customers.register,
+    kpis.register,
+    status.register,
+    dlq.register,
     replay.register,
+    migrate.register,
 ]
 
 
@@ -60,9 +67,11 @@ async def _in_transaction(handler: Handler, args: argparse.Namespace, s: CommonS
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # client libraries log every failed connection attempt; the CLI says it once, in a sentence
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     handler: Handler | None = getattr(args, "handler", None)
     action: Action | None = getattr(args, "action_fn", None)
-    settings = CommonSettings()
+    settings = CliSettings()
     try:
         if action is not None:
             return asyncio.run(action(args, settings))

@@ -1,0 +1,94 @@
+"""Calls to the services' HTTP APIs, with their failures turned into operator messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from clm_cli.errors import CliError
+
+TIMEOUT_S = 10.0
+
+
+class NotFound(Exception):
+    """The service answered 404 (the caller words it: unknown customer, unknown KPI …)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One service as the CLI sees it: its name, base URL and the variable that sets it."""
+
+    name: str
+    url: str
+    variable: str
+
+
+def problem_text(response: httpx.Response) -> str:
+    """``title: detail`` of a problem+json body, and the fields it names; else the raw text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if not isinstance(body, dict):
+        return str(body)[:300]
+    text = str(body.get("detail") or body.get("title") or response.reason_phrase)
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors:
+        fields = [f"{e.get('field', '?')}: {e.get('message', '')}" for e in errors[:5]]
+        text += " (" + "; ".join(fields) + ")"
+    return text
+
+
+def raise_for(service: Service, response: httpx.Response, *, key_kind: str) -> None:
+    """Map a non-2xx answer to NotFound or a CliError that says what to do."""
+    status = response.status_code
+    if status < 300:
+        return
+    detail = problem_text(response)
+    if status == 404:
+        raise NotFound(detail)
+    if status in (401, 403):
+        variable = "CLM_READ_TOKEN" if key_kind == "read" else "CLM_WRITE_KEY"
+        raise CliError(
+            f"the {service.name} refused the {key_kind} key ({status}: {detail}) — set "
+            f"{variable} or pass --token (new one: clm keys create --kind {key_kind} "
+            "--source NAME)",
+            2,
+        )
+    if status < 500:
+        raise CliError(f"the {service.name} refused the request ({status}: {detail})")
+    raise CliError(f"the {service.name} failed ({status}: {detail}) — see its log", 1)
+
+
+async def request(
+    service: Service,
+    method: str,
+    path: str,
+    *,
+    token: str | None,
+    key_kind: str = "read",
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """One call; the decoded JSON body of a 2xx answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=TIMEOUT_S) as client:
+            response = await client.request(method, path, params=params, headers=headers)
+    except httpx.TimeoutException as exc:
+        raise CliError(
+            f"the {service.name} at {service.url} did not answer in time ({exc})", 2
+        ) from exc
+    except httpx.TransportError as exc:
+        raise CliError(
+            f"cannot reach the {service.name} at {service.url} ({exc}) — is it running? "
+            f"(make run, or set {service.variable})",
+            2,
+        ) from exc
+    raise_for(service, response, key_kind=key_kind)
+    return response.json()

@@ -1,0 +1,147 @@
+"""``clm customer show|history|list|erase`` and ``clm stages``: the stage engine's read API."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+from urllib.parse import quote
+
+from clm_cli import output
+from clm_cli.api import NotFound, request
+from clm_cli.errors import CliError
+from clm_cli.settings import CliSettings
+
+
+def token_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--token", help="the key to present (default: CLM_READ_TOKEN)")
+    return parent
+
+
+def _path(customer_id: str) -> str:
+    return f"/v1/customers/{quote(customer_id, safe='')}"
+
+
+async def _customer(settings: CliSettings, customer_id: str, token: str | None) -> Any:
+    try:
+        return await request(
+            settings.stage_engine(), "GET", _path(customer_id), token=settings.token("read", token)
+        )
+    except NotFound as exc:
+        raise CliError(f"unknown customer {customer_id!r} ({exc.detail})") from exc
+
+
+async def _show(args: argparse.Namespace, settings: CliSettings) -> int:
+    doc = await _customer(settings, args.customer_id, args.token)
+    if args.history:
+        history = await request(
+            settings.stage_engine(),
+            "GET",
+            _path(args.customer_id) + "/history",
+            token=settings.token("read", args.token),
+        )
+        doc = {**doc, "transitions": history["transitions"]}
+    if args.json:
+        output.print_json(doc)
+        return 0
+    facts = [(k, v) for k, v in doc.items() if k != "transitions"]
+    print(output.table(["field", "value"], facts))
+    if args.history:
+        print()
+        rows = [(t["at"], t["from_stage"], t["to_stage"], t["reason"]) for t in doc["transitions"]]
+        print(output.table(["at", "from", "to", "reason"], rows))
+    return 0
+
+
+async def _list(args: argparse.Namespace, settings: CliSettings) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.stage:
+        params["stage"] = args.stage
+    if args.cursor:
+        params["cursor"] = args.cursor
+    page = await request(
+        settings.stage_engine(),
+        "GET",
+        "/v1/customers",
+        token=settings.token("read", args.token),
+        params=params,
+    )
+    if args.json:
+        output.print_json(page)
+        return 0
+    rows = [
+        (c["customer_id"], c["stage"], c["stage_entered_at"], c["purchases"], c["revenue"])
+        for c in page["customers"]
+    ]
+    print(output.table(["customer", "stage", "since", "purchases", "revenue"], rows))
+    if page.get("next_cursor"):
+        stage = f" --stage {args.stage}" if args.stage else ""
+        print(f"\nnext page: clm customer list{stage} --cursor {page['next_cursor']}")
+    return 0
+
+
+async def _erase(args: argparse.Namespace, settings: CliSettings) -> int:
+    if not args.yes:
+        raise CliError(
+            f"this deletes what we hold about {args.customer_id!r} for good; run again with --yes"
+        )
+    try:
+        doc = await request(
+            settings.stage_engine(),
+            "DELETE",
+            _path(args.customer_id),
+            token=settings.token("write", args.token),
+            key_kind="write",
+            params={"mode": args.mode},
+        )
+    except NotFound as exc:
+        raise CliError(f"unknown customer {args.customer_id!r} ({exc.detail})") from exc
+    if args.json:
+        output.print_json(doc)
+    else:
+        print(f"{args.mode}d customer {args.customer_id}")
+    return 0
+
+
+async def _stages(args: argparse.Namespace, settings: CliSettings) -> int:
+    doc = await request(
+        settings.stage_engine(), "GET", "/v1/stages", token=settings.token("read", args.token)
+    )
+    if args.json:
+        output.print_json(doc)
+        return 0
+    total = sum(doc["stages"].values())
+    rows = [
+        (stage, count, f"{100 * count / total:.1f}%" if total else "-")
+        for stage, count in doc["stages"].items()
+    ]
+    print(output.table(["stage", "customers", "share"], [*rows, ("total", total, "")]))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = [output.json_parent(), token_parent()]
+    group = sub.add_parser("customer", help="one customer's stage, facts and history")
+    cmds = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    show = cmds.add_parser("show", parents=common, help="a customer's stage and running facts")
+    show.add_argument("customer_id")
+    show.add_argument("--history", action="store_true", help="also the stage transitions")
+    show.set_defaults(action_fn=_show)
+
+    listing = cmds.add_parser("list", parents=common, help="customers by id, optionally in a stage")
+    listing.add_argument("--stage", help="only customers in this stage")
+    listing.add_argument("--limit", type=int, default=50, help="page size (default 50)")
+    listing.add_argument("--cursor", help="the cursor printed under the previous page")
+    listing.set_defaults(action_fn=_list)
+
+    erase = cmds.add_parser(
+        "erase", parents=common, help="GDPR erasure (or --mode anonymise); needs a write key"
+    )
+    erase.add_argument("customer_id")
+    erase.add_argument("--mode", choices=["erase", "anonymise"], default="erase")
+    erase.add_argument("--yes", action="store_true", help="really erase")
+    erase.set_defaults(action_fn=_erase)
+
+    stages = sub.add_parser("stages", parents=common, help="how many customers are in each stage")
+    stages.set_defaults(action_fn=_stages)

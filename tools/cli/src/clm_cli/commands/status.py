@@ -1,0 +1,243 @@
+"""``clm status``: is everything up, and is anything behind?
+
+Each service's ``/healthz`` and ``/readyz``; Kafka and Postgres reachable; every consumer
+group's lag per partition (offsets live in Postgres, next to the data they guard, so lag is
+the topic's end offset minus the stored next offset); the outbox backlog; webhook deliveries
+waiting or parked; the DLQ's size. Exit status 0 when every part answers and is ready, 1 when
+something is down or not ready (lag alone is reported, not judged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from clm_cli import output
+from clm_cli.api import Service
+from clm_cli.settings import CliSettings
+from clm_common.db import create_engine
+from clm_common.kafka import topic_partitions
+
+
+@dataclass(slots=True)
+class ServiceStatus:
+    name: str
+    url: str
+    state: str  # ready | not ready | down
+    checks: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Lag:
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+
+@dataclass(slots=True)
+class Status:
+    services: list[ServiceStatus]
+    kafka: str
+    postgres: str
+    lag: list[Lag] = field(default_factory=list)
+    outbox: dict[str, Any] = field(default_factory=dict)
+    webhooks: dict[str, int] = field(default_factory=dict)
+    dlq_records: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return (
+            all(s.state == "ready" for s in self.services)
+            and self.kafka == "ok"
+            and self.postgres == "ok"
+        )
+
+
+async def service_status(client: httpx.AsyncClient, service: Service) -> ServiceStatus:
+    try:
+        ready = await client.get(f"{service.url}/readyz")
+    except httpx.HTTPError as exc:
+        return ServiceStatus(service.name, service.url, "down", {"error": type(exc).__name__})
+    try:
+        checks = {k: str(v) for k, v in ready.json().get("checks", {}).items()}
+    except ValueError:
+        checks = {}
+    state = "ready" if ready.status_code == 200 else "not ready"
+    return ServiceStatus(service.name, service.url, state, checks)
+
+
+async def database_facts(
+    settings: CliSettings,
+) -> tuple[dict[tuple[str, str, int], int], dict[str, Any], dict[str, int]]:
+    """Stored offsets, outbox backlog and webhook delivery counts."""
+    engine = create_engine(settings.database_url, pool_size=1, app_name="clm-cli")
+    try:
+        async with engine.connect() as conn:
+            offsets = {
+                (r.group_id, r.topic, r.partition): r.next_offset
+                for r in await conn.execute(
+                    text("SELECT group_id, topic, partition, next_offset FROM consumer_offsets")
+                )
+            }
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
+                        "FROM outbox"
+                    )
+                )
+            ).one()
+            outbox = {
+                "records": int(row.n),
+                "oldest_age_s": round(float(row.age), 1) if row.age is not None else None,
+            }
+            webhooks = {
+                r.status: int(r.n)
+                for r in await conn.execute(
+                    text(
+                        "SELECT status, count(*) AS n FROM webhook_deliveries "
+                        "WHERE status <> 'delivered' GROUP BY status"
+                    )
+                )
+            }
+            return offsets, outbox, webhooks
+    finally:
+        await engine.dispose()
+
+
+async def kafka_offsets(
+    settings: CliSettings, topics: set[str]
+) -> dict[TopicPartition, tuple[int, int]]:
+    """(beginning, end) offsets of every partition of the topics."""
+    partitions = await asyncio.wait_for(topic_partitions(settings.kafka_bootstrap, topics), 10)
+    tps = [TopicPartition(t, p) for t, ps in sorted(partitions.items()) for p in ps]
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="clm-cli-status",
+        enable_auto_commit=False,
+        request_timeout_ms=5_000,
+    )
+    await asyncio.wait_for(consumer.start(), 10)
+    try:
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        return {tp: (begin[tp], end[tp]) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+def lag_rows(
+    offsets: dict[tuple[str, str, int], int], log: dict[TopicPartition, tuple[int, int]]
+) -> list[Lag]:
+    """Lag of every partition of every topic a group has stored offsets for."""
+    groups = {(g, t) for g, t, _ in offsets}
+    rows = []
+    for group, topic in sorted(groups):
+        for tp in sorted((tp for tp in log if tp.topic == topic), key=lambda tp: tp.partition):
+            begin, end = log[tp]
+            committed = offsets.get((group, topic, tp.partition))
+            rows.append(
+                Lag(
+                    group,
+                    topic,
+                    tp.partition,
+                    committed,
+                    end,
+                    end - (committed if committed is not None else begin),
+                )
+            )
+    return rows
+
+
+async def collect(settings: CliSettings) -> Status:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        services = list(
+            await asyncio.gather(
+                *(
+                    service_status(client, s)
+                    for s in (settings.ingest(), settings.stage_engine(), settings.metrics())
+                )
+            )
+        )
+    status = Status(services=services, kafka="ok", postgres="ok")
+    offsets: dict[tuple[str, str, int], int] = {}
+    try:
+        offsets, status.outbox, status.webhooks = await database_facts(settings)
+    except (OSError, DBAPIError) as exc:
+        status.postgres = f"unreachable ({type(exc).__name__})"
+    topics = {t for _, t, _ in offsets} | {settings.topic_events, settings.topic_dlq}
+    try:
+        log = await kafka_offsets(settings, topics)
+    except Exception as exc:  # any client failure means "unreachable" here
+        status.kafka = f"unreachable ({type(exc).__name__})"
+        return status
+    status.lag = lag_rows(offsets, log)
+    status.dlq_records = sum(e - b for tp, (b, e) in log.items() if tp.topic == settings.topic_dlq)
+    return status
+
+
+def render(status: Status) -> str:
+    parts = [
+        output.table(
+            ["service", "url", "state", "checks"],
+            [
+                (s.name, s.url, s.state, ", ".join(f"{k}={v}" for k, v in s.checks.items()))
+                for s in status.services
+            ]
+            + [("kafka", "", status.kafka, ""), ("postgres", "", status.postgres, "")],
+        )
+    ]
+    if status.lag:
+        parts.append(
+            output.table(
+                ["group", "topic", "partition", "committed", "end", "lag"],
+                [(r.group, r.topic, r.partition, r.committed, r.end, r.lag) for r in status.lag],
+            )
+        )
+        totals: dict[str, int] = {}
+        for r in status.lag:
+            totals[r.group] = totals.get(r.group, 0) + r.lag
+        parts.append("total lag: " + ", ".join(f"{g} {n}" for g, n in totals.items()))
+    if status.outbox:
+        age = status.outbox["oldest_age_s"]
+        parts.append(
+            f"outbox backlog: {status.outbox['records']} record(s)"
+            + (f", oldest {age} s" if age is not None else "")
+        )
+    if status.postgres == "ok":
+        pending, parked = status.webhooks.get("pending", 0), status.webhooks.get("parked", 0)
+        parts.append(f"webhook deliveries: {pending} pending, {parked} parked")
+    if status.dlq_records is not None:
+        parts.append(f"dead-letter records: {status.dlq_records}")
+    parts.append("healthy" if status.healthy else "NOT HEALTHY")
+    return "\n\n".join(parts)
+
+
+async def _status(args: argparse.Namespace, settings: CliSettings) -> int:
+    status = await collect(settings)
+    if args.json:
+        output.print_json({**asdict(status), "healthy": status.healthy})
+    else:
+        print(render(status))
+    return 0 if status.healthy else 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser(
+        "status",
+        parents=[output.json_parent()],
+        help="services' health, consumer lag per partition, outbox backlog, DLQ size",
+    )
+    cmd.set_defaults(action_fn=_status)

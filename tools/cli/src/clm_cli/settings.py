@@ -1,0 +1,59 @@
+"""What the ``clm`` command reads from the environment (``CLM_`` prefix, like the services)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from clm_cli.api import Service
+from clm_cli.errors import CliError
+from clm_common.settings import CommonSettings
+
+
+class CliSettings(CommonSettings):
+    """The shared settings plus where the services answer and which keys to present."""
+
+    ingest_url: str = Field(
+        default="http://127.0.0.1:8001", description="Base URL of the ingest service."
+    )
+    stage_engine_url: str = Field(
+        default="http://127.0.0.1:8002", description="Base URL of the stage engine."
+    )
+    metrics_url: str = Field(
+        default="http://127.0.0.1:8003", description="Base URL of the metrics service."
+    )
+    read_token: str | None = Field(
+        default=None,
+        description="Read token for `clm customer|stages|kpis` (dev: the seeded dev token).",
+    )
+    write_key: str | None = Field(
+        default=None,
+        description="Write key for `clm simulate` and `clm customer erase` (dev: the dev key).",
+    )
+    stage_engine_group: str = Field(
+        default="clm-stage-engine", description="The stage engine's consumer group."
+    )
+
+    def token(self, kind: str, override: str | None) -> str:
+        """The key to present: ``--token``, else the setting, else the dev key in dev."""
+        if override:
+            return override
+        configured = self.read_token if kind == "read" else self.write_key
+        if configured:
+            return configured
+        if self.env == "dev":
+            return self.dev_read_token if kind == "read" else self.dev_write_key
+        variable = "CLM_READ_TOKEN" if kind == "read" else "CLM_WRITE_KEY"
+        raise CliError(
+            f"no {kind} key: set {variable} or pass --token "
+            f"(create one with: clm keys create --kind {kind} --source NAME)",
+            2,
+        )
+
+    def ingest(self) -> Service:
+        return Service("ingest", self.ingest_url.rstrip("/"), "CLM_INGEST_URL")
+
+    def stage_engine(self) -> Service:
+        return Service("stage engine", self.stage_engine_url.rstrip("/"), "CLM_STAGE_ENGINE_URL")
+
+    def metrics(self) -> Service:
+        return Service("metrics service", self.metrics_url.rstrip("/"), "CLM_METRICS_URL")
