@@ -81,7 +81,7 @@ test-unit: install ## the fast, pure tests only
 
 deploy-tools: compose-tool kustomize-tool ## the Go tools the deployment tests need (compose, kustomize)
 
-compose-tool: $(COMPOSE_BIN) ## docker compose $(COMPOSE_VERSION) built into .tools/ (~1.5 min, once)
+compose-tool: $(COMPOSE_BIN) ## the docker compose CLI (COMPOSE_VERSION) built into .tools/ (~1.5 min, once)
 
 # `go install …@version` refuses compose (its go.mod has exclude directives), so build it
 # inside its own module, as downloaded from the proxy, where those directives apply.
@@ -98,7 +98,7 @@ $(COMPOSE_BIN):
 	  mv "$@.tmp" "$@" && ln -sfn "../$(notdir $@)" "$(TOOLS)/bin/docker-compose"; \
 	fi
 
-kustomize-tool: ## kustomize: `kubectl kustomize` when kubectl is there, else $(KUSTOMIZE_VERSION) built into .tools/
+kustomize-tool: ## kustomize: `kubectl kustomize` when kubectl is there, else KUSTOMIZE_VERSION built into .tools/
 	@if ! kubectl kustomize --help >/dev/null 2>&1; then $(MAKE) --no-print-directory $(KUSTOMIZE_BIN); fi
 
 $(KUSTOMIZE_BIN):
