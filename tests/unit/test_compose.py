@@ -1,15 +1,14 @@
-"""Static checks of the container stack: docker-compose.yml, the service
-Dockerfiles, the Prometheus and Grafana provisioning under deploy/.
+"""Static checks of the container stack: docker-compose.yml, the Dockerfile of
+the service images, the Prometheus and Grafana provisioning under deploy/.
 
-Everything here reads files only, except the last tests, which ask the real
-tools (`docker compose config`, `promtool`) when they are installed and skip
-with the reason otherwise.
+Everything here reads files only, except the promtool tests, which ask the
+real tool when it is installed and skip with the reason otherwise.
+`docker compose config` runs in test_compose_config.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -51,7 +50,7 @@ COMMON_CLM_SETTINGS = {
     "CLM_TOPIC_DLQ",
     "CLM_LOG_LEVEL",
 }
-SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECRETS_KEY")
 # ${NAME}, ${NAME:-default}, ${NAME:?message}, ... ($$ is an escaped dollar)
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 DEFAULT_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}$")
@@ -232,28 +231,63 @@ def test_every_build_points_at_an_existing_dockerfile(services: dict[str, Any]) 
             assert "image" in service, f"{name} has neither build nor image"
 
 
+def dockerfile_stages(text: str) -> dict[str, tuple[str, str]]:
+    """Stage name -> (base, body) of a multi-stage Dockerfile."""
+    froms = list(re.finditer(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?\s*$", text, flags=re.M | re.I))
+    stages = {}
+    for index, match in enumerate(froms):
+        end = froms[index + 1].start() if index + 1 < len(froms) else len(text)
+        stages[match.group(2) or str(index)] = (match.group(1), text[match.end() : end])
+    return stages
+
+
+def test_one_dockerfile_builds_every_service_image(services: dict[str, Any]) -> None:
+    """One Dockerfile, a build ARG for the package and a target per service."""
+    for name in APP_SERVICES:
+        build = services[name]["build"]
+        assert dockerfile_of(services[name]) == ROOT / "Dockerfile"
+        assert build["target"] == name
+        assert build["args"]["SERVICE"] == name, "the target and SERVICE must name one service"
+    assert not list((ROOT / "services").glob("*/Dockerfile")), "a second copy would drift"
+
+
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
 def test_dockerfile_shape(services: dict[str, Any], name: str) -> None:
-    module, package, prefix, port = APP_SERVICES[name]
-    dockerfile = dockerfile_of(services[name])
-    assert dockerfile == ROOT / "services" / name / "Dockerfile"
-    text = dockerfile.read_text(encoding="utf-8")
-    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE | re.I)
-    assert len(stages) >= 2, "multi-stage build expected"
+    module, _, prefix, port = APP_SERVICES[name]
+    text = dockerfile_of(services[name]).read_text(encoding="utf-8")
+    stages = dockerfile_stages(text)
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
-    deps = f"uv sync --frozen --no-dev --no-install-workspace --package {package}"
-    assert deps in text
-    # The dependency layer comes before any source is copied.
-    assert text.index(deps) < text.index("COPY libs/common/src")
-    assert re.search(r"^USER\s+(?!root\b|0\b)\S+", text, flags=re.MULTILINE)
-    assert re.search(rf"^EXPOSE\s+{port}\b", text, flags=re.MULTILINE)
-    healthcheck = re.search(r"^HEALTHCHECK\b.*?CMD\s+(\[.*\])$", text, flags=re.M | re.S)
+    builder = stages["builder"][1]
+    # the service's package and the CLI; the dependency layer before any source
+    deps = 'uv sync --frozen --no-dev --no-install-workspace --package "clm-${SERVICE}"'
+    assert f"{deps} --package clm-cli" in builder
+    assert builder.index(deps) < builder.index("COPY libs/common/src")
+    assert "COPY tools/cli/src tools/cli/src" in builder
+    assert re.search(r"--no-editable --package \"clm-\$\{SERVICE\}\" --package clm-cli", builder)
+    base, runtime = stages["runtime"]
+    assert base == "${PYTHON_IMAGE}"
+    assert re.search(r"^USER\s+(?!root\b|0\b)\S+", runtime, flags=re.MULTILINE)
+    assert "COPY --from=builder /app/.venv /app/.venv" in runtime
+    assert f"{prefix}_HOST=0.0.0.0" in runtime
+    base, body = stages[name]
+    assert base == "runtime", f"the {name} target must build on the shared runtime stage"
+    assert not re.search(r"^USER\b", body, flags=re.MULTILINE), "stays the runtime's user"
+    assert re.search(rf"^EXPOSE\s+{port}\b", body, flags=re.MULTILINE)
+    healthcheck = re.search(r"^HEALTHCHECK\b.*?CMD\s+(\[.*?\])$", body, flags=re.M | re.S)
     assert healthcheck
     assert "urllib.request" in healthcheck.group(1)
     assert "/healthz" in healthcheck.group(1)
-    assert f"{prefix}_HOST=0.0.0.0" in text
-    cmd = re.findall(r"^CMD\s+(\[.*\])$", text, flags=re.MULTILINE)
+    assert f"'{prefix}_PORT', '{port}'" in healthcheck.group(1)
+    cmd = re.findall(r"^CMD\s+(\[.*\])$", body, flags=re.MULTILINE)
     assert json.loads(cmd[-1]) == ["python", "-m", module]
+
+
+def test_the_cli_in_the_images_is_the_clm_command() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "tools" / "cli" / "pyproject.toml").read_text("utf-8"))
+    assert project["project"]["name"] == "clm-cli"
+    assert project["project"]["scripts"]["clm"].startswith("clm_cli.")
 
 
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
@@ -262,8 +296,11 @@ def test_dockerfile_copy_sources_exist(services: dict[str, Any], name: str) -> N
     service = services[name]
     context = ROOT / service["build"]["context"]
     text = dockerfile_of(service).read_text(encoding="utf-8")
-    for line in re.findall(r"^COPY\s+(.+)$", text, flags=re.MULTILINE):
-        words = line.split()
+    stages = dockerfile_stages(text)
+    used = "".join(body for stage, (_, body) in stages.items() if stage not in APP_SERVICES)
+    used += stages[name][1]
+    for line in re.findall(r"^COPY\s+(.+)$", used, flags=re.MULTILINE):
+        words = line.replace("${SERVICE}", service["build"]["args"]["SERVICE"]).split()
         if any(w.startswith("--from") for w in words):
             continue
         sources = [w for w in words if not w.startswith("--")][:-1]
@@ -277,7 +314,7 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
         for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".venv", ".run", ".cache", ".pytest_cache", ".env"} <= patterns
+    assert {".venv", ".run", ".cache", ".tools", ".pytest_cache", ".env"} <= patterns
     # Everything the Dockerfiles copy must stay in the context.
     for kept in ("uv.lock", "pyproject.toml", "libs", "services", "migrations", "alembic.ini"):
         assert kept not in patterns
@@ -413,67 +450,6 @@ def test_pipeline_health_dashboard_panels() -> None:
 
 
 # ------------------------------------------------------------ real tools --
-
-
-def docker_compose_available() -> str | None:
-    """None when `docker compose` works, else why not."""
-    if shutil.which("docker") is None:
-        return "docker client not installed"
-    try:
-        result = subprocess.run(
-            ["docker", "compose", "version"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`docker compose version` failed: {exc}"
-    if result.returncode != 0:
-        return (result.stderr or result.stdout).strip().splitlines()[0]
-    return None
-
-
-def compose_config(env_file: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    return subprocess.run(
-        [
-            "docker",
-            "compose",
-            "--project-directory",
-            str(ROOT),
-            "--env-file",
-            str(env_file),
-            "-f",
-            str(COMPOSE_FILE),
-            "config",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-
-
-def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
-    reason = docker_compose_available()
-    if reason is not None:
-        pytest.skip(f"docker compose plugin not installed: {reason}")
-    env_file = tmp_path / "compose.env"
-    env_file.write_text(
-        "".join(f"{secret}=test-{secret.lower()}\n" for secret in SECRETS), encoding="utf-8"
-    )
-    result = compose_config(env_file)
-    assert result.returncode == 0, result.stderr
-
-
-def test_docker_compose_refuses_missing_secrets(tmp_path: Path) -> None:
-    reason = docker_compose_available()
-    if reason is not None:
-        pytest.skip(f"docker compose plugin not installed: {reason}")
-    env_file = tmp_path / "empty.env"
-    env_file.write_text("", encoding="utf-8")
-    result = compose_config(env_file)
-    assert result.returncode != 0
-    assert "POSTGRES_PASSWORD" in result.stderr or "GRAFANA_ADMIN_PASSWORD" in result.stderr
 
 
 def test_promtool_accepts_prometheus_config() -> None:
