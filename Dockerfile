@@ -68,7 +68,7 @@ RUN groupadd --system --gid 10001 clm \
 
 WORKDIR /app
 COPY --from=builder /app/.venv /app/.venv
-# The migrate job (python -m alembic upgrade head, run from /app) works in any image.
+# The migrate job (clm migrate, run from /app) works in any image.
 COPY alembic.ini ./alembic.ini
 COPY migrations ./migrations
 

@@ -132,14 +132,19 @@ def check_schemas(docs: list[Doc], version: str) -> list[str]:
 
 
 def check_probes(docs: list[Doc]) -> list[str]:
-    """Readiness on /readyz and liveness on /healthz, on the service's own port."""
+    """Readiness on /readyz (the ingest: /healthz) and liveness on /healthz, on the own port.
+
+    The ingest stays in its Service while Kafka is down: it answers 503 with Retry-After
+    itself, which clients honour, instead of leaving them with refused connections.
+    """
     problems = []
     for doc in of_kind(docs, "Deployment"):
         name = doc["metadata"]["name"]
         expected_port = SERVICES[name][1] if name in SERVICES else None
+        ready = "/healthz" if name == "clm-ingest" else "/readyz"
         for container in doc["spec"]["template"]["spec"]["containers"]:
             ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-            for probe_key, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            for probe_key, path in (("readinessProbe", ready), ("livenessProbe", "/healthz")):
                 probe = container.get(probe_key, {}).get("httpGet")
                 if probe is None:
                     problems.append(f"{name}/{container['name']}: no HTTP {probe_key}")

@@ -115,11 +115,12 @@ def test_the_stage_engine_mounts_the_shipped_rules() -> None:
     assert env["CLM_STAGE_ENGINE_RULES_PATH"] == f"{mount['mountPath']}/lifecycle.yaml"
 
 
-def test_the_migrate_job_runs_alembic_from_a_service_image() -> None:
+def test_the_migrate_job_runs_clm_migrate_from_a_service_image() -> None:
     docs = overlay("prod")
     job = one(docs, "Job", "clm-migrate")
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"][-3:] == ["alembic", "upgrade", "head"]
+    # the schema only: the KafkaTopic resources own the (replicated) topics
+    assert container["command"] == ["clm", "migrate", "--skip-topics"]
     deployment = one(docs, "Deployment", "clm-stage-engine")
     assert container["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
 
@@ -153,7 +154,7 @@ def _writable(docs: list[k8s.Doc]) -> None:
 
 
 def _readiness_on_healthz(docs: list[k8s.Doc]) -> None:
-    _containers(docs, "clm-ingest")[0]["readinessProbe"]["httpGet"]["path"] = "/healthz"
+    _containers(docs, "clm-stage-engine")[0]["readinessProbe"]["httpGet"]["path"] = "/healthz"
 
 
 def _liveness_wrong_port(docs: list[k8s.Doc]) -> None:
