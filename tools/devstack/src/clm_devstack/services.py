@@ -252,11 +252,10 @@ class SetupStep:
 
 
 def setup_steps() -> list[SetupStep]:
-    """Migrations, topics and dev keys, in that order (run from the repository root)."""
+    """Migrations and topics (``clm migrate``), then dev keys (run from the repository root)."""
     py = sys.executable
     return [
-        SetupStep("database migrations", (py, "-m", "alembic", "upgrade", "head")),
-        SetupStep("Kafka topics", (py, "-m", "clm_common.topics", "ensure")),
+        SetupStep("database migrations and Kafka topics", (py, "-m", "clm_cli", "migrate")),
         SetupStep("dev keys", (py, "-m", "clm_cli", "keys", "seed-dev")),
     ]
 
