@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from clm_cli.main import parser
+from clm_cli.main import ALL as EVERY_COMMAND
+from clm_cli.main import COMMANDS, parser
 
 
 def commands(p: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -19,7 +20,7 @@ def commands(p: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tup
     return found
 
 
-ALL = commands(parser())
+ALL = commands(parser(EVERY_COMMAND))
 
 
 def test_every_operator_command_is_there() -> None:
@@ -47,7 +48,7 @@ def test_every_operator_command_is_there() -> None:
 @pytest.mark.parametrize("path", ALL, ids=lambda p: " ".join(p) or "clm")
 def test_help(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        parser().parse_args([*path, "--help"])
+        parser(path[0] if path else None).parse_args([*path, "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: clm")
@@ -56,6 +57,18 @@ def test_help(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None
 
 def test_a_wrong_command_is_refused_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        parser().parse_args(["custmer", "show", "x"])
+        parser("custmer").parse_args(["custmer", "show", "x"])
     assert exited.value.code == 2
     assert "invalid choice: 'custmer'" in capsys.readouterr().err
+
+
+def test_the_listing_names_every_command_without_loading_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parser(None).parse_args(["--help"])
+    out = capsys.readouterr().out
+    for name, (_, summary) in COMMANDS.items():
+        assert f"{name}" in out
+        assert summary.split()[0] in out
+    assert {p[0] for p in ALL if p} == set(COMMANDS)

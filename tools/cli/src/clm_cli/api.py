@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from clm_cli.errors import CliError
+from clm_cli.settings import Service
 
 TIMEOUT_S = 10.0
 
@@ -18,15 +18,6 @@ class NotFound(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    """One service as the CLI sees it: its name, base URL and the variable that sets it."""
-
-    name: str
-    url: str
-    variable: str
 
 
 def problem_text(response: httpx.Response) -> str:

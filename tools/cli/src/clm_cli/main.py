@@ -4,13 +4,14 @@
     clm keys list | clm keys revoke ID | clm keys seed-dev
     clm webhooks add --source shop-eu --provider shopify [--secret …]  store a signing secret
     clm webhooks list | clm webhooks revoke ID | clm webhooks new-key
-    clm replay --yes [--group clm-stage-engine]   rebuild every customer from the event log
+    clm customer show ID | clm stages | clm kpis --window 7d | clm status
+    clm dlq list | clm dlq replay P:O [--fixed FILE] | clm replay --yes | clm migrate
 
 Each module in :mod:`clm_cli.commands` has ``register(sub)``, which adds its parser and sets
 one of two defaults on every leaf command:
 
 - ``handler(args, settings, conn)``: runs inside one Postgres transaction;
-- ``action(args, settings)``: runs on its own (HTTP calls, Kafka, files).
+- ``action_fn(args, settings)``: runs on its own (HTTP calls, Kafka, files).
 
 Refusals are :class:`~clm_cli.errors.CliError`: ``clm: error: …`` on stderr, status 1 or 2.
 """
@@ -19,44 +20,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from clm_cli.commands import customers, dlq, keys, kpis, migrate, replay, status, webhooks
 from clm_cli.errors import CliError
-from clm_cli.settings import CliSettings
-from clm_common import webhook_secrets
-from clm_common.db import create_engine
-from clm_common.settings import CommonSettings
 
-Handler = Callable[[argparse.Namespace, CommonSettings, AsyncConnection], Awaitable[int]]
-Action = Callable[[argparse.Namespace, CliSettings], Coroutine[Any, Any, int]]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
-GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    keys.register,
-    webhooks.register,
-    customers.register,
-    kpis.register,
-    status.register,
-    dlq.register,
-    replay.register,
-    migrate.register,
-]
+    from clm_cli.settings import CliSettings
+    from clm_common.settings import CommonSettings
+
+Handler = Callable[[argparse.Namespace, "CommonSettings", "AsyncConnection"], Awaitable[int]]
+Action = Callable[[argparse.Namespace, "CliSettings"], Coroutine[Any, Any, int]]
+
+# Command -> (module, one-line help). A module is imported only when its command runs (or
+# for the whole tree, ``parser(ALL)``): ``clm --help`` and each command start without the
+# libraries of the others (Kafka, SQLAlchemy, Alembic …), which take seconds to import.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("keys", "API keys: write keys (ingest), read tokens (read APIs)"),
+    "webhooks": ("webhooks", "webhook signing secrets per source and provider"),
+    "customer": ("customers", "one customer's stage, facts and history; erasure"),
+    "stages": ("customers", "how many customers are in each stage"),
+    "kpis": ("kpis", "lifecycle KPIs over a window"),
+    "status": ("status", "services' health, consumer lag per partition, outbox, DLQ size"),
+    "dlq": ("dlq", "the dead-letter topic: list, show, re-submit records"),
+    "replay": ("replay", "rebuild every customer from the event log (after a rule change)"),
+    "migrate": ("migrate", "upgrade the database schema to the newest revision, create topics"),
+}
+ALL = "*"
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = ALL) -> argparse.ArgumentParser:
+    """The command tree: ``command``'s parser in full (every one for ``ALL``), the rest as
+    one-line entries for the listing."""
     root = argparse.ArgumentParser(prog="clm", description="CLM Stream operator commands")
     sub = root.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    for add_group in GROUPS:
-        add_group(sub)
+    wanted = COMMANDS if command == ALL else {k: v for k, v in COMMANDS.items() if k == command}
+    for module in dict.fromkeys(m for m, _ in wanted.values()):
+        importlib.import_module(f"clm_cli.commands.{module}").register(sub)
+    for name, (_, summary) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=summary)
     return root
 
 
+def _command_of(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 async def _in_transaction(handler: Handler, args: argparse.Namespace, s: CommonSettings) -> int:
+    from clm_common.db import create_engine  # only the commands that need Postgres load it
+
     engine = create_engine(s.database_url, pool_size=1, app_name="clm-cli")
     try:
         async with engine.begin() as conn:
@@ -66,11 +84,14 @@ async def _in_transaction(handler: Handler, args: argparse.Namespace, s: CommonS
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(_command_of(argv)).parse_args(argv)
     # client libraries log every failed connection attempt; the CLI says it once, in a sentence
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     handler: Handler | None = getattr(args, "handler", None)
     action: Action | None = getattr(args, "action_fn", None)
+    from clm_cli.settings import CliSettings  # pydantic: not needed to print help
+
     settings = CliSettings()
     try:
         if action is not None:
@@ -80,9 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"clm: error: {exc}", file=sys.stderr)
         return exc.status
-    except webhook_secrets.SecretsKeyMissing as exc:
-        print(f"clm: error: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
         print(
             f"clm: error: cannot reach Postgres ({exc}) — start it or set CLM_DATABASE_URL",

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field
 
-from clm_cli.api import Service
 from clm_cli.errors import CliError
 from clm_common.settings import CommonSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One service as the CLI sees it: its name, base URL and the variable that sets it."""
+
+    name: str
+    url: str
+    variable: str
 
 
 class CliSettings(CommonSettings):

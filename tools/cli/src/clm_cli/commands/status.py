@@ -20,8 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from clm_cli import output
-from clm_cli.api import Service
-from clm_cli.settings import CliSettings
+from clm_cli.settings import CliSettings, Service
 from clm_common.db import create_engine
 from clm_common.kafka import topic_partitions
 

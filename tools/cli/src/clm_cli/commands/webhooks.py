@@ -14,7 +14,10 @@ from clm_common.settings import CommonSettings
 async def _webhooks_add(
     args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection
 ) -> int:
-    box = webhook_secrets.cipher(settings)
+    try:
+        box = webhook_secrets.cipher(settings)
+    except webhook_secrets.SecretsKeyMissing as exc:
+        raise CliError(str(exc), 2) from exc
     secret = args.secret or webhook_secrets.new_secret()
     secret_id = await webhook_secrets.store_secret(
         conn, box, source=args.source, provider=args.provider, secret=secret, label=args.label
