@@ -19,7 +19,7 @@ from asgi_lifespan import LifespanManager
 from clm_common.events import dump_event, parse_event
 from clm_common.kpis import WINDOWS
 from clm_common.settings import CommonSettings
-from clm_devstack.journeys import generate
+from clm_cli.simulator.journeys import generate
 from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app as engine_app
