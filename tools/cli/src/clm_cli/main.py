@@ -5,6 +5,8 @@
     clm webhooks add --source shop-eu --provider shopify [--secret …]  store a signing secret
     clm webhooks list | clm webhooks revoke ID | clm webhooks new-key
     clm replay --yes [--group clm-stage-engine]   rebuild every customer from the event log
+    clm simulate [--customers N] [--seed S] [--csv FILE] [--out FILE] [--truth FILE] …
+                                                  journeys (or transactions) to the ingest
 
 Each module in :mod:`clm_cli.commands` has ``register(sub)``, which adds its parser and sets
 one of two defaults on every leaf command:
@@ -25,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_cli.commands import keys, replay, webhooks
+from clm_cli.commands import keys, replay, simulate, webhooks
 from clm_cli.errors import CliError
 from clm_common import webhook_secrets
 from clm_common.db import create_engine
@@ -38,6 +40,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], Non
     keys.register,
     webhooks.register,
     replay.register,
+    simulate.register,
 ]
 
 

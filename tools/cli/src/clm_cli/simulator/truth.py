@@ -14,11 +14,12 @@ at that instant makes, and :func:`truth` counts them with the events' own moves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from clm_common.events import Event, MarketingSpend, parse_event
+from clm_common.kpis import window_bounds
 from clm_common.lifecycle import (
     Applied,
     CustomerState,
@@ -428,3 +429,70 @@ def truth(
         "clv_by_channel": clv_by_channel,
         "customers_by_stage": at_end,
     }
+
+
+TRUTH_SCHEMA = "clm.simulate.truth.v1"
+TRUTH_NOTE = (
+    "Stages and KPIs as of `as_of`: every event applied by the stage reducer, then the "
+    "inactivity moves a sweeper running at `as_of` makes. Until `valid_until` (null: never) no "
+    "customer crosses another inactivity threshold, so once the stage engine has applied every "
+    "event and its sweeper has run, a stage read at any time in [as_of, valid_until) equals "
+    "`customers[id].stage`. Each KPI window is the `[from, to)` range of its `query`."
+)
+
+
+def truth_document(
+    docs: list[dict[str, Any]],
+    *,
+    as_of: datetime,
+    windows: dict[str, timedelta],
+    rules: LifecycleRules = RULES,
+    reporting_currency: str = "USD",
+    personas: dict[str, str] | None = None,
+    about: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The truth file of ``clm simulate --truth``: stages per customer and KPIs per window."""
+    steps = replay(docs, now=as_of, rules=rules)
+    swept = sweeps(steps, as_of, rules)
+    stages = stages_as_of(steps, as_of, rules)
+    valid_until = next_inactivity_move(steps, as_of, rules)
+    customers: dict[str, dict[str, str]] = {}
+    for key in sorted(stages):
+        entry = {"stage": stages[key].value}
+        if personas and key in personas:
+            entry["persona"] = personas[key]
+        customers[key] = entry
+    kpis = {}
+    for name, span in windows.items():
+        start, end = window_bounds(as_of, span)
+        kpis[name] = {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "query": f"/v1/kpis?from={_q(start)}&to={_q(end)}",
+            "kpis": truth(
+                steps,
+                start,
+                end,
+                now=as_of,
+                reporting_currency=reporting_currency,
+                swept=swept,
+            ),
+        }
+    counts = {s.value: 0 for s in Stage}
+    for stage in stages.values():
+        counts[stage.value] += 1
+    return {
+        "schema": TRUTH_SCHEMA,
+        "note": TRUTH_NOTE,
+        "as_of": as_of.isoformat(),
+        "valid_until": None if valid_until is None else valid_until.isoformat(),
+        **(about or {}),
+        "events": len(docs),
+        "stage_counts": counts,
+        "customers": customers,
+        "kpis": kpis,
+    }
+
+
+def _q(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
