@@ -85,7 +85,7 @@ class _Run:
         self.source = args.source or "dev"
         self.docs: list[dict[str, Any]] = []
         self.personas: dict[str, str] = {}
-        self.as_of = args.as_of or datetime.now(UTC)
+        self.as_of = args.as_of or datetime.now(UTC).replace(microsecond=0)
         self.stop = asyncio.Event()
         self.progress = Progress(self.rate)
         self.client: IngestClient | None = None
@@ -173,7 +173,7 @@ class _Run:
             raise CliError(str(exc), 2) from None
         due = None
         if a.compress:
-            start = datetime.now(UTC) + timedelta(seconds=1)
+            start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
             rows = transactions.compress(rows, start, a.compress)
             wall0 = time.monotonic() - (datetime.now(UTC) - start).total_seconds()
         elif a.shift_to_now:

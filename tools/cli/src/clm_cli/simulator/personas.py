@@ -295,7 +295,8 @@ def _journey(j: _Journey, persona: Persona, cfg: SimConfig) -> None:
         j.first_touch(start, visits=rng.randint(1, 3))
         if rng.random() < 0.7:
             j.signup(start + timedelta(hours=1))
-        last = _purchases(j, start + timedelta(hours=2), end - DAY, count)[-1]
+        bought = end - timedelta(minutes=rng.randint(30, 3 * 24 * 60))
+        last = _purchases(j, start + timedelta(hours=2), bought, count)[-1]
         if rng.random() < 0.1:
             j.refund(last + timedelta(hours=rng.randint(1, 20)), full=False)
         if promoter and rng.random() < 0.2:
