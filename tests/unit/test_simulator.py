@@ -3,12 +3,15 @@ the truth's notion of time, CSV parsing, pacing and the HTTP client's retry rule
 
 from __future__ import annotations
 
+import io
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +19,7 @@ from hypothesis import strategies as st
 from clm_cli.errors import CliError
 from clm_cli.simulator import transactions
 from clm_cli.simulator.personas import INTENDED, Persona, SimConfig, simulate
-from clm_cli.simulator.sender import IngestClient, Pacer, Progress, retry_after
+from clm_cli.simulator.sender import IngestClient, Pacer, Plan, Progress, post_all, retry_after
 from clm_cli.simulator.truth import (
     next_inactivity_move,
     replay,
@@ -339,3 +342,29 @@ async def test_a_dropped_connection_mid_run_is_retried_and_then_given_up() -> No
     await client.send([DOC], batch=True)
     with pytest.raises(CliError, match="kept answering 500"):
         await client.send([DOC], batch=True)
+
+
+async def test_post_all_keeps_each_customers_order_and_the_due_times() -> None:
+    seen: list[tuple[float, str]] = []
+    began = time.monotonic()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        events = orjson.loads(request.content)["events"]
+        seen.extend((time.monotonic() - began, e["event_id"]) for e in events)
+        return httpx.Response(202, json={"accepted": len(events), "rejected": []})
+
+    client = IngestClient(
+        "http://ingest.test", "k", client=httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    )
+    docs = [
+        {"event_id": f"{c}-{n}", "type": "signup", "customer_id": c}
+        for n in range(5)
+        for c in ("a", "b", "c")
+    ]
+    due = [began + (0.3 if i >= 12 else 0.0) for i in range(len(docs))]
+    progress = Progress(0.0, stream=io.StringIO())
+    got = await post_all(docs, client, Plan(batch=4, workers=3), progress, due=due.__getitem__)
+    assert got == (15, 0)
+    for c in ("a", "b", "c"):
+        assert [i for _, i in seen if i.startswith(c)] == [f"{c}-{n}" for n in range(5)]
+    assert all(at >= 0.3 for at, i in seen if i.endswith("-4"))
