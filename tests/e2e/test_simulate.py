@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +89,24 @@ async def test_every_customer_ends_in_the_truths_stage(
     truth = orjson.loads(truth_path.read_bytes())
     assert truth["schema"] == "clm.simulate.truth.v1"
     assert all(truth["stage_counts"].values()), truth["stage_counts"]
-    want = {cid: c["stage"] for cid, c in truth["customers"].items()}
+    await stages_match(stack, truth)
 
+    async with httpx.AsyncClient(base_url=stack.metrics, headers=READ) as metrics:
+        for name, window in truth["kpis"].items():
+
+            async def counted(window: dict[str, Any] = window) -> dict[str, Any] | None:
+                body: dict[str, Any] = (await metrics.get(window["query"])).json()
+                same = body["customers_by_stage"] == window["kpis"]["customers_by_stage"]
+                return body if same and body["events"] == window["kpis"]["events"] else None
+
+            body = await eventually(counted, timeout=60, every=0.5)
+            got = {k: v for k, v in body.items() if k not in ("window", "from", "to")}
+            assert got == window["kpis"], (name, diff(got, window["kpis"]))
+
+
+async def stages_match(stack: Stack, truth: dict[str, Any]) -> None:
+    """Every customer's stage, read from the stage engine, becomes the truth's (or fail)."""
+    want = {cid: c["stage"] for cid, c in truth["customers"].items()}
     async with httpx.AsyncClient(base_url=stack.stage_engine, headers=READ) as api:
 
         async def stages() -> dict[str, str | None]:
@@ -108,17 +127,49 @@ async def test_every_customer_ends_in_the_truths_stage(
             wrong = {c: (got[c], want[c], truth["customers"][c]) for c in want if got[c] != want[c]}
             raise AssertionError(f"stages differ from the truth: {wrong}") from None
 
-    async with httpx.AsyncClient(base_url=stack.metrics, headers=READ) as metrics:
-        for name, window in truth["kpis"].items():
 
-            async def counted(window: dict[str, Any] = window) -> dict[str, Any] | None:
-                body: dict[str, Any] = (await metrics.get(window["query"])).json()
-                same = body["customers_by_stage"] == window["kpis"]["customers_by_stage"]
-                return body if same and body["events"] == window["kpis"]["events"] else None
+async def test_a_csv_replay_shifted_or_live_ends_in_the_truths_stages(
+    sweeping_stack: Stack, tmp_path: Path
+) -> None:
+    common = [f"--url={sweeping_stack.ingest}", f"--key={WRITE_KEY}", "--source=shop"]
+    for mode, prefix, span in (
+        ("--shift-to-now", "shifted", timedelta(days=730)),  # inactivity: at risk, churned
+        ("--compress=86400", "live", timedelta(days=3)),
+    ):
+        csv_path = orders_csv(tmp_path / f"{prefix}.csv", prefix, span)
+        truth_path = tmp_path / f"{prefix}.json"
+        began = time.monotonic()
+        done = await asyncio.to_thread(
+            clm,
+            "simulate",
+            f"--csv={csv_path}",
+            mode,
+            f"--prefix={prefix}",
+            f"--truth={truth_path}",
+            *common,
+            env=sweeping_stack.env,
+        )
+        assert done.returncode == 0, done.stderr
+        if prefix == "live":  # three days replayed 86 400 times faster: about 3 seconds
+            assert time.monotonic() - began >= 2.5
+        truth = orjson.loads(truth_path.read_bytes())
+        assert truth["events"] == 120
+        if prefix == "shifted":
+            assert truth["stage_counts"]["at_risk"] and truth["stage_counts"]["churned"]
+        await stages_match(sweeping_stack, truth)
 
-            body = await eventually(counted, timeout=60, every=0.5)
-            got = {k: v for k, v in body.items() if k not in ("window", "from", "to")}
-            assert got == window["kpis"], (name, diff(got, window["kpis"]))
+
+def orders_csv(path: Path, customers: str, span: timedelta) -> Path:
+    """120 orders of 30 customers over ``span`` from 2024-01-01."""
+    rng = random.Random(5)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = ["Customer,Date,Amount,Currency"]
+    for _ in range(120):
+        at = start + timedelta(minutes=rng.randint(0, int(span.total_seconds() // 60)))
+        amount = rng.randint(100, 9000) / 100
+        rows.append(f"{customers}-{rng.randint(1, 30)},{at:%Y-%m-%d %H:%M},{amount},")
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 def diff(got: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from clm_devstack import processes
+from clm_devstack.errors import DevstackError
 from clm_devstack.services import MARK_ENV, STOP_TIMEOUT
 
 NAME = "demo"
@@ -65,6 +66,18 @@ def start(state_dir: Path, env: Mapping[str, str], cwd: Path | None = None) -> t
     child_env = {**os.environ, **env, MARK_ENV: str(state_dir.resolve()), "PYTHONUNBUFFERED": "1"}
     popen = processes.spawn_detached(argv(), log_path(state_dir), env=child_env, cwd=cwd)
     processes.write_pidfile(pidfile(state_dir), popen.pid)
+    # Until it has exec'd, the child still looks like us: wait to recognise it (or its end).
+    markers = _markers(state_dir)
+    processes.wait_until(
+        lambda: popen.poll() is not None or processes.pid_is_ours(popen.pid, markers), 10.0
+    )
+    if popen.poll() is not None:
+        processes.remove_file(pidfile(state_dir))
+        line = processes.relevant_line(processes.tail_lines(log_path(state_dir), 30))
+        raise DevstackError(
+            f"the demo traffic (clm simulate) exited at once: {processes.shorten(line)}",
+            f"see {log_path(state_dir)}",
+        )
     return popen.pid, False
 
 

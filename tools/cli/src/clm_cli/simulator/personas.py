@@ -228,7 +228,7 @@ class _Journey:
         if end <= start:
             return
         if rng.random() < 0.25:
-            self.ticket(between(rng, start, end - timedelta(hours=48)))
+            self.ticket(between(rng, start, end))  # solved up to 48 h later (by as_of)
         if rng.random() < 0.3:
             rating = rng.randint(4, 5) if promoter else rng.randint(1, 3)
             self.emit(between(rng, start, end), "review", None, rating=rating)
