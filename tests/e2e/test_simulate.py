@@ -155,7 +155,8 @@ async def test_a_csv_replay_shifted_or_live_ends_in_the_truths_stages(
         truth = orjson.loads(truth_path.read_bytes())
         assert truth["events"] == 120
         if prefix == "shifted":
-            assert truth["stage_counts"]["at_risk"] and truth["stage_counts"]["churned"]
+            assert truth["stage_counts"]["at_risk"]
+            assert truth["stage_counts"]["churned"]
         await stages_match(sweeping_stack, truth)
 
 
