@@ -26,14 +26,14 @@ from sqlalchemy import func, select
 
 from bench.databases import create_migrated_database, drop_database
 from bench.results import write_section
+from clm_cli.simulator.journeys import generate
 from clm_common.db import create_engine
 from clm_common.keys import store_key
 from clm_common.schema import kpi_buckets, kpi_rollups, kpi_sketches
-from clm_devstack.journeys import generate
 from clm_devstack.services import start_service
 from clm_metrics.handler import LifecycleHandler
 from tests.e2e.conftest import free_port
-from tests.kpi_truth import replay
+from tests.kpi_truth import record, replay
 
 TOKEN = "bench-read-token"  # noqa: S105 - a token created in a throwaway database
 REQUESTS = 300
@@ -73,7 +73,7 @@ async def load(url: str, customers: int, now: datetime) -> int:
             docs = generate(
                 1000 + chunk, customers=min(CHUNK, customers - first), now=now, days=730
             )
-            records = [Record(orjson.dumps(step.record())) for step in replay(docs, now=now)]
+            records = [Record(orjson.dumps(record(step))) for step in replay(docs, now=now)]
             events += len(records)
             for i in range(0, len(records), BATCH):
                 async with engine.begin() as conn:

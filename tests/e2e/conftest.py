@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,19 +61,26 @@ async def prepared_env(clm_env: dict[str, str]) -> AsyncIterator[dict[str, str]]
     yield clm_env
 
 
-@pytest.fixture
-def stack(prepared_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+@contextmanager
+def running_stack(env: dict[str, str], logs_dir: Path) -> Iterator[Stack]:
+    """The three services as processes on free ports with ``env``; stopped on exit."""
     started: dict[str, ServiceProcess] = {}
     try:
         for name in ("ingest", "stage-engine", "metrics"):
-            started[name] = start_service(name, prepared_env, tmp_path, free_port())
+            started[name] = start_service(name, env, logs_dir, free_port())
         yield Stack(
             ingest=started["ingest"].base_url,
             stage_engine=started["stage-engine"].base_url,
             metrics=started["metrics"].base_url,
-            env=prepared_env,
+            env=env,
             processes=started,
         )
     finally:
         for proc in started.values():
             proc.stop()
+
+
+@pytest.fixture
+def stack(prepared_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(prepared_env, tmp_path) as started:
+        yield started

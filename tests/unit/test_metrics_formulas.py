@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clm_devstack.journeys import CHANNELS, SOURCES, generate
+from clm_cli.simulator.journeys import CHANNELS, SOURCES, generate
 from clm_metrics import hll
 from clm_metrics.buckets import (
     BucketKey,
@@ -32,7 +32,7 @@ from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
 from clm_metrics.repository import rollup
 from clm_metrics.service import FUTURE, stages_at
 from clm_metrics.windows import GRAINS, plan
-from tests.kpi_truth import Step, replay, truth, truth_map
+from tests.kpi_truth import Step, record, replay, truth, truth_map
 
 NOW = datetime(2026, 11, 23, 12, 34, 56, tzinfo=UTC)
 Totals = dict[tuple[str, str, str, str], Decimal]
@@ -136,7 +136,7 @@ def test_every_kpi_equals_the_brute_force(
     seed: int, customers: int, window: tuple[int, int], flt: tuple[str | None, str | None]
 ) -> None:
     steps = journeys(seed, customers)
-    store = Store(s.record() for s in steps)
+    store = Store(record(s) for s in steps)
     end_now = NOW.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end_now - timedelta(minutes=window[0])
     end = min(start + timedelta(minutes=window[1]), end_now + timedelta(days=1))

@@ -6,6 +6,8 @@
     clm webhooks list | clm webhooks revoke ID | clm webhooks new-key
     clm customer show ID | clm stages | clm kpis --window 7d | clm status
     clm dlq list | clm dlq replay P:O [--fixed FILE] | clm replay --yes | clm migrate
+    clm simulate [--customers N] [--seed S] [--csv FILE] [--out FILE] [--truth FILE] …
+                                                  journeys (or transactions) to the ingest
 
 Each module in :mod:`clm_cli.commands` has ``register(sub)``, which adds its parser and sets
 one of two defaults on every leaf command:
@@ -50,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("dlq", "the dead-letter topic: list, show, re-submit records"),
     "replay": ("replay", "rebuild every customer from the event log (after a rule change)"),
     "migrate": ("migrate", "upgrade the database schema to the newest revision, create topics"),
+    "simulate": (
+        "simulate",
+        "simulated customer journeys (or a CSV of transactions) to the ingest",
+    ),
 }
 ALL = "*"
 

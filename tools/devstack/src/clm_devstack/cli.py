@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
-from clm_devstack import kafka, postgres, processes, services
+from clm_devstack import demo, kafka, postgres, processes, services
 from clm_devstack.errors import DevstackError
 from clm_devstack.kafka import KafkaConfig
 from clm_devstack.paths import dev_state_dir, find_repo_root, testing_state_dir
@@ -194,8 +194,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             verb = "already running, reused" if reused else "started"
             _say(f"{address.name}: {verb} (pid {proc.pid}) at {proc.base_url}")
     print(_summary(stack, addresses, env, infra_only=args.infra_only))
-    if args.demo:
-        _say("demo traffic: not available yet")
+    if args.demo and args.infra_only:
+        _say("demo traffic needs the services: run without --infra-only")
+    elif args.demo:
+        pid, reused = demo.start(stack.state_dir, env, cwd=root)
+        verb = "already running, reused" if reused else "started"
+        rel = demo.log_path(stack.state_dir).relative_to(stack.repo_root)
+        _say(
+            f"demo traffic: {verb} (pid {pid}, clm simulate, log {rel}); every stage fills "
+            "within a minute — GET /v1/kpis?window=24h on the metrics service"
+        )
     return 0
 
 
@@ -235,6 +243,9 @@ def _summary(
 def cmd_down(_args: argparse.Namespace) -> int:
     stack = dev_stack(find_repo_root())
     stopped_any = False
+    if demo.stop(stack.state_dir):
+        _say("stopped the demo traffic")
+        stopped_any = True
     for name in reversed(list(services.SERVICES)):
         if services.stop_service_detached(stack.state_dir, name):
             _say(f"stopped {name}")
@@ -265,6 +276,7 @@ def cmd_status(_args: argparse.Namespace) -> int:
         rows.append(
             (address.name, services.detached_pid(stack.state_dir, address.name), address.url)
         )
+    rows.append(("demo traffic", demo.running_pid(stack.state_dir), "clm simulate"))
     for name, pid, where in rows:
         state = f"running (pid {pid})" if pid is not None else "not running"
         print(f"{name:<14}{state:<24}{where}")
