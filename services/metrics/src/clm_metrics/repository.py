@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from clm_common.schema import (
     kpi_buckets,
     kpi_cohorts,
+    kpi_day_versions,
     kpi_rollups,
     kpi_sketches,
     metrics_cohort_activity,
@@ -98,10 +99,28 @@ def _columns(items: Sequence[tuple[BucketKey, Decimal]]) -> dict[str, list[Any]]
     }
 
 
+_BUMP_DAYS = text(
+    """
+    INSERT INTO kpi_day_versions AS t (day, version)
+    SELECT d, 1 FROM unnest(CAST(:d AS date[])) AS d ORDER BY 1
+    ON CONFLICT (day) DO UPDATE SET version = t.version + 1
+    """
+)
+
+
+async def bump_day_versions(conn: AsyncConnection, touched: Iterable[datetime]) -> None:
+    """Count a write to the (UTC) days of ``touched``, in the writer's transaction: readers
+    keep a closed day's sums only while its version is unchanged."""
+    days = sorted({floor_to(at, "day").date() for at in touched})
+    if days:
+        await conn.execute(_BUMP_DAYS, {"d": days})
+
+
 async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, Decimal]) -> None:
     """Minute buckets and their rollups: one array upsert per table, rows in a stable order."""
     if not increments:
         return
+    await bump_day_versions(conn, (k.bucket_start for k in increments))
     await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
     rolled = sorted(rollup(increments).items())
     await conn.execute(
@@ -173,6 +192,7 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
                 per_row.setdefault(row, set()).update(ids)
     if not per_row:
         return
+    await bump_day_versions(conn, (k.bucket_start for k in items))
     keys = sorted(per_row)
     columns = _sketch_columns(keys)
     await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
@@ -296,19 +316,18 @@ async def all_time_totals(
     return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
 
 
-async def distinct_counts(
+async def sketch_registers(
     conn: AsyncConnection,
     segments: Sequence[Segment],
     metrics: Sequence[str],
     *,
     source: str | None = None,
     channel: str | None = None,
-) -> dict[str, int]:
-    """HyperLogLog estimates of the distinct ids of each metric over the segments."""
+) -> dict[str, hll.Registers]:
+    """The merged HyperLogLog registers of each metric over the segments (absent: no ids)."""
     c = kpi_sketches.c
-    out = {m: 0 for m in metrics}
-    if not segments:
-        return out
+    if not segments or not metrics:
+        return {}
     query = select(c.metric, c.registers).where(
         c.metric.in_(list(metrics)),
         or_(
@@ -320,12 +339,21 @@ async def distinct_counts(
         c.source == (ANY if source is None else source),
         c.channel == (ANY if channel is None else channel),
     )
-    blobs: dict[str, list[bytes]] = {}
+    out: dict[str, hll.Registers] = {}
     for metric, blob in await conn.execute(query):
-        blobs.setdefault(metric, []).append(blob)
-    for metric, found in blobs.items():
-        out[metric] = hll.estimate(hll.merge(hll.loads(b) for b in found))
+        registers = hll.loads(blob)
+        if metric in out:
+            hll.merge_into(out[metric], registers)
+        else:
+            out[metric] = registers
     return out
+
+
+async def day_versions(conn: AsyncConnection, first: date, last: date) -> dict[date, int]:
+    """The write counters of the days ``first`` … ``last`` (a day never written is absent)."""
+    c = kpi_day_versions.c
+    rows = await conn.execute(select(c.day, c.version).where(c.day >= first, c.day <= last))
+    return {day: int(version) for day, version in rows}
 
 
 async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, int]]:

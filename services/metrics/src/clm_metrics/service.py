@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_common.lifecycle import Stage
-from clm_metrics import repository
+from clm_metrics import hll, repository
+from clm_metrics.closed_days import ClosedDayCache, closed, days_of, version_of
 from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, stage_net
-from clm_metrics.windows import floor_to, plan
+from clm_metrics.repository import TotalsKey
+from clm_metrics.windows import Segment, floor_to, plan
 
 #: Events may be dated up to 24 h ahead; sums "from t on" read up to here.
 FUTURE = timedelta(days=2)
@@ -52,21 +54,32 @@ async def window_inputs(
     source: str | None = None,
     channel: str | None = None,
     distinct: bool = True,
+    cache: ClosedDayCache | None = None,
 ) -> WindowInputs:
     """The window's sums, all-time sums, stage counts at both ends and distinct counts.
 
-    The independent reads run side by side on their own connections.
+    The independent reads run side by side on their own connections. With a ``cache``, the
+    window's segments in closed days come from it while their days are unchanged (checked in
+    the same round of reads), and only today's hours and minutes are read every time.
     """
     far = max(floor_to(now, "day") + FUTURE, end)
     window = plan(start, end)
+    kept = [s for s in window if closed(s, now)] if cache is not None else []
+    fresh = [s for s in window if s not in kept]
+    metrics = DISTINCT if distinct else ()
 
     async def on_own_connection(read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with engine.connect() as conn:
             return await read(conn)
 
-    totals, all_time, since_end, counts = await asyncio.gather(
+    async def versions(conn: AsyncConnection) -> dict[date, int]:
+        if not kept:
+            return {}
+        return await repository.day_versions(conn, days_of(kept[0])[0], days_of(kept[-1])[1])
+
+    totals, all_time, since_end, registers, counters = await asyncio.gather(
         on_own_connection(
-            lambda c: repository.range_totals(c, window, source=source, channel=channel)
+            lambda c: repository.range_totals(c, fresh, source=source, channel=channel)
         ),
         on_own_connection(lambda c: repository.all_time_totals(c, source=source, channel=channel)),
         on_own_connection(
@@ -75,11 +88,21 @@ async def window_inputs(
             )
         ),
         on_own_connection(
-            lambda c: repository.distinct_counts(
-                c, window, DISTINCT if distinct else (), source=source, channel=channel
-            )
+            lambda c: repository.sketch_registers(c, fresh, metrics, source=source, channel=channel)
         ),
+        on_own_connection(versions),
     )
+    if cache is not None and kept:
+        old_sums, old_sketches = await on_own_connection(
+            lambda c: _closed_reads(
+                c, cache, kept, counters, source=source, channel=channel, metrics=metrics
+            )
+        )
+        totals = _summed([totals, *old_sums])
+        registers = {
+            m: hll.merge(part[m] for part in (registers, *old_sketches) if m in part)
+            for m in metrics
+        }
     # [start, far) is the window plus [end, far): no second read of the window's rows
     since_start = dict(since_end)
     for key, value in totals.items():
@@ -90,8 +113,51 @@ async def window_inputs(
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
         all_time=all_time,
-        distinct=dict(counts),
+        distinct={m: hll.estimate(registers[m]) if m in registers else 0 for m in metrics},
     )
+
+
+def _summed(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
+    out: dict[TotalsKey, Decimal] = {}
+    for part in parts:
+        for key, value in part.items():
+            out[key] = out.get(key, Decimal(0)) + value
+    return out
+
+
+async def _closed_reads(
+    conn: AsyncConnection,
+    cache: ClosedDayCache,
+    segments: Sequence[Segment],
+    counters: Mapping[date, int],
+    *,
+    source: str | None,
+    channel: str | None,
+    metrics: tuple[str, ...],
+) -> tuple[list[Totals], list[dict[str, hll.Registers]]]:
+    """Sums and sketches of closed segments: cached while their days' counters are unchanged,
+    read (after the counters were) and cached otherwise. Cached values are never mutated."""
+    sums: list[Totals] = []
+    sketches: list[dict[str, hll.Registers]] = []
+    for segment in segments:
+        version = version_of(segment, counters)
+        sums_key = ("sums", segment, source, channel)
+        sketch_key = ("sketches", segment, source, channel, metrics)
+        found = cache.get(sums_key, version)
+        if found is None:
+            found = await repository.range_totals(conn, [segment], source=source, channel=channel)
+            cache.put(sums_key, version, found)
+        sums.append(found)
+        if not metrics:
+            continue
+        merged = cache.get(sketch_key, version)
+        if merged is None:
+            merged = await repository.sketch_registers(
+                conn, [segment], metrics, source=source, channel=channel
+            )
+            cache.put(sketch_key, version, merged)
+        sketches.append(merged)
+    return sums, sketches
 
 
 async def series(
@@ -105,6 +171,7 @@ async def series(
     reporting_currency: str,
     source: str | None = None,
     channel: str | None = None,
+    cache: ClosedDayCache | None = None,
 ) -> list[dict[str, Any]]:
     """``name`` over ``[start, end)`` in steps (each point is that step's own KPI)."""
     points = []
@@ -119,6 +186,7 @@ async def series(
             source=source,
             channel=channel,
             distinct=name in DISTINCT_KPIS,
+            cache=cache,
         )
         value = compute_kpis(inputs, reporting_currency=reporting_currency)[name]
         points.append({"from": t.isoformat(), "to": upper.isoformat(), "value": value})
