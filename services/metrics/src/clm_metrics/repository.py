@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, and_, func, or_, select, text, union_all
+from sqlalchemy import Table, and_, func, literal, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -259,11 +259,17 @@ def _filtered(table: Table, source: str | None, channel: str | None) -> list[Any
 
 
 def _segment_select(
-    segment: Segment, source: str | None, channel: str | None, metric_like: str | None
+    segment: Segment,
+    source: str | None,
+    channel: str | None,
+    metric_like: str | None,
+    part: int = 0,
 ) -> Any:
     table = kpi_buckets if segment.grain == "minute" else kpi_rollups
     c = table.c
-    query = select(c.metric, c.source, c.channel, c.currency, c.value).where(
+    query = select(
+        literal(part).label("part"), c.metric, c.source, c.channel, c.currency, c.value
+    ).where(
         c.bucket_start >= segment.start,
         c.bucket_start < segment.end,
         *_filtered(table, source, channel),
@@ -275,6 +281,39 @@ def _segment_select(
     return query
 
 
+#: What the all-time totals are read for: current stages, open tickets, historical CLV.
+ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+
+
+def _all_time_select(source: str | None, channel: str | None, part: int = 0) -> Any:
+    c = kpi_rollups.c
+    return select(
+        literal(part).label("part"), c.metric, c.source, c.channel, c.currency, c.value
+    ).where(
+        c.grain == "all",
+        c.bucket_start == EPOCH,
+        or_(c.metric.like("flow:%"), c.metric.in_(ALL_TIME_METRICS)),
+        *_filtered(kpi_rollups, source, channel),
+    )
+
+
+async def _summed(
+    conn: AsyncConnection, selects: Sequence[Any], parts: int = 1
+) -> list[dict[TotalsKey, Decimal]]:
+    """The tagged selects summed by ``part`` and key, in one statement (one round trip)."""
+    out: list[dict[TotalsKey, Decimal]] = [{} for _ in range(parts)]
+    if not selects:
+        return out
+    rows: Any = union_all(*selects) if len(selects) > 1 else selects[0]
+    c = rows.subquery().c
+    query = select(c.part, c.metric, c.source, c.channel, c.currency, func.sum(c.value)).group_by(
+        c.part, c.metric, c.source, c.channel, c.currency
+    )
+    for part, m, s, ch, cu, v in await conn.execute(query):
+        out[part][(m, s, ch, cu)] = Decimal(v)
+    return out
+
+
 async def range_totals(
     conn: AsyncConnection,
     segments: Sequence[Segment],
@@ -284,36 +323,33 @@ async def range_totals(
     metric_like: str | None = None,
 ) -> dict[TotalsKey, Decimal]:
     """Sums over the planned segments, by (metric, source, channel, currency)."""
-    if not segments:
-        return {}
-    parts = union_all(
-        *(_segment_select(s, source, channel, metric_like) for s in segments)
-    ).subquery()
-    query = select(
-        parts.c.metric, parts.c.source, parts.c.channel, parts.c.currency, func.sum(parts.c.value)
-    ).group_by(parts.c.metric, parts.c.source, parts.c.channel, parts.c.currency)
-    return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
-
-
-#: What the all-time totals are read for: current stages, open tickets, historical CLV.
-ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+    selects = [_segment_select(s, source, channel, metric_like) for s in segments]
+    return (await _summed(conn, selects))[0]
 
 
 async def all_time_totals(
     conn: AsyncConnection, *, source: str | None = None, channel: str | None = None
 ) -> dict[TotalsKey, Decimal]:
-    c = kpi_rollups.c
-    query = (
-        select(c.metric, c.source, c.channel, c.currency, func.sum(c.value))
-        .where(
-            c.grain == "all",
-            c.bucket_start == EPOCH,
-            or_(c.metric.like("flow:%"), c.metric.in_(ALL_TIME_METRICS)),
-            *_filtered(kpi_rollups, source, channel),
-        )
-        .group_by(c.metric, c.source, c.channel, c.currency)
-    )
-    return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
+    return (await _summed(conn, [_all_time_select(source, channel)]))[0]
+
+
+async def window_totals(
+    conn: AsyncConnection,
+    window: Sequence[Segment],
+    after: Sequence[Segment],
+    *,
+    source: str | None = None,
+    channel: str | None = None,
+) -> tuple[dict[TotalsKey, Decimal], dict[TotalsKey, Decimal], dict[TotalsKey, Decimal]]:
+    """In one statement: the sums over ``window``, the flows over ``after`` and the all-time
+    totals (what a window's KPIs read besides closed days and sketches)."""
+    selects = [
+        *(_segment_select(s, source, channel, None, 0) for s in window),
+        *(_segment_select(s, source, channel, "flow:%", 1) for s in after),
+        _all_time_select(source, channel, 2),
+    ]
+    sums, flows_after, all_time = await _summed(conn, selects, 3)
+    return sums, flows_after, all_time
 
 
 async def sketch_registers(

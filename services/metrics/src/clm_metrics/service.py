@@ -58,7 +58,8 @@ async def window_inputs(
 ) -> WindowInputs:
     """The window's sums, all-time sums, stage counts at both ends and distinct counts.
 
-    The independent reads run side by side on their own connections. With a ``cache``, the
+    Two connections side by side: one statement for the sums (window, flows after it, all
+    time), the sketches and day counters on the other. With a ``cache``, the
     window's segments in closed days come from it while their days are unchanged (checked in
     the same round of reads), and only today's hours and minutes are read every time.
     """
@@ -77,28 +78,28 @@ async def window_inputs(
             return {}
         return await repository.day_versions(conn, days_of(kept[0])[0], days_of(kept[-1])[1])
 
-    totals, all_time, since_end, registers, counters = await asyncio.gather(
+    async def sketches_and_counters(
+        conn: AsyncConnection,
+    ) -> tuple[dict[str, hll.Registers], dict[date, int]]:
+        counters = await versions(conn)
+        registers = await repository.sketch_registers(
+            conn, fresh, metrics, source=source, channel=channel
+        )
+        return registers, counters
+
+    (totals, since_end, all_time), (registers, counters) = await asyncio.gather(
         on_own_connection(
-            lambda c: repository.range_totals(c, fresh, source=source, channel=channel)
-        ),
-        on_own_connection(lambda c: repository.all_time_totals(c, source=source, channel=channel)),
-        on_own_connection(
-            lambda c: repository.range_totals(
-                c, plan(end, far), source=source, channel=channel, metric_like="flow:%"
+            lambda c: repository.window_totals(
+                c, fresh, plan(end, far), source=source, channel=channel
             )
         ),
-        on_own_connection(
-            lambda c: repository.sketch_registers(c, fresh, metrics, source=source, channel=channel)
-        ),
-        on_own_connection(versions),
+        on_own_connection(sketches_and_counters),
     )
     if cache is not None and kept:
-        old_sums, old_sketches = await on_own_connection(
-            lambda c: _closed_reads(
-                c, cache, kept, counters, source=source, channel=channel, metrics=metrics
-            )
+        old_sums, old_sketches = await _closed_reads(
+            engine, cache, kept, counters, source=source, channel=channel, metrics=metrics
         )
-        totals = _summed([totals, *old_sums])
+        totals = _added([totals, *old_sums])
         registers = {
             m: hll.merge(part[m] for part in (registers, *old_sketches) if m in part)
             for m in metrics
@@ -117,7 +118,7 @@ async def window_inputs(
     )
 
 
-def _summed(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
+def _added(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
     out: dict[TotalsKey, Decimal] = {}
     for part in parts:
         for key, value in part.items():
@@ -126,7 +127,7 @@ def _summed(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
 
 
 async def _closed_reads(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     cache: ClosedDayCache,
     segments: Sequence[Segment],
     counters: Mapping[date, int],
@@ -136,28 +137,36 @@ async def _closed_reads(
     metrics: tuple[str, ...],
 ) -> tuple[list[Totals], list[dict[str, hll.Registers]]]:
     """Sums and sketches of closed segments: cached while their days' counters are unchanged,
-    read (after the counters were) and cached otherwise. Cached values are never mutated."""
-    sums: list[Totals] = []
-    sketches: list[dict[str, hll.Registers]] = []
-    for segment in segments:
-        version = version_of(segment, counters)
-        sums_key = ("sums", segment, source, channel)
-        sketch_key = ("sketches", segment, source, channel, metrics)
-        found = cache.get(sums_key, version)
-        if found is None:
-            found = await repository.range_totals(conn, [segment], source=source, channel=channel)
-            cache.put(sums_key, version, found)
-        sums.append(found)
-        if not metrics:
-            continue
-        merged = cache.get(sketch_key, version)
-        if merged is None:
-            merged = await repository.sketch_registers(
-                conn, [segment], metrics, source=source, channel=channel
-            )
-            cache.put(sketch_key, version, merged)
-        sketches.append(merged)
-    return sums, sketches
+    otherwise read (after the counters were) on one connection and cached. Cached values are
+    never mutated."""
+    keys = [
+        (
+            version_of(segment, counters),
+            ("sums", segment, source, channel),
+            ("sketches", segment, source, channel, metrics),
+        )
+        for segment in segments
+    ]
+    sums: list[Totals | None] = [cache.get(key, version) for version, key, _ in keys]
+    sketches: list[dict[str, hll.Registers] | None] = [
+        cache.get(key, version) if metrics else {} for version, _, key in keys
+    ]
+    misses = [i for i, segment in enumerate(segments) if sums[i] is None or sketches[i] is None]
+    if misses:
+        async with engine.connect() as conn:
+            for i in misses:
+                version, sums_key, sketch_key = keys[i]
+                if sums[i] is None:
+                    sums[i] = await repository.range_totals(
+                        conn, [segments[i]], source=source, channel=channel
+                    )
+                    cache.put(sums_key, version, sums[i])
+                if sketches[i] is None:
+                    sketches[i] = await repository.sketch_registers(
+                        conn, [segments[i]], metrics, source=source, channel=channel
+                    )
+                    cache.put(sketch_key, version, sketches[i])
+    return [s for s in sums if s is not None], [r for r in sketches if r is not None]
 
 
 async def series(
