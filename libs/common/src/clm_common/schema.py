@@ -247,6 +247,15 @@ kpi_rollups = Table(
     CheckConstraint("grain IN ('hour', 'day', 'all')", name="grain"),
 )
 
+# How often each event day's buckets, rollups or sketches were written to (bumped in the same
+# transaction): a reader may keep a closed day's sums while its version is unchanged.
+kpi_day_versions = Table(
+    "kpi_day_versions",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
 # Distinct-count sketches (HyperLogLog registers, zlib-compressed) per grain and bucket.
 kpi_sketches = Table(
     "kpi_sketches",

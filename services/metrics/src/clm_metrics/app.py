@@ -76,6 +76,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
                 channels=settings.metrics_gauge_channels,
                 max_sources=settings.metrics_gauge_max_sources,
                 retention=retention,
+                cache=app.state.clm.closed_days,
             ),
             name="kpi-refresher",
         )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.auth import KeyVerifier
+from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.service import Retention
 from clm_metrics.settings import MetricsSettings
 
@@ -17,6 +18,8 @@ class State:
     settings: MetricsSettings
     engine: AsyncEngine
     verifier: KeyVerifier
+    #: Sums and sketches of closed days, shared by requests and the gauge refresher.
+    closed_days: ClosedDayCache = field(default_factory=ClosedDayCache)
 
     @property
     def retention(self) -> Retention:

@@ -34,15 +34,21 @@ class WindowInputs:
     distinct: Mapping[str, int | None] = field(default_factory=dict)
 
 
-def total(totals: Totals, metric: str, currency: str | None = None) -> Decimal:
-    return sum(
-        (
-            v
-            for (m, _, _, c), v in totals.items()
-            if m == metric and (currency is None or c == currency)
-        ),
-        ZERO,
-    )
+class MetricSums:
+    """A metric's total (in one currency, or all): the totals summed per metric and currency in
+    one pass, so each KPI is a lookup rather than a scan of every key."""
+
+    def __init__(self, totals: Totals) -> None:
+        self._sums: dict[str, dict[str, Decimal]] = {}
+        for (m, _, _, c), v in totals.items():
+            per = self._sums.setdefault(m, {})
+            per[c] = per.get(c, ZERO) + v
+
+    def __call__(self, metric: str, currency: str | None = None) -> Decimal:
+        per = self._sums.get(metric, {})
+        if currency is None:
+            return sum(per.values(), ZERO)
+        return per.get(currency, ZERO)
 
 
 def grouped(
@@ -118,15 +124,16 @@ def _money_or_none(value: Decimal | None) -> str | None:
 def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, Any]:
     """Every KPI of the window (see the README's KPI table for the formulas)."""
     t, rc = inputs.totals, reporting_currency
-    orders = int(total(t, "orders"))
-    rc_orders = total(t, "orders", rc)
-    revenue = total(t, "revenue", rc)
-    visits = int(total(t, "events:site_visit"))
-    leads = int(total(t, "leads"))
-    converted_leads = int(total(t, "converted_leads"))
-    new_customers = int(total(t, "new_customers"))
-    spend = total(t, "spend", rc)
-    refunds = int(total(t, "refunds"))
+    sums, life = MetricSums(t), MetricSums(inputs.all_time)
+    orders = int(sums("orders"))
+    rc_orders = sums("orders", rc)
+    revenue = sums("revenue", rc)
+    visits = int(sums("events:site_visit"))
+    leads = int(sums("leads"))
+    converted_leads = int(sums("converted_leads"))
+    new_customers = int(sums("new_customers"))
+    spend = sums("spend", rc)
+    refunds = int(sums("refunds"))
     move = flows(t)
     churned = sum(n for (_, after), n in move.items() if after == Stage.CHURNED.value)
     start_active, end_active = active(inputs.stages_at_start), active(inputs.stages_at_end)
@@ -139,8 +146,8 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
     predicted = None
     if aov is not None and frequency is not None and churn:
         predicted = aov * frequency / churn
-    nps_n = int(total(t, "nps_responses"))
-    reviews = int(total(t, "reviews"))
+    nps_n = int(sums("nps_responses"))
+    reviews = int(sums("reviews"))
 
     spend_by_channel = grouped(t, "spend", "channel", rc)
     customers_by_channel = grouped(t, "new_customers", "channel")
@@ -178,9 +185,9 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         }
     return {
         # reach
-        "events": int(total(t, "events")),
+        "events": int(sums("events")),
         "site_visits": visits,
-        "ad_clicks": int(total(t, "events:ad_click")),
+        "ad_clicks": int(sums("events:ad_click")),
         "unique_visitors": visitors,
         "visits_by_channel": {
             k: int(v) for k, v in sorted(grouped(t, "events:site_visit", "channel").items())
@@ -204,16 +211,16 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         "currency": rc,
         "revenue": money(revenue),
         "revenue_by_currency": {
-            c: money(total(t, "revenue", c)) for c in sorted({k[3] for k in t if k[0] == "revenue"})
+            c: money(sums("revenue", c)) for c in sorted({k[3] for k in t if k[0] == "revenue"})
         },
         "average_order_value": money(aov),
         "purchasing_customers": purchasers,
         "purchase_frequency": None if frequency is None else str(frequency.quantize(RATE)),
         "refunds": refunds,
-        "refunded": money(total(t, "refund_amount", rc)),
+        "refunded": money(sums("refund_amount", rc)),
         "refund_rate": rate(refunds, orders),
         # retention
-        "repeat_purchases": int(total(t, "repeat_purchases")),
+        "repeat_purchases": int(sums("repeat_purchases")),
         "repeat_purchase_rate": None
         if not purchasers or repeaters is None
         else rate(repeaters, purchasers),
@@ -222,31 +229,29 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         "active_customers_at_end": end_active,
         "churn_rate": None if churn is None else str(churn.quantize(RATE)),
         "retention_rate": rate(end_active - new_customers, start_active),
-        "reactivations": int(total(t, "reactivations")),
-        "csat": rate(total(t, "csat_satisfied"), total(t, "csat_answers")),
-        "csat_answers": int(total(t, "csat_answers")),
-        "support_tickets_opened": int(total(t, "tickets_opened")),
-        "support_tickets_solved": int(total(t, "tickets_solved")),
-        "open_support_tickets": int(total(a, "tickets_opened") - total(a, "tickets_solved")),
+        "reactivations": int(sums("reactivations")),
+        "csat": rate(sums("csat_satisfied"), sums("csat_answers")),
+        "csat_answers": int(sums("csat_answers")),
+        "support_tickets_opened": int(sums("tickets_opened")),
+        "support_tickets_solved": int(sums("tickets_solved")),
+        "open_support_tickets": int(life("tickets_opened") - life("tickets_solved")),
         # loyalty
         "nps": None
         if nps_n == 0
         else str(
             (
-                Decimal(100)
-                * (total(t, "nps_promoters") - total(t, "nps_detractors"))
-                / Decimal(nps_n)
+                Decimal(100) * (sums("nps_promoters") - sums("nps_detractors")) / Decimal(nps_n)
             ).quantize(Decimal("0.01"))
         ),
         "nps_responses": nps_n,
         "reviews": reviews,
         "average_rating": None
         if reviews == 0
-        else str((total(t, "rating_sum") / Decimal(reviews)).quantize(Decimal("0.01"))),
-        "referrals": int(total(t, "events:referral")),
+        else str((sums("rating_sum") / Decimal(reviews)).quantize(Decimal("0.01"))),
+        "referrals": int(sums("events:referral")),
         # value
         "clv_historical": _money_or_none(
-            ratio(total(a, "customer_revenue", rc), total(a, "new_customers"))
+            ratio(life("customer_revenue", rc), life("new_customers"))
         ),
         "clv_predicted": money(predicted),
         "clv_by_channel": clv_by_channel,

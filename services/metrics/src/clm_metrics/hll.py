@@ -48,8 +48,14 @@ def add(registers: Registers, items: Iterable[str]) -> Registers:
 def merge(sketches: Iterable[Registers]) -> Registers:
     out = empty()
     for s in sketches:
-        np.maximum(out, s, out=out)
+        merge_into(out, s)
     return out
+
+
+def merge_into(target: Registers, other: Registers) -> Registers:
+    """``target`` becomes the union of both sketches (in place)."""
+    np.maximum(target, other, out=target)
+    return target
 
 
 def _sigma(x: float) -> float:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, and_, func, or_, select, text, union_all
+from sqlalchemy import Table, and_, func, literal, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.schema import (
     kpi_buckets,
     kpi_cohorts,
+    kpi_day_versions,
     kpi_rollups,
     kpi_sketches,
     metrics_cohort_activity,
@@ -98,10 +99,28 @@ def _columns(items: Sequence[tuple[BucketKey, Decimal]]) -> dict[str, list[Any]]
     }
 
 
+_BUMP_DAYS = text(
+    """
+    INSERT INTO kpi_day_versions AS t (day, version)
+    SELECT d, 1 FROM unnest(CAST(:d AS date[])) AS d ORDER BY 1
+    ON CONFLICT (day) DO UPDATE SET version = t.version + 1
+    """
+)
+
+
+async def bump_day_versions(conn: AsyncConnection, touched: Iterable[datetime]) -> None:
+    """Count a write to the (UTC) days of ``touched``, in the writer's transaction: readers
+    keep a closed day's sums only while its version is unchanged."""
+    days = sorted({floor_to(at, "day").date() for at in touched})
+    if days:
+        await conn.execute(_BUMP_DAYS, {"d": days})
+
+
 async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, Decimal]) -> None:
     """Minute buckets and their rollups: one array upsert per table, rows in a stable order."""
     if not increments:
         return
+    await bump_day_versions(conn, (k.bucket_start for k in increments))
     await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
     rolled = sorted(rollup(increments).items())
     await conn.execute(
@@ -173,6 +192,7 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
                 per_row.setdefault(row, set()).update(ids)
     if not per_row:
         return
+    await bump_day_versions(conn, (k.bucket_start for k in items))
     keys = sorted(per_row)
     columns = _sketch_columns(keys)
     await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
@@ -239,11 +259,17 @@ def _filtered(table: Table, source: str | None, channel: str | None) -> list[Any
 
 
 def _segment_select(
-    segment: Segment, source: str | None, channel: str | None, metric_like: str | None
+    segment: Segment,
+    source: str | None,
+    channel: str | None,
+    metric_like: str | None,
+    part: int = 0,
 ) -> Any:
     table = kpi_buckets if segment.grain == "minute" else kpi_rollups
     c = table.c
-    query = select(c.metric, c.source, c.channel, c.currency, c.value).where(
+    query = select(
+        literal(part).label("part"), c.metric, c.source, c.channel, c.currency, c.value
+    ).where(
         c.bucket_start >= segment.start,
         c.bucket_start < segment.end,
         *_filtered(table, source, channel),
@@ -255,6 +281,39 @@ def _segment_select(
     return query
 
 
+#: What the all-time totals are read for: current stages, open tickets, historical CLV.
+ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+
+
+def _all_time_select(source: str | None, channel: str | None, part: int = 0) -> Any:
+    c = kpi_rollups.c
+    return select(
+        literal(part).label("part"), c.metric, c.source, c.channel, c.currency, c.value
+    ).where(
+        c.grain == "all",
+        c.bucket_start == EPOCH,
+        or_(c.metric.like("flow:%"), c.metric.in_(ALL_TIME_METRICS)),
+        *_filtered(kpi_rollups, source, channel),
+    )
+
+
+async def _summed(
+    conn: AsyncConnection, selects: Sequence[Any], parts: int = 1
+) -> list[dict[TotalsKey, Decimal]]:
+    """The tagged selects summed by ``part`` and key, in one statement (one round trip)."""
+    out: list[dict[TotalsKey, Decimal]] = [{} for _ in range(parts)]
+    if not selects:
+        return out
+    rows: Any = union_all(*selects) if len(selects) > 1 else selects[0]
+    c = rows.subquery().c
+    query = select(c.part, c.metric, c.source, c.channel, c.currency, func.sum(c.value)).group_by(
+        c.part, c.metric, c.source, c.channel, c.currency
+    )
+    for part, m, s, ch, cu, v in await conn.execute(query):
+        out[part][(m, s, ch, cu)] = Decimal(v)
+    return out
+
+
 async def range_totals(
     conn: AsyncConnection,
     segments: Sequence[Segment],
@@ -264,51 +323,47 @@ async def range_totals(
     metric_like: str | None = None,
 ) -> dict[TotalsKey, Decimal]:
     """Sums over the planned segments, by (metric, source, channel, currency)."""
-    if not segments:
-        return {}
-    parts = union_all(
-        *(_segment_select(s, source, channel, metric_like) for s in segments)
-    ).subquery()
-    query = select(
-        parts.c.metric, parts.c.source, parts.c.channel, parts.c.currency, func.sum(parts.c.value)
-    ).group_by(parts.c.metric, parts.c.source, parts.c.channel, parts.c.currency)
-    return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
-
-
-#: What the all-time totals are read for: current stages, open tickets, historical CLV.
-ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+    selects = [_segment_select(s, source, channel, metric_like) for s in segments]
+    return (await _summed(conn, selects))[0]
 
 
 async def all_time_totals(
     conn: AsyncConnection, *, source: str | None = None, channel: str | None = None
 ) -> dict[TotalsKey, Decimal]:
-    c = kpi_rollups.c
-    query = (
-        select(c.metric, c.source, c.channel, c.currency, func.sum(c.value))
-        .where(
-            c.grain == "all",
-            c.bucket_start == EPOCH,
-            or_(c.metric.like("flow:%"), c.metric.in_(ALL_TIME_METRICS)),
-            *_filtered(kpi_rollups, source, channel),
-        )
-        .group_by(c.metric, c.source, c.channel, c.currency)
-    )
-    return {(m, s, ch, cu): Decimal(v) for m, s, ch, cu, v in await conn.execute(query)}
+    return (await _summed(conn, [_all_time_select(source, channel)]))[0]
 
 
-async def distinct_counts(
+async def window_totals(
+    conn: AsyncConnection,
+    window: Sequence[Segment],
+    after: Sequence[Segment],
+    *,
+    source: str | None = None,
+    channel: str | None = None,
+) -> tuple[dict[TotalsKey, Decimal], dict[TotalsKey, Decimal], dict[TotalsKey, Decimal]]:
+    """In one statement: the sums over ``window``, the flows over ``after`` and the all-time
+    totals (what a window's KPIs read besides closed days and sketches)."""
+    selects = [
+        *(_segment_select(s, source, channel, None, 0) for s in window),
+        *(_segment_select(s, source, channel, "flow:%", 1) for s in after),
+        _all_time_select(source, channel, 2),
+    ]
+    sums, flows_after, all_time = await _summed(conn, selects, 3)
+    return sums, flows_after, all_time
+
+
+async def sketch_registers(
     conn: AsyncConnection,
     segments: Sequence[Segment],
     metrics: Sequence[str],
     *,
     source: str | None = None,
     channel: str | None = None,
-) -> dict[str, int]:
-    """HyperLogLog estimates of the distinct ids of each metric over the segments."""
+) -> dict[str, hll.Registers]:
+    """The merged HyperLogLog registers of each metric over the segments (absent: no ids)."""
     c = kpi_sketches.c
-    out = {m: 0 for m in metrics}
-    if not segments:
-        return out
+    if not segments or not metrics:
+        return {}
     query = select(c.metric, c.registers).where(
         c.metric.in_(list(metrics)),
         or_(
@@ -320,12 +375,21 @@ async def distinct_counts(
         c.source == (ANY if source is None else source),
         c.channel == (ANY if channel is None else channel),
     )
-    blobs: dict[str, list[bytes]] = {}
+    out: dict[str, hll.Registers] = {}
     for metric, blob in await conn.execute(query):
-        blobs.setdefault(metric, []).append(blob)
-    for metric, found in blobs.items():
-        out[metric] = hll.estimate(hll.merge(hll.loads(b) for b in found))
+        registers = hll.loads(blob)
+        if metric in out:
+            hll.merge_into(out[metric], registers)
+        else:
+            out[metric] = registers
     return out
+
+
+async def day_versions(conn: AsyncConnection, first: date, last: date) -> dict[date, int]:
+    """The write counters of the days ``first`` … ``last`` (a day never written is absent)."""
+    c = kpi_day_versions.c
+    rows = await conn.execute(select(c.day, c.version).where(c.day >= first, c.day <= last))
+    return {day: int(version) for day, version in rows}
 
 
 async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, int]]:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_common.lifecycle import Stage
-from clm_metrics import repository
+from clm_metrics import hll, repository
+from clm_metrics.closed_days import ClosedDayCache, closed, days_of, version_of
 from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, stage_net
-from clm_metrics.windows import floor_to, plan
+from clm_metrics.repository import TotalsKey
+from clm_metrics.windows import Segment, floor_to, plan
 
 #: Events may be dated up to 24 h ahead; sums "from t on" read up to here.
 FUTURE = timedelta(days=2)
@@ -52,34 +54,56 @@ async def window_inputs(
     source: str | None = None,
     channel: str | None = None,
     distinct: bool = True,
+    cache: ClosedDayCache | None = None,
 ) -> WindowInputs:
     """The window's sums, all-time sums, stage counts at both ends and distinct counts.
 
-    The independent reads run side by side on their own connections.
+    Two connections side by side: one statement for the sums (window, flows after it, all
+    time), the sketches and day counters on the other. With a ``cache``, the
+    window's segments in closed days come from it while their days are unchanged (checked in
+    the same round of reads), and only today's hours and minutes are read every time.
     """
     far = max(floor_to(now, "day") + FUTURE, end)
     window = plan(start, end)
+    kept = [s for s in window if closed(s, now)] if cache is not None else []
+    fresh = [s for s in window if s not in kept]
+    metrics = DISTINCT if distinct else ()
 
     async def on_own_connection(read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with engine.connect() as conn:
             return await read(conn)
 
-    totals, all_time, since_end, counts = await asyncio.gather(
+    async def versions(conn: AsyncConnection) -> dict[date, int]:
+        if not kept:
+            return {}
+        return await repository.day_versions(conn, days_of(kept[0])[0], days_of(kept[-1])[1])
+
+    async def sketches_and_counters(
+        conn: AsyncConnection,
+    ) -> tuple[dict[str, hll.Registers], dict[date, int]]:
+        counters = await versions(conn)
+        registers = await repository.sketch_registers(
+            conn, fresh, metrics, source=source, channel=channel
+        )
+        return registers, counters
+
+    (totals, since_end, all_time), (registers, counters) = await asyncio.gather(
         on_own_connection(
-            lambda c: repository.range_totals(c, window, source=source, channel=channel)
-        ),
-        on_own_connection(lambda c: repository.all_time_totals(c, source=source, channel=channel)),
-        on_own_connection(
-            lambda c: repository.range_totals(
-                c, plan(end, far), source=source, channel=channel, metric_like="flow:%"
+            lambda c: repository.window_totals(
+                c, fresh, plan(end, far), source=source, channel=channel
             )
         ),
-        on_own_connection(
-            lambda c: repository.distinct_counts(
-                c, window, DISTINCT if distinct else (), source=source, channel=channel
-            )
-        ),
+        on_own_connection(sketches_and_counters),
     )
+    if cache is not None and kept:
+        old_sums, old_sketches = await _closed_reads(
+            engine, cache, kept, counters, source=source, channel=channel, metrics=metrics
+        )
+        totals = _added([totals, *old_sums])
+        registers = {
+            m: hll.merge(part[m] for part in (registers, *old_sketches) if m in part)
+            for m in metrics
+        }
     # [start, far) is the window plus [end, far): no second read of the window's rows
     since_start = dict(since_end)
     for key, value in totals.items():
@@ -90,8 +114,59 @@ async def window_inputs(
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
         all_time=all_time,
-        distinct=dict(counts),
+        distinct={m: hll.estimate(registers[m]) if m in registers else 0 for m in metrics},
     )
+
+
+def _added(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
+    out: dict[TotalsKey, Decimal] = {}
+    for part in parts:
+        for key, value in part.items():
+            out[key] = out.get(key, Decimal(0)) + value
+    return out
+
+
+async def _closed_reads(
+    engine: AsyncEngine,
+    cache: ClosedDayCache,
+    segments: Sequence[Segment],
+    counters: Mapping[date, int],
+    *,
+    source: str | None,
+    channel: str | None,
+    metrics: tuple[str, ...],
+) -> tuple[list[Totals], list[dict[str, hll.Registers]]]:
+    """Sums and sketches of closed segments: cached while their days' counters are unchanged,
+    otherwise read (after the counters were) on one connection and cached. Cached values are
+    never mutated."""
+    keys = [
+        (
+            version_of(segment, counters),
+            ("sums", segment, source, channel),
+            ("sketches", segment, source, channel, metrics),
+        )
+        for segment in segments
+    ]
+    sums: list[Totals | None] = [cache.get(key, version) for version, key, _ in keys]
+    sketches: list[dict[str, hll.Registers] | None] = [
+        cache.get(key, version) if metrics else {} for version, _, key in keys
+    ]
+    misses = [i for i, segment in enumerate(segments) if sums[i] is None or sketches[i] is None]
+    if misses:
+        async with engine.connect() as conn:
+            for i in misses:
+                version, sums_key, sketch_key = keys[i]
+                if sums[i] is None:
+                    sums[i] = await repository.range_totals(
+                        conn, [segments[i]], source=source, channel=channel
+                    )
+                    cache.put(sums_key, version, sums[i])
+                if sketches[i] is None:
+                    sketches[i] = await repository.sketch_registers(
+                        conn, [segments[i]], metrics, source=source, channel=channel
+                    )
+                    cache.put(sketch_key, version, sketches[i])
+    return [s for s in sums if s is not None], [r for r in sketches if r is not None]
 
 
 async def series(
@@ -105,6 +180,7 @@ async def series(
     reporting_currency: str,
     source: str | None = None,
     channel: str | None = None,
+    cache: ClosedDayCache | None = None,
 ) -> list[dict[str, Any]]:
     """``name`` over ``[start, end)`` in steps (each point is that step's own KPI)."""
     points = []
@@ -119,6 +195,7 @@ async def series(
             source=source,
             channel=channel,
             distinct=name in DISTINCT_KPIS,
+            cache=cache,
         )
         value = compute_kpis(inputs, reporting_currency=reporting_currency)[name]
         points.append({"from": t.isoformat(), "to": upper.isoformat(), "value": value})

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_common.kpis import WINDOWS, window_bounds
 from clm_common.lifecycle import Stage
 from clm_metrics import repository, service
+from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis, lifecycle_map
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,16 @@ async def refresh_gauges(
     channels: Sequence[str],
     max_sources: int,
     retention: service.Retention,
+    cache: ClosedDayCache | None = None,
 ) -> None:
     now = datetime.now(UTC)
+    computed = []  # every window read before any gauge is set: a scrape sees one refresh
     for window, span in WINDOWS.items():
         start, end = window_bounds(now, span)
         start = retention.align(start, now)
-        inputs = await service.window_inputs(engine, start, end, now)
+        inputs = await service.window_inputs(engine, start, end, now, cache=cache)
+        computed.append((window, inputs))
+    for window, inputs in computed:
         kpis = compute_kpis(inputs, reporting_currency=reporting_currency)
         for name, gauge in _WINDOWED_GAUGES.items():
             _set(gauge, [window], kpis[name])
@@ -175,6 +180,7 @@ async def refresh_forever(
     channels: Sequence[str],
     max_sources: int,
     retention: service.Retention,
+    cache: ClosedDayCache | None = None,
 ) -> None:
     while True:
         try:
@@ -184,6 +190,7 @@ async def refresh_forever(
                 channels=channels,
                 max_sources=max_sources,
                 retention=retention,
+                cache=cache,
             )
         except Exception:
             log.warning("KPI gauge refresh failed", exc_info=True)

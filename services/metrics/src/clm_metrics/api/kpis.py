@@ -108,6 +108,7 @@ class Selection:
             source=self.source,
             channel=self.channel,
             distinct=distinct,
+            cache=state.closed_days,
         )
 
     def bounds(self) -> dict[str, Any]:
@@ -179,6 +180,7 @@ async def get_series(
         reporting_currency=state.settings.reporting_currency,
         source=sel.source,
         channel=sel.channel,
+        cache=state.closed_days,
     )
     return {"kpi": name, "step": step, **sel.bounds(), "points": points}
 
