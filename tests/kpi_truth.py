@@ -37,19 +37,22 @@ def truth_map(
     moves: dict[tuple[str, str], int] = {}
     stays: dict[str, list[timedelta]] = {}
     for s in steps:
-        if s.applied is None or s.applied.transition is None:
+        if s.applied is None:
             continue
-        st, t = s.applied.state, s.applied.transition
+        st = s.applied.state
         if (source is not None and st.first_source != source) or (
             channel is not None and (st.first_channel or "") != channel
         ):
             continue
-        if not in_window(t.at, start, end):
-            continue
-        key = (t.from_stage.value if t.from_stage else "", t.to_stage.value)
-        moves[key] = moves.get(key, 0) + 1
-        if s.before is not None:
-            stays.setdefault(s.before.stage.value, []).append(t.at - s.before.stage_entered_at)
+        # each move at its own time; a stay runs from entering a stage to the next move
+        entered = s.before.stage_entered_at if s.before is not None else None
+        for t in s.applied.transitions:
+            if in_window(t.at, start, end):
+                key = (t.from_stage.value if t.from_stage else "", t.to_stage.value)
+                moves[key] = moves.get(key, 0) + 1
+                if t.from_stage is not None and entered is not None:
+                    stays.setdefault(t.from_stage.value, []).append(t.at - entered)
+            entered = t.at
     medians: dict[str, int | None] = {}
     for stage in Stage:
         durations = sorted(stays.get(stage.value, []))

@@ -100,3 +100,48 @@ def test_an_event_record_still_counts_its_event_and_its_flow() -> None:
     metrics = {key.metric for key, _ in increments(record)}
     assert {"events", "events:purchase", "orders", "revenue", "flow::conversion"} <= metrics
     assert stage_deltas([record]) == {Stage.CONVERSION.value: 1}
+
+
+def test_an_event_that_causes_several_moves_counts_each_at_its_own_time() -> None:
+    """A purchase after 200 silent days: at risk and churned when they became due, then the
+    purchase brings the customer back. Each move is a flow at its own minute, with its stay,
+    exactly as if a sweeper had made the first two in between."""
+    first = parse_event(event_doc("purchase", occurred_at=T0.isoformat(), channel="social"))
+    state = apply_event(None, first, RULES).state
+    later = T0 + timedelta(days=200)
+    back = parse_event(event_doc("purchase", occurred_at=later.isoformat(), channel="social"))
+    applied = apply_event(state, back, RULES)
+    assert len(applied.transitions) >= 3
+    record = orjson.loads(lifecycle_record(back, state, applied))
+    assert [m["to"] for m in record["transitions"]] == [
+        t.to_stage.value for t in applied.transitions
+    ]
+    assert record["transition"] == record["transitions"][-1]
+
+    flows_at = {
+        key.metric: key.bucket_start
+        for key, _ in increments(record)
+        if key.metric.startswith("flow:")
+    }
+    expected = {
+        f"flow:{t.from_stage.value if t.from_stage else ''}:{t.to_stage.value}": t.at.replace(
+            second=0, microsecond=0
+        )
+        for t in applied.transitions
+    }
+    assert flows_at == expected
+    assert flows_at["flow:at_risk:churned"] < later
+    stays = [key.metric for key, _ in increments(record) if key.metric.startswith("stay:")]
+    assert len(stays) == len(applied.transitions)
+    # the net effect on stage counts is the same as the single net move
+    net = stage_net(totals([record]))
+    assert net.get(Stage.CONVERSION.value) == -1
+    assert sum(net.values()) == 0
+
+
+def test_a_record_without_the_moves_list_still_counts_its_net_move() -> None:
+    """Records written before per-move accounting (no ``transitions``) keep counting."""
+    event = parse_event(event_doc("purchase", occurred_at=T0.isoformat()))
+    record = orjson.loads(lifecycle_record(event, None, apply_event(None, event, RULES)))
+    del record["transitions"]
+    assert "flow::conversion" in {key.metric for key, _ in increments(record)}

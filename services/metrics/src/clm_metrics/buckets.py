@@ -24,7 +24,7 @@ Metric names (``currency`` is ``""`` for counts):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -67,7 +67,7 @@ def stay_bin_middle(b: int) -> timedelta:
 
 
 def _when(value: Any) -> datetime:
-    return datetime.fromisoformat(str(value))
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 def _entered_before(record: Mapping[str, Any]) -> datetime | None:
@@ -84,6 +84,27 @@ def _entered_before(record: Mapping[str, Any]) -> datetime | None:
     return _when(derived) if derived else None
 
 
+def _count_moves(
+    moves: Iterable[Mapping[str, Any]],
+    entered: datetime | None,
+    facts: Mapping[str, Any],
+    add: Callable[[str, datetime], None],
+) -> None:
+    """Each move at its own time: the flow, the stay it ended (from when the customer entered
+    the stage it left), and a lead when it reached acquisition from nowhere or reach."""
+    campaign = facts.get("first_campaign")
+    for move in moves:
+        at, origin, target = _when(move["at"]), move["from"] or "", move["to"]
+        add(f"flow:{origin}:{target}", at)
+        if target == "acquisition" and origin in ("", "reach"):
+            add("leads", at)
+            if campaign:
+                add(f"campaign_leads:{campaign}", at)
+        if origin and entered is not None:
+            add(f"stay:{origin}:{stay_bin(at - entered)}", at)
+        entered = at
+
+
 def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
     """Records without an event: a sweeper's time-based moves (``kind: time``: flows and stays
     at the moves' times) and a profile leaving (``identity_merge``, ``erasure``: a flow out to
@@ -93,20 +114,11 @@ def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Dec
     out: list[tuple[BucketKey, Decimal]] = []
     before, after = record.get("stage_before"), record.get("stage_after")
     if record.get("kind") == "time":
-        moves = record.get("transitions") or []
-        entered = _entered_before(record)
-        for move in moves:
-            at = _when(move["at"])
-            out.append(
-                (
-                    BucketKey(floor_minute(at), f"flow:{move['from']}:{move['to']}", src, ch, ""),
-                    Decimal(1),
-                )
-            )
-            if entered is not None:
-                stay = f"stay:{move['from']}:{stay_bin(at - entered)}"
-                out.append((BucketKey(floor_minute(at), stay, src, ch, ""), Decimal(1)))
-            entered = at
+
+        def add(metric: str, when: datetime) -> None:
+            out.append((BucketKey(floor_minute(when), metric, src, ch, ""), Decimal(1)))
+
+        _count_moves(record.get("transitions") or [], _entered_before(record), facts, add)
         return out
     if before is not None and after is None and record.get("at"):
         out.append(
@@ -181,17 +193,17 @@ def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
 
     campaign = facts.get("first_campaign")
     before, after = record.get("stage_before"), record.get("stage_after")
-    transition = record.get("transition") or {}
-    moved_at = _when(transition["at"]) if transition.get("at") else at
-    if after is not None and before != after:
-        cu(f"flow:{before or ''}:{after}", when=moved_at)
-        if after == "acquisition" and before in (None, "reach"):
-            cu("leads", when=moved_at)
-            if campaign:
-                cu(f"campaign_leads:{campaign}", when=moved_at)
-        entered = _entered_before(record) if before is not None else None
-        if before is not None and entered is not None:
-            cu(f"stay:{before}:{stay_bin(moved_at - entered)}", when=moved_at)
+    moves = record.get("transitions")
+    if moves is None:  # a record from before per-move accounting: its net move, at the last
+        last = record.get("transition") or {}
+        net = after is not None and before != after
+        moves = [{"from": before, "to": after, "at": last.get("at") or at}] if net else []
+    _count_moves(
+        moves,
+        _entered_before(record) if before is not None else None,
+        facts,
+        lambda metric, when: cu(metric, when=when),
+    )
     if record.get("first_purchase"):
         cu("new_customers")
         if campaign:

@@ -7,8 +7,12 @@ Versioned schema ``clm.lifecycle.v1``::
      "customer": {...facts after the event...} | null,   (null for marketing_spend)
      "stage_before": "reach" | null, "stage_after": "conversion" | null,
      "stage_before_entered_at": "<when the customer entered stage_before>" | null,
-     "transition": {"from", "to", "at", "reason"} | null,
+     "transition": {"from", "to", "at", "reason"} | null,   (the last move)
+     "transitions": [{"from", "to", "at", "reason"}, ...],   (every move, oldest first)
      "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool}
+
+One event can cause several moves (a purchase after months of silence: at-risk and churned at
+the times they became due, then reactivated); consumers count each move at its own time.
 
 ``record_id`` is stable, so consumers dedupe relay retries by it.
 
@@ -28,7 +32,7 @@ from typing import Any
 import orjson
 
 from clm_common.events import Event, dump_event
-from clm_common.lifecycle import Applied, CustomerState
+from clm_common.lifecycle import Applied, CustomerState, Transition
 
 SCHEMA = "clm.lifecycle.v1"
 
@@ -51,7 +55,7 @@ def customer_facts(state: CustomerState) -> dict[str, Any]:
 
 def lifecycle_record(event: Event, before: CustomerState | None, applied: Applied | None) -> bytes:
     """Serialize the record for one applied event (``applied`` is None without a customer)."""
-    transition = applied.transition if applied else None
+    moves = [_move_doc(t) for t in applied.transitions] if applied else []
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "event",
@@ -61,19 +65,22 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
         "stage_before": before.stage.value if before else None,
         "stage_after": applied.state.stage.value if applied else None,
         "stage_before_entered_at": before.stage_entered_at if before else None,
-        "transition": None
-        if transition is None
-        else {
-            "from": transition.from_stage.value if transition.from_stage else None,
-            "to": transition.to_stage.value,
-            "at": transition.at,
-            "reason": transition.reason,
-        },
+        "transition": moves[-1] if moves else None,
+        "transitions": moves,
         "first_purchase": bool(applied and applied.first_purchase),
         "repeat_purchase": bool(applied and applied.repeat_purchase),
         "reactivation": bool(applied and applied.reactivation),
     }
     return orjson.dumps(doc, default=_default)
+
+
+def _move_doc(t: Transition) -> dict[str, Any]:
+    return {
+        "from": t.from_stage.value if t.from_stage else None,
+        "to": t.to_stage.value,
+        "at": t.at,
+        "reason": t.reason,
+    }
 
 
 def removal_record(

@@ -150,10 +150,12 @@ def stages_at(
 ) -> dict[str, int]:
     """Customers per stage at an instant (by each customer's last move before it)."""
     last: dict[str, tuple[str, str, str]] = {}
-    moves = [(s.applied.state, s.applied.transition) for s in steps if s.applied is not None]
+    moves = [
+        (s.applied.state, t) for s in steps if s.applied is not None for t in s.applied.transitions
+    ]
     moves += [(w.after, t) for w in swept for t in w.moves]  # after each one's events
     for st, t in moves:
-        if t is not None and t.at.replace(second=0, microsecond=0) < at:
+        if t.at.replace(second=0, microsecond=0) < at:
             last[st.customer_id] = (t.to_stage.value, st.first_source, st.first_channel or "")
     out = {s.value: 0 for s in Stage}
     for stage, src, ch in last.values():
@@ -204,25 +206,18 @@ def truth(
         customer_key(s.event) for s in purchases if s.applied and s.applied.repeat_purchase
     }
 
-    def moved(s: Step) -> datetime:
-        assert s.applied is not None
-        assert s.applied.transition is not None
-        return s.applied.transition.at
-
-    transitions = [
-        s
+    # every move at its own time (one event may cause several: at risk, churned, reactivated)
+    moves_in_window = [
+        (s, t)
         for s in customer_steps
         if s.applied is not None
-        and s.applied.transition is not None
-        and in_window(moved(s), start, end)
+        for t in s.applied.transitions
+        if in_window(t.at, start, end)
     ]
     leads = [
         s
-        for s in transitions
-        if s.applied
-        and s.applied.transition
-        and s.applied.transition.to_stage == Stage.ACQUISITION
-        and s.applied.transition.from_stage in (None, Stage.REACH)
+        for s, t in moves_in_window
+        if t.to_stage == Stage.ACQUISITION and t.from_stage in (None, Stage.REACH)
     ]
     new_customers = [
         s
@@ -247,11 +242,7 @@ def truth(
     ]
     rc_spend = [s for s in spends if props(s).currency == rc]
     spend = sum((props(s).amount for s in rc_spend), ZERO)
-    churned = [
-        s
-        for s in transitions
-        if s.applied and s.applied.transition and s.applied.transition.to_stage == Stage.CHURNED
-    ]
+    churned = [t for _, t in moves_in_window if t.to_stage == Stage.CHURNED]
     swept_churned = [
         t
         for w in swept
