@@ -44,11 +44,12 @@ DEMO_KPIS = (
 def sweeping_stack(prepared_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     """The three services, the stage engine sweeping every 15 s (not every minute).
 
-    Not every second: the sweeper should come after the events (sent in a few seconds), as the
-    truth's sweeper does. One that moves a customer between two of its events (say churned,
-    then a purchase 200 days later reactivates it) gives the same stages, but the metrics then
-    see moves an event record folds into one (before → after), and counts at a window's start
-    differ.
+    Not every second: the simulator sends months of backdated history in seconds, so a sweeper
+    running meanwhile moves a customer (at risk, churned) before that customer's older events
+    arrive. Those then arrive late; the engine refolds the customer by event time and records
+    one correcting move at the time of the correction instead of rewriting the moves already
+    published, so stages end right but counts at a window's start can differ by the corrected
+    customers. The truth's sweeper runs after the events; so does this one.
     """
     env = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_SECONDS": "15"}
     with running_stack(env, tmp_path) as started:
