@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,25 @@ MERGES = Counter("clm_identity_merges_total", "Anonymous profiles merged into cu
 TRANSITIONS = Counter(
     "clm_stage_transitions_total", "Stage moves recorded", ["from_stage", "to_stage"]
 )
+PHASE_SECONDS = Counter(
+    "clm_stage_engine_phase_seconds_total",
+    "Time the stage engine spent per phase of its batches (where a batch's time goes)",
+    ["phase"],
+)
+
+
+class _Phases:
+    """Per-batch phase timer: ``lap("decode")`` books the time since the previous lap."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        PHASE_SECONDS.labels(phase).inc(now - self._last)
+        self._last = now
 
 
 def customer_hash(customer_id: str) -> str:
@@ -62,6 +82,7 @@ class EventsHandler:
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         now = datetime.now(UTC)
+        phases = _Phases()
         poison: list[Poison] = []
         decoded: list[tuple[Any, Event]] = []
         for record in records:
@@ -72,6 +93,7 @@ class EventsHandler:
         unique = first_of_each(decoded)
         DUPLICATES.inc(len(decoded) - len(unique))
         decoded = unique
+        phases.lap("decode")
 
         decoded = await self._drop_erased(conn, decoded)
         fresh = await repository.claim_events(
@@ -79,6 +101,7 @@ class EventsHandler:
         )
         new = [(r, e) for r, e in decoded if (e.source, e.event_id) in fresh]
         DUPLICATES.inc(len(decoded) - len(new))
+        phases.lap("dedupe")
 
         links = await repository.lookup_links(
             conn,
@@ -100,6 +123,7 @@ class EventsHandler:
             return links.get(key) or new_links.get(key, (key, ""))[0]
 
         items = [Item(r, e, resolve(e)) for r, e in new]
+        phases.lap("identities")
 
         keys = {i.key for i in items if i.key is not None}
         loaded = await repository.lock_customers(conn, sorted(keys | set(new_links)))
@@ -118,6 +142,7 @@ class EventsHandler:
             ]
             for key in rebuild
         }
+        phases.lap("load")
         result = fold(
             items,
             {k: v for k, v in loaded.items() if k in keys},
@@ -127,7 +152,9 @@ class EventsHandler:
             merges=merges,
         )
         poison.extend(Poison(record, reason) for record, reason in result.failed)
+        phases.lap("fold")
         await self._write(conn, result, loaded, merges, new_links)
+        phases.lap("write")
         return BatchResult(poison=poison, applied=len(result.applied))
 
     async def _drop_erased(
