@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import time
@@ -219,10 +220,13 @@ class EventsHandler:
         await repository.insert_transitions(conn, result.transitions)
         await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
         await self._enqueue_webhooks(conn, result)
-        for item in result.applied:
-            EVENTS.labels(item.event.type).inc()
-        for t in result.transitions:
-            TRANSITIONS.labels(t.from_stage.value if t.from_stage else "none", t.to_stage).inc()
+        for event_type, n in collections.Counter(i.event.type for i in result.applied).items():
+            EVENTS.labels(event_type).inc(n)
+        moves = collections.Counter(
+            (t.from_stage or "none", t.to_stage) for t in result.transitions
+        )
+        for (from_stage, to_stage), n in moves.items():
+            TRANSITIONS.labels(from_stage, to_stage).inc(n)
 
     async def _enqueue_webhooks(self, conn: AsyncConnection, result: FoldResult[Any]) -> None:
         if not result.transitions:
