@@ -70,6 +70,17 @@ async def _count(conn: asyncpg.Connection, table: str) -> int:
     return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
 
 
+async def _consumed(conn: asyncpg.Connection, group: str) -> int:
+    """Records the engine applied: its offsets stored in Postgres, which advance in the same
+    transaction as the effects. (Polling count(*) of processed_events every 50 ms scanned a
+    growing table and took ~15% of the 2-core box's CPU away from the engine it measures.)"""
+    return int(
+        await conn.fetchval(
+            "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE group_id = $1", group
+        )
+    )
+
+
 async def run() -> str:
     db_url = await create_migrated_database("clm_bench")
     tag = uuid.uuid4().hex[:8]
@@ -119,7 +130,7 @@ async def run() -> str:
     try:
         first_at = None
         while True:
-            done = await _count(conn, "processed_events")
+            done = await _consumed(conn, env["CLM_STAGE_ENGINE_GROUP"])
             if done and first_at is None:
                 first_at, first_done = time.perf_counter(), done
             if done >= len(events):

@@ -231,10 +231,13 @@ class BatchConsumer:
         return {TopicPartition(r.topic, r.partition) for r in records}
 
     async def _apply(self, records: list[Any]) -> None:
-        advances: dict[tuple[str, int], OffsetAdvance] = {}
-        for r in records:
-            key = (r.topic, r.partition)
-            advances[key] = OffsetAdvance(r.topic, r.partition, self.expected[key], r.offset + 1)
+        last: dict[tuple[str, int], int] = {}
+        for r in records:  # a partition's records come in offset order: keep its last
+            last[(r.topic, r.partition)] = r.offset
+        advances = {
+            key: OffsetAdvance(key[0], key[1], self.expected[key], offset + 1)
+            for key, offset in last.items()
+        }
         async with self.engine.begin() as conn:
             await advance_offsets(conn, self.group_id, list(advances.values()))
             result = await self.handler(conn, records)

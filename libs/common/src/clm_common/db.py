@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ARRAY,
     Column,
@@ -86,6 +88,33 @@ def array_literal(values: Sequence[datetime]) -> str:
     return "{" + ",".join(f'"{v.isoformat()}"' for v in values) + "}"
 
 
+@functools.lru_cache(maxsize=64)
+def _json_rows_sql(table: Table, columns: tuple[str, ...], tail: str) -> TextClause:
+    """``INSERT … SELECT … FROM jsonb_array_elements(:rows)``: every row in one JSON array."""
+    picks = []
+    for i, name in enumerate(columns):
+        column = table.c[name]
+        if isinstance(column.type, ARRAY):
+            picks.append(
+                f"CASE WHEN jsonb_typeof(r->{i}) = 'array' THEN ARRAY("
+                f"SELECT e FROM jsonb_array_elements_text(r->{i}) WITH ORDINALITY AS a(e, n) "
+                f"ORDER BY n)::{_pg_type(column)} END"
+            )
+        else:
+            picks.append(f"CAST(r->>{i} AS {_pg_type(column)})")
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"SELECT {', '.join(picks)} FROM jsonb_array_elements(CAST(:rows AS JSONB)) AS r "
+        f"{tail}"
+    )
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return format(value, "f")  # exact: the server casts the string to NUMERIC
+    raise TypeError(type(value).__name__)
+
+
 async def unnest_insert(
     conn: AsyncConnection,
     table: Table,
@@ -93,12 +122,22 @@ async def unnest_insert(
     rows: Sequence[Sequence[Any]],
     *,
     tail: str = "",
+    via_json: bool = False,
 ) -> CursorResult[Any]:
     """Insert ``rows`` (tuples in ``columns`` order) with one statement.
 
     ``tail`` is the rest of the statement (``ON CONFLICT …``, ``RETURNING …``), written with
     the real column names. Array columns take :func:`array_literal` strings.
+
+    ``via_json``: send the rows as ONE parameter, a JSON array of arrays that orjson writes
+    in C and Postgres parses in C. For wide rows it costs the client several times less than
+    one array per column, whose driver encodes every value (timestamps, decimals) one by
+    one. Values then: str, int, bool, None, aware datetimes, Decimals (sent as exact
+    strings), sequences for array columns; no bytes.
     """
+    if via_json:
+        rows_json = orjson.dumps(rows, default=_json_default).decode()
+        return await conn.execute(_json_rows_sql(table, tuple(columns), tail), {"rows": rows_json})
     statement = _unnest_sql(table, tuple(columns), tail)
     params = {f"c{i}": [row[i] for row in rows] for i in range(len(columns))}
     return await conn.execute(statement, params)

@@ -17,11 +17,13 @@ only order (→ ``acquisition``), and a correction when a late event rewrites th
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple, cast
 
 from clm_common.events import (
     AdClick,
@@ -135,6 +137,23 @@ class CustomerState:
         return (self.last_seen_at, self.last_event_source, self.last_event_id)
 
 
+_STATE_FIELDS = tuple(f.name for f in fields(CustomerState))
+_state_values = operator.attrgetter(*_STATE_FIELDS)
+_FIELD_INDEX = {name: index for index, name in enumerate(_STATE_FIELDS)}
+
+
+def evolve(state: CustomerState, changes: dict[str, object]) -> CustomerState:
+    """``dataclasses.replace(state, **changes)`` for the hot path.
+
+    Same result, a few times cheaper: one C-level read of every field and a positional
+    constructor call, instead of replace's per-field introspection.
+    """
+    values = list(_state_values(state))
+    for name, value in changes.items():
+        values[_FIELD_INDEX[name]] = value
+    return CustomerState(*values)
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One stage move, as recorded in the history and sent downstream."""
@@ -173,7 +192,7 @@ def customer_key(event: Event) -> str | None:
 def _move(
     state: CustomerState, to: Stage, at: datetime, event_id: str, reason: str
 ) -> tuple[CustomerState, Transition]:
-    moved = replace(state, stage=to, stage_entered_at=at)
+    moved = evolve(state, {"stage": to, "stage_entered_at": at})
     return moved, Transition(state.customer_id, state.stage, to, at, event_id, reason)
 
 
@@ -203,8 +222,8 @@ def _keep_recent(times: tuple[datetime, ...], at: datetime, keep: int) -> tuple[
     return tuple(sorted((*times, at))[-keep:])
 
 
-def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> CustomerState:
-    """Running facts after the event (everything but the stage), in one copy of the state."""
+def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> dict[str, object]:
+    """The running facts the event changes (everything but the stage), as field changes."""
     at = event.occurred_at
     c: dict[str, object] = {"events": state.events + 1}
     if at < state.first_seen_at:
@@ -243,10 +262,18 @@ def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> Custome
         c["referrals"] = state.referrals + 1
     elif isinstance(event, SiteVisit):
         c["recent_visits"] = _keep_recent(state.recent_visits, at, rules.acquisition.visits)
-    after = replace(state, **c)  # type: ignore[arg-type]
-    if _is_lead(event, after, rules):
-        return replace(after, acquired_at=min(after.acquired_at or at, at))
-    return after
+    visits = cast(tuple[datetime, ...], c.get("recent_visits", state.recent_visits))
+    if _is_lead(event, purchases, visits, rules):
+        c["acquired_at"] = min(state.acquired_at or at, at)
+    return c
+
+
+class _After(NamedTuple):
+    """The facts the stage rules read, as they are after the event."""
+
+    purchases: int
+    recent_visits: tuple[datetime, ...]
+    recent_purchases: tuple[datetime, ...]
 
 
 def _campaign(event: Event) -> str | None:
@@ -261,7 +288,9 @@ def _has_email(event: Identify) -> bool:
     return bool(traits.get("email") or traits.get("email_hash"))
 
 
-def _is_lead(event: Event, s: CustomerState, rules: LifecycleRules) -> bool:
+def _is_lead(
+    event: Event, purchases: int, recent_visits: tuple[datetime, ...], rules: LifecycleRules
+) -> bool:
     """Does this event (with the facts after it) make the customer a lead?"""
     acq = rules.acquisition
     if isinstance(event, Signup):
@@ -269,21 +298,21 @@ def _is_lead(event: Event, s: CustomerState, rules: LifecycleRules) -> bool:
     if isinstance(event, Identify):
         return acq.identify_with_email and _has_email(event)
     if isinstance(event, SiteVisit):
-        return _within(s.recent_visits, event.occurred_at, acq.visits_within_days) >= acq.visits
+        return _within(recent_visits, event.occurred_at, acq.visits_within_days) >= acq.visits
     if isinstance(event, SupportTicket):
-        return acq.pre_purchase_ticket and s.purchases == 0
+        return acq.pre_purchase_ticket and purchases == 0
     return False
 
 
-def _target(event: Event, s: CustomerState, rules: LifecycleRules) -> tuple[Stage, str]:
+def _target(event: Event, after: _After, rules: LifecycleRules) -> tuple[Stage, str]:
     """The least arc stage this event (with the facts after it) puts a customer in, and why."""
     loyal = rules.loyalty
-    converted = s.purchases >= 1
+    converted = after.purchases >= 1
     if isinstance(event, Purchase):
-        recent = _within(s.recent_purchases, event.occurred_at, loyal.purchases_within_days)
+        recent = _within(after.recent_purchases, event.occurred_at, loyal.purchases_within_days)
         if recent >= loyal.purchases:
             return Stage.LOYALTY, "frequent purchases"
-        if s.purchases >= rules.retention.purchases:
+        if after.purchases >= rules.retention.purchases:
             return Stage.RETENTION, "repeat purchase"
         return Stage.CONVERSION, "first purchase"
     good_review = (
@@ -302,7 +331,7 @@ def _target(event: Event, s: CustomerState, rules: LifecycleRules) -> tuple[Stag
         return Stage.LOYALTY, "nps promoter"
     if converted and isinstance(event, Referral) and loyal.referral:
         return Stage.LOYALTY, "referral"
-    if _is_lead(event, s, rules):
+    if _is_lead(event, after.purchases, after.recent_visits, rules):
         return Stage.ACQUISITION, f"lead: {event.type}"
     return Stage.REACH, event.type
 
@@ -340,18 +369,22 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
         fresh = False
         state, moves = advance(state, at, rules)
     lapsed_before = state.stage in LAPSED
-    after = (
-        _facts(state, event, rules) if not fresh else _facts(replace(state, events=0), event, rules)
+    c = _facts(state, event, rules)  # one new state per event: changes collect in ``c``
+    purchases = cast(int, c.get("purchases", state.purchases))
+    after = _After(
+        purchases,
+        cast(tuple[datetime, ...], c.get("recent_visits", state.recent_visits)),
+        cast(tuple[datetime, ...], c.get("recent_purchases", state.recent_purchases)),
     )
     target, reason = _target(event, after, rules)
-    current = after.stage
+    current = state.stage
     new_stage = current
     reactivation = False
     if fresh:
         new_stage = target
     elif isinstance(event, Purchase) and lapsed_before:
         new_stage, reason, reactivation = Stage.RETENTION, "reactivation", True
-        after = replace(after, reactivations=after.reactivations + 1)
+        c["reactivations"] = state.reactivations + 1
     elif isinstance(event, SubscriptionCancelled) and rules.churned.subscription_cancelled:
         if current in CUSTOMER_STAGES or current is Stage.AT_RISK:
             new_stage, reason = Stage.CHURNED, "subscription cancelled"
@@ -359,24 +392,27 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
         isinstance(event, Refund)
         and rules.refund.full_refund_of_only_order_to_acquisition
         and current in CUSTOMER_STAGES
-        and after.purchases == 1
-        and after.refunded >= after.revenue
+        and purchases == 1
+        and cast(Decimal, c.get("refunded", state.refunded))
+        >= cast(Decimal, c.get("revenue", state.revenue))
     ):
         new_stage, reason = Stage.ACQUISITION, "full refund of the only order"
     elif current not in LAPSED and _RANK[target] > _RANK[current]:
         new_stage = target
-    if fresh:
-        after = replace(after, stage=new_stage, stage_entered_at=at)
-        moves.append(Transition(key, None, new_stage, at, event.event_id, reason))
-    elif new_stage != current:
-        after, t = _move(after, new_stage, at, event.event_id, reason)
-        moves.append(t)
+    if fresh or new_stage != current:
+        c["stage"] = new_stage
+        c["stage_entered_at"] = at
+        moves.append(
+            Transition(
+                state.customer_id, None if fresh else current, new_stage, at, event.event_id, reason
+            )
+        )
     is_purchase = isinstance(event, Purchase)
     return Applied(
-        state=after,
+        state=evolve(state, c),
         transitions=tuple(moves),
-        first_purchase=is_purchase and after.purchases == 1,
-        repeat_purchase=is_purchase and after.purchases >= 2,
+        first_purchase=is_purchase and purchases == 1,
+        repeat_purchase=is_purchase and purchases >= 2,
         reactivation=reactivation,
     )
 

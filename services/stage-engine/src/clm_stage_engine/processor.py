@@ -10,7 +10,7 @@ apply come back as failures with the reason.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -22,6 +22,7 @@ from clm_common.lifecycle import (
     advance,
     apply_event,
     event_order,
+    evolve,
     is_late,
 )
 from clm_common.rules import LifecycleRules
@@ -127,13 +128,14 @@ def _incremental(
         except Exception as exc:
             result.failed.append((item.tag, f"reducer: {exc!r}"))
             continue
-        applied = Applied(
-            state=_keyed(applied.state, key),
-            transitions=tuple(_retag(t, key) for t in applied.transitions),
-            first_purchase=applied.first_purchase,
-            repeat_purchase=applied.repeat_purchase,
-            reactivation=applied.reactivation,
-        )
+        if applied.state.customer_id != key:  # an anonymous event landing on its customer
+            applied = Applied(
+                state=_keyed(applied.state, key),
+                transitions=tuple(_retag(t, key) for t in applied.transitions),
+                first_purchase=applied.first_purchase,
+                repeat_purchase=applied.repeat_purchase,
+                reactivation=applied.reactivation,
+            )
         result.transitions.extend(applied.transitions)
         result.outbox.append((key, lifecycle_record(item.event, state, applied)))
         result.applied.append(item)
@@ -201,7 +203,7 @@ def _rebuild(
 
 
 def _keyed(state: CustomerState, key: str) -> CustomerState:
-    return state if state.customer_id == key else replace(state, customer_id=key)
+    return state if state.customer_id == key else evolve(state, {"customer_id": key})
 
 
 def _retag(t: Transition, key: str) -> Transition:

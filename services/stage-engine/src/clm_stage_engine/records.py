@@ -24,6 +24,7 @@ Two more kinds carry no event (``"event": null``) and take a customer out of its
 
 from __future__ import annotations
 
+import operator
 from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -49,8 +50,11 @@ FACT_FIELDS: tuple[str, ...] = tuple(
 )
 
 
+_fact_values = operator.attrgetter(*FACT_FIELDS)
+
+
 def customer_facts(state: CustomerState) -> dict[str, Any]:
-    return {name: getattr(state, name) for name in FACT_FIELDS}
+    return dict(zip(FACT_FIELDS, _fact_values(state), strict=True))
 
 
 def lifecycle_record(event: Event, before: CustomerState | None, applied: Applied | None) -> bytes:
@@ -62,8 +66,8 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
         "record_id": record_id(event),
         "event": orjson.Fragment(dump_event(event)),
         "customer": customer_facts(applied.state) if applied else None,
-        "stage_before": before.stage.value if before else None,
-        "stage_after": applied.state.stage.value if applied else None,
+        "stage_before": before.stage if before else None,  # a StrEnum: orjson writes its value
+        "stage_after": applied.state.stage if applied else None,
         "stage_before_entered_at": before.stage_entered_at if before else None,
         "transition": moves[-1] if moves else None,
         "transitions": moves,
@@ -76,8 +80,8 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
 
 def _move_doc(t: Transition) -> dict[str, Any]:
     return {
-        "from": t.from_stage.value if t.from_stage else None,
-        "to": t.to_stage.value,
+        "from": t.from_stage,  # StrEnum or None: orjson writes the value
+        "to": t.to_stage,
         "at": t.at,
         "reason": t.reason,
     }

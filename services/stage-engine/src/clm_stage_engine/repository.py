@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,7 +13,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.db import any_text, array_literal, unnest_insert
+from clm_common.db import any_text, unnest_insert
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
@@ -27,35 +29,11 @@ from clm_common.schema import (
     webhook_subscriptions,
 )
 
-_STATE_COLUMNS = [
-    "customer_id",
-    "stage",
-    "stage_entered_at",
-    "first_seen_at",
-    "last_seen_at",
-    "first_source",
-    "first_channel",
-    "first_campaign",
-    "acquired_at",
-    "converted_at",
-    "last_purchase_at",
-    "purchases",
-    "revenue",
-    "refunds",
-    "refunded",
-    "tickets_opened",
-    "tickets_solved",
-    "reviews",
-    "review_sum",
-    "last_nps",
-    "referrals",
-    "events",
-    "reactivations",
-    "last_event_source",
-    "last_event_id",
-    "recent_visits",
-    "recent_purchases",
-]
+#: A customer row's state columns: CustomerState's fields, in their order.
+_STATE_COLUMNS = [f.name for f in fields(CustomerState)]
+_state_values = operator.attrgetter(*_STATE_COLUMNS)
+_STAGE = _STATE_COLUMNS.index("stage")
+_TUPLES = (_STATE_COLUMNS.index("recent_visits"), _STATE_COLUMNS.index("recent_purchases"))
 
 
 def state_from_row(row: Any) -> CustomerState:
@@ -64,6 +42,15 @@ def state_from_row(row: Any) -> CustomerState:
     values["recent_visits"] = tuple(values["recent_visits"] or ())
     values["recent_purchases"] = tuple(values["recent_purchases"] or ())
     return CustomerState(**values)
+
+
+def _state_from_values(values: Sequence[Any]) -> CustomerState:
+    """The state from a row of exactly ``_STATE_COLUMNS``, by position (the hot path)."""
+    v = list(values)
+    v[_STAGE] = Stage(v[_STAGE])
+    for i in _TUPLES:
+        v[i] = tuple(v[i] or ())
+    return CustomerState(*v)
 
 
 def row_from_state(state: CustomerState) -> dict[str, Any]:
@@ -95,12 +82,12 @@ async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str,
     if not ids:
         return {}
     rows = await conn.execute(
-        select(customers)
+        select(*(customers.c[name] for name in _STATE_COLUMNS))
         .where(customers.c.customer_id == any_text(sorted(ids)))
         .order_by(customers.c.customer_id)
         .with_for_update()
     )
-    return {r.customer_id: state_from_row(r) for r in rows}
+    return {r.customer_id: _state_from_values(r) for r in rows}
 
 
 _UPSERT_TAIL = "ON CONFLICT (customer_id) DO UPDATE SET updated_at = now(), " + ", ".join(
@@ -112,13 +99,8 @@ async def upsert_customers(conn: AsyncConnection, states: Sequence[CustomerState
     """One statement for the whole batch, rows in a stable order."""
     if not states:
         return
-    rows = []
-    for state in sorted(states, key=lambda s: s.customer_id):
-        row = row_from_state(state)
-        row["recent_visits"] = array_literal(state.recent_visits)
-        row["recent_purchases"] = array_literal(state.recent_purchases)
-        rows.append([row[name] for name in _STATE_COLUMNS])
-    await unnest_insert(conn, customers, _STATE_COLUMNS, rows, tail=_UPSERT_TAIL)
+    rows = [_state_values(s) for s in sorted(states, key=lambda s: s.customer_id)]
+    await unnest_insert(conn, customers, _STATE_COLUMNS, rows, tail=_UPSERT_TAIL, via_json=True)
 
 
 async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transition]) -> None:
@@ -129,16 +111,10 @@ async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transi
         stage_transitions,
         ["customer_id", "from_stage", "to_stage", "at", "event_id", "reason"],
         [
-            (
-                t.customer_id,
-                t.from_stage.value if t.from_stage else None,
-                t.to_stage.value,
-                t.at,
-                t.event_id,
-                t.reason,
-            )
+            (t.customer_id, t.from_stage, t.to_stage, t.at, t.event_id, t.reason)
             for t in transitions
         ],
+        via_json=True,
     )
 
 
