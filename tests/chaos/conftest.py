@@ -7,13 +7,14 @@ chaos``); the ones also marked ``chaos_short`` are quick enough for every ``make
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from clm_devstack.kafka import KafkaConfig, start_kafka, stop_kafka
+from tests.chaos.harness import ChaosStack
 from tests.e2e.conftest import own_kafka, prepare
 
 CHAOS_ENV = "CLM_CHAOS"
@@ -48,6 +49,16 @@ async def shared_env(chaos_env: dict[str, str]) -> AsyncIterator[dict[str, str]]
     """On the shared test broker and Postgres: topics created, keys stored."""
     await prepare(chaos_env)
     yield chaos_env
+
+
+@pytest.fixture
+def stack(shared_env: dict[str, str], tmp_path: Path) -> Iterator[ChaosStack]:
+    """The three services on the shared broker and Postgres; stopped after the test."""
+    started = ChaosStack(shared_env, tmp_path / "logs")
+    try:
+        yield started.start_all()
+    finally:
+        started.stop_all()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +15,8 @@ KILLS = 10
 
 @pytest.mark.timeout(900)
 async def test_stage_engine_and_metrics_sigkilled_at_random_points(
-    shared_env: dict[str, str], tmp_path: Path
+    shared_env: dict[str, str], stack: ChaosStack
 ) -> None:
-    stack = ChaosStack(shared_env, tmp_path / "logs").start_all()
     ledger = Ledger()
 
     async def crash(name: str, seed: int) -> None:
