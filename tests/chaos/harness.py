@@ -138,7 +138,7 @@ class TimedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, into: list[Request]) -> None:
         self.into = into
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(keepalive_expiry=2.0))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         began = time.monotonic()
@@ -160,7 +160,10 @@ class LedgerClient(IngestClient):
     """The simulator's sender, writing what it sent and what was acknowledged in a ledger."""
 
     def __init__(self, url: str, ledger: Ledger, *, max_attempts: int = 30) -> None:
-        http = httpx.AsyncClient(timeout=30.0, transport=TimedTransport(ledger.requests))
+        # Pooled connections expire before the ingest's (uvicorn's) 5 s keep-alive does: a
+        # retry after Retry-After (5 s) must not reuse a connection the server is closing.
+        transport = TimedTransport(ledger.requests)
+        http = httpx.AsyncClient(timeout=30.0, transport=transport)
         super().__init__(url, WRITE_KEY, client=http, max_attempts=max_attempts)
         self.ledger = ledger
 

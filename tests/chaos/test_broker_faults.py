@@ -40,3 +40,34 @@ async def test_broker_sigkilled_three_times_during_ingest(
         assert not ledger.misbehaving(BOUND_S), ledger.misbehaving(BOUND_S)[:10]
         assert any(r.status == 503 for r in ledger.requests), "no request met the dead broker"
         await check(env, ledger, metrics_url=stack.url("metrics"))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.timeout(900)
+async def test_broker_paused_30s_then_resumed(own_broker: OwnBroker, tmp_path: Path) -> None:
+    cfg, env = own_broker.cfg, own_broker.env
+    stack = ChaosStack(env, tmp_path / "logs").start_all()
+    ledger = Ledger()
+    async with loaded(stack, ledger) as load:
+        await load.grows(by=150)
+        pid = running_pid(cfg)
+        assert pid is not None
+        ingest_pid = stack.alive("ingest")[0].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(30)
+            paused_rss = rss_mib(ingest_pid)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await load.grows(by=200)  # recovered
+        await load.finish()
+        assert not ledger.misbehaving(BOUND_S), ledger.misbehaving(BOUND_S)[:10]
+        assert any(r.status == 503 for r in ledger.requests), "no request met the paused broker"
+        assert paused_rss < 300, f"the ingest held {paused_rss:.0f} MiB while the broker was away"
+        await check(env, ledger, metrics_url=stack.url("metrics"))
