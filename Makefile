@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen
 DEMO ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install run demo down status test lint fmt test-unit compose-config bench prometheus-tools \
+.PHONY: help install run demo down status test lint fmt test-unit chaos compose-config bench prometheus-tools \
 	deploy-tools compose-tool kustomize-tool
 
 # Go tools for the deployment tests, built from the Go module proxy into .tools/ (git-ignored)
@@ -72,6 +72,9 @@ prometheus-tools: ## Debian's prometheus package (prometheus, promtool) for the 
 
 test: lint prometheus-tools deploy-tools ## lint, then the whole suite on real Kafka and Postgres (started here if needed)
 	@$(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen pytest $(PYTEST_ARGS)
+
+chaos: install ## every fault-injection scenario (tests/chaos, ~6 min) on real Kafka and Postgres
+	@CLM_CHAOS=1 $(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen pytest tests/chaos $(PYTEST_ARGS)
 
 bench: install ## benchmarks side by side on real Kafka and Postgres (BENCH="name ..."), results in bench/RESULTS.md
 	@$(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen python -m bench $(BENCH)

@@ -14,7 +14,9 @@ from clm_common.db import create_engine
 from clm_common.kafka import ensure_topics
 from clm_common.keys import store_key
 from clm_common.settings import CommonSettings
+from clm_devstack.kafka import KafkaConfig
 from clm_devstack.services import ServiceProcess, start_service
+from tests.conftest import REPO_ROOT
 
 WRITE_KEY = "e2e-write-key"
 READ_TOKEN = "e2e-read-token"
@@ -31,6 +33,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def own_kafka(state_dir: Path) -> KafkaConfig:
+    """A broker of a test's own (to kill or pause) on free ports, its state in ``state_dir``."""
+    return KafkaConfig(
+        state_dir=state_dir,
+        port=free_port(),
+        controller_port=free_port(),
+        heap="256m",
+        repo_root=REPO_ROOT,
+    )
+
+
 @dataclass(frozen=True)
 class Stack:
     ingest: str
@@ -40,24 +53,34 @@ class Stack:
     processes: dict[str, ServiceProcess]
 
 
-@pytest.fixture
-async def prepared_env(clm_env: dict[str, str]) -> AsyncIterator[dict[str, str]]:
-    """This test's settings with its topics created and its keys stored."""
-    settings = CommonSettings(
-        kafka_bootstrap=clm_env["CLM_KAFKA_BOOTSTRAP"],
-        database_url=clm_env["CLM_DATABASE_URL"],
-        topic_events=clm_env["CLM_TOPIC_EVENTS"],
-        topic_lifecycle=clm_env["CLM_TOPIC_LIFECYCLE"],
-        topic_dlq=clm_env["CLM_TOPIC_DLQ"],
-        events_partitions=int(clm_env["CLM_EVENTS_PARTITIONS"]),
-        lifecycle_partitions=int(clm_env["CLM_LIFECYCLE_PARTITIONS"]),
+def settings_of(env: dict[str, str]) -> CommonSettings:
+    """The shared settings ``env`` names (broker, database, topics and their partitions)."""
+    return CommonSettings(
+        kafka_bootstrap=env["CLM_KAFKA_BOOTSTRAP"],
+        database_url=env["CLM_DATABASE_URL"],
+        topic_events=env["CLM_TOPIC_EVENTS"],
+        topic_lifecycle=env["CLM_TOPIC_LIFECYCLE"],
+        topic_dlq=env["CLM_TOPIC_DLQ"],
+        events_partitions=int(env["CLM_EVENTS_PARTITIONS"]),
+        lifecycle_partitions=int(env["CLM_LIFECYCLE_PARTITIONS"]),
     )
+
+
+async def prepare(env: dict[str, str]) -> None:
+    """Create the topics ``env`` names on its broker and store the test keys in its database."""
+    settings = settings_of(env)
     await ensure_topics(settings)
     engine = create_engine(settings.database_url, pool_size=1)
     async with engine.begin() as conn:
         await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
         await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
     await engine.dispose()
+
+
+@pytest.fixture
+async def prepared_env(clm_env: dict[str, str]) -> AsyncIterator[dict[str, str]]:
+    """This test's settings with its topics created and its keys stored."""
+    await prepare(clm_env)
     yield clm_env
 
 

@@ -14,10 +14,9 @@ import httpx
 
 from clm_common.kafka import ensure_topics
 from clm_common.settings import CommonSettings
-from clm_devstack.kafka import KafkaConfig, start_kafka, stop_kafka
+from clm_devstack.kafka import start_kafka, stop_kafka
 from clm_devstack.services import start_service
-from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import WRITE_KEY, free_port
+from tests.e2e.conftest import WRITE_KEY, free_port, own_kafka
 from tests.factories import event_doc
 from tests.integration.conftest import read_topic
 
@@ -25,13 +24,7 @@ WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
 
 
 async def test_broker_killed_under_the_ingest(prepared_env: dict[str, str], tmp_path: Path) -> None:
-    cfg = KafkaConfig(
-        state_dir=tmp_path / "kafka",
-        port=free_port(),
-        controller_port=free_port(),
-        heap="256m",
-        repo_root=REPO_ROOT,
-    )
+    cfg = own_kafka(tmp_path / "kafka")
     broker = start_kafka(cfg)
     env = {
         **prepared_env,

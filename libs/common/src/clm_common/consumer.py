@@ -241,7 +241,7 @@ class BatchConsumer:
         async with self.engine.begin() as conn:
             await advance_offsets(conn, self.group_id, list(advances.values()))
             result = await self.handler(conn, records)
-            await self._dead_letter(result.poison)
+            await self._dead_letter(result.poison, applied=result.applied)
         for key, adv in advances.items():
             self.expected[key] = adv.next_offset
         RECORDS.labels(self.group_id, "applied").inc(result.applied)
@@ -257,9 +257,10 @@ class BatchConsumer:
                 }
             )
 
-    async def _dead_letter(self, poison: list[Poison]) -> None:
-        if not poison:
+    async def _dead_letter(self, poison: list[Poison], *, applied: int = 0) -> None:
+        if applied or not poison:  # good records in between: not a run of poison
             self.consecutive_poison = 0
+        if not poison:
             return
         self.consecutive_poison += len(poison)
         if self.consecutive_poison > self.policy.max_consecutive_poison:

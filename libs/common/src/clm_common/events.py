@@ -74,7 +74,13 @@ class Properties(BaseModel):
     @model_validator(mode="after")
     def _extras_bounded(self) -> Properties:
         extra = self.__pydantic_extra__
-        if extra and len(orjson.dumps(extra, default=str)) > MAX_EXTRA_PROPERTIES_BYTES:
+        if not extra:
+            return self
+        try:
+            size = len(orjson.dumps(extra, default=str))
+        except TypeError as exc:  # an integer beyond 64 bits: refused, not a crash (a 500)
+            raise ValueError(f"unknown properties are not plain JSON: {exc}") from exc
+        if size > MAX_EXTRA_PROPERTIES_BYTES:
             raise ValueError(
                 f"unknown properties take more than {MAX_EXTRA_PROPERTIES_BYTES} bytes of JSON"
             )
