@@ -18,6 +18,10 @@ def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
+        # Idle keep-alive connections stay open longer than any Retry-After we send (5 s) and
+        # than the usual load balancer idle timeout (60 s): a client that waits as told and
+        # reuses its connection must not race the server closing it (uvicorn's default: 5 s).
+        timeout_keep_alive=75,
         lifespan="on",
     )
     uvicorn.Server(config).run()
