@@ -14,8 +14,9 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,10 +75,26 @@ async def snapshot(env: Mapping[str, str], metrics_url: str) -> dict[str, Any]:
     }
 
 
+@pytest.fixture
+def slow_sweep_stack(shared_env: dict[str, str], tmp_path: Path) -> Iterator[ChaosStack]:
+    """The stack with a sweep every 20 s: none while the journeys (months of backdated
+    history, sent in seconds) arrive. A sweeper that moves a customer before its older events
+    arrive makes them late, and the engine then records one correcting move at correction time
+    instead of rewriting the published ones; a replay, which waits for the log end before it
+    sweeps, writes the history as it should have been, so the two would differ by design."""
+    started = ChaosStack({**shared_env, "CLM_STAGE_ENGINE_SWEEP_SECONDS": "20"}, tmp_path / "logs")
+    try:
+        yield started.start_all()
+    finally:
+        started.stop_all()
+
+
 @pytest.mark.timeout(600)
 async def test_reposts_and_a_replay_from_offset_zero_change_nothing(
-    shared_env: dict[str, str], stack: ChaosStack
+    shared_env: dict[str, str], slow_sweep_stack: ChaosStack
 ) -> None:
+    stack = slow_sweep_stack
+    shared_env = stack.env
     rnd = random.Random(6)
     ledger = Ledger()
     docs = journeys(6, 80, "rp")

@@ -254,7 +254,12 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
 
     assert await leftovers() == []
 
-    await reset_for_replay(db, StageEngineSettings().stage_engine_group, common.topic_events)
+    await reset_for_replay(
+        db,
+        StageEngineSettings().stage_engine_group,
+        common.topic_events,
+        bootstrap=common.kafka_bootstrap,
+    )
     await until_events(client, "keep-me", 1)
     await asyncio.sleep(2)  # let the whole log replay
     assert await get(client, "erase-me") is None

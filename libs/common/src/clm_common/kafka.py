@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -131,6 +131,31 @@ async def topic_partitions(bootstrap: str, topics: Iterable[str]) -> dict[str, l
     finally:
         await admin.close()
     return {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described}
+
+
+async def log_offsets(
+    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 10.0
+) -> dict[TopicPartition, tuple[int, int]]:
+    """(beginning, end) offsets of every partition of the topics that exist."""
+    partitions = await asyncio.wait_for(topic_partitions(bootstrap, topics), timeout_s)
+    tps = [TopicPartition(t, p) for t, ps in sorted(partitions.items()) for p in ps]
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=5_000
+    )
+    await asyncio.wait_for(consumer.start(), timeout_s)
+    try:
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        return {tp: (begin[tp], end[tp]) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset of each partition of ``topic`` (what a replay must reach)."""
+    return {tp.partition: end for tp, (_, end) in (await log_offsets(bootstrap, [topic])).items()}
 
 
 async def kafka_reachable(bootstrap: str, *, timeout_s: float = 2.0) -> bool:

@@ -4,16 +4,20 @@ Clears what the stage engine derived (customers, history, event log, identity li
 rows, unpublished outbox rows) and resets the group's stored offsets on the events topic to 0,
 in one transaction. Running engines notice (their next offset compare-and-set fails, or their
 idle re-check sees the reset), seek to the start and re-apply the whole log with the current
-rules. Erasures are kept, so an erased customer's events stay dropped. Lifecycle records are
+rules. The log's end at reset time is stored as the replay's target: until the stored offsets
+reach it, the sweeper moves nobody, so inactivity moves never act on a half-rebuilt history.
+Erasures are kept, so an erased customer's events stay dropped. Lifecycle records are
 re-published with their stable ``record_id``s: the metrics service does not count them twice.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import text, update
+from collections.abc import Mapping
+
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.schema import consumer_offsets
+from clm_common.schema import consumer_offsets, replay_targets
 
 DERIVED = (
     "customers",
@@ -25,12 +29,48 @@ DERIVED = (
 )
 
 
-async def reset_for_replay(conn: AsyncConnection, group_id: str, topic: str) -> int:
-    """Clear the derived tables and point the group's stored offsets at 0; return partitions."""
+async def reset_for_replay(
+    conn: AsyncConnection, group_id: str, topic: str, log_ends: Mapping[int, int]
+) -> int:
+    """Clear the derived tables, point the group's stored offsets at 0 and record the log's end
+    per partition (``log_ends``) as the replay's target; return the partitions reset."""
     await conn.execute(text(f"TRUNCATE {', '.join(DERIVED)}"))
+    await conn.execute(delete(replay_targets).where(replay_targets.c.group_id == group_id))
+    targets = [
+        {"group_id": group_id, "topic": topic, "partition": p, "end_offset": end}
+        for p, end in sorted(log_ends.items())
+        if end > 0
+    ]
+    if targets:
+        await conn.execute(insert(replay_targets), targets)
     result = await conn.execute(
         update(consumer_offsets)
         .where(consumer_offsets.c.group_id == group_id, consumer_offsets.c.topic == topic)
         .values(next_offset=0)
     )
     return int(result.rowcount)
+
+
+async def replay_behind(conn: AsyncConnection, group_id: str) -> int:
+    """How many records the group still has to re-apply before its replay is done (0: done,
+    and the targets are cleared)."""
+    stored = func.coalesce(consumer_offsets.c.next_offset, 0)
+    behind = (
+        await conn.execute(
+            select(func.coalesce(func.sum(replay_targets.c.end_offset - stored), 0))
+            .select_from(
+                replay_targets.outerjoin(
+                    consumer_offsets,
+                    and_(
+                        consumer_offsets.c.group_id == replay_targets.c.group_id,
+                        consumer_offsets.c.topic == replay_targets.c.topic,
+                        consumer_offsets.c.partition == replay_targets.c.partition,
+                    ),
+                )
+            )
+            .where(replay_targets.c.group_id == group_id, stored < replay_targets.c.end_offset)
+        )
+    ).scalar_one()
+    if not behind:
+        await conn.execute(delete(replay_targets).where(replay_targets.c.group_id == group_id))
+    return int(behind)

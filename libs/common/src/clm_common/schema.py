@@ -121,6 +121,18 @@ consumer_offsets = Table(
     PrimaryKeyConstraint("group_id", "topic", "partition"),
 )
 
+# Set by a replay: the end of the events topic when it began. Until the group's stored offsets
+# reach it, the sweeper moves nobody (it would act on half-rebuilt histories).
+replay_targets = Table(
+    "replay_targets",
+    metadata,
+    Column("group_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("end_offset", BigInteger, nullable=False),
+    PrimaryKeyConstraint("group_id", "topic", "partition"),
+)
+
 outbox = Table(
     "outbox",
     metadata,

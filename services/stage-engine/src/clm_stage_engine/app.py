@@ -100,6 +100,7 @@ def create_app(
                 rules,
                 lambda: datetime.now(UTC),
                 lifecycle_topic=settings.topic_lifecycle,
+                group_id=settings.stage_engine_group,
                 every_s=settings.stage_engine_sweep_seconds,
                 batch=settings.stage_engine_sweep_batch,
                 stopping=stopping,

@@ -14,12 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common import replay
 from clm_common.db import create_engine
+from clm_common.kafka import log_ends
 from clm_stage_engine.settings import StageEngineSettings
 
 
-async def reset_for_replay(engine: AsyncEngine, group_id: str, topic: str) -> int:
+async def reset_for_replay(
+    engine: AsyncEngine, group_id: str, topic: str, *, bootstrap: str
+) -> int:
+    ends = await log_ends(bootstrap, topic)
     async with engine.begin() as conn:
-        return await replay.reset_for_replay(conn, group_id, topic)
+        return await replay.reset_for_replay(conn, group_id, topic, ends)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         engine = create_engine(settings.database_url, pool_size=1, app_name="clm-replay")
         try:
             return await reset_for_replay(
-                engine, settings.stage_engine_group, settings.topic_events
+                engine,
+                settings.stage_engine_group,
+                settings.topic_events,
+                bootstrap=settings.kafka_bootstrap,
             )
         finally:
             await engine.dispose()

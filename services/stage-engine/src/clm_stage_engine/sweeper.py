@@ -20,6 +20,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.lifecycle import CUSTOMER_STAGES, Stage, advance
+from clm_common.replay import replay_behind
 from clm_common.rules import LifecycleRules
 from clm_common.schema import customers
 from clm_stage_engine import repository
@@ -128,17 +129,25 @@ async def sweep_forever(
     clock: Callable[[], datetime],
     *,
     lifecycle_topic: str,
+    group_id: str,
     every_s: float,
     batch: int,
     stopping: asyncio.Event,
 ) -> None:
+    """Sweep every ``every_s`` seconds; not while a replay of ``group_id`` is under way (a
+    customer rebuilt from part of its events would look inactive and be moved for nothing)."""
     while not stopping.is_set():
         try:
-            moved = await sweep_once(
-                engine, rules, clock(), lifecycle_topic=lifecycle_topic, batch=batch
-            )
-            if moved:
-                log.info("sweeper moved customers", extra={"moved": moved})
+            async with engine.begin() as conn:
+                behind = await replay_behind(conn, group_id)
+            if behind:
+                log.info("sweeper waits for the replay", extra={"behind": behind})
+            else:
+                moved = await sweep_once(
+                    engine, rules, clock(), lifecycle_topic=lifecycle_topic, batch=batch
+                )
+                if moved:
+                    log.info("sweeper moved customers", extra={"moved": moved})
         except Exception:
             log.warning("sweep failed; retrying next round", exc_info=True)
         with contextlib.suppress(TimeoutError):

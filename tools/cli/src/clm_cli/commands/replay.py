@@ -9,13 +9,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_cli.errors import CliError
 from clm_common import replay
+from clm_common.kafka import log_ends
 from clm_common.settings import CommonSettings
 
 
 async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:
     if not args.yes:
         raise CliError("this clears every derived customer row; run again with --yes")
-    partitions = await replay.reset_for_replay(conn, args.group, settings.topic_events)
+    try:
+        ends = await log_ends(settings.kafka_bootstrap, settings.topic_events)
+    except Exception as exc:
+        raise CliError(
+            f"cannot read the log's end at {settings.kafka_bootstrap} ({type(exc).__name__}) — "
+            "start Kafka or set CLM_KAFKA_BOOTSTRAP; nothing was cleared",
+            2,
+        ) from exc
+    partitions = await replay.reset_for_replay(conn, args.group, settings.topic_events, ends)
     print(f"replay: cleared; {partitions} partition offsets of {args.group} reset to 0")
     print("running stage engines rebuild every customer now (see /readyz and consumer lag)")
     return 0

@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from clm_cli import output
 from clm_cli.settings import CliSettings, Service
 from clm_common.db import create_engine
-from clm_common.kafka import topic_partitions
+from clm_common.kafka import log_offsets
 
 
 @dataclass(slots=True)
@@ -114,29 +114,6 @@ async def database_facts(
         await engine.dispose()
 
 
-async def kafka_offsets(
-    settings: CliSettings, topics: set[str]
-) -> dict[TopicPartition, tuple[int, int]]:
-    """(beginning, end) offsets of every partition of the topics."""
-    partitions = await asyncio.wait_for(topic_partitions(settings.kafka_bootstrap, topics), 10)
-    tps = [TopicPartition(t, p) for t, ps in sorted(partitions.items()) for p in ps]
-    if not tps:
-        return {}
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id="clm-cli-status",
-        enable_auto_commit=False,
-        request_timeout_ms=5_000,
-    )
-    await asyncio.wait_for(consumer.start(), 10)
-    try:
-        begin = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
-        return {tp: (begin[tp], end[tp]) for tp in tps}
-    finally:
-        await consumer.stop()
-
-
 def lag_rows(
     offsets: dict[tuple[str, str, int], int], log: dict[TopicPartition, tuple[int, int]]
 ) -> list[Lag]:
@@ -178,7 +155,7 @@ async def collect(settings: CliSettings) -> Status:
         status.postgres = f"unreachable ({type(exc).__name__})"
     topics = {t for _, t, _ in offsets} | {settings.topic_events, settings.topic_dlq}
     try:
-        log = await kafka_offsets(settings, topics)
+        log = await log_offsets(settings.kafka_bootstrap, topics)
     except Exception as exc:  # any client failure means "unreachable" here
         status.kafka = f"unreachable ({type(exc).__name__})"
         return status
