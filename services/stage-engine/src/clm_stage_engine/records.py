@@ -59,7 +59,7 @@ def customer_facts(state: CustomerState) -> dict[str, Any]:
 
 def lifecycle_record(event: Event, before: CustomerState | None, applied: Applied | None) -> bytes:
     """Serialize the record for one applied event (``applied`` is None without a customer)."""
-    moves = [_move_doc(t) for t in applied.transitions] if applied else []
+    moves = [move_doc(t) for t in applied.transitions] if applied else []
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "event",
@@ -78,7 +78,8 @@ def lifecycle_record(event: Event, before: CustomerState | None, applied: Applie
     return orjson.dumps(doc, default=_default)
 
 
-def _move_doc(t: Transition) -> dict[str, Any]:
+def move_doc(t: Transition) -> dict[str, Any]:
+    """One move as records carry it (event records and the sweeper's ``time`` records)."""
     return {
         "from": t.from_stage,  # StrEnum or None: orjson writes the value
         "to": t.to_stage,

@@ -24,7 +24,7 @@ from clm_common.replay import replay_behind
 from clm_common.rules import LifecycleRules
 from clm_common.schema import customers
 from clm_stage_engine import repository
-from clm_stage_engine.records import SCHEMA, customer_facts
+from clm_stage_engine.records import SCHEMA, customer_facts, move_doc
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +91,8 @@ async def sweep_once(
                                 "stage_before": before.stage.value,
                                 "stage_before_entered_at": before.stage_entered_at,
                                 "stage_after": after.stage.value,
-                                "transition": {
-                                    "from": moves[-1].from_stage.value
-                                    if moves[-1].from_stage
-                                    else None,
-                                    "to": moves[-1].to_stage.value,
-                                    "at": moves[-1].at,
-                                    "reason": moves[-1].reason,
-                                },
-                                "transitions": [
-                                    {
-                                        "from": m.from_stage.value if m.from_stage else None,
-                                        "to": m.to_stage.value,
-                                        "at": m.at,
-                                    }
-                                    for m in moves
-                                ],
+                                "transition": move_doc(moves[-1]),
+                                "transitions": [move_doc(m) for m in moves],
                                 "first_purchase": False,
                                 "repeat_purchase": False,
                                 "reactivation": False,
