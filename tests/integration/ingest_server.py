@@ -18,9 +18,11 @@ from clm_ingest.settings import IngestSettings
 
 
 @asynccontextmanager
-async def ingest_client(settings: IngestSettings) -> AsyncIterator[httpx.AsyncClient]:
+async def ingest_client(
+    settings: IngestSettings, *, hot_routes: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client on the app, its lifespan entered (real Kafka, real Postgres)."""
-    app = create_app(settings)
+    app = create_app(settings, hot_routes=hot_routes)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:

@@ -45,7 +45,11 @@ class KeyVerifier:
 
 
 def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+    return bearer_from_header(request.headers.get("authorization", ""))
+
+
+def bearer_from_header(header: str) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header's value, or a 401 problem."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ProblemError(

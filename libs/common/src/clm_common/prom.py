@@ -34,6 +34,10 @@ def metrics_router() -> APIRouter:
 class _RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # the labelled children, looked up once: labels() costs a lock and a tuple per call,
+        # and the label values are bounded (methods, route templates, statuses)
+        self._counts: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,8 +57,15 @@ class _RequestMetrics:
             route: Any = scope.get("route")
             template = str(getattr(route, "path", "unmatched"))
             method = str(scope.get("method", ""))
-            REQUESTS.labels(method, template, str(status[0])).inc()
-            REQUEST_SECONDS.labels(method, template).observe(time.perf_counter() - started)
+            key = (method, template, str(status[0]))
+            count = self._counts.get(key)
+            if count is None:
+                count = self._counts[key] = REQUESTS.labels(*key)
+            count.inc()
+            duration = self._durations.get(key[:2])
+            if duration is None:
+                duration = self._durations[key[:2]] = REQUEST_SECONDS.labels(method, template)
+            duration.observe(time.perf_counter() - started)
 
 
 def instrument(app: FastAPI) -> None:

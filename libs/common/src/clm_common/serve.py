@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from clm_common.logconfig import configure_logging
+from clm_common.settings import CommonSettings
+
+
+def telemetry(settings: CommonSettings) -> TelemetryConfig:
+    """FastAPI's ``telemetry=`` argument: all of it on or off with ``CLM_OTEL_ENABLED``."""
+    on = settings.otel_enabled
+    return {"tracing": on, "metrics": on, "logs": on}
 
 
 def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:

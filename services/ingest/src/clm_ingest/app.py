@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from clm_common.auth import KeyVerifier
 from clm_common.db import create_engine, ping
@@ -18,9 +19,11 @@ from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import install_problem_handlers
 from clm_common.prom import instrument, metrics_router
+from clm_common.serve import telemetry
 from clm_common.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
 from clm_ingest.api import events, segment, webhooks
 from clm_ingest.deps import State
+from clm_ingest.hot_routes import HotRoute, HotRoutesMiddleware
 from clm_ingest.limits import BodyLimitMiddleware, GzipRequestMiddleware
 from clm_ingest.observability import ObservabilityMiddleware, install_request_id_logging
 from clm_ingest.publisher import Publisher
@@ -30,6 +33,8 @@ from clm_ingest.segment import DEFAULT_TRACK_EVENTS
 from clm_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
+
+HOT_PATHS = {"/v1/events": events.accept_one, "/v1/events/batch": events.accept_batch}
 
 
 def _secret_cache(settings: IngestSettings, engine: Any) -> SecretCache | None:
@@ -41,7 +46,9 @@ def _secret_cache(settings: IngestSettings, engine: Any) -> SecretCache | None:
     return SecretCache(engine, box, ttl_s=settings.auth_cache_seconds)
 
 
-def create_app(settings: IngestSettings | None = None) -> FastAPI:
+def create_app(settings: IngestSettings | None = None, *, hot_routes: bool = True) -> FastAPI:
+    """The ingest app. ``hot_routes=False`` leaves ``/v1/events[/batch]`` to FastAPI's router
+    (the tests compare both ways of serving them)."""
     settings = settings or IngestSettings()
 
     @asynccontextmanager
@@ -85,6 +92,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             "Our own contract (`/v1/events`), Segment's Tracking API, and signed webhooks."
         ),
         lifespan=lifespan,
+        telemetry=telemetry(settings),
     )
     install_problem_handlers(app)
     install_request_id_logging()
@@ -93,7 +101,11 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     async def _segment(_: Request, exc: SegmentError) -> JSONResponse:
         return segment_response(exc)
 
-    # outermost last: observability sees every answer, the limit applies before inflating
+    # outermost last: observability sees every answer, the limit applies before inflating;
+    # the hot routes innermost, right after the body is inflated
+    hot: dict[str, HotRoute] = {}
+    if hot_routes:
+        app.add_middleware(HotRoutesMiddleware, routes=hot)
     app.add_middleware(GzipRequestMiddleware, max_bytes=settings.ingest_max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingest_max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)
@@ -111,6 +123,11 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(segment.router)
     app.include_router(webhooks.router)
+    for route in events.router.routes:  # the app's own list holds included routers, not routes
+        if isinstance(route, APIRoute) and route.path in HOT_PATHS:
+            hot[route.path] = HotRoute(HOT_PATHS[route.path], route)
+    if hot_routes and hot.keys() != HOT_PATHS.keys():
+        raise RuntimeError(f"hot routes without their FastAPI route: {HOT_PATHS.keys() - hot}")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

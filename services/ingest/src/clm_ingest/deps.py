@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.auth import KeyVerifier, Principal, bearer_token
+from clm_common.auth import KeyVerifier, Principal, bearer_from_header
 from clm_common.problem import ProblemError
 from clm_common.webhook_secrets import SecretCache
 from clm_ingest.publisher import Publisher
@@ -65,7 +65,12 @@ async def writer(request: Request) -> Caller:
     measurably (see bench/RESULTS.md), so the write routes have this one only.
     """
     state: State = request.app.state.clm
-    key = bearer_token(request)
+    return await authorize_writer(state, request.headers.get("authorization", ""))
+
+
+async def authorize_writer(state: State, authorization: str) -> Caller:
+    """The caller of an ``Authorization`` header's value, or a 401/403 problem."""
+    key = bearer_from_header(authorization)
     principal = await state.verifier.verify(key)
     if principal is None:
         raise ProblemError(

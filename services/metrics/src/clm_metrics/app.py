@@ -20,6 +20,7 @@ from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable
 from clm_common.problem import install_problem_handlers
 from clm_common.prom import instrument, metrics_router
+from clm_common.serve import telemetry
 from clm_common.worker import Supervisor
 from clm_metrics.api import kpis
 from clm_metrics.deps import State
@@ -103,6 +104,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
         version="0.1.0",
         description="Rolling lifecycle KPIs over HTTP and Prometheus.",
         lifespan=lifespan,
+        telemetry=telemetry(settings),
     )
     install_problem_handlers(app)
 

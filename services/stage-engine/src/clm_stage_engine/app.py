@@ -23,6 +23,7 @@ from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import install_problem_handlers
 from clm_common.prom import instrument, metrics_router
 from clm_common.rules import LifecycleRules, load_rules
+from clm_common.serve import telemetry
 from clm_common.worker import Supervisor
 from clm_stage_engine.api import customers, merge, webhooks
 from clm_stage_engine.deps import State
@@ -147,6 +148,7 @@ def create_app(
         version="0.1.0",
         description="Each customer's lifecycle stage, history and facts.",
         lifespan=lifespan,
+        telemetry=telemetry(settings),
     )
     install_problem_handlers(app)
 

@@ -97,10 +97,15 @@ async def publish_checked(state: State, checked: service.Checked, route: str) ->
     },
 )
 async def post_event(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
-    state: State = request.app.state.clm
+    answer = await accept_one(request.app.state.clm, caller, await request.body())
+    return Response(answer, status_code=202, media_type="application/json")
+
+
+async def accept_one(state: State, caller: Caller, body: bytes) -> bytes:
+    """One event in, the 202 answer's body out (once the broker acknowledged); else a problem."""
     route = "/v1/events"
     received_at = datetime.now(UTC)
-    doc = parse_json(await request.body(), route)
+    doc = parse_json(body, route)
     limit_rate(state, caller, 1, route)
     checked = service.check([doc], source=caller.source, received_at=received_at, route=route)
     if checked.rejected:
@@ -110,11 +115,7 @@ async def post_event(request: Request, caller: Annotated[Caller, Depends(writer)
         raise ProblemError(422, "Invalid event", refused.message(), errors=refused.errors)
     await publish_checked(state, checked, route)
     ((_, event),) = checked.events
-    return Response(
-        orjson.dumps({"event_id": event.event_id, "status": "accepted"}),
-        status_code=202,
-        media_type="application/json",
-    )
+    return orjson.dumps({"event_id": event.event_id, "status": "accepted"})
 
 
 BATCH_SCHEMA = {
@@ -158,10 +159,15 @@ BATCH_SCHEMA = {
     },
 )
 async def post_batch(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
-    state: State = request.app.state.clm
+    answer = await accept_batch(request.app.state.clm, caller, await request.body())
+    return Response(answer, status_code=202, media_type="application/json")
+
+
+async def accept_batch(state: State, caller: Caller, body: bytes) -> bytes:
+    """A batch in, the 202 answer's body out (once the broker acknowledged the valid events)."""
     route = "/v1/events/batch"
     received_at = datetime.now(UTC)
-    doc = parse_json(await request.body(), route)
+    doc = parse_json(body, route)
     events = doc.get("events") if isinstance(doc, dict) else None
     if not isinstance(events, list) or not events:
         service.reject("unknown", "not_a_batch", route)
@@ -201,14 +207,10 @@ async def post_batch(request: Request, caller: Annotated[Caller, Depends(writer)
             422, "Invalid events", f"all {len(events)} events were refused", errors=errors
         )
     await publish_checked(state, checked, route)
-    return Response(
-        orjson.dumps(
-            {
-                "accepted": len(checked.events),
-                "events": [{"index": i, "event_id": e.event_id} for i, e in checked.events],
-                "rejected": rejected,
-            }
-        ),
-        status_code=202,
-        media_type="application/json",
+    return orjson.dumps(
+        {
+            "accepted": len(checked.events),
+            "events": [{"index": i, "event_id": e.event_id} for i, e in checked.events],
+            "rejected": rejected,
+        }
     )
