@@ -4,11 +4,14 @@ and HTTP request metrics by route template and status (bounded labels: no ids, n
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+M = TypeVar("M", Counter, Histogram)
 
 REQUESTS = Counter(
     "clm_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -19,6 +22,21 @@ REQUEST_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+
+def children(metric: M) -> Callable[..., M]:
+    """``metric.labels(*values)``, each child looked up once and kept: ``labels()`` takes a
+    lock and builds tuples on every call, a cost per request on hot paths. Only for labels
+    whose values are bounded (the children are never dropped)."""
+    known: dict[tuple[str, ...], M] = {}
+
+    def child(*values: str) -> M:
+        found = known.get(values)
+        if found is None:
+            found = known[values] = metric.labels(*values)
+        return found
+
+    return child
 
 
 def metrics_router() -> APIRouter:
@@ -34,10 +52,8 @@ def metrics_router() -> APIRouter:
 class _RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # the labelled children, looked up once: labels() costs a lock and a tuple per call,
-        # and the label values are bounded (methods, route templates, statuses)
-        self._counts: dict[tuple[str, str, str], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
+        self._counts = children(REQUESTS)
+        self._durations = children(REQUEST_SECONDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,15 +73,8 @@ class _RequestMetrics:
             route: Any = scope.get("route")
             template = str(getattr(route, "path", "unmatched"))
             method = str(scope.get("method", ""))
-            key = (method, template, str(status[0]))
-            count = self._counts.get(key)
-            if count is None:
-                count = self._counts[key] = REQUESTS.labels(*key)
-            count.inc()
-            duration = self._durations.get(key[:2])
-            if duration is None:
-                duration = self._durations[key[:2]] = REQUEST_SECONDS.labels(method, template)
-            duration.observe(time.perf_counter() - started)
+            self._counts(method, template, str(status[0])).inc()
+            self._durations(method, template).observe(time.perf_counter() - started)
 
 
 def instrument(app: FastAPI) -> None:

@@ -23,20 +23,24 @@ from clm_common.events import (
     partition_key,
     record_headers,
 )
+from clm_common.prom import children
 from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
 from clm_ingest.publisher import Publisher, Record
 
-ACCEPTED = Counter(
-    "clm_ingest_events_accepted_total", "Events acknowledged by Kafka", ["type", "route"]
+# every label is bounded: event types (or "unknown"), route templates, refusal reasons
+ACCEPTED = children(
+    Counter("clm_ingest_events_accepted_total", "Events acknowledged by Kafka", ["type", "route"])
 )
-REJECTED = Counter(
-    "clm_ingest_events_rejected_total", "Events refused", ["type", "reason", "route"]
+REJECTED = children(
+    Counter("clm_ingest_events_rejected_total", "Events refused", ["type", "reason", "route"])
 )
-BATCH_SIZE = Histogram(
-    "clm_ingest_batch_size",
-    "Events per request",
-    ["route"],
-    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+BATCH_SIZE = children(
+    Histogram(
+        "clm_ingest_batch_size",
+        "Events per request",
+        ["route"],
+        buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+    )
 )
 
 
@@ -104,14 +108,14 @@ def check(
                     Rejection(index, "source_mismatch", [{"field": "source", "message": str(exc)}])
                 )
     for r in out.rejected:
-        REJECTED.labels(_type_label(bodies[r.index]), r.reason, route).inc()
-    BATCH_SIZE.labels(route).observe(len(bodies))
+        REJECTED(_type_label(bodies[r.index]), r.reason, route).inc()
+    BATCH_SIZE(route).observe(len(bodies))
     return out
 
 
 def reject(type_label: str, reason: str, route: str, count: int = 1) -> None:
     """Count refusals decided before validation (bad JSON, limits, unavailable broker)."""
-    REJECTED.labels(type_label, reason, route).inc(count)
+    REJECTED(type_label, reason, route).inc(count)
 
 
 def record(event: Event, topic: str) -> Record:
@@ -128,10 +132,10 @@ async def publish(publisher: Publisher, topic: str, events: Sequence[Event], *, 
         await publisher.publish_many([record(e, topic) for e in events])
     except Exception:
         for type_, n in by_type.items():
-            REJECTED.labels(type_, "unavailable", route).inc(n)
+            REJECTED(type_, "unavailable", route).inc(n)
         raise
     for type_, n in by_type.items():
-        ACCEPTED.labels(type_, route).inc(n)
+        ACCEPTED(type_, route).inc(n)
 
 
 async def publish_checked(
