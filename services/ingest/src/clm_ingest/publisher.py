@@ -4,8 +4,10 @@ Request handlers never call ``producer.send()`` themselves (many concurrent send
 spin, its issue #528): a request enqueues its records as one *ticket* (a future and a count)
 and waits for it, bounded by a timeout. The pump takes every ticket waiting, groups their
 records by topic-partition (the same murmur2 partitioner as ``send()``, so a customer's events
-keep their partition and order), fills aiokafka ``BatchBuilder``s and hands each to
-``send_batch()``: a few Python calls per batch instead of a ``send()`` per record. When the
+keep their partition and order), fills aiokafka ``BatchBuilder``s and hands each, closed, to
+``send_batch()``: a few Python calls per batch instead of a ``send()`` per record, and no
+linger (a closed batch is ready at once; batching comes from the records that arrive while the
+previous produce request is in flight). When the
 broker acknowledged a batch (acks=all, idempotent producer) its records count down their
 tickets; a ticket resolves when all its records are acknowledged, or fails with the first
 error. The producer is (re)built lazily: when the broker is away, or after a failed delivery
@@ -261,6 +263,9 @@ class Publisher:
         partition: int,
         chunk: list[_Ticket],
     ) -> None:
+        # closed: nothing more goes into it, so the accumulator hands it to the sender at once
+        # instead of letting it linger (linger_ms is for send(), which appends to open batches)
+        builder.close()
         sent = await producer.send_batch(builder, topic, partition=partition)
         sent.add_done_callback(self._resolver(chunk))
 
