@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 
 from clm_common.rules import RulesError, load_rules
@@ -19,12 +18,6 @@ def main() -> None:
         print(f"stage-engine: error: bad lifecycle rules: {exc}", file=sys.stderr)
         sys.exit(2)
     app = create_app(settings, rules)
-    # A batch allocates a few objects per event, most short-lived: the collector's default
-    # thresholds collect every ~700 allocations and full collections rescan
-    # everything imported at start. Freeze that start-up heap and collect young objects less
-    # often (the profile showed collection time inside the batch's allocation sites).
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
     serve(
         app,
         host=settings.stage_engine_host,
