@@ -8,7 +8,7 @@ customer. Probes measure it: a ``signup`` of a customer nobody has seen, posted 
 ``POLL_MS`` ms until it answers 200 (resolution: the poll interval plus one read). The
 time from sending the probe is reported too (it adds the ingest's own latency).
 
-(a) the pipeline's maximum: 8 connections post 10-event batches as fast as the ingest answers
+(a) the pipeline's maximum: 32 connections post 10-event batches as fast as the ingest answers
     while the stage engine consumes; the rate at which the engine applies events in that window
     (its stored offsets) is the pipeline's sustained maximum — the ingest alone runs faster,
     so the backlog left is drained before the next step;
@@ -58,9 +58,12 @@ LOAD_CUSTOMERS = 100_000  # the load's customers (new at first, then updated)
 PER_REQUEST = 10  # events a load request
 LOADS = (0.25, 0.5, 0.8)  # fractions of the measured maximum
 PROBES_PER_S = 10
+PROBE_TIMEOUT_S = 60.0
+MAX_CONNECTIONS = 32  # (a): enough that the ingest's acks=all round trips do not limit it
 POLL_MS = 5
 DRAIN_TIMEOUT_S = 300.0
 SERVICES = ("ingest", "stage-engine", "metrics")
+PHASES = ("decode", "dedupe", "identities", "load", "fold", "write")  # the engine's, in order
 KINDS = ("site_visit", "site_visit", "signup", "purchase", "purchase")
 
 
@@ -195,6 +198,7 @@ class Usage:
     batches: float
     batch_records: float
     batch_s: float
+    phase_s: dict[str, float]  # clm_stage_engine_phase_seconds_total by phase
 
     def __sub__(self, other: Usage) -> Usage:
         return Usage(
@@ -202,6 +206,7 @@ class Usage:
             self.batches - other.batches,
             self.batch_records - other.batch_records,
             self.batch_s - other.batch_s,
+            {name: s - other.phase_s.get(name, 0.0) for name, s in self.phase_s.items()},
         )
 
 
@@ -219,14 +224,19 @@ async def usage(stack: Stack) -> Usage:
         text = (await http.get(stack.procs["stage-engine"].base_url + "/metrics")).text
     group = f'group="{stack.env["CLM_STAGE_ENGINE_GROUP"]}"'
     found: dict[str, float] = {}
+    phases: dict[str, float] = {}
     for line in text.splitlines():
         if group in line and line.startswith("clm_consumer_batch_"):
             found[line.partition("{")[0]] = float(line.rpartition(" ")[2])
+        elif line.startswith("clm_stage_engine_phase_seconds_total{"):
+            phase = line.partition('phase="')[2].partition('"')[0]
+            phases[phase] = float(line.rpartition(" ")[2])
     return Usage(
         {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()},
         found.get("clm_consumer_batch_duration_seconds_count", 0.0),
         found.get("clm_consumer_batch_records_sum", 0.0),
         found.get("clm_consumer_batch_duration_seconds_sum", 0.0),
+        phases,
     )
 
 
@@ -275,7 +285,7 @@ class Load:
     latencies_ms: list[float] = field(default_factory=list)
 
 
-async def closed_loop(stack: Stack, seconds: float, conns: int = 8) -> Load:
+async def closed_loop(stack: Stack, seconds: float, conns: int = MAX_CONNECTIONS) -> Load:
     """``conns`` connections, each posting its next batch once the previous one was answered."""
     pool = [await Conn.open(stack.ingest) for _ in range(conns)]
     load = Load()
@@ -384,6 +394,9 @@ async def probe(stack: Stack, seconds: float) -> Probes:
                     break
                 if status != 404:
                     raise RuntimeError(f"GET /v1/customers/{customer} answered {status}")
+                if time.perf_counter() - acked > PROBE_TIMEOUT_S:
+                    out.errors += 1  # never readable: counted, not waited for
+                    return
                 await asyncio.sleep(POLL_MS / 1000)
         finally:
             readers.put_nowait(reader)
@@ -580,7 +593,8 @@ def report(r: Run) -> str:
         "interval plus one read). The lifecycle record's arrival on `clm.lifecycle.v1` comes "
         "later: the outbox relay polls every 100 ms by default.",
         "",
-        f"**(a) Maximum.** 8 connections posting batches as fast as answered for {SECONDS:.0f} s "
+        f"**(a) Maximum.** {MAX_CONNECTIONS} connections posting batches as fast as answered "
+        f"for {SECONDS:.0f} s "
         f"(after 2 s of warm-up): the ingest accepted **{r.ingest_max:,.0f} events/s**, the "
         f"stage engine applied **{r.pipeline_max:,.0f} events/s** meanwhile — the pipeline's "
         f"sustained maximum, the base of the steps below (the backlog drained in "
@@ -610,19 +624,26 @@ def report(r: Run) -> str:
         "Where the time goes, each step with its drain: the stage engine's batches (from its "
         "`clm_consumer_batch_*` histograms) and the CPU time of each service process "
         "(`/proc/PID/stat`) per 1,000 events applied — steadier than wall time on a shared box "
-        "(the stage engine's includes answering the probes' reads).",
+        "(the stage engine's includes answering the probes' reads). A batch's time by phase "
+        "comes from `clm_stage_engine_phase_seconds_total` ("
+        + " · ".join((*PHASES, "rest"))
+        + "); the "
+        "rest is the offsets' compare-and-set, the commit and the consumer's own work.",
         "",
         "| load | events | engine batches | records / batch | mean batch ms "
-        "| CPU ms / 1,000 events: ingest · stage engine · metrics |",
-        "|---|---:|---:|---:|---:|---|",
+        "| of which by phase (ms) | CPU ms / 1,000 events: ingest · stage engine · metrics |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for label, s in [("(a) maximum", r.max_step)] + [(f"{s.fraction:.0%}", s) for s in r.steps]:
         u = s.used
         per_k = " · ".join(f"{u.cpu_s[n] * 1e6 / max(s.events, 1):,.0f}" for n in SERVICES)
+        per_batch = [u.phase_s.get(phase, 0.0) for phase in PHASES]
+        per_batch.append(u.batch_s - sum(per_batch))
+        phases = " · ".join(f"{v * 1000 / max(u.batches, 1):.1f}" for v in per_batch)
         lines.append(
             f"| {label} | {s.events:,} | {u.batches:,.0f} | "
             f"{u.batch_records / max(u.batches, 1):,.1f} | "
-            f"{u.batch_s * 1000 / max(u.batches, 1):,.1f} | {per_k} |"
+            f"{u.batch_s * 1000 / max(u.batches, 1):,.1f} | {phases} | {per_k} |"
         )
     lines += [
         "",
