@@ -19,11 +19,11 @@ from bench.http import Conn
 
 @dataclass(frozen=True)
 class Reads:
-    """Rounds of reads: each round's p50 and p99 (ms), and how many reads a round made."""
+    """Rounds of reads: each round's p50 and p99 (ms), and how many reads each made."""
 
     p50s: list[float]
     p99s: list[float]
-    reads: int
+    counts: list[int]
 
     @property
     def p50_ms(self) -> float:
@@ -65,17 +65,27 @@ FROM generate_series(1, $1) AS g
 
 
 async def read_rounds(
-    port: int, token: str, ids: Callable[[], str], *, rounds: int, reads: int, warmup: int = 200
+    port: int,
+    token: str,
+    ids: Callable[[], str],
+    *,
+    rounds: int,
+    reads: int,
+    warmup: int = 200,
+    round_s: float | None = None,
 ) -> Reads:
-    """``rounds`` rounds of ``reads`` sequential reads of existing customers (each must be 200)."""
+    """``rounds`` rounds of ``reads`` sequential reads of existing customers (each must be 200);
+    a round ends early after ``round_s`` seconds (when given: a bench part on a saturated box
+    stays within its minutes)."""
     conn = await Conn.open(port)
-    p50s, p99s = [], []
+    p50s, p99s, counts = [], [], []
     try:
         for _ in range(warmup):
             await conn.request(customer_get(ids(), token))
         for _ in range(rounds):
-            took = []
-            for _ in range(reads):
+            took: list[float] = []
+            deadline = time.perf_counter() + (round_s or float("inf"))
+            while len(took) < reads and time.perf_counter() < deadline:
                 raw = customer_get(ids(), token)
                 started = time.perf_counter()
                 status = await conn.request(raw)
@@ -83,8 +93,9 @@ async def read_rounds(
                 if status != 200:
                     raise RuntimeError(f"GET /v1/customers answered {status}")
             took.sort()
+            counts.append(len(took))
             p50s.append(statistics.median(took))
             p99s.append(percentile(took, 0.99))
     finally:
         conn.close()
-    return Reads(p50s, p99s, reads)
+    return Reads(p50s, p99s, counts)

@@ -84,7 +84,7 @@ def test_anchor_is_githubs_slug_of_the_first_heading() -> None:
 
 
 def test_reads_report_the_median_of_the_rounds_p99s() -> None:
-    reads = Reads(p50s=[1.0, 2.0, 9.0], p99s=[4.0, 30.0, 5.0], reads=1000)
+    reads = Reads(p50s=[1.0, 2.0, 9.0], p99s=[4.0, 30.0, 5.0], counts=[1000, 1000, 1000])
     assert (reads.p50_ms, reads.p99_ms) == (2.0, 5.0)
     assert reads.spread() == "4.0 / 30.0 / 5.0"
     assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
