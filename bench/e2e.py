@@ -496,19 +496,19 @@ async def step(stack: Stack, fraction: float, pipeline_max: float) -> Step:
     return Step(fraction, rate, load, probes, (a1 - a0) / elapsed, backlog, drain_s, used, events)
 
 
+async def customer_reads(stack: Stack) -> Reads:
+    """(c): rounds of reads of random filled customers."""
+    return await read_rounds(
+        stack.engine, TOKEN, fill_ids(CUSTOMERS), rounds=READ_ROUNDS, reads=READS, round_s=ROUND_S
+    )
+
+
 async def reads_under_load(stack: Stack, rate: float) -> Reads:
     done = asyncio.Event()
     load = asyncio.create_task(offer(stack, rate, lambda _: done.is_set()))
     try:
         await asyncio.sleep(2)  # the engine busy before the first read
-        return await read_rounds(
-            stack.engine,
-            TOKEN,
-            fill_ids(CUSTOMERS),
-            rounds=READ_ROUNDS,
-            reads=READS,
-            round_s=ROUND_S,
-        )
+        return await customer_reads(stack)
     finally:
         done.set()
         await load
@@ -520,14 +520,7 @@ async def run() -> Run:
     memory = Memory({name: proc.pid for name, proc in stack.procs.items()})
     try:
         print("bench e2e: (c) idle reads", flush=True)
-        idle = await read_rounds(
-            stack.engine,
-            TOKEN,
-            fill_ids(CUSTOMERS),
-            rounds=READ_ROUNDS,
-            reads=READS,
-            round_s=ROUND_S,
-        )
+        idle = await customer_reads(stack)
         print("bench e2e: (a) the pipeline's maximum", flush=True)
         ingest_max, pipeline_max, max_drain_s, max_step = await maximum(stack)
         print(
