@@ -453,6 +453,7 @@ class Run:
     busy_rate: float
     peak_rss_kb: dict[str, int]
     hwm_kb: dict[str, int]
+    load_avg: tuple[str, str]  # the box's 1-minute load average at the start and at the end
 
 
 async def maximum(stack: Stack) -> tuple[float, float, float, Step]:
@@ -516,6 +517,7 @@ async def reads_under_load(stack: Stack, rate: float) -> Reads:
 
 
 async def run() -> Run:
+    load_at_start = load_average()
     stack = await start_stack()
     memory = Memory({name: proc.pid for name, proc in stack.procs.items()})
     try:
@@ -552,6 +554,7 @@ async def run() -> Run:
             busy_rate,
             memory.peak,
             hwm,
+            (load_at_start, load_average()),
         )
     finally:
         memory.stop()
@@ -595,6 +598,13 @@ def targets(r: Run) -> Iterator[tuple[str, str, str, bool]]:
         yield f"{name} RSS < {RSS_LIMIT_MB} MB", f"{mb:.0f} MB", "", mb < RSS_LIMIT_MB
 
 
+def load_average() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
 def report(r: Run) -> str:
     lines = [
         "## End to end: the whole stack under load",
@@ -610,7 +620,9 @@ def report(r: Run) -> str:
         "the load; one reader reads every waiting probe's customer in turn, one read in "
         f"flight, sweeps at least {POLL_MS} ms apart, until it answers 200 (resolution: one "
         "sweep). The lifecycle record's arrival on `clm.lifecycle.v1` comes "
-        "later: the outbox relay polls every 100 ms by default.",
+        "later: the outbox relay polls every 100 ms by default. The box's 1-minute load "
+        f"average was {r.load_avg[0]} at the start and {r.load_avg[1]} at the end "
+        f"({os.cpu_count()} cores; anything above that is other jobs' work or ours waiting).",
         "",
         f"**(a) Maximum.** {MAX_CONNECTIONS} connections posting batches as fast as answered "
         f"for {SECONDS:.0f} s "
