@@ -622,7 +622,7 @@ def report(r: Run) -> str:
         "sweep). The lifecycle record's arrival on `clm.lifecycle.v1` comes "
         "later: the outbox relay polls every 100 ms by default. The box's 1-minute load "
         f"average was {r.load_avg[0]} at the start and {r.load_avg[1]} at the end "
-        f"({os.cpu_count()} cores; anything above that is other jobs' work or ours waiting).",
+        f"on {os.cpu_count()} cores (our own stack counts; above the cores, work waited).",
         "",
         f"**(a) Maximum.** {MAX_CONNECTIONS} connections posting batches as fast as answered "
         f"for {SECONDS:.0f} s "
