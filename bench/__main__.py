@@ -2,7 +2,8 @@
 
 Each benchmark is a module ``bench/<name>.py`` with ``main() -> None`` that measures and calls
 ``bench.results.write_section``. They expect Kafka and Postgres from ``CLM_KAFKA_BOOTSTRAP`` and
-``CLM_DATABASE_URL`` (``make bench`` starts them).
+``CLM_DATABASE_URL`` (``make bench`` starts them). After them, ``bench.summary`` rewrites the
+summary of the targets at the top of RESULTS.md from every section (``summary`` alone: only that).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL: list[str] = ["ingest", "stage_engine", "metrics"]  # benchmark modules, in run order
+ALL: list[str] = ["ingest", "stage_engine", "e2e", "metrics"]  # benchmark modules, in run order
 
 
 def main(argv: list[str]) -> int:
@@ -19,11 +20,14 @@ def main(argv: list[str]) -> int:
         print("bench: no benchmarks yet", file=sys.stderr)
         return 1
     for name in names:
-        if name not in ALL:
+        if name not in ALL and name != "summary":
             print(f"bench: unknown benchmark {name!r}; known: {', '.join(ALL)}", file=sys.stderr)
             return 2
-        print(f"bench: running {name}", flush=True)
-        importlib.import_module(f"bench.{name}").main()
+    for name in names:
+        if name != "summary":
+            print(f"bench: running {name}", flush=True)
+            importlib.import_module(f"bench.{name}").main()
+    importlib.import_module("bench.summary").main()
     print("bench: results in bench/RESULTS.md")
     return 0
 

@@ -44,15 +44,25 @@ def machine_line() -> str:
     )
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or add) the section ``name`` of RESULTS.md."""
+def write_section(name: str, body: str, *, top: bool = False) -> None:
+    """Replace (or add) the section ``name`` of RESULTS.md; a new one goes at the end, or
+    right under the header when ``top``."""
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     section = f"{start}\n{body.rstrip()}\n\n_Machine: {machine_line()}_\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else (text.rstrip() + "\n\n" + section + "\n")
-    )
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    elif top and "<!-- bench:" in text:
+        at = text.index("<!-- bench:")
+        text = text[:at] + section + "\n\n" + text[at:]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
     RESULTS.write_text(text)
+
+
+def read_sections() -> dict[str, str]:
+    """Every section of RESULTS.md by name (its body and machine line, without the markers)."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    found = re.finditer(r"<!-- bench:([\w-]+) -->\n(.*?)\n<!-- /bench:\1 -->", text, re.S)
+    return {m[1]: m[2] for m in found}

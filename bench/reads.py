@@ -1,0 +1,101 @@
+"""Stage-by-customer read latency: ``GET /v1/customers/{id}`` in rounds, the median of the p99s.
+
+One round is ``reads`` sequential random reads on one keep-alive connection. A single round's
+p99 is its ~10th-worst read, so one scheduler hiccup on a shared 2-core box moves it by
+milliseconds; the median over several rounds is the figure to compare run to run (every
+round's p99 is kept, to show the spread).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.http import Conn
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Rounds of reads: each round's p50 and p99 (ms), and how many reads each made."""
+
+    p50s: list[float]
+    p99s: list[float]
+    counts: list[int]
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.p50s)
+
+    @property
+    def p99_ms(self) -> float:
+        """The median of the rounds' p99s."""
+        return statistics.median(self.p99s)
+
+    def spread(self) -> str:
+        """Every round's p99, e.g. ``3.9 / 4.2 / 6.8``."""
+        return " / ".join(f"{p:.1f}" for p in self.p99s)
+
+
+def percentile(sorted_ms: list[float], q: float) -> float:
+    """The ``q`` quantile (0 < q ≤ 1) of sorted values, nearest rank."""
+    return sorted_ms[max(0, int(len(sorted_ms) * q) - 1)]
+
+
+def customer_get(customer_id: str, token: str) -> bytes:
+    return (
+        f"GET /v1/customers/{customer_id} HTTP/1.1\r\nHost: engine\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+def fill_ids(customers: int) -> Callable[[], str]:
+    """Random ids of the ``fill-1`` … ``fill-<customers>`` rows :func:`fill_customers` adds."""
+    return lambda: f"fill-{random.randint(1, customers)}"
+
+
+FILL_SQL = """
+INSERT INTO customers (customer_id, stage, stage_entered_at, first_seen_at,
+                       last_seen_at, first_source, purchases, revenue)
+SELECT 'fill-' || g, 'retention', now(), now(), now(), 'bench', 2, 85.00
+FROM generate_series(1, $1) AS g
+"""
+
+
+async def read_rounds(
+    port: int,
+    token: str,
+    ids: Callable[[], str],
+    *,
+    rounds: int,
+    reads: int,
+    warmup: int = 200,
+    round_s: float | None = None,
+) -> Reads:
+    """``rounds`` rounds of ``reads`` sequential reads of existing customers (each must be 200);
+    a round ends early after ``round_s`` seconds (when given: a bench part on a saturated box
+    stays within its minutes)."""
+    conn = await Conn.open(port)
+    p50s, p99s, counts = [], [], []
+    try:
+        for _ in range(warmup):
+            await conn.request(customer_get(ids(), token))
+        for _ in range(rounds):
+            took: list[float] = []
+            deadline = time.perf_counter() + (round_s or float("inf"))
+            while len(took) < reads and time.perf_counter() < deadline:
+                raw = customer_get(ids(), token)
+                started = time.perf_counter()
+                status = await conn.request(raw)
+                took.append((time.perf_counter() - started) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"GET /v1/customers answered {status}")
+            took.sort()
+            counts.append(len(took))
+            p50s.append(statistics.median(took))
+            p99s.append(percentile(took, 0.99))
+    finally:
+        conn.close()
+    return Reads(p50s, p99s, counts)
