@@ -9,7 +9,8 @@ Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
   the transaction commits) with their reason in headers, and the partition moves on; more
   than ``max_consecutive_poison`` poison records in a row stop the loop loudly;
 * on assignment, seek every partition to the offset stored in Postgres; on revocation, wait
-  for the batch in flight; Kafka's committed offsets are only a hint, written after the commit;
+  for the batch in flight; Kafka's committed offsets are only a hint, sent after the commit
+  without the next batch waiting for them;
 * a failing batch (Postgres down, a fenced offset) is rolled back, its partitions are sought
   back to the stored offsets, and it is retried after a backoff: nothing is skipped.
 """
@@ -127,6 +128,8 @@ class BatchConsumer:
         self.consecutive_poison = 0
         self.last_batch_at: float | None = None
         self._stopping = asyncio.Event()
+        self._hints: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._hint_task: asyncio.Task[None] | None = None
 
     async def seek_to_stored(self, partitions: set[TopicPartition]) -> None:
         """Point each partition at the offset stored in Postgres (retrying while it is down)."""
@@ -176,6 +179,12 @@ class BatchConsumer:
 
     async def run(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        try:
+            await self._run()
+        finally:
+            await self._finish_hints()
+
+    async def _run(self) -> None:
         last_check = time.monotonic()
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(
@@ -249,13 +258,33 @@ class BatchConsumer:
         RECORDS.labels(self.group_id, "skipped").inc(
             len(records) - result.applied - len(result.poison)
         )
-        with contextlib.suppress(Exception):
-            await self.consumer.commit(
-                {
-                    TopicPartition(t, p): OffsetAndMetadata(a.next_offset, "")
-                    for (t, p), a in advances.items()
-                }
-            )
+        self._commit_hint(
+            {
+                TopicPartition(t, p): OffsetAndMetadata(a.next_offset, "")
+                for (t, p), a in advances.items()
+            }
+        )
+
+    def _commit_hint(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Tell Kafka the consumed offsets, off the batch's path: they are only a hint (the
+        truth is in Postgres, sought to on assignment), so the next batch does not wait for the
+        group coordinator's round trip. One commit in flight at most; offsets that arrive
+        meanwhile go in the next one (newer offsets replace older ones per partition)."""
+        self._hints.update(offsets)
+        if self._hint_task is None or self._hint_task.done():
+            self._hint_task = asyncio.create_task(self._send_hints(), name="offset-hints")
+
+    async def _send_hints(self) -> None:
+        while self._hints:
+            offsets, self._hints = self._hints, {}
+            with contextlib.suppress(Exception):  # e.g. revoked meanwhile: a hint, no harm
+                await self.consumer.commit(offsets)
+
+    async def _finish_hints(self) -> None:
+        task = self._hint_task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, timeout=5)
 
     async def _dead_letter(self, poison: list[Poison], *, applied: int = 0) -> None:
         if applied or not poison:  # good records in between: not a run of poison
