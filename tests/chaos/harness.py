@@ -48,6 +48,7 @@ from tests.integration.conftest import eventually
 
 SOURCE = "shop"  # the write key's source
 SERVICES = ("ingest", "stage-engine", "metrics")
+BOUND_S = 10.0  # the bound: the ingest answers (2xx or 503) within 10 s, none hangs
 
 
 def event_key(doc: Mapping[str, Any]) -> EventKey:

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -18,6 +19,7 @@ from clm_common.db import create_engine
 from clm_devstack.postgres import start_postgres, stop_postgres
 from tests.chaos.conftest import OwnPostgres
 from tests.chaos.harness import (
+    BOUND_S,
     ChaosStack,
     Ledger,
     check,
@@ -30,6 +32,7 @@ from tests.chaos.harness import (
     scrape,
 )
 from tests.chaos.latency_proxy import LatencyProxy
+from tests.e2e.conftest import READ_TOKEN
 from tests.integration.conftest import eventually
 
 CONSUMERS = ("stage-engine", "metrics")
@@ -51,11 +54,22 @@ async def failed_batches(stack: ChaosStack) -> float:
     return total
 
 
+async def kpis_status(metrics_url: str) -> int:
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.get(
+            f"{metrics_url}/v1/kpis", headers={"Authorization": f"Bearer {READ_TOKEN}"}
+        )
+    return answer.status_code
+
+
 @pytest.mark.timeout(600)
 async def test_postgres_restarted_immediately_mid_batch(
     own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    cfg, env = own_postgres.cfg, own_postgres.env
+    cfg = own_postgres.cfg
+    # keys cached for 1 s only: the ingest meets the outage too, and must answer 2xx (a key
+    # it saw recently) or 503, never 500
+    env = {**own_postgres.env, "CLM_AUTH_CACHE_SECONDS": "1"}
     stack = ChaosStack(env, tmp_path / "logs").start_all()
     pids = consumer_pids(stack)
     ledger = Ledger()
@@ -73,6 +87,7 @@ async def test_postgres_restarted_immediately_mid_batch(
         acked_before = len(ledger.acked)
         await asyncio.sleep(DOWN_S / 2)
         readiness = {name: await ready(stack.url(name)) for name in CONSUMERS}
+        kpis_while_down = await kpis_status(stack.url("metrics"))
         await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - down_at)))
         committed_after = await kafka_committed(env)
         acked_while_down = len(ledger.acked) - acked_before
@@ -83,6 +98,8 @@ async def test_postgres_restarted_immediately_mid_batch(
         assert readiness == dict.fromkeys(CONSUMERS, False), (
             f"/readyz while Postgres was down: {readiness}"
         )
+        assert kpis_while_down == 503, f"the KPI API answered {kpis_while_down} without Postgres"
+        assert not ledger.misbehaving(BOUND_S), ledger.misbehaving(BOUND_S)[:10]
         assert committed_after == committed_before, "a consumer committed while Postgres was down"
         assert acked_while_down > 0, "nothing was acknowledged while Postgres was down"
         assert await failed_batches(stack) > 0, "no batch met the dead Postgres"
