@@ -82,7 +82,7 @@ def infra() -> Iterator[Infra]:
         stop_infra(stack)
 
 
-def _alembic_upgrade(url: str) -> None:
+def alembic_upgrade(url: str) -> None:
     env = {**os.environ, "CLM_DATABASE_URL": url}
     done = subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
@@ -101,7 +101,7 @@ def template_database(infra: Infra) -> Iterator[str]:
     """A migrated database that every test's database is cloned from."""
     name = f"clm_tpl_{uuid.uuid4().hex[:10]}"
     _admin_sync(infra, f'CREATE DATABASE "{name}"')
-    _alembic_upgrade(_with_database(infra.admin_url, name))
+    alembic_upgrade(_with_database(infra.admin_url, name))
     yield name
     _admin_sync(infra, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

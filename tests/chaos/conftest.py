@@ -6,7 +6,10 @@ chaos``); the ones also marked ``chaos_short`` are quick enough for every ``make
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from clm_devstack.kafka import KafkaConfig, start_kafka, stop_kafka
+from clm_devstack.postgres import PostgresConfig, database_url, start_postgres, stop_postgres
 from tests.chaos.harness import ChaosStack
-from tests.e2e.conftest import own_kafka, prepare
+from tests.conftest import alembic_upgrade
+from tests.e2e.conftest import free_port, own_kafka, prepare
 
 CHAOS_ENV = "CLM_CHAOS"
 
@@ -78,3 +83,32 @@ async def own_broker(chaos_env: dict[str, str], tmp_path: Path) -> AsyncIterator
         yield OwnBroker(cfg, env)
     finally:
         stop_kafka(cfg)
+
+
+@dataclass(frozen=True)
+class OwnPostgres:
+    cfg: PostgresConfig
+    env: dict[str, str]
+
+
+@pytest.fixture
+async def own_postgres(chaos_env: dict[str, str]) -> AsyncIterator[OwnPostgres]:
+    """A Postgres server of this test's own (to crash and restart), migrated, keys stored.
+
+    Its state lives in a fresh directory under the system's temporary directory: the server
+    runs as the ``postgres`` OS user when we are root, and pytest's ``tmp_path`` is private.
+    Settings as the test stack's (``fast_unsafe``: no fsync, asynchronous commit), so a crash
+    may also take back the last transactions the consumers saw committed.
+    """
+    state = Path(tempfile.mkdtemp(prefix="clm-chaos-pg-"))
+    cfg = PostgresConfig(state_dir=state, port=free_port(), fast_unsafe=True)
+    try:
+        await asyncio.to_thread(start_postgres, cfg)
+        url = database_url(cfg)
+        await asyncio.to_thread(alembic_upgrade, url)
+        env = {**chaos_env, "CLM_DATABASE_URL": url}
+        await prepare(env)
+        yield OwnPostgres(cfg, env)
+    finally:
+        await asyncio.to_thread(stop_postgres, cfg, immediate=True)
+        shutil.rmtree(state, ignore_errors=True)

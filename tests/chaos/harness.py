@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,6 +48,7 @@ from tests.integration.conftest import eventually
 
 SOURCE = "shop"  # the write key's source
 SERVICES = ("ingest", "stage-engine", "metrics")
+BOUND_S = 10.0  # the issue's bound: the ingest answers (2xx or 503) within 10 s, none hangs
 
 
 def event_key(doc: Mapping[str, Any]) -> EventKey:
@@ -100,6 +103,46 @@ class ChaosStack:
             for proc in procs:
                 if proc.alive():
                     proc.stop()
+
+    def assignments(self, name: str) -> int:
+        """How many times ``name``'s processes were handed partitions (their logs say so)."""
+        count = 0
+        for proc in self.procs[name]:
+            for line in proc.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("{") and orjson.loads(line).get("msg") == "partitions assigned":
+                    count += 1
+        return count
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def scrape(base_url: str) -> str:
+    """A service's Prometheus exposition (``/metrics``)."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        return (await http.get(f"{base_url}/metrics")).text
+
+
+def sample_value(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in exposition.splitlines():
+        metric, _, value = line.rpartition(" ")
+        if metric.split("{")[0] == name and all(w in metric for w in wanted):
+            total += float(value)
+    return total
+
+
+async def ready(base_url: str) -> bool:
+    """Whether the service's ``/readyz`` answers 200."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        return (await http.get(f"{base_url}/readyz")).status_code == 200
 
 
 # --------------------------------------------------------------------------- load and ledger
@@ -313,6 +356,28 @@ async def caught_up(env: Mapping[str, str], db: AsyncEngine) -> bool:
     return pending == 0 and all(
         stored[t].get(p, 0) == end for t, parts in ends.items() for p, end in parts.items()
     )
+
+
+async def lag(env: Mapping[str, str], db: AsyncEngine) -> dict[str, int]:
+    """Records each consumer group has still to apply (log end minus stored offset), by topic."""
+    groups = _groups(env)
+    ends = await _end_offsets(env["CLM_KAFKA_BOOTSTRAP"], list(groups.values()))
+    stored = await stored_offsets(db, groups)
+    return {t: sum(end - stored[t].get(p, 0) for p, end in ps.items()) for t, ps in ends.items()}
+
+
+async def kafka_committed(env: Mapping[str, str]) -> dict[str, dict[int, int]]:
+    """The offsets each consumer group committed to Kafka (the hint written after Postgres)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=env["CLM_KAFKA_BOOTSTRAP"])
+    await admin.start()
+    try:
+        out: dict[str, dict[int, int]] = {}
+        for group in _groups(env):
+            committed = await admin.list_consumer_group_offsets(group)
+            out[group] = {tp.partition: meta.offset for tp, meta in committed.items()}
+        return out
+    finally:
+        await admin.close()
 
 
 async def settle(env: Mapping[str, str], *, timeout: float = 240.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,7 +10,10 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common import keys
+from clm_common.db import unavailable
 from clm_common.problem import ProblemError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +25,20 @@ class Principal:
 
 
 class KeyVerifier:
-    """Looks keys up in Postgres (by hash) and caches answers, good and bad, for a few seconds."""
+    """Looks keys up in Postgres (by hash) and caches answers, good and bad, for ``ttl_s``;
+    while Postgres is unavailable, an answer up to ``stale_s`` past its expiry is used."""
 
-    def __init__(self, engine: AsyncEngine, *, ttl_s: float = 10.0, max_entries: int = 10_000):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        ttl_s: float = 10.0,
+        stale_s: float = 300.0,
+        max_entries: int = 10_000,
+    ):
         self._engine = engine
         self._ttl = ttl_s
+        self._stale = stale_s
         self._max = max_entries
         self._cache: dict[str, tuple[float, Principal | None]] = {}
 
@@ -35,8 +48,16 @@ class KeyVerifier:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        async with self._engine.connect() as conn:
-            found = await keys.lookup(conn, key)
+        try:
+            async with self._engine.connect() as conn:
+                found = await keys.lookup(conn, key)
+        except Exception as exc:
+            # Postgres away: an answer expired less than ``stale_s`` ago still stands, so the
+            # callers seen recently keep working through a restart; anyone else gets a 503
+            if hit is None or now > hit[0] + self._stale or not unavailable(exc):
+                raise
+            log.warning("Postgres unavailable: a key answered from the expired cache")
+            return hit[1]
         principal = None if found is None else Principal(kind=found[0], source=found[1])
         if len(self._cache) >= self._max:
             self._cache.clear()

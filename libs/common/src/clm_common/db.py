@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import (
     ARRAY,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -53,6 +56,28 @@ async def ping(engine: AsyncEngine) -> bool:
     except Exception:
         return False
     return True
+
+
+# Postgres cannot be reached, is starting or shutting down, or dropped the connection; a pool
+# with no connection to hand out in time. (ConnectionDoesNotExistError is a connection error.)
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    sa_exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def unavailable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says Postgres is unavailable (worth a 503 and a retry), rather than
+    that a statement is wrong. SQLAlchemy wraps the driver's errors: look through."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or unavailable(
+            exc.orig.__cause__ if exc.orig is not None else None
+        )
+    return isinstance(exc, _UNAVAILABLE)
 
 
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]

@@ -7,14 +7,19 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clm_common.db import unavailable
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+UNAVAILABLE_RETRY_AFTER_S = 5  # Retry-After of a 503 while Postgres is unavailable
 
 
 class ProblemError(Exception):
@@ -107,6 +112,24 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
         return problem_response(500, "Internal Server Error", instance=request.url.path)
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if not unavailable(exc):
+            return await _unexpected(request, exc)
+        log.warning(
+            "Postgres unavailable", extra={"path": request.url.path, "why": repr(exc)[:300]}
+        )
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "the database is unavailable; retry after Retry-After seconds",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+            instance=request.url.path,
+        )
+
+    # the types a database outage is raised as (``unavailable`` tells it from other errors)
+    for kind in (OSError, TimeoutError, sa_exc.SQLAlchemyError, asyncpg.PostgresError):
+        app.add_exception_handler(kind, _database)
 
 
 def _title(status: int) -> str:

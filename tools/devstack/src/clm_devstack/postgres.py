@@ -432,15 +432,18 @@ def start_postgres(cfg: PostgresConfig) -> PostgresStarted:
     return PostgresStarted(pid, reused=False, seconds=time.monotonic() - began)
 
 
-def stop_postgres(cfg: PostgresConfig) -> bool:
-    """``pg_ctl stop -m fast`` (then immediate, then SIGKILL). True if ours was running."""
+def stop_postgres(cfg: PostgresConfig, *, immediate: bool = False) -> bool:
+    """``pg_ctl stop -m fast`` (then immediate, then SIGKILL). True if ours was running.
+
+    ``immediate``: skip the fast mode, like a crash: the server aborts open transactions and
+    drops every connection at once, and recovers from its WAL on the next start."""
     pid = running_pid(cfg)
     if pid is None:
         return False
     bindir = find_bindir()
     user = _server_user()
     if bindir is not None:
-        for mode in ("fast", "immediate"):
+        for mode in ("immediate",) if immediate else ("fast", "immediate"):
             argv = [
                 str(bindir / "pg_ctl"),
                 "stop",
