@@ -116,20 +116,23 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _database(request: Request, exc: Exception) -> JSONResponse:
         if not unavailable(exc):
             return await _unexpected(request, exc)
-        log.warning(
-            "Postgres unavailable", extra={"path": request.url.path, "why": repr(exc)[:300]}
-        )
-        return problem_response(
-            503,
-            "Service Unavailable",
-            "the database is unavailable; retry after Retry-After seconds",
-            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
-            instance=request.url.path,
-        )
+        return database_unavailable(exc, request.url.path)
 
     # the types a database outage is raised as (``unavailable`` tells it from other errors)
     for kind in (OSError, TimeoutError, sa_exc.SQLAlchemyError, asyncpg.PostgresError):
         app.add_exception_handler(kind, _database)
+
+
+def database_unavailable(exc: BaseException, path: str) -> JSONResponse:
+    """The 503 for an error that says Postgres is unavailable (see :func:`unavailable`)."""
+    log.warning("Postgres unavailable", extra={"path": path, "why": repr(exc)[:300]})
+    return problem_response(
+        503,
+        "Service Unavailable",
+        "the database is unavailable; retry after Retry-After seconds",
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+        instance=path,
+    )
 
 
 def _title(status: int) -> str:

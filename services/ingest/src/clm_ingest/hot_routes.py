@@ -17,7 +17,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clm_common.problem import ProblemError, problem_response
+from clm_common.db import unavailable
+from clm_common.problem import ProblemError, database_unavailable, problem_response
 from clm_ingest.deps import Caller, State, authorize_writer
 from clm_ingest.limits import header
 
@@ -68,6 +69,13 @@ class HotRoutesMiddleware:
                 instance=scope["path"],
             )
             await response(scope, receive, send)
+            return
+        except Exception as exc:
+            # what the app's exception handlers do on the routed path: Postgres away (the key
+            # lookup) is a 503; anything else goes on to the app's 500 handler
+            if not unavailable(exc):
+                raise
+            await database_unavailable(exc, scope["path"])(scope, receive, send)
             return
         await send(
             {
