@@ -181,13 +181,20 @@ _SKETCH_WRITE = text(
 )
 
 
-def _sketch_columns(keys: Sequence[tuple[str, datetime, str, str, str]]) -> dict[str, list[Any]]:
+def _sketch_columns(keys: Sequence[SketchRow]) -> dict[str, list[Any]]:
     return {name: [k[i] for k in keys] for i, name in enumerate(("g", "b", "m", "s", "ch"))}
 
 
-async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
-    """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
-    per_row: dict[tuple[str, datetime, str, str, str], set[str]] = {}
+SketchRow = tuple[str, datetime, str, str, str]
+
+
+def sketch_rows(
+    items: Mapping[SketchKey, Iterable[str]], into: dict[SketchRow, set[str]] | None = None
+) -> dict[SketchRow, set[str]]:
+    """The ids each sketch row gets (``(grain, start, metric, source, channel)``): a minute
+    bucket's ids go to its minute, hour and day, each also merged over every source, every
+    channel and both. ``into``: add to these rows (returned)."""
+    per_row: dict[SketchRow, set[str]] = {} if into is None else into
     for k, ids in items.items():
         for grain in ("minute", *ROLLUP_GRAINS):
             start = floor_to(k.bucket_start, grain)
@@ -199,13 +206,19 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
             ):
                 row = (grain, start, k.metric, source, channel)
                 per_row.setdefault(row, set()).update(ids)
+    return per_row
+
+
+async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
+    """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
+    per_row = sketch_rows(items)
     if not per_row:
         return
     await bump_versions(conn, (k.bucket_start for k in items))
     keys = sorted(per_row)
     columns = _sketch_columns(keys)
     await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
-    written: list[tuple[str, datetime, str, str, str]] = []
+    written: list[SketchRow] = []
     blobs: list[bytes] = []
     for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
         written.append((g, b, m, s, ch))

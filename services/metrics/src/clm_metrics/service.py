@@ -255,10 +255,15 @@ async def _closed_window(
 
 
 def _added(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
-    out: dict[TotalsKey, Decimal] = {}
-    for part in parts:
-        for key, value in part.items():
-            out[key] = out.get(key, Decimal(0)) + value
+    """The parts summed key by key, into a new dict (a copy of the largest, plus the rest)."""
+    if not parts:
+        return {}
+    largest = max(range(len(parts)), key=lambda i: len(parts[i]))
+    out: dict[TotalsKey, Decimal] = dict(parts[largest])
+    for i, part in enumerate(parts):
+        if i != largest:
+            for key, value in part.items():
+                out[key] = out.get(key, Decimal(0)) + value
     return out
 
 
