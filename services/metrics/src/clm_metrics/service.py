@@ -16,7 +16,7 @@ from clm_metrics import hll, repository
 from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, version_of
 from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, stage_net
 from clm_metrics.repository import TotalsKey
-from clm_metrics.windows import Segment, ceil_to, floor_to, plan
+from clm_metrics.windows import Segment, floor_to, plan
 
 #: Events may be dated up to 24 h ahead; sums "from t on" read up to here.
 FUTURE = timedelta(days=2)
@@ -186,8 +186,10 @@ async def _rolling_inputs(
     async def counters_and_sketches(
         conn: AsyncConnection,
     ) -> tuple[tuple[int, int], dict[str, hll.Registers]]:
+        # the days wholly read afresh ([today, far) but today's closed hours, which have their
+        # own counters) are left out; a day only partly before ``far`` stays counted
         version = await repository.closed_version(
-            conn, (today.date(), ceil_to(far, "day").date()), (today, hour)
+            conn, (today.date(), floor_to(far, "day").date()), (today, hour)
         )
         registers = await repository.sketch_registers(
             conn, open_window, metrics, source=source, channel=channel
