@@ -33,6 +33,8 @@ class WindowInputs:
     stages_at_end: Stages
     all_time: Totals
     distinct: Mapping[str, int | None] = field(default_factory=dict)
+    #: ``totals`` indexed by metric, when the reader has it at hand (else built from them).
+    sums: MetricSums | None = field(default=None, compare=False, repr=False)
 
 
 class MetricSums:
@@ -43,14 +45,35 @@ class MetricSums:
     def __init__(self, totals: Totals) -> None:
         self._sums: dict[str, dict[str, Decimal]] = {}
         self._keys: dict[str, list[tuple[TotalsKey, Decimal]]] = {}
+        self._add(totals, shared=False)
+
+    def plus(self, totals: Totals) -> MetricSums:
+        """These sums with ``totals`` added, as a new index that shares every metric
+        ``totals`` does not touch (neither index changes afterwards): its cost is the number
+        of metrics and of ``totals``' keys, not of the keys indexed here."""
+        out = MetricSums({})
+        out._sums, out._keys = dict(self._sums), dict(self._keys)
+        out._add(totals, shared=True)
+        return out
+
+    def _add(self, totals: Totals, *, shared: bool) -> None:
+        copied: set[str] = set()
         for key, v in totals.items():
             m, c = key[0], key[3]
+            if shared and m not in copied:  # copy before the first change: it is shared
+                copied.add(m)
+                self._sums[m] = dict(self._sums.get(m, {}))
+                self._keys[m] = list(self._keys.get(m, ()))
             per = self._sums.get(m)
             if per is None:
                 per = self._sums[m] = {}
                 self._keys[m] = []
             per[c] = per.get(c, ZERO) + v
             self._keys[m].append((key, v))
+
+    def entries(self, prefix: str) -> list[tuple[TotalsKey, Decimal]]:
+        """Every key (and value) of the metrics named ``<prefix>…``."""
+        return [e for m, keys in self._keys.items() if m.startswith(prefix) for e in keys]
 
     def __call__(self, metric: str, currency: str | None = None) -> Decimal:
         per = self._sums.get(metric, {})
@@ -150,7 +173,8 @@ def _money_or_none(value: Decimal | None) -> str | None:
 def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, Any]:
     """Every KPI of the window (see the README's KPI table for the formulas)."""
     t, rc = inputs.totals, reporting_currency
-    sums, life = MetricSums(t), MetricSums(inputs.all_time)
+    sums = inputs.sums if inputs.sums is not None else MetricSums(t)
+    life = MetricSums(inputs.all_time)
     orders = int(sums("orders"))
     rc_orders = sums("orders", rc)
     revenue = sums("revenue", rc)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clm_common.lifecycle import Stage
 from clm_metrics import hll, repository
 from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, version_of
-from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, stage_net
+from clm_metrics.formulas import MetricSums, Totals, WindowInputs, compute_kpis, stage_net
 from clm_metrics.repository import TotalsKey
 from clm_metrics.windows import Segment, floor_to, plan
 
@@ -132,18 +132,24 @@ def _inputs(
     all_time: Totals,
     registers: Mapping[str, hll.Registers],
     metrics: Sequence[str],
+    sums: MetricSums | None = None,
 ) -> WindowInputs:
     # [start, far) is the window plus [end, far): no second read of the window's rows
     since_start = dict(since_end)
-    for key, value in totals.items():
-        if key[0].startswith("flow:"):
-            since_start[key] = since_start.get(key, Decimal(0)) + value
+    window_flows = (
+        sums.entries("flow:")
+        if sums is not None
+        else [(k, v) for k, v in totals.items() if k[0].startswith("flow:")]
+    )
+    for key, value in window_flows:
+        since_start[key] = since_start.get(key, Decimal(0)) + value
     return WindowInputs(
         totals=totals,
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
         all_time=all_time,
         distinct={m: hll.estimate(registers[m]) if m in registers else 0 for m in metrics},
+        sums=sums,
     )
 
 
@@ -163,6 +169,7 @@ class _ClosedWindow:
     totals: Totals
     registers: Mapping[str, hll.Registers]
     all_time: Totals
+    sums: MetricSums  # ``totals`` indexed
 
 
 async def _rolling_inputs(
@@ -225,6 +232,7 @@ async def _rolling_inputs(
         _added([part.all_time, open_all_time]),
         _merged(metrics, [part.registers, registers]),
         metrics,
+        part.sums.plus(sums),
     )
 
 
@@ -253,7 +261,8 @@ async def _closed_window(
     before = dict(all_time)
     for key, value in later.items():
         before[key] = before.get(key, Decimal(0)) - value
-    return _ClosedWindow(_added(sums), _merged(metrics, sketches), before)
+    totals = _added(sums)
+    return _ClosedWindow(totals, _merged(metrics, sketches), before, MetricSums(totals))
 
 
 def _added(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
