@@ -28,7 +28,7 @@ from clm_metrics.buckets import (
     stay_bin,
     stay_bin_middle,
 )
-from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
+from clm_metrics.formulas import MetricSums, WindowInputs, compute_kpis, lifecycle_map
 from clm_metrics.repository import rollup
 from clm_metrics.service import FUTURE, stages_at
 from clm_metrics.windows import GRAINS, plan
@@ -216,3 +216,37 @@ def test_a_zero_denominator_is_null_not_zero() -> None:
         assert kpis[name] is None, name
     assert kpis["revenue"] == "0.00"
     assert kpis["purchases"] == 0
+
+
+_KEYS = st.tuples(
+    st.sampled_from(["orders", "revenue", "spend", "flow::reach", "flow:reach:acquisition"]),
+    st.sampled_from(["shop", "ads"]),
+    st.sampled_from(["email", "social"]),
+    st.sampled_from(["", "USD", "EUR"]),
+)
+_TOTALS = st.dictionaries(_KEYS, st.integers(-5, 50).map(Decimal), max_size=12)
+
+
+@given(_TOTALS, _TOTALS)
+def test_metric_sums_plus_equals_the_sums_of_both_and_leaves_the_first_alone(
+    first: dict[Any, Decimal], second: dict[Any, Decimal]
+) -> None:
+    """The cached closed part's index plus the open part's keys answers like an index of the
+    merged totals (what ``compute_kpis`` reads), and the cached index does not change."""
+    merged = dict(first)
+    for k, v in second.items():
+        merged[k] = merged.get(k, Decimal(0)) + v
+    cached = MetricSums(first)
+    combined, fresh = cached.plus(second), MetricSums(merged)
+    for sums, want in ((combined, fresh), (cached, MetricSums(first))):
+        for metric in ("orders", "revenue", "spend", "flow::reach", "none"):
+            for currency in (None, "", "USD"):
+                assert sums(metric, currency) == want(metric, currency)
+                for by in ("source", "channel"):
+                    assert sums.grouped(metric, by, currency) == want.grouped(metric, by, currency)
+        assert sums.prefixed("flow:") == want.prefixed("flow:")
+    flows_in = {
+        k: sum((v for key, v in combined.entries("flow:") if key == k), Decimal(0))
+        for k, _ in combined.entries("flow:")
+    }
+    assert flows_in == {k: v for k, v in merged.items() if k[0].startswith("flow:")}

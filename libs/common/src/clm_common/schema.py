@@ -268,6 +268,14 @@ kpi_day_versions = Table(
     Column("version", BigInteger, nullable=False),
 )
 
+# The same per event hour (bumped with the day's): a reader may keep today's closed hours.
+kpi_hour_versions = Table(
+    "kpi_hour_versions",
+    metadata,
+    Column("hour", TS, primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
 # Distinct-count sketches (HyperLogLog registers, zlib-compressed) per grain and bucket.
 kpi_sketches = Table(
     "kpi_sketches",

@@ -17,7 +17,8 @@ from clm_common.kpis import money, ratio
 from clm_common.lifecycle import ARC, Stage
 from clm_metrics.buckets import ACTIVE_STAGES, STAY_BINS, stay_bin_middle
 
-Totals = Mapping[tuple[str, str, str, str], Decimal]
+TotalsKey = tuple[str, str, str, str]
+Totals = Mapping[TotalsKey, Decimal]
 Stages = Mapping[str, int]
 ZERO = Decimal(0)
 RATE = Decimal("0.0001")
@@ -32,17 +33,47 @@ class WindowInputs:
     stages_at_end: Stages
     all_time: Totals
     distinct: Mapping[str, int | None] = field(default_factory=dict)
+    #: ``totals`` indexed by metric, when the reader has it at hand (else built from them).
+    sums: MetricSums | None = field(default=None, compare=False, repr=False)
 
 
 class MetricSums:
-    """A metric's total (in one currency, or all): the totals summed per metric and currency in
-    one pass, so each KPI is a lookup rather than a scan of every key."""
+    """A metric's total (in one currency, or all): the totals summed per metric and currency,
+    and each metric's keys, in one pass, so each KPI is a lookup or a scan of its own metrics'
+    keys rather than of every key."""
 
     def __init__(self, totals: Totals) -> None:
         self._sums: dict[str, dict[str, Decimal]] = {}
-        for (m, _, _, c), v in totals.items():
-            per = self._sums.setdefault(m, {})
+        self._keys: dict[str, list[tuple[TotalsKey, Decimal]]] = {}
+        self._add(totals, shared=False)
+
+    def plus(self, totals: Totals) -> MetricSums:
+        """These sums with ``totals`` added, as a new index that shares every metric
+        ``totals`` does not touch (neither index changes afterwards): its cost is the number
+        of metrics and of ``totals``' keys, not of the keys indexed here."""
+        out = MetricSums({})
+        out._sums, out._keys = dict(self._sums), dict(self._keys)
+        out._add(totals, shared=True)
+        return out
+
+    def _add(self, totals: Totals, *, shared: bool) -> None:
+        copied: set[str] = set()
+        for key, v in totals.items():
+            m, c = key[0], key[3]
+            if shared and m not in copied:  # copy before the first change: it is shared
+                copied.add(m)
+                self._sums[m] = dict(self._sums.get(m, {}))
+                self._keys[m] = list(self._keys.get(m, ()))
+            per = self._sums.get(m)
+            if per is None:
+                per = self._sums[m] = {}
+                self._keys[m] = []
             per[c] = per.get(c, ZERO) + v
+            self._keys[m].append((key, v))
+
+    def entries(self, prefix: str) -> list[tuple[TotalsKey, Decimal]]:
+        """Every key (and value) of the metrics named ``<prefix>…``."""
+        return [e for m, keys in self._keys.items() if m.startswith(prefix) for e in keys]
 
     def __call__(self, metric: str, currency: str | None = None) -> Decimal:
         per = self._sums.get(metric, {})
@@ -50,21 +81,36 @@ class MetricSums:
             return sum(per.values(), ZERO)
         return per.get(currency, ZERO)
 
+    def grouped(self, metric: str, by: str, currency: str | None = None) -> dict[str, Decimal]:
+        """Sums of ``metric`` by ``source`` or ``channel``."""
+        index = 1 if by == "source" else 2
+        out: dict[str, Decimal] = {}
+        for key, v in self._keys.get(metric, ()):
+            if currency is None or key[3] == currency:
+                out[key[index]] = out.get(key[index], ZERO) + v
+        return out
+
+    def prefixed(self, prefix: str, currency: str | None = None) -> dict[str, Decimal]:
+        """Sums of every ``<prefix><name>`` metric, by ``name``."""
+        out: dict[str, Decimal] = {}
+        for metric, per in self._sums.items():
+            if metric.startswith(prefix):
+                name = metric[len(prefix) :]
+                value = sum(per.values(), ZERO) if currency is None else per.get(currency)
+                if value is not None:
+                    out[name] = out.get(name, ZERO) + value
+        return out
+
 
 def grouped(
     totals: Totals, metric: str, by: str, currency: str | None = None
 ) -> dict[str, Decimal]:
     """Sums of ``metric`` by ``source`` or ``channel``."""
-    index = 1 if by == "source" else 2
-    out: dict[str, Decimal] = {}
-    for key, v in totals.items():
-        if key[0] == metric and (currency is None or key[3] == currency):
-            out[key[index]] = out.get(key[index], ZERO) + v
-    return out
+    return MetricSums(totals).grouped(metric, by, currency)
 
 
 def prefixed(totals: Totals, prefix: str, currency: str | None = None) -> dict[str, Decimal]:
-    """Sums of every ``<prefix><name>`` metric, by ``name``."""
+    """Sums of every ``<prefix><name>`` metric, by ``name`` (one scan of the keys)."""
     out: dict[str, Decimal] = {}
     for (m, _, _, c), v in totals.items():
         if m.startswith(prefix) and (currency is None or c == currency):
@@ -79,10 +125,13 @@ def rate(numerator: Decimal | int, denominator: Decimal | int) -> str | None:
     return None if value is None else str(value.quantize(RATE))
 
 
-def flows(totals: Totals) -> dict[tuple[str, str], int]:
+def flows(totals: Totals | MetricSums) -> dict[tuple[str, str], int]:
     """Customers moved ``from → to`` (``from`` is ``""`` for a new customer)."""
+    moved = (
+        totals.prefixed("flow:") if isinstance(totals, MetricSums) else prefixed(totals, "flow:")
+    )
     out: dict[tuple[str, str], int] = {}
-    for name, v in prefixed(totals, "flow:").items():
+    for name, v in moved.items():
         before, _, after = name.partition(":")
         out[(before, after)] = out.get((before, after), 0) + int(v)
     return out
@@ -124,7 +173,8 @@ def _money_or_none(value: Decimal | None) -> str | None:
 def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, Any]:
     """Every KPI of the window (see the README's KPI table for the formulas)."""
     t, rc = inputs.totals, reporting_currency
-    sums, life = MetricSums(t), MetricSums(inputs.all_time)
+    sums = inputs.sums if inputs.sums is not None else MetricSums(t)
+    life = MetricSums(inputs.all_time)
     orders = int(sums("orders"))
     rc_orders = sums("orders", rc)
     revenue = sums("revenue", rc)
@@ -134,7 +184,7 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
     new_customers = int(sums("new_customers"))
     spend = sums("spend", rc)
     refunds = int(sums("refunds"))
-    move = flows(t)
+    move = flows(sums)
     churned = sum(n for (_, after), n in move.items() if after == Stage.CHURNED.value)
     start_active, end_active = active(inputs.stages_at_start), active(inputs.stages_at_end)
     churn = ratio(Decimal(churned), Decimal(start_active))
@@ -149,8 +199,8 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
     nps_n = int(sums("nps_responses"))
     reviews = int(sums("reviews"))
 
-    spend_by_channel = grouped(t, "spend", "channel", rc)
-    customers_by_channel = grouped(t, "new_customers", "channel")
+    spend_by_channel = sums.grouped("spend", "channel", rc)
+    customers_by_channel = sums.grouped("new_customers", "channel")
     cac_by_channel = {
         ch: {
             "spend": money(spend_by_channel.get(ch, ZERO)),
@@ -159,9 +209,9 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         }
         for ch in sorted(set(spend_by_channel) | set(customers_by_channel))
     }
-    c_spend = prefixed(t, "campaign_spend:", rc)
-    c_leads = prefixed(t, "campaign_leads:")
-    c_customers = prefixed(t, "campaign_customers:")
+    c_spend = sums.prefixed("campaign_spend:", rc)
+    c_leads = sums.prefixed("campaign_leads:")
+    c_customers = sums.prefixed("campaign_customers:")
     campaigns = {
         c: {
             "spend": money(c_spend.get(c, ZERO)),
@@ -171,9 +221,8 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         }
         for c in sorted(set(c_spend) | set(c_leads) | set(c_customers))
     }
-    a = inputs.all_time
-    life_revenue = grouped(a, "customer_revenue", "channel", rc)
-    life_customers = grouped(a, "new_customers", "channel")
+    life_revenue = life.grouped("customer_revenue", "channel", rc)
+    life_customers = life.grouped("new_customers", "channel")
     clv_by_channel = {}
     for ch in sorted(set(life_revenue) | set(life_customers) | set(cac_by_channel)):
         historical = ratio(life_revenue.get(ch, ZERO), life_customers.get(ch, ZERO))
@@ -190,10 +239,10 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         "ad_clicks": int(sums("events:ad_click")),
         "unique_visitors": visitors,
         "visits_by_channel": {
-            k: int(v) for k, v in sorted(grouped(t, "events:site_visit", "channel").items())
+            k: int(v) for k, v in sorted(sums.grouped("events:site_visit", "channel").items())
         },
         "visits_by_source": {
-            k: int(v) for k, v in sorted(grouped(t, "events:site_visit", "source").items())
+            k: int(v) for k, v in sorted(sums.grouped("events:site_visit", "source").items())
         },
         # acquisition
         "leads": leads,

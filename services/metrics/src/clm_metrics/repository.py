@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Table, and_, func, literal, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
@@ -15,6 +15,7 @@ from clm_common.schema import (
     kpi_buckets,
     kpi_cohorts,
     kpi_day_versions,
+    kpi_hour_versions,
     kpi_rollups,
     kpi_sketches,
     metrics_cohort_activity,
@@ -106,21 +107,29 @@ _BUMP_DAYS = text(
     ON CONFLICT (day) DO UPDATE SET version = t.version + 1
     """
 )
+_BUMP_HOURS = text(
+    """
+    INSERT INTO kpi_hour_versions AS t (hour, version)
+    SELECT h, 1 FROM unnest(CAST(:h AS timestamptz[])) AS h ORDER BY 1
+    ON CONFLICT (hour) DO UPDATE SET version = t.version + 1
+    """
+)
 
 
-async def bump_day_versions(conn: AsyncConnection, touched: Iterable[datetime]) -> None:
-    """Count a write to the (UTC) days of ``touched``, in the writer's transaction: readers
-    keep a closed day's sums only while its version is unchanged."""
-    days = sorted({floor_to(at, "day").date() for at in touched})
-    if days:
-        await conn.execute(_BUMP_DAYS, {"d": days})
+async def bump_versions(conn: AsyncConnection, touched: Iterable[datetime]) -> None:
+    """Count a write to the (UTC) days and hours of ``touched``, in the writer's transaction:
+    readers keep a closed day's or hour's sums only while its version is unchanged."""
+    hours = sorted({floor_to(at, "hour") for at in touched})
+    if hours:
+        await conn.execute(_BUMP_DAYS, {"d": sorted({floor_to(h, "day").date() for h in hours})})
+        await conn.execute(_BUMP_HOURS, {"h": hours})
 
 
 async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, Decimal]) -> None:
     """Minute buckets and their rollups: one array upsert per table, rows in a stable order."""
     if not increments:
         return
-    await bump_day_versions(conn, (k.bucket_start for k in increments))
+    await bump_versions(conn, (k.bucket_start for k in increments))
     await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
     rolled = sorted(rollup(increments).items())
     await conn.execute(
@@ -172,13 +181,20 @@ _SKETCH_WRITE = text(
 )
 
 
-def _sketch_columns(keys: Sequence[tuple[str, datetime, str, str, str]]) -> dict[str, list[Any]]:
+def _sketch_columns(keys: Sequence[SketchRow]) -> dict[str, list[Any]]:
     return {name: [k[i] for k in keys] for i, name in enumerate(("g", "b", "m", "s", "ch"))}
 
 
-async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
-    """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
-    per_row: dict[tuple[str, datetime, str, str, str], set[str]] = {}
+SketchRow = tuple[str, datetime, str, str, str]
+
+
+def sketch_rows(
+    items: Mapping[SketchKey, Iterable[str]], into: dict[SketchRow, set[str]] | None = None
+) -> dict[SketchRow, set[str]]:
+    """The ids each sketch row gets (``(grain, start, metric, source, channel)``): a minute
+    bucket's ids go to its minute, hour and day, each also merged over every source, every
+    channel and both. ``into``: add to these rows (returned)."""
+    per_row: dict[SketchRow, set[str]] = {} if into is None else into
     for k, ids in items.items():
         for grain in ("minute", *ROLLUP_GRAINS):
             start = floor_to(k.bucket_start, grain)
@@ -190,13 +206,19 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
             ):
                 row = (grain, start, k.metric, source, channel)
                 per_row.setdefault(row, set()).update(ids)
+    return per_row
+
+
+async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
+    """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
+    per_row = sketch_rows(items)
     if not per_row:
         return
-    await bump_day_versions(conn, (k.bucket_start for k in items))
+    await bump_versions(conn, (k.bucket_start for k in items))
     keys = sorted(per_row)
     columns = _sketch_columns(keys)
     await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
-    written: list[tuple[str, datetime, str, str, str]] = []
+    written: list[SketchRow] = []
     blobs: list[bytes] = []
     for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
         written.append((g, b, m, s, ch))
@@ -258,11 +280,28 @@ def _filtered(table: Table, source: str | None, channel: str | None) -> list[Any
     return where
 
 
+#: What the all-time totals are read for: current stages, open tickets, historical CLV.
+ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+Metrics = Literal["every", "flows", "all_time"]
+
+
+def is_all_time_metric(metric: str) -> bool:
+    return metric.startswith("flow:") or metric in ALL_TIME_METRICS
+
+
+def _metric_filter(table: Table, metrics: Metrics) -> list[Any]:
+    if metrics == "flows":
+        return [table.c.metric.like("flow:%")]
+    if metrics == "all_time":
+        return [or_(table.c.metric.like("flow:%"), table.c.metric.in_(ALL_TIME_METRICS))]
+    return []
+
+
 def _segment_select(
     segment: Segment,
     source: str | None,
     channel: str | None,
-    metric_like: str | None,
+    metrics: Metrics = "every",
     part: int = 0,
 ) -> Any:
     table = kpi_buckets if segment.grain == "minute" else kpi_rollups
@@ -276,13 +315,7 @@ def _segment_select(
     )
     if segment.grain != "minute":
         query = query.where(c.grain == segment.grain)
-    if metric_like is not None:
-        query = query.where(c.metric.like(metric_like))
-    return query
-
-
-#: What the all-time totals are read for: current stages, open tickets, historical CLV.
-ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
+    return query.where(*_metric_filter(table, metrics))
 
 
 def _all_time_select(source: str | None, channel: str | None, part: int = 0) -> Any:
@@ -292,7 +325,7 @@ def _all_time_select(source: str | None, channel: str | None, part: int = 0) -> 
     ).where(
         c.grain == "all",
         c.bucket_start == EPOCH,
-        or_(c.metric.like("flow:%"), c.metric.in_(ALL_TIME_METRICS)),
+        *_metric_filter(kpi_rollups, "all_time"),
         *_filtered(kpi_rollups, source, channel),
     )
 
@@ -320,10 +353,10 @@ async def range_totals(
     *,
     source: str | None = None,
     channel: str | None = None,
-    metric_like: str | None = None,
+    metrics: Metrics = "every",
 ) -> dict[TotalsKey, Decimal]:
     """Sums over the planned segments, by (metric, source, channel, currency)."""
-    selects = [_segment_select(s, source, channel, metric_like) for s in segments]
+    selects = [_segment_select(s, source, channel, metrics) for s in segments]
     return (await _summed(conn, selects))[0]
 
 
@@ -344,8 +377,8 @@ async def window_totals(
     """In one statement: the sums over ``window``, the flows over ``after`` and the all-time
     totals (what a window's KPIs read besides closed days and sketches)."""
     selects = [
-        *(_segment_select(s, source, channel, None, 0) for s in window),
-        *(_segment_select(s, source, channel, "flow:%", 1) for s in after),
+        *(_segment_select(s, source, channel, "every", 0) for s in window),
+        *(_segment_select(s, source, channel, "flows", 1) for s in after),
         _all_time_select(source, channel, 2),
     ]
     sums, flows_after, all_time = await _summed(conn, selects, 3)
@@ -385,11 +418,81 @@ async def sketch_registers(
     return out
 
 
+async def open_totals(
+    conn: AsyncConnection,
+    window: Sequence[Segment],
+    after: Sequence[Segment],
+    *,
+    source: str | None = None,
+    channel: str | None = None,
+) -> tuple[dict[TotalsKey, Decimal], dict[TotalsKey, Decimal]]:
+    """In one statement: every sum over ``window`` and the all-time metrics' (flows among
+    them) over ``after``."""
+    selects = [
+        *(_segment_select(s, source, channel, "every", 0) for s in window),
+        *(_segment_select(s, source, channel, "all_time", 1) for s in after),
+    ]
+    sums, later = await _summed(conn, selects, 2)
+    return sums, later
+
+
+async def all_time_and_since(
+    conn: AsyncConnection,
+    since: Sequence[Segment],
+    *,
+    source: str | None = None,
+    channel: str | None = None,
+) -> tuple[dict[TotalsKey, Decimal], dict[TotalsKey, Decimal]]:
+    """In one statement (one snapshot): the all-time totals and the all-time metrics' sums over
+    ``since``, so their difference is exactly what lies before it."""
+    selects = [
+        _all_time_select(source, channel, 0),
+        *(_segment_select(s, source, channel, "all_time", 1) for s in since),
+    ]
+    all_time, later = await _summed(conn, selects, 2)
+    return all_time, later
+
+
 async def day_versions(conn: AsyncConnection, first: date, last: date) -> dict[date, int]:
     """The write counters of the days ``first`` … ``last`` (a day never written is absent)."""
     c = kpi_day_versions.c
     rows = await conn.execute(select(c.day, c.version).where(c.day >= first, c.day <= last))
     return {day: int(version) for day, version in rows}
+
+
+async def hour_versions(
+    conn: AsyncConnection, ranges: Sequence[tuple[datetime, datetime]]
+) -> dict[datetime, int]:
+    """The write counters of the hours in the ``[start, end)`` ranges (absent: never written)."""
+    c = kpi_hour_versions.c
+    if not ranges:
+        return {}
+    rows = await conn.execute(
+        select(c.hour, c.version).where(or_(*(and_(c.hour >= a, c.hour < b) for a, b in ranges)))
+    )
+    return {hour: int(version) for hour, version in rows}
+
+
+async def closed_version(
+    conn: AsyncConnection, open_days: tuple[date, date], open_hours: tuple[datetime, datetime]
+) -> tuple[int, int]:
+    """Change counters of what a rolling window keeps, in one statement: the sum of the day
+    counters outside the open days ``[first, end)`` (today and the days ahead) and of the hour
+    counters in ``[today, current hour)``. Counters only grow, so any write to a day or hour
+    they cover changes the pair."""
+    d, h = kpi_day_versions.c, kpi_hour_versions.c
+    days = (
+        select(func.coalesce(func.sum(d.version), 0))
+        .where(or_(d.day < open_days[0], d.day >= open_days[1]))
+        .scalar_subquery()
+    )
+    hours = (
+        select(func.coalesce(func.sum(h.version), 0))
+        .where(h.hour >= open_hours[0], h.hour < open_hours[1])
+        .scalar_subquery()
+    )
+    row = (await conn.execute(select(days, hours))).one()
+    return int(row[0]), int(row[1])
 
 
 async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, int]]:

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_common.lifecycle import Stage
 from clm_metrics import hll, repository
-from clm_metrics.closed_days import ClosedDayCache, closed, days_of, version_of
-from clm_metrics.formulas import Totals, WindowInputs, compute_kpis, stage_net
+from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, version_of
+from clm_metrics.formulas import MetricSums, Totals, WindowInputs, compute_kpis, stage_net
 from clm_metrics.repository import TotalsKey
 from clm_metrics.windows import Segment, floor_to, plan
 
@@ -45,6 +45,30 @@ def stages_at(all_time: Totals, since: Totals) -> dict[str, int]:
     return {s.value: now.get(s.value, 0) - after.get(s.value, 0) for s in Stage}
 
 
+async def _on_own_connection(
+    engine: AsyncEngine, read: Callable[[AsyncConnection], Awaitable[T]]
+) -> T:
+    async with engine.connect() as conn:
+        return await read(conn)
+
+
+Counters = tuple[Mapping[date, int], Mapping[datetime, int]]
+
+
+async def segment_counters(conn: AsyncConnection, segments: Sequence[Segment]) -> Counters:
+    """The day counters of the day segments and the hour counters of the others."""
+    day_segments = [s for s in segments if s.grain == "day"]
+    days: Mapping[date, int] = {}
+    if day_segments:
+        first = min(days_of(s)[0] for s in day_segments)
+        last = max(days_of(s)[1] for s in day_segments)
+        days = await repository.day_versions(conn, first, last)
+    hours = await repository.hour_versions(
+        conn, [hours_of(s) for s in segments if s.grain != "day"]
+    )
+    return days, hours
+
+
 async def window_inputs(
     engine: AsyncEngine,
     start: datetime,
@@ -59,70 +83,198 @@ async def window_inputs(
     """The window's sums, all-time sums, stage counts at both ends and distinct counts.
 
     Two connections side by side: one statement for the sums (window, flows after it, all
-    time), the sketches and day counters on the other. With a ``cache``, the
-    window's segments in closed days come from it while their days are unchanged (checked in
-    the same round of reads), and only today's hours and minutes are read every time.
+    time), the sketches and counters on the other. With a ``cache``, a window that reaches the
+    current hour is read as its open part (the current hour's minutes, and what lies after it)
+    plus its closed part (everything before the current hour, all-time totals included) kept
+    in the cache while the counters of every closed day and hour are unchanged; any other
+    window takes its closed segments from the cache while their own counters are unchanged.
     """
+    if cache is not None and start <= floor_to(now, "hour") <= end:
+        return await _rolling_inputs(
+            engine, cache, start, end, now, source=source, channel=channel, distinct=distinct
+        )
     far = max(floor_to(now, "day") + FUTURE, end)
     window = plan(start, end)
     kept = [s for s in window if closed(s, now)] if cache is not None else []
     fresh = [s for s in window if s not in kept]
     metrics = DISTINCT if distinct else ()
 
-    async def on_own_connection(read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        async with engine.connect() as conn:
-            return await read(conn)
-
-    async def versions(conn: AsyncConnection) -> dict[date, int]:
-        if not kept:
-            return {}
-        return await repository.day_versions(conn, days_of(kept[0])[0], days_of(kept[-1])[1])
-
     async def sketches_and_counters(
         conn: AsyncConnection,
-    ) -> tuple[dict[str, hll.Registers], dict[date, int]]:
-        counters = await versions(conn)
+    ) -> tuple[dict[str, hll.Registers], Counters]:
+        counters = await segment_counters(conn, kept)
         registers = await repository.sketch_registers(
             conn, fresh, metrics, source=source, channel=channel
         )
         return registers, counters
 
     (totals, since_end, all_time), (registers, counters) = await asyncio.gather(
-        on_own_connection(
+        _on_own_connection(
+            engine,
             lambda c: repository.window_totals(
                 c, fresh, plan(end, far), source=source, channel=channel
-            )
+            ),
         ),
-        on_own_connection(sketches_and_counters),
+        _on_own_connection(engine, sketches_and_counters),
     )
     if cache is not None and kept:
         old_sums, old_sketches = await _closed_reads(
             engine, cache, kept, counters, source=source, channel=channel, metrics=metrics
         )
         totals = _added([totals, *old_sums])
-        registers = {
-            m: hll.merge(part[m] for part in (registers, *old_sketches) if m in part)
-            for m in metrics
-        }
+        registers = _merged(metrics, [registers, *old_sketches])
+    return _inputs(totals, since_end, all_time, registers, metrics)
+
+
+def _inputs(
+    totals: Totals,
+    since_end: Totals,
+    all_time: Totals,
+    registers: Mapping[str, hll.Registers],
+    metrics: Sequence[str],
+    sums: MetricSums | None = None,
+) -> WindowInputs:
     # [start, far) is the window plus [end, far): no second read of the window's rows
     since_start = dict(since_end)
-    for key, value in totals.items():
-        if key[0].startswith("flow:"):
-            since_start[key] = since_start.get(key, Decimal(0)) + value
+    window_flows = (
+        sums.entries("flow:")
+        if sums is not None
+        else [(k, v) for k, v in totals.items() if k[0].startswith("flow:")]
+    )
+    for key, value in window_flows:
+        since_start[key] = since_start.get(key, Decimal(0)) + value
     return WindowInputs(
         totals=totals,
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
         all_time=all_time,
         distinct={m: hll.estimate(registers[m]) if m in registers else 0 for m in metrics},
+        sums=sums,
     )
 
 
+def _merged(
+    metrics: Sequence[str], parts: Sequence[Mapping[str, hll.Registers]]
+) -> dict[str, hll.Registers]:
+    """Each metric's registers merged over the parts (a new array: cached ones stay as they
+    are)."""
+    return {m: hll.merge(part[m] for part in parts if m in part) for m in metrics}
+
+
+@dataclass(frozen=True, slots=True)
+class _ClosedWindow:
+    """A rolling window's part before the current hour: its sums and sketches, and the
+    all-time totals before that hour."""
+
+    totals: Totals
+    registers: Mapping[str, hll.Registers]
+    all_time: Totals
+    sums: MetricSums  # ``totals`` indexed
+
+
+async def _rolling_inputs(
+    engine: AsyncEngine,
+    cache: ClosedDayCache,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    *,
+    source: str | None,
+    channel: str | None,
+    distinct: bool,
+) -> WindowInputs:
+    """A window that reaches the current hour: a warm read is the closed counters, the current
+    hour's minutes and sketches, and what lies after the window (events dated ahead)."""
+    hour, today = floor_to(now, "hour"), floor_to(now, "day")
+    far = max(today + FUTURE, end)
+    metrics = DISTINCT if distinct else ()
+    open_window, after = plan(hour, end), plan(end, far)
+
+    async def counters_and_sketches(
+        conn: AsyncConnection,
+    ) -> tuple[tuple[int, int], dict[str, hll.Registers]]:
+        # the days wholly read afresh ([today, far) but today's closed hours, which have their
+        # own counters) are left out; a day only partly before ``far`` stays counted
+        version = await repository.closed_version(
+            conn, (today.date(), floor_to(far, "day").date()), (today, hour)
+        )
+        registers = await repository.sketch_registers(
+            conn, open_window, metrics, source=source, channel=channel
+        )
+        return version, registers
+
+    (sums, later), (version, registers) = await asyncio.gather(
+        _on_own_connection(
+            engine,
+            lambda c: repository.open_totals(c, open_window, after, source=source, channel=channel),
+        ),
+        _on_own_connection(engine, counters_and_sketches),
+    )
+    key = ("window", start, hour, far, source, channel, metrics)
+    part: _ClosedWindow | None = cache.windows.get(key, version)
+    if part is None:
+        part = await _closed_window(
+            engine,
+            cache,
+            plan(start, hour),
+            plan(hour, far),
+            source=source,
+            channel=channel,
+            metrics=metrics,
+        )
+        cache.windows.put(key, version, part)
+    open_all_time = {
+        k: v for k, v in _added([sums, later]).items() if repository.is_all_time_metric(k[0])
+    }
+    return _inputs(
+        _added([part.totals, sums]),
+        {k: v for k, v in later.items() if k[0].startswith("flow:")},
+        _added([part.all_time, open_all_time]),
+        _merged(metrics, [part.registers, registers]),
+        metrics,
+        part.sums.plus(sums),
+    )
+
+
+async def _closed_window(
+    engine: AsyncEngine,
+    cache: ClosedDayCache,
+    segments: Sequence[Segment],
+    since: Sequence[Segment],
+    *,
+    source: str | None,
+    channel: str | None,
+    metrics: tuple[str, ...],
+) -> _ClosedWindow:
+    """The closed part of a rolling window: its segments (each from the cache while its own
+    counters are unchanged), and the all-time totals minus everything in ``since`` (the
+    current hour on), read in one statement so both are of the same snapshot."""
+    async with engine.connect() as conn:
+        counters = await segment_counters(conn, segments)
+    sums, sketches = await _closed_reads(
+        engine, cache, segments, counters, source=source, channel=channel, metrics=metrics
+    )
+    async with engine.connect() as conn:
+        all_time, later = await repository.all_time_and_since(
+            conn, since, source=source, channel=channel
+        )
+    before = dict(all_time)
+    for key, value in later.items():
+        before[key] = before.get(key, Decimal(0)) - value
+    totals = _added(sums)
+    return _ClosedWindow(totals, _merged(metrics, sketches), before, MetricSums(totals))
+
+
 def _added(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
-    out: dict[TotalsKey, Decimal] = {}
-    for part in parts:
-        for key, value in part.items():
-            out[key] = out.get(key, Decimal(0)) + value
+    """The parts summed key by key, into a new dict (a copy of the largest, plus the rest)."""
+    if not parts:
+        return {}
+    largest = max(range(len(parts)), key=lambda i: len(parts[i]))
+    out: dict[TotalsKey, Decimal] = dict(parts[largest])
+    for i, part in enumerate(parts):
+        if i != largest:
+            for key, value in part.items():
+                out[key] = out.get(key, Decimal(0)) + value
     return out
 
 
@@ -130,18 +282,18 @@ async def _closed_reads(
     engine: AsyncEngine,
     cache: ClosedDayCache,
     segments: Sequence[Segment],
-    counters: Mapping[date, int],
+    counters: Counters,
     *,
     source: str | None,
     channel: str | None,
     metrics: tuple[str, ...],
 ) -> tuple[list[Totals], list[dict[str, hll.Registers]]]:
-    """Sums and sketches of closed segments: cached while their days' counters are unchanged,
-    otherwise read (after the counters were) on one connection and cached. Cached values are
-    never mutated."""
+    """Sums and sketches of closed segments: cached while their days' or hours' counters are
+    unchanged, otherwise read (after the counters were) on one connection and cached. Cached
+    values are never mutated."""
     keys = [
         (
-            version_of(segment, counters),
+            version_of(segment, *counters),
             ("sums", segment, source, channel),
             ("sketches", segment, source, channel, metrics),
         )

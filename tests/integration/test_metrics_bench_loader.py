@@ -1,0 +1,81 @@
+"""The metrics bench's fast loader writes the tables the write path writes, for the same
+records: every bucket, rollup, sketch, cohort and stage count equal (the change counters only
+cover the same days and hours: they count writes, not contents)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from bench.databases import plain_url
+from bench.metrics_load import History, finish, prepare, write_part
+from clm_cli.simulator.journeys import generate
+from clm_common.db import create_engine
+from clm_metrics.handler import LifecycleHandler
+from tests.kpi_truth import record, replay
+
+TABLES = {
+    "kpi_buckets": "bucket_start, metric, source, channel, currency, value",
+    "kpi_rollups": "grain, bucket_start, metric, source, channel, currency, value",
+    "kpi_sketches": "grain, bucket_start, metric, source, channel, registers",
+    "kpi_cohorts": "period, cohort, periods_since, customers",
+    "metrics_cohort_activity": "period, customer_id, period_start",
+    "metrics_processed": "record_id",
+    "stage_counts": "stage, customers",
+    "kpi_day_versions": "day",
+    "kpi_hour_versions": "hour",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    value: bytes
+    topic: str = "t"
+    partition: int = 0
+    offset: int = 0
+
+
+async def tables(conn: asyncpg.Connection) -> dict[str, list[Any]]:
+    out = {}
+    for table, columns in TABLES.items():
+        where = "WHERE customers <> 0" if table == "stage_counts" else ""
+        rows = await conn.fetch(f"SELECT {columns} FROM {table} {where} ORDER BY {columns}")
+        out[table] = [tuple(r) for r in rows]
+    return out
+
+
+async def test_the_fast_loader_writes_what_the_write_path_writes(database_url: str) -> None:
+    now = datetime.now(UTC)
+    parts = [
+        [record(step) for step in replay(generate(seed, customers=40, now=now, days=120), now=now)]
+        for seed in (1, 2)
+    ]
+    docs = [doc for part in parts for doc in part]
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        handler = LifecycleHandler()
+        for i in range(0, len(docs), 37):  # many small batches, as a consumer commits them
+            async with engine.begin() as conn:
+                await handler(conn, [Record(orjson.dumps(d)) for d in docs[i : i + 37]])
+    finally:
+        await engine.dispose()
+
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+        written = await tables(conn)
+        assert all(written[t] for t in TABLES), "the history fills every table"
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        await prepare(conn)
+        for part in parts:  # two parts, as two loader processes write them
+            history = History()
+            assert history.add(part) == len(part)
+            await write_part(conn, history)
+        await finish(conn)
+        assert await tables(conn) == written
+    finally:
+        await conn.close()
