@@ -16,7 +16,7 @@ from clm_common.db import create_engine, ping
 from clm_common.events import EVENT_ADAPTER
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_producer
-from clm_common.problem import install_problem_handlers
+from clm_common.problem import document_problems, install_problem_handlers
 from clm_common.prom import instrument, metrics_router
 from clm_common.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
 from clm_ingest.api import events, segment, webhooks
@@ -129,7 +129,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
                 "writeKey": {"type": "http", "scheme": "bearer"},
                 "segmentBasic": {"type": "http", "scheme": "basic"},
             }
-            app.openapi_schema = doc
+            app.openapi_schema = document_problems(doc)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -123,9 +123,10 @@ BATCH_SCHEMA = {
     "properties": {
         "events": {"type": "array", "items": EVENT_REF, "minItems": 1, "maxItems": 500},
         "sent_at": {
-            "type": "string",
-            "format": "date-time",
-            "description": "The client's clock when sending: corrects every event's skew.",
+            "description": (
+                "RFC 3339: the client's clock when sending; corrects every event's skew "
+                "(an unreadable one is ignored)."
+            ),
         },
     },
 }

@@ -32,6 +32,8 @@ ERROR_SCHEMA = {
     "required": ["code", "message"],
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
 }
+# a sentAt that is not an RFC 3339 string is ignored (no clock correction), not refused
+SENT_AT = {"description": "RFC 3339: the client's clock when sending (else ignored)"}
 MESSAGE_SCHEMA = {
     "type": "object",
     "description": "A Segment message (see Segment's Tracking API spec).",
@@ -41,7 +43,7 @@ MESSAGE_SCHEMA = {
         "messageId": {"type": "string"},
         "event": {"type": "string"},
         "timestamp": {"type": "string", "format": "date-time"},
-        "sentAt": {"type": "string", "format": "date-time"},
+        "sentAt": SENT_AT,
         "context": {"type": "object"},
         "properties": {"type": "object"},
         "traits": {"type": "object"},
@@ -53,7 +55,7 @@ BATCH_SCHEMA = {
     "required": ["batch"],
     "properties": {
         "batch": {"type": "array", "items": MESSAGE_SCHEMA},
-        "sentAt": {"type": "string", "format": "date-time"},
+        "sentAt": SENT_AT,
         "writeKey": {"type": "string"},
     },
 }
@@ -88,9 +90,10 @@ def _basic_user(request: Request) -> str | None:
 
 
 async def _caller(request: Request, state: State, body: Any) -> Caller:
-    key = _basic_user(request)
-    if key is None and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
-        key = body["writeKey"]
+    in_body = body.get("writeKey", "") if isinstance(body, dict) else ""
+    if not isinstance(in_body, str):
+        raise SegmentError(400, "invalid_message", "writeKey: must be a string")
+    key = _basic_user(request) or in_body
     if not key:
         raise SegmentError(
             401, "unauthorized", "send the write key as the Basic auth user name or writeKey"
