@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -76,9 +77,15 @@ async def writer(request: Request) -> Caller:
     return _caller(principal, key)
 
 
-def rate_wait(state: State, limit_key: str, events: int) -> str | None:
-    """None when the key may send ``events`` now; else the Retry-After value."""
+async def rate_wait(state: State, limit_key: str, events: int) -> str | None:
+    """None when the key may send ``events`` now; else the Retry-After value, given after a
+    hold (``ingest_rate_limit_hold_s``): a client that loops on its 429s without waiting gets
+    a couple of answers a second per connection, not thousands that would take the CPU other
+    keys' requests need."""
     if state.limiter is None:
         return None
     wait = state.limiter.take(limit_key, max(1, events))
-    return retry_after_header(wait) if wait > 0 else None
+    if wait <= 0:
+        return None
+    await asyncio.sleep(state.settings.ingest_rate_limit_hold_s)
+    return retry_after_header(wait)

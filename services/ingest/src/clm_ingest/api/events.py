@@ -48,8 +48,8 @@ def parse_json(body: bytes, route: str) -> Any:
         ) from None
 
 
-def limit_rate(state: State, caller: Caller, events: int, route: str) -> None:
-    retry = rate_wait(state, caller.limit_key, events)
+async def limit_rate(state: State, caller: Caller, events: int, route: str) -> None:
+    retry = await rate_wait(state, caller.limit_key, events)
     if retry is not None:
         service.reject("unknown", "rate_limited", route, events)
         raise ProblemError(
@@ -100,8 +100,8 @@ async def post_event(request: Request, caller: Annotated[Caller, Depends(writer)
     state: State = request.app.state.clm
     route = "/v1/events"
     received_at = datetime.now(UTC)
+    await limit_rate(state, caller, 1, route)  # first: a flood's refusals cost no parsing
     doc = parse_json(await request.body(), route)
-    limit_rate(state, caller, 1, route)
     checked = service.check([doc], source=caller.source, received_at=received_at, route=route)
     if checked.rejected:
         (refused,) = checked.rejected
@@ -181,7 +181,7 @@ async def post_batch(request: Request, caller: Annotated[Caller, Depends(writer)
             f"{len(events)} events in one batch; at most {limit}",
             errors=[{"field": "events", "message": f"at most {limit} events"}],
         )
-    limit_rate(state, caller, len(events), route)
+    await limit_rate(state, caller, len(events), route)
     checked = service.check(
         events,
         source=caller.source,

@@ -135,7 +135,7 @@ async def _handle(request: Request, state: State, call: str | None) -> JSONRespo
             "batch_too_large",
             f"at most {state.settings.ingest_max_batch_events} messages in a batch",
         )
-    retry = rate_wait(state, caller.limit_key, len(messages))
+    retry = await rate_wait(state, caller.limit_key, len(messages))
     if retry is not None:
         service.reject("unknown", "rate_limited", route, len(messages))
         raise SegmentError(
