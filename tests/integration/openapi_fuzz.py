@@ -42,3 +42,15 @@ def load(app: FastAPI, *, coverage: bool = True) -> OpenApiSchema:
     ]
     loaded: OpenApiSchema = schema
     return loaded
+
+
+def with_credentials(case: schemathesis.Case[Any], real: str) -> dict[str, str]:
+    """The case's headers with its generated credential replaced by ``real`` (a whole
+    ``Authorization`` value) when it is one of the same scheme; a missing or malformed one is
+    left as generated, so a negative case about credentials stays one (and meets a 401)."""
+    headers = {str(k): str(v) for k, v in (case.headers or {}).items()}
+    scheme = real.split(" ", 1)[0].lower()
+    for name, value in headers.items():
+        if name.lower() == "authorization" and value.split(" ", 1)[0].lower() == scheme:
+            headers[name] = real
+    return headers

@@ -19,7 +19,7 @@ from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.integration.conftest import READ_TOKEN, WRITE_KEY
 from tests.integration.ingest_server import serving
-from tests.integration.openapi_fuzz import bounded, load
+from tests.integration.openapi_fuzz import bounded, load, with_credentials
 
 stage_engine_schema = load(stage_engine_app(StageEngineSettings()))
 metrics_schema = load(metrics_app(MetricsSettings()))
@@ -27,7 +27,7 @@ metrics_schema = load(metrics_app(MetricsSettings()))
 
 def key_for(case: schemathesis.Case[Any]) -> dict[str, str]:
     token = READ_TOKEN if case.method.upper() == "GET" else WRITE_KEY
-    return {"Authorization": f"Bearer {token}"}
+    return with_credentials(case, f"Bearer {token}")
 
 
 @pytest.fixture(scope="module")

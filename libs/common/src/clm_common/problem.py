@@ -159,12 +159,21 @@ _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Prob
 _FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 
-def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
+def document_problems(doc: dict[str, Any], *, bearer: str | None = None) -> dict[str, Any]:
     """Make an OpenAPI document say what the app answers on errors: every 4xx/5xx response
     without a body schema of its own is ``application/problem+json`` (FastAPI documents its
-    422 as ``application/json`` ``HTTPValidationError``, which we never send)."""
-    for item in doc.get("paths", {}).values():
+    422 as ``application/json`` ``HTTPValidationError``, which we never send).
+
+    ``bearer`` names the HTTP bearer scheme every ``/v1/`` operation that states no security
+    of its own requires (our keys and tokens: ``Authorization: Bearer …``).
+    """
+    schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
+    if bearer is not None:
+        schemes[bearer] = {"type": "http", "scheme": "bearer"}
+    for path, item in doc.get("paths", {}).items():
         for operation in item.values():
+            if bearer is not None and path.startswith("/v1/"):
+                operation.setdefault("security", [{bearer: []}])
             if "requestBody" in operation:  # FastAPI answers 400 to a body it cannot parse
                 operation["responses"].setdefault("400", {"description": "body is not JSON"})
             for status, response in operation.get("responses", {}).items():
@@ -186,8 +195,9 @@ def _is_fastapi_error(schema: Mapping[str, Any]) -> bool:
     return any(ref.endswith(f"/{name}") for name in _FASTAPI_ERROR_SCHEMAS)
 
 
-def install_problem_openapi(app: FastAPI) -> None:
-    """The app's ``/openapi.json`` with its error answers documented (:func:`document_problems`)."""
+def install_problem_openapi(app: FastAPI, *, bearer: str | None = None) -> None:
+    """The app's ``/openapi.json`` with its error answers (and ``bearer`` security)
+    documented (:func:`document_problems`)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -197,7 +207,8 @@ def install_problem_openapi(app: FastAPI) -> None:
                     version=app.version,
                     description=app.description,
                     routes=app.routes,
-                )
+                ),
+                bearer=bearer,
             )
         return app.openapi_schema
 

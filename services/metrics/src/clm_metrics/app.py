@@ -105,7 +105,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    install_problem_openapi(app)
+    install_problem_openapi(app, bearer="key")  # read token or write key, by route
 
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm

@@ -149,7 +149,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    install_problem_openapi(app)
+    install_problem_openapi(app, bearer="key")  # read token or write key, by route
 
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm

@@ -114,7 +114,7 @@ async def list_subscriptions(
     responses={401: {}, 403: {"description": "not a write key"}, 404: {}},
 )
 async def unsubscribe(
-    subscription_id: Annotated[int, Path(ge=1)],
+    subscription_id: Annotated[int, Path(ge=1, le=2**63 - 1)],  # a bigint id
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(writer)],
 ) -> dict[str, Any]:
