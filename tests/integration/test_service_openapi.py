@@ -6,9 +6,11 @@ Postgres), once per module; read operations present the read token, the others t
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from schemathesis.checks import positive_data_acceptance
@@ -73,3 +75,27 @@ def test_the_metrics_service_matches_its_schema(
     case: schemathesis.Case[Any], metrics_url: str
 ) -> None:
     check(case, metrics_url)
+
+
+def test_control_characters_in_ids_are_422_not_a_database_error(
+    stage_engine_url: str, metrics_url: str
+) -> None:
+    """Found by the fuzzing: a NUL in an id reached Postgres (whose text cannot hold one) and
+    came back as a 500."""
+    read = {"Authorization": f"Bearer {READ_TOKEN}"}
+    write = {"Authorization": f"Bearer {WRITE_KEY}"}
+    nul_cursor = base64.urlsafe_b64encode(b"a\x00b").decode()
+    with httpx.Client(timeout=10) as http:
+        answers = [
+            http.get(f"{stage_engine_url}/v1/customers/a%00b", headers=read),
+            http.get(f"{stage_engine_url}/v1/customers/a%00b/history", headers=read),
+            http.get(f"{stage_engine_url}/v1/customers?cursor={nul_cursor}", headers=read),
+            http.post(
+                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x00b"}, headers=write
+            ),
+            http.get(f"{metrics_url}/v1/kpis?source=a%00b", headers=read),
+            http.get(f"{metrics_url}/v1/lifecycle/map?channel=a%01b", headers=read),
+        ]
+    for response in answers:
+        assert response.status_code == 422, (response.request.url, response.text)
+        assert response.headers["content-type"] == "application/problem+json"

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from clm_common.auth import Principal, authenticate
+from clm_common.events import TEXT_PATTERN
 from clm_common.kpis import parse_window, window_bounds
 from clm_common.problem import ProblemError
 from clm_metrics import service
@@ -88,8 +89,8 @@ Window = Annotated[
 ]
 From = Annotated[datetime | None, Query(alias="from", description="RFC 3339, with to")]
 To = Annotated[datetime | None, Query(description="RFC 3339, with from")]
-Source = Annotated[str | None, Query(max_length=200)]
-Channel = Annotated[str | None, Query(max_length=200)]
+Source = Annotated[str | None, Query(max_length=200, pattern=TEXT_PATTERN)]
+Channel = Annotated[str | None, Query(max_length=200, pattern=TEXT_PATTERN)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from clm_common.auth import Principal, authenticate
+from clm_common.events import TEXT_PATTERN
 from clm_common.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
@@ -19,7 +20,7 @@ from clm_stage_engine.records import removal_record
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 
-CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+CustomerId = Annotated[str, Path(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
 
 
 async def reader(request: Request, state: Annotated[State, Depends(app_state)]) -> Principal:
@@ -79,6 +80,8 @@ async def list_customers(
     if cursor is not None:
         try:
             after = base64.urlsafe_b64decode(cursor.encode()).decode()
+            if "\x00" in after:
+                raise ValueError("not a customer id")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise ProblemError(
                 422,
