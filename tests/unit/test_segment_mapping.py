@@ -181,6 +181,7 @@ def test_sent_at_corrects_the_client_clock() -> None:
         ({"anonymousId": ["a"]}, "identify", "anonymousId"),
         ({"userId": "u", "messageId": True}, "identify", "messageId"),
         ({"userId": "u", "previousId": {}}, "alias", "previousId"),
+        ({"userId": "u", "event": {"name": "X"}}, "identify", "event"),
     ],
 )
 def test_unreadable_messages_name_the_field(msg: Any, call: str, field: str) -> None:

@@ -221,6 +221,8 @@ def to_event(
         raise SegmentInvalid("body", f"message larger than {MAX_MESSAGE_BYTES} bytes")
     if call not in CALLS:
         raise SegmentInvalid("type", f"unknown call type {call!r}")
+    if "event" in msg and not isinstance(msg["event"], str):
+        raise SegmentInvalid("event", "must be a string")
     context = _object(msg, "context")
     properties = _object(msg, "properties")
     traits = _object(msg, "traits")

@@ -37,16 +37,16 @@ SENT_AT = {"description": "RFC 3339: the client's clock when sending (else ignor
 MESSAGE_SCHEMA = {
     "type": "object",
     "description": "A Segment message (see Segment's Tracking API spec).",
-    "properties": {
-        "userId": {"type": ["string", "number"]},
-        "anonymousId": {"type": ["string", "number"]},
-        "messageId": {"type": "string"},
+    "properties": {  # null stands for absent, as Segment's libraries may send it
+        "userId": {"type": ["string", "number", "null"]},
+        "anonymousId": {"type": ["string", "number", "null"]},
+        "messageId": {"type": ["string", "number", "null"]},
         "event": {"type": "string"},
-        "timestamp": {"type": "string", "format": "date-time"},
+        "timestamp": {"type": ["string", "null"], "format": "date-time"},
         "sentAt": SENT_AT,
-        "context": {"type": "object"},
-        "properties": {"type": "object"},
-        "traits": {"type": "object"},
+        "context": {"type": ["object", "null"]},
+        "properties": {"type": ["object", "null"]},
+        "traits": {"type": ["object", "null"]},
         "writeKey": {"type": "string"},
     },
 }
