@@ -1,13 +1,15 @@
 """A flood of requests from one write key: it gets ``429`` with ``Retry-After``, and another
 key's latency stays what it was (p99 under twice its p99 without the flood). Without the hold
 before a 429 (``CLM_INGEST_RATE_LIMIT_HOLD_S=0``) this fails: a looping flooder then gets
-~1,000 answers a second and the other key's p99 grew 5-8x on a busy 2-core box.
+~2,000 answers a second and the other key's p99 grows ~10x (9-13x by round on a 2-core box;
+with the hold: 0.7-1.3x).
 
-The ingest runs as a process with a rate limit of 30 events/s a key (low, so that a flooder
-starved of CPU on a busy 2-core box still goes far past it); the victim sends 20 single-event
+The ingest runs as a process with a rate limit of 30 events/s a key, bursts of 5 (low, so that
+a flooder starved of CPU on a busy 2-core box still goes far past it); the victim sends 20 single-event
 requests a second (each answered after the broker's ack), the flood comes from a process of
-its own with 16 connections. Quiet and flooded phases alternate, three of each, so
-a machine that gets slower or faster meanwhile affects both sides alike.
+its own with 16 connections. Quiet and flooded phases alternate, five rounds of each, so a
+machine that gets slower or faster meanwhile affects both sides alike; the median round's
+ratio of p99s decides.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from tests.factories import event_doc
 FLOOD_KEY = "chaos-flood-key"
 LIMIT = 30  # events a second per key
 RATE = 20  # the victim's requests a second, under the limit
-PHASE_S = 5.0
-ROUNDS = 3
+BURST = 5  # small: the flooder's accepted events come steadily, not 30 at a time
+PHASE_S = 4.0
+ROUNDS = 5
 
 
 def p99(samples: list[float]) -> float:
@@ -90,31 +93,31 @@ async def test_a_flood_gets_429_and_other_keys_keep_their_latency(
     env = {
         **shared_env,
         "CLM_INGEST_RATE_LIMIT_PER_S": str(LIMIT),
-        "CLM_INGEST_RATE_LIMIT_BURST": str(LIMIT),
+        "CLM_INGEST_RATE_LIMIT_BURST": str(BURST),
     }
     ingest = start_service("ingest", env, tmp_path / "logs", free_port())
     try:
         await victim(ingest.base_url, 1.0)  # warm: producer connected, keys cached
-        quiet: list[float] = []
-        flood: list[float] = []
+        ratios: list[float] = []
+        lines: list[str] = []
         answers: dict[str, int] = {}
         for _ in range(ROUNDS):
-            quiet += await victim(ingest.base_url, PHASE_S)
+            quiet = p99(await victim(ingest.base_url, PHASE_S))
             latencies, summary = await flooded(ingest.base_url, PHASE_S)
-            flood += latencies
+            during = p99(latencies)
+            ratios.append(during / quiet)
+            lines.append(f"{quiet * 1000:.1f} → {during * 1000:.1f} ms")
             assert summary["no_retry_after"] == 0, summary
             for status, n in summary["statuses"].items():  # type: ignore[attr-defined]
                 answers[status] = answers.get(status, 0) + n
     finally:
         ingest.stop()
-    baseline, during = p99(quiet), p99(flood)
-    print(
-        f"flood answers {answers}; victim p99 {baseline * 1000:.1f} ms quiet, "
-        f"{during * 1000:.1f} ms flooded ({during / baseline:.2f}x), "
-        f"p50 {statistics.median(quiet) * 1000:.1f} / {statistics.median(flood) * 1000:.1f} ms"
-    )
+    ratio = statistics.median(ratios)
+    print(f"flood answers {answers}; victim p99 quiet → flooded: {', '.join(lines)}")
     assert set(answers) <= {"202", "429"}, answers
     # the flooder got no more than its bursts and LIMIT events/s; the rest were 429s
     assert answers["202"] <= ROUNDS * LIMIT * (1 + PHASE_S + 1), answers
     assert answers["429"] >= ROUNDS * PHASE_S, answers
-    assert during < 2 * baseline, f"p99 {during * 1000:.1f} ms vs {baseline * 1000:.1f} ms"
+    # each round compares its own quiet and flooded phase; the median round decides, so one
+    # hiccup of a shared machine in one phase does not (a 5x slowdown in most rounds does)
+    assert ratio < 2, f"victim p99 flooded / quiet, by round: {[round(r, 2) for r in ratios]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -87,5 +88,7 @@ async def rate_wait(state: State, limit_key: str, events: int) -> str | None:
     wait = state.limiter.take(limit_key, max(1, events))
     if wait <= 0:
         return None
-    await asyncio.sleep(state.settings.ingest_rate_limit_hold_s)
+    # jittered, so that many held requests do not all wake (and come back) at one instant
+    spread = random.uniform(0.5, 1.5)  # noqa: S311 (timing jitter, not a secret)
+    await asyncio.sleep(state.settings.ingest_rate_limit_hold_s * spread)
     return retry_after_header(wait)
