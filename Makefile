@@ -73,7 +73,7 @@ prometheus-tools: ## Debian's prometheus package (prometheus, promtool) for the 
 test: lint prometheus-tools deploy-tools ## lint, then the whole suite on real Kafka and Postgres (started here if needed)
 	@$(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen pytest $(PYTEST_ARGS)
 
-chaos: install ## every fault-injection scenario (tests/chaos, ~10 min) on real Kafka and Postgres
+chaos: install ## every fault-injection scenario (tests/chaos, ~11 min) on real Kafka and Postgres
 	@CLM_CHAOS=1 $(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen pytest tests/chaos $(PYTEST_ARGS)
 
 bench: install ## benchmarks side by side on real Kafka and Postgres (BENCH="name ..."), results in bench/RESULTS.md

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,17 @@ def _admin_sync(infra: Infra, sql: str) -> None:
     asyncio.run(run())
 
 
+@contextmanager
+def cloned_database(infra: Infra, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database (SQLAlchemy asyncpg URL), dropped on exit (outside a loop)."""
+    name = f"clm_t_{uuid.uuid4().hex[:12]}"
+    _admin_sync(infra, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    try:
+        yield _with_database(infra.admin_url, name)
+    finally:
+        _admin_sync(infra, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def database_url(infra: Infra, template_database: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test (SQLAlchemy asyncpg URL)."""
@@ -139,6 +151,11 @@ async def database_url(infra: Infra, template_database: str) -> AsyncIterator[st
 @pytest.fixture
 def clm_env(infra: Infra, database_url: str) -> dict[str, str]:
     """CLM_* settings for this test: its database, its own topic names and consumer groups."""
+    return clm_env_for(infra, database_url)
+
+
+def clm_env_for(infra: Infra, database_url: str) -> dict[str, str]:
+    """CLM_* settings on ``database_url`` with topic names and consumer groups of their own."""
     tag = uuid.uuid4().hex[:10]
     return {
         "CLM_ENV": "test",

@@ -1,8 +1,16 @@
-"""Webhook payloads in the providers' real shapes (trimmed to the fields that matter)."""
+"""Webhook payloads in the providers' real shapes (trimmed to the fields that matter), the test
+secrets they are signed with, and Shopify's signed headers."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from typing import Any
+
+from clm_common.db import create_engine
+from clm_common.settings import CommonSettings
+from clm_common.webhook_secrets import Provider, cipher, store_secret
 
 SHOPIFY_ORDER: dict[str, Any] = {
     "id": 820982911946154508,
@@ -125,3 +133,37 @@ ZENDESK_TRIGGER: dict[str, Any] = {
     "satisfaction": "Good",
     "updated_at": "2026-11-23T10:00:00Z",
 }
+
+
+SECRETS: dict[Provider, bytes] = {
+    "shopify": b"shpss_shop-eu-secret",
+    "stripe": b"whsec_stripe-secret",
+    "zendesk": b"zendesk-secret",
+    "generic": b"clmwh_reviews-secret",
+}
+
+
+async def store_secrets(settings: CommonSettings) -> None:
+    """Store SECRETS for source shop-eu (and one Shopify secret of shop-us) in the database."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with engine.begin() as conn:
+        for provider, secret in SECRETS.items():
+            await store_secret(
+                conn, cipher(settings), source="shop-eu", provider=provider, secret=secret.decode()
+            )
+        # another source's Shopify secret: the matching one decides the source
+        await store_secret(
+            conn, cipher(settings), source="shop-us", provider="shopify", secret="shpss_us"
+        )
+    await engine.dispose()
+
+
+def shopify_headers(body: bytes, secret: bytes, *, delivery: str = "wh-1") -> dict[str, str]:
+    digest = base64.b64encode(hmac.new(secret, body, hashlib.sha256).digest()).decode()
+    return {
+        "X-Shopify-Hmac-Sha256": digest,
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Webhook-Id": delivery,
+        "X-Shopify-Shop-Domain": "shop-eu.myshopify.com",
+        "Content-Type": "application/json",
+    }

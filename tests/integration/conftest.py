@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -15,6 +15,7 @@ from clm_common.events import dump_event, parse_event
 from clm_common.kafka import ensure_topics, topic_partitions
 from clm_common.keys import store_key
 from clm_common.settings import CommonSettings
+from tests.conftest import Infra, clm_env_for, cloned_database
 
 T = TypeVar("T")
 
@@ -34,17 +35,37 @@ def settings_env(clm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
     return clm_env
 
 
-@pytest.fixture
-async def common(settings_env: dict[str, str]) -> AsyncIterator[CommonSettings]:
-    """Settings of this test, with its topics created and its keys seeded."""
-    settings = CommonSettings()
+async def seed(settings: CommonSettings) -> None:
+    """Create the topics ``settings`` name and store the test's write key and read token."""
     await ensure_topics(settings)
     engine = create_engine(settings.database_url, pool_size=1)
     async with engine.begin() as conn:
         await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
         await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
     await engine.dispose()
+
+
+@pytest.fixture
+async def common(settings_env: dict[str, str]) -> AsyncIterator[CommonSettings]:
+    """Settings of this test, with its topics created and its keys seeded."""
+    settings = CommonSettings()
+    await seed(settings)
     yield settings
+
+
+@pytest.fixture(scope="module")
+def module_env(infra: Infra, template_database: str) -> Iterator[dict[str, str]]:
+    """Like ``common``, shared by a module's tests (one served app for many cases): its own
+    database, topics and keys, its settings in the environment while the module runs."""
+    with (
+        cloned_database(infra, template_database) as url,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        env = clm_env_for(infra, url)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        asyncio.run(seed(CommonSettings()))
+        yield env
 
 
 async def eventually(

@@ -16,11 +16,8 @@ import pytest
 from clm_common.db import create_engine
 from clm_common.settings import CommonSettings
 from clm_common.webhook_secrets import (
-    Provider,
-    cipher,
     list_secrets,
     revoke_secret,
-    store_secret,
 )
 from clm_ingest.settings import IngestSettings
 from clm_ingest.signatures import sign_timestamped_hex
@@ -28,33 +25,15 @@ from tests.factories import event_doc
 from tests.integration.conftest import read_topic
 from tests.integration.ingest_server import ingest_client
 from tests.webhook_payloads import (
+    SECRETS,
     SHOPIFY_ORDER,
     STRIPE_CHARGE,
     STRIPE_SUBSCRIPTION,
     ZENDESK_TRIGGER,
+    shopify_headers,
+    store_secrets,
     stripe_event,
 )
-
-SECRETS: dict[Provider, bytes] = {
-    "shopify": b"shpss_shop-eu-secret",
-    "stripe": b"whsec_stripe-secret",
-    "zendesk": b"zendesk-secret",
-    "generic": b"clmwh_reviews-secret",
-}
-
-
-async def store_secrets(settings: CommonSettings) -> None:
-    engine = create_engine(settings.database_url, pool_size=1)
-    async with engine.begin() as conn:
-        for provider, secret in SECRETS.items():
-            await store_secret(
-                conn, cipher(settings), source="shop-eu", provider=provider, secret=secret.decode()
-            )
-        # another source's Shopify secret: the matching one decides the source
-        await store_secret(
-            conn, cipher(settings), source="shop-us", provider="shopify", secret="shpss_us"
-        )
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -62,17 +41,6 @@ async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     await store_secrets(common)
     async with ingest_client(IngestSettings(auth_cache_seconds=0)) as c:
         yield c
-
-
-def shopify_headers(body: bytes, secret: bytes, *, delivery: str = "wh-1") -> dict[str, str]:
-    digest = base64.b64encode(hmac.new(secret, body, hashlib.sha256).digest()).decode()
-    return {
-        "X-Shopify-Hmac-Sha256": digest,
-        "X-Shopify-Topic": "orders/create",
-        "X-Shopify-Webhook-Id": delivery,
-        "X-Shopify-Shop-Domain": "shop-eu.myshopify.com",
-        "Content-Type": "application/json",
-    }
 
 
 async def test_shopify_order_is_published_once_per_delivery_id(

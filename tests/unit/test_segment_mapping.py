@@ -177,6 +177,11 @@ def test_sent_at_corrects_the_client_clock() -> None:
         ({"userId": "u"}, "alias", "previousId"),
         ({"userId": "u"}, "bogus", "type"),
         ({"userId": "u", "event": "X", "properties": {"p": "x" * 40_000}}, "track", "body"),
+        ({"userId": {"id": "u"}, "event": "X"}, "track", "userId"),
+        ({"anonymousId": ["a"]}, "identify", "anonymousId"),
+        ({"userId": "u", "messageId": True}, "identify", "messageId"),
+        ({"userId": "u", "previousId": {}}, "alias", "previousId"),
+        ({"userId": "u", "event": {"name": "X"}}, "identify", "event"),
     ],
 )
 def test_unreadable_messages_name_the_field(msg: Any, call: str, field: str) -> None:

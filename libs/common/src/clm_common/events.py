@@ -38,8 +38,10 @@ MAX_FUTURE_SKEW = timedelta(hours=24)
 MISSING_CUSTOMER_KEY = "missing_customer_key"
 MAX_EXTRA_PROPERTIES_BYTES = 16 * 1024  # unknown properties are kept, up to this much JSON
 
-Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
-Label = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+#: Ids and labels: no control characters (Postgres text cannot even hold a NUL).
+TEXT_PATTERN = r"^[^\x00-\x1f]+$"
+Id = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
+Label = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
 Money = Annotated[
     Decimal,
     Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False),

@@ -87,6 +87,10 @@ LAPSED = frozenset({Stage.AT_RISK, Stage.CHURNED})
 CUSTOMER_STAGES = frozenset({Stage.CONVERSION, Stage.RETENTION, Stage.LOYALTY})
 
 
+#: Every name ``parse_stage`` takes (lower-case): the stages and their aliases.
+STAGE_NAMES: tuple[str, ...] = (*(s.value for s in Stage), *STAGE_ALIASES)
+
+
 def parse_stage(name: str) -> Stage:
     """A stage from its name or alias (``awareness`` → ``reach``); ValueError if unknown."""
     key = name.strip().lower()

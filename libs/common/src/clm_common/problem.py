@@ -10,9 +10,11 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from clm_common.db import unavailable
 
@@ -100,11 +102,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem_response(
             exc.status_code,
             _title(exc.status_code),
             str(exc.detail) if exc.detail else None,
-            headers=exc.headers,
+            headers=headers,
             instance=request.url.path,
         )
 
@@ -140,3 +145,97 @@ def _title(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path.
+
+    Starlette's own 405 names only the first route that matched the path, so a path served by
+    two routes (``GET`` and ``DELETE /v1/customers/{id}``) would claim to allow just one.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; `errors` names each offending field.",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+_PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def document_problems(doc: dict[str, Any], *, bearer: str | None = None) -> dict[str, Any]:
+    """Make an OpenAPI document say what the app answers on errors: every 4xx/5xx response
+    without a body schema of its own is ``application/problem+json`` (FastAPI documents its
+    422 as ``application/json`` ``HTTPValidationError``, which we never send).
+
+    ``bearer`` names the HTTP bearer scheme every ``/v1/`` operation that states no security
+    of its own requires (our keys and tokens: ``Authorization: Bearer …``).
+    """
+    schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
+    if bearer is not None:
+        schemes[bearer] = {"type": "http", "scheme": "bearer"}
+    for path, item in doc.get("paths", {}).items():
+        for operation in item.values():
+            if bearer is not None and path.startswith("/v1/"):
+                operation.setdefault("security", [{bearer: []}])
+            if "requestBody" in operation:  # FastAPI answers 400 to a body it cannot parse
+                operation["responses"].setdefault("400", {"description": "body is not JSON"})
+            for status, response in operation.get("responses", {}).items():
+                if str(status)[:1] not in {"4", "5"}:
+                    continue
+                response.setdefault("description", _title(int(status)))
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                if schema is None or schema == {} or _is_fastapi_error(schema):
+                    response["content"] = _PROBLEM_CONTENT
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in _FASTAPI_ERROR_SCHEMAS:
+        schemas.pop(name, None)
+    schemas["Problem"] = PROBLEM_SCHEMA
+    return doc
+
+
+def _is_fastapi_error(schema: Mapping[str, Any]) -> bool:
+    ref = str(schema.get("$ref", ""))
+    return any(ref.endswith(f"/{name}") for name in _FASTAPI_ERROR_SCHEMAS)
+
+
+def install_problem_openapi(app: FastAPI, *, bearer: str | None = None) -> None:
+    """The app's ``/openapi.json`` with its error answers (and ``bearer`` security)
+    documented (:func:`document_problems`)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                ),
+                bearer=bearer,
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

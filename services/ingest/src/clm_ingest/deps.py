@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -81,9 +83,17 @@ async def authorize_writer(state: State, authorization: str) -> Caller:
     return _caller(principal, key)
 
 
-def rate_wait(state: State, limit_key: str, events: int) -> str | None:
-    """None when the key may send ``events`` now; else the Retry-After value."""
+async def rate_wait(state: State, limit_key: str, events: int) -> str | None:
+    """None when the key may send ``events`` now; else the Retry-After value, given after a
+    hold (``ingest_rate_limit_hold_s``): a client that loops on its 429s without waiting gets
+    a couple of answers a second per connection, not thousands that would take the CPU other
+    keys' requests need."""
     if state.limiter is None:
         return None
     wait = state.limiter.take(limit_key, max(1, events))
-    return retry_after_header(wait) if wait > 0 else None
+    if wait <= 0:
+        return None
+    # jittered, so that many held requests do not all wake (and come back) at one instant
+    spread = random.uniform(0.5, 1.5)  # noqa: S311 (timing jitter, not a secret)
+    await asyncio.sleep(state.settings.ingest_rate_limit_hold_s * spread)
+    return retry_after_header(wait)

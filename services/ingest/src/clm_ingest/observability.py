@@ -1,4 +1,5 @@
-"""A request id on every log line and response, and a log line for every refused request.
+"""A request id on every log line and response, and a log line for every refused request
+(429s: one a second, with how many more there were).
 
 Request counts and durations by route and status are the shared ``clm_http_requests_total``
 and ``clm_http_request_duration_seconds`` (:func:`clm_common.prom.instrument`).
@@ -15,6 +16,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,9 +50,33 @@ def install_request_id_logging() -> None:
     logging.setLogRecordFactory(with_request_id)
 
 
+class OncePerSecond:
+    """Lets one event a second through and counts the others (a flood of 429s is one log line
+    a second saying how many more there were, not a line each)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._second = -1
+        self._suppressed = 0
+
+    def first_this_second(self) -> bool:
+        second = int(self._clock())
+        if second != self._second:
+            self._second = second
+            return True
+        self._suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        """How many were held back since the last one let through."""
+        n, self._suppressed = self._suppressed, 0
+        return n
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._throttled = OncePerSecond()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,14 +99,14 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            if status >= 400:
-                log.info(
-                    "request refused",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "ms": round(elapsed * 1000, 2),
-                    },
-                )
+            if status >= 400 and (status != 429 or self._throttled.first_this_second()):
+                extra: dict[str, Any] = {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                }
+                if status == 429:
+                    extra["also_refused_429"] = self._throttled.take_suppressed()
+                log.info("request refused", extra=extra)
             REQUEST_ID.reset(token)

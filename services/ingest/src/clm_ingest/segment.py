@@ -143,7 +143,7 @@ def _email(p: dict[str, Any], name: str, __: str) -> dict[str, Any]:
 def _ticket(p: dict[str, Any], name: str, __: str) -> dict[str, Any]:
     return _pick(
         p,
-        ticket_id=_id(_first(p, "ticket_id", "ticketId")),
+        ticket_id=_id(_first(p, "ticket_id", "ticketId"), "properties.ticket_id"),
         status=p.get("status") or ("solved" if name == "Ticket Solved" else "opened"),
     )
 
@@ -183,9 +183,13 @@ def _object(msg: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _id(value: Any) -> str | None:
-    """Segment accepts string or number ids."""
-    return None if value is None or value == "" else str(value)
+def _id(value: Any, field: str) -> str | None:
+    """Segment accepts string or number ids; anything else is refused (naming ``field``)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise SegmentInvalid(field, "must be a string or a number")
+    return str(value)
 
 
 def channel_of(context: Mapping[str, Any]) -> str | None:
@@ -217,14 +221,16 @@ def to_event(
         raise SegmentInvalid("body", f"message larger than {MAX_MESSAGE_BYTES} bytes")
     if call not in CALLS:
         raise SegmentInvalid("type", f"unknown call type {call!r}")
+    if "event" in msg and not isinstance(msg["event"], str):
+        raise SegmentInvalid("event", "must be a string")
     context = _object(msg, "context")
     properties = _object(msg, "properties")
     traits = _object(msg, "traits")
     doc: dict[str, Any] = {}
     for target, value in (
-        ("event_id", _id(msg.get("messageId"))),
-        ("customer_id", _id(msg.get("userId"))),
-        ("anonymous_id", _id(msg.get("anonymousId"))),
+        ("event_id", _id(msg.get("messageId"), "messageId")),
+        ("customer_id", _id(msg.get("userId"), "userId")),
+        ("anonymous_id", _id(msg.get("anonymousId"), "anonymousId")),
         ("occurred_at", msg.get("timestamp") or msg.get("originalTimestamp")),
         ("sent_at", msg.get("sentAt")),
         ("channel", channel_of(context)),
@@ -263,7 +269,7 @@ def to_event(
         doc["properties"] = {"traits": traits or _object(context, "traits")}
     elif call == "alias":
         # alias links the previous id (an anonymous or older id) to userId
-        previous = _id(msg.get("previousId"))
+        previous = _id(msg.get("previousId"), "previousId")
         if previous is None:
             raise SegmentInvalid("previousId", "an alias call needs previousId")
         doc["type"] = "identify"
@@ -271,5 +277,9 @@ def to_event(
         doc["properties"] = {"traits": {}, "alias": True}
     else:  # group
         doc["type"] = "custom"
-        doc["properties"] = {"name": "group", "group_id": _id(msg.get("groupId")), "traits": traits}
+        doc["properties"] = {
+            "name": "group",
+            "group_id": _id(msg.get("groupId"), "groupId"),
+            "traits": traits,
+        }
     return doc

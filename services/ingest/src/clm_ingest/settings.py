@@ -36,6 +36,12 @@ class IngestSettings(CommonSettings):
     ingest_rate_limit_burst: int = Field(
         default=40_000, ge=1, description="Events a write key may send at once (bucket size)."
     )
+    ingest_rate_limit_hold_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=5,
+        description="How long a request over its key's rate limit is held before its 429.",
+    )
     ingest_segment_events: dict[str, str] = Field(
         default_factory=dict,
         description=(

@@ -18,7 +18,7 @@ from clm_common.consumer import (
 from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable
-from clm_common.problem import install_problem_handlers
+from clm_common.problem import install_problem_handlers, install_problem_openapi
 from clm_common.prom import instrument, metrics_router
 from clm_common.serve import telemetry
 from clm_common.worker import Supervisor
@@ -107,6 +107,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
         telemetry=telemetry(settings),
     )
     install_problem_handlers(app)
+    install_problem_openapi(app, bearer="key")  # read token or write key, by route
 
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm

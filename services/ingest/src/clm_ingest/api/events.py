@@ -48,8 +48,8 @@ def parse_json(body: bytes, route: str) -> Any:
         ) from None
 
 
-def limit_rate(state: State, caller: Caller, events: int, route: str) -> None:
-    retry = rate_wait(state, caller.limit_key, events)
+async def limit_rate(state: State, caller: Caller, events: int, route: str) -> None:
+    retry = await rate_wait(state, caller.limit_key, events)
     if retry is not None:
         service.reject("unknown", "rate_limited", route, events)
         raise ProblemError(
@@ -105,8 +105,8 @@ async def accept_one(state: State, caller: Caller, body: bytes) -> bytes:
     """One event in, the 202 answer's body out (once the broker acknowledged); else a problem."""
     route = "/v1/events"
     received_at = datetime.now(UTC)
+    await limit_rate(state, caller, 1, route)  # first: a flood's refusals cost no parsing
     doc = parse_json(body, route)
-    limit_rate(state, caller, 1, route)
     checked = service.check([doc], source=caller.source, received_at=received_at, route=route)
     if checked.rejected:
         (refused,) = checked.rejected
@@ -124,9 +124,10 @@ BATCH_SCHEMA = {
     "properties": {
         "events": {"type": "array", "items": EVENT_REF, "minItems": 1, "maxItems": 500},
         "sent_at": {
-            "type": "string",
-            "format": "date-time",
-            "description": "The client's clock when sending: corrects every event's skew.",
+            "description": (
+                "RFC 3339: the client's clock when sending; corrects every event's skew "
+                "(an unreadable one is ignored)."
+            ),
         },
     },
 }
@@ -186,7 +187,7 @@ async def accept_batch(state: State, caller: Caller, body: bytes) -> bytes:
             f"{len(events)} events in one batch; at most {limit}",
             errors=[{"field": "events", "message": f"at most {limit} events"}],
         )
-    limit_rate(state, caller, len(events), route)
+    await limit_rate(state, caller, len(events), route)
     checked = service.check(
         events,
         source=caller.source,

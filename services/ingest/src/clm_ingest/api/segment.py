@@ -32,19 +32,21 @@ ERROR_SCHEMA = {
     "required": ["code", "message"],
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
 }
+# a sentAt that is not an RFC 3339 string is ignored (no clock correction), not refused
+SENT_AT = {"description": "RFC 3339: the client's clock when sending (else ignored)"}
 MESSAGE_SCHEMA = {
     "type": "object",
     "description": "A Segment message (see Segment's Tracking API spec).",
-    "properties": {
-        "userId": {"type": ["string", "number"]},
-        "anonymousId": {"type": ["string", "number"]},
-        "messageId": {"type": "string"},
+    "properties": {  # null stands for absent, as Segment's libraries may send it
+        "userId": {"type": ["string", "number", "null"]},
+        "anonymousId": {"type": ["string", "number", "null"]},
+        "messageId": {"type": ["string", "number", "null"]},
         "event": {"type": "string"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "sentAt": {"type": "string", "format": "date-time"},
-        "context": {"type": "object"},
-        "properties": {"type": "object"},
-        "traits": {"type": "object"},
+        "timestamp": {"type": ["string", "null"], "format": "date-time"},
+        "sentAt": SENT_AT,
+        "context": {"type": ["object", "null"]},
+        "properties": {"type": ["object", "null"]},
+        "traits": {"type": ["object", "null"]},
         "writeKey": {"type": "string"},
     },
 }
@@ -53,7 +55,7 @@ BATCH_SCHEMA = {
     "required": ["batch"],
     "properties": {
         "batch": {"type": "array", "items": MESSAGE_SCHEMA},
-        "sentAt": {"type": "string", "format": "date-time"},
+        "sentAt": SENT_AT,
         "writeKey": {"type": "string"},
     },
 }
@@ -88,9 +90,10 @@ def _basic_user(request: Request) -> str | None:
 
 
 async def _caller(request: Request, state: State, body: Any) -> Caller:
-    key = _basic_user(request)
-    if key is None and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
-        key = body["writeKey"]
+    in_body = body.get("writeKey", "") if isinstance(body, dict) else ""
+    if not isinstance(in_body, str):
+        raise SegmentError(400, "invalid_message", "writeKey: must be a string")
+    key = _basic_user(request) or in_body
     if not key:
         raise SegmentError(
             401, "unauthorized", "send the write key as the Basic auth user name or writeKey"
@@ -132,7 +135,7 @@ async def _handle(request: Request, state: State, call: str | None) -> JSONRespo
             "batch_too_large",
             f"at most {state.settings.ingest_max_batch_events} messages in a batch",
         )
-    retry = rate_wait(state, caller.limit_key, len(messages))
+    retry = await rate_wait(state, caller.limit_key, len(messages))
     if retry is not None:
         service.reject("unknown", "rate_limited", route, len(messages))
         raise SegmentError(

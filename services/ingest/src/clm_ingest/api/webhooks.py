@@ -31,7 +31,8 @@ SourceParam = Annotated[
 ]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "stored by Kafka (`accepted`), or a topic we do not use (`ignored`)"},
-    **{k: v for k, v in REFUSALS.items() if k not in {403, 429}},
+    **{k: v for k, v in REFUSALS.items() if k != 429},
+    403: {"description": "the generic webhook's event names another source than the secret's"},
     401: {"description": "missing, wrong or stale signature; nothing published"},
     422: {"description": "the payload lacks what its topic needs"},
     503: {"description": "Kafka unavailable or webhook secrets not configured; retry"},
@@ -110,9 +111,11 @@ async def _accept(
     checked = service.check(docs, source=source, received_at=datetime.now(UTC), route=route)
     if checked.rejected:
         errors = [e for r in checked.rejected for e in r.errors]
-        raise ProblemError(
-            422, "Invalid event", "; ".join(r.message() for r in checked.rejected), errors=errors
-        )
+        detail = "; ".join(r.message() for r in checked.rejected)
+        if any(r.reason == "source_mismatch" for r in checked.rejected):
+            # the secret that verified names the source; the body cannot claim another one
+            raise ProblemError(403, "Forbidden", detail, errors=errors)
+        raise ProblemError(422, "Invalid event", detail, errors=errors)
     await publish_checked(state, checked, route)
     return JSONResponse(
         {"status": "accepted", "event_ids": [e.event_id for _, e in checked.events]}

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from clm_common.auth import Principal, authenticate
+from clm_common.events import TEXT_PATTERN
 from clm_common.kpis import parse_window, window_bounds
 from clm_common.problem import ProblemError
 from clm_metrics import service
@@ -76,16 +77,20 @@ def resolve_range(
             else (end.replace(second=0, microsecond=0) + timedelta(minutes=1))
         )
     else:
-        start, end = window_bounds(now, _span(window or "24h", "window"))
+        start, end = window_bounds(now, _span("24h" if window is None else window, "window"))
     retention = state.retention
     return retention.align(start, now), retention.align(end, now)
 
 
-Window = Annotated[str | None, Query(description="1h, 24h, 7d, 30d, 90d or e.g. 90m")]
+SPAN = {"pattern": "^[0-9]{1,4}[mhd]$"}  # documented; parse_window says what is wrong
+Window = Annotated[
+    str | None,
+    Query(description="1h, 24h, 7d, 30d, 90d or e.g. 90m (up to 731d)", json_schema_extra=SPAN),
+]
 From = Annotated[datetime | None, Query(alias="from", description="RFC 3339, with to")]
 To = Annotated[datetime | None, Query(description="RFC 3339, with from")]
-Source = Annotated[str | None, Query(max_length=200)]
-Channel = Annotated[str | None, Query(max_length=200)]
+Source = Annotated[str | None, Query(max_length=200, pattern=TEXT_PATTERN)]
+Channel = Annotated[str | None, Query(max_length=200, pattern=TEXT_PATTERN)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +130,7 @@ def selection(
 ) -> Selection:
     now = datetime.now(UTC)
     start, end = resolve_range(state, now, window, from_, to)
-    label = (window or "24h") if from_ is None else None
+    label = ("24h" if window is None else window) if from_ is None else None
     return Selection(label, start, end, now, source, channel)
 
 
@@ -140,7 +145,7 @@ Selected = Annotated[Selection, Depends(selection)]
         "`[from, to)`), by event time. Money is a decimal string in the reporting currency; "
         "a ratio with a zero denominator is null."
     ),
-    responses={401: {}, 422: {"description": "bad window or filter"}},
+    responses={401: {}, 403: {}, 422: {"description": "bad window or filter"}},
 )
 async def get_kpis(
     state: Annotated[State, Depends(app_state)],
@@ -156,14 +161,14 @@ async def get_kpis(
 @router.get(
     "/kpis/{name}/series",
     summary="One KPI over time, step by step",
-    responses={401: {}, 404: {"description": "unknown KPI"}, 422: {}},
+    responses={401: {}, 403: {}, 404: {"description": "unknown KPI"}, 422: {}},
 )
 async def get_series(
     name: str,
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(reader)],
     sel: Selected,
-    step: Annotated[str, Query(description="1h, 1d, 15m …")] = "1h",
+    step: Annotated[str, Query(description="1h, 1d, 15m …", json_schema_extra=SPAN)] = "1h",
 ) -> dict[str, Any]:
     if name not in SCALAR_KPIS:
         raise ProblemError(404, "Unknown KPI", f"no scalar KPI named {name!r}")
@@ -188,7 +193,7 @@ async def get_series(
 @router.get(
     "/lifecycle/map",
     summary="Customers per stage, flows between stages, time in stage, stage conversion",
-    responses={401: {}, 422: {}},
+    responses={401: {}, 403: {}, 422: {}},
 )
 async def get_lifecycle_map(
     state: Annotated[State, Depends(app_state)],
@@ -201,7 +206,7 @@ async def get_lifecycle_map(
 @router.get(
     "/cohorts/retention",
     summary="Acquisition cohorts (by first purchase) x periods since: share still purchasing",
-    responses={401: {}, 422: {}},
+    responses={401: {}, 403: {}, 422: {}},
 )
 async def get_cohorts(
     state: Annotated[State, Depends(app_state)],

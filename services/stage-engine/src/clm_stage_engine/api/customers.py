@@ -10,7 +10,8 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from clm_common.auth import Principal, authenticate
-from clm_common.lifecycle import VOCABULARIES, CustomerState, Stage, parse_stage
+from clm_common.events import TEXT_PATTERN
+from clm_common.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
 from clm_stage_engine.deps import State, app_state
@@ -19,7 +20,7 @@ from clm_stage_engine.records import removal_record
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 
-CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+CustomerId = Annotated[str, Path(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
 
 
 async def reader(request: Request, state: Annotated[State, Depends(app_state)]) -> Principal:
@@ -62,12 +63,15 @@ def stage_param(name: str | None) -> Stage | None:
 @router.get(
     "/customers",
     summary="Customers, optionally in one stage, by id (keyset pagination)",
-    responses={401: {}, 422: {"description": "unknown stage or bad cursor"}},
+    responses={401: {}, 403: {}, 422: {"description": "unknown stage or bad cursor"}},
 )
 async def list_customers(
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(reader)],
-    stage: Annotated[str | None, Query(description="a stage or its alias")] = None,
+    stage: Annotated[
+        str | None,
+        Query(description="a stage or its alias", json_schema_extra={"enum": list(STAGE_NAMES)}),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> dict[str, Any]:
@@ -76,6 +80,8 @@ async def list_customers(
     if cursor is not None:
         try:
             after = base64.urlsafe_b64decode(cursor.encode()).decode()
+            if "\x00" in after:
+                raise ValueError("not a customer id")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise ProblemError(
                 422,
@@ -95,7 +101,9 @@ async def list_customers(
     return {"customers": [customer_doc(state, c) for c in page], "next_cursor": next_cursor}
 
 
-@router.get("/stages", summary="How many customers are in each stage now", responses={401: {}})
+@router.get(
+    "/stages", summary="How many customers are in each stage now", responses={401: {}, 403: {}}
+)
 async def stages(
     state: Annotated[State, Depends(app_state)], _: Annotated[Principal, Depends(reader)]
 ) -> dict[str, Any]:
@@ -113,6 +121,7 @@ async def stages(
     responses={
         200: {"content": {"application/json": {}}, "description": "the customer"},
         401: {},
+        403: {},
         404: {"description": "unknown customer"},
     },
     response_class=Response,
@@ -133,7 +142,7 @@ async def get_customer(
 @router.get(
     "/customers/{customer_id}/history",
     summary="A customer's stage transitions, oldest first",
-    responses={401: {}, 404: {"description": "unknown customer"}},
+    responses={401: {}, 403: {}, 404: {"description": "unknown customer"}},
 )
 async def get_history(
     customer_id: CustomerId,

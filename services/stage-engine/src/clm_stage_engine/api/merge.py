@@ -6,14 +6,15 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from clm_common.auth import Principal
+from clm_common.events import TEXT_PATTERN
 from clm_common.lifecycle import Transition, rebuild
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
-from clm_stage_engine.api.customers import customer_doc, writer
+from clm_stage_engine.api.customers import CustomerId, customer_doc, writer
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.records import removal_record
 
@@ -23,7 +24,11 @@ router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
 class MergeIn(BaseModel):
     source: str = Field(
-        alias="from", min_length=1, max_length=200, description="The customer merged away."
+        alias="from",
+        min_length=1,
+        max_length=200,
+        pattern=TEXT_PATTERN,
+        description="The customer merged away.",
     )
 
 
@@ -38,7 +43,7 @@ class MergeIn(BaseModel):
     responses={401: {}, 403: {}, 404: {"description": "either customer unknown"}, 422: {}},
 )
 async def merge(
-    customer_id: Annotated[str, Path(min_length=1, max_length=200)],
+    customer_id: CustomerId,
     body: MergeIn,
     state: Annotated[State, Depends(app_state)],
     principal: Annotated[Principal, Depends(writer)],

@@ -10,7 +10,7 @@ from pydantic import AnyHttpUrl, BaseModel, Field
 from sqlalchemy import func, insert, select, update
 
 from clm_common.auth import Principal
-from clm_common.lifecycle import Stage, parse_stage
+from clm_common.lifecycle import STAGE_NAMES, Stage, parse_stage
 from clm_common.problem import ProblemError
 from clm_common.schema import webhook_deliveries, webhook_subscriptions
 from clm_stage_engine.api.customers import writer
@@ -22,7 +22,9 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 class SubscriptionIn(BaseModel):
     url: AnyHttpUrl
     stages: list[str] | None = Field(
-        default=None, description="Only moves into these stages (names or aliases); all if absent."
+        default=None,
+        description="Only moves into these stages (names or aliases); all if absent.",
+        json_schema_extra={"items": {"type": "string", "enum": list(STAGE_NAMES)}},
     )
 
 
@@ -61,7 +63,11 @@ async def subscribe(
     return {"id": sid, "url": str(body.url), "stages": stages, "secret": secret}
 
 
-@router.get("", summary="Active subscriptions and their delivery counts", responses={401: {}})
+@router.get(
+    "",
+    summary="Active subscriptions and their delivery counts",
+    responses={401: {}, 403: {"description": "not a write key"}},
+)
 async def list_subscriptions(
     state: Annotated[State, Depends(app_state)], _: Annotated[Principal, Depends(writer)]
 ) -> dict[str, Any]:
@@ -102,9 +108,13 @@ async def list_subscriptions(
     }
 
 
-@router.delete("/{subscription_id}", summary="Unsubscribe", responses={401: {}, 404: {}})
+@router.delete(
+    "/{subscription_id}",
+    summary="Unsubscribe",
+    responses={401: {}, 403: {"description": "not a write key"}, 404: {}},
+)
 async def unsubscribe(
-    subscription_id: Annotated[int, Path(ge=1)],
+    subscription_id: Annotated[int, Path(ge=1, le=2**63 - 1)],  # a bigint id
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(writer)],
 ) -> dict[str, Any]:
