@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.consumer import BatchResult, Poison
-from clm_common.events import Event, dump_event, parse_event_json
+from clm_common.events import Event, parse_event_json
 from clm_common.lifecycle import customer_key, event_order
 from clm_common.rules import LifecycleRules
 from clm_stage_engine import repository
@@ -128,7 +128,7 @@ class EventsHandler:
                 return links.get(key, key)  # a customer merged into another
             return links.get(key) or new_links.get(key, (key, ""))[0]
 
-        items = [Item(r, e, resolve(e)) for r, e in new]
+        items = [Item.of(r, e, resolve(e)) for r, e in new]
         phases.lap("identities")
 
         keys = {i.key for i in items if i.key is not None}
@@ -193,7 +193,7 @@ class EventsHandler:
         that finds its key taken means a concurrent transaction applied the event after this
         batch's dedupe read: roll back, and the retry sees it as a duplicate."""
         logged = [
-            (i.event.source, i.event.event_id, i.key, i.event.occurred_at, dump_event(i.event))
+            (i.event.source, i.event.event_id, i.key, i.event.occurred_at, i.wire)
             for i in result.applied
             if i.key is not None
         ]

@@ -98,16 +98,20 @@ async def claim_events(conn: AsyncConnection, events: Sequence[tuple[str, str, s
     return int(result.rowcount)
 
 
+_LOCK = text(
+    f"SELECT {', '.join(_STATE_COLUMNS)} FROM customers"
+    " WHERE customer_id = ANY(CAST(:ids AS TEXT[])) ORDER BY customer_id FOR UPDATE"
+)
+
+
 async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, CustomerState]:
-    """Load and lock the customers' rows, in a stable order (no deadlocks between replicas)."""
+    """Load and lock the customers' rows, in a stable order (no deadlocks between replicas).
+
+    A text statement: its rows come as the driver decodes them (arrays are lists already),
+    without SQLAlchemy's per-row type processing."""
     if not ids:
         return {}
-    rows = await conn.execute(
-        select(*(customers.c[name] for name in _STATE_COLUMNS))
-        .where(customers.c.customer_id == any_text(sorted(ids)))
-        .order_by(customers.c.customer_id)
-        .with_for_update()
-    )
+    rows = await conn.execute(_LOCK, {"ids": sorted(ids)})
     return {r.customer_id: _state_from_values(r) for r in rows}
 
 
