@@ -416,10 +416,14 @@ async def observe(env: Mapping[str, str], *, metrics_url: str | None) -> Observe
     try:
         groups = _groups(env)
         async with db.connect() as conn:
+            # an applied event's claim is its event-log row; events without one are claimed
+            # in processed_events: an event in both is claimed twice
             processed = [
                 (str(s), str(e))
                 for s, e in await conn.execute(
-                    select(processed_events.c.source, processed_events.c.event_id)
+                    select(processed_events.c.source, processed_events.c.event_id).union_all(
+                        select(customer_events.c.source, customer_events.c.event_id)
+                    )
                 )
             ]
             logged = [

@@ -92,7 +92,9 @@ def violations(expected: Expected, observed: Observed) -> list[str]:
     wanted = {k for k in expected.acked if expected.sent.get(k) not in erased}
 
     if doubled := _doubles(observed.processed):
-        out.append(f"doubled: events claimed more than once in processed_events: {_some(doubled)}")
+        out.append(
+            f"doubled: events claimed more than once (event log, processed_events): {_some(doubled)}"
+        )
     if lost := wanted - processed:
         out.append(f"lost: acknowledged events never applied: {_some(lost)}")
     if phantom := processed - set(expected.sent):

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
-from clm_common.schema import customers, processed_events, stage_transitions
+from clm_common.schema import customer_events, customers, processed_events, stage_transitions
 from clm_devstack.services import ServiceProcess, start_service
 from tests.e2e.conftest import free_port
 from tests.factories import event_doc
@@ -65,10 +65,15 @@ async def db(engine_env: dict[str, str]) -> AsyncIterator[AsyncEngine]:
 
 
 async def processed(db: AsyncEngine) -> int:
+    """Events applied: claimed by a row in a customer's event log, or in processed_events."""
     async with db.connect() as conn:
-        return int(
-            (await conn.execute(select(func.count()).select_from(processed_events))).scalar_one()
-        )
+        logged = (
+            await conn.execute(select(func.count()).select_from(customer_events))
+        ).scalar_one()
+        claimed = (
+            await conn.execute(select(func.count()).select_from(processed_events))
+        ).scalar_one()
+    return int(logged) + int(claimed)
 
 
 async def assert_exactly_once(db: AsyncEngine, env: dict[str, str]) -> None:

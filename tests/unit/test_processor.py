@@ -22,7 +22,7 @@ RULES = LifecycleRules()
 
 def item(doc: dict[str, object], tag: int = 0) -> Item[int]:
     event = parse_event(doc, now=NOW)
-    return Item(tag, event, customer_key(event))
+    return Item.of(tag, event, customer_key(event))
 
 
 def test_a_hot_customer_folds_to_one_state_and_every_event_gets_a_record() -> None:
@@ -154,7 +154,7 @@ def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
         unique = first_of_each([(0, e) for e in arrival[start : start + batch_size]])
         fresh = [e for _, e in unique if (e.source, e.event_id) not in processed]
         processed.update((e.source, e.event_id) for e in fresh)
-        batch = [Item(0, e, "cust-1") for e in fresh]
+        batch = [Item.of(0, e, "cust-1") for e in fresh]
         rebuild_keys = needs_history(batch, loaded, {})
         histories = {"cust-1": list(stored)} if rebuild_keys else {}
         result = fold(batch, loaded, RULES, now=now, histories=histories)

@@ -1,8 +1,11 @@
 """One micro-batch of ``clm.events.v1``, applied inside the consumer's transaction.
 
 1. decode (poison → DLQ), drop repeats of an event id and events of erased customers that
-   happened before their erasure (nothing of them is stored, not even a dedupe row), claim the
-   new ones in ``processed_events`` (a redelivery finds them claimed and changes nothing);
+   happened before their erasure (nothing of them is stored, not even a dedupe row), and
+   events applied before: an applied event's claim is its row in the customer's event log
+   (``customer_events``), and only events without one (no customer, or failed) are claimed in
+   ``processed_events``; the claims are written with the batch, and one that finds its key
+   taken (a concurrent transaction got there first) rolls the batch back for a retry;
 2. resolve identities: an event carrying both ids links the anonymous id to the customer;
    an anonymous-only event lands on its linked customer, if any;
 3. lock the customers' rows in a stable order; rebuild the ones with late events or merges
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import time
@@ -26,7 +30,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.consumer import BatchResult, Poison
-from clm_common.events import Event, dump_event, parse_event_json
+from clm_common.events import Event, parse_event_json
 from clm_common.lifecycle import customer_key, event_order
 from clm_common.rules import LifecycleRules
 from clm_stage_engine import repository
@@ -63,8 +67,10 @@ class _Phases:
         self._last = now
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def customer_hash(customer_id: str) -> str:
-    """How an erased customer is remembered: never its id, only this hash."""
+    """How an erased customer is remembered: never its id, only this hash (cached: every
+    batch looks up the hashes of all its ids, and customers recur)."""
     return hashlib.sha256(customer_id.encode()).hexdigest()
 
 
@@ -72,6 +78,10 @@ def decode(record: Any) -> Event:
     if record.value is None:
         raise ValueError("empty record value")
     return parse_event_json(record.value)
+
+
+class ClaimLost(RuntimeError):
+    """A concurrent transaction applied one of the batch's events first (the batch retries)."""
 
 
 class EventsHandler:
@@ -97,10 +107,8 @@ class EventsHandler:
         phases.lap("decode")
 
         decoded = await self._drop_erased(conn, decoded)
-        fresh = await repository.claim_events(
-            conn, [(e.source, e.event_id, customer_key(e)) for _, e in decoded]
-        )
-        new = [(r, e) for r, e in decoded if (e.source, e.event_id) in fresh]
+        seen = await repository.applied_events(conn, [(e.source, e.event_id) for _, e in decoded])
+        new = [(r, e) for r, e in decoded if (e.source, e.event_id) not in seen]
         DUPLICATES.inc(len(decoded) - len(new))
         phases.lap("dedupe")
 
@@ -123,7 +131,7 @@ class EventsHandler:
                 return links.get(key, key)  # a customer merged into another
             return links.get(key) or new_links.get(key, (key, ""))[0]
 
-        items = [Item(r, e, resolve(e)) for r, e in new]
+        items = [Item.of(r, e, resolve(e)) for r, e in new]
         phases.lap("identities")
 
         keys = {i.key for i in items if i.key is not None}
@@ -154,6 +162,7 @@ class EventsHandler:
         )
         poison.extend(Poison(record, reason) for record, reason in result.failed)
         phases.lap("fold")
+        await self._claim(conn, items, result)
         await self._write(conn, result, loaded, merges, new_links)
         phases.lap("write")
         return BatchResult(poison=poison, applied=len(result.applied))
@@ -178,6 +187,29 @@ class EventsHandler:
                 continue
             kept.append((record, event))
         return kept
+
+    async def _claim(
+        self, conn: AsyncConnection, items: Sequence[Item[Any]], result: FoldResult[Any]
+    ) -> None:
+        """Claim every new event, once: an applied customer event by its event-log row, an
+        event without a customer or one that failed by a ``processed_events`` row. A claim
+        that finds its key taken means a concurrent transaction applied the event after this
+        batch's dedupe read: roll back, and the retry sees it as a duplicate."""
+        logged = [
+            (i.event.source, i.event.event_id, i.key, i.event.occurred_at, i.wire)
+            for i in result.applied
+            if i.key is not None
+        ]
+        failed = {id(tag) for tag, _ in result.failed}
+        claims = [
+            (i.event.source, i.event.event_id, customer_key(i.event))
+            for i in items
+            if i.key is None or id(i.tag) in failed
+        ]
+        new = await repository.insert_customer_events(conn, logged)
+        new += await repository.claim_events(conn, claims)
+        if new != len(logged) + len(claims):
+            raise ClaimLost(f"{len(logged) + len(claims) - new} events applied concurrently")
 
     async def _write(
         self,
@@ -209,14 +241,6 @@ class EventsHandler:
             conn, [(anon, cid, eid) for anon, (cid, eid) in sorted(new_links.items())]
         )
         await repository.upsert_customers(conn, list(result.states.values()))
-        await repository.insert_customer_events(
-            conn,
-            [
-                (i.event.source, i.event.event_id, i.key, i.event.occurred_at, dump_event(i.event))
-                for i in result.applied
-                if i.key is not None
-            ],
-        )
         await repository.insert_transitions(conn, result.transitions)
         await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
         await self._enqueue_webhooks(conn, result)

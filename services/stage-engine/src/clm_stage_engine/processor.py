@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from clm_common.events import Event, partition_key
+from clm_common.events import Event, dump_event, partition_key
 from clm_common.lifecycle import (
     Applied,
     CustomerState,
@@ -38,6 +38,11 @@ class Item(Generic[T]):
     tag: T
     event: Event
     key: str | None  # None: no customer (marketing spend)
+    wire: bytes  # the event's wire form (:func:`dump_event`), made once for its two uses
+
+    @classmethod
+    def of(cls, tag: T, event: Event, key: str | None) -> Item[T]:
+        return cls(tag, event, key, dump_event(event))
 
 
 @dataclass(slots=True)
@@ -102,7 +107,9 @@ def fold(
         by_key.setdefault(item.key, []).append(item)
 
     for item in by_key.pop(None, []):
-        result.outbox.append((partition_key(item.event), lifecycle_record(item.event, None, None)))
+        result.outbox.append(
+            (partition_key(item.event), lifecycle_record(item.event, None, None, wire=item.wire))
+        )
         result.applied.append(item)
 
     for key in sorted(k for k in by_key if k is not None):
@@ -137,7 +144,7 @@ def _incremental(
                 reactivation=applied.reactivation,
             )
         result.transitions.extend(applied.transitions)
-        result.outbox.append((key, lifecycle_record(item.event, state, applied)))
+        result.outbox.append((key, lifecycle_record(item.event, state, applied, wire=item.wire)))
         result.applied.append(item)
         state = applied.state
     if state is not None:
@@ -196,7 +203,7 @@ def _rebuild(
             repeat_purchase=flags.repeat_purchase,
             reactivation=flags.reactivation,
         )
-        result.outbox.append((key, lifecycle_record(item.event, previous, applied)))
+        result.outbox.append((key, lifecycle_record(item.event, previous, applied, wire=item.wire)))
         result.applied.append(item)
         previous = state
     result.states[key] = state

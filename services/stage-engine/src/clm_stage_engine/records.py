@@ -57,14 +57,21 @@ def customer_facts(state: CustomerState) -> dict[str, Any]:
     return dict(zip(FACT_FIELDS, _fact_values(state), strict=True))
 
 
-def lifecycle_record(event: Event, before: CustomerState | None, applied: Applied | None) -> bytes:
-    """Serialize the record for one applied event (``applied`` is None without a customer)."""
+def lifecycle_record(
+    event: Event,
+    before: CustomerState | None,
+    applied: Applied | None,
+    *,
+    wire: bytes | None = None,
+) -> bytes:
+    """Serialize the record for one applied event (``applied`` is None without a customer);
+    ``wire``: the event's :func:`dump_event`, when the caller has it already."""
     moves = [move_doc(t) for t in applied.transitions] if applied else []
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "event",
         "record_id": record_id(event),
-        "event": orjson.Fragment(dump_event(event)),
+        "event": orjson.Fragment(dump_event(event) if wire is None else wire),
         "customer": customer_facts(applied.state) if applied else None,
         "stage_before": before.stage if before else None,  # a StrEnum: orjson writes its value
         "stage_after": applied.state.stage if applied else None,

@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Text, delete, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -61,32 +61,57 @@ def row_from_state(state: CustomerState) -> dict[str, Any]:
     return row
 
 
-async def claim_events(
-    conn: AsyncConnection, events: Sequence[tuple[str, str, str | None]]
+_APPLIED = text(
+    "SELECT u.source, u.event_id FROM unnest(CAST(:sources AS TEXT[]), CAST(:ids AS TEXT[]))"
+    " AS u(source, event_id) WHERE EXISTS (SELECT 1 FROM customer_events c"
+    " WHERE c.source = u.source AND c.event_id = u.event_id)"
+    " OR EXISTS (SELECT 1 FROM processed_events p"
+    " WHERE p.source = u.source AND p.event_id = u.event_id)"
+)
+
+
+async def applied_events(
+    conn: AsyncConnection, keys: Sequence[tuple[str, str]]
 ) -> set[tuple[str, str]]:
-    """Record (source, event_id) as processed; return those not processed before."""
-    if not events:
+    """The (source, event_id) among ``keys`` applied before: in a customer's event log, or
+    claimed in ``processed_events`` (events without a customer, events that failed)."""
+    if not keys:
         return set()
+    rows = await conn.execute(
+        _APPLIED, {"sources": [s for s, _ in keys], "ids": [e for _, e in keys]}
+    )
+    return {(r.source, r.event_id) for r in rows}
+
+
+async def claim_events(conn: AsyncConnection, events: Sequence[tuple[str, str, str | None]]) -> int:
+    """Record (source, event_id, customer key) of events that leave no event-log row as
+    processed; return how many were new (fewer: a concurrent transaction claimed some)."""
+    if not events:
+        return 0
     result = await unnest_insert(
         conn,
         processed_events,
         ["source", "event_id", "customer_id"],
         events,
-        tail="ON CONFLICT DO NOTHING RETURNING source, event_id",
+        tail="ON CONFLICT DO NOTHING",
     )
-    return {(r.source, r.event_id) for r in result}
+    return int(result.rowcount)
+
+
+_LOCK = text(
+    f"SELECT {', '.join(_STATE_COLUMNS)} FROM customers"
+    " WHERE customer_id = ANY(CAST(:ids AS TEXT[])) ORDER BY customer_id FOR UPDATE"
+)
 
 
 async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, CustomerState]:
-    """Load and lock the customers' rows, in a stable order (no deadlocks between replicas)."""
+    """Load and lock the customers' rows, in a stable order (no deadlocks between replicas).
+
+    A text statement: its rows come as the driver decodes them (arrays are lists already),
+    without SQLAlchemy's per-row type processing."""
     if not ids:
         return {}
-    rows = await conn.execute(
-        select(*(customers.c[name] for name in _STATE_COLUMNS))
-        .where(customers.c.customer_id == any_text(sorted(ids)))
-        .order_by(customers.c.customer_id)
-        .with_for_update()
-    )
+    rows = await conn.execute(_LOCK, {"ids": sorted(ids)})
     return {r.customer_id: _state_from_values(r) for r in rows}
 
 
@@ -197,17 +222,20 @@ async def load_events(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, l
 
 async def insert_customer_events(
     conn: AsyncConnection, rows: Sequence[tuple[str, str, str, datetime, bytes]]
-) -> None:
-    """(source, event id, customer id, occurred at, payload) of applied events."""
+) -> int:
+    """(source, event id, customer id, occurred at, payload) of applied events; the row is the
+    event's dedupe claim too. Returns how many were new (fewer: a concurrent transaction
+    logged some first)."""
     if not rows:
-        return
-    await unnest_insert(
+        return 0
+    result = await unnest_insert(
         conn,
         customer_events,
         ["source", "event_id", "customer_id", "occurred_at", "payload"],
         rows,
         tail="ON CONFLICT DO NOTHING",
     )
+    return int(result.rowcount)
 
 
 async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[str]) -> None:
@@ -310,6 +338,20 @@ async def anonymise_customer(conn: AsyncConnection, customer_id: str, pseudonym:
         update(stage_transitions)
         .where(stage_transitions.c.customer_id == customer_id)
         .values(customer_id=pseudonym)
+    )
+    # the event log is the events' dedupe claim: keep the claims (under the pseudonym) as
+    # processed_events rows, so a redelivery of these events changes nothing
+    await conn.execute(
+        insert(processed_events)
+        .from_select(
+            ["source", "event_id", "customer_id"],
+            select(
+                customer_events.c.source,
+                customer_events.c.event_id,
+                literal(pseudonym, Text),
+            ).where(customer_events.c.customer_id == customer_id),
+        )
+        .on_conflict_do_nothing()
     )
     await conn.execute(delete(customer_events).where(customer_events.c.customer_id == customer_id))
     await conn.execute(

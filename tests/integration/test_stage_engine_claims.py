@@ -1,0 +1,121 @@
+"""The stage engine's dedupe claims on real Postgres: an applied event's event-log row is its
+claim, events without a customer (or that failed) are claimed in ``processed_events``, and a
+batch that loses a claim to a concurrent transaction rolls back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_common.db import create_engine
+from clm_common.rules import LifecycleRules
+from clm_common.schema import customer_events, customers, processed_events
+from clm_common.settings import CommonSettings
+from clm_stage_engine import repository
+from clm_stage_engine.handler import ClaimLost, EventsHandler
+from tests.factories import event_doc
+from tests.integration.conftest import wire
+
+HANDLER = EventsHandler("lifecycle", LifecycleRules())
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the handler reads of a Kafka record."""
+
+    key: bytes
+    value: bytes
+    topic: str = "events"
+    partition: int = 0
+    offset: int = 0
+
+
+def records(*docs: dict[str, Any]) -> list[Record]:
+    return [Record(*wire(doc), offset=n) for n, doc in enumerate(docs)]
+
+
+@pytest.fixture
+async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(common.database_url, pool_size=3)
+    yield engine
+    await engine.dispose()
+
+
+async def count(db: AsyncEngine, table: Any, **where: str) -> int:
+    query = select(func.count()).select_from(table)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    async with db.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_customer_events_are_claimed_by_their_log_row_others_in_processed_events(
+    db: AsyncEngine,
+) -> None:
+    batch = records(
+        event_doc("purchase", customer_id="claim-1", event_id="c1"),
+        event_doc("marketing_spend", customer_id=None, event_id="m1"),
+    )
+    async with db.begin() as conn:
+        assert (await HANDLER(conn, batch)).applied == 2
+    assert await count(db, customer_events, event_id="c1") == 1
+    assert await count(db, processed_events, event_id="c1") == 0
+    assert await count(db, processed_events, event_id="m1") == 1
+
+    async with db.begin() as conn:  # a redelivery of both: nothing new
+        assert (await HANDLER(conn, batch)).applied == 0
+    assert await count(db, customer_events) == 1
+    assert await count(db, processed_events) == 1
+
+
+async def test_a_batch_losing_a_claim_to_a_concurrent_transaction_rolls_back(
+    db: AsyncEngine,
+) -> None:
+    purchase = event_doc("purchase", customer_id="race-1", event_id="r1")
+    first = await db.connect()
+    await first.begin()
+    assert (await HANDLER(first, records(purchase))).applied == 1  # not committed yet
+
+    async def second() -> None:
+        async with db.begin() as conn:  # its dedupe read does not see the first's claim
+            await HANDLER(conn, records(purchase, event_doc("signup", customer_id="race-2")))
+
+    racing = asyncio.create_task(second())
+    await asyncio.sleep(0.5)  # the second's claim waits on the first's row
+    assert not racing.done()
+    await first.commit()
+    await first.close()
+    with pytest.raises(ClaimLost):
+        await racing
+    assert await count(db, customer_events) == 1
+    assert await count(db, customers, customer_id="race-2") == 0  # rolled back whole
+    async with db.connect() as conn:
+        purchases = (
+            await conn.execute(
+                select(customers.c.purchases).where(customers.c.customer_id == "race-1")
+            )
+        ).scalar_one()
+    assert purchases == 1
+
+
+async def test_an_anonymised_customers_events_stay_claimed(db: AsyncEngine) -> None:
+    batch = records(
+        event_doc("site_visit", customer_id="anon-me", event_id="a1"),
+        event_doc("purchase", customer_id="anon-me", event_id="a2"),
+    )
+    async with db.begin() as conn:
+        assert (await HANDLER(conn, batch)).applied == 2
+    async with db.begin() as conn:
+        assert await repository.anonymise_customer(conn, "anon-me", "pseudo-1")
+    assert await count(db, customer_events) == 0
+    assert await count(db, processed_events, customer_id="pseudo-1") == 2
+
+    async with db.begin() as conn:  # a redelivery does not bring the customer back
+        assert (await HANDLER(conn, batch)).applied == 0
+    assert await count(db, customers, customer_id="anon-me") == 0
