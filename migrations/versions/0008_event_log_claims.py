@@ -4,8 +4,8 @@
 customer, or failed in the reducer); the rows the two tables shared are dropped. Downgrading
 writes them back, as the older engine dedupes by ``processed_events`` alone.
 
-Revision ID: 0007_event_log_claims
-Revises: 0006_replay_targets
+Revision ID: 0008_event_log_claims
+Revises: 0007_metrics_hour_versions
 Create Date: 2026-11-23 18:10:00
 
 """
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0007_event_log_claims"
-down_revision: str | Sequence[str] | None = "0006_replay_targets"
+revision: str = "0008_event_log_claims"
+down_revision: str | Sequence[str] | None = "0007_metrics_hour_versions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
