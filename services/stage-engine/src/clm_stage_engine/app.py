@@ -121,12 +121,16 @@ def create_app(
             finally:
                 current.pop("dispatcher", None)
 
-        supervisors = [
-            Supervisor("stage-engine consumer", consume, fatal=(PoisonLimitExceeded,)),
-            Supervisor("outbox relay", relay),
-            Supervisor("sweeper", sweep),
-            Supervisor("webhook dispatcher", dispatch),
-        ]
+        supervisors = (
+            [
+                Supervisor("stage-engine consumer", consume, fatal=(PoisonLimitExceeded,)),
+                Supervisor("outbox relay", relay),
+                Supervisor("sweeper", sweep),
+                Supervisor("webhook dispatcher", dispatch),
+            ]
+            if settings.stage_engine_role == "all"
+            else []  # an API replica: the workers run in the "all" processes
+        )
         app.state.supervisors = supervisors
         tasks = [asyncio.create_task(s.run(), name=s.name) for s in supervisors]
         try:
@@ -137,7 +141,7 @@ def create_app(
                 s.stop()
             for worker in list(current.values()):
                 worker.stop()
-            _, pending = await asyncio.wait(tasks, timeout=15)
+            _, pending = await asyncio.wait(tasks, timeout=15) if tasks else (set(), set())
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -159,6 +163,8 @@ def create_app(
         async def consumer_alive() -> bool:
             return all(s.failed is None for s in app.state.supervisors)
 
+        if settings.stage_engine_role == "api":  # answers from Postgres alone
+            return {"postgres": lambda: ping(state.engine)}
         return {
             "postgres": lambda: ping(state.engine),
             "kafka": lambda: kafka_reachable(settings.kafka_bootstrap),

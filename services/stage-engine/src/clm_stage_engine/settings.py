@@ -41,6 +41,14 @@ class StageEngineSettings(CommonSettings):
         default=8, ge=1, description="Deliveries failing this often are parked."
     )
     webhook_poll_ms: int = Field(default=500, ge=10, description="Webhook dispatcher poll.")
+    stage_engine_role: Literal["all", "api"] = Field(
+        default="all",
+        description=(
+            "all: consume events, relay the outbox, sweep, deliver webhooks and serve the API; "
+            "api: serve the API only (read replicas scaled apart from the partitions, whose "
+            "reads never wait behind a batch)."
+        ),
+    )
     stage_engine_idle_recheck_s: float = Field(
         default=5.0, gt=0, description="While idle, how often stored offsets are re-read."
     )
