@@ -65,6 +65,18 @@ def problem_response(
     )
 
 
+def raised_problem(exc: ProblemError, instance: str) -> JSONResponse:
+    """The answer to a raised :class:`ProblemError` (``instance``: the request's path)."""
+    return problem_response(
+        exc.status,
+        exc.title,
+        exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
+        instance=instance,
+    )
+
+
 def _field_of(loc: Sequence[int | str]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header"}:
@@ -77,14 +89,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(
-            exc.status,
-            exc.title,
-            exc.detail,
-            errors=exc.errors,
-            headers=exc.headers,
-            instance=request.url.path,
-        )
+        return raised_problem(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

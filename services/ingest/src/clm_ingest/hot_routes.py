@@ -18,7 +18,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clm_common.db import unavailable
-from clm_common.problem import ProblemError, database_unavailable, problem_response
+from clm_common.problem import ProblemError, database_unavailable, raised_problem
 from clm_ingest.deps import Caller, State, authorize_writer
 from clm_ingest.limits import header
 
@@ -60,15 +60,7 @@ class HotRoutesMiddleware:
             )
             answer = await hot.accept(state, caller, body)
         except ProblemError as exc:
-            response = problem_response(
-                exc.status,
-                exc.title,
-                exc.detail,
-                errors=exc.errors,
-                headers=exc.headers,
-                instance=scope["path"],
-            )
-            await response(scope, receive, send)
+            await raised_problem(exc, scope["path"])(scope, receive, send)
             return
         except Exception as exc:
             # what the app's exception handlers do on the routed path: Postgres away (the key
