@@ -84,7 +84,9 @@ async def test_postgres_restarted_immediately_mid_batch(
         # a crash and DOWN_S seconds without Postgres while the ingest keeps acknowledging
         await asyncio.to_thread(stop_postgres, cfg, immediate=True)
         down_at = time.monotonic()
-        await asyncio.sleep(1.0)  # the Kafka hint of a batch committed just before the crash
+        # the Kafka hint of a batch committed just before the crash (hints go at most once a
+        # second: BatchPolicy.hint_interval_s)
+        await asyncio.sleep(2.0)
         committed_before = await kafka_committed(env)
         acked_before = len(ledger.acked)
         await asyncio.sleep(DOWN_S / 2)

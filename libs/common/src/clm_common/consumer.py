@@ -84,6 +84,7 @@ class BatchPolicy:
     retry_backoff_s: float = 1.0
     max_consecutive_poison: int = 1000
     idle_recheck_s: float = 5.0
+    hint_interval_s: float = 1.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -130,6 +131,7 @@ class BatchConsumer:
         self._stopping = asyncio.Event()
         self._hints: dict[TopicPartition, OffsetAndMetadata] = {}
         self._hint_task: asyncio.Task[None] | None = None
+        self._conn: AsyncConnection | None = None
 
     async def seek_to_stored(self, partitions: set[TopicPartition]) -> None:
         """Point each partition at the offset stored in Postgres (retrying while it is down)."""
@@ -183,6 +185,10 @@ class BatchConsumer:
             await self._run()
         finally:
             await self._finish_hints()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     async def _run(self) -> None:
         last_check = time.monotonic()
@@ -247,10 +253,15 @@ class BatchConsumer:
             key: OffsetAdvance(key[0], key[1], self.expected[key], offset + 1)
             for key, offset in last.items()
         }
-        async with self.engine.begin() as conn:
-            await advance_offsets(conn, self.group_id, list(advances.values()))
-            result = await self.handler(conn, records)
-            await self._dead_letter(result.poison, applied=result.applied)
+        conn = await self._connection()
+        try:
+            async with conn.begin():
+                await advance_offsets(conn, self.group_id, list(advances.values()))
+                result = await self.handler(conn, records)
+                await self._dead_letter(result.poison, applied=result.applied)
+        except BaseException:
+            await self._drop_connection()
+            raise
         for key, adv in advances.items():
             self.expected[key] = adv.next_offset
         RECORDS.labels(self.group_id, "applied").inc(result.applied)
@@ -265,6 +276,22 @@ class BatchConsumer:
             }
         )
 
+    async def _connection(self) -> AsyncConnection:
+        """The loop's own connection, kept between batches: a pool checkout pings the server
+        first (a transaction of its own: three round trips) and returns the connection with a
+        reset, per batch. Dropped on any failure, so a broken one is never reused."""
+        if self._conn is None:
+            self._conn = await self.engine.connect()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
     def _commit_hint(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Tell Kafka the consumed offsets, off the batch's path: they are only a hint (the
         truth is in Postgres, sought to on assignment), so the next batch does not wait for the
@@ -275,10 +302,15 @@ class BatchConsumer:
             self._hint_task = asyncio.create_task(self._send_hints(), name="offset-hints")
 
     async def _send_hints(self) -> None:
+        """At most one commit per ``hint_interval_s``: a commit is a round trip to the group
+        coordinator and its CPU on both sides, per batch when batches are small."""
         while self._hints:
             offsets, self._hints = self._hints, {}
             with contextlib.suppress(Exception):  # e.g. revoked meanwhile: a hint, no harm
                 await self.consumer.commit(offsets)
+            if self._hints or not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.policy.hint_interval_s)
 
     async def _finish_hints(self) -> None:
         task = self._hint_task

@@ -168,6 +168,57 @@ async def unnest_insert(
     return await conn.execute(statement, params)
 
 
+async def driver(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under ``conn``, inside the transaction ``conn`` began.
+
+    For the consumers' hot statements: SQLAlchemy's execution (greenlet hop, cache key,
+    execution context, result proxy) costs several times the driver's own work for a
+    statement of a small batch. The driver caches each statement's preparation by its text.
+    SQLAlchemy begins the transaction on the connection's first statement: if none ran yet,
+    one trivial statement opens it, so what runs on the driver commits or rolls back with
+    ``conn``. The driver's errors are not wrapped (``unavailable`` looks at both)."""
+    raw = await conn.get_raw_connection()
+    drv: asyncpg.Connection = raw.driver_connection
+    if not drv.is_in_transaction():
+        await conn.exec_driver_sql("SELECT 1")
+    return drv
+
+
+def rowcount(status: str) -> int:
+    """The row count of a command tag (``INSERT 0 5``, ``UPDATE 3``)."""
+    tail = status.rpartition(" ")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+@functools.lru_cache(maxsize=64)
+def _driver_unnest_sql(table: Table, columns: tuple[str, ...], tail: str, via_json: bool) -> str:
+    """:func:`_unnest_sql` / :func:`_json_rows_sql` with the driver's ``$n`` parameters."""
+    if via_json:
+        return str(_json_rows_sql(table, columns, tail)).replace(":rows", "$1")
+    sql = str(_unnest_sql(table, columns, tail))
+    for i in reversed(range(len(columns))):  # c10 before c1
+        sql = sql.replace(f":c{i}", f"${i + 1}")
+    return sql
+
+
+async def driver_insert(
+    drv: asyncpg.Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    tail: str = "",
+    via_json: bool = False,
+) -> int:
+    """:func:`unnest_insert` on the driver (:func:`driver`); how many rows it wrote."""
+    sql = _driver_unnest_sql(table, tuple(columns), tail, via_json)
+    if via_json:
+        status = await drv.execute(sql, orjson.dumps(rows, default=_json_default).decode())
+    else:
+        status = await drv.execute(sql, *([row[i] for row in rows] for i in range(len(columns))))
+    return rowcount(status)
+
+
 def any_text(values: Sequence[str]) -> ColumnElement[Any]:
     """``= ANY(:array)``: one parameter whatever the number of values (an ``IN`` list renders
     one parameter per value, a new statement to prepare for every list length)."""

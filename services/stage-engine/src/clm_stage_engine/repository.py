@@ -9,11 +9,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Text, delete, func, literal, select, text, update
+from sqlalchemy import Text, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.db import any_text, unnest_insert
+from clm_common.db import any_text, driver, driver_insert, unnest_insert
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
@@ -26,7 +26,6 @@ from clm_common.schema import (
     processed_events,
     stage_transitions,
     webhook_deliveries,
-    webhook_subscriptions,
 )
 
 #: A customer row's state columns: CustomerState's fields, in their order.
@@ -61,8 +60,10 @@ def row_from_state(state: CustomerState) -> dict[str, Any]:
     return row
 
 
-_APPLIED = text(
-    "SELECT u.source, u.event_id FROM unnest(CAST(:sources AS TEXT[]), CAST(:ids AS TEXT[]))"
+# The consumer's statements run on the driver (clm_common.db.driver): for a small batch,
+# SQLAlchemy's own execution cost more CPU than the statements' work.
+_APPLIED = (
+    "SELECT u.source, u.event_id FROM unnest($1::text[], $2::text[])"
     " AS u(source, event_id) WHERE EXISTS (SELECT 1 FROM customer_events c"
     " WHERE c.source = u.source AND c.event_id = u.event_id)"
     " OR EXISTS (SELECT 1 FROM processed_events p"
@@ -77,10 +78,8 @@ async def applied_events(
     claimed in ``processed_events`` (events without a customer, events that failed)."""
     if not keys:
         return set()
-    rows = await conn.execute(
-        _APPLIED, {"sources": [s for s, _ in keys], "ids": [e for _, e in keys]}
-    )
-    return {(r.source, r.event_id) for r in rows}
+    rows = await (await driver(conn)).fetch(_APPLIED, [s for s, _ in keys], [e for _, e in keys])
+    return {(r[0], r[1]) for r in rows}
 
 
 async def claim_events(conn: AsyncConnection, events: Sequence[tuple[str, str, str | None]]) -> int:
@@ -88,31 +87,31 @@ async def claim_events(conn: AsyncConnection, events: Sequence[tuple[str, str, s
     processed; return how many were new (fewer: a concurrent transaction claimed some)."""
     if not events:
         return 0
-    result = await unnest_insert(
-        conn,
+    return await driver_insert(
+        await driver(conn),
         processed_events,
         ["source", "event_id", "customer_id"],
         events,
         tail="ON CONFLICT DO NOTHING",
     )
-    return int(result.rowcount)
 
 
-_LOCK = text(
+_LOCK = (
     f"SELECT {', '.join(_STATE_COLUMNS)} FROM customers"
-    " WHERE customer_id = ANY(CAST(:ids AS TEXT[])) ORDER BY customer_id FOR UPDATE"
+    " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE"
 )
+_ID = _STATE_COLUMNS.index("customer_id")
 
 
 async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, CustomerState]:
     """Load and lock the customers' rows, in a stable order (no deadlocks between replicas).
 
-    A text statement: its rows come as the driver decodes them (arrays are lists already),
+    On the driver: its rows come as the driver decodes them (arrays are lists already),
     without SQLAlchemy's per-row type processing."""
     if not ids:
         return {}
-    rows = await conn.execute(_LOCK, {"ids": sorted(ids)})
-    return {r.customer_id: _state_from_values(r) for r in rows}
+    rows = await (await driver(conn)).fetch(_LOCK, sorted(ids))
+    return {r[_ID]: _state_from_values(r) for r in rows}
 
 
 _UPSERT_TAIL = "ON CONFLICT (customer_id) DO UPDATE SET updated_at = now(), " + ", ".join(
@@ -125,14 +124,16 @@ async def upsert_customers(conn: AsyncConnection, states: Sequence[CustomerState
     if not states:
         return
     rows = [_state_values(s) for s in sorted(states, key=lambda s: s.customer_id)]
-    await unnest_insert(conn, customers, _STATE_COLUMNS, rows, tail=_UPSERT_TAIL, via_json=True)
+    await driver_insert(
+        await driver(conn), customers, _STATE_COLUMNS, rows, tail=_UPSERT_TAIL, via_json=True
+    )
 
 
 async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transition]) -> None:
     if not transitions:
         return
-    await unnest_insert(
-        conn,
+    await driver_insert(
+        await driver(conn),
         stage_transitions,
         ["customer_id", "from_stage", "to_stage", "at", "event_id", "reason"],
         [
@@ -186,12 +187,11 @@ async def lookup_links(conn: AsyncConnection, anonymous_ids: Sequence[str]) -> d
     """anonymous id → customer id, for the ids already linked."""
     if not anonymous_ids:
         return {}
-    rows = await conn.execute(
-        select(identity_links.c.anonymous_id, identity_links.c.customer_id).where(
-            identity_links.c.anonymous_id == any_text(sorted(set(anonymous_ids)))
-        )
+    rows = await (await driver(conn)).fetch(
+        "SELECT anonymous_id, customer_id FROM identity_links WHERE anonymous_id = ANY($1::text[])",
+        sorted(set(anonymous_ids)),
     )
-    return {r.anonymous_id: r.customer_id for r in rows}
+    return {r[0]: r[1] for r in rows}
 
 
 async def insert_links(conn: AsyncConnection, links: Sequence[tuple[str, str, str]]) -> None:
@@ -228,14 +228,13 @@ async def insert_customer_events(
     logged some first)."""
     if not rows:
         return 0
-    result = await unnest_insert(
-        conn,
+    return await driver_insert(
+        await driver(conn),
         customer_events,
         ["source", "event_id", "customer_id", "occurred_at", "payload"],
         rows,
         tail="ON CONFLICT DO NOTHING",
     )
-    return int(result.rowcount)
 
 
 async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[str]) -> None:
@@ -259,21 +258,18 @@ async def erased_since(conn: AsyncConnection, hashes: Sequence[str]) -> dict[str
     """customer hash → when it was erased, for erased customers among ``hashes``."""
     if not hashes:
         return {}
-    rows = await conn.execute(
-        select(erasures.c.customer_hash, erasures.c.erased_at).where(
-            erasures.c.customer_hash == any_text(sorted(set(hashes)))
-        )
+    rows = await (await driver(conn)).fetch(
+        "SELECT customer_hash, erased_at FROM erasures WHERE customer_hash = ANY($1::text[])",
+        sorted(set(hashes)),
     )
-    return {r.customer_hash: r.erased_at for r in rows}
+    return {r[0]: r[1] for r in rows}
 
 
 async def active_subscriptions(conn: AsyncConnection) -> list[tuple[int, list[str] | None]]:
-    rows = await conn.execute(
-        select(webhook_subscriptions.c.id, webhook_subscriptions.c.stages).where(
-            webhook_subscriptions.c.active.is_(True)
-        )
+    rows = await (await driver(conn)).fetch(
+        "SELECT id, stages FROM webhook_subscriptions WHERE active"
     )
-    return [(r.id, r.stages) for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
 async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> None:
