@@ -191,14 +191,26 @@ def rowcount(status: str) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _driver_unnest_sql(table: Table, columns: tuple[str, ...], tail: str, via_json: bool) -> str:
-    """:func:`_unnest_sql` / :func:`_json_rows_sql` with the driver's ``$n`` parameters."""
+def driver_insert_sql(
+    table: Table, columns: tuple[str, ...], tail: str = "", via_json: bool = False, first: int = 1
+) -> str:
+    """:func:`_unnest_sql` / :func:`_json_rows_sql` with the driver's ``$n`` parameters,
+    numbered from ``first`` (to be one part of a larger statement)."""
     if via_json:
-        return str(_json_rows_sql(table, columns, tail)).replace(":rows", "$1")
+        return str(_json_rows_sql(table, columns, tail)).replace(":rows", f"${first}")
     sql = str(_unnest_sql(table, columns, tail))
     for i in reversed(range(len(columns))):  # c10 before c1
-        sql = sql.replace(f":c{i}", f"${i + 1}")
+        sql = sql.replace(f":c{i}", f"${first + i}")
     return sql
+
+
+def driver_insert_args(
+    rows: Sequence[Sequence[Any]], width: int, *, via_json: bool = False
+) -> list[Any]:
+    """The parameters of :func:`driver_insert_sql` for ``rows``."""
+    if via_json:
+        return [orjson.dumps(rows, default=_json_default).decode()]
+    return [[row[i] for row in rows] for i in range(width)]
 
 
 async def driver_insert(
@@ -211,11 +223,8 @@ async def driver_insert(
     via_json: bool = False,
 ) -> int:
     """:func:`unnest_insert` on the driver (:func:`driver`); how many rows it wrote."""
-    sql = _driver_unnest_sql(table, tuple(columns), tail, via_json)
-    if via_json:
-        status = await drv.execute(sql, orjson.dumps(rows, default=_json_default).decode())
-    else:
-        status = await drv.execute(sql, *([row[i] for row in rows] for i in range(len(columns))))
+    sql = driver_insert_sql(table, tuple(columns), tail, via_json)
+    status = await drv.execute(sql, *driver_insert_args(rows, len(columns), via_json=via_json))
     return rowcount(status)
 
 

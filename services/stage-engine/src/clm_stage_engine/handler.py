@@ -106,16 +106,19 @@ class EventsHandler:
         decoded = unique
         phases.lap("decode")
 
-        decoded = await self._drop_erased(conn, decoded)
-        seen = await repository.applied_events(conn, [(e.source, e.event_id) for _, e in decoded])
-        new = [(r, e) for r, e in decoded if (e.source, e.event_id) not in seen]
+        ids = {i for _, e in decoded for i in (e.customer_id, e.anonymous_id) if i is not None}
+        found = await repository.lookup_batch(
+            conn,
+            [(e.source, e.event_id) for _, e in decoded],
+            [customer_hash(i) for i in ids],
+            list(ids),
+        )
+        decoded = self._drop_erased(found.erased, decoded)
+        new = [(r, e) for r, e in decoded if (e.source, e.event_id) not in found.applied]
         DUPLICATES.inc(len(decoded) - len(new))
         phases.lap("dedupe")
 
-        links = await repository.lookup_links(
-            conn,
-            [i for _, e in new for i in (e.anonymous_id, e.customer_id) if i is not None],
-        )
+        links = found.links
         new_links: dict[str, tuple[str, str]] = {}
         for _, e in sorted(new, key=lambda pair: event_order(pair[1])):
             anon, cid = e.anonymous_id, e.customer_id
@@ -162,17 +165,15 @@ class EventsHandler:
         )
         poison.extend(Poison(record, reason) for record, reason in result.failed)
         phases.lap("fold")
-        await self._claim(conn, items, result)
-        await self._write(conn, result, loaded, merges, new_links)
+        await self._write(conn, items, result, loaded, merges, new_links, found.subscriptions)
         phases.lap("write")
         return BatchResult(poison=poison, applied=len(result.applied))
 
-    async def _drop_erased(
-        self, conn: AsyncConnection, pairs: list[tuple[Any, Event]]
+    @staticmethod
+    def _drop_erased(
+        erased: dict[str, datetime], pairs: list[tuple[Any, Event]]
     ) -> list[tuple[Any, Event]]:
         """Events of an erased customer (either id) from before the erasure are dropped."""
-        ids = {i for _, e in pairs for i in (e.customer_id, e.anonymous_id) if i is not None}
-        erased = await repository.erased_since(conn, [customer_hash(i) for i in ids])
         if not erased:
             return pairs
         kept = []
@@ -188,13 +189,21 @@ class EventsHandler:
             kept.append((record, event))
         return kept
 
-    async def _claim(
-        self, conn: AsyncConnection, items: Sequence[Item[Any]], result: FoldResult[Any]
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        items: Sequence[Item[Any]],
+        result: FoldResult[Any],
+        loaded: dict[str, Any],
+        merges: dict[str, list[str]],
+        new_links: dict[str, tuple[str, str]],
+        subscriptions: list[tuple[int, list[str] | None]],
     ) -> None:
-        """Claim every new event, once: an applied customer event by its event-log row, an
-        event without a customer or one that failed by a ``processed_events`` row. A claim
-        that finds its key taken means a concurrent transaction applied the event after this
-        batch's dedupe read: roll back, and the retry sees it as a duplicate."""
+        """Write the batch, claiming every new event once: an applied customer event by its
+        event-log row, an event without a customer or one that failed by a
+        ``processed_events`` row. A claim that finds its key taken means a concurrent
+        transaction applied the event after this batch's dedupe read: roll back, and the
+        retry sees it as a duplicate."""
         logged = [
             (i.event.source, i.event.event_id, i.key, i.event.occurred_at, i.wire)
             for i in result.applied
@@ -206,19 +215,6 @@ class EventsHandler:
             for i in items
             if i.key is None or id(i.tag) in failed
         ]
-        new = await repository.insert_customer_events(conn, logged)
-        new += await repository.claim_events(conn, claims)
-        if new != len(logged) + len(claims):
-            raise ClaimLost(f"{len(logged) + len(claims) - new} events applied concurrently")
-
-    async def _write(
-        self,
-        conn: AsyncConnection,
-        result: FoldResult[Any],
-        loaded: dict[str, Any],
-        merges: dict[str, list[str]],
-        new_links: dict[str, tuple[str, str]],
-    ) -> None:
         outbox = list(result.outbox)
         for cid, anons in sorted(merges.items()):
             await repository.absorb_profiles(conn, cid, anons)
@@ -237,13 +233,19 @@ class EventsHandler:
                         ),
                     )
                 )
-        await repository.insert_links(
-            conn, [(anon, cid, eid) for anon, (cid, eid) in sorted(new_links.items())]
+        new_events, new_claims = await repository.write_batch(
+            conn,
+            events=logged,
+            claims=claims,
+            links=[(anon, cid, eid) for anon, (cid, eid) in sorted(new_links.items())],
+            states=list(result.states.values()),
+            transitions=result.transitions,
         )
-        await repository.upsert_customers(conn, list(result.states.values()))
-        await repository.insert_transitions(conn, result.transitions)
+        if new_events + new_claims != len(logged) + len(claims):
+            lost = len(logged) + len(claims) - new_events - new_claims
+            raise ClaimLost(f"{lost} events applied concurrently")
         await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
-        await self._enqueue_webhooks(conn, result)
+        await self._enqueue_webhooks(conn, result, subscriptions)
         for event_type, n in collections.Counter(i.event.type for i in result.applied).items():
             EVENTS.labels(event_type).inc(n)
         moves = collections.Counter(
@@ -252,11 +254,13 @@ class EventsHandler:
         for (from_stage, to_stage), n in moves.items():
             TRANSITIONS.labels(from_stage, to_stage).inc(n)
 
-    async def _enqueue_webhooks(self, conn: AsyncConnection, result: FoldResult[Any]) -> None:
-        if not result.transitions:
-            return
-        subscriptions = await repository.active_subscriptions(conn)
-        if not subscriptions:
+    async def _enqueue_webhooks(
+        self,
+        conn: AsyncConnection,
+        result: FoldResult[Any],
+        subscriptions: list[tuple[int, list[str] | None]],
+    ) -> None:
+        if not result.transitions or not subscriptions:
             return
         rows: list[tuple[int, bytes]] = []
         for t in result.transitions:

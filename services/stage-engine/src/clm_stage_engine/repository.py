@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import Text, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.db import any_text, driver, driver_insert, unnest_insert
+from clm_common.db import (
+    any_text,
+    driver,
+    driver_insert,
+    driver_insert_args,
+    driver_insert_sql,
+    unnest_insert,
+)
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition
@@ -60,42 +68,6 @@ def row_from_state(state: CustomerState) -> dict[str, Any]:
     return row
 
 
-# The consumer's statements run on the driver (clm_common.db.driver): for a small batch,
-# SQLAlchemy's own execution cost more CPU than the statements' work.
-_APPLIED = (
-    "SELECT u.source, u.event_id FROM unnest($1::text[], $2::text[])"
-    " AS u(source, event_id) WHERE EXISTS (SELECT 1 FROM customer_events c"
-    " WHERE c.source = u.source AND c.event_id = u.event_id)"
-    " OR EXISTS (SELECT 1 FROM processed_events p"
-    " WHERE p.source = u.source AND p.event_id = u.event_id)"
-)
-
-
-async def applied_events(
-    conn: AsyncConnection, keys: Sequence[tuple[str, str]]
-) -> set[tuple[str, str]]:
-    """The (source, event_id) among ``keys`` applied before: in a customer's event log, or
-    claimed in ``processed_events`` (events without a customer, events that failed)."""
-    if not keys:
-        return set()
-    rows = await (await driver(conn)).fetch(_APPLIED, [s for s, _ in keys], [e for _, e in keys])
-    return {(r[0], r[1]) for r in rows}
-
-
-async def claim_events(conn: AsyncConnection, events: Sequence[tuple[str, str, str | None]]) -> int:
-    """Record (source, event_id, customer key) of events that leave no event-log row as
-    processed; return how many were new (fewer: a concurrent transaction claimed some)."""
-    if not events:
-        return 0
-    return await driver_insert(
-        await driver(conn),
-        processed_events,
-        ["source", "event_id", "customer_id"],
-        events,
-        tail="ON CONFLICT DO NOTHING",
-    )
-
-
 _LOCK = (
     f"SELECT {', '.join(_STATE_COLUMNS)} FROM customers"
     " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE"
@@ -135,11 +107,8 @@ async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transi
     await driver_insert(
         await driver(conn),
         stage_transitions,
-        ["customer_id", "from_stage", "to_stage", "at", "event_id", "reason"],
-        [
-            (t.customer_id, t.from_stage, t.to_stage, t.at, t.event_id, t.reason)
-            for t in transitions
-        ],
+        _TRANSITION_COLUMNS,
+        [_transition_values(t) for t in transitions],
         via_json=True,
     )
 
@@ -150,6 +119,125 @@ async def insert_outbox(
     if not rows:
         return
     await unnest_insert(conn, outbox, ["topic", "key", "payload"], [(topic, k, p) for k, p in rows])
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLookup:
+    """What a batch needs to know before it folds, read in one round trip."""
+
+    applied: set[tuple[str, str]]  # (source, event_id) applied before
+    erased: dict[str, datetime]  # customer hash → when erased
+    links: dict[str, str]  # anonymous id → customer id
+    subscriptions: list[tuple[int, list[str] | None]]  # active webhook subscriptions
+
+
+# Joins, not ``EXISTS … OR EXISTS``: an OR of subqueries cannot become a semi-join, and
+# Postgres ran them as hashed subplans that read the whole event log on every batch.
+_LOOKUP = """
+SELECT a.applied, e.hashes, e.times, l.anons, l.customers, s.subscriptions
+FROM (
+    SELECT array_agg(n) AS applied FROM (
+        SELECT u.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(source, event_id, n)
+        JOIN customer_events c ON c.source = u.source AND c.event_id = u.event_id
+        UNION
+        SELECT u.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(source, event_id, n)
+        JOIN processed_events p ON p.source = u.source AND p.event_id = u.event_id
+    ) hits
+) a, (
+    SELECT array_agg(customer_hash) AS hashes, array_agg(erased_at) AS times
+    FROM erasures WHERE customer_hash = ANY($3::text[])
+) e, (
+    SELECT array_agg(anonymous_id) AS anons, array_agg(customer_id) AS customers
+    FROM identity_links WHERE anonymous_id = ANY($4::text[])
+) l, (
+    SELECT jsonb_agg(jsonb_build_array(id, stages))::text AS subscriptions
+    FROM webhook_subscriptions WHERE active
+) s
+"""
+
+
+async def lookup_batch(
+    conn: AsyncConnection,
+    keys: Sequence[tuple[str, str]],
+    hashes: Sequence[str],
+    ids: Sequence[str],
+) -> BatchLookup:
+    """Which of ``keys`` (source, event_id) were applied before — in a customer's event log,
+    or claimed in ``processed_events`` (events without a customer, events that failed) —,
+    which ``hashes`` are of erased customers, the links of ``ids`` and the active webhook
+    subscriptions: four lookups, one statement, on the driver (for a small batch,
+    SQLAlchemy's own execution of a statement costs more CPU than the statement's work)."""
+    row = await (await driver(conn)).fetchrow(
+        _LOOKUP,
+        [s for s, _ in keys],
+        [e for _, e in keys],
+        sorted(set(hashes)),
+        sorted(set(ids)),
+    )
+    assert row is not None
+    applied, hashes_, times, anons, linked, subscriptions = row
+    return BatchLookup(
+        applied={keys[n - 1] for n in applied or ()},
+        erased=dict(zip(hashes_ or (), times or (), strict=True)),
+        links=dict(zip(anons or (), linked or (), strict=True)),
+        subscriptions=[(int(i), st) for i, st in orjson.loads(subscriptions or "[]")],
+    )
+
+
+_EVENT_COLUMNS = ("source", "event_id", "customer_id", "occurred_at", "payload")
+_CLAIM_COLUMNS = ("source", "event_id", "customer_id")
+_LINK_COLUMNS = ("anonymous_id", "customer_id", "event_id")
+_TRANSITION_COLUMNS = ("customer_id", "from_stage", "to_stage", "at", "event_id", "reason")
+_NEW = "ON CONFLICT DO NOTHING RETURNING 1"
+_WRITE = f"""
+WITH logged AS (
+    {driver_insert_sql(customer_events, _EVENT_COLUMNS, _NEW)}
+), claimed AS (
+    {driver_insert_sql(processed_events, _CLAIM_COLUMNS, _NEW, first=6)}
+), linked AS (
+    {driver_insert_sql(identity_links, _LINK_COLUMNS, "ON CONFLICT DO NOTHING", first=9)}
+), upserted AS (
+    {driver_insert_sql(customers, tuple(_STATE_COLUMNS), _UPSERT_TAIL, via_json=True, first=12)}
+), moved AS (
+    {driver_insert_sql(stage_transitions, _TRANSITION_COLUMNS, via_json=True, first=13)}
+)
+SELECT (SELECT count(*) FROM logged), (SELECT count(*) FROM claimed)
+"""
+
+
+async def write_batch(
+    conn: AsyncConnection,
+    *,
+    events: Sequence[tuple[str, str, str, datetime, bytes]],
+    claims: Sequence[tuple[str, str, str | None]],
+    links: Sequence[tuple[str, str, str]],
+    states: Sequence[CustomerState],
+    transitions: Sequence[Transition],
+) -> tuple[int, int]:
+    """A batch's rows in one statement (a round trip each was most of a small batch's time):
+    the applied events' event-log rows (each is the event's dedupe claim), the claims of
+    events that leave no event-log row, new identity links, the customers (as
+    :func:`upsert_customers`) and the transitions (as :func:`insert_transitions`). Returns
+    how many event-log rows and claims were new (fewer: a concurrent transaction got some
+    first)."""
+    row = await (await driver(conn)).fetchrow(
+        _WRITE,
+        *driver_insert_args(events, len(_EVENT_COLUMNS)),
+        *driver_insert_args(claims, len(_CLAIM_COLUMNS)),
+        *driver_insert_args(links, len(_LINK_COLUMNS)),
+        *driver_insert_args(
+            [_state_values(s) for s in sorted(states, key=lambda s: s.customer_id)],
+            len(_STATE_COLUMNS),
+            via_json=True,
+        ),
+        *driver_insert_args([_transition_values(t) for t in transitions], 6, via_json=True),
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _transition_values(t: Transition) -> tuple[Any, ...]:
+    return (t.customer_id, t.from_stage, t.to_stage, t.at, t.event_id, t.reason)
 
 
 async def get_customer(conn: AsyncConnection, customer_id: str) -> CustomerState | None:
@@ -183,17 +271,6 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-async def lookup_links(conn: AsyncConnection, anonymous_ids: Sequence[str]) -> dict[str, str]:
-    """anonymous id → customer id, for the ids already linked."""
-    if not anonymous_ids:
-        return {}
-    rows = await (await driver(conn)).fetch(
-        "SELECT anonymous_id, customer_id FROM identity_links WHERE anonymous_id = ANY($1::text[])",
-        sorted(set(anonymous_ids)),
-    )
-    return {r[0]: r[1] for r in rows}
-
-
 async def insert_links(conn: AsyncConnection, links: Sequence[tuple[str, str, str]]) -> None:
     """(anonymous id, customer id, event id) links; an id already linked keeps its link."""
     if not links:
@@ -220,23 +297,6 @@ async def load_events(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, l
     return out
 
 
-async def insert_customer_events(
-    conn: AsyncConnection, rows: Sequence[tuple[str, str, str, datetime, bytes]]
-) -> int:
-    """(source, event id, customer id, occurred at, payload) of applied events; the row is the
-    event's dedupe claim too. Returns how many were new (fewer: a concurrent transaction
-    logged some first)."""
-    if not rows:
-        return 0
-    return await driver_insert(
-        await driver(conn),
-        customer_events,
-        ["source", "event_id", "customer_id", "occurred_at", "payload"],
-        rows,
-        tail="ON CONFLICT DO NOTHING",
-    )
-
-
 async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[str]) -> None:
     """Move anonymous profiles' events and history onto a customer and drop their rows."""
     if not profiles:
@@ -252,24 +312,6 @@ async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[s
         .values(customer_id=into)
     )
     await conn.execute(delete(customers).where(customers.c.customer_id.in_(profiles)))
-
-
-async def erased_since(conn: AsyncConnection, hashes: Sequence[str]) -> dict[str, datetime]:
-    """customer hash → when it was erased, for erased customers among ``hashes``."""
-    if not hashes:
-        return {}
-    rows = await (await driver(conn)).fetch(
-        "SELECT customer_hash, erased_at FROM erasures WHERE customer_hash = ANY($1::text[])",
-        sorted(set(hashes)),
-    )
-    return {r[0]: r[1] for r in rows}
-
-
-async def active_subscriptions(conn: AsyncConnection) -> list[tuple[int, list[str] | None]]:
-    rows = await (await driver(conn)).fetch(
-        "SELECT id, stages FROM webhook_subscriptions WHERE active"
-    )
-    return [(r[0], r[1]) for r in rows]
 
 
 async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> None:

@@ -114,6 +114,10 @@ def render_settings(cfg: PostgresConfig) -> str:
         "log_min_error_statement = error",
         "log_connections = off",
         "log_disconnections = off",
+        "# per-statement figures for `make bench` and anyone profiling (CREATE EXTENSION",
+        "# pg_stat_statements in the database to read them)",
+        "shared_preload_libraries = 'pg_stat_statements'",
+        "pg_stat_statements.track_planning = on",
     ]
     if cfg.fast_unsafe:
         lines += [
