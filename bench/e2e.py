@@ -2,8 +2,9 @@
 → outbox → metrics), on one box, with 1M customers in the table.
 
 End to end here is the issue's "ingest 202 → stage readable": from the moment the ingest's
-202 arrives to the first ``GET /v1/customers/{id}`` of the stage engine that answers with the
-customer. Probes measure it: a ``signup`` of a customer nobody has seen, posted alone
+202 arrives to the first ``GET /v1/customers/{id}`` that answers with the customer, read from
+the API replica (``CLM_STAGE_ENGINE_ROLE=api``, the read path of a deployment that scales reads
+apart from the partitions; it reads the rows the engine committed). Probes measure it: a ``signup`` of a customer nobody has seen, posted alone
 (``/v1/events``) ``PROBES_PER_S`` times a second beside the load, then read every
 ``POLL_MS`` ms until it answers 200 (resolution: the poll interval plus one read). The
 time from sending the probe is reported too (it adds the ingest's own latency).
@@ -383,7 +384,7 @@ async def watch(
     """Read each pending probe's customer once a sweep, sweeps at least ``POLL_MS`` apart, one
     read in flight at a time: the reads cost the engine a bounded share of its time however
     many probes wait (one reader per probe, polling on its own, made a slow engine slower)."""
-    conn = await Conn.open(stack.engine)
+    conn = await Conn.open(stack.procs[API_REPLICA].port)
     try:
         while not (done.is_set() and not pending):
             started = time.perf_counter()
@@ -642,7 +643,8 @@ def report(r: Run) -> str:
         "generator (Python, uvloop) shares the cores. **End to end = the ingest's 202 → the "
         'customer readable by `GET /v1/customers/{id}`** (the issue\'s "stage readable"): a '
         f"probe posts a new customer's signup alone {PROBES_PER_S} times a second beside "
-        "the load; one reader reads every waiting probe's customer in turn, one read in "
+        "the load; one reader reads every waiting probe's customer in turn from the API "
+        "replica (`CLM_STAGE_ENGINE_ROLE=api`, which reads what the engine committed), one read in "
         f"flight, sweeps at least {POLL_MS} ms apart, until it answers 200 (resolution: one "
         "sweep). The lifecycle record's arrival on `clm.lifecycle.v1` comes "
         "later: the outbox relay polls every 100 ms by default. The box's 1-minute load "

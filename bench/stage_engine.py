@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench.databases import create_migrated_database, plain_url
+from bench.databases import create_migrated_database, plain_url, postmaster_pid, server_cpu_s
 from bench.reads import FILL_SQL, fill_ids, read_rounds
 from bench.results import write_section
 from bench.stack import stack_env
@@ -108,6 +108,7 @@ async def run() -> str:
         await producer.stop()
 
     conn = await asyncpg.connect(plain_url(db_url))
+    postmaster = await postmaster_pid(conn)
     procs = [
         start_service(
             "stage-engine", env, Path(tempfile.mkdtemp(prefix="clm-bench-")), _free_port()
@@ -125,13 +126,16 @@ async def run() -> str:
             done = await _consumed(conn, env["CLM_STAGE_ENGINE_GROUP"])
             if done and first_at is None:
                 first_at, first_done, first_cpu = time.perf_counter(), done, cpu_s()
+                first_pg = server_cpu_s(postmaster)
             if done >= len(events):
                 last_at, last_cpu = time.perf_counter(), cpu_s()
+                last_pg = server_cpu_s(postmaster)
                 break
             await asyncio.sleep(0.05)
         assert first_at is not None
         engine_rate = (len(events) - first_done) / max(last_at - first_at, 1e-9)
         cpu_us = (last_cpu - first_cpu) / max(len(events) - first_done, 1) * 1e6
+        pg_us = (last_pg - first_pg) / max(len(events) - first_done, 1) * 1e6
 
         rows = [
             (f"raw{i}", f"e{i}", f"c{i % 20000}", datetime.now(UTC), v)
@@ -172,6 +176,7 @@ async def run() -> str:
 | events applied (pre-filled topic, {EVENTS // 5:,} customers × 5 journey events) | {len(events):,} |
 | stage engine sustained rate ({_processes(REPLICAS)}, batches of 2000) | **{engine_rate:,.0f} events/s** |
 | engine CPU per event (user + system of the engine process(es), first to last batch; relay included) | {cpu_us:.0f} µs |
+| Postgres CPU per event (the whole server: its backends, WAL writer, checkpointer, autovacuum; same span) | {pg_us:.0f} µs |
 | raw ceiling: COPY of the same number of event-log rows | {raw_rate:,.0f} rows/s |
 | ratio engine ÷ raw COPY | {engine_rate / raw_rate:.3f} |
 | target ≥ 20,000 events/s | {target_rate} |

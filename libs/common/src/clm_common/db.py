@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -21,6 +23,7 @@ from sqlalchemy import (
     TextClause,
     any_,
     bindparam,
+    event,
     text,
 )
 from sqlalchemy import exc as sa_exc
@@ -31,14 +34,24 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+#: A pooled connection idle for longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_S = 1.0
+
 
 def create_engine(database_url: str, *, pool_size: int = 10, app_name: str = "clm") -> AsyncEngine:
-    """An engine for one process; create it in the lifespan, dispose it on shutdown."""
-    return create_async_engine(
+    """An engine for one process; create it in the lifespan, dispose it on shutdown.
+
+    Connections idle for more than :data:`PING_AFTER_IDLE_S` are pinged at checkout, the
+    others not: SQLAlchemy's ``pool_pre_ping`` pings every checkout, and with asyncpg a ping
+    is three round trips (BEGIN, ``;``, ROLLBACK) — more than a customer read itself. A
+    connection that Postgres dropped within the last second fails its statement instead; the
+    error invalidates the pool (every older connection is replaced) and answers 503 or is
+    retried, as any statement cut by a restart is."""
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_timeout=10,
         connect_args={
             "server_settings": {"application_name": app_name},
@@ -46,6 +59,23 @@ def create_engine(database_url: str, *, pool_size: int = 10, app_name: str = "cl
             "command_timeout": 60,
         },
     )
+    event.listen(engine.sync_engine, "checkin", _checked_in)
+    event.listen(engine.sync_engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def _checked_in(dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    at = record.info.get("checked_in_at")
+    if at is None or time.monotonic() - at <= PING_AFTER_IDLE_S:
+        return  # a new connection, or one used a moment ago
+    try:
+        dbapi_connection.ping()
+    except Exception as exc:  # the pool replaces it and tries another
+        raise sa_exc.DisconnectionError(str(exc)) from exc
 
 
 async def ping(engine: AsyncEngine) -> bool:
@@ -182,6 +212,22 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     if not drv.is_in_transaction():
         await conn.exec_driver_sql("SELECT 1")
     return drv
+
+
+@contextlib.asynccontextmanager
+async def lone_statement(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled driver connection for one read statement, outside a transaction (a lone
+    statement is atomic anyway): one round trip, where SQLAlchemy's ``connect()`` and
+    ``execute()`` make three (BEGIN, the statement, ROLLBACK at the return to the pool). A
+    connection the statement finds broken is invalidated, not returned to the pool."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        try:
+            yield raw.driver_connection
+        except BaseException as exc:
+            if unavailable(exc):
+                await conn.invalidate()
+            raise
 
 
 def rowcount(status: str) -> int:

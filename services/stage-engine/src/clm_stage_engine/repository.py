@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Text, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_common.db import (
     any_text,
@@ -20,6 +20,7 @@ from clm_common.db import (
     driver_insert,
     driver_insert_args,
     driver_insert_sql,
+    lone_statement,
     unnest_insert,
 )
 from clm_common.events import Event, parse_event_json
@@ -238,6 +239,16 @@ async def write_batch(
 
 def _transition_values(t: Transition) -> tuple[Any, ...]:
     return (t.customer_id, t.from_stage, t.to_stage, t.at, t.event_id, t.reason)
+
+
+_ONE = f"SELECT {', '.join(_STATE_COLUMNS)} FROM customers WHERE customer_id = $1"
+
+
+async def read_customer(engine: AsyncEngine, customer_id: str) -> CustomerState | None:
+    """The hot read: one statement on the driver (:func:`clm_common.db.lone_statement`)."""
+    async with lone_statement(engine) as drv:
+        row = await drv.fetchrow(_ONE, customer_id)
+    return None if row is None else _state_from_values(row)
 
 
 async def get_customer(conn: AsyncConnection, customer_id: str) -> CustomerState | None:

@@ -132,8 +132,7 @@ async def get_customer(
     _: Annotated[Principal, Depends(reader)],
 ) -> Response:
     """The hot read: serialized straight to JSON bytes (no response-model pass)."""
-    async with state.engine.connect() as conn:
-        customer = await repository.get_customer(conn, customer_id)
+    customer = await repository.read_customer(state.engine, customer_id)
     if customer is None:
         raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
     return Response(orjson.dumps(customer_doc(state, customer)), media_type="application/json")
