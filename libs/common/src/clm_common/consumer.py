@@ -85,6 +85,7 @@ class BatchPolicy:
     max_consecutive_poison: int = 1000
     idle_recheck_s: float = 5.0
     hint_interval_s: float = 1.0
+    lanes: int = 1  # partitions applied side by side, each lane its own transaction
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -133,7 +134,7 @@ class BatchConsumer:
         self._stopping = asyncio.Event()
         self._hints: dict[TopicPartition, OffsetAndMetadata] = {}
         self._hint_task: asyncio.Task[None] | None = None
-        self._conn: AsyncConnection | None = None
+        self._conns: dict[int, AsyncConnection] = {}  # lane → its connection
 
     async def seek_to_stored(self, partitions: set[TopicPartition]) -> None:
         """Point each partition at the offset stored in Postgres (retrying while it is down)."""
@@ -187,8 +188,8 @@ class BatchConsumer:
             await self._run()
         finally:
             await self._finish_hints()
-            conn, self._conn = self._conn, None
-            if conn is not None:
+            for lane in list(self._conns):
+                conn = self._conns.pop(lane)
                 with contextlib.suppress(Exception):
                     await conn.close()
 
@@ -207,10 +208,31 @@ class BatchConsumer:
                         await self.recheck_stored()
                 continue
             async with self.batch_lock:
-                await self._apply_with_retry(records)
+                await self._apply_lanes(records)
             self._update_lag()
 
-    async def _apply_with_retry(self, records: list[Any]) -> None:
+    async def _apply_lanes(self, records: list[Any]) -> None:
+        """Apply the fetch: with one lane as one batch; with several, the partitions split
+        between lanes (``partition % lanes``), each lane's records a batch in its own
+        transaction on its own connection, the lanes at once — one lane's statements run in
+        Postgres while another's records are folded here. A partition's records stay in one
+        lane, in order; the next fetch waits for every lane."""
+        lanes = self.policy.lanes
+        if lanes == 1:
+            await self._apply_with_retry(records, 0)
+            return
+        by_lane: dict[int, list[Any]] = {}
+        for r in records:
+            by_lane.setdefault(r.partition % lanes, []).append(r)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for lane, batch in by_lane.items():
+                    group.create_task(self._apply_with_retry(batch, lane))
+        except BaseExceptionGroup as failed:  # what one lane raised, as one lane would
+            fatal = [e for e in failed.exceptions if isinstance(e, PoisonLimitExceeded)]
+            raise (fatal or failed.exceptions)[0] from None
+
+    async def _apply_with_retry(self, records: list[Any], lane: int) -> None:
         while not self._stopping.is_set():
             fresh = [
                 r
@@ -222,7 +244,7 @@ class BatchConsumer:
                 return
             started = time.perf_counter()
             try:
-                await self._apply(fresh)
+                await self._apply(fresh, lane)
             except PoisonLimitExceeded:
                 raise
             except OffsetFenced as exc:
@@ -247,7 +269,7 @@ class BatchConsumer:
     def _partitions_of(records: list[Any]) -> set[TopicPartition]:
         return {TopicPartition(r.topic, r.partition) for r in records}
 
-    async def _apply(self, records: list[Any]) -> None:
+    async def _apply(self, records: list[Any], lane: int) -> None:
         last: dict[tuple[str, int], int] = {}
         for r in records:  # a partition's records come in offset order: keep its last
             last[(r.topic, r.partition)] = r.offset
@@ -255,14 +277,14 @@ class BatchConsumer:
             key: OffsetAdvance(key[0], key[1], self.expected[key], offset + 1)
             for key, offset in last.items()
         }
-        conn = await self._connection()
+        conn = await self._connection(lane)
         try:
             async with conn.begin():
                 await advance_offsets(conn, self.group_id, list(advances.values()))
                 result = await self.handler(conn, records)
                 await self._dead_letter(result.poison, applied=result.applied)
         except BaseException:
-            await self._drop_connection()
+            await self._drop_connection(lane)
             raise
         for key, adv in advances.items():
             self.expected[key] = adv.next_offset
@@ -280,16 +302,15 @@ class BatchConsumer:
             }
         )
 
-    async def _connection(self) -> AsyncConnection:
-        """The loop's own connection, kept between batches: a pool checkout pings the server
-        first (a transaction of its own: three round trips) and returns the connection with a
-        reset, per batch. Dropped on any failure, so a broken one is never reused."""
-        if self._conn is None:
-            self._conn = await self.engine.connect()
-        return self._conn
+    async def _connection(self, lane: int) -> AsyncConnection:
+        """The lane's own connection, kept between batches (no checkout, ping or reset per
+        batch). Dropped on any failure, so a broken one is never reused."""
+        if lane not in self._conns:
+            self._conns[lane] = await self.engine.connect()
+        return self._conns[lane]
 
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+    async def _drop_connection(self, lane: int) -> None:
+        conn = self._conns.pop(lane, None)
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.invalidate()

@@ -74,6 +74,7 @@ def create_app(
                     max_records=settings.stage_engine_batch_records,
                     max_wait_ms=settings.stage_engine_batch_wait_ms,
                     idle_recheck_s=settings.stage_engine_idle_recheck_s,
+                    lanes=settings.stage_engine_lanes,
                 ),
                 register=register,
                 stopping=stopping,

@@ -18,6 +18,13 @@ class StageEngineSettings(CommonSettings):
     )
     stage_engine_batch_records: int = Field(default=500, ge=1, description="Max records a batch.")
     stage_engine_batch_wait_ms: int = Field(default=200, ge=1, description="Max wait a batch.")
+    stage_engine_lanes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Lanes of partitions applied side by side, each its own transaction "
+        "(one lane's statements run in Postgres while another's events are folded).",
+    )
     stage_engine_outbox_poll_ms: int = Field(
         default=100, ge=10, description="How often the outbox relay looks for new rows."
     )
