@@ -184,6 +184,18 @@ def test_distinct_count_sketch_is_within_two_percent(n: int) -> None:
     assert hll.estimate(hll.merge([merged, merged])) == estimate
 
 
+def test_a_sketch_says_whether_adding_raised_a_register() -> None:
+    registers = hll.empty()
+    assert hll.raise_to(registers, [f"v{i}" for i in range(100)])
+    before = registers.copy()
+    assert not hll.raise_to(registers, [f"v{i}" for i in range(100)])  # all seen before
+    assert not hll.raise_to(registers, [])
+    assert (registers == before).all()
+    assert hll.raise_to(registers, ["someone new", *(f"v{i}" for i in range(100))]) == (
+        not (registers == before).all()
+    )
+
+
 @given(st.integers(min_value=0, max_value=10**7))
 def test_a_stay_bin_middle_is_within_its_bin(seconds: int) -> None:
     d = timedelta(seconds=seconds)

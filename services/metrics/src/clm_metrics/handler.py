@@ -48,12 +48,13 @@ class LifecycleHandler:
             docs.setdefault(record_id, parsed)
         fresh = await repository.claim_records(conn, list(docs))
         new = [docs[r] for r in docs if r in fresh]
-        await repository.add_to_buckets(conn, aggregate(p for incs, _, _, _ in new for p in incs))
         sketches: dict[SketchKey, set[str]] = {}
         for _, items, _, _ in new:
             for key, who in items:
                 sketches.setdefault(key, set()).add(who)
-        await repository.add_to_sketches(conn, sketches)
+        await repository.add_counts(
+            conn, aggregate(p for incs, _, _, _ in new for p in incs), sketches
+        )
         await repository.add_cohort_activity(conn, [row for _, _, rows, _ in new for row in rows])
         await repository.add_stage_counts(conn, stage_deltas(doc for _, _, _, doc in new))
         return BatchResult(poison=poison, applied=len(new))

@@ -38,11 +38,20 @@ def _position(item: str) -> tuple[int, int]:
 
 
 def add(registers: Registers, items: Iterable[str]) -> Registers:
+    raise_to(registers, items)
+    return registers
+
+
+def raise_to(registers: Registers, items: Iterable[str]) -> bool:
+    """Add the items (in place); True when a register rose. False: the sketch is unchanged
+    (every item, or one as rare, was seen before), so there is nothing new to store."""
+    rose = False
     for item in items:
         index, rank = _position(item)
         if registers[index] < rank:
             registers[index] = rank
-    return registers
+            rose = True
+    return rose
 
 
 def merge(sketches: Iterable[Registers]) -> Registers:
