@@ -45,9 +45,21 @@ def add(registers: Registers, items: Iterable[str]) -> Registers:
 def raise_to(registers: Registers, items: Iterable[str]) -> bool:
     """Add the items (in place); True when a register rose. False: the sketch is unchanged
     (every item, or one as rare, was seen before), so there is nothing new to store."""
+    return raise_at(registers, map(_position, items))
+
+
+Position = tuple[int, int]
+
+
+def positions(items: Iterable[str]) -> dict[str, Position]:
+    """Each item's register and rank: hashed once, for adding it to many sketches."""
+    return {item: _position(item) for item in items}
+
+
+def raise_at(registers: Registers, at: Iterable[Position]) -> bool:
+    """:func:`raise_to` with the items' positions already known."""
     rose = False
-    for item in items:
-        index, rank = _position(item)
+    for index, rank in at:
         if registers[index] < rank:
             registers[index] = rank
             rose = True
