@@ -513,6 +513,13 @@ async def hour_versions(
     return {hour: int(version) for hour, version in rows}
 
 
+async def change_count(conn: AsyncConnection) -> int:
+    """How many writes were counted, ever: the sum of the day counters (every write bumps the
+    days it touches, and counters only grow and are never pruned)."""
+    c = kpi_day_versions.c
+    return int(await conn.scalar(select(func.coalesce(func.sum(c.version), 0))) or 0)
+
+
 async def closed_version(
     conn: AsyncConnection, open_days: tuple[date, date], open_hours: tuple[datetime, datetime]
 ) -> tuple[int, int]:
