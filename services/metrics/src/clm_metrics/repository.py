@@ -131,9 +131,12 @@ async def add_counts(
     conn: AsyncConnection,
     increments: Mapping[BucketKey, Decimal],
     sketches: Mapping[SketchKey, set[str]],
+    *,
+    written: hll.LastWritten | None = None,
 ) -> None:
     """What a batch adds to the buckets (:func:`add_to_buckets`) and to the sketches
-    (:func:`add_to_sketches`), with one version bump for the hours and days both touch."""
+    (:func:`add_to_sketches`), with one version bump for the hours and days both touch.
+    ``written``: the sketches this process wrote last (read back without inflating them)."""
     touched = [k.bucket_start for k in increments]
     touched.extend(k.bucket_start for k in sketches)
     await bump_versions(conn, touched)
@@ -145,7 +148,7 @@ async def add_counts(
             {"g": [g for (g, _), _ in rolled], **_columns([(k, v) for (_, k), v in rolled])},
         )
     if sketches:
-        await _write_sketches(conn, sketches)
+        await _write_sketches(conn, sketches, written or hll.LastWritten(0))
 
 
 _ADD_STAGE_COUNTS = text(
@@ -228,7 +231,9 @@ async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
     await add_counts(conn, {}, items)
 
 
-async def _write_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
+async def _write_sketches(
+    conn: AsyncConnection, items: Mapping[SketchKey, set[str]], last: hll.LastWritten
+) -> None:
     per_row = sketch_rows(items)
     if not per_row:
         return
@@ -240,12 +245,14 @@ async def _write_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[s
     written: list[SketchRow] = []
     blobs: list[bytes] = []
     for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
-        registers = hll.loads(blob)
+        row = (g, b, m, s, ch)
+        registers = last.loads(row, blob)
         # a row no register of which rose keeps its bytes: no compressing, no new row version
         # (most ids of a busy hour's or day's sketch raise nothing once it has filled up)
-        if hll.raise_at(registers, [at[who] for who in per_row[(g, b, m, s, ch)]]):
-            written.append((g, b, m, s, ch))
+        if hll.raise_at(registers, [at[who] for who in per_row[row]]):
+            written.append(row)
             blobs.append(hll.dumps(registers))
+            last.wrote(row, blobs[-1], registers)
     if written:
         await conn.execute(_SKETCH_WRITE, {**_sketch_columns(written), "r": blobs})
 
