@@ -184,6 +184,37 @@ def test_distinct_count_sketch_is_within_two_percent(n: int) -> None:
     assert hll.estimate(hll.merge([merged, merged])) == estimate
 
 
+def test_a_sketch_says_whether_adding_raised_a_register() -> None:
+    registers = hll.empty()
+    assert hll.raise_to(registers, [f"v{i}" for i in range(100)])
+    before = registers.copy()
+    assert not hll.raise_to(registers, [f"v{i}" for i in range(100)])  # all seen before
+    assert not hll.raise_to(registers, [])
+    assert (registers == before).all()
+    assert hll.raise_to(registers, ["someone new", *(f"v{i}" for i in range(100))]) == (
+        not (registers == before).all()
+    )
+
+
+def test_registers_written_last_are_reused_only_for_the_same_bytes() -> None:
+    last = hll.LastWritten(max_rows=2)
+    registers = hll.add(hll.empty(), ["a", "b"])
+    blob = hll.dumps(registers)
+    last.wrote("r1", blob, registers)
+    again = last.loads("r1", blob)
+    assert (again == registers).all()
+    hll.raise_to(again, [f"x{i}" for i in range(50)])  # a copy: what is kept stays
+    assert (last.loads("r1", blob) == registers).all()
+    other = hll.dumps(hll.add(hll.empty(), ["c"]))  # someone else wrote the row since
+    assert (last.loads("r1", other) == hll.loads(other)).all()
+    last.wrote("r2", blob, registers)
+    last.wrote("r3", blob, registers)  # over max_rows: r1, the oldest written, goes
+    assert list(last._rows) == ["r2", "r3"]
+    unkept = hll.LastWritten(max_rows=0)
+    unkept.wrote("r1", blob, registers)
+    assert not unkept._rows
+
+
 @given(st.integers(min_value=0, max_value=10**7))
 def test_a_stay_bin_middle_is_within_its_bin(seconds: int) -> None:
     d = timedelta(seconds=seconds)

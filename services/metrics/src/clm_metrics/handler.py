@@ -9,7 +9,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.consumer import BatchResult, Poison
-from clm_metrics import repository
+from clm_metrics import hll, repository
 from clm_metrics.buckets import (
     BucketKey,
     SketchKey,
@@ -26,6 +26,9 @@ Parsed = tuple[list[tuple[BucketKey, Any]], list[tuple[SketchKey, str]], list[An
 class LifecycleHandler:
     """Dedupe by record id; add bucket increments (minute + rollups), sketch ids, cohort
     activity and stage count deltas (one statement per table per batch)."""
+
+    def __init__(self) -> None:
+        self._sketches = hll.LastWritten()
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         poison: list[Poison] = []
@@ -48,12 +51,16 @@ class LifecycleHandler:
             docs.setdefault(record_id, parsed)
         fresh = await repository.claim_records(conn, list(docs))
         new = [docs[r] for r in docs if r in fresh]
-        await repository.add_to_buckets(conn, aggregate(p for incs, _, _, _ in new for p in incs))
         sketches: dict[SketchKey, set[str]] = {}
         for _, items, _, _ in new:
             for key, who in items:
                 sketches.setdefault(key, set()).add(who)
-        await repository.add_to_sketches(conn, sketches)
+        await repository.add_counts(
+            conn,
+            aggregate(p for incs, _, _, _ in new for p in incs),
+            sketches,
+            written=self._sketches,
+        )
         await repository.add_cohort_activity(conn, [row for _, _, rows, _ in new for row in rows])
         await repository.add_stage_counts(conn, stage_deltas(doc for _, _, _, doc in new))
         return BatchResult(poison=poison, applied=len(new))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -38,11 +38,32 @@ def _position(item: str) -> tuple[int, int]:
 
 
 def add(registers: Registers, items: Iterable[str]) -> Registers:
-    for item in items:
-        index, rank = _position(item)
+    raise_to(registers, items)
+    return registers
+
+
+def raise_to(registers: Registers, items: Iterable[str]) -> bool:
+    """Add the items (in place); True when a register rose. False: the sketch is unchanged
+    (every item, or one as rare, was seen before), so there is nothing new to store."""
+    return raise_at(registers, map(_position, items))
+
+
+Position = tuple[int, int]
+
+
+def positions(items: Iterable[str]) -> dict[str, Position]:
+    """Each item's register and rank: hashed once, for adding it to many sketches."""
+    return {item: _position(item) for item in items}
+
+
+def raise_at(registers: Registers, at: Iterable[Position]) -> bool:
+    """:func:`raise_to` with the items' positions already known."""
+    rose = False
+    for index, rank in at:
         if registers[index] < rank:
             registers[index] = rank
-    return registers
+            rose = True
+    return rose
 
 
 def merge(sketches: Iterable[Registers]) -> Registers:
@@ -102,3 +123,31 @@ def dumps(registers: Registers) -> bytes:
 
 def loads(blob: bytes) -> Registers:
     return np.frombuffer(zlib.decompress(blob), dtype=np.uint8).copy()
+
+
+class LastWritten:
+    """The registers of the blobs this process wrote last, by row: a row read back with those
+    very bytes (nobody wrote it since) is not decompressed again. A filled hour's or day's
+    sketch takes tens of microseconds to inflate, and one consumer rewrites the same few rows
+    batch after batch. At most ``max_rows`` rows, the least recently written dropped first."""
+
+    def __init__(self, max_rows: int = 256) -> None:
+        self._max = max_rows
+        self._rows: dict[Hashable, tuple[bytes, Registers]] = {}
+
+    def loads(self, row: Hashable, blob: bytes) -> Registers:
+        """:func:`loads` of ``blob``, a copy of the registers kept when it is the one written."""
+        kept = self._rows.get(row)
+        if kept is not None and kept[0] == blob:
+            return kept[1].copy()
+        return loads(blob)
+
+    def wrote(self, row: Hashable, blob: bytes, registers: Registers) -> None:
+        """``blob`` (``dumps(registers)``) was written to ``row``; ``registers`` is kept as is
+        (the caller no longer changes it)."""
+        self._rows.pop(row, None)
+        if self._max <= 0:
+            return
+        if len(self._rows) >= self._max:
+            del self._rows[next(iter(self._rows))]
+        self._rows[row] = (blob, registers)

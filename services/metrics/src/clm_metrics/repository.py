@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from sqlalchemy import Table, and_, func, literal, or_, select, text, union_all
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.schema import (
@@ -18,39 +17,37 @@ from clm_common.schema import (
     kpi_hour_versions,
     kpi_rollups,
     kpi_sketches,
-    metrics_cohort_activity,
-    metrics_processed,
-    stage_counts,
 )
 from clm_metrics import hll
 from clm_metrics.buckets import BucketKey, SketchKey
 from clm_metrics.windows import EPOCH, Grain, Segment, floor_to
-
-T = TypeVar("T")
 
 TotalsKey = tuple[str, str, str, str]
 ROLLUP_GRAINS: tuple[Grain, ...] = ("hour", "day")
 #: The source/channel of the sketches merged over every source or channel (a control character
 #: no event's source or channel can contain), so a query reads one sketch a bucket.
 ANY = "\x1fany"
-#: Rows per multi-row statement: asyncpg allows 32767 parameters a statement.
-CHUNK_ROWS = 4000
 
-
-def chunks(rows: Sequence[T]) -> list[Sequence[T]]:
-    return [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+_CLAIM = text(
+    """
+    INSERT INTO metrics_processed (record_id)
+    SELECT * FROM unnest(CAST(:ids AS text[]))
+    ON CONFLICT DO NOTHING
+    RETURNING record_id
+    """
+)
 
 
 async def claim_records(conn: AsyncConnection, record_ids: Sequence[str]) -> set[str]:
-    """Mark lifecycle records as counted; return those not counted before."""
+    """Mark lifecycle records as counted; return those not counted before.
+
+    Array parameters, not a multi-row VALUES: the statement's text is the same for any number
+    of records, so it is compiled and prepared once (a VALUES list of each length is a new
+    statement to compile, parse and plan on every micro-batch).
+    """
     if not record_ids:
         return set()
-    result = await conn.execute(
-        insert(metrics_processed)
-        .values([{"record_id": r} for r in record_ids])
-        .on_conflict_do_nothing()
-        .returning(metrics_processed.c.record_id)
-    )
+    result = await conn.execute(_CLAIM, {"ids": list(record_ids)})
     return {r.record_id for r in result}
 
 
@@ -127,28 +124,48 @@ async def bump_versions(conn: AsyncConnection, touched: Iterable[datetime]) -> N
 
 async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, Decimal]) -> None:
     """Minute buckets and their rollups: one array upsert per table, rows in a stable order."""
-    if not increments:
-        return
-    await bump_versions(conn, (k.bucket_start for k in increments))
-    await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
-    rolled = sorted(rollup(increments).items())
-    await conn.execute(
-        _UPSERT_ROLLUPS,
-        {"g": [g for (g, _), _ in rolled], **_columns([(k, v) for (_, k), v in rolled])},
-    )
+    await add_counts(conn, increments, {})
+
+
+async def add_counts(
+    conn: AsyncConnection,
+    increments: Mapping[BucketKey, Decimal],
+    sketches: Mapping[SketchKey, set[str]],
+    *,
+    written: hll.LastWritten | None = None,
+) -> None:
+    """What a batch adds to the buckets (:func:`add_to_buckets`) and to the sketches
+    (:func:`add_to_sketches`), with one version bump for the hours and days both touch.
+    ``written``: the sketches this process wrote last (read back without inflating them)."""
+    touched = [k.bucket_start for k in increments]
+    touched.extend(k.bucket_start for k in sketches)
+    await bump_versions(conn, touched)
+    if increments:
+        await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
+        rolled = sorted(rollup(increments).items())
+        await conn.execute(
+            _UPSERT_ROLLUPS,
+            {"g": [g for (g, _), _ in rolled], **_columns([(k, v) for (_, k), v in rolled])},
+        )
+    if sketches:
+        await _write_sketches(conn, sketches, written or hll.LastWritten(0))
+
+
+_ADD_STAGE_COUNTS = text(
+    """
+    INSERT INTO stage_counts AS t (stage, customers)
+    SELECT * FROM unnest(CAST(:s AS text[]), CAST(:n AS bigint[])) ORDER BY 1
+    ON CONFLICT (stage) DO UPDATE SET customers = t.customers + EXCLUDED.customers
+    """
+)
 
 
 async def add_stage_counts(conn: AsyncConnection, deltas: Mapping[str, int]) -> None:
     if not deltas:
         return
-    stmt = insert(stage_counts).values(
-        [{"stage": s, "customers": d} for s, d in sorted(deltas.items())]
-    )
+    ordered = sorted(deltas.items())
     await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["stage"],
-            set_={"customers": stage_counts.c.customers + stmt.excluded.customers},
-        )
+        _ADD_STAGE_COUNTS, {"s": [s for s, _ in ordered], "n": [n for _, n in ordered]}
     )
 
 
@@ -211,19 +228,53 @@ def sketch_rows(
 
 async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
     """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
+    await add_counts(conn, {}, items)
+
+
+async def _write_sketches(
+    conn: AsyncConnection, items: Mapping[SketchKey, set[str]], last: hll.LastWritten
+) -> None:
     per_row = sketch_rows(items)
     if not per_row:
         return
-    await bump_versions(conn, (k.bucket_start for k in items))
     keys = sorted(per_row)
     columns = _sketch_columns(keys)
     await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
+    # an id goes to 12 rows (3 grains x 4 source/channel merges): hashed once
+    at = hll.positions(who for ids in items.values() for who in ids)
     written: list[SketchRow] = []
     blobs: list[bytes] = []
     for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
-        written.append((g, b, m, s, ch))
-        blobs.append(hll.dumps(hll.add(hll.loads(blob), per_row[(g, b, m, s, ch)])))
-    await conn.execute(_SKETCH_WRITE, {**_sketch_columns(written), "r": blobs})
+        row = (g, b, m, s, ch)
+        registers = last.loads(row, blob)
+        # a row no register of which rose keeps its bytes: no compressing, no new row version
+        # (most ids of a busy hour's or day's sketch raise nothing once it has filled up)
+        if hll.raise_at(registers, [at[who] for who in per_row[row]]):
+            written.append(row)
+            blobs.append(hll.dumps(registers))
+            last.wrote(row, blobs[-1], registers)
+    if written:
+        await conn.execute(_SKETCH_WRITE, {**_sketch_columns(written), "r": blobs})
+
+
+_CLAIM_COHORT_ACTIVITY = text(
+    """
+    INSERT INTO metrics_cohort_activity (period, customer_id, period_start)
+    SELECT * FROM unnest(CAST(:p AS text[]), CAST(:c AS text[]), CAST(:s AS date[]))
+    ON CONFLICT DO NOTHING
+    RETURNING period, customer_id, period_start
+    """
+)
+_ADD_COHORTS = text(
+    """
+    INSERT INTO kpi_cohorts AS t (period, cohort, periods_since, customers)
+    SELECT * FROM unnest(
+        CAST(:p AS text[]), CAST(:c AS date[]), CAST(:n AS integer[]), CAST(:v AS bigint[]))
+    ORDER BY 1, 2, 3
+    ON CONFLICT (period, cohort, periods_since)
+    DO UPDATE SET customers = t.customers + EXCLUDED.customers
+    """
+)
 
 
 async def add_cohort_activity(
@@ -234,34 +285,30 @@ async def add_cohort_activity(
         return
     cohort_of = {(p, cust, start): cohort for p, cust, start, cohort in rows}
     counts: dict[tuple[str, date, int], int] = {}
-    for part in chunks(sorted(cohort_of)):
-        fresh = await conn.execute(
-            insert(metrics_cohort_activity)
-            .values([{"period": p, "customer_id": cu, "period_start": s} for p, cu, s in part])
-            .on_conflict_do_nothing()
-            .returning(
-                metrics_cohort_activity.c.period,
-                metrics_cohort_activity.c.customer_id,
-                metrics_cohort_activity.c.period_start,
-            )
-        )
-        for p, cu, s in fresh:
-            cohort = cohort_of[(p, cu, s)]
-            key = (p, cohort, periods_between(p, cohort, s))
-            counts[key] = counts.get(key, 0) + 1
+    claimed = sorted(cohort_of)
+    fresh = await conn.execute(
+        _CLAIM_COHORT_ACTIVITY,
+        {
+            "p": [p for p, _, _ in claimed],
+            "c": [c for _, c, _ in claimed],
+            "s": [s for _, _, s in claimed],
+        },
+    )
+    for p, cu, s in fresh:
+        cohort = cohort_of[(p, cu, s)]
+        key = (p, cohort, periods_between(p, cohort, s))
+        counts[key] = counts.get(key, 0) + 1
     if not counts:
         return
-    stmt = insert(kpi_cohorts).values(
-        [
-            {"period": p, "cohort": c, "periods_since": n, "customers": v}
-            for (p, c, n), v in sorted(counts.items())
-        ]
-    )
+    ordered = sorted(counts.items())
     await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["period", "cohort", "periods_since"],
-            set_={"customers": kpi_cohorts.c.customers + stmt.excluded.customers},
-        )
+        _ADD_COHORTS,
+        {
+            "p": [p for (p, _, _), _ in ordered],
+            "c": [c for (_, c, _), _ in ordered],
+            "n": [n for (_, _, n), _ in ordered],
+            "v": [v for _, v in ordered],
+        },
     )
 
 
@@ -471,6 +518,13 @@ async def hour_versions(
         select(c.hour, c.version).where(or_(*(and_(c.hour >= a, c.hour < b) for a, b in ranges)))
     )
     return {hour: int(version) for hour, version in rows}
+
+
+async def change_count(conn: AsyncConnection) -> int:
+    """How many writes were counted, ever: the sum of the day counters (every write bumps the
+    days it touches, and counters only grow and are never pruned)."""
+    c = kpi_day_versions.c
+    return int(await conn.scalar(select(func.coalesce(func.sum(c.version), 0))) or 0)
 
 
 async def closed_version(

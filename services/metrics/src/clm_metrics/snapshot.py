@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.kpis import WINDOWS, window_bounds
+from clm_common.kpis import WINDOWS, floor_minute, window_bounds
 from clm_common.lifecycle import Stage
 from clm_metrics import repository, service
 from clm_metrics.closed_days import ClosedDayCache
@@ -93,7 +93,9 @@ STAY = Gauge(
     "Median time in a stage of the stays that ended in the window",
     ["window", "stage"],
 )
-REFRESHED = Gauge("clm_kpi_refreshed_timestamp_seconds", "When the KPI gauges were refreshed")
+REFRESHED = Gauge(
+    "clm_kpi_refreshed_timestamp_seconds", "When the KPI gauges were last found up to date"
+)
 PRUNED = Gauge("clm_kpi_pruned_rows", "Rows the last retention run removed")
 
 
@@ -137,8 +139,9 @@ async def refresh_gauges(
     max_sources: int,
     retention: service.Retention,
     cache: ClosedDayCache | None = None,
+    now: datetime | None = None,
 ) -> None:
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     computed = []  # every window read before any gauge is set: a scrape sees one refresh
     for window, span in WINDOWS.items():
         start, end = window_bounds(now, span)
@@ -182,16 +185,32 @@ async def refresh_forever(
     retention: service.Retention,
     cache: ClosedDayCache | None = None,
 ) -> None:
+    """Every ``every_s``: recompute the gauges when something changed since the last time.
+
+    The gauges are a function of the counted writes and the current minute (windows are whole
+    minutes), so when no write was counted (:func:`repository.change_count`) and the minute
+    is the same, they are still right and only their timestamp moves: an idle service reads
+    one number instead of every window."""
+    current: tuple[int, datetime] | None = None
     while True:
         try:
-            await refresh_gauges(
-                engine,
-                reporting_currency,
-                channels=channels,
-                max_sources=max_sources,
-                retention=retention,
-                cache=cache,
-            )
+            now = datetime.now(UTC)
+            async with engine.connect() as conn:
+                seen = (await repository.change_count(conn), floor_minute(now))
+            if seen != current:
+                # read before refreshing: a write counted meanwhile changes the next ``seen``
+                await refresh_gauges(
+                    engine,
+                    reporting_currency,
+                    channels=channels,
+                    max_sources=max_sources,
+                    retention=retention,
+                    cache=cache,
+                    now=now,
+                )
+                current = seen
+            else:
+                REFRESHED.set(now.timestamp())
         except Exception:
             log.warning("KPI gauge refresh failed", exc_info=True)
         await asyncio.sleep(every_s)
