@@ -60,6 +60,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
                 policy=BatchPolicy(
                     max_records=settings.metrics_batch_records,
                     max_wait_ms=settings.metrics_batch_wait_ms,
+                    fill_ms=settings.metrics_batch_fill_ms,
                 ),
                 register=register,
                 stopping=stopping,
