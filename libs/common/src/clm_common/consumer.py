@@ -86,6 +86,7 @@ class BatchPolicy:
     idle_recheck_s: float = 5.0
     hint_interval_s: float = 1.0
     lanes: int = 1  # partitions applied side by side, each lane its own transaction
+    lane_min_records: int = 200  # a fetch smaller than this a lane is not split
     fill_ms: int = 0  # once a batch has records, wait up to this long for more
 
 
@@ -189,10 +190,14 @@ class BatchConsumer:
             await self._run()
         finally:
             await self._finish_hints()
-            for lane in list(self._conns):
-                conn = self._conns.pop(lane)
-                with contextlib.suppress(Exception):
-                    await conn.close()
+            await self.close_connections()
+
+    async def close_connections(self) -> None:
+        """Return the lanes' connections to the pool."""
+        for lane in list(self._conns):
+            conn = self._conns.pop(lane)
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def _run(self) -> None:
         last_check = time.monotonic()
@@ -236,8 +241,10 @@ class BatchConsumer:
         between lanes (``partition % lanes``), each lane's records a batch in its own
         transaction on its own connection, the lanes at once — one lane's statements run in
         Postgres while another's records are folded here. A partition's records stay in one
-        lane, in order; the next fetch waits for every lane."""
-        lanes = self.policy.lanes
+        lane, in order; the next fetch waits for every lane. A small fetch is one batch
+        (``lane_min_records`` a lane at least): a batch has a fixed cost, and at low rates
+        there is nothing to overlap."""
+        lanes = min(self.policy.lanes, max(1, len(records) // self.policy.lane_min_records))
         if lanes == 1:
             await self._apply_with_retry(records, 0)
             return
