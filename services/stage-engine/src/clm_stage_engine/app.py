@@ -7,8 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from clm_common.auth import KeyVerifier
 from clm_common.consumer import (
@@ -28,6 +30,7 @@ from clm_common.worker import Supervisor
 from clm_stage_engine.api import customers, merge, webhooks
 from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
+from clm_stage_engine.hot_read import HotReadMiddleware
 from clm_stage_engine.relay import OutboxRelay
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_forever
@@ -35,9 +38,14 @@ from clm_stage_engine.webhooks import Dispatcher
 
 
 def create_app(
-    settings: StageEngineSettings | None = None, rules: LifecycleRules | None = None
+    settings: StageEngineSettings | None = None,
+    rules: LifecycleRules | None = None,
+    *,
+    hot_read: bool = True,
 ) -> FastAPI:
-    """The stage engine app; the rule file is loaded (and refused if bad) here, at start."""
+    """The stage engine app; the rule file is loaded (and refused if bad) here, at start.
+    ``hot_read=False`` leaves ``GET /v1/customers/{id}`` to FastAPI's router alone
+    (:mod:`clm_stage_engine.hot_read`)."""
     settings = settings or StageEngineSettings()
     rules = rules or load_rules(settings.stage_engine_rules_path)
 
@@ -157,6 +165,9 @@ def create_app(
     )
     install_problem_handlers(app)
     install_problem_openapi(app, bearer="key")  # read token or write key, by route
+    read_route: list[Any] = []  # the FastAPI route the hot read stands in for, once it exists
+    if hot_read:  # innermost: the request metrics count it
+        app.add_middleware(HotReadMiddleware, route=read_route)
 
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm
@@ -176,6 +187,15 @@ def create_app(
     app.include_router(metrics_router())
     instrument(app)
     app.include_router(customers.router)
+    read_route.extend(
+        r
+        for r in customers.router.routes
+        if isinstance(r, APIRoute)
+        and r.path == "/v1/customers/{customer_id}"
+        and "GET" in (r.methods or ())
+    )
+    if hot_read and len(read_route) != 1:
+        raise RuntimeError("the hot read without its FastAPI route")
     app.include_router(merge.router)
     app.include_router(webhooks.router)
     return app

@@ -46,6 +46,10 @@ def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
     return doc
 
 
+def not_found(customer_id: str) -> ProblemError:
+    return ProblemError(404, "Not Found", f"no customer {customer_id!r}")
+
+
 def stage_param(name: str | None) -> Stage | None:
     if name is None:
         return None
@@ -134,7 +138,7 @@ async def get_customer(
     """The hot read: serialized straight to JSON bytes (no response-model pass)."""
     customer = await repository.read_customer(state.engine, customer_id)
     if customer is None:
-        raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
+        raise not_found(customer_id)
     return Response(orjson.dumps(customer_doc(state, customer)), media_type="application/json")
 
 
@@ -151,7 +155,7 @@ async def get_history(
 ) -> dict[str, Any]:
     async with state.engine.connect() as conn:
         if await repository.get_customer(conn, customer_id) is None:
-            raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
+            raise not_found(customer_id)
         history = await repository.get_history(conn, customer_id, limit)
     transitions = []
     for t in history:
