@@ -3,16 +3,20 @@ large history side by side, through the real metrics service processes over HTTP
 
 Both histories are generated journeys replayed by the stage reducer, spread over two years,
 turned into the stage engine's lifecycle records and loaded by :mod:`bench.metrics_load` (the
-rows the write path would produce, summed in memory by the service's own pure code and
-``COPY``-ed; a test checks they equal the write path's) into two databases, by ``WRITERS``
-processes. Minute and hour rows are not pruned (the services' retention is set past two
-years), the worst case for index depth. Then one metrics service per database, and the requests
-alternate between them, so the machine's noise falls on both alike.
+rows the write path would produce: the records counted by the service's own pure code in
+``WRITERS`` processes, the parts summed in Postgres; a test checks the tables equal the write
+path's) into two databases. A built history is kept in ``.cache/bench-metrics/`` (binary
+``COPY`` of the tables, keyed by the size, the day and a hash of the code that built it), so a
+rerun the same day only loads it. Minute and hour rows are not pruned (the services' retention
+is set past two years), the worst case for index depth. Then one metrics service per database,
+and the requests alternate between them, so the machine's noise falls on both alike.
 
 Sizes: ``BENCH_METRICS_SMALL_CUSTOMERS`` (default 1 600 ≈ 10k events) and
-``BENCH_METRICS_LARGE_CUSTOMERS`` (default 120 000 ≈ 0.75M events: generating and replaying
-the journeys costs ~0.35 ms an event of CPU, so the issue's 1M customers / 10M events would
-take ~30 min of both cores to generate alone).
+``BENCH_METRICS_LARGE_CUSTOMERS`` (default 120 000 ≈ 0.74M events; 1 650 000 ≈ 10.2M events,
+the issue's size: generating, replaying and counting the journeys costs ~0.15 ms of CPU an
+event, ~25 min of both cores for 10M before Postgres sums them; a rerun from the cache only
+loads the tables). ``BENCH_METRICS_WRITERS``: loading processes (2). ``BENCH_METRICS_CACHE=0``:
+keep nothing.
 """
 
 from __future__ import annotations

@@ -11,12 +11,17 @@ through the service's own pure code — ``increments``, ``sketch_items``, ``coho
    register index got, as ``hll.add`` keeps it), the cohort activity and stage deltas — and
    ``COPY``-es the part into unlogged staging tables, its record ids and cohort activity
    straight into the service's tables;
-2. :func:`finish` sums the parts in Postgres (one ``GROUP BY`` a table), derives the hour, day
-   and all-time rollups from the summed minutes as ``repository.rollup`` does (the minute's
-   hour and UTC day, the epoch), and builds every sketch row — each minute key's registers
-   also go to its hour and day, each also merged over every source, every channel and both,
-   as ``repository.sketch_rows`` spreads them — in processes that read the merged registers
-   and encode them with ``hll.dumps``.
+2. Postgres sums the parts month by month (:func:`sum_buckets`: one ``GROUP BY`` the minutes
+   of a month, and their hours and UTC days — the keys ``repository.rollup`` gives a minute;
+   :func:`finish`: the all-time totals at the epoch), and :func:`write_sketches` builds every
+   sketch row of a month — each minute key's registers also go to its hour and day, each also
+   merged over every source, every channel and both, the rows ``repository.sketch_rows``
+   spreads a minute's ids to — merging the registers in Postgres (the highest rank of each
+   index) and encoding each row with ``hll.dumps`` (months side by side in processes).
+
+The staging tables of the minutes are partitioned by month, so each month's sums read only
+its own rows and fit in memory; the primary keys of the big tables are dropped while they
+fill and built once at the end (:func:`drop_keys`, :func:`add_key`).
 
 The resulting tables equal the write path's for the same records
 (``tests/integration/test_metrics_bench_loader.py``) except the change counters
