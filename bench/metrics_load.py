@@ -83,7 +83,7 @@ class History:
     activity: dict[tuple[str, str, date], date] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
     record_ids: list[str] = field(default_factory=list)
-    _positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _positions: dict[str, hll.Position] = field(default_factory=dict)
 
     def add(self, docs: Iterable[Mapping[str, Any]]) -> int:
         """Count the lifecycle records (parsed ``clm.lifecycle.v1`` documents); how many."""
@@ -99,7 +99,7 @@ class History:
             for s, who in sketch_items(doc):
                 at = positions.get(who)
                 if at is None:
-                    at = positions[who] = hll._position(who)  # the service's own hashing
+                    at = positions[who] = hll.positions([who])[who]
                 index, rank = at
                 rkey = (s.bucket_start, s.metric, s.source, s.channel, index)
                 if registers.get(rkey, 0) < rank:
