@@ -3,42 +3,74 @@ large history side by side, through the real metrics service processes over HTTP
 
 Both histories are generated journeys replayed by the stage reducer, spread over two years,
 turned into the stage engine's lifecycle records and loaded by :mod:`bench.metrics_load` (the
-rows the write path would produce, summed in memory by the service's own pure code and
-``COPY``-ed; a test checks they equal the write path's) into two databases, by ``WRITERS``
-processes. Minute and hour rows are not pruned (the services' retention is set past two
-years), the worst case for index depth. Then one metrics service per database, and the requests
-alternate between them, so the machine's noise falls on both alike.
+rows the write path would produce: the records counted by the service's own pure code in
+``WRITERS`` processes, the parts summed in Postgres; a test checks the tables equal the write
+path's) into two databases. A built history is kept in ``.cache/bench-metrics/`` (binary
+``COPY`` of the tables, keyed by the size, the day and a hash of the code that built it), so a
+rerun the same day only loads it. Minute and hour rows are not pruned (the services' retention
+is set past two years), the worst case for index depth. Then one metrics service per database,
+and the requests alternate between them, so the machine's noise falls on both alike.
 
 Sizes: ``BENCH_METRICS_SMALL_CUSTOMERS`` (default 1 600 ≈ 10k events) and
-``BENCH_METRICS_LARGE_CUSTOMERS`` (default 120 000 ≈ 0.75M events: generating and replaying
-the journeys costs ~0.35 ms an event of CPU, so the issue's 1M customers / 10M events would
-take ~30 min of both cores to generate alone).
+``BENCH_METRICS_LARGE_CUSTOMERS`` (default 120 000 ≈ 0.74M events; 1 650 000 ≈ 10.2M events,
+the issue's size: generating, replaying and counting the journeys costs ~0.15 ms of CPU an
+event, ~25 min of both cores for 10M before Postgres sums them; a rerun from the cache only
+loads the tables). ``BENCH_METRICS_WRITERS``: loading processes (2). ``BENCH_METRICS_CACHE=0``:
+keep nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 
-from bench.databases import create_migrated_database, drop_database, plain_url
-from bench.metrics_load import History, finish, prepare, write_part
+import clm_common.events
+import clm_common.lifecycle
+import clm_common.rules
+import clm_metrics.buckets
+import clm_metrics.hll
+import clm_metrics.repository
+import clm_metrics.windows
+import clm_stage_engine.records
+from bench import metrics_load
+from bench.databases import ROOT, create_migrated_database, drop_database, plain_url
+from bench.metrics_load import (
+    History,
+    add_key,
+    cleanup,
+    drop_keys,
+    dropped_keys,
+    finish,
+    partitions,
+    prepare,
+    sum_buckets,
+    write_part,
+    write_sketches,
+)
 from bench.results import write_section
+from clm_cli.simulator import journeys, truth
 from clm_cli.simulator.journeys import generate
 from clm_common.db import create_engine
 from clm_common.keys import store_key
 from clm_devstack.services import ServiceProcess, start_service
+from tests import kpi_truth
 from tests.e2e.conftest import free_port
 from tests.kpi_truth import record, replay
 
@@ -47,16 +79,27 @@ REQUESTS = 300
 WARMUP = 20
 CHUNK = 2500  # customers generated and replayed at a time
 FLUSH = 8  # chunks a loader process sums in memory before it copies them out
+SMALL, LARGE = 1600, 120_000  # customers: ~10k and ~0.75M events
 WRITERS = int(os.environ.get("BENCH_METRICS_WRITERS", "2"))  # parallel loading processes
+DAYS = 730  # the histories span two years, up to the start of today (UTC)
+CACHE = ROOT / ".cache" / "bench-metrics"
+CACHE_KEEP = os.environ.get("BENCH_METRICS_CACHE", "1") != "0"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    events: int
+    load_s: float  # this run's
+    build_s: float  # generating, replaying, summing and loading (this run's or the cached one's)
+    finish_s: float  # of which summing the parts
+    cached: bool
 
 
 @dataclass(frozen=True)
 class Run:
     label: str
     customers: int
-    events: int
-    load_s: float
-    finish_s: float
+    loaded: Loaded
     minute_rows: int
     rollup_rows: int
     sketch_rows: int
@@ -73,7 +116,7 @@ async def _load_part(url: str, customers: int, now: datetime, chunks: list[int])
         for n, chunk in enumerate(chunks, 1):
             first = chunk * CHUNK
             docs = generate(
-                1000 + chunk, customers=min(CHUNK, customers - first), now=now, days=730
+                1000 + chunk, customers=min(CHUNK, customers - first), now=now, days=DAYS
             )
             events += history.add(record(step) for step in replay(docs, now=now))
             if n % FLUSH == 0 or n == len(chunks):
@@ -88,15 +131,41 @@ def _loader(url: str, customers: int, now: datetime, chunks: list[int]) -> int:
     return asyncio.run(_load_part(url, customers, now, chunks))
 
 
-async def load(url: str, customers: int, now: datetime) -> tuple[int, float]:
-    """The history, chunks shared round-robin among ``WRITERS`` processes (each chunk's
-    customers are disjoint), summed into the service's tables at the end; the events and the
-    seconds that last step took."""
+async def _sketch_part(url: str, partition: str) -> int:
     conn = await asyncpg.connect(plain_url(url))
     try:
-        await prepare(conn)
+        return await write_sketches(conn, partition)
     finally:
         await conn.close()
+
+
+def _sketcher(url: str, partition: str) -> int:
+    return asyncio.run(_sketch_part(url, partition))
+
+
+async def _on_connection(url: str, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        await work(conn)
+    finally:
+        await conn.close()
+
+
+async def _keyed(url: str, table: str, name: str, definition: str) -> None:
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        await add_key(conn, table, name, definition)
+    finally:
+        await conn.close()
+
+
+async def build(url: str, customers: int, now: datetime) -> tuple[int, float]:
+    """The history, chunks shared round-robin among ``WRITERS`` processes (each chunk's
+    customers are disjoint); then summed into the service's tables month by month, the
+    buckets and rollups on ``WRITERS`` connections while ``WRITERS`` processes build the
+    sketches; then the keys, side by side. The events and the seconds the summing took."""
+    start, end = (now - timedelta(days=DAYS)).date(), now.date()
+    await _on_connection(url, lambda conn: prepare(conn, start, end))
     chunks = list(range((customers + CHUNK - 1) // CHUNK))
     writers = max(1, min(WRITERS, len(chunks)))
     loop = asyncio.get_running_loop()
@@ -107,20 +176,143 @@ async def load(url: str, customers: int, now: datetime) -> tuple[int, float]:
                 for w in range(writers)
             )
         )
-    finishing = time.perf_counter()
+        finishing = time.perf_counter()
+        months = partitions(start, end)
+        queue = list(months)
+
+        async def buckets(conn: asyncpg.Connection) -> None:
+            while queue:
+                await sum_buckets(conn, queue.pop())
+
+        await asyncio.gather(
+            *(_on_connection(url, buckets) for _ in range(writers)),
+            *(loop.run_in_executor(pool, _sketcher, url, month) for month in months),
+        )
     conn = await asyncpg.connect(plain_url(url))
     try:
         await finish(conn)
+        keys = await dropped_keys(conn)
+        await asyncio.gather(*(_keyed(url, *key) for key in keys))
+        await cleanup(conn)
     finally:
         await conn.close()
-    finish_s = time.perf_counter() - finishing
+    return sum(done), time.perf_counter() - finishing
+
+
+#: The service's tables a loaded history fills (what the cache keeps).
+TABLES = (
+    "kpi_buckets",
+    "kpi_rollups",
+    "kpi_sketches",
+    "kpi_cohorts",
+    "stage_counts",
+    "kpi_day_versions",
+    "kpi_hour_versions",
+    "metrics_cohort_activity",
+    "metrics_processed",
+)
+#: The code a cached history depends on: the generator, the reducer, the records, the
+#: service's pure counting code, this loader and the schema.
+SOURCES = (
+    journeys,
+    truth,
+    kpi_truth,
+    clm_common.events,
+    clm_common.lifecycle,
+    clm_common.rules,
+    clm_stage_engine.records,
+    clm_metrics.buckets,
+    clm_metrics.hll,
+    clm_metrics.repository,
+    clm_metrics.windows,
+    metrics_load,
+)
+
+
+def cache_dir(customers: int, now: datetime) -> Path:
+    """Where a history of these parameters, built by this code, is kept."""
+    digest = hashlib.sha256()
+    digest.update(f"{customers}|{now.isoformat()}|{DAYS}|{CHUNK}|seed 1000+chunk".encode())
+    files = [Path(m.__file__ or "") for m in SOURCES]
+    files += sorted((ROOT / "migrations" / "versions").glob("*.py"))
+    for path in files:
+        digest.update(path.read_bytes())
+    return CACHE / f"{customers}-{now:%Y%m%d}-{digest.hexdigest()[:16]}"
+
+
+async def _copy_table(url: str, table: str, path: Path, *, out: bool) -> None:
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        if out:
+            await conn.copy_from_table(table, output=str(path), format="binary")
+        else:
+            await conn.copy_to_table(table, source=str(path), format="binary")
+    finally:
+        await conn.close()
+
+
+async def save(url: str, where: Path, meta: dict[str, Any]) -> None:
+    """Keep the loaded tables (binary ``COPY``) for a rerun; older histories are removed."""
+    partial = where.with_suffix(".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    await asyncio.gather(*(_copy_table(url, t, partial / f"{t}.copy", out=True) for t in TABLES))
+    (partial / "meta.json").write_text(json.dumps(meta))
+    partial.rename(where)
+
+
+async def restore(url: str, where: Path) -> dict[str, Any]:
+    """Copy a kept history into the tables (their keys built after); what it says of itself."""
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        keys = await drop_keys(conn)
+        await asyncio.gather(*(_copy_table(url, t, where / f"{t}.copy", out=False) for t in TABLES))
+        await asyncio.gather(*(_keyed(url, *key) for key in keys))
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    meta: dict[str, Any] = json.loads((where / "meta.json").read_text())
+    return meta
+
+
+async def load(url: str, customers: int, now: datetime) -> Loaded:
+    """The history in the database: from the cache when kept, else built (:func:`keep`)."""
+    where = cache_dir(customers, now)
+    started = time.perf_counter()
+    if (where / "meta.json").exists():
+        meta = await restore(url, where)
+        loaded = Loaded(
+            meta["events"],
+            time.perf_counter() - started,
+            meta["build_s"],
+            meta["finish_s"],
+            cached=True,
+        )
+    else:
+        events, finish_s = await build(url, customers, now)
+        build_s = time.perf_counter() - started
+        loaded = Loaded(events, build_s, build_s, finish_s, cached=False)
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.begin() as sa_conn:
             await store_key(sa_conn, key=TOKEN, kind="read", source="bench")
     finally:
         await engine.dispose()
-    return sum(done), finish_s
+    return loaded
+
+
+async def keep(url: str, customers: int, now: datetime, loaded: Loaded) -> None:
+    """Keep a built history for a rerun (this size's older ones removed); a failure to keep
+    it only warns."""
+    if loaded.cached or not CACHE_KEEP:
+        return
+    for old in CACHE.glob(f"{customers}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    meta = {"events": loaded.events, "build_s": loaded.build_s, "finish_s": loaded.finish_s}
+    try:
+        await save(url, cache_dir(customers, now), meta)
+    except OSError as exc:
+        print(f"bench metrics: could not keep the history: {exc}", flush=True)
 
 
 async def counts(url: str) -> tuple[int, int, int]:
@@ -175,52 +367,50 @@ def measure(urls: list[str], logs: Path) -> list[tuple[float, float]]:
     return out
 
 
-async def run() -> list[Run]:
-    now = datetime.now(UTC)
+def _load_avg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def run() -> tuple[list[Run], dict[str, str]]:
+    # the start of today: one history a day for the cache; the window's last hours are empty
+    # for both histories alike
+    now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     sizes = {
-        "small": int(os.environ.get("BENCH_METRICS_SMALL_CUSTOMERS", "1600")),
-        "large": int(os.environ.get("BENCH_METRICS_LARGE_CUSTOMERS", "120000")),
+        "small": int(os.environ.get("BENCH_METRICS_SMALL_CUSTOMERS", str(SMALL))),
+        "large": int(os.environ.get("BENCH_METRICS_LARGE_CUSTOMERS", str(LARGE))),
     }
+    loads = {"start": _load_avg()}
     urls = {label: await create_migrated_database(f"bench_metrics_{label}") for label in sizes}
     try:
         loaded = {}
         for label, customers in sizes.items():
-            started = time.perf_counter()
-            events, finish_s = await load(urls[label], customers, now)
-            load_s = time.perf_counter() - started
-            loaded[label] = (events, load_s, finish_s, await counts(urls[label]))
+            done = await load(urls[label], customers, now)
+            loaded[label] = (done, await counts(urls[label]))
+            how = "from the cache" if done.cached else "built"
             print(
-                f"bench metrics: {label}: {events} events loaded in {load_s:.0f} s "
-                f"(summing the parts {finish_s:.0f} s)",
+                f"bench metrics: {label}: {done.events} events {how} in {done.load_s:.0f} s "
+                f"(built in {done.build_s:.0f} s, summing the parts {done.finish_s:.0f} s); "
+                f"load average {_load_avg()}",
                 flush=True,
             )
+        loads["loaded"] = _load_avg()
         with tempfile.TemporaryDirectory() as logs:
             latencies = await asyncio.to_thread(measure, list(urls.values()), Path(logs))
+        loads["measured"] = _load_avg()
+        for label, customers in sizes.items():
+            await keep(urls[label], customers, now, loaded[label][0])
     finally:
         for url in urls.values():
             await drop_database(url)
     runs = []
     for (label, customers), (p50, p99) in zip(sizes.items(), latencies, strict=True):
-        events, load_s, finish_s, (minute_rows, rollup_rows, sketch_rows) = loaded[label]
+        done, (minute_rows, rollup_rows, sketch_rows) = loaded[label]
         print(f"bench metrics: {label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
-        runs.append(
-            Run(
-                label,
-                customers,
-                events,
-                load_s,
-                finish_s,
-                minute_rows,
-                rollup_rows,
-                sketch_rows,
-                p50,
-                p99,
-            )
-        )
-    return runs
+        runs.append(Run(label, customers, done, minute_rows, rollup_rows, sketch_rows, p50, p99))
+    return runs, loads
 
 
-def report(runs: list[Run]) -> str:
+def report(runs: list[Run], loads: dict[str, str]) -> str:
     small, large = runs
     ratio = large.p99_ms / small.p99_ms
     lines = [
@@ -229,29 +419,44 @@ def report(runs: list[Run]) -> str:
         f"`GET /v1/kpis?window=30d` (every KPI, filters off) against two real metrics service "
         f"processes, one per database (small and large history), {REQUESTS} requests each after "
         f"{WARMUP} warm-up ones, alternating between them so the machine's noise falls on both "
-        "alike. Two years of generated journeys, replayed by the stage reducer into the stage "
-        "engine's lifecycle records, loaded by `bench/metrics_load.py`: the rows the write path "
-        "would write (the service's own pure increment, rollup, sketch and cohort code, summed in "
-        f"memory by {WRITERS} processes and `COPY`-ed; "
-        "`tests/integration/test_metrics_bench_loader.py` checks the tables equal the write "
-        "path's). Minute and hour rows unpruned. The history is spread over the same two years, "
+        "alike. Minute and hour rows unpruned. The history is spread over the same two years, "
         "so the large one is also denser: a 30-day window holds that many more events and keys.",
         "",
-        "| history | customers | events | load (s) | of which summing the parts (s) | minute rows "
-        "| rollup rows | sketch rows | p50 (ms) | p99 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "How the histories were built (`bench/metrics_load.py`): journeys of "
+        f"{CHUNK:,} customers at a time from the seeded generator (`clm simulate`'s), "
+        f"over the {DAYS} days up to the start of today (UTC), each chunk's events validated as "
+        "the ingest does and replayed by the stage reducer, each applied event turned into the "
+        "stage engine's `clm.lifecycle.v1` record (serialized and parsed, as the metrics "
+        "consumer gets it), and each record counted by the metrics service's own pure code "
+        "(increments, sketch ids, HyperLogLog hashing and encoding, cohort activity, stage "
+        f"deltas) in {WRITERS} processes that `COPY` their sums; Postgres sums the parts and "
+        "derives the hour, day and all-time rollups and the sketches' hour, day and "
+        "any-source/any-channel rows the way the service spreads them. "
+        "`tests/integration/test_metrics_bench_loader.py` checks that the tables equal what "
+        "the write path (`LifecycleHandler`, batch by batch) writes for the same records. A "
+        "built history is kept under `.cache/bench-metrics/` (binary `COPY` of the tables, "
+        "keyed by the sizes, the day and a hash of the code that built it), so a rerun the "
+        "same day only loads it.",
+        "",
+        "| history | customers | events | load (s) | built in (s) | of which summing the parts "
+        "(s) | minute rows | rollup rows | sketch rows | p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
+        d = r.loaded
+        load = f"{d.load_s:.0f}" + (" (cache)" if d.cached else "")
         lines.append(
-            f"| {r.label} | {r.customers:,} | {r.events:,} | {r.load_s:.0f} | {r.finish_s:.0f} "
-            f"| {r.minute_rows:,} | {r.rollup_rows:,} | {r.sketch_rows:,} | {r.p50_ms:.1f} "
-            f"| {r.p99_ms:.1f} |"
+            f"| {r.label} | {r.customers:,} | {d.events:,} | {load} | {d.build_s:.0f} "
+            f"| {d.finish_s:.0f} | {r.minute_rows:,} | {r.rollup_rows:,} | {r.sketch_rows:,} "
+            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} |"
         )
     lines += [
         "",
         f"p99 ratio large / small: **{ratio:.2f}** (target ≤ 1.5); large p99 target < 50 ms: "
         f"**{'met' if large.p99_ms < 50 else 'not met'}**. History grew "
-        f"{large.events / max(small.events, 1):.0f} times.",
+        f"{large.loaded.events / max(small.loaded.events, 1):.0f} times. The box's load "
+        f"average (1 / 5 / 15 min) on 2 cores: {loads['start']} at the start, "
+        f"{loads['loaded']} once loaded, {loads['measured']} after the requests.",
         "",
         "A warm request reads the closed counters (one statement: the sum of the day counters "
         "outside today and the days ahead, and of today's hour counters before the current "
@@ -268,5 +473,5 @@ def report(runs: list[Run]) -> str:
 
 
 def main() -> None:
-    runs = asyncio.run(run())
-    write_section("metrics", report(runs))
+    runs, loads = asyncio.run(run())
+    write_section("metrics", report(runs, loads))

@@ -1,15 +1,32 @@
 """A fast history for the metrics bench: the rows the write path would produce, bulk-loaded.
 
 ``LifecycleHandler`` spends ~1 ms a record on upserts, sketch locks and round trips; a history of
-millions of events does not load through it in minutes. Here the same lifecycle records go
-through the service's own pure code — ``increments``, ``repository.rollup``,
-``repository.sketch_rows``, ``cohort_rows``, ``stage_deltas``, ``periods_between`` — and are
-summed in memory; each part of the history is ``COPY``-ed into unlogged staging tables, and
-:func:`finish` sums the parts into the service's tables (sketches of a row written by several
-parts are merged as HyperLogLog registers are: the register-wise maximum). The resulting tables
-equal the write path's for the same records (``tests/integration/test_metrics_bench_loader.py``)
-except the change counters (``kpi_day_versions``, ``kpi_hour_versions``: how often a day or hour
-was written, 1 here) and ``stage_counts`` rows whose net is 0.
+ten million events does not load through it in minutes. Here the same lifecycle records go
+through the service's own pure code — ``increments``, ``sketch_items``, ``cohort_rows``,
+``stage_deltas``, ``periods_between`` and the HyperLogLog hashing and encoding of
+:mod:`clm_metrics.hll` — and what that code yields is summed in two steps:
+
+1. each loader process sums a part of the history (disjoint customers) in memory — the minute
+   increments per bucket key, the sketch registers per minute key (the highest rank each
+   register index got, as ``hll.add`` keeps it), the cohort activity and stage deltas — and
+   ``COPY``-es the part into unlogged staging tables, its record ids and cohort activity
+   straight into the service's tables;
+2. Postgres sums the parts month by month (:func:`sum_buckets`: one ``GROUP BY`` the minutes
+   of a month, and their hours and UTC days — the keys ``repository.rollup`` gives a minute;
+   :func:`finish`: the all-time totals at the epoch), and :func:`write_sketches` builds every
+   sketch row of a month — each minute key's registers also go to its hour and day, each also
+   merged over every source, every channel and both, the rows ``repository.sketch_rows``
+   spreads a minute's ids to — merging the registers in Postgres (the highest rank of each
+   index) and encoding each row with ``hll.dumps`` (months side by side in processes).
+
+The staging tables of the minutes are partitioned by month, so each month's sums read only
+its own rows and fit in memory; the primary keys of the big tables are dropped while they
+fill and built once at the end (:func:`drop_keys`, :func:`add_key`).
+
+The resulting tables equal the write path's for the same records
+(``tests/integration/test_metrics_bench_loader.py``) except the change counters
+(``kpi_day_versions``, ``kpi_hour_versions``: how often a day or hour was written, 1 here) and
+``stage_counts`` rows whose net is 0.
 
 Record ids are assumed unique across parts and each customer's records in one part (the
 journey generator's customers are disjoint between chunks), as the write path's dedupe and
@@ -20,74 +37,138 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import numpy as np
 
 from clm_metrics import hll
-from clm_metrics.buckets import (
-    BucketKey,
-    SketchKey,
-    cohort_rows,
-    increments,
-    sketch_items,
-    stage_deltas,
-)
-from clm_metrics.repository import SketchRow, periods_between, rollup, sketch_rows
+from clm_metrics.buckets import cohort_rows, increments, sketch_items, stage_deltas
+from clm_metrics.repository import ANY, periods_between
 
-#: Staging table → the table it is summed into, and its key columns.
+#: Staging tables: their shape. The first two are partitioned by month (see :func:`prepare`).
 STAGING = {
-    "load_buckets": ("kpi_buckets", "bucket_start, metric, source, channel, currency"),
-    "load_rollups": ("kpi_rollups", "grain, bucket_start, metric, source, channel, currency"),
-    "load_cohorts": ("kpi_cohorts", "period, cohort, periods_since"),
-    "load_stages": ("stage_counts", "stage"),
-    "load_sketches": ("kpi_sketches", "grain, bucket_start, metric, source, channel"),
+    "load_buckets": "(LIKE kpi_buckets)",
+    "load_registers": (
+        "(bucket_start timestamptz, metric text, source text, channel text, "
+        "register smallint, rank smallint)"
+    ),
+    "load_cohorts": "(LIKE kpi_cohorts)",
+    "load_stages": "(LIKE stage_counts)",
+    "load_keys": "(tbl text, name text, definition text)",
 }
+PARTITIONED = ("load_buckets", "load_registers")
+#: The tables whose primary key is dropped while they fill and built once at the end.
+KEYED = (
+    "kpi_buckets",
+    "kpi_rollups",
+    "kpi_sketches",
+    "metrics_processed",
+    "metrics_cohort_activity",
+)
+BUCKET_KEY = "bucket_start, metric, source, channel, currency"
+SKETCH_KEY = "grain, bucket_start, metric, source, channel"
+MinuteKey = tuple[datetime, str, str, str, str]
+RegisterKey = tuple[datetime, str, str, str, int]
 
 
 @dataclass
 class History:
     """One part of a history, summed: what the write path would add for these records."""
 
-    minutes: dict[BucketKey, Decimal] = field(default_factory=dict)
-    rollups: dict[tuple[str, BucketKey], Decimal] = field(default_factory=dict)
-    sketches: dict[SketchRow, set[str]] = field(default_factory=dict)
+    minutes: dict[MinuteKey, Decimal] = field(default_factory=dict)
+    registers: dict[RegisterKey, int] = field(default_factory=dict)
     activity: dict[tuple[str, str, date], date] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
     record_ids: list[str] = field(default_factory=list)
+    _positions: dict[str, hll.Position] = field(default_factory=dict)
 
     def add(self, docs: Iterable[Mapping[str, Any]]) -> int:
         """Count the lifecycle records (parsed ``clm.lifecycle.v1`` documents); how many."""
-        minutes: dict[BucketKey, Decimal] = {}
-        items: dict[SketchKey, set[str]] = {}
+        minutes, registers, activity = self.minutes, self.registers, self.activity
+        positions = self._positions
         counted = []
         for doc in docs:
             self.record_ids.append(str(doc["record_id"]))
             counted.append(doc)
-            for key, value in increments(doc):
-                minutes[key] = minutes.get(key, Decimal(0)) + value
-            for sketch_key, who in sketch_items(doc):
-                items.setdefault(sketch_key, set()).add(who)
+            for k, value in increments(doc):
+                key = (k.bucket_start, k.metric, k.source, k.channel, k.currency)
+                minutes[key] = minutes.get(key, 0) + value
+            for s, who in sketch_items(doc):
+                at = positions.get(who)
+                if at is None:
+                    at = positions[who] = hll.positions([who])[who]
+                index, rank = at
+                rkey = (s.bucket_start, s.metric, s.source, s.channel, index)
+                if registers.get(rkey, 0) < rank:
+                    registers[rkey] = rank
             for period, customer, start, cohort in cohort_rows(doc):
-                self.activity.setdefault((period, customer, start), cohort)
-        _add_into(self.minutes, minutes)
-        _add_into(self.rollups, rollup(minutes))
-        sketch_rows(items, into=self.sketches)
-        _add_into(self.stages, stage_deltas(counted))
+                activity.setdefault((period, customer, start), cohort)
+        for stage, delta in stage_deltas(counted).items():
+            self.stages[stage] = self.stages.get(stage, 0) + delta
         return len(counted)
 
 
-def _add_into(target: dict[Any, Any], part: Mapping[Any, Any]) -> None:
-    for key, value in part.items():
-        target[key] = target.get(key, 0) + value
+def months(start: date, end: date) -> list[tuple[date, date]]:
+    """``[first, next)`` of every month from ``start``'s to ``end``'s (UTC)."""
+    out = []
+    month = start.replace(day=1)
+    while month <= end:
+        following = (month + timedelta(days=32)).replace(day=1)
+        out.append((month, following))
+        month = following
+    return out
 
 
-async def prepare(conn: asyncpg.Connection) -> None:
-    """Empty unlogged staging tables shaped like the service's (no keys: parts may overlap)."""
-    for staging, (table, _) in STAGING.items():
-        await conn.execute(f"CREATE UNLOGGED TABLE {staging} (LIKE {table})")
+def partitions(start: date, end: date) -> list[str]:
+    """The suffixes of the monthly staging partitions, and of the default one."""
+    return [f"{lo:%Y%m}" for lo, _ in months(start, end)] + ["default"]
+
+
+async def tune(conn: asyncpg.Connection) -> None:
+    """Session settings for the big sums: sort and hash in memory, UTC days."""
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.execute("SET work_mem = '256MB'")
+    await conn.execute("SET maintenance_work_mem = '1GB'")
+
+
+async def prepare(conn: asyncpg.Connection, start: date, end: date) -> None:
+    """Empty unlogged staging tables (no keys: parts may overlap), the minute ones partitioned
+    by the months of ``[start, end]`` (UTC; anything outside goes to a default partition);
+    the primary keys of the tables the load fills dropped (:func:`finish` builds them)."""
+    await tune(conn)
+    for staging, shape in STAGING.items():
+        by = " PARTITION BY RANGE (bucket_start)" if staging in PARTITIONED else ""
+        await conn.execute(f"CREATE UNLOGGED TABLE {staging} {shape}{by}")
+        if not by:
+            continue
+        for lo, hi in months(start, end):
+            await conn.execute(
+                f"CREATE UNLOGGED TABLE {staging}_{lo:%Y%m} PARTITION OF {staging} "
+                f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+            )
+        await conn.execute(
+            f"CREATE UNLOGGED TABLE {staging}_default PARTITION OF {staging} DEFAULT"
+        )
+    for key in await drop_keys(conn):
+        await conn.execute("INSERT INTO load_keys VALUES ($1, $2, $3)", *key)
+
+
+async def drop_keys(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """Drop the primary keys of the big tables (faster filled without, built after): table,
+    name and definition of each (for :func:`add_key`)."""
+    keys = []
+    for table in KEYED:
+        name, definition = await conn.fetchrow(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = CAST($1 AS regclass) AND contype = 'p'",
+            table,
+        )
+        await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+        keys.append((table, name, definition))
+    return keys
 
 
 async def write_part(conn: asyncpg.Connection, part: History) -> None:
@@ -95,20 +176,13 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
     between parts) into the service's tables."""
     await conn.copy_records_to_table(
         "load_buckets",
-        records=[(*_key(k), v) for k, v in part.minutes.items()],
+        records=[(*k, v) for k, v in part.minutes.items()],
         columns=["bucket_start", "metric", "source", "channel", "currency", "value"],
     )
     await conn.copy_records_to_table(
-        "load_rollups",
-        records=[(g, *_key(k), v) for (g, k), v in part.rollups.items()],
-        columns=["grain", "bucket_start", "metric", "source", "channel", "currency", "value"],
-    )
-    await conn.copy_records_to_table(
-        "load_sketches",
-        records=[
-            (*row, hll.dumps(hll.add(hll.empty(), ids))) for row, ids in part.sketches.items()
-        ],
-        columns=["grain", "bucket_start", "metric", "source", "channel", "registers"],
+        "load_registers",
+        records=[(*k, v) for k, v in part.registers.items()],
+        columns=["bucket_start", "metric", "source", "channel", "register", "rank"],
     )
     counts: dict[tuple[str, date, int], int] = {}
     for (period, _, start), cohort in part.activity.items():
@@ -132,50 +206,134 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
     )
 
 
-def _key(k: BucketKey) -> tuple[Any, ...]:
-    return k.bucket_start, k.metric, k.source, k.channel, k.currency
+async def sum_buckets(conn: asyncpg.Connection, partition: str) -> None:
+    """One month's minutes summed over the parts, and their hours and UTC days: the keys of
+    ``repository.rollup`` (the all-time totals: :func:`finish`)."""
+    await tune(conn)
+    staged = f"load_buckets_{partition}"
+    await conn.execute(
+        f"INSERT INTO kpi_buckets ({BUCKET_KEY}, value) SELECT {BUCKET_KEY}, sum(value) "
+        f"FROM {staged} GROUP BY {BUCKET_KEY} ORDER BY {BUCKET_KEY}"
+    )
+    for grain in ("hour", "day"):
+        start = f"date_trunc('{grain}', bucket_start)"
+        await conn.execute(
+            f"INSERT INTO kpi_rollups (grain, bucket_start, {VALUE_KEY}, value) "
+            f"SELECT '{grain}', {start}, {VALUE_KEY}, sum(value) FROM {staged} "
+            f"GROUP BY {start}, {VALUE_KEY} ORDER BY {start}, {VALUE_KEY}"
+        )
+
+
+VALUE_KEY = "metric, source, channel, currency"
+_SKETCHES = f"""
+WITH minute AS (
+    SELECT bucket_start, metric, source, channel, register, max(rank) AS rank
+    FROM load_registers_{{partition}}
+    GROUP BY bucket_start, metric, source, channel, register
+), spread AS (
+    SELECT g.grain, g.start AS bucket_start, m.metric, c.source, c.channel, m.register,
+           max(m.rank) AS rank
+    FROM minute AS m
+    CROSS JOIN LATERAL (VALUES ('minute', m.bucket_start),
+                               ('hour', date_trunc('hour', m.bucket_start)),
+                               ('day', date_trunc('day', m.bucket_start))) AS g (grain, start)
+    CROSS JOIN LATERAL (VALUES (m.source, m.channel), (m.source, $1::text),
+                               ($1::text, m.channel), ($1::text, $1::text)) AS c (source, channel)
+    GROUP BY 1, 2, 3, 4, 5, 6
+)
+SELECT {SKETCH_KEY}, array_agg(register) AS registers, array_agg(rank) AS ranks
+FROM spread GROUP BY {SKETCH_KEY}
+"""
+
+
+async def write_sketches(conn: asyncpg.Connection, partition: str) -> int:
+    """Every sketch row of one month's minutes (a month holds its hours and days): the
+    registers of a row merged in Postgres (the highest rank of each index), encoded by
+    ``hll.dumps``, copied into ``kpi_sketches``; how many rows."""
+    await tune(conn)
+    encoded: dict[tuple[tuple[int, ...], tuple[int, ...]], bytes] = {}
+    batch: list[tuple[Any, ...]] = []
+    written = 0
+    columns = ["grain", "bucket_start", "metric", "source", "channel", "registers"]
+    query = _SKETCHES.replace("{partition}", partition)
+    async with conn.transaction():
+        async for row in conn.cursor(query, ANY, prefetch=20000):
+            indexes, ranks = row["registers"], row["ranks"]
+            few = len(indexes) <= 2  # most minute rows: their encodings repeat
+            key = (tuple(indexes), tuple(ranks)) if few else None
+            blob = encoded.get(key) if key is not None else None
+            if blob is None:
+                registers = hll.empty()
+                registers[np.asarray(indexes, dtype=np.intp)] = np.asarray(ranks, dtype=np.uint8)
+                blob = hll.dumps(registers)
+                if key is not None:
+                    encoded[key] = blob
+            batch.append((*row[:5], blob))
+            if len(batch) >= 20000:
+                await conn.copy_records_to_table("kpi_sketches", records=batch, columns=columns)
+                written += len(batch)
+                batch = []
+    if batch:
+        await conn.copy_records_to_table("kpi_sketches", records=batch, columns=columns)
+        written += len(batch)
+    return written
 
 
 async def finish(conn: asyncpg.Connection) -> None:
-    """Sum the staged parts into the service's tables, set every written day's and hour's
-    counter to 1, drop the staging tables."""
-    await conn.execute("SET TIME ZONE 'UTC'")
-    for staging, (table, key) in STAGING.items():
-        if staging == "load_sketches":
-            continue
-        value = "customers" if table in ("kpi_cohorts", "stage_counts") else "value"
-        where = f"HAVING sum({value}) <> 0" if table == "stage_counts" else ""
+    """After :func:`sum_buckets` and :func:`write_sketches` of every partition: the all-time
+    totals, the staged cohorts and stages summed, every written day's and hour's counter set
+    to 1 (then :func:`add_key` for each of :func:`dropped_keys`, and :func:`cleanup`)."""
+    await tune(conn)
+    await conn.execute(
+        f"INSERT INTO kpi_rollups (grain, bucket_start, {VALUE_KEY}, value) "
+        f"SELECT 'all', TIMESTAMPTZ '1970-01-01 00:00:00+00', {VALUE_KEY}, sum(value) "
+        f"FROM kpi_rollups WHERE grain = 'day' GROUP BY {VALUE_KEY} ORDER BY {VALUE_KEY}"
+    )
+    await conn.execute(
+        "INSERT INTO kpi_cohorts (period, cohort, periods_since, customers) "
+        "SELECT period, cohort, periods_since, sum(customers) FROM load_cohorts "
+        "GROUP BY period, cohort, periods_since ORDER BY period, cohort, periods_since"
+    )
+    await conn.execute(
+        "INSERT INTO stage_counts (stage, customers) SELECT stage, sum(customers) "
+        "FROM load_stages GROUP BY stage HAVING sum(customers) <> 0 ORDER BY stage"
+    )
+    # a minute written makes its hour and day rollup (increments) or sketch rows (ids)
+    for table, column, grain, start in (
+        ("kpi_day_versions", "day", "day", "CAST(bucket_start AS date)"),
+        ("kpi_hour_versions", "hour", "hour", "bucket_start"),
+    ):
         await conn.execute(
-            f"INSERT INTO {table} ({key}, {value}) "
-            f"SELECT {key}, sum({value}) FROM {staging} GROUP BY {key} {where} ORDER BY {key}"
+            f"INSERT INTO {table} ({column}, version) SELECT {start}, 1 FROM ("
+            f"SELECT bucket_start FROM kpi_rollups WHERE grain = '{grain}' "
+            f"UNION SELECT bucket_start FROM kpi_sketches WHERE grain = '{grain}') AS w"
         )
-    key = STAGING["load_sketches"][1]
-    await conn.execute(
-        f"INSERT INTO kpi_sketches ({key}, registers) "
-        f"SELECT {key}, (array_agg(registers))[1] FROM load_sketches "
-        f"GROUP BY {key} HAVING count(*) = 1 ORDER BY {key}"
-    )
-    shared = await conn.fetch(
-        f"SELECT {key}, array_agg(registers) AS parts FROM load_sketches "
-        f"GROUP BY {key} HAVING count(*) > 1"
-    )
-    await conn.copy_records_to_table(
-        "kpi_sketches",
-        records=[
-            (*row[:5], hll.dumps(hll.merge(hll.loads(p) for p in row["parts"]))) for row in shared
-        ],
-        columns=["grain", "bucket_start", "metric", "source", "channel", "registers"],
-    )
-    written = """SELECT bucket_start FROM kpi_buckets
-        UNION SELECT bucket_start FROM kpi_sketches WHERE grain = 'minute'"""
-    await conn.execute(
-        "INSERT INTO kpi_day_versions (day, version) "
-        f"SELECT DISTINCT CAST(bucket_start AS date), 1 FROM ({written}) AS w"
-    )
-    await conn.execute(
-        "INSERT INTO kpi_hour_versions (hour, version) "
-        f"SELECT DISTINCT date_trunc('hour', bucket_start), 1 FROM ({written}) AS w"
-    )
+
+
+async def dropped_keys(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """The primary keys :func:`prepare` dropped: table, name, definition."""
+    return [tuple(r) for r in await conn.fetch("SELECT tbl, name, definition FROM load_keys")]
+
+
+async def add_key(conn: asyncpg.Connection, table: str, name: str, definition: str) -> None:
+    await tune(conn)
+    await conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+
+
+async def cleanup(conn: asyncpg.Connection) -> None:
+    """Drop the staging tables; fresh statistics (after the keys are built)."""
     for staging in STAGING:
         await conn.execute(f"DROP TABLE {staging}")
     await conn.execute("ANALYZE")
+
+
+async def finish_all(conn: asyncpg.Connection, start: date, end: date) -> None:
+    """Every step of the summing on one connection (the tests; the bench runs the months side
+    by side)."""
+    for partition in partitions(start, end):
+        await sum_buckets(conn, partition)
+        await write_sketches(conn, partition)
+    await finish(conn)
+    for key in await dropped_keys(conn):
+        await add_key(conn, *key)
+    await cleanup(conn)

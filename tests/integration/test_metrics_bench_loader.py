@@ -5,14 +5,14 @@ cover the same days and hours: they count writes, not contents)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
 from bench.databases import plain_url
-from bench.metrics_load import History, finish, prepare, write_part
+from bench.metrics_load import History, finish_all, prepare, write_part
 from clm_cli.simulator.journeys import generate
 from clm_common.db import create_engine
 from clm_metrics.handler import LifecycleHandler
@@ -48,6 +48,13 @@ async def tables(conn: asyncpg.Connection) -> dict[str, list[Any]]:
     return out
 
 
+async def indexes(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    rows = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+    )
+    return [tuple(r) for r in rows]
+
+
 async def test_the_fast_loader_writes_what_the_write_path_writes(database_url: str) -> None:
     now = datetime.now(UTC)
     parts = [
@@ -69,13 +76,18 @@ async def test_the_fast_loader_writes_what_the_write_path_writes(database_url: s
     try:
         written = await tables(conn)
         assert all(written[t] for t in TABLES), "the history fills every table"
+        keys = await indexes(conn)
         await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
-        await prepare(conn)
+        # monthly staging partitions for the last 60 days: the older half of the history
+        # lands in the default partition, summed as one
+        start, end = (now - timedelta(days=60)).date(), now.date()
+        await prepare(conn, start, end)
         for part in parts:  # two parts, as two loader processes write them
             history = History()
             assert history.add(part) == len(part)
             await write_part(conn, history)
-        await finish(conn)
+        await finish_all(conn, start, end)
         assert await tables(conn) == written
+        assert await indexes(conn) == keys, "the keys dropped while loading are back"
     finally:
         await conn.close()
