@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -126,3 +127,15 @@ async def produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) 
             await producer.send_and_wait(topic, value=value, key=key)
     finally:
         await producer.stop()
+
+
+def answer_of(response: httpx.Response, header: str) -> tuple[Any, ...]:
+    """What two paths answering one request must agree on: status, content type, the
+    ``WWW-Authenticate`` header and ``header``, and the JSON body."""
+    return (
+        response.status_code,
+        response.headers.get("content-type", ""),
+        response.headers.get("www-authenticate"),
+        response.headers.get(header),
+        response.json() if response.content else None,
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import orjson
@@ -15,7 +14,7 @@ import pytest
 from clm_common.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, read_topic
+from tests.integration.conftest import READ_TOKEN, WRITE_KEY, answer_of, read_topic
 from tests.integration.ingest_server import ingest_client
 
 AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
@@ -54,16 +53,6 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes]] = [
 ]
 
 
-def _answer(response: httpx.Response) -> tuple[int, str, str | None, str | None, Any]:
-    return (
-        response.status_code,
-        response.headers.get("content-type", ""),
-        response.headers.get("www-authenticate"),
-        response.headers.get("retry-after"),
-        response.json() if response.content else None,
-    )
-
-
 @pytest.fixture
 async def both(common: CommonSettings) -> AsyncIterator[tuple[httpx.AsyncClient, ...]]:
     settings = IngestSettings(ingest_max_body_bytes=64 * 1024)
@@ -87,7 +76,7 @@ async def test_the_hot_routes_answer_as_the_router_does(
 ) -> None:
     hot, routed = both
     answers = [
-        _answer(await client.request(method, path, headers=headers, content=body))
+        answer_of(await client.request(method, path, headers=headers, content=body), "retry-after")
         for client in (hot, routed)
     ]
     assert answers[0] == answers[1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from clm_common.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, eventually, send_events
+from tests.integration.conftest import READ_TOKEN, WRITE_KEY, answer_of, eventually, send_events
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
@@ -35,16 +34,6 @@ CASES: list[tuple[str, str, str, dict[str, str]]] = [
     ("the list", "GET", "/v1/customers/", READ),
     ("POST", "POST", "/v1/customers/hot-1", READ),
 ]
-
-
-def _answer(response: httpx.Response) -> tuple[int, str, str | None, str | None, Any]:
-    return (
-        response.status_code,
-        response.headers.get("content-type", ""),
-        response.headers.get("www-authenticate"),
-        response.headers.get("allow"),
-        response.json() if response.content else None,
-    )
 
 
 @asynccontextmanager
@@ -76,7 +65,8 @@ async def test_the_hot_read_answers_as_the_router_does(
     hot, routed = both
     for name, method, path, headers in CASES:
         answers = [
-            _answer(await client.request(method, path, headers=headers)) for client in (hot, routed)
+            answer_of(await client.request(method, path, headers=headers), "allow")
+            for client in (hot, routed)
         ]
         assert answers[0] == answers[1], name
     found = await hot.get("/v1/customers/hot-1", headers=READ)

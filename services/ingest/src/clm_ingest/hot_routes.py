@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from clm_common.asgi import send_json
 from clm_common.db import unavailable
 from clm_common.problem import ProblemError, database_unavailable, raised_problem
 from clm_ingest.deps import Caller, State, authorize_writer
@@ -69,17 +70,7 @@ class HotRoutesMiddleware:
                 raise
             await database_unavailable(exc, scope["path"])(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 202,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(answer)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": answer})
+        await send_json(send, 202, answer)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from clm_common.asgi import send_json
 from clm_common.auth import bearer_from_header
 from clm_common.db import unavailable
 from clm_common.events import TEXT_PATTERN
@@ -63,17 +64,7 @@ class HotReadMiddleware:
             await raised_problem(not_found(customer_id), path)(scope, receive, send)
             return
         body = orjson.dumps(customer_doc(state, customer))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200, body)
 
 
 async def _reader(state: State, scope: Scope) -> bool:
