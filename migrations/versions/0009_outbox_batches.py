@@ -2,7 +2,7 @@
 
 The stage engine now writes a write's records (a batch's, a sweep's, an erasure's, a merge's)
 as ONE ``outbox_batches`` row: the topic, the number of records and a blob of the records in
-order (``clm_stage_engine.outbox``), stored uncompressed (EXTERNAL). Its ids come from
+order (``clm_stage_engine.outbox``), compressed with lz4. Its ids come from
 ``outbox``'s sequence, so the relay publishes the rows of both tables in one order: ``outbox``
 (one row per record) keeps working for an older engine that still runs during the upgrade,
 and the new relay drains whatever it left. Downgrading moves every waiting record back into
@@ -46,7 +46,23 @@ def upgrade() -> None:
         sa.CheckConstraint("records > 0", name=op.f("ck_outbox_batches_records_positive")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_batches")),
     )
-    op.execute("ALTER TABLE outbox_batches ALTER COLUMN payload SET STORAGE EXTERNAL")
+    op.execute(_COMPRESSION)
+
+
+# lz4, not the default pglz: a batch's blob is megabytes of JSON, which lz4 compresses several
+# times at a small fraction of pglz's CPU; fewer TOAST chunks to write, WAL-log and delete cost
+# Postgres less than the compression does (measured: ~2.6 µs per record against ~4.5 µs
+# stored uncompressed and ~9.4 µs for a row per record). A server built without lz4 stores
+# the blob uncompressed (EXTERNAL) rather than pay pglz.
+_COMPRESSION = """
+DO $$
+BEGIN
+    ALTER TABLE outbox_batches ALTER COLUMN payload SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    ALTER TABLE outbox_batches ALTER COLUMN payload SET STORAGE EXTERNAL;
+END
+$$
+"""
 
 
 # Every waiting record of both tables, in publish order, appended to ``outbox`` (a blob's

@@ -4,7 +4,7 @@ Every writer (the batch, the sweeper, the erasure and merge endpoints) queues it
 :func:`clm_stage_engine.repository.insert_outbox`, in its own transaction: ONE
 ``outbox_batches`` row holding the topic, the number of records and a blob of the records in
 publish order. A batch of thousands of events costs Postgres one row (and its TOAST chunks,
-stored uncompressed) instead of a row per record to insert, read back and delete.
+compressed with lz4) instead of a row per record to insert, read back and delete.
 
 The blob: ``2n`` big-endian unsigned 32-bit lengths (record ``i``'s key length, then its value
 length), then the records' keys and values, each key followed by its value::
