@@ -21,7 +21,6 @@ from clm_common.db import (
     driver_insert_args,
     driver_insert_sql,
     lone_statement,
-    unnest_insert,
 )
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
@@ -122,14 +121,10 @@ async def insert_outbox(
     commits, never if it rolls back."""
     if not records:
         return
-    await conn.execute(
-        _INSERT_OUTBOX, {"topic": topic, "records": len(records), "payload": pack_records(records)}
-    )
+    await (await driver(conn)).execute(_INSERT_OUTBOX, topic, len(records), pack_records(records))
 
 
-_INSERT_OUTBOX = text(
-    "INSERT INTO outbox_batches (topic, records, payload) VALUES (:topic, :records, :payload)"
-)
+_INSERT_OUTBOX = "INSERT INTO outbox_batches (topic, records, payload) VALUES ($1, $2, $3)"
 
 
 @dataclass(frozen=True, slots=True)
