@@ -51,16 +51,15 @@ FACT_FIELDS: tuple[str, ...] = tuple(
 
 
 _fact_values = operator.attrgetter(*FACT_FIELDS)
-_MONEY_FACTS = tuple(FACT_FIELDS.index(name) for name in ("revenue", "refunded"))
 
 
 def customer_facts(state: CustomerState) -> dict[str, Any]:
     """The facts as records carry them: money as decimal strings (written here rather than
     by a ``default`` hook orjson would call back into Python for)."""
-    values = list(_fact_values(state))
-    for i in _MONEY_FACTS:
-        values[i] = format(values[i], "f")
-    return dict(zip(FACT_FIELDS, values, strict=True))
+    facts = dict(zip(FACT_FIELDS, _fact_values(state), strict=True))
+    facts["revenue"] = format(state.revenue, "f")  # keys keep their place
+    facts["refunded"] = format(state.refunded, "f")
+    return facts
 
 
 def lifecycle_record(
