@@ -25,7 +25,7 @@ from clm_common.db import (
 )
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
-from clm_common.lifecycle import CustomerState, Stage, Transition
+from clm_common.lifecycle import CustomerState, Stage, Transition, make_state
 from clm_common.schema import (
     customer_events,
     customers,
@@ -62,7 +62,7 @@ def _state_from_values(values: Sequence[Any]) -> CustomerState:
     v[_STAGE] = _STAGES[v[_STAGE]]
     for i in _TUPLES:
         v[i] = tuple(v[i] or ())
-    return CustomerState(*v)
+    return make_state(*v)
 
 
 def row_from_state(state: CustomerState) -> dict[str, Any]:
