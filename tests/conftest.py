@@ -83,10 +83,11 @@ def infra() -> Iterator[Infra]:
         stop_infra(stack)
 
 
-def alembic_upgrade(url: str) -> None:
+def alembic_upgrade(url: str, command: str = "upgrade", revision: str = "head") -> None:
+    """``alembic upgrade head`` on ``url`` (or another command and revision)."""
     env = {**os.environ, "CLM_DATABASE_URL": url}
     done = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        [sys.executable, "-m", "alembic", command, revision],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -94,7 +95,7 @@ def alembic_upgrade(url: str) -> None:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"alembic upgrade failed:\n{done.stderr}")
+        raise RuntimeError(f"alembic {command} {revision} failed:\n{done.stderr}")
 
 
 @pytest.fixture(scope="session")

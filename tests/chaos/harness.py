@@ -39,6 +39,7 @@ from clm_common.schema import (
     customers,
     metrics_processed,
     outbox,
+    outbox_batches,
     processed_events,
 )
 from clm_devstack.services import ServiceProcess, start_service
@@ -352,8 +353,11 @@ async def caught_up(env: Mapping[str, str], db: AsyncEngine) -> bool:
     ends = await _end_offsets(env["CLM_KAFKA_BOOTSTRAP"], list(groups.values()))
     stored = await stored_offsets(db, groups)
     async with db.connect() as conn:
-        pending = (await conn.execute(select(func.count()).select_from(outbox))).scalar_one()
-    return pending == 0 and all(
+        pending = [
+            (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+            for t in (outbox, outbox_batches)
+        ]
+    return pending == [0, 0] and all(
         stored[t].get(p, 0) == end for t, parts in ends.items() for p, end in parts.items()
     )
 

@@ -12,7 +12,13 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, update
 
 from clm_common.db import create_engine
-from clm_common.schema import consumer_offsets, customers, outbox, stage_transitions
+from clm_common.schema import (
+    consumer_offsets,
+    customers,
+    outbox,
+    outbox_batches,
+    stage_transitions,
+)
 from clm_common.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
@@ -188,9 +194,11 @@ async def _equals(probe: Any, expected: Any) -> bool:
 
 async def _outbox_empty(engine: Any) -> bool:
     async with engine.connect() as conn:
-        return bool(
-            (await conn.execute(select(func.count()).select_from(outbox))).scalar_one() == 0
-        )
+        counts = [
+            (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+            for t in (outbox, outbox_batches)
+        ]
+    return counts == [0, 0]
 
 
 async def test_readiness(engine_app: httpx.AsyncClient) -> None:

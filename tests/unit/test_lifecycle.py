@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,6 +22,7 @@ from clm_common.lifecycle import (
     advance,
     apply_event,
     event_order,
+    make_state,
     parse_stage,
     rebuild,
 )
@@ -271,3 +272,25 @@ def test_advancing_is_idempotent(picks: list[tuple[int, int]], days: int) -> Non
 def test_states_compare_equal_only_with_equal_facts() -> None:
     state, _ = run([ev("purchase")])
     assert replace(state, purchases=2) != state
+
+
+@given(steps)
+def test_applying_an_event_leaves_the_given_state_as_it_was(picks: list[tuple[int, int]]) -> None:
+    events = sorted(events_of(picks), key=event_order)
+    state, _ = run(events[:-1]) if len(events) > 1 else (None, [])
+    copy = None if state is None else replace(state)
+    applied = apply_event(state, events[-1], RULES)
+    assert state == copy
+    with pytest.raises(FrozenInstanceError):
+        applied.state.purchases = 99  # type: ignore[misc]
+
+
+def test_the_fast_state_constructor_makes_the_same_frozen_state() -> None:
+    state, _ = run([ev("site_visit"), ev("purchase", 1), ev("review", 2, rating=5)])
+    values = [getattr(state, f.name) for f in fields(CustomerState)]
+    made = make_state(*values)
+    assert type(made) is CustomerState
+    assert made == CustomerState(*values) == state
+    assert hash(made) == hash(state)
+    with pytest.raises(FrozenInstanceError):
+        made.stage = Stage.REACH  # type: ignore[misc]

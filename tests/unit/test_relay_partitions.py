@@ -13,4 +13,4 @@ from clm_stage_engine.relay import key_hash
 def test_the_relay_partitions_like_the_producer(key: str, count: int) -> None:
     partitions = list(range(count))
     expected = DefaultPartitioner()(key.encode(), partitions, None)
-    assert partitions[key_hash(key) % count] == expected
+    assert partitions[key_hash(key.encode()) % count] == expected

@@ -118,7 +118,6 @@ class BatchConsumer:
         dlq_producer: AIOKafkaProducer | None,
         dlq_topic: str,
         policy: BatchPolicy,
-        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.engine = engine
@@ -128,7 +127,6 @@ class BatchConsumer:
         self.dlq_producer = dlq_producer
         self.dlq_topic = dlq_topic
         self.policy = policy
-        self.on_commit = on_commit  # told after every committed batch (e.g. wakes a relay)
         self.batch_lock = asyncio.Lock()
         self.expected: dict[tuple[str, int], int | None] = {}
         self.consecutive_poison = 0
@@ -315,8 +313,6 @@ class BatchConsumer:
             raise
         for key, adv in advances.items():
             self.expected[key] = adv.next_offset
-        if self.on_commit is not None:
-            self.on_commit()
         RECORDS.labels(self.group_id, "applied").inc(result.applied)
         RECORDS.labels(self.group_id, "poison").inc(len(result.poison))
         RECORDS.labels(self.group_id, "skipped").inc(
@@ -425,7 +421,6 @@ async def run_batch_consumer(
     policy: BatchPolicy,
     register: Callable[[BatchConsumer | None], None],
     stopping: asyncio.Event,
-    on_commit: Callable[[], None] | None = None,
 ) -> None:
     """One supervised attempt: build the consumer and its DLQ producer, run the loop until it
     stops or fails, close both. ``register`` gets the running loop (to stop it on shutdown),
@@ -446,7 +441,6 @@ async def run_batch_consumer(
             dlq_producer=producer,
             dlq_topic=settings.topic_dlq,
             policy=policy,
-            on_commit=on_commit,
         )
         register(loop)
         if not stopping.is_set():

@@ -18,12 +18,12 @@ only order (→ ``acquisition``), and a correction when a late event rewrites th
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import NamedTuple, cast
+from typing import Any, cast
 
 from clm_common.events import (
     AdClick,
@@ -85,6 +85,7 @@ ARC: tuple[Stage, ...] = (
 _RANK = {stage: rank for rank, stage in enumerate(ARC)}
 LAPSED = frozenset({Stage.AT_RISK, Stage.CHURNED})
 CUSTOMER_STAGES = frozenset({Stage.CONVERSION, Stage.RETENTION, Stage.LOYALTY})
+_CAN_LAPSE = CUSTOMER_STAGES | {Stage.AT_RISK}  # the stages inactivity moves on from
 
 
 #: Every name ``parse_stage`` takes (lower-case): the stages and their aliases.
@@ -146,6 +147,33 @@ _state_values = operator.attrgetter(*_STATE_FIELDS)
 _FIELD_INDEX = {name: index for index, name in enumerate(_STATE_FIELDS)}
 
 
+def _state_maker() -> Callable[..., CustomerState]:
+    """``CustomerState(*values)`` (every field, in order) at about half the cost.
+
+    A frozen dataclass's ``__init__`` sets each field with ``object.__setattr__``: a global,
+    an attribute and a by-name slot look-up per field, 27 times per state, and the reducer
+    and the row decoding make a state per event. This sets the slots through their
+    descriptors, each bound once; the state is as frozen as any other afterwards. Built
+    the way :mod:`dataclasses` builds ``__init__``: from source, once, at import.
+    """
+    setters = {f"_set_{name}": getattr(CustomerState, name).__set__ for name in _STATE_FIELDS}
+    source = "\n".join(
+        [
+            f"def make_state({', '.join(_STATE_FIELDS)}):",
+            "    state = _new(_cls)",
+            *(f"    _set_{name}(state, {name})" for name in _STATE_FIELDS),
+            "    return state",
+        ]
+    )
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": CustomerState, **setters}
+    exec(source, namespace)  # noqa: S102 - the source is made of the class's own field names
+    return cast(Callable[..., CustomerState], namespace["make_state"])
+
+
+#: ``CustomerState(*values)`` for hot paths: every field, positionally (see _state_maker).
+make_state = _state_maker()
+
+
 def evolve(state: CustomerState, changes: dict[str, object]) -> CustomerState:
     """``dataclasses.replace(state, **changes)`` for the hot path.
 
@@ -155,7 +183,7 @@ def evolve(state: CustomerState, changes: dict[str, object]) -> CustomerState:
     values = list(_state_values(state))
     for name, value in changes.items():
         values[_FIELD_INDEX[name]] = value
-    return CustomerState(*values)
+    return make_state(*values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +233,8 @@ def advance(
 ) -> tuple[CustomerState, list[Transition]]:
     """The inactivity moves between the last activity and ``until`` (pure, idempotent)."""
     moves: list[Transition] = []
+    if state.stage not in _CAN_LAPSE:
+        return state, moves
     quiet_since = state.last_seen_at
     at_risk_at = quiet_since + timedelta(days=rules.at_risk.inactive_days)
     churned_at = quiet_since + timedelta(days=rules.churned.inactive_days)
@@ -217,67 +247,92 @@ def advance(
     return state, moves
 
 
-def _within(times: Iterable[datetime], end: datetime, days: int) -> int:
+def _within(times: tuple[datetime, ...], end: datetime, days: int) -> int:
     start = end - timedelta(days=days)
-    return sum(1 for t in times if start <= t <= end)
+    n = 0
+    for t in times:  # a handful of times: a plain loop beats sum() over a generator
+        if start <= t <= end:
+            n += 1
+    return n
 
 
 def _keep_recent(times: tuple[datetime, ...], at: datetime, keep: int) -> tuple[datetime, ...]:
+    if not times or at >= times[-1]:  # in order (the usual case): no sort
+        return (*times, at)[-keep:]
     return tuple(sorted((*times, at))[-keep:])
 
 
-def _facts(state: CustomerState, event: Event, rules: LifecycleRules) -> dict[str, object]:
-    """The running facts the event changes (everything but the stage), as field changes."""
+# Positions of the fields apply_event changes, in the values list it builds the new state from.
+_EVENTS = _FIELD_INDEX["events"]
+_FIRST_SEEN_AT = _FIELD_INDEX["first_seen_at"]
+_FIRST_SOURCE = _FIELD_INDEX["first_source"]
+_FIRST_CHANNEL = _FIELD_INDEX["first_channel"]
+_FIRST_CAMPAIGN = _FIELD_INDEX["first_campaign"]
+_LAST_SEEN_AT = _FIELD_INDEX["last_seen_at"]
+_LAST_EVENT_SOURCE = _FIELD_INDEX["last_event_source"]
+_LAST_EVENT_ID = _FIELD_INDEX["last_event_id"]
+_PURCHASES = _FIELD_INDEX["purchases"]
+_REVENUE = _FIELD_INDEX["revenue"]
+_LAST_PURCHASE_AT = _FIELD_INDEX["last_purchase_at"]
+_CONVERTED_AT = _FIELD_INDEX["converted_at"]
+_RECENT_PURCHASES = _FIELD_INDEX["recent_purchases"]
+_REFUNDS = _FIELD_INDEX["refunds"]
+_REFUNDED = _FIELD_INDEX["refunded"]
+_TICKETS_OPENED = _FIELD_INDEX["tickets_opened"]
+_TICKETS_SOLVED = _FIELD_INDEX["tickets_solved"]
+_REVIEWS = _FIELD_INDEX["reviews"]
+_REVIEW_SUM = _FIELD_INDEX["review_sum"]
+_LAST_NPS = _FIELD_INDEX["last_nps"]
+_REFERRALS = _FIELD_INDEX["referrals"]
+_RECENT_VISITS = _FIELD_INDEX["recent_visits"]
+_ACQUIRED_AT = _FIELD_INDEX["acquired_at"]
+_REACTIVATIONS = _FIELD_INDEX["reactivations"]
+_STAGE = _FIELD_INDEX["stage"]
+_STAGE_ENTERED_AT = _FIELD_INDEX["stage_entered_at"]
+
+
+def _facts(state: CustomerState, event: Event, rules: LifecycleRules, v: list[Any]) -> bool:
+    """Write the running facts the event changes (everything but the stage) into ``v``, the
+    new state's values; return whether the event makes the customer a lead."""
     at = event.occurred_at
-    c: dict[str, object] = {"events": state.events + 1}
+    v[_EVENTS] = state.events + 1
     if at < state.first_seen_at:
-        c.update(
-            first_seen_at=at,
-            first_source=event.source,
-            first_channel=event.channel,
-            first_campaign=_campaign(event),
-        )
+        v[_FIRST_SEEN_AT] = at
+        v[_FIRST_SOURCE] = event.source
+        v[_FIRST_CHANNEL] = event.channel
+        v[_FIRST_CAMPAIGN] = _campaign(event)
     if at > state.last_seen_at:
-        c["last_seen_at"] = at
+        v[_LAST_SEEN_AT] = at
     if (at, event.source, event.event_id) >= state.order_key():
-        c.update(last_event_source=event.source, last_event_id=event.event_id)
-    purchases = state.purchases
+        v[_LAST_EVENT_SOURCE] = event.source
+        v[_LAST_EVENT_ID] = event.event_id
     if isinstance(event, Purchase):
-        purchases += 1
-        c.update(
-            purchases=purchases,
-            revenue=state.revenue + event.properties.amount,
-            last_purchase_at=max(state.last_purchase_at or at, at),
-            converted_at=min(state.converted_at or at, at),
-            recent_purchases=_keep_recent(state.recent_purchases, at, rules.loyalty.purchases),
-        )
+        v[_PURCHASES] = state.purchases + 1
+        v[_REVENUE] = state.revenue + event.properties.amount
+        v[_LAST_PURCHASE_AT] = max(state.last_purchase_at or at, at)
+        v[_CONVERTED_AT] = min(state.converted_at or at, at)
+        v[_RECENT_PURCHASES] = _keep_recent(state.recent_purchases, at, rules.loyalty.purchases)
     elif isinstance(event, Refund):
-        c.update(refunds=state.refunds + 1, refunded=state.refunded + event.properties.amount)
+        v[_REFUNDS] = state.refunds + 1
+        v[_REFUNDED] = state.refunded + event.properties.amount
     elif isinstance(event, SupportTicket):
         if event.properties.status == "opened":
-            c["tickets_opened"] = state.tickets_opened + 1
+            v[_TICKETS_OPENED] = state.tickets_opened + 1
         else:
-            c["tickets_solved"] = state.tickets_solved + 1
+            v[_TICKETS_SOLVED] = state.tickets_solved + 1
     elif isinstance(event, Review):
-        c.update(reviews=state.reviews + 1, review_sum=state.review_sum + event.properties.rating)
+        v[_REVIEWS] = state.reviews + 1
+        v[_REVIEW_SUM] = state.review_sum + event.properties.rating
     elif isinstance(event, NpsResponse):
-        c["last_nps"] = event.properties.score
+        v[_LAST_NPS] = event.properties.score
     elif isinstance(event, Referral):
-        c["referrals"] = state.referrals + 1
+        v[_REFERRALS] = state.referrals + 1
     elif isinstance(event, SiteVisit):
-        c["recent_visits"] = _keep_recent(state.recent_visits, at, rules.acquisition.visits)
-    visits = cast(tuple[datetime, ...], c.get("recent_visits", state.recent_visits))
-    if _is_lead(event, purchases, visits, rules):
-        c["acquired_at"] = min(state.acquired_at or at, at)
-    return c
-
-
-class _After(NamedTuple):
-    """The facts the stage rules read, as they are after the event."""
-
-    purchases: int
-    recent_visits: tuple[datetime, ...]
-    recent_purchases: tuple[datetime, ...]
+        v[_RECENT_VISITS] = _keep_recent(state.recent_visits, at, rules.acquisition.visits)
+    lead = _is_lead(event, v[_PURCHASES], v[_RECENT_VISITS], rules)
+    if lead:
+        v[_ACQUIRED_AT] = min(state.acquired_at or at, at)
+    return lead
 
 
 def _campaign(event: Event) -> str | None:
@@ -308,34 +363,34 @@ def _is_lead(
     return False
 
 
-def _target(event: Event, after: _After, rules: LifecycleRules) -> tuple[Stage, str]:
-    """The least arc stage this event (with the facts after it) puts a customer in, and why."""
+def _target(event: Event, v: list[Any], lead: bool, rules: LifecycleRules) -> tuple[Stage, str]:
+    """The least arc stage this event puts a customer in, and why (``v``: the facts after
+    it; ``lead``: whether it makes the customer a lead)."""
     loyal = rules.loyalty
-    converted = after.purchases >= 1
+    purchases: int = v[_PURCHASES]
     if isinstance(event, Purchase):
-        recent = _within(after.recent_purchases, event.occurred_at, loyal.purchases_within_days)
+        recent = _within(v[_RECENT_PURCHASES], event.occurred_at, loyal.purchases_within_days)
         if recent >= loyal.purchases:
             return Stage.LOYALTY, "frequent purchases"
-        if after.purchases >= rules.retention.purchases:
+        if purchases >= rules.retention.purchases:
             return Stage.RETENTION, "repeat purchase"
         return Stage.CONVERSION, "first purchase"
-    good_review = (
-        isinstance(event, Review)
-        and loyal.review_min_rating is not None
-        and event.properties.rating >= loyal.review_min_rating
-    )
-    if converted and good_review:
-        return Stage.LOYALTY, "good review"
-    promoter = (
-        isinstance(event, NpsResponse)
-        and loyal.nps_min_score is not None
-        and event.properties.score >= loyal.nps_min_score
-    )
-    if converted and promoter:
-        return Stage.LOYALTY, "nps promoter"
-    if converted and isinstance(event, Referral) and loyal.referral:
-        return Stage.LOYALTY, "referral"
-    if _is_lead(event, after.purchases, after.recent_visits, rules):
+    if purchases >= 1:  # converted: the loyalty signals count
+        if (
+            isinstance(event, Review)
+            and loyal.review_min_rating is not None
+            and event.properties.rating >= loyal.review_min_rating
+        ):
+            return Stage.LOYALTY, "good review"
+        if (
+            isinstance(event, NpsResponse)
+            and loyal.nps_min_score is not None
+            and event.properties.score >= loyal.nps_min_score
+        ):
+            return Stage.LOYALTY, "nps promoter"
+        if isinstance(event, Referral) and loyal.referral:
+            return Stage.LOYALTY, "referral"
+    if lead:
         return Stage.ACQUISITION, f"lead: {event.type}"
     return Stage.REACH, event.type
 
@@ -372,23 +427,21 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
     else:
         fresh = False
         state, moves = advance(state, at, rules)
-    lapsed_before = state.stage in LAPSED
-    c = _facts(state, event, rules)  # one new state per event: changes collect in ``c``
-    purchases = cast(int, c.get("purchases", state.purchases))
-    after = _After(
-        purchases,
-        cast(tuple[datetime, ...], c.get("recent_visits", state.recent_visits)),
-        cast(tuple[datetime, ...], c.get("recent_purchases", state.recent_purchases)),
-    )
-    target, reason = _target(event, after, rules)
+    # One new state per event: its values start as the state's and the event writes its
+    # changes into them (a list, not the frozen state: the state given is never changed).
+    v: list[Any] = list(_state_values(state))
+    lead = _facts(state, event, rules, v)
+    target, reason = _target(event, v, lead, rules)
+    purchases: int = v[_PURCHASES]
     current = state.stage
     new_stage = current
     reactivation = False
+    is_purchase = isinstance(event, Purchase)
     if fresh:
         new_stage = target
-    elif isinstance(event, Purchase) and lapsed_before:
+    elif is_purchase and current in LAPSED:
         new_stage, reason, reactivation = Stage.RETENTION, "reactivation", True
-        c["reactivations"] = state.reactivations + 1
+        v[_REACTIVATIONS] = state.reactivations + 1
     elif isinstance(event, SubscriptionCancelled) and rules.churned.subscription_cancelled:
         if current in CUSTOMER_STAGES or current is Stage.AT_RISK:
             new_stage, reason = Stage.CHURNED, "subscription cancelled"
@@ -397,27 +450,25 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
         and rules.refund.full_refund_of_only_order_to_acquisition
         and current in CUSTOMER_STAGES
         and purchases == 1
-        and cast(Decimal, c.get("refunded", state.refunded))
-        >= cast(Decimal, c.get("revenue", state.revenue))
+        and v[_REFUNDED] >= v[_REVENUE]
     ):
         new_stage, reason = Stage.ACQUISITION, "full refund of the only order"
     elif current not in LAPSED and _RANK[target] > _RANK[current]:
         new_stage = target
     if fresh or new_stage != current:
-        c["stage"] = new_stage
-        c["stage_entered_at"] = at
+        v[_STAGE] = new_stage
+        v[_STAGE_ENTERED_AT] = at
         moves.append(
             Transition(
                 state.customer_id, None if fresh else current, new_stage, at, event.event_id, reason
             )
         )
-    is_purchase = isinstance(event, Purchase)
     return Applied(
-        state=evolve(state, c),
-        transitions=tuple(moves),
-        first_purchase=is_purchase and purchases == 1,
-        repeat_purchase=is_purchase and purchases >= 2,
-        reactivation=reactivation,
+        make_state(*v),
+        tuple(moves),
+        is_purchase and purchases == 1,
+        is_purchase and purchases >= 2,
+        reactivation,
     )
 
 

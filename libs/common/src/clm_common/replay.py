@@ -26,6 +26,7 @@ DERIVED = (
     "identity_links",
     "processed_events",
     "outbox",
+    "outbox_batches",
 )
 
 

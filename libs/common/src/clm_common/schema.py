@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 
 metadata = MetaData(
@@ -133,6 +134,8 @@ replay_targets = Table(
     PrimaryKeyConstraint("group_id", "topic", "partition"),
 )
 
+# The outbox of stage engines before migration 0009: one row per record. This version only
+# drains it (rows an older engine still writes during a rolling upgrade).
 outbox = Table(
     "outbox",
     metadata,
@@ -141,6 +144,21 @@ outbox = Table(
     Column("key", Text, nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("created_at", TS, nullable=False, server_default=func.now()),
+)
+
+# The outbox: one row per write (a batch, a sweep, an erasure, a merge) holding its ``records``
+# lifecycle records for ``topic`` as one blob (clm_stage_engine.outbox), TOASTed with lz4
+# (set by migration 0009: cheaper for Postgres than pglz or no compression). Ids come from
+# ``outbox``'s sequence, so the two tables' rows are published in one order.
+outbox_batches = Table(
+    "outbox_batches",
+    metadata,
+    Column("id", BigInteger, primary_key=True, server_default=text("nextval('outbox_id_seq')")),
+    Column("topic", Text, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=func.now()),
+    CheckConstraint("records > 0", name="records_positive"),
 )
 
 kpi_buckets = Table(

@@ -120,7 +120,8 @@ class EventsHandler:
 
         links = found.links
         new_links: dict[str, tuple[str, str]] = {}
-        for _, e in sorted(new, key=lambda pair: event_order(pair[1])):
+        linking = [e for _, e in new if e.anonymous_id and e.customer_id]  # few: sort only them
+        for e in sorted(linking, key=event_order):
             anon, cid = e.anonymous_id, e.customer_id
             if anon and cid and anon != cid and anon not in links and anon not in new_links:
                 new_links[anon] = (links.get(cid, cid), e.event_id)

@@ -73,14 +73,15 @@ def needs_history(
 ) -> set[str]:
     """Customers that must be rebuilt from their stored events: late arrivals and merges."""
     out = {key for key, sources in merges.items() if any(s in loaded for s in sources)}
-    by_key: dict[str, list[Event]] = {}
+    first: dict[str, Event] = {}  # per stored customer, its earliest new event
     for item in items:
-        if item.key is not None:
-            by_key.setdefault(item.key, []).append(item.event)
-    for key, events in by_key.items():
-        first = min(events, key=event_order)
-        if is_late(loaded.get(key), first):
-            out.add(key)
+        key = item.key
+        if key is None or key not in loaded:  # a new customer has nothing to be late for
+            continue
+        seen = first.get(key)
+        if seen is None or event_order(item.event) < event_order(seen):
+            first[key] = item.event
+    out.update(key for key, event in first.items() if is_late(loaded[key], event))
     return out
 
 
@@ -113,7 +114,9 @@ def fold(
         result.applied.append(item)
 
     for key in sorted(k for k in by_key if k is not None):
-        batch = sorted(by_key[key], key=lambda i: event_order(i.event))
+        batch = by_key[key]
+        if len(batch) > 1:  # most customers have one event in a batch
+            batch.sort(key=lambda i: event_order(i.event))
         before = loaded.get(key)
         if key in histories:
             _rebuild(result, key, before, histories[key], batch, merges.get(key, ()), rules, now)

@@ -54,7 +54,12 @@ _fact_values = operator.attrgetter(*FACT_FIELDS)
 
 
 def customer_facts(state: CustomerState) -> dict[str, Any]:
-    return dict(zip(FACT_FIELDS, _fact_values(state), strict=True))
+    """The facts as records carry them: money as decimal strings (written here rather than
+    by a ``default`` hook orjson would call back into Python for)."""
+    facts = dict(zip(FACT_FIELDS, _fact_values(state), strict=True))
+    facts["revenue"] = format(state.revenue, "f")  # keys keep their place
+    facts["refunded"] = format(state.refunded, "f")
+    return facts
 
 
 def lifecycle_record(
@@ -67,22 +72,23 @@ def lifecycle_record(
     """Serialize the record for one applied event (``applied`` is None without a customer);
     ``wire``: the event's :func:`dump_event`, when the caller has it already."""
     moves = [move_doc(t) for t in applied.transitions] if applied else []
-    doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "kind": "event",
-        "record_id": record_id(event),
-        "event": orjson.Fragment(dump_event(event) if wire is None else wire),
-        "customer": customer_facts(applied.state) if applied else None,
-        "stage_before": before.stage if before else None,  # a StrEnum: orjson writes its value
-        "stage_after": applied.state.stage if applied else None,
-        "stage_before_entered_at": before.stage_entered_at if before else None,
-        "transition": moves[-1] if moves else None,
-        "transitions": moves,
-        "first_purchase": bool(applied and applied.first_purchase),
-        "repeat_purchase": bool(applied and applied.repeat_purchase),
-        "reactivation": bool(applied and applied.reactivation),
-    }
-    return orjson.dumps(doc, default=_default)
+    return orjson.dumps(
+        {
+            "schema": SCHEMA,
+            "kind": "event",
+            "record_id": record_id(event),
+            "event": orjson.Fragment(dump_event(event) if wire is None else wire),
+            "customer": None if applied is None else customer_facts(applied.state),
+            "stage_before": before.stage if before else None,  # a StrEnum: orjson writes it
+            "stage_after": None if applied is None else applied.state.stage,
+            "stage_before_entered_at": before.stage_entered_at if before else None,
+            "transition": moves[-1] if moves else None,
+            "transitions": moves,
+            "first_purchase": applied is not None and applied.first_purchase,
+            "repeat_purchase": applied is not None and applied.repeat_purchase,
+            "reactivation": applied is not None and applied.reactivation,
+        }
+    )
 
 
 def move_doc(t: Transition) -> dict[str, Any]:

@@ -91,8 +91,10 @@ async def database_facts(
             row = (
                 await conn.execute(
                     text(
-                        "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
-                        "FROM outbox"
+                        "SELECT coalesce(sum(records), 0) AS n, "
+                        "extract(epoch FROM now() - min(created_at)) AS age FROM ("
+                        " SELECT records, created_at FROM outbox_batches"
+                        " UNION ALL SELECT 1, created_at FROM outbox) AS waiting"
                     )
                 )
             ).one()

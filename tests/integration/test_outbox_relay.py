@@ -1,0 +1,166 @@
+"""The outbox relay on real Kafka and Postgres: one row per write, both row formats, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clm_common.db import create_engine
+from clm_common.kafka import make_producer
+from clm_common.schema import outbox, outbox_batches
+from clm_common.settings import CommonSettings
+from clm_stage_engine import repository
+from clm_stage_engine.relay import RELAY_LOCK_ID, OutboxRelay
+from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
+from tests.integration.conftest import read_topic
+
+
+@pytest.fixture
+async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(common.database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+async def legacy_row(conn: AsyncConnection, topic: str, key: str, value: bytes) -> None:
+    """A row as a stage engine before migration 0009 writes it (one record)."""
+    await conn.execute(
+        text("INSERT INTO outbox (topic, key, payload) VALUES (:t, :k, :v)"),
+        {"t": topic, "k": key, "v": value},
+    )
+
+
+async def relay_all(relay: OutboxRelay) -> list[int]:
+    """``relay_once`` until nothing is left; what each round sent."""
+    rounds = [await relay.relay_once()]
+    while rounds[-1]:
+        rounds.append(await relay.relay_once())
+    return rounds
+
+
+async def waiting(db: AsyncEngine) -> list[int]:
+    async with db.connect() as conn:
+        return [
+            (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+            for t in (outbox, outbox_batches)
+        ]
+
+
+async def test_each_write_is_one_row_published_in_order_after_commit(
+    common: CommonSettings, db: AsyncEngine
+) -> None:
+    topic = common.topic_lifecycle
+    async with db.begin() as conn:
+        await legacy_row(conn, topic, "c1", b"c1-0")
+    async with db.begin() as conn:
+        await repository.insert_outbox(
+            conn, topic, [("c1", b"c1-1"), ("c2", b"c2-0"), ("c1", b"c1-2")]
+        )
+    async with db.begin() as conn:
+        await legacy_row(conn, topic, "c2", b"c2-1")
+    async with db.begin() as conn:
+        await repository.insert_outbox(conn, topic, [("c3", b"c3-0")])
+        await repository.insert_outbox(conn, topic, [])  # nothing to queue: no row
+    async with db.connect() as conn:  # a write that fails: its records never go out
+        transaction = await conn.begin()
+        await repository.insert_outbox(conn, topic, [("c1", b"rolled back")])
+        await transaction.rollback()
+    assert await waiting(db) == [2, 2]
+
+    producer = make_producer(common, client_id="test-relay")
+    await producer.start()
+    try:
+        # a budget of 2 records: a round takes rows while fewer than 2 records came before
+        relay = OutboxRelay(db, producer, batch=2, backlog_every_s=0)
+        assert await relay.relay_once() == 4  # c1-0 (1 record), then the row of 3
+        assert REGISTRY.get_sample_value("clm_outbox_backlog_records") == 2
+        assert await relay_all(relay) == [2, 0]
+    finally:
+        await producer.stop()
+
+    assert await waiting(db) == [0, 0]
+    by_key: dict[bytes, list[bytes]] = defaultdict(list)
+    for record in await read_topic(common.kafka_bootstrap, topic, expect=6):
+        by_key[record.key].append(record.value)
+    assert by_key == {
+        b"c1": [b"c1-0", b"c1-1", b"c1-2"],
+        b"c2": [b"c2-0", b"c2-1"],
+        b"c3": [b"c3-0"],
+    }
+
+
+async def test_one_relay_at_a_time(common: CommonSettings, db: AsyncEngine) -> None:
+    topic = common.topic_lifecycle
+    async with db.begin() as conn:
+        await repository.insert_outbox(conn, topic, [("c1", b"one"), ("c2", b"two")])
+    producer = make_producer(common, client_id="test-relay")
+    await producer.start()
+    try:
+        relay = OutboxRelay(db, producer)
+        async with db.begin() as other:  # another replica's relay holds the lock
+            await other.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": RELAY_LOCK_ID})
+            assert await relay.relay_once() == 0
+        assert await waiting(db) == [0, 1]
+        assert await relay_all(relay) == [2, 0]
+    finally:
+        await producer.stop()
+    records = await read_topic(common.kafka_bootstrap, topic, expect=2)
+    assert sorted((r.key, r.value) for r in records) == [(b"c1", b"one"), (b"c2", b"two")]
+
+
+@pytest.fixture
+async def bare_database(infra: Infra) -> AsyncIterator[str]:
+    """An empty database (no migration run yet)."""
+    name = f"clm_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_plain(infra.admin_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _with_database(infra.admin_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def test_migration_0009_keeps_old_rows_in_order_both_ways(bare_database: str) -> None:
+    await asyncio.to_thread(alembic_upgrade, bare_database, "upgrade", "0008_event_log_claims")
+    db = create_engine(bare_database, pool_size=1)
+    try:
+        async with db.begin() as conn:
+            await legacy_row(conn, "lc", "ç1", b"a")
+        await asyncio.to_thread(alembic_upgrade, bare_database)
+        async with db.begin() as conn:
+            storage = await conn.execute(
+                text(
+                    "SELECT attstorage::text, attcompression::text FROM pg_attribute "
+                    "WHERE attrelid = 'outbox_batches'::regclass AND attname = 'payload'"
+                )
+            )
+            assert tuple(storage.one()) == ("x", "l")  # TOASTed with lz4, not pglz
+            await repository.insert_outbox(conn, "lc", [("ç1", b"b"), ("c2", b""), ("c3", b"c")])
+            await legacy_row(conn, "lc", "c2", b"d")  # an older engine, still running
+            await repository.insert_outbox(conn, "lc", [("c3", b"e")])
+        await asyncio.to_thread(
+            alembic_upgrade, bare_database, "downgrade", "0008_event_log_claims"
+        )
+        async with db.connect() as conn:
+            rows = (
+                await conn.execute(text("SELECT topic, key, payload FROM outbox ORDER BY id"))
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            ("lc", "ç1", b"a"),
+            ("lc", "ç1", b"b"),
+            ("lc", "c2", b""),
+            ("lc", "c3", b"c"),
+            ("lc", "c2", b"d"),
+            ("lc", "c3", b"e"),
+        ]
+    finally:
+        await db.dispose()
