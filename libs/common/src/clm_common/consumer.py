@@ -88,6 +88,8 @@ class BatchPolicy:
     lanes: int = 1  # partitions applied side by side, each lane its own transaction
     lane_min_records: int = 200  # a fetch smaller than this a lane is not split
     fill_ms: int = 0  # once a batch has records, wait up to this long for more
+    # statements run once on each lane's connection (its session settings)
+    session: tuple[str, ...] = ()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -191,11 +193,9 @@ class BatchConsumer:
             await self.close_connections()
 
     async def close_connections(self) -> None:
-        """Return the lanes' connections to the pool."""
+        """Close the lanes' connections (discarded, not pooled: they carry ``session``)."""
         for lane in list(self._conns):
-            conn = self._conns.pop(lane)
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await self._drop_connection(lane)
 
     async def _run(self) -> None:
         last_check = time.monotonic()
@@ -329,7 +329,16 @@ class BatchConsumer:
         """The lane's own connection, kept between batches (no checkout, ping or reset per
         batch). Dropped on any failure, so a broken one is never reused."""
         if lane not in self._conns:
-            self._conns[lane] = await self.engine.connect()
+            conn = await self.engine.connect()
+            try:
+                for statement in self.policy.session:
+                    await conn.exec_driver_sql(statement)
+                await conn.commit()
+            except BaseException:
+                await conn.invalidate()
+                await conn.close()
+                raise
+            self._conns[lane] = conn
         return self._conns[lane]
 
     async def _drop_connection(self, lane: int) -> None:
