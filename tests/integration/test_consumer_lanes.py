@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clm_common.consumer import BatchConsumer, BatchPolicy, BatchResult
 from clm_common.db import create_engine
 from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
+from clm_stage_engine.app import FRESH_PLANS
 
 PARTITIONS = 4
 
@@ -113,3 +114,28 @@ async def test_one_moved_partition_fences_the_whole_batch(db: AsyncEngine) -> No
     async with db.connect() as conn:  # nothing of the fenced batch stayed
         stored = await load_offsets(conn, "g", [("t", p) for p in range(3)])
     assert stored == {("t", 0): 5, ("t", 1): 9, ("t", 2): 5}
+
+
+async def test_each_lane_connection_runs_the_session_statements(db: AsyncEngine) -> None:
+    seen: list[str] = []
+
+    async def handler(conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
+        seen.append((await conn.execute(text("SHOW plan_cache_mode"))).scalar_one())
+        return BatchResult(applied=len(records))
+
+    loop = BatchConsumer(
+        consumer=cast(Any, _Consumer()),
+        engine=db,
+        topic="t",
+        group_id="g",
+        handler=handler,
+        dlq_producer=None,
+        dlq_topic="dlq",
+        policy=BatchPolicy(lanes=2, lane_min_records=10, session=FRESH_PLANS),
+    )
+    loop.expected = {("t", p): None for p in range(PARTITIONS)}
+    await loop._apply_lanes(_records(per_partition=10))
+    await loop.close_connections()
+    assert seen == ["force_custom_plan", "force_custom_plan"]
+    async with db.connect() as conn:  # the pool's connections never carry them
+        assert (await conn.execute(text("SHOW plan_cache_mode"))).scalar_one() == "auto"

@@ -36,16 +36,12 @@ from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_forever
 from clm_stage_engine.webhooks import Dispatcher
 
-#: The consumer's statements all find rows by key (the event log's, the customers', the links'
-#: primary keys). Postgres caches a statement's generic plan after a few runs; one made while
-#: the event log was small (a fresh database) hashed or scanned the whole log, and kept doing
-#: so as it grew until the next ANALYZE — a stale plan cost 34 ms a batch in the e2e bench.
-#: On the lanes' connections the planner picks index look-ups whatever the tables' sizes.
-KEYED_PLANS = (
-    "SET enable_hashjoin = off",
-    "SET enable_mergejoin = off",
-    "SET enable_seqscan = off",
-)
+#: Postgres caches a prepared statement's generic plan after a few runs, made from the
+#: tables' statistics of that moment. One made while the event log was small (a fresh
+#: database) hashed or scanned the whole log on every batch as it grew, until the next ANALYZE
+#: replaced it (34 ms a batch in the e2e bench). The lanes' connections plan every statement
+#: for its arguments and the tables' current sizes instead (a fraction of a millisecond).
+FRESH_PLANS = ("SET plan_cache_mode = force_custom_plan",)
 
 
 def create_app(
@@ -94,7 +90,7 @@ def create_app(
                     max_wait_ms=settings.stage_engine_batch_wait_ms,
                     idle_recheck_s=settings.stage_engine_idle_recheck_s,
                     lanes=settings.stage_engine_lanes,
-                    session=KEYED_PLANS,
+                    session=FRESH_PLANS,
                 ),
                 register=register,
                 stopping=stopping,
