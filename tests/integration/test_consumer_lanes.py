@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.consumer import BatchConsumer, BatchPolicy, BatchResult
+from clm_common.consumer import BatchConsumer, BatchPolicy, BatchResult, Handler
 from clm_common.db import create_engine
 from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
 from clm_stage_engine.app import FRESH_PLANS
@@ -57,7 +57,7 @@ class _Handler:
         return BatchResult(applied=len(records))
 
 
-def _loop(db: AsyncEngine, handler: _Handler, **policy: Any) -> BatchConsumer:
+def _loop(db: AsyncEngine, handler: Handler, **policy: Any) -> BatchConsumer:
     loop = BatchConsumer(
         consumer=cast(Any, _Consumer()),
         engine=db,
@@ -123,17 +123,7 @@ async def test_each_lane_connection_runs_the_session_statements(db: AsyncEngine)
         seen.append((await conn.execute(text("SHOW plan_cache_mode"))).scalar_one())
         return BatchResult(applied=len(records))
 
-    loop = BatchConsumer(
-        consumer=cast(Any, _Consumer()),
-        engine=db,
-        topic="t",
-        group_id="g",
-        handler=handler,
-        dlq_producer=None,
-        dlq_topic="dlq",
-        policy=BatchPolicy(lanes=2, lane_min_records=10, session=FRESH_PLANS),
-    )
-    loop.expected = {("t", p): None for p in range(PARTITIONS)}
+    loop = _loop(db, handler, lanes=2, lane_min_records=10, session=FRESH_PLANS)
     await loop._apply_lanes(_records(per_partition=10))
     await loop.close_connections()
     assert seen == ["force_custom_plan", "force_custom_plan"]
