@@ -4,7 +4,9 @@ Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
 
 * fetch up to ``max_records`` or wait ``max_wait_ms``, whichever first;
 * apply the batch in ONE Postgres transaction: the handler's effects and the compare-and-set
-  of the consumed offsets (:mod:`clm_common.offsets`) commit together, or nothing does;
+  of the consumed offsets (:mod:`clm_common.offsets`) commit together, or nothing does; with
+  ``lanes`` a large fetch is split by partition into batches applied side by side, each in its
+  own transaction on the lane's own long-lived connection;
 * records that cannot be decoded or applied go to the dead-letter topic (acknowledged before
   the transaction commits) with their reason in headers, and the partition moves on; more
   than ``max_consecutive_poison`` poison records in a row stop the loop loudly;
