@@ -44,9 +44,10 @@ def create_engine(database_url: str, *, pool_size: int = 10, app_name: str = "cl
     Connections idle for more than :data:`PING_AFTER_IDLE_S` are pinged at checkout, the
     others not: SQLAlchemy's ``pool_pre_ping`` pings every checkout, and with asyncpg a ping
     is three round trips (BEGIN, ``;``, ROLLBACK) — more than a customer read itself. A
-    connection that Postgres dropped within the last second fails its statement instead; the
-    error invalidates the pool (every older connection is replaced) and answers 503 or is
-    retried, as any statement cut by a restart is."""
+    connection that Postgres dropped within the last second fails its statement instead, which
+    answers 503 or is retried, as any statement cut by a restart is; the failed connection is
+    discarded (through SQLAlchemy the whole pool's older connections are), so the next
+    checkout gets a live or pinged one."""
     engine = create_async_engine(
         database_url,
         pool_size=pool_size,
