@@ -7,7 +7,6 @@ import functools
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +16,8 @@ from sqlalchemy import (
     ARRAY,
     Column,
     ColumnElement,
-    CursorResult,
     Table,
     Text,
-    TextClause,
     any_,
     bindparam,
     event,
@@ -118,85 +115,10 @@ def _pg_type(column: Column[Any]) -> str:
     return str(column.type.compile(dialect=_PG))
 
 
-@functools.lru_cache(maxsize=64)
-def _unnest_sql(table: Table, columns: tuple[str, ...], tail: str) -> TextClause:
-    """``INSERT … SELECT … FROM unnest(array per column)``: one statement, one parameter per
-    column, whatever the number of rows; the same text every time, so it is prepared once."""
-    aliases = [f"c{i}" for i in range(len(columns))]
-    args, picks = [], []
-    for alias, name in zip(aliases, columns, strict=True):
-        column = table.c[name]
-        if isinstance(column.type, ARRAY):  # unnest flattens arrays: ship them as literals
-            args.append(f"CAST(:{alias} AS TEXT[])")
-            picks.append(f"CAST({alias} AS {_pg_type(column)})")
-        else:
-            args.append(f"CAST(:{alias} AS {_pg_type(column)}[])")
-            picks.append(alias)
-    return text(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"SELECT {', '.join(picks)} FROM unnest({', '.join(args)}) AS u({', '.join(aliases)}) "
-        f"{tail}"
-    )
-
-
-def array_literal(values: Sequence[datetime]) -> str:
-    """A Postgres array literal of timestamps (for array columns in :func:`unnest_insert`)."""
-    return "{" + ",".join(f'"{v.isoformat()}"' for v in values) + "}"
-
-
-@functools.lru_cache(maxsize=64)
-def _json_rows_sql(table: Table, columns: tuple[str, ...], tail: str) -> TextClause:
-    """``INSERT … SELECT … FROM jsonb_array_elements(:rows)``: every row in one JSON array."""
-    picks = []
-    for i, name in enumerate(columns):
-        column = table.c[name]
-        if isinstance(column.type, ARRAY):
-            picks.append(
-                f"CASE WHEN jsonb_typeof(r->{i}) = 'array' THEN ARRAY("
-                f"SELECT e FROM jsonb_array_elements_text(r->{i}) WITH ORDINALITY AS a(e, n) "
-                f"ORDER BY n)::{_pg_type(column)} END"
-            )
-        else:
-            picks.append(f"CAST(r->>{i} AS {_pg_type(column)})")
-    return text(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"SELECT {', '.join(picks)} FROM jsonb_array_elements(CAST(:rows AS JSONB)) AS r "
-        f"{tail}"
-    )
-
-
 def _json_default(value: object) -> object:
     if isinstance(value, Decimal):
         return format(value, "f")  # exact: the server casts the string to NUMERIC
     raise TypeError(type(value).__name__)
-
-
-async def unnest_insert(
-    conn: AsyncConnection,
-    table: Table,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    *,
-    tail: str = "",
-    via_json: bool = False,
-) -> CursorResult[Any]:
-    """Insert ``rows`` (tuples in ``columns`` order) with one statement.
-
-    ``tail`` is the rest of the statement (``ON CONFLICT …``, ``RETURNING …``), written with
-    the real column names. Array columns take :func:`array_literal` strings.
-
-    ``via_json``: send the rows as ONE parameter, a JSON array of arrays that orjson writes
-    in C and Postgres parses in C. For wide rows it costs the client several times less than
-    one array per column, whose driver encodes every value (timestamps, decimals) one by
-    one. Values then: str, int, bool, None, aware datetimes, Decimals (sent as exact
-    strings), sequences for array columns; no bytes.
-    """
-    if via_json:
-        rows_json = orjson.dumps(rows, default=_json_default).decode()
-        return await conn.execute(_json_rows_sql(table, tuple(columns), tail), {"rows": rows_json})
-    statement = _unnest_sql(table, tuple(columns), tail)
-    params = {f"c{i}": [row[i] for row in rows] for i in range(len(columns))}
-    return await conn.execute(statement, params)
 
 
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:
@@ -241,14 +163,45 @@ def rowcount(status: str) -> int:
 def driver_insert_sql(
     table: Table, columns: tuple[str, ...], tail: str = "", via_json: bool = False, first: int = 1
 ) -> str:
-    """:func:`_unnest_sql` / :func:`_json_rows_sql` with the driver's ``$n`` parameters,
-    numbered from ``first`` (to be one part of a larger statement)."""
+    """``INSERT … SELECT …`` of many rows as one statement whatever their number (the same
+    text every time, so it is prepared once), with the driver's ``$n`` parameters numbered
+    from ``first`` (to be one part of a larger statement). ``tail`` is the rest of the
+    statement (``ON CONFLICT …``, ``RETURNING …``), written with the real column names.
+
+    Rows go as one array per column (``unnest``), or with ``via_json`` as ONE parameter, a
+    JSON array of arrays that orjson writes in C and Postgres parses in C: for wide rows it
+    costs the client several times less than arrays whose every value (timestamps, decimals)
+    the driver encodes one by one. Values then: str, int, bool, None, aware datetimes,
+    Decimals (sent as exact strings), sequences for array columns; no bytes."""
+    picks = []
     if via_json:
-        return str(_json_rows_sql(table, columns, tail)).replace(":rows", f"${first}")
-    sql = str(_unnest_sql(table, columns, tail))
-    for i in reversed(range(len(columns))):  # c10 before c1
-        sql = sql.replace(f":c{i}", f"${first + i}")
-    return sql
+        for i, name in enumerate(columns):
+            column = table.c[name]
+            if isinstance(column.type, ARRAY):
+                picks.append(
+                    f"CASE WHEN jsonb_typeof(r->{i}) = 'array' THEN ARRAY("
+                    f"SELECT e FROM jsonb_array_elements_text(r->{i}) WITH ORDINALITY AS a(e, n) "
+                    f"ORDER BY n)::{_pg_type(column)} END"
+                )
+            else:
+                picks.append(f"CAST(r->>{i} AS {_pg_type(column)})")
+        source = f"jsonb_array_elements(CAST(${first} AS JSONB)) AS r"
+    else:
+        aliases = [f"c{i}" for i in range(len(columns))]
+        args = []
+        for i, (alias, name) in enumerate(zip(aliases, columns, strict=True)):
+            column = table.c[name]
+            if isinstance(column.type, ARRAY):  # unnest flattens arrays: ship them as literals
+                args.append(f"CAST(${first + i} AS TEXT[])")
+                picks.append(f"CAST({alias} AS {_pg_type(column)})")
+            else:
+                args.append(f"CAST(${first + i} AS {_pg_type(column)}[])")
+                picks.append(alias)
+        source = f"unnest({', '.join(args)}) AS u({', '.join(aliases)})"
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"SELECT {', '.join(picks)} FROM {source} {tail}"
+    )
 
 
 def driver_insert_args(
@@ -269,7 +222,8 @@ async def driver_insert(
     tail: str = "",
     via_json: bool = False,
 ) -> int:
-    """:func:`unnest_insert` on the driver (:func:`driver`); how many rows it wrote."""
+    """Insert ``rows`` (tuples in ``columns`` order) on the driver (:func:`driver`) with one
+    statement (:func:`driver_insert_sql`); how many rows it wrote."""
     sql = driver_insert_sql(table, tuple(columns), tail, via_json)
     status = await drv.execute(sql, *driver_insert_args(rows, len(columns), via_json=via_json))
     return rowcount(status)
