@@ -44,11 +44,8 @@ _TUPLES = (_STATE_COLUMNS.index("recent_visits"), _STATE_COLUMNS.index("recent_p
 
 
 def state_from_row(row: Any) -> CustomerState:
-    values = {name: getattr(row, name) for name in _STATE_COLUMNS}
-    values["stage"] = Stage(values["stage"])
-    values["recent_visits"] = tuple(values["recent_visits"] or ())
-    values["recent_purchases"] = tuple(values["recent_purchases"] or ())
-    return CustomerState(**values)
+    """The state from a row with (at least) the state columns, by name."""
+    return _state_from_values([getattr(row, name) for name in _STATE_COLUMNS])
 
 
 #: Stages by value: a dict look-up, where Stage(value) costs ten times more.
@@ -99,10 +96,19 @@ async def upsert_customers(conn: AsyncConnection, states: Sequence[CustomerState
     """One statement for the whole batch, rows in a stable order."""
     if not states:
         return
-    rows = [_state_values(s) for s in sorted(states, key=lambda s: s.customer_id)]
     await driver_insert(
-        await driver(conn), customers, _STATE_COLUMNS, rows, tail=_UPSERT_TAIL, via_json=True
+        await driver(conn),
+        customers,
+        _STATE_COLUMNS,
+        _customer_rows(states),
+        tail=_UPSERT_TAIL,
+        via_json=True,
     )
+
+
+def _customer_rows(states: Sequence[CustomerState]) -> list[Any]:
+    """The states as rows of ``_STATE_COLUMNS``, in customer order (locks in a stable order)."""
+    return [_state_values(s) for s in sorted(states, key=lambda s: s.customer_id)]
 
 
 async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transition]) -> None:
@@ -235,12 +241,10 @@ async def write_batch(
         *driver_insert_args(events, len(_EVENT_COLUMNS)),
         *driver_insert_args(claims, len(_CLAIM_COLUMNS)),
         *driver_insert_args(links, len(_LINK_COLUMNS)),
+        *driver_insert_args(_customer_rows(states), len(_STATE_COLUMNS), via_json=True),
         *driver_insert_args(
-            [_state_values(s) for s in sorted(states, key=lambda s: s.customer_id)],
-            len(_STATE_COLUMNS),
-            via_json=True,
+            [_transition_values(t) for t in transitions], len(_TRANSITION_COLUMNS), via_json=True
         ),
-        *driver_insert_args([_transition_values(t) for t in transitions], 6, via_json=True),
     )
     assert row is not None
     return int(row[0]), int(row[1])
