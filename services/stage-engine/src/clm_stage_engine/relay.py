@@ -104,10 +104,13 @@ class OutboxRelay:
         default partitioner, :func:`key_hash`); building the batches here saves a future and
         a lookup per record.
         """
+        partitions: dict[str, list[int]] = {}
         open_batches: dict[tuple[str, int], BatchBuilder] = {}
         futures: list[asyncio.Future[Any]] = []
         for r in rows:
-            choices = sorted(await self.producer.partitions_for(r.topic))
+            if r.topic not in partitions:  # legacy rows are one per record: look up once
+                partitions[r.topic] = sorted(await self.producer.partitions_for(r.topic))
+            choices = partitions[r.topic]
             records = (
                 unpack_records(r.payload, r.records)
                 if r.key is None
