@@ -265,10 +265,9 @@ async def read_customer(engine: AsyncEngine, customer_id: str) -> CustomerState 
 
 
 async def get_customer(conn: AsyncConnection, customer_id: str) -> CustomerState | None:
-    row = (
-        await conn.execute(select(customers).where(customers.c.customer_id == customer_id))
-    ).first()
-    return None if row is None else state_from_row(row)
+    """The customer in ``conn``'s transaction (:func:`read_customer` outside one)."""
+    row = await (await driver(conn)).fetchrow(_ONE, customer_id)
+    return None if row is None else _state_from_values(row)
 
 
 async def get_history(conn: AsyncConnection, customer_id: str, limit: int) -> list[dict[str, Any]]:

@@ -153,9 +153,9 @@ async def get_history(
     _: Annotated[Principal, Depends(reader)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
+    if await repository.read_customer(state.engine, customer_id) is None:
+        raise not_found(customer_id)
     async with state.engine.connect() as conn:
-        if await repository.get_customer(conn, customer_id) is None:
-            raise not_found(customer_id)
         history = await repository.get_history(conn, customer_id, limit)
     transitions = []
     for t in history:
@@ -187,7 +187,7 @@ async def erase(
     async with state.engine.begin() as conn:
         current = await repository.get_customer(conn, customer_id)
         if current is None:
-            raise ProblemError(404, "Not Found", f"no customer {customer_id!r}")
+            raise not_found(customer_id)
         if mode == "erase":
             await repository.erase_customer(conn, customer_id, customer_hash)
             pseudonym = None

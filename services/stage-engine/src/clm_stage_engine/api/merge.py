@@ -14,7 +14,7 @@ from clm_common.events import TEXT_PATTERN
 from clm_common.lifecycle import Transition, rebuild
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
-from clm_stage_engine.api.customers import CustomerId, customer_doc, writer
+from clm_stage_engine.api.customers import CustomerId, customer_doc, not_found, writer
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.records import removal_record
 
@@ -61,7 +61,7 @@ async def merge(
         rows = await repository.lock_customers(conn, sorted({customer_id, other}))
         missing = [c for c in (customer_id, other) if c not in rows]
         if missing:
-            raise ProblemError(404, "Not Found", f"no customer {missing[0]!r}")
+            raise not_found(missing[0])
         events = await repository.load_events(conn, [customer_id, other])
         merged = rebuild(
             customer_id, [*events.get(customer_id, []), *events.get(other, [])], state.rules, now
