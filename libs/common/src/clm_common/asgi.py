@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.types import Send
+from starlette.types import Scope, Send
 
 
 async def send_json(send: Send, status: int, body: bytes) -> None:
@@ -18,3 +18,12 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The last value of a request header (names are lower-case in ASGI)."""
+    found = None
+    for key, value in scope.get("headers", []):
+        if key == name:
+            found = value
+    return found

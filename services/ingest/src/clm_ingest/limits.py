@@ -12,16 +12,8 @@ import zlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clm_common.asgi import header
 from clm_ingest.refusals import refusal
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The last value of a request header (names are lower-case in ASGI)."""
-    found = None
-    for key, value in scope.get("headers", []):
-        if key == name:
-            found = value
-    return found
 
 
 class BodyTooLarge(Exception):

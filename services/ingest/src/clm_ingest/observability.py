@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clm_ingest.limits import header
+from clm_common.asgi import header
 
 log = logging.getLogger("clm_ingest.access")
 

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clm_common.asgi import send_json
+from clm_common.asgi import header, send_json
 from clm_common.auth import bearer_from_header
 from clm_common.db import unavailable
 from clm_common.events import TEXT_PATTERN
@@ -69,12 +69,9 @@ class HotReadMiddleware:
 
 async def _reader(state: State, scope: Scope) -> bool:
     """Whether the request carries a known read key (any doubt: let FastAPI decide)."""
-    header = b""
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            header = value
+    given = (header(scope, b"authorization") or b"").decode("latin-1")
     try:
-        principal = await state.verifier.verify(bearer_from_header(header.decode("latin-1")))
+        principal = await state.verifier.verify(bearer_from_header(given))
     except ProblemError:
         return False
     return principal is not None and principal.kind == "read"
