@@ -23,16 +23,17 @@ async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -
     cache = ClosedDayCache()
     try:
         async with engine.begin() as conn:
-            await repository.add_to_buckets(
+            await repository.add_counts(
                 conn,
                 {
                     BucketKey(old, "events", "shop", "email", ""): Decimal(3),
                     BucketKey(edge, "events", "shop", "email", ""): Decimal(2),
                     BucketKey(today, "events", "shop", "email", ""): Decimal(1),
                 },
+                {},
             )
-            await repository.add_to_sketches(
-                conn, {SketchKey(old, "visitors", "shop", "email"): {"a", "b"}}
+            await repository.add_counts(
+                conn, {}, {SketchKey(old, "visitors", "shop", "email"): {"a", "b"}}
             )
 
         async def read() -> tuple[Decimal, int | None]:
@@ -42,11 +43,11 @@ async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -
         assert await read() == (Decimal(6), 2)
         assert await read() == (Decimal(6), 2)  # from the cache: the same
         async with engine.begin() as conn:  # late events for the cached day
-            await repository.add_to_buckets(
-                conn, {BucketKey(old, "events", "shop", "email", ""): Decimal(10)}
+            await repository.add_counts(
+                conn, {BucketKey(old, "events", "shop", "email", ""): Decimal(10)}, {}
             )
-            await repository.add_to_sketches(
-                conn, {SketchKey(old, "visitors", "shop", "email"): {"c"}}
+            await repository.add_counts(
+                conn, {}, {SketchKey(old, "visitors", "shop", "email"): {"c"}}
             )
         assert await read() == (Decimal(16), 3)
         uncached = await service.window_inputs(engine, start, end, now)
@@ -76,12 +77,12 @@ async def test_late_writes_into_cached_hours_and_outside_the_window_are_read_aga
         at: datetime, metric: str, value: int, ids: set[str] | None = None, currency: str = ""
     ) -> None:
         async with engine.begin() as conn:
-            await repository.add_to_buckets(
-                conn, {BucketKey(at, metric, "shop", "email", currency): Decimal(value)}
+            await repository.add_counts(
+                conn, {BucketKey(at, metric, "shop", "email", currency): Decimal(value)}, {}
             )
             if ids:
-                await repository.add_to_sketches(
-                    conn, {SketchKey(at, "visitors", "shop", "email"): ids}
+                await repository.add_counts(
+                    conn, {}, {SketchKey(at, "visitors", "shop", "email"): ids}
                 )
 
     async def read() -> dict[str, object]:

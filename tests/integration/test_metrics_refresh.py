@@ -48,8 +48,8 @@ async def test_gauges_are_recomputed_only_after_a_write(
     async def write(n: int) -> None:
         at = datetime.now(UTC).replace(second=0, microsecond=0)
         async with engine.begin() as conn:
-            await repository.add_to_buckets(
-                conn, {BucketKey(at, "events", "shop", "email", ""): Decimal(n)}
+            await repository.add_counts(
+                conn, {BucketKey(at, "events", "shop", "email", ""): Decimal(n)}, {}
             )
 
     await write(5)

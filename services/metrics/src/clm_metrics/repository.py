@@ -122,11 +122,6 @@ async def bump_versions(conn: AsyncConnection, touched: Iterable[datetime]) -> N
         await conn.execute(_BUMP_HOURS, {"h": hours})
 
 
-async def add_to_buckets(conn: AsyncConnection, increments: Mapping[BucketKey, Decimal]) -> None:
-    """Minute buckets and their rollups: one array upsert per table, rows in a stable order."""
-    await add_counts(conn, increments, {})
-
-
 async def add_counts(
     conn: AsyncConnection,
     increments: Mapping[BucketKey, Decimal],
@@ -134,9 +129,11 @@ async def add_counts(
     *,
     written: hll.LastWritten | None = None,
 ) -> None:
-    """What a batch adds to the buckets (:func:`add_to_buckets`) and to the sketches
-    (:func:`add_to_sketches`), with one version bump for the hours and days both touch.
-    ``written``: the sketches this process wrote last (read back without inflating them)."""
+    """What a batch adds: to the minute buckets and their rollups (one array upsert per
+    table, rows in a stable order) and the ids to the minute, hour and day sketches (rows
+    locked in order, merged, written), with one version bump for the hours and days both
+    touch. ``written``: the sketches this process wrote last (read back without inflating
+    them)."""
     touched = [k.bucket_start for k in increments]
     touched.extend(k.bucket_start for k in sketches)
     await bump_versions(conn, touched)
@@ -224,11 +221,6 @@ def sketch_rows(
                 row = (grain, start, k.metric, source, channel)
                 per_row.setdefault(row, set()).update(ids)
     return per_row
-
-
-async def add_to_sketches(conn: AsyncConnection, items: Mapping[SketchKey, set[str]]) -> None:
-    """Add ids to the minute, hour and day sketches (rows locked in order, merged, written)."""
-    await add_counts(conn, {}, items)
 
 
 async def _write_sketches(
