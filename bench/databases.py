@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import subprocess
 import sys
@@ -61,23 +60,3 @@ async def postmaster_pid(conn: asyncpg.Connection) -> int | None:
         return int((Path(data) / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, asyncpg.PostgresError):
         return None
-
-
-def server_cpu_s(postmaster: int | None) -> float:
-    """CPU seconds (user + system) the whole server used so far: the postmaster, its live
-    children and the children it reaped (their time is added to its ``cutime``/``cstime``
-    when they exit). NaN where /proc is not there."""
-    if postmaster is None:
-        return math.nan
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat.parent.name) == postmaster:
-            total += sum(int(f) for f in fields[11:15]) / tick
-        elif int(fields[1]) == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total

@@ -41,6 +41,7 @@ import orjson
 
 from bench.databases import create_migrated_database, drop_database, plain_url
 from bench.http import Conn
+from bench.proc import cpu_s
 from bench.reads import FILL_SQL, Reads, customer_get, fill_ids, percentile, read_rounds
 from bench.results import write_section
 from bench.stack import stack_env
@@ -213,15 +214,6 @@ class Usage:
         )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def usage(stack: Stack) -> Usage:
     async with httpx.AsyncClient(timeout=10) as http:
         text = (await http.get(stack.procs["stage-engine"].base_url + "/metrics")).text
@@ -235,7 +227,7 @@ async def usage(stack: Stack) -> Usage:
             phase = line.partition('phase="')[2].partition('"')[0]
             phases[phase] = float(line.rpartition(" ")[2])
     return Usage(
-        {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()},
+        {name: cpu_s(proc.pid) for name, proc in stack.procs.items()},
         found.get("clm_consumer_batch_duration_seconds_count", 0.0),
         found.get("clm_consumer_batch_records_sum", 0.0),
         found.get("clm_consumer_batch_duration_seconds_sum", 0.0),

@@ -2,7 +2,9 @@
 rows, and single-customer read latency at 1M customers.
 
 (a) a topic pre-filled with journeys (visits, signups, purchases) is consumed by a real
-    stage-engine process; events/s from its first applied batch to its last;
+    stage-engine process, then (on a fresh database and topic) by two in one consumer group
+    (the way the engine scales: partitions split between replicas); events/s from the first
+    applied batch to the last, and the CPU the engine(s) and the Postgres server spent;
 (b) the raw ceiling: the same number of event-log rows COPYed straight into Postgres
     (asyncpg ``copy_records_to_table``), rows/s — the engine writes at least these rows, plus
     customers, history and one outbox row of the batch's records, in one transaction per batch;
@@ -12,34 +14,35 @@ rows, and single-customer read latency at 1M customers.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
-import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench.databases import create_migrated_database, plain_url, postmaster_pid, server_cpu_s
+from bench.databases import create_migrated_database, plain_url, postmaster_pid
+from bench.proc import cpu_s, tree_cpu_s
 from bench.reads import FILL_SQL, fill_ids, read_rounds
 from bench.results import write_section
 from bench.stack import stack_env
 from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
 from clm_common.keys import store_key
-from clm_devstack.services import start_service
-from tests.e2e.conftest import settings_of
+from clm_devstack.services import ServiceProcess, start_service
+from tests.e2e.conftest import free_port, settings_of
 
 EVENTS = int(os.environ.get("CLM_BENCH_STAGE_EVENTS", "100000"))
 CUSTOMERS_FOR_READS = int(os.environ.get("CLM_BENCH_STAGE_CUSTOMERS", "1000000"))
 READS = 2000  # a round; the read figures are the medians of the rounds' p50s and p99s
 READ_ROUNDS = int(os.environ.get("CLM_BENCH_READ_ROUNDS", "5"))
-# engine processes in one consumer group (partitions split between them); the rate is theirs
-# together, the CPU per event their sum
-REPLICAS = int(os.environ.get("CLM_BENCH_STAGE_REPLICAS", "1"))
+# runs, each with this many engine processes in one consumer group (partitions split between
+# them); a run's rate is theirs together, its CPU per event their sum. The first run's (one
+# process, unless told otherwise) database then serves the reads.
+REPLICAS = [int(n) for n in os.environ.get("CLM_BENCH_STAGE_REPLICAS", "1,2").split(",")]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -83,15 +86,32 @@ async def _consumed(conn: asyncpg.Connection, group: str) -> int:
     )
 
 
-async def run() -> str:
-    db_url = await create_migrated_database("clm_bench")
+@dataclass(frozen=True)
+class Sustained:
+    """One run of (a): the rate and the CPU per event of the engines and of Postgres."""
+
+    replicas: int
+    rate: float  # events/s
+    engine_us: float  # CPU µs per event, the engine processes together
+    pg_us: float  # CPU µs per event, the whole Postgres server
+
+    def row(self) -> str:
+        return (
+            f"| sustained rate, {_processes(self.replicas)} (batches of 2000) "
+            f"| **{self.rate:,.0f} events/s** "
+            f"| {self.engine_us:.0f} µs | {self.pg_us:.0f} µs "
+            f"| {self.engine_us + self.pg_us:.0f} µs |"
+        )
+
+
+async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, bytes]]]:
+    """A fresh topic holding the journeys, and the stage engine's settings for it."""
     env = await stack_env(db_url, CLM_STAGE_ENGINE_BATCH_RECORDS="2000")
     settings = settings_of(env)
     engine = create_engine(db_url, pool_size=1)
     async with engine.begin() as c:
         await store_key(c, key="bench-read", kind="read", source="bench")
     await engine.dispose()
-
     events = _journey_events(EVENTS)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -106,36 +126,73 @@ async def run() -> str:
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+    return env, events
 
-    conn = await asyncpg.connect(plain_url(db_url))
+
+async def _sustain(
+    conn: asyncpg.Connection, env: dict[str, str], total: int, replicas: int
+) -> tuple[Sustained, list[ServiceProcess]]:
+    """Start ``replicas`` engines on the pre-filled topic and time them until every event is
+    applied; the processes are left running (the caller stops them)."""
     postmaster = await postmaster_pid(conn)
     procs = [
-        start_service(
-            "stage-engine", env, Path(tempfile.mkdtemp(prefix="clm-bench-")), _free_port()
-        )
-        for _ in range(REPLICAS)
+        start_service("stage-engine", env, Path(tempfile.mkdtemp(prefix="clm-bench-")), free_port())
+        for _ in range(replicas)
     ]
-    proc = procs[0]
 
-    def cpu_s() -> float:
-        return sum(_cpu_s(p.pid) for p in procs)
+    def engines_s() -> float:
+        return sum(cpu_s(p.pid) for p in procs)
 
     try:
         first_at = None
         while True:
             done = await _consumed(conn, env["CLM_STAGE_ENGINE_GROUP"])
             if done and first_at is None:
-                first_at, first_done, first_cpu = time.perf_counter(), done, cpu_s()
-                first_pg = server_cpu_s(postmaster)
-            if done >= len(events):
-                last_at, last_cpu = time.perf_counter(), cpu_s()
-                last_pg = server_cpu_s(postmaster)
+                first_at, first_done = time.perf_counter(), done
+                first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
+            if done >= total:
+                last_at, last_cpu, last_pg = (
+                    time.perf_counter(),
+                    engines_s(),
+                    tree_cpu_s(postmaster),
+                )
                 break
             await asyncio.sleep(0.05)
-        assert first_at is not None
-        engine_rate = (len(events) - first_done) / max(last_at - first_at, 1e-9)
-        cpu_us = (last_cpu - first_cpu) / max(len(events) - first_done, 1) * 1e6
-        pg_us = (last_pg - first_pg) / max(len(events) - first_done, 1) * 1e6
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+    assert first_at is not None
+    n = max(total - first_done, 1)
+    return Sustained(
+        replicas,
+        (total - first_done) / max(last_at - first_at, 1e-9),
+        (last_cpu - first_cpu) / n * 1e6,
+        (last_pg - first_pg) / n * 1e6,
+    ), procs
+
+
+async def run() -> str:
+    runs: list[Sustained] = []
+    for replicas in REPLICAS[1:]:  # the later runs first: the first one's database stays
+        db_url = await create_migrated_database("clm_bench")
+        env, events = await _prefilled(db_url)
+        conn = await asyncpg.connect(plain_url(db_url))
+        try:
+            result, ran = await _sustain(conn, env, len(events), replicas)
+            for p in ran:
+                p.stop()
+            runs.append(result)
+        finally:
+            await conn.close()
+
+    db_url = await create_migrated_database("clm_bench")
+    env, events = await _prefilled(db_url)
+    conn = await asyncpg.connect(plain_url(db_url))
+    procs: list[ServiceProcess] = []
+    try:
+        first, procs = await _sustain(conn, env, len(events), REPLICAS[0])
+        runs.insert(0, first)
 
         rows = [
             (f"raw{i}", f"e{i}", f"c{i % 20000}", datetime.now(UTC), v)
@@ -156,7 +213,7 @@ async def run() -> str:
         fill_s = time.perf_counter() - filled
         total_customers = await _count(conn, "customers")
         reads = await read_rounds(
-            proc.port,
+            procs[0].port,
             "bench-read",
             fill_ids(CUSTOMERS_FOR_READS),
             rounds=READ_ROUNDS,
@@ -166,19 +223,29 @@ async def run() -> str:
         for p in procs:
             p.stop()
         await conn.close()
+    best = max(runs, key=lambda r: r.rate)
     p50, p99 = reads.p50_ms, reads.p99_ms
-    target_rate = "met" if engine_rate >= 20_000 else "missed"
+    target_rate = "met" if best.rate >= 20_000 else "missed"
     target_read = "met" if p99 < 5 else "missed"
+    runs_rows = "\n".join(r.row() for r in runs)
     return f"""## Stage engine
+
+{len(events):,} events ({EVENTS // 5:,} customers × 5 journey events: two visits, a signup, two
+purchases) pre-filled in a topic of 6 partitions, applied by real stage-engine processes into
+Postgres; each run on a fresh database and topic. CPU per event: user + system time from the
+first applied batch to the last, of the engine processes (their relays included) and of the
+whole Postgres server (backends, WAL writer, checkpointer, autovacuum). On 2 cores the rate
+cannot exceed 2 s ÷ the total CPU per event (the broker's share not counted).
+
+| run | rate | engine CPU / event | Postgres CPU / event | total |
+|---|---:|---:|---:|---:|
+{runs_rows}
 
 | measure | value |
 |---|---|
-| events applied (pre-filled topic, {EVENTS // 5:,} customers × 5 journey events) | {len(events):,} |
-| stage engine sustained rate ({_processes(REPLICAS)}, batches of 2000) | **{engine_rate:,.0f} events/s** |
-| engine CPU per event (user + system of the engine process(es), first to last batch; relay included) | {cpu_us:.0f} µs |
-| Postgres CPU per event (the whole server: its backends, WAL writer, checkpointer, autovacuum; same span) | {pg_us:.0f} µs |
+| best sustained rate ({_processes(best.replicas)}) | **{best.rate:,.0f} events/s** |
 | raw ceiling: COPY of the same number of event-log rows | {raw_rate:,.0f} rows/s |
-| ratio engine ÷ raw COPY | {engine_rate / raw_rate:.3f} |
+| ratio engine ÷ raw COPY | {best.rate / raw_rate:.3f} |
 | target ≥ 20,000 events/s | {target_rate} |
 | customers in the table for reads (filled in {fill_s:.0f} s) | {total_customers:,} |
 | `GET /v1/customers/{{id}}` over HTTP (keep-alive, raw client), {READ_ROUNDS} rounds of {READS} sequential random reads, medians of the rounds | p50 {p50:.2f} ms · p99 {p99:.2f} ms (rounds' p99s: {reads.spread()} ms) |
@@ -188,28 +255,12 @@ The engine writes, per batch and in one transaction: the event log (each applied
 also its dedupe claim), customer upserts (one per customer per batch), transitions and one
 outbox row holding the batch's lifecycle records; the COPY baseline writes only the event-log
 rows, so the ratio is a ceiling comparison, not like for like. With lanes
-(`CLM_STAGE_ENGINE_LANES`, 2) a large fetch is two such batches side by side.
+(`CLM_STAGE_ENGINE_LANES`, 2) a large fetch is two such batches side by side in one process.
 """
 
 
 def _processes(n: int) -> str:
     return "one process" if n == 1 else f"{n} processes in one group"
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the process used so far; less noisy than its wall rate on
-    a shared box. NaN where /proc is not there."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:

@@ -86,7 +86,9 @@ def _aiokafka_share(text: str) -> str:
 
 def _copy_share(text: str) -> str:
     copy = _found(_search(r"ratio engine ÷ raw COPY\s*\|\s*([\d.]+)", text))
-    return "" if copy is None else f"{copy:.3f} of a raw COPY"
+    best = _search(r"best sustained rate \(([^)]+)\)", text)
+    by = f" ({best[1]})" if best else ""
+    return "" if copy is None else f"{copy:.3f} of a raw COPY{by}"
 
 
 FIGURES = [
@@ -101,7 +103,7 @@ FIGURES = [
     Figure(
         "stage engine ≥ 20,000 events/s",
         "stage-engine",
-        lambda t: _found(_search(r"sustained rate[^|]*\|\s*\**([\d,.]+) events/s", t)),
+        lambda t: _found(_search(r"best sustained rate[^|]*\|\s*\**([\d,.]+) events/s", t)),
         "{:,.0f} events/s",
         lambda v: v >= 20_000,
         _copy_share,
