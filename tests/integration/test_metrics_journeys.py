@@ -182,3 +182,41 @@ async def test_unknown_kpi_series_and_bad_ranges_are_refused(metrics: httpx.Asyn
         await metrics.get("/v1/cohorts/retention", params={"period": "year"}, headers=READ)
     ).status_code == 422
     assert (await metrics.get("/v1/lifecycle/map")).status_code == 401
+
+
+async def test_a_late_first_purchase_counts_one_new_customer_and_one_repeat(
+    metrics: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    """The purchase applied first was published as the customer's first; an earlier one
+    arrives later. The engine's correction record makes the metrics count what the events say
+    in event-time order: one new customer, one repeat purchase (not two new customers)."""
+    now = datetime.now(UTC)
+    window = {"window": "30d"}
+
+    def purchase(event_id: str, days_ago: int) -> dict[str, Any]:
+        return {
+            "event_id": event_id,
+            "type": "purchase",
+            "customer_id": "late-buyer",
+            "occurred_at": (now - timedelta(days=days_ago)).isoformat(),
+            "source": "shop",
+            "channel": "email",
+            "properties": {"order_id": event_id, "amount": "10.00", "currency": "USD"},
+        }
+
+    async def counted(events: int) -> dict[str, Any] | None:
+        body = (await metrics.get("/v1/kpis", params=window, headers=READ)).json()
+        return body if body["events"] == events else None
+
+    await produce(common.kafka_bootstrap, common.topic_events, [wire(purchase("p2", 5), now)])
+    first = await eventually(lambda: counted(1), timeout=60)
+    assert (first["new_customers"], first["repeat_purchases"]) == (1, 0)
+
+    await produce(common.kafka_bootstrap, common.topic_events, [wire(purchase("p1", 10), now)])
+
+    async def corrected() -> dict[str, Any] | None:
+        body = await counted(2)
+        return body if body and body["repeat_purchases"] == 1 else None
+
+    body = await eventually(corrected, timeout=60)
+    assert (body["purchases"], body["new_customers"], body["repeat_purchases"]) == (2, 1, 1)

@@ -508,3 +508,32 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
     after = await until_events(client, "dup-a", 3)
     assert (after["stage"], after["purchases"]) == ("retention", 2)
     assert await get(client, "dup-b") is None
+
+
+async def test_merging_two_buyers_corrects_the_later_first_purchase(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    """Each profile's purchase was published as a first purchase; merged, the later one is
+    the customer's second: a correction record says so (once, with the merge as its cause)."""
+    await send_events(
+        common,
+        event_doc("purchase", customer_id="buyer-a", event_id="ba", occurred_at=at(1)),
+        event_doc("purchase", customer_id="buyer-b", event_id="bb", occurred_at=at(2)),
+    )
+    await until_events(client, "buyer-a", 1)
+    await until_events(client, "buyer-b", 1)
+    merged = await client.post(
+        "/v1/customers/buyer-a/merge", json={"from": "buyer-b"}, headers=WRITE
+    )
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["customer"]["purchases"] == 2
+    records = [
+        orjson.loads(r.value)
+        for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+    ]
+    assert sorted(r["kind"] for r in records) == ["correction", "event", "event", "identity_merge"]
+    (fix,) = [r for r in records if r["kind"] == "correction"]
+    assert fix["record_id"] == "correction:shop:bb@merge:buyer-b>buyer-a"
+    assert (fix["reason"], fix["customer_id"]) == ("customer merge", "buyer-a")
+    assert fix["corrected"]["first_purchase"] is True
+    assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)

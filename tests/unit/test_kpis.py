@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clm_common.kpis import exact_money, money, parse_window, ratio, window_bounds
-from clm_metrics.buckets import aggregate, increments, stage_deltas
+from clm_metrics.buckets import aggregate, cohort_rows, increments, sketch_items, stage_deltas
 from clm_metrics.formulas import WindowInputs
 from clm_metrics.formulas import compute_kpis as compute
 
@@ -153,3 +153,40 @@ def test_bucket_sums_equal_a_brute_force_recount(
     assert kpis["revenue"] == money(sum(usd, Decimal(0)))
     expected_aov = money(sum(usd, Decimal(0)) / len(usd)) if usd else None
     assert kpis["average_order_value"] == expected_aov
+
+
+def test_a_correction_takes_back_the_old_flags_by_their_attribution_and_adds_the_new() -> None:
+    """A purchase counted as a new customer (first touch: ads) becomes a repeat purchase of a
+    customer whose first touch is now email: new_customers -1 under ads, repeat +1 under email;
+    no order, revenue or move is counted again. A sketch gains the repeat purchaser."""
+    purchase = record("purchase", first=True)
+    purchase["customer"] = {"customer_id": "c1", "first_source": "ads", "first_channel": "paid"}
+    correction = {
+        "kind": "correction",
+        "record_id": "correction:shop:p2@shop:p1",
+        "customer_id": "c1",
+        "event": None,
+        "customer": {"customer_id": "c1", "first_source": "shop", "first_channel": "email"},
+        "stage_before": None,
+        "stage_after": None,
+        "first_purchase": False,
+        "repeat_purchase": True,
+        "reactivation": False,
+        "corrected": {
+            "event": purchase["event"],
+            "customer": purchase["customer"],
+            "first_purchase": True,
+            "repeat_purchase": False,
+            "reactivation": False,
+        },
+    }
+    assert totals_of([correction]) == {
+        ("new_customers", "ads", "paid", ""): Decimal(-1),
+        ("repeat_purchases", "shop", "email", ""): Decimal(1),
+    }
+    both = totals_of([purchase, correction])
+    assert both[("new_customers", "ads", "paid", "")] == 0
+    assert both[("orders", "shop", "email", "USD")] == 1
+    assert stage_deltas([correction]) == {}
+    assert [(k.metric, who) for k, who in sketch_items(correction)] == [("repeat_purchasers", "c1")]
+    assert cohort_rows(correction) == []

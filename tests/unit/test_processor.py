@@ -3,21 +3,33 @@
 
 from __future__ import annotations
 
+import collections
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clm_common.events import Event, parse_event
-from clm_common.lifecycle import CustomerState, Stage, advance, customer_key, rebuild
+from clm_common.lifecycle import (
+    CustomerState,
+    Stage,
+    advance,
+    apply_event,
+    customer_key,
+    event_order,
+    rebuild,
+)
 from clm_common.rules import LifecycleRules
+from clm_metrics.buckets import increments
 from clm_stage_engine.processor import Item, first_of_each, fold, needs_history
 from tests.factories import NOW, event_doc
 from tests.unit.test_lifecycle import STEP_TYPES, T0
 
 RULES = LifecycleRules()
+DAY1, DAY2 = "2026-11-01T10:00:00Z", "2026-11-20T10:00:00Z"
 
 
 def item(doc: dict[str, object], tag: int = 0) -> Item[int]:
@@ -63,7 +75,7 @@ def test_a_late_event_needs_the_history_and_the_rebuild_records_one_correction()
     )
     assert needs_history([late], first.states, {}) == {"cust-1"}
     history = [i.event for i in first.applied]
-    result = fold([late], first.states, RULES, now=NOW, histories={"cust-1": history})
+    result = fold([late], first.states, RULES, now=NOW, histories={"cust-1": [history]})
     state = result.states["cust-1"]
     assert state.first_channel == "social"
     assert state.first_seen_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
@@ -93,7 +105,7 @@ def test_a_merge_folds_the_anonymous_history_into_the_customer() -> None:
         )
         | {"anonymous_id": "anon-1"}
     )
-    histories = {"cust-1": [i.event for i in anon.applied]}
+    histories = {"cust-1": [[], [i.event for i in anon.applied]]}
     result = fold(
         [identify], {}, RULES, now=NOW, histories=histories, merges={"cust-1": ["anon-1"]}
     )
@@ -136,7 +148,8 @@ def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
 ) -> None:
     """The engine's strategy (drop repeats within a batch and what was already processed,
     fold in order, rebuild on late events) equals a full rebuild of the set of events,
-    whatever the arrival order, the batching and the duplicates."""
+    whatever the arrival order, the batching and the duplicates; and each event's flags, as
+    its record and then its corrections said them, are those of the event-time order."""
     events: list[Event] = []
     for n, (i, day) in enumerate(steps):
         type_, props = STEP_TYPES[i]
@@ -149,6 +162,8 @@ def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
     now = T0 + timedelta(days=1000)
     loaded: dict[str, CustomerState] = {}
     stored: list[Event] = []
+    said: dict[str, tuple[bool, ...]] = {}
+    counted: collections.Counter[str] = collections.Counter()
     processed: set[tuple[str, str]] = set()
     for start in range(0, len(arrival), batch_size):
         unique = first_of_each([(0, e) for e in arrival[start : start + batch_size]])
@@ -156,9 +171,119 @@ def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
         processed.update((e.source, e.event_id) for e in fresh)
         batch = [Item.of(0, e, "cust-1") for e in fresh]
         rebuild_keys = needs_history(batch, loaded, {})
-        histories = {"cust-1": list(stored)} if rebuild_keys else {}
+        histories = {"cust-1": [list(stored)]} if rebuild_keys else {}
         result = fold(batch, loaded, RULES, now=now, histories=histories)
         loaded.update(result.states)
         stored.extend(i.event for i in result.applied)
+        for _, payload in result.outbox:
+            said_by(orjson.loads(payload), said)
+            for key, value in increments(orjson.loads(payload)):
+                counted[key.metric] += int(value)
     final, _ = advance(loaded["cust-1"], now, RULES)
     assert final == rebuild("cust-1", events, RULES, now)
+    truth = event_time_flags(events)
+    assert said == truth
+    # and the metrics service, counting every record, counts the event-time order's flags
+    assert [counted[m] for m in FLAG_METRICS] == [
+        sum(flags[i] for flags in truth.values()) for i in range(len(FLAGS))
+    ]
+
+
+FLAGS = ("first_purchase", "repeat_purchase", "reactivation")
+FLAG_METRICS = ("new_customers", "repeat_purchases", "reactivations")  # what each flag counts
+
+
+def said_by(record: dict[str, Any], said: dict[str, tuple[bool, ...]]) -> None:
+    """Book a record's flags per event id; a correction must take back what was said."""
+    if record["kind"] == "event":
+        said[record["record_id"]] = tuple(record[f] for f in FLAGS)
+    elif record["kind"] == "correction":
+        event = record["corrected"]["event"]
+        ident = f"{event['source']}:{event['event_id']}"
+        assert said[ident] == tuple(record["corrected"][f] for f in FLAGS)
+        assert said[ident] != tuple(record[f] for f in FLAGS)  # only real changes
+        said[ident] = tuple(record[f] for f in FLAGS)
+
+
+def event_time_flags(events: list[Event]) -> dict[str, tuple[bool, ...]]:
+    out: dict[str, tuple[bool, ...]] = {}
+    state: CustomerState | None = None
+    for event in sorted(events, key=event_order):
+        applied = apply_event(state, event, RULES)
+        state = applied.state
+        out[f"{event.source}:{event.event_id}"] = tuple(getattr(applied, f) for f in FLAGS)
+    return out
+
+
+def test_a_late_first_purchase_corrects_the_purchase_that_was_first() -> None:
+    """Published: p2 as the first purchase. A purchase from before arrives: its record says
+    first purchase, and a correction turns p2 into a repeat purchase, naming the cause."""
+    first = fold(
+        [item(event_doc("purchase", event_id="p2", order_id="o2", occurred_at=DAY2))],
+        {},
+        RULES,
+        now=NOW,
+    )
+    late = item(event_doc("purchase", event_id="p1", order_id="o1", occurred_at=DAY1))
+    history = [[i.event for i in first.applied]]
+    result = fold([late], first.states, RULES, now=NOW, histories={"cust-1": history})
+    records = [orjson.loads(p) for _, p in result.outbox]
+    assert [(r["kind"], r["record_id"]) for r in records] == [
+        ("event", "shop:p1"),
+        ("correction", "correction:shop:p2@shop:p1"),
+    ]
+    new, fix = records
+    assert (new["first_purchase"], new["repeat_purchase"]) == (True, False)
+    assert fix["corrected"]["event"]["event_id"] == "p2"
+    assert (fix["corrected"]["first_purchase"], fix["corrected"]["repeat_purchase"]) == (
+        True,
+        False,
+    )
+    assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)
+    assert fix["corrected"]["customer"]["purchases"] == 1
+    assert fix["customer"]["purchases"] == 2
+    assert (fix["event"], fix["stage_before"], fix["stage_after"]) == (None, None, None)
+    assert fix["customer_id"] == "cust-1"
+    assert fix["reason"] == "late event"
+
+
+def test_a_late_visit_corrects_nothing() -> None:
+    first = fold([item(event_doc("purchase", event_id="p2", occurred_at=DAY2))], {}, RULES, now=NOW)
+    late = item(event_doc("site_visit", event_id="v1", occurred_at=DAY1))
+    result = fold(
+        [late], first.states, RULES, now=NOW, histories={"cust-1": [[first.applied[0].event]]}
+    )
+    assert [orjson.loads(p)["kind"] for _, p in result.outbox] == ["event"]
+
+
+def test_a_merge_corrects_the_anonymous_profiles_first_purchase() -> None:
+    """The customer bought on day 1; an anonymous profile bought on day 2 (its record: a first
+    purchase, of that profile). Once merged, that purchase is the customer's second."""
+    own = fold([item(event_doc("purchase", event_id="p1", occurred_at=DAY1))], {}, RULES, now=NOW)
+    anon_doc = event_doc("purchase", customer_id=None, event_id="p2", order_id="o2")
+    anon = fold(
+        [item(anon_doc | {"anonymous_id": "anon-1", "occurred_at": DAY2})], {}, RULES, now=NOW
+    )
+    assert orjson.loads(anon.outbox[0][1])["first_purchase"] is True
+    identify = item(
+        event_doc("identify", event_id="i1", occurred_at=NOW.isoformat(), traits={"email": "x@y"})
+        | {"anonymous_id": "anon-1"}
+    )
+    groups = [[i.event for i in own.applied], [i.event for i in anon.applied]]
+    result = fold(
+        [identify],
+        own.states,
+        RULES,
+        now=NOW,
+        histories={"cust-1": groups},
+        merges={"cust-1": ["anon-1"]},
+    )
+    fixes = [r for r in (orjson.loads(p) for _, p in result.outbox) if r["kind"] == "correction"]
+    assert [(f["record_id"], f["reason"]) for f in fixes] == [
+        ("correction:shop:p2@shop:i1", "identity merge")
+    ]
+    (fix,) = fixes
+    assert fix["corrected"]["first_purchase"] is True
+    assert fix["corrected"]["customer"]["customer_id"] == "anon-1"
+    assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)
+    assert fix["customer"]["customer_id"] == "cust-1"

@@ -133,6 +133,8 @@ def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Dec
 def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
     """The bucket increments one ``clm.lifecycle.v1`` record makes."""
     event = record.get("event")
+    if record.get("kind") == "correction":
+        return _correction_increments(record)
     if event is None:
         return _no_event_increments(record)
     type_ = str(event["type"])
@@ -191,7 +193,6 @@ def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
             )
         )
 
-    campaign = facts.get("first_campaign")
     before, after = record.get("stage_before"), record.get("stage_after")
     moves = record.get("transitions")
     if moves is None:  # a record from before per-move accounting: its net move, at the last
@@ -204,17 +205,47 @@ def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
         facts,
         lambda metric, when: cu(metric, when=when),
     )
-    if record.get("first_purchase"):
+    out.extend(_flag_increments(record, facts, at, ev_src, one))
+    return out
+
+
+def _flag_increments(
+    flags: Mapping[str, Any], facts: Mapping[str, Any], at: datetime, ev_src: str, sign: Decimal
+) -> list[tuple[BucketKey, Decimal]]:
+    """What a record's flags count (``sign`` -1: take them back), by first touch after the
+    event, in the event's minute (converted leads: in the minute the lead was created)."""
+    ft_src = str(facts.get("first_source") or ev_src)
+    ft_ch = str(facts.get("first_channel") or "")
+    campaign = facts.get("first_campaign")
+    out: list[tuple[BucketKey, Decimal]] = []
+
+    def cu(metric: str, when: datetime = at) -> None:
+        out.append((BucketKey(floor_minute(when), metric, ft_src, ft_ch, ""), sign))
+
+    if flags.get("first_purchase"):
         cu("new_customers")
         if campaign:
             cu(f"campaign_customers:{campaign}")
         if facts.get("acquired_at"):
             cu("converted_leads", when=_when(facts["acquired_at"]))
-    if record.get("repeat_purchase"):
+    if flags.get("repeat_purchase"):
         cu("repeat_purchases")
-    if record.get("reactivation"):
+    if flags.get("reactivation"):
         cu("reactivations")
     return out
+
+
+def _correction_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
+    """A ``correction`` record: the flags its event was published with, taken back (with the
+    facts they were counted by), and its flags now, added."""
+    corrected = record["corrected"]
+    event = corrected["event"]
+    at = floor_minute(_when(event["occurred_at"]))
+    src = str(event.get("source") or "")
+    return [
+        *_flag_increments(corrected, corrected.get("customer") or {}, at, src, Decimal(-1)),
+        *_flag_increments(record, record.get("customer") or {}, at, src, Decimal(1)),
+    ]
 
 
 def aggregate(pairs: Iterable[tuple[BucketKey, Decimal]]) -> dict[BucketKey, Decimal]:
@@ -257,7 +288,16 @@ def customer_id_of(record: Mapping[str, Any]) -> str | None:
 
 def sketch_items(record: Mapping[str, Any]) -> list[tuple[SketchKey, str]]:
     """Ids for the distinct counts: ``visitors`` (site visits), ``purchasers``,
-    ``repeat_purchasers`` (a purchase that was the customer's second or later)."""
+    ``repeat_purchasers`` (a purchase that was the customer's second or later; a correction
+    that makes a purchase a repeat adds its customer — a sketch cannot take one back)."""
+    if record.get("kind") == "correction":
+        corrected, who = record["corrected"], customer_id_of(record)
+        if who is None or not record.get("repeat_purchase") or corrected.get("repeat_purchase"):
+            return []
+        event = corrected["event"]
+        at = floor_minute(_when(event["occurred_at"]))
+        src, ch = str(event.get("source") or ""), str(event.get("channel") or "")
+        return [(SketchKey(at, "repeat_purchasers", src, ch), who)]
     event = record.get("event")
     if event is None:
         return []

@@ -148,11 +148,8 @@ class EventsHandler:
         stored = await repository.load_events(
             conn, sorted(rebuild | {a for anons in merges.values() for a in anons})
         )
-        histories = {
-            key: [
-                *stored.get(key, []),
-                *(ev for anon in merges.get(key, []) for ev in stored.get(anon, [])),
-            ]
+        histories = {  # per customer, its events and those of each profile merged into it
+            key: [stored.get(key, []), *(stored.get(anon, []) for anon in merges.get(key, []))]
             for key in rebuild
         }
         phases.lap("load")

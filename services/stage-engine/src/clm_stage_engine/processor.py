@@ -3,8 +3,10 @@
 Per customer the batch's events are folded in memory in event-time order, so a hot customer
 costs one row write per batch. Events arriving in order are applied incrementally; a late event
 (earlier than what was already applied) or an identity merge makes the customer be rebuilt from
-its whole event set, so the result never depends on arrival order. Events the reducer cannot
-apply come back as failures with the reason.
+its whole event set, so the result never depends on arrival order. A rebuild also publishes a
+``correction`` record for every stored event whose flags (first purchase, repeat purchase,
+reactivation) it changed, so consumers that count flags end up with the counts of the event set
+in event-time order too. Events the reducer cannot apply come back as failures with the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from clm_common.lifecycle import (
     is_late,
 )
 from clm_common.rules import LifecycleRules
-from clm_stage_engine.records import lifecycle_record
+from clm_stage_engine.records import (
+    Flags,
+    correction_record,
+    flags_of,
+    lifecycle_record,
+    record_id,
+)
 
 T = TypeVar("T")
 
@@ -91,14 +99,15 @@ def fold(
     rules: LifecycleRules,
     *,
     now: datetime,
-    histories: Mapping[str, Sequence[Event]] | None = None,
+    histories: Mapping[str, Sequence[Sequence[Event]]] | None = None,
     merges: Mapping[str, Sequence[str]] | None = None,
 ) -> FoldResult[T]:
     """Apply the batch.
 
-    ``histories`` holds, for every customer :func:`needs_history` named, all its stored events
-    (and those of the profiles merged into it); ``merges`` maps a customer to the anonymous
-    profiles merged into it in this batch.
+    ``histories`` holds, for every customer :func:`needs_history` named, its stored events as
+    groups, one per profile they were applied on: the customer's own, then those of each
+    profile merged into it in this batch (``merges`` maps a customer to them). A group is
+    folded alone to know the flags its records were published with.
     """
     histories = histories or {}
     merges = merges or {}
@@ -119,7 +128,8 @@ def fold(
             batch.sort(key=lambda i: event_order(i.event))
         before = loaded.get(key)
         if key in histories:
-            _rebuild(result, key, before, histories[key], batch, merges.get(key, ()), rules, now)
+            groups = histories[key]
+            _rebuild(result, key, before, groups, batch, merges.get(key, ()), rules, now)
         else:
             _incremental(result, key, before, batch, rules)
     return result
@@ -158,7 +168,7 @@ def _rebuild(
     result: FoldResult[T],
     key: str,
     before: CustomerState | None,
-    history: Sequence[Event],
+    groups: Sequence[Sequence[Event]],
     batch: Sequence[Item[T]],
     merged_from: Sequence[str],
     rules: LifecycleRules,
@@ -167,19 +177,13 @@ def _rebuild(
     """Refold the customer from everything it ever had, in event-time order.
 
     The history records one correcting move (old stage → rebuilt stage) rather than rewriting
-    the past; each new event's record carries the flags it has at its place in event time.
+    the past; each new event's record carries the flags it has at its place in event time, and
+    each stored event whose flags changed gets a ``correction`` record (old and new flags).
     """
-    new_ids = {(i.event.source, i.event.event_id) for i in batch}
-    per_event: dict[tuple[str, str], Applied] = {}
-    state: CustomerState | None = None
     try:
-        for event in sorted([*history, *(i.event for i in batch)], key=event_order):
-            applied = apply_event(state, event, rules)
-            state = applied.state
-            if (event.source, event.event_id) in new_ids:
-                per_event[(event.source, event.event_id)] = applied
-        assert state is not None
-        state, _ = advance(_keyed(state, key), now, rules)
+        done = refold(groups, [i.event for i in batch], rules)
+        assert done.state is not None
+        state, _ = advance(_keyed(done.state, key), now, rules)
     except Exception as exc:
         result.failed.extend((i.tag, f"reducer (rebuild): {exc!r}") for i in batch)
         return
@@ -197,7 +201,7 @@ def _rebuild(
         result.transitions.append(correction)
     previous = before
     for n, item in enumerate(batch):
-        flags = per_event[(item.event.source, item.event.event_id)]
+        flags = done.new[(item.event.source, item.event.event_id)]
         last = n == len(batch) - 1
         applied = Applied(
             state=state,
@@ -209,7 +213,79 @@ def _rebuild(
         result.outbox.append((key, lifecycle_record(item.event, previous, applied, wire=item.wire)))
         result.applied.append(item)
         previous = state
+    cause = record_id(batch[0].event) if batch else ""
+    result.outbox.extend(correction_records(key, done, cause=cause, reason=reason))
     result.states[key] = state
+
+
+@dataclass(slots=True)
+class Refolded:
+    """A customer folded again from its stored events (and new ones), in event-time order."""
+
+    state: CustomerState | None = None
+    new: dict[tuple[str, str], Applied] = field(default_factory=dict)  # the new events'
+    # stored events whose flags changed: the event, its flags and the state after it as
+    # published, and as applied now
+    changed: list[tuple[Event, Flags, CustomerState, Applied]] = field(default_factory=list)
+
+
+def refold(
+    groups: Sequence[Sequence[Event]], new: Sequence[Event], rules: LifecycleRules
+) -> Refolded:
+    """Fold ``groups`` (stored events, one group per profile they were applied on) and
+    ``new`` events together in event-time order, noting every stored event whose flags
+    differ from those its records were published with."""
+    published = {ident: then for group in groups for ident, then in _fold_flags(group, rules)}
+    out = Refolded()
+    for event in sorted([*(e for g in groups for e in g), *new], key=event_order):
+        applied = apply_event(out.state, event, rules)
+        out.state = applied.state
+        ident = (event.source, event.event_id)
+        then = published.get(ident)
+        if then is None:
+            out.new[ident] = applied
+        elif then[0] != flags_of(applied):
+            out.changed.append((event, then[0], then[1], applied))
+    return out
+
+
+def correction_records(
+    key: str, done: Refolded, *, cause: str, reason: str
+) -> list[tuple[str, bytes]]:
+    """The ``correction`` records of a refold's changed flags, as outbox (key, value) pairs;
+    ``cause`` names what made the refold (the first new event's record id, a merge)."""
+    return [
+        (
+            key,
+            correction_record(
+                key,
+                event,
+                old,
+                old_state,
+                flags_of(applied),
+                _keyed(applied.state, key),
+                cause=cause,
+                reason=reason,
+            ),
+        )
+        for event, old, old_state, applied in done.changed
+    ]
+
+
+def _fold_flags(
+    events: Sequence[Event], rules: LifecycleRules
+) -> list[tuple[tuple[str, str], tuple[Flags, CustomerState]]]:
+    """Each event's flags and the state after it, folding ``events`` alone in event-time
+    order: what its records were published with (every record ever published for an event
+    carries its flags among the events known then, in event-time order — incremental
+    application is in order, and rebuilds correct the rest)."""
+    out = []
+    state: CustomerState | None = None
+    for event in sorted(events, key=event_order):
+        applied = apply_event(state, event, rules)
+        state = applied.state
+        out.append(((event.source, event.event_id), (flags_of(applied), state)))
+    return out
 
 
 def _keyed(state: CustomerState, key: str) -> CustomerState:

@@ -20,6 +20,23 @@ Two more kinds carry no event (``"event": null``) and take a customer out of its
 ``identity_merge`` (an anonymous profile folded into a customer; ``merged_into`` names it) and
 ``erasure`` (a customer erased on request). Both have ``stage_after: null`` and
 ``customer_id``.
+
+``correction`` (also ``"event": null``, no stage change): a late event or an identity merge
+changed the flags of an event published before (a late first purchase makes the purchase that
+was "first" a repeat). It carries the event's new flags and facts at the top level and what
+was published under ``corrected``; a consumer that counts flags takes the old ones back and
+adds the new ones::
+
+    {"schema": "clm.lifecycle.v1", "kind": "correction",
+     "record_id": "correction:<source>:<event_id>@<cause>",  (cause: the late event's
+                    record id, or merge:<from>><into> for an explicit merge of two customers)
+     "customer_id": "...", "event": null,
+     "reason": "late event" | "identity merge" | "customer merge",
+     "customer": {...facts after the event, now...},
+     "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool,
+     "corrected": {"event": {...the event...}, "customer": {...facts after it, as published...},
+                   "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool},
+     "stage_before": null, "stage_after": null, "transition": null, "transitions": []}
 """
 
 from __future__ import annotations
@@ -51,6 +68,56 @@ FACT_FIELDS: tuple[str, ...] = tuple(
 
 
 _fact_values = operator.attrgetter(*FACT_FIELDS)
+
+
+#: (first purchase, repeat purchase, reactivation): what a record says about its event.
+Flags = tuple[bool, bool, bool]
+
+
+def flags_of(applied: Applied) -> Flags:
+    return (applied.first_purchase, applied.repeat_purchase, applied.reactivation)
+
+
+def correction_record(
+    customer_id: str,
+    event: Event,
+    old: Flags,
+    old_state: CustomerState,
+    new: Flags,
+    state: CustomerState,
+    *,
+    cause: str,
+    reason: str,
+) -> bytes:
+    """The record correcting ``event``'s published flags (``old``, with the facts after it
+    then) to ``new`` (``state``: the facts after it now); its id names the event and the one
+    whose arrival caused the rebuild, so a relay retry repeats it and another rebuild makes a
+    new one."""
+    return orjson.dumps(
+        {
+            "schema": SCHEMA,
+            "kind": "correction",
+            "record_id": f"correction:{record_id(event)}@{cause}",
+            "customer_id": customer_id,
+            "reason": reason,
+            "event": None,
+            "customer": customer_facts(state),
+            "stage_before": None,
+            "stage_after": None,
+            "transition": None,
+            "transitions": [],
+            "first_purchase": new[0],
+            "repeat_purchase": new[1],
+            "reactivation": new[2],
+            "corrected": {
+                "event": orjson.Fragment(dump_event(event)),
+                "customer": customer_facts(old_state),
+                "first_purchase": old[0],
+                "repeat_purchase": old[1],
+                "reactivation": old[2],
+            },
+        }
+    )
 
 
 def customer_facts(state: CustomerState) -> dict[str, Any]:

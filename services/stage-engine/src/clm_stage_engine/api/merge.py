@@ -16,6 +16,7 @@ from clm_common.problem import ProblemError
 from clm_stage_engine import repository
 from clm_stage_engine.api.customers import CustomerId, customer_doc, not_found, writer
 from clm_stage_engine.deps import State, app_state
+from clm_stage_engine.processor import correction_records, refold
 from clm_stage_engine.records import removal_record
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ async def merge(
                 conn,
                 [Transition(customer_id, before.stage, merged.stage, now, "", f"merged {other}")],
             )
+        # the two profiles' records said first purchase etc. each on its own: correct them
+        groups = [events.get(customer_id, []), events.get(other, [])]
+        corrections = correction_records(
+            customer_id,
+            refold(groups, [], state.rules),
+            cause=f"merge:{other}>{customer_id}",
+            reason="customer merge",
+        )
         await repository.insert_outbox(
             conn,
             state.settings.topic_lifecycle,
@@ -89,7 +98,8 @@ async def merge(
                         rows[other].stage.value,
                         merged_into=customer_id,
                     ),
-                )
+                ),
+                *corrections,
             ],
         )
     log.info(
