@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench.databases import create_migrated_database, plain_url, postmaster_pid
+from bench.databases import create_migrated_database, drop_database, plain_url, postmaster_pid
 from bench.proc import cpu_s, tree_cpu_s
 from bench.reads import FILL_SQL, fill_ids, read_rounds
 from bench.results import write_section
@@ -185,6 +185,7 @@ async def run() -> str:
             runs.append(result)
         finally:
             await conn.close()
+        await drop_database(db_url)  # its autovacuum must not run into the next run's figures
 
     db_url = await create_migrated_database("clm_bench")
     env, events = await _prefilled(db_url)

@@ -18,7 +18,8 @@ from clm_common.rules import LifecycleRules
 from clm_common.schema import customer_events, customers, processed_events
 from clm_common.settings import CommonSettings
 from clm_stage_engine import repository
-from clm_stage_engine.handler import ClaimLost, EventsHandler
+from clm_stage_engine.handler import EventsHandler
+from clm_stage_engine.repository import ClaimLost
 from tests.factories import event_doc
 from tests.integration.conftest import wire
 

@@ -36,6 +36,7 @@ from clm_common.rules import LifecycleRules
 from clm_stage_engine import repository
 from clm_stage_engine.processor import FoldResult, Item, first_of_each, fold, needs_history
 from clm_stage_engine.records import removal_record
+from clm_stage_engine.repository import ClaimLost
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,6 @@ def decode(record: Any) -> Event:
     if record.value is None:
         raise ValueError("empty record value")
     return parse_event_json(record.value)
-
-
-class ClaimLost(RuntimeError):
-    """A concurrent transaction applied one of the batch's events first (the batch retries)."""
 
 
 class EventsHandler:
@@ -231,7 +228,7 @@ class EventsHandler:
                         ),
                     )
                 )
-        new_events, new_claims = await repository.write_batch(
+        new_claims = await repository.write_batch(
             conn,
             events=logged,
             claims=claims,
@@ -239,9 +236,8 @@ class EventsHandler:
             states=list(result.states.values()),
             transitions=result.transitions,
         )
-        if new_events + new_claims != len(logged) + len(claims):
-            lost = len(logged) + len(claims) - new_events - new_claims
-            raise ClaimLost(f"{lost} events applied concurrently")
+        if new_claims != len(claims):
+            raise ClaimLost(f"{len(claims) - new_claims} events applied concurrently")
         await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
         await self._enqueue_webhooks(conn, result, subscriptions)
         for event_type, n in collections.Counter(i.event.type for i in result.applied).items():
