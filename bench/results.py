@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +15,10 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = (
     "# Benchmark results\n\n"
     "Written by `make bench`; each section says when and on what it ran. Ratios against the raw\n"
-    "ceilings measured in the same run matter more than absolute numbers.\n"
+    "ceilings measured in the same run matter more than absolute numbers. This virtual machine's\n"
+    "speed changes by more than half from hour to hour (its host's load): each machine line\n"
+    "carries a CPU gauge, the CPU milliseconds of a fixed Python loop at the time (lower is\n"
+    "faster), to read the figures of different runs against each other.\n"
 )
 
 
@@ -40,8 +45,23 @@ def machine_line() -> str:
     return (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu} · {os.cpu_count()} cores · "
         f"{mem_gib:.0f} GiB · {platform.system()} {platform.release()} · "
-        f"Python {platform.python_version()} · commit {commit or 'unknown'}"
+        f"Python {platform.python_version()} · CPU gauge {cpu_gauge_ms():.0f} ms · "
+        f"commit {commit or 'unknown'}"
     )
+
+
+def cpu_gauge_ms() -> float:
+    """CPU milliseconds a fixed pure-Python loop takes now (the best of three): this virtual
+    machine's speed changes by more than half from hour to hour (its host's load), and every
+    figure of a run moves with it. Lower is faster; compare runs' figures with it in mind."""
+    best = math.inf
+    for _ in range(3):
+        started = time.process_time()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.process_time() - started)
+    return best * 1000
 
 
 def write_section(name: str, body: str, *, top: bool = False) -> None:

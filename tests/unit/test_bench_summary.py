@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.reads import Reads, percentile
-from bench.summary import NOT_FOUND, ORDER, anchor, report, rows
+from bench.summary import NOT_FOUND, ORDER, anchor, report, rows, when
 
 INGEST = """## Ingest
 
@@ -97,3 +97,9 @@ def test_reads_report_the_median_of_the_rounds_p99s() -> None:
     assert (reads.p50_ms, reads.p99_ms) == (2.0, 5.0)
     assert reads.spread() == "4.0 / 30.0 / 5.0"
     assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+
+
+def test_the_run_column_carries_the_cpu_gauge_when_the_machine_line_has_one() -> None:
+    line = "_Machine: 2026-11-24 00:22 UTC · AMD EPYC · Python 3.11.7 · CPU gauge 145 ms · commit abc1234_"
+    assert when(line) == "2026-11-24 00:22, abc1234, CPU gauge 145 ms"
+    assert when(STAGE) == "2026-11-23 17:08, 026a8a8"
