@@ -182,7 +182,7 @@ def anchor(text: str) -> str:
 def when(text: str) -> str:
     """The date, time and commit of the section's run, from its machine line."""
     date = _search(r"_Machine: (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", text)
-    commit = _search(r"commit (\w+)_", text)
+    commit = _search(r"· commit ([0-9a-f]+)", text)
     gauge = _search(r"CPU gauge (\d+) ms", text)
     speed = f", CPU gauge {gauge[1]} ms" if gauge else ""
     return f"{date[1] if date else '?'}, {commit[1] if commit else '?'}{speed}"

@@ -103,3 +103,12 @@ def test_the_run_column_carries_the_cpu_gauge_when_the_machine_line_has_one() ->
     line = "_Machine: 2026-11-24 00:22 UTC · AMD EPYC · Python 3.11.7 · CPU gauge 145 ms · commit abc1234_"
     assert when(line) == "2026-11-24 00:22, abc1234, CPU gauge 145 ms"
     assert when(STAGE) == "2026-11-23 17:08, 026a8a8"
+
+
+def test_the_run_column_names_the_commit_of_a_run_from_a_working_tree() -> None:
+    section = (
+        "Measured on 1 and 2 processes and so on.\n\n"
+        "_Machine: 2026-11-23 22:33 UTC · AMD EPYC · 2 cores · commit bc60e95 "
+        "(run from its working tree before it was committed on f4d0063)_"
+    )
+    assert when(section) == "2026-11-23 22:33, bc60e95"
