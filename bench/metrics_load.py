@@ -7,17 +7,18 @@ through the service's own pure code — ``increments``, ``sketch_items``, ``coho
 :mod:`clm_metrics.hll` — and what that code yields is summed in two steps:
 
 1. each loader process sums a part of the history (disjoint customers) in memory — the minute
-   increments per bucket key, the sketch registers per minute key (the highest rank each
-   register index got, as ``hll.add`` keeps it), the cohort activity and stage deltas — and
+   increments per bucket key, the distinct ids' hashes per minute sketch key (``hll.positions``),
+   the cohort activity and stage deltas — and
    ``COPY``-es the part into unlogged staging tables, its record ids and cohort activity
    straight into the service's tables;
 2. Postgres sums the parts month by month (:func:`sum_buckets`: one ``GROUP BY`` the minutes
    of a month, and their hours and UTC days — the keys ``repository.rollup`` gives a minute;
    :func:`finish`: the all-time totals at the epoch), and :func:`write_sketches` builds every
-   sketch row of a month — each minute key's registers also go to its hour and day, each also
+   sketch row of a month — each minute key's hashes also go to its hour and day, each also
    merged over every source, every channel and both, the rows ``repository.sketch_rows``
-   spreads a minute's ids to — merging the registers in Postgres (the highest rank of each
-   index) and encoding each row with ``hll.dumps`` (months side by side in processes).
+   spreads a minute's ids to — the distinct hashes of each row gathered in Postgres, turned
+   into a sketch by ``hll.from_hashes`` (exact or registers, as the write path would have it)
+   and encoded by ``hll.dumps`` (months side by side in processes).
 
 The staging tables of the minutes are partitioned by month, so each month's sums read only
 its own rows and fit in memory; the primary keys of the big tables are dropped while they
@@ -51,15 +52,12 @@ from clm_metrics.repository import ANY, periods_between
 #: Staging tables: their shape. The first two are partitioned by month (see :func:`prepare`).
 STAGING = {
     "load_buckets": "(LIKE kpi_buckets)",
-    "load_registers": (
-        "(bucket_start timestamptz, metric text, source text, channel text, "
-        "register smallint, rank smallint)"
-    ),
+    "load_hashes": "(bucket_start timestamptz, metric text, source text, channel text, h bigint)",
     "load_cohorts": "(LIKE kpi_cohorts)",
     "load_stages": "(LIKE stage_counts)",
     "load_keys": "(tbl text, name text, definition text)",
 }
-PARTITIONED = ("load_buckets", "load_registers")
+PARTITIONED = ("load_buckets", "load_hashes")
 #: The tables whose primary key is dropped while they fill and built once at the end.
 KEYED = (
     "kpi_buckets",
@@ -71,7 +69,8 @@ KEYED = (
 BUCKET_KEY = "bucket_start, metric, source, channel, currency"
 SKETCH_KEY = "grain, bucket_start, metric, source, channel"
 MinuteKey = tuple[datetime, str, str, str, str]
-RegisterKey = tuple[datetime, str, str, str, int]
+#: A minute sketch key and an id's hash (as a signed bigint, as Postgres keeps it).
+HashKey = tuple[datetime, str, str, str, int]
 
 
 @dataclass
@@ -79,7 +78,7 @@ class History:
     """One part of a history, summed: what the write path would add for these records."""
 
     minutes: dict[MinuteKey, Decimal] = field(default_factory=dict)
-    registers: dict[RegisterKey, int] = field(default_factory=dict)
+    hashes: set[HashKey] = field(default_factory=set)
     activity: dict[tuple[str, str, date], date] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
     record_ids: list[str] = field(default_factory=list)
@@ -87,7 +86,7 @@ class History:
 
     def add(self, docs: Iterable[Mapping[str, Any]]) -> int:
         """Count the lifecycle records (parsed ``clm.lifecycle.v1`` documents); how many."""
-        minutes, registers, activity = self.minutes, self.registers, self.activity
+        minutes, hashes, activity = self.minutes, self.hashes, self.activity
         positions = self._positions
         counted = []
         for doc in docs:
@@ -99,11 +98,8 @@ class History:
             for s, who in sketch_items(doc):
                 at = positions.get(who)
                 if at is None:
-                    at = positions[who] = hll.positions([who])[who]
-                index, rank = at
-                rkey = (s.bucket_start, s.metric, s.source, s.channel, index)
-                if registers.get(rkey, 0) < rank:
-                    registers[rkey] = rank
+                    at = positions[who] = signed(hll.positions([who])[who])
+                hashes.add((s.bucket_start, s.metric, s.source, s.channel, at))
             for period, customer, start, cohort in cohort_rows(doc):
                 activity.setdefault((period, customer, start), cohort)
         for stage, delta in stage_deltas(counted).items():
@@ -180,9 +176,9 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
         columns=["bucket_start", "metric", "source", "channel", "currency", "value"],
     )
     await conn.copy_records_to_table(
-        "load_registers",
-        records=[(*k, v) for k, v in part.registers.items()],
-        columns=["bucket_start", "metric", "source", "channel", "register", "rank"],
+        "load_hashes",
+        records=list(part.hashes),
+        columns=["bucket_start", "metric", "source", "channel", "h"],
     )
     counts: dict[tuple[str, date, int], int] = {}
     for (period, _, start), cohort in part.activity.items():
@@ -226,49 +222,37 @@ async def sum_buckets(conn: asyncpg.Connection, partition: str) -> None:
 
 VALUE_KEY = "metric, source, channel, currency"
 _SKETCHES = f"""
-WITH minute AS (
-    SELECT bucket_start, metric, source, channel, register, max(rank) AS rank
-    FROM load_registers_{{partition}}
-    GROUP BY bucket_start, metric, source, channel, register
-), spread AS (
-    SELECT g.grain, g.start AS bucket_start, m.metric, c.source, c.channel, m.register,
-           max(m.rank) AS rank
-    FROM minute AS m
+WITH spread AS (
+    SELECT DISTINCT g.grain, g.start AS bucket_start, m.metric, c.source, c.channel, m.h
+    FROM load_hashes_{{partition}} AS m
     CROSS JOIN LATERAL (VALUES ('minute', m.bucket_start),
                                ('hour', date_trunc('hour', m.bucket_start)),
                                ('day', date_trunc('day', m.bucket_start))) AS g (grain, start)
     CROSS JOIN LATERAL (VALUES (m.source, m.channel), (m.source, $1::text),
                                ($1::text, m.channel), ($1::text, $1::text)) AS c (source, channel)
-    GROUP BY 1, 2, 3, 4, 5, 6
 )
-SELECT {SKETCH_KEY}, array_agg(register) AS registers, array_agg(rank) AS ranks
-FROM spread GROUP BY {SKETCH_KEY}
+SELECT {SKETCH_KEY}, array_agg(h) AS hashes FROM spread GROUP BY {SKETCH_KEY}
 """
+
+
+def signed(h: int) -> int:
+    """A 64-bit hash as the signed bigint Postgres stores."""
+    return h - (1 << 64) if h >= 1 << 63 else h
 
 
 async def write_sketches(conn: asyncpg.Connection, partition: str) -> int:
     """Every sketch row of one month's minutes (a month holds its hours and days): the
-    registers of a row merged in Postgres (the highest rank of each index), encoded by
-    ``hll.dumps``, copied into ``kpi_sketches``; how many rows."""
+    distinct hashes of a row gathered in Postgres, made a sketch by ``hll.from_hashes`` and
+    encoded by ``hll.dumps``, copied into ``kpi_sketches``; how many rows."""
     await tune(conn)
-    encoded: dict[tuple[tuple[int, ...], tuple[int, ...]], bytes] = {}
     batch: list[tuple[Any, ...]] = []
     written = 0
     columns = ["grain", "bucket_start", "metric", "source", "channel", "registers"]
     query = _SKETCHES.replace("{partition}", partition)
     async with conn.transaction():
         async for row in conn.cursor(query, ANY, prefetch=20000):
-            indexes, ranks = row["registers"], row["ranks"]
-            few = len(indexes) <= 2  # most minute rows: their encodings repeat
-            key = (tuple(indexes), tuple(ranks)) if few else None
-            blob = encoded.get(key) if key is not None else None
-            if blob is None:
-                registers = hll.empty()
-                registers[np.asarray(indexes, dtype=np.intp)] = np.asarray(ranks, dtype=np.uint8)
-                blob = hll.dumps(registers)
-                if key is not None:
-                    encoded[key] = blob
-            batch.append((*row[:5], blob))
+            hashes = np.asarray(row["hashes"], dtype=np.int64).view(np.uint64)
+            batch.append((*row[:5], hll.dumps(hll.from_hashes(hashes))))
             if len(batch) >= 20000:
                 await conn.copy_records_to_table("kpi_sketches", records=batch, columns=columns)
                 written += len(batch)

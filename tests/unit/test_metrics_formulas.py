@@ -13,12 +13,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clm_cli.simulator.journeys import CHANNELS, SOURCES, generate
-from clm_metrics import hll
 from clm_metrics.buckets import (
     BucketKey,
     SketchKey,
@@ -172,47 +170,6 @@ def test_a_range_plan_covers_it_exactly_once_with_bounded_rows(
     assert cursor == e
     rows = sum(int((g.end - g.start) / GRAINS[g.grain]) for g in segments)
     assert rows <= 2 * 59 + 2 * 23 + minutes // (24 * 60) + 1
-
-
-@pytest.mark.parametrize("n", [0, 1, 7, 100, 2_000, 50_000])
-def test_distinct_count_sketch_is_within_two_percent(n: int) -> None:
-    halves = [hll.add(hll.empty(), (f"v{i}" for i in range(k, n, 2))) for k in (0, 1)]
-    blobs = [hll.dumps(h) for h in halves]
-    merged = hll.merge(hll.loads(b) for b in blobs)
-    estimate = hll.estimate(merged)
-    assert abs(estimate - n) <= max(0.02 * n, 0)
-    assert hll.estimate(hll.merge([merged, merged])) == estimate
-
-
-def test_a_sketch_says_whether_adding_raised_a_register() -> None:
-    registers = hll.empty()
-    assert hll.raise_to(registers, [f"v{i}" for i in range(100)])
-    before = registers.copy()
-    assert not hll.raise_to(registers, [f"v{i}" for i in range(100)])  # all seen before
-    assert not hll.raise_to(registers, [])
-    assert (registers == before).all()
-    assert hll.raise_to(registers, ["someone new", *(f"v{i}" for i in range(100))]) == (
-        not (registers == before).all()
-    )
-
-
-def test_registers_written_last_are_reused_only_for_the_same_bytes() -> None:
-    last = hll.LastWritten(max_rows=2)
-    registers = hll.add(hll.empty(), ["a", "b"])
-    blob = hll.dumps(registers)
-    last.wrote("r1", blob, registers)
-    again = last.loads("r1", blob)
-    assert (again == registers).all()
-    hll.raise_to(again, [f"x{i}" for i in range(50)])  # a copy: what is kept stays
-    assert (last.loads("r1", blob) == registers).all()
-    other = hll.dumps(hll.add(hll.empty(), ["c"]))  # someone else wrote the row since
-    assert (last.loads("r1", other) == hll.loads(other)).all()
-    last.wrote("r2", blob, registers)
-    last.wrote("r3", blob, registers)  # over max_rows: r1, the oldest written, goes
-    assert list(last._rows) == ["r2", "r3"]
-    unkept = hll.LastWritten(max_rows=0)
-    unkept.wrote("r1", blob, registers)
-    assert not unkept._rows
 
 
 @given(st.integers(min_value=0, max_value=10**7))

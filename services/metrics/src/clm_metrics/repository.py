@@ -238,13 +238,13 @@ async def _write_sketches(
     blobs: list[bytes] = []
     for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
         row = (g, b, m, s, ch)
-        registers = last.loads(row, blob)
-        # a row no register of which rose keeps its bytes: no compressing, no new row version
-        # (most ids of a busy hour's or day's sketch raise nothing once it has filled up)
-        if hll.raise_at(registers, [at[who] for who in per_row[row]]):
+        sketch = last.loads(row, blob)
+        # a row its ids do not change keeps its bytes: no encoding, no new row version (ids
+        # seen before; most ids of a busy hour's or day's registers raise nothing once filled)
+        if hll.raise_at(sketch, [at[who] for who in per_row[row]]):
             written.append(row)
-            blobs.append(hll.dumps(registers))
-            last.wrote(row, blobs[-1], registers)
+            blobs.append(hll.dumps(sketch))
+            last.wrote(row, blobs[-1], sketch)
     if written:
         await conn.execute(_SKETCH_WRITE, {**_sketch_columns(written), "r": blobs})
 
@@ -424,15 +424,15 @@ async def window_totals(
     return sums, flows_after, all_time
 
 
-async def sketch_registers(
+async def merged_sketches(
     conn: AsyncConnection,
     segments: Sequence[Segment],
     metrics: Sequence[str],
     *,
     source: str | None = None,
     channel: str | None = None,
-) -> dict[str, hll.Registers]:
-    """The merged HyperLogLog registers of each metric over the segments (absent: no ids)."""
+) -> dict[str, hll.Sketch]:
+    """Each metric's sketch over the segments, merged (absent: no ids)."""
     c = kpi_sketches.c
     if not segments or not metrics:
         return {}
@@ -447,14 +447,10 @@ async def sketch_registers(
         c.source == (ANY if source is None else source),
         c.channel == (ANY if channel is None else channel),
     )
-    out: dict[str, hll.Registers] = {}
+    rows: dict[str, list[hll.Sketch]] = {}
     for metric, blob in await conn.execute(query):
-        registers = hll.loads(blob)
-        if metric in out:
-            hll.merge_into(out[metric], registers)
-        else:
-            out[metric] = registers
-    return out
+        rows.setdefault(metric, []).append(hll.loads(blob))
+    return {metric: hll.merge(sketches) for metric, sketches in rows.items()}
 
 
 async def open_totals(

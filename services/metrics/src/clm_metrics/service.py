@@ -101,14 +101,14 @@ async def window_inputs(
 
     async def sketches_and_counters(
         conn: AsyncConnection,
-    ) -> tuple[dict[str, hll.Registers], Counters]:
+    ) -> tuple[dict[str, hll.Sketch], Counters]:
         counters = await segment_counters(conn, kept)
-        registers = await repository.sketch_registers(
+        sketches = await repository.merged_sketches(
             conn, fresh, metrics, source=source, channel=channel
         )
-        return registers, counters
+        return sketches, counters
 
-    (totals, since_end, all_time), (registers, counters) = await asyncio.gather(
+    (totals, since_end, all_time), (sketches, counters) = await asyncio.gather(
         _on_own_connection(
             engine,
             lambda c: repository.window_totals(
@@ -122,15 +122,15 @@ async def window_inputs(
             engine, cache, kept, counters, source=source, channel=channel, metrics=metrics
         )
         totals = _added([totals, *old_sums])
-        registers = _merged(metrics, [registers, *old_sketches])
-    return _inputs(totals, since_end, all_time, registers, metrics)
+        sketches = _merged(metrics, [sketches, *old_sketches])
+    return _inputs(totals, since_end, all_time, sketches, metrics)
 
 
 def _inputs(
     totals: Totals,
     since_end: Totals,
     all_time: Totals,
-    registers: Mapping[str, hll.Registers],
+    sketches: Mapping[str, hll.Sketch],
     metrics: Sequence[str],
     sums: MetricSums | None = None,
 ) -> WindowInputs:
@@ -148,15 +148,15 @@ def _inputs(
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
         all_time=all_time,
-        distinct={m: hll.estimate(registers[m]) if m in registers else 0 for m in metrics},
+        distinct={m: hll.estimate(sketches[m]) if m in sketches else 0 for m in metrics},
         sums=sums,
     )
 
 
 def _merged(
-    metrics: Sequence[str], parts: Sequence[Mapping[str, hll.Registers]]
-) -> dict[str, hll.Registers]:
-    """Each metric's registers merged over the parts (a new array: cached ones stay as they
+    metrics: Sequence[str], parts: Sequence[Mapping[str, hll.Sketch]]
+) -> dict[str, hll.Sketch]:
+    """Each metric's sketches merged over the parts (new ones: cached ones stay as they
     are)."""
     return {m: hll.merge(part[m] for part in parts if m in part) for m in metrics}
 
@@ -167,7 +167,7 @@ class _ClosedWindow:
     all-time totals before that hour."""
 
     totals: Totals
-    registers: Mapping[str, hll.Registers]
+    sketches: Mapping[str, hll.Sketch]
     all_time: Totals
     sums: MetricSums  # ``totals`` indexed
 
@@ -192,18 +192,18 @@ async def _rolling_inputs(
 
     async def counters_and_sketches(
         conn: AsyncConnection,
-    ) -> tuple[tuple[int, int], dict[str, hll.Registers]]:
+    ) -> tuple[tuple[int, int], dict[str, hll.Sketch]]:
         # the days wholly read afresh ([today, far) but today's closed hours, which have their
         # own counters) are left out; a day only partly before ``far`` stays counted
         version = await repository.closed_version(
             conn, (today.date(), floor_to(far, "day").date()), (today, hour)
         )
-        registers = await repository.sketch_registers(
+        sketches = await repository.merged_sketches(
             conn, open_window, metrics, source=source, channel=channel
         )
-        return version, registers
+        return version, sketches
 
-    (sums, later), (version, registers) = await asyncio.gather(
+    (sums, later), (version, sketches) = await asyncio.gather(
         _on_own_connection(
             engine,
             lambda c: repository.open_totals(c, open_window, after, source=source, channel=channel),
@@ -230,7 +230,7 @@ async def _rolling_inputs(
         _added([part.totals, sums]),
         {k: v for k, v in later.items() if k[0].startswith("flow:")},
         _added([part.all_time, open_all_time]),
-        _merged(metrics, [part.registers, registers]),
+        _merged(metrics, [part.sketches, sketches]),
         metrics,
         part.sums.plus(sums),
     )
@@ -287,7 +287,7 @@ async def _closed_reads(
     source: str | None,
     channel: str | None,
     metrics: tuple[str, ...],
-) -> tuple[list[Totals], list[dict[str, hll.Registers]]]:
+) -> tuple[list[Totals], list[dict[str, hll.Sketch]]]:
     """Sums and sketches of closed segments: cached while their days' or hours' counters are
     unchanged, otherwise read (after the counters were) on one connection and cached. Cached
     values are never mutated."""
@@ -300,7 +300,7 @@ async def _closed_reads(
         for segment in segments
     ]
     sums: list[Totals | None] = [cache.get(key, version) for version, key, _ in keys]
-    sketches: list[dict[str, hll.Registers] | None] = [
+    sketches: list[dict[str, hll.Sketch] | None] = [
         cache.get(key, version) if metrics else {} for version, _, key in keys
     ]
     misses = [i for i, segment in enumerate(segments) if sums[i] is None or sketches[i] is None]
@@ -314,7 +314,7 @@ async def _closed_reads(
                     )
                     cache.put(sums_key, version, sums[i])
                 if sketches[i] is None:
-                    sketches[i] = await repository.sketch_registers(
+                    sketches[i] = await repository.merged_sketches(
                         conn, [segments[i]], metrics, source=source, channel=channel
                     )
                     cache.put(sketch_key, version, sketches[i])
