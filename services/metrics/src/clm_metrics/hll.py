@@ -248,9 +248,9 @@ def loads(blob: bytes) -> Sketch:
 class LastWritten:
     """The sketches of the blobs this process wrote last, by row: a row read back with those
     very bytes (nobody wrote it since) is not decoded again. A filled hour's or day's
-    registers take tens of microseconds to inflate, and
-    one consumer rewrites the same few rows batch after batch. At most ``max_rows`` rows, the
-    least recently written dropped first."""
+    registers take tens of microseconds to inflate, and one consumer rewrites the same few
+    rows batch after batch. At most ``max_rows`` rows, the least recently written dropped
+    first."""
 
     def __init__(self, max_rows: int = 256) -> None:
         self._max = max_rows
