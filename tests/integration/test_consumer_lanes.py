@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.consumer import BatchConsumer, BatchPolicy, BatchResult, Handler
+from clm_common.consumer import BatchConsumer, BatchPolicy, BatchResult, Conflict, Handler
 from clm_common.db import create_engine
 from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
 from clm_stage_engine.app import FRESH_PLANS
@@ -129,3 +129,54 @@ async def test_each_lane_connection_runs_the_session_statements(db: AsyncEngine)
     assert seen == ["force_custom_plan", "force_custom_plan"]
     async with db.connect() as conn:  # the pool's connections never carry them
         assert (await conn.execute(text("SHOW plan_cache_mode"))).scalar_one() == "auto"
+
+
+async def test_a_conflict_is_retried_at_once_and_committed_runs_only_after_the_commit(
+    db: AsyncEngine,
+) -> None:
+    calls: list[str] = []
+
+    async def handler(conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS lane_marks (n int)"))
+        await conn.execute(text("INSERT INTO lane_marks VALUES (1)"))
+        calls.append("apply")
+        if calls.count("apply") == 1:
+            raise Conflict("a row changed since read")
+
+        def committed() -> None:
+            calls.append("committed")
+
+        return BatchResult(applied=len(records), committed=committed)
+
+    # a backoff this long would outlast the test: the first conflict must not wait for it
+    loop = _loop(db, handler, retry_backoff_s=3600)
+    await asyncio.wait_for(loop._apply_with_retry(_records(per_partition=1), 0), timeout=30)
+    await loop.close_connections()
+    assert calls == ["apply", "apply", "committed"]
+    async with db.connect() as conn:  # the conflicted attempt rolled back whole
+        assert (await conn.execute(text("SELECT count(*) FROM lane_marks"))).scalar_one() == 1
+        await conn.execute(text("DROP TABLE lane_marks"))
+        await conn.commit()
+        stored = await load_offsets(conn, "g", [("t", p) for p in range(PARTITIONS)])
+    assert stored == {("t", p): 1 for p in range(PARTITIONS)}
+
+
+async def test_committed_is_not_called_when_the_commit_fails(db: AsyncEngine) -> None:
+    called: list[bool] = []
+
+    async def handler(conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
+        # deferred: the violation surfaces at COMMIT, after the handler returned
+        await conn.execute(
+            text(
+                "CREATE TEMP TABLE IF NOT EXISTS deferred (n int UNIQUE DEFERRABLE INITIALLY "
+                "DEFERRED)"
+            )
+        )
+        await conn.execute(text("INSERT INTO deferred VALUES (1), (1)"))
+        return BatchResult(applied=len(records), committed=lambda: called.append(True))
+
+    loop = _loop(db, handler)
+    with pytest.raises(Exception, match="deferred"):
+        await loop._apply(_records(per_partition=1), 0)
+    await loop.close_connections()
+    assert called == []

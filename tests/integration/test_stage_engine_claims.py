@@ -1,16 +1,19 @@
-"""The stage engine's dedupe claims on real Postgres: an applied event's event-log row is its
-claim, events without a customer (or that failed) are claimed in ``processed_events``, and a
-batch that loses a claim to a concurrent transaction rolls back."""
+"""The stage engine's dedupe claims and row versions on real Postgres: an applied event's
+event-log row is its claim, events without a customer (or that failed) are claimed in
+``processed_events``, a batch that loses a claim to a concurrent transaction rolls back, and
+so does one that would write back a customer row someone else wrote since it was read (or
+remembered)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.db import create_engine
@@ -18,8 +21,9 @@ from clm_common.rules import LifecycleRules
 from clm_common.schema import customer_events, customers, processed_events
 from clm_common.settings import CommonSettings
 from clm_stage_engine import repository
-from clm_stage_engine.handler import EventsHandler
-from clm_stage_engine.repository import ClaimLost
+from clm_stage_engine.handler import EventsHandler, customer_hash
+from clm_stage_engine.known import LOOKUPS, KnownStates
+from clm_stage_engine.repository import ClaimLost, StaleRows
 from tests.factories import event_doc
 from tests.integration.conftest import wire
 
@@ -120,3 +124,93 @@ async def test_an_anonymised_customers_events_stay_claimed(db: AsyncEngine) -> N
     async with db.begin() as conn:  # a redelivery does not bring the customer back
         assert (await HANDLER(conn, batch)).applied == 0
     assert await count(db, customers, customer_id="anon-me") == 0
+
+
+# The rows a handler wrote are kept in memory (clm_stage_engine.known) once the batch
+# committed, and a batch writes each customer row back only if still at the version it
+# read or took from memory: the cases where someone else wrote the row in between.
+
+
+def remembering() -> EventsHandler:
+    return EventsHandler("lifecycle", LifecycleRules(), KnownStates(100))
+
+
+async def commit(db: AsyncEngine, handler: EventsHandler, batch: list[Record]) -> int:
+    async with db.begin() as conn:
+        result = await handler(conn, batch)
+    assert result.committed is not None
+    result.committed()  # what the consumer does once the transaction committed
+    return result.applied
+
+
+async def customer(db: AsyncEngine, customer_id: str) -> Any:
+    async with db.connect() as conn:
+        return (
+            await conn.execute(select(customers).where(customers.c.customer_id == customer_id))
+        ).one_or_none()
+
+
+async def test_a_known_customer_written_by_someone_else_is_read_again(db: AsyncEngine) -> None:
+    handler = remembering()
+    await commit(db, handler, records(event_doc("purchase", customer_id="kn-1")))
+    hits = LOOKUPS.labels("hit")._value.get()
+    async with db.begin() as conn:  # another writer (the API, the sweeper, another replica)
+        await conn.execute(
+            update(customers).where(customers.c.customer_id == "kn-1").values(tickets_opened=5)
+        )
+    second = records(event_doc("purchase", customer_id="kn-1", occurred_at="2026-11-24T11:00:00Z"))
+    with pytest.raises(StaleRows):
+        async with db.begin() as conn:
+            await handler(conn, second)
+    assert LOOKUPS.labels("hit")._value.get() == hits + 1  # it was taken from memory
+    assert len(handler.known) == 0  # and forgotten when it proved stale
+    assert await commit(db, handler, second) == 1  # the retry reads the row
+    row = await customer(db, "kn-1")
+    assert (row.purchases, row.tickets_opened) == (2, 5)  # neither write lost
+
+
+async def test_a_known_customer_erased_meanwhile_is_not_brought_back(db: AsyncEngine) -> None:
+    handler = remembering()
+    await commit(
+        db,
+        handler,
+        records(
+            event_doc("site_visit", customer_id="kn-2"),
+            event_doc("purchase", customer_id="kn-2"),
+        ),
+    )
+    async with db.begin() as conn:
+        assert await repository.erase_customer(conn, "kn-2", customer_hash)
+    later = records(
+        event_doc("site_visit", customer_id="kn-2", occurred_at=datetime.now(UTC).isoformat())
+    )
+    with pytest.raises(StaleRows):  # the row it remembered is gone
+        async with db.begin() as conn:
+            await handler(conn, later)
+    assert await commit(db, handler, later) == 1
+    row = await customer(db, "kn-2")
+    assert (row.events, row.purchases, row.stage) == (1, 0, "reach")  # a new profile
+
+
+async def test_a_customer_inserted_meanwhile_fails_the_batch(db: AsyncEngine) -> None:
+    first = await db.connect()
+    await first.begin()
+    assert (
+        await remembering()(first, records(event_doc("site_visit", customer_id="kn-3")))
+    ).applied
+    signup = records(event_doc("signup", customer_id="kn-3", occurred_at="2026-11-23T12:00:00Z"))
+
+    async def second() -> None:
+        async with db.begin() as conn:  # reads no row: the first's insert is not committed
+            await remembering()(conn, signup)
+
+    racing = asyncio.create_task(second())
+    await asyncio.sleep(0.5)  # its insert waits on the first's row
+    assert not racing.done()
+    await first.commit()
+    await first.close()
+    with pytest.raises(StaleRows):
+        await racing
+    assert await commit(db, remembering(), signup) == 1
+    row = await customer(db, "kn-3")
+    assert (row.events, row.stage) == (2, "acquisition")

@@ -70,6 +70,14 @@ class BatchResult:
 
     poison: list[Poison] = field(default_factory=list)
     applied: int = 0
+    # called once the batch's transaction committed (never if it rolled back): for what a
+    # handler may only believe of the database after the commit (rows it wrote, as written)
+    committed: Callable[[], None] | None = None
+
+
+class Conflict(RuntimeError):
+    """A concurrent transaction changed what the batch read (or claimed first): the batch
+    rolled back and is retried at once, reading again (backoff only if it conflicts again)."""
 
 
 Handler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[BatchResult]]
@@ -260,6 +268,7 @@ class BatchConsumer:
             raise (fatal or failed.exceptions)[0] from None
 
     async def _apply_with_retry(self, records: list[Any], lane: int) -> None:
+        conflicts = 0
         while not self._stopping.is_set():
             fresh = [
                 r
@@ -279,6 +288,16 @@ class BatchConsumer:
                 log.warning("batch fenced; reloading offsets", extra={"why": str(exc)})
                 await self.seek_to_stored(self._partitions_of(fresh))
                 return
+            except Conflict as exc:
+                BATCHES.labels(self.group_id, "conflict").inc()
+                conflicts += 1
+                log.info(
+                    "batch conflicted; rolled back, retrying",
+                    extra={"n": len(fresh), "why": str(exc), "conflicts": conflicts},
+                )
+                if conflicts > 1:
+                    await asyncio.sleep(self.policy.retry_backoff_s)
+                continue
             except Exception:
                 BATCHES.labels(self.group_id, "failed").inc()
                 log.exception("batch failed; rolled back, retrying", extra={"n": len(fresh)})
@@ -313,6 +332,8 @@ class BatchConsumer:
         except BaseException:
             await self._drop_connection(lane)
             raise
+        if result.committed is not None:
+            result.committed()
         for key, adv in advances.items():
             self.expected[key] = adv.next_offset
         RECORDS.labels(self.group_id, "applied").inc(result.applied)

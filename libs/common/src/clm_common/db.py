@@ -173,22 +173,12 @@ def driver_insert_sql(
     costs the client several times less than arrays whose every value (timestamps, decimals)
     the driver encodes one by one. Values then: str, int, bool, None, aware datetimes,
     Decimals (sent as exact strings), sequences for array columns; no bytes."""
-    picks = []
     if via_json:
-        for i, name in enumerate(columns):
-            column = table.c[name]
-            if isinstance(column.type, ARRAY):
-                picks.append(
-                    f"CASE WHEN jsonb_typeof(r->{i}) = 'array' THEN ARRAY("
-                    f"SELECT e FROM jsonb_array_elements_text(r->{i}) WITH ORDINALITY AS a(e, n) "
-                    f"ORDER BY n)::{_pg_type(column)} END"
-                )
-            else:
-                picks.append(f"CAST(r->>{i} AS {_pg_type(column)})")
-        source = f"jsonb_array_elements(CAST(${first} AS JSONB)) AS r"
+        source = json_rows_sql(table, columns, first)
     else:
         aliases = [f"c{i}" for i in range(len(columns))]
         args = []
+        picks = []
         for i, (alias, name) in enumerate(zip(aliases, columns, strict=True)):
             column = table.c[name]
             if isinstance(column.type, ARRAY):  # unnest flattens arrays: ship them as literals
@@ -197,11 +187,31 @@ def driver_insert_sql(
             else:
                 args.append(f"CAST(${first + i} AS {_pg_type(column)}[])")
                 picks.append(alias)
-        source = f"unnest({', '.join(args)}) AS u({', '.join(aliases)})"
-    return (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"SELECT {', '.join(picks)} FROM {source} {tail}"
-    )
+        source = (
+            f"SELECT {', '.join(picks)} FROM unnest({', '.join(args)}) AS u({', '.join(aliases)})"
+        )
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) {source} {tail}"
+
+
+def json_rows_sql(table: Table, columns: tuple[str, ...], param: int, extra: str = "") -> str:
+    """``SELECT …`` of the rows in parameter ``$param``, a JSON array of arrays of ``columns``
+    values (see :func:`driver_insert_sql`), each column under its own name and typed as in
+    ``table``; ``extra``: more select items, over the row ``r`` (``CAST(r->>5 AS xid) AS
+    seen``: a value past the table's columns)."""
+    picks = []
+    for i, name in enumerate(columns):
+        column = table.c[name]
+        if isinstance(column.type, ARRAY):
+            picks.append(
+                f"CASE WHEN jsonb_typeof(r->{i}) = 'array' THEN ARRAY("
+                f"SELECT e FROM jsonb_array_elements_text(r->{i}) WITH ORDINALITY AS a(e, n) "
+                f"ORDER BY n)::{_pg_type(column)} END AS {name}"
+            )
+        else:
+            picks.append(f"CAST(r->>{i} AS {_pg_type(column)}) AS {name}")
+    if extra:
+        picks.append(extra)
+    return f"SELECT {', '.join(picks)} FROM jsonb_array_elements(CAST(${param} AS JSONB)) AS r"
 
 
 def driver_insert_args(

@@ -31,6 +31,7 @@ from clm_stage_engine.api import customers, merge, webhooks
 from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.hot_read import HotReadMiddleware
+from clm_stage_engine.known import KnownStates
 from clm_stage_engine.relay import OutboxRelay
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_forever
@@ -84,7 +85,9 @@ def create_app(
                 name="clm-stage-engine",
                 topic=settings.topic_events,
                 group_id=settings.stage_engine_group,
-                handler=EventsHandler(settings.topic_lifecycle, rules),
+                handler=EventsHandler(
+                    settings.topic_lifecycle, rules, KnownStates(settings.stage_engine_known_states)
+                ),
                 policy=BatchPolicy(
                     max_records=settings.stage_engine_batch_records,
                     max_wait_ms=settings.stage_engine_batch_wait_ms,

@@ -8,9 +8,12 @@
    taken (a concurrent transaction got there first) rolls the batch back for a retry;
 2. resolve identities: an event carrying both ids links the anonymous id to the customer;
    an anonymous-only event lands on its linked customer, if any;
-3. lock the customers' rows in a stable order; rebuild the ones with late events or merges
-   from their stored events, fold the rest incrementally (pure :mod:`processor`);
-4. write rows, the event log, links, history, outbox records and webhook deliveries.
+3. take the customers' rows this process wrote last from memory (:mod:`known`) and read the
+   others (with a merge, read and lock them all); rebuild the customers with late events or
+   merges from their stored events, fold the rest incrementally (pure :mod:`processor`);
+4. write rows, the event log, links, history, outbox records and webhook deliveries; each
+   customer row only if still at the version the batch started from (else the batch is
+   retried: :class:`~clm_stage_engine.repository.StaleRows`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from clm_common.events import Event, parse_event_json
 from clm_common.lifecycle import customer_key, event_order
 from clm_common.rules import LifecycleRules
 from clm_stage_engine import repository
+from clm_stage_engine.known import KnownStates
 from clm_stage_engine.processor import FoldResult, Item, first_of_each, fold, needs_history
 from clm_stage_engine.records import removal_record
 from clm_stage_engine.repository import ClaimLost
@@ -84,11 +88,26 @@ def decode(record: Any) -> Event:
 class EventsHandler:
     """Decode, dedupe, resolve, fold and write one batch; poison comes back for the DLQ."""
 
-    def __init__(self, lifecycle_topic: str, rules: LifecycleRules) -> None:
+    def __init__(
+        self, lifecycle_topic: str, rules: LifecycleRules, known: KnownStates | None = None
+    ) -> None:
         self.lifecycle_topic = lifecycle_topic
         self.rules = rules
+        # rows this process wrote, filled only through BatchResult.committed (a caller that
+        # does not call it, as the tests that drive the handler directly, reads every row)
+        self.known = known if known is not None else KnownStates(0)
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
+        wanted: set[str] = set()
+        try:
+            return await self._apply(conn, records, wanted)
+        except BaseException:
+            self.known.forget(wanted)  # what it took from memory may be what went stale
+            raise
+
+    async def _apply(
+        self, conn: AsyncConnection, records: Sequence[Any], wanted: set[str]
+    ) -> BatchResult:
         now = datetime.now(UTC)
         phases = _Phases()
         poison: list[Poison] = []
@@ -136,7 +155,13 @@ class EventsHandler:
         phases.lap("identities")
 
         keys = {i.key for i in items if i.key is not None}
-        loaded = await repository.lock_customers(conn, sorted(keys | set(new_links)))
+        wanted.update(keys, new_links)
+        if new_links:  # a merge deletes profiles: read and lock every row this batch writes
+            rows = await repository.read_customers(conn, wanted, lock=True)
+        else:
+            rows = self.known.take(wanted)
+            rows.update(await repository.read_customers(conn, wanted - rows.keys()))
+        loaded = {key: row.state for key, row in rows.items()}
         merges: dict[str, list[str]] = {}
         for anon, (cid, _) in new_links.items():
             if anon in loaded and cid in keys:
@@ -160,9 +185,16 @@ class EventsHandler:
         )
         poison.extend(Poison(record, reason) for record, reason in result.failed)
         phases.lap("fold")
-        await self._write(conn, items, result, loaded, merges, new_links, found.subscriptions)
+        versions = {key: row.version for key, row in rows.items()}
+        xid = await self._write(
+            conn, items, result, loaded, versions, merges, new_links, found.subscriptions
+        )
         phases.lap("write")
-        return BatchResult(poison=poison, applied=len(result.applied))
+        return BatchResult(
+            poison=poison,
+            applied=len(result.applied),
+            committed=functools.partial(self.known.remember, result.states, xid),
+        )
 
     @staticmethod
     def _drop_erased(
@@ -190,11 +222,15 @@ class EventsHandler:
         items: Sequence[Item[Any]],
         result: FoldResult[Any],
         loaded: dict[str, Any],
+        versions: dict[str, int],
         merges: dict[str, list[str]],
         new_links: dict[str, tuple[str, str]],
         subscriptions: list[tuple[int, list[str] | None]],
-    ) -> None:
-        """Write the batch, claiming every new event once: an applied customer event by its
+    ) -> int:
+        """Write the batch and return the writing transaction's id. Every customer row goes
+        back only if still at the version read (``versions``; none: it had no row).
+
+        Every new event is claimed once: an applied customer event by its
         event-log row, an event without a customer or one that failed by a
         ``processed_events`` row. A claim that finds its key taken means a concurrent
         transaction applied the event after this batch's dedupe read: roll back, and the
@@ -228,16 +264,16 @@ class EventsHandler:
                         ),
                     )
                 )
-        new_claims = await repository.write_batch(
+        written = await repository.write_batch(
             conn,
             events=logged,
             claims=claims,
             links=[(anon, cid, eid) for anon, (cid, eid) in sorted(new_links.items())],
-            states=list(result.states.values()),
+            states=[(state, versions.get(key)) for key, state in result.states.items()],
             transitions=result.transitions,
         )
-        if new_claims != len(claims):
-            raise ClaimLost(f"{len(claims) - new_claims} events applied concurrently")
+        if written.claims != len(claims):
+            raise ClaimLost(f"{len(claims) - written.claims} events applied concurrently")
         await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
         await self._enqueue_webhooks(conn, result, subscriptions)
         for event_type, n in collections.Counter(i.event.type for i in result.applied).items():
@@ -247,6 +283,7 @@ class EventsHandler:
         )
         for (from_stage, to_stage), n in moves.items():
             TRANSITIONS.labels(from_stage, to_stage).inc(n)
+        return written.xid
 
     async def _enqueue_webhooks(
         self,

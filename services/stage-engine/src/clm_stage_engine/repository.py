@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
@@ -15,12 +15,14 @@ from sqlalchemy import Text, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clm_common.consumer import Conflict
 from clm_common.db import (
     any_text,
     driver,
     driver_insert,
     driver_insert_args,
     driver_insert_sql,
+    json_rows_sql,
     lone_statement,
 )
 from clm_common.events import Event, parse_event_json
@@ -35,6 +37,7 @@ from clm_common.schema import (
     stage_transitions,
     webhook_deliveries,
 )
+from clm_stage_engine.known import Stored
 from clm_stage_engine.outbox import pack_records
 
 #: A customer row's state columns: CustomerState's fields, in their order.
@@ -70,22 +73,36 @@ def row_from_state(state: CustomerState) -> dict[str, Any]:
     return row
 
 
-_LOCK = (
-    f"SELECT {', '.join(_STATE_COLUMNS)} FROM customers"
-    " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE"
+_READ = (
+    f"SELECT {', '.join(_STATE_COLUMNS)}, CAST(CAST(xmin AS text) AS bigint) FROM customers"
+    " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id"
 )
 _ID = _STATE_COLUMNS.index("customer_id")
 
 
-async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, CustomerState]:
-    """Load and lock the customers' rows, in a stable order (no deadlocks between replicas).
+async def read_customers(
+    conn: AsyncConnection, ids: Iterable[str], *, lock: bool = False
+) -> dict[str, Stored]:
+    """The customers' rows and their versions (``xmin``), in a stable order; with ``lock``,
+    locked (``FOR UPDATE``) until the transaction ends.
 
     On the driver: its rows come as the driver decodes them (arrays are lists already),
     without SQLAlchemy's per-row type processing."""
-    if not ids:
+    wanted = sorted(ids)
+    if not wanted:
         return {}
-    rows = await (await driver(conn)).fetch(_LOCK, sorted(ids))
-    return {r[_ID]: _state_from_values(r) for r in rows}
+    rows = await (await driver(conn)).fetch(_READ + (" FOR UPDATE" if lock else ""), wanted)
+    out = {}
+    for r in rows:
+        values = list(r)
+        version = values.pop()
+        out[r[_ID]] = Stored(_state_from_values(values), version)
+    return out
+
+
+async def lock_customers(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, CustomerState]:
+    """Load and lock the customers' rows, in a stable order (no deadlocks)."""
+    return {k: s.state for k, s in (await read_customers(conn, ids, lock=True)).items()}
 
 
 _UPSERT_TAIL = "ON CONFLICT (customer_id) DO UPDATE SET updated_at = now(), " + ", ".join(
@@ -206,6 +223,18 @@ _CLAIM_COLUMNS = ("source", "event_id", "customer_id")
 _LINK_COLUMNS = ("anonymous_id", "customer_id", "event_id")
 _TRANSITION_COLUMNS = ("customer_id", "from_stage", "to_stage", "at", "event_id", "reason")
 _NEW = "ON CONFLICT DO NOTHING RETURNING 1"
+_STATE_TUPLE = tuple(_STATE_COLUMNS)
+# A customer row read before is written back only if no one wrote it since: its xmin (the
+# id of the transaction that last wrote it) is still the one read. The row is locked by the
+# UPDATE itself (in the rows' order: customer id), and a concurrent writer's change is seen
+# (READ COMMITTED re-checks the condition on the newest version once the writer commits).
+_UPDATE = (
+    "UPDATE customers AS c SET updated_at = now(), "
+    + ", ".join(f"{name} = s.{name}" for name in _STATE_COLUMNS if name != "customer_id")
+    + " FROM ("
+    + json_rows_sql(customers, _STATE_TUPLE, 12, f"CAST(r->>{len(_STATE_COLUMNS)} AS xid) AS seen")
+    + ") AS s WHERE c.customer_id = s.customer_id AND c.xmin = s.seen RETURNING 1"
+)
 # The event log is a plain INSERT: a key already taken (a concurrent transaction applied the
 # event after this batch's dedupe read) is a unique violation that fails the batch, which is
 # what a lost claim must do anyway; ``ON CONFLICT`` (a speculative insertion per row) cost
@@ -217,19 +246,35 @@ WITH logged AS (
     {driver_insert_sql(processed_events, _CLAIM_COLUMNS, _NEW, first=6)}
 ), linked AS (
     {driver_insert_sql(identity_links, _LINK_COLUMNS, "ON CONFLICT DO NOTHING", first=9)}
-), upserted AS (
-    {driver_insert_sql(customers, tuple(_STATE_COLUMNS), _UPSERT_TAIL, via_json=True, first=12)}
+), updated AS (
+    {_UPDATE}
+), inserted AS (
+    {driver_insert_sql(customers, _STATE_TUPLE, _NEW, via_json=True, first=13)}
 ), moved AS (
-    {driver_insert_sql(stage_transitions, _TRANSITION_COLUMNS, via_json=True, first=13)}
+    {driver_insert_sql(stage_transitions, _TRANSITION_COLUMNS, via_json=True, first=14)}
 )
-SELECT count(*) FROM claimed
+SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM updated),
+    (SELECT count(*) FROM inserted), CAST(CAST(pg_current_xact_id() AS text) AS bigint)
 """
 _EVENT_LOG_KEY = "pk_customer_events"
 
 
-class ClaimLost(RuntimeError):
+class ClaimLost(Conflict):
     """A concurrent transaction applied one of the batch's events first (the batch retries,
     and the retry sees it as a duplicate)."""
+
+
+class StaleRows(Conflict):
+    """A customer row the batch read (or took as known) was written by someone else since,
+    or one it found missing was inserted meanwhile: the batch retries, reading them again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What :func:`write_batch` wrote: new claims, and the writing transaction's id."""
+
+    claims: int
+    xid: int  # 64-bit (``pg_current_xact_id()``); its rows' xmin is the low 32 bits
 
 
 async def write_batch(
@@ -238,22 +283,30 @@ async def write_batch(
     events: Sequence[tuple[str, str, str, datetime, bytes]],
     claims: Sequence[tuple[str, str, str | None]],
     links: Sequence[tuple[str, str, str]],
-    states: Sequence[CustomerState],
+    states: Sequence[tuple[CustomerState, int | None]],
     transitions: Sequence[Transition],
-) -> int:
+) -> Written:
     """A batch's rows in one statement (a round trip each was most of a small batch's time):
     the applied events' event-log rows (each is the event's dedupe claim), the claims of
-    events that leave no event-log row, new identity links, the customers (as
-    :func:`upsert_customers`) and the transitions (as :func:`insert_transitions`). Returns
-    how many claims were new (fewer: a concurrent transaction got some first); an event-log
-    row whose key is taken raises :class:`ClaimLost`."""
+    events that leave no event-log row, new identity links, the customers and the
+    transitions (as :func:`insert_transitions`).
+
+    ``states`` pairs each customer's new state with the version of its row as the batch read
+    it, or None for a customer that had no row: each is updated only if still at that
+    version, or inserted only if still missing; otherwise :class:`StaleRows`. An event-log
+    row whose key is taken raises :class:`ClaimLost`. Returns how many claims were new
+    (fewer: a concurrent transaction got some first)."""
+    ordered = sorted(states, key=lambda sv: sv[0].customer_id)  # rows locked in a stable order
+    updates = [(*_state_values(s), v) for s, v in ordered if v is not None]
+    inserts = [_state_values(s) for s, v in ordered if v is None]
     try:
-        claimed = await (await driver(conn)).fetchval(
+        row = await (await driver(conn)).fetchrow(
             _WRITE,
             *driver_insert_args(events, len(_EVENT_COLUMNS)),
             *driver_insert_args(claims, len(_CLAIM_COLUMNS)),
             *driver_insert_args(links, len(_LINK_COLUMNS)),
-            *driver_insert_args(_customer_rows(states), len(_STATE_COLUMNS), via_json=True),
+            *driver_insert_args(updates, len(_STATE_COLUMNS) + 1, via_json=True),
+            *driver_insert_args(inserts, len(_STATE_COLUMNS), via_json=True),
             *driver_insert_args(
                 [_transition_values(t) for t in transitions],
                 len(_TRANSITION_COLUMNS),
@@ -264,7 +317,14 @@ async def write_batch(
         if exc.constraint_name != _EVENT_LOG_KEY:
             raise
         raise ClaimLost("an event was applied concurrently") from exc
-    return int(claimed)
+    assert row is not None
+    claimed, updated, inserted, xid = row
+    if updated != len(updates) or inserted != len(inserts):
+        raise StaleRows(
+            f"{len(updates) - updated} of {len(updates)} customer rows changed since read, "
+            f"{len(inserts) - inserted} of {len(inserts)} new ones inserted meanwhile"
+        )
+    return Written(int(claimed), int(xid))
 
 
 def _transition_values(t: Transition) -> tuple[Any, ...]:

@@ -25,6 +25,13 @@ class StageEngineSettings(CommonSettings):
         description="Lanes of partitions applied side by side, each its own transaction "
         "(one lane's statements run in Postgres while another's events are folded).",
     )
+    stage_engine_known_states: int = Field(
+        default=50_000,
+        ge=0,
+        description="Customer rows the engine keeps in memory as it last wrote them, so a "
+        "batch reads only the others (each row's version is checked when written back); "
+        "about 1.3 KB each; 0: every batch reads all its customers.",
+    )
     stage_engine_outbox_poll_ms: int = Field(
         default=100, ge=10, description="How often the outbox relay looks for new rows."
     )
