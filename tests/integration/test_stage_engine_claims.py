@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.db import create_engine
+from clm_common.lifecycle import CustomerState, Stage, evolve
 from clm_common.rules import LifecycleRules
 from clm_common.schema import customer_events, customers, processed_events
 from clm_common.settings import CommonSettings
@@ -214,3 +216,52 @@ async def test_a_customer_inserted_meanwhile_fails_the_batch(db: AsyncEngine) ->
     assert await commit(db, remembering(), signup) == 1
     row = await customer(db, "kn-3")
     assert (row.events, row.stage) == (2, "acquisition")
+
+
+async def test_a_state_goes_through_postgres_unchanged(db: AsyncEngine) -> None:
+    """Every field, written by the batch (insert, then update at the version read) and by the
+    sweeper's upsert, reads back equal: microseconds, None, empty and full arrays, money."""
+    at = datetime(2026, 11, 23, 11, 0, 0, 123456, tzinfo=UTC)
+    full = CustomerState(
+        "rt-1",
+        Stage.LOYALTY,
+        at,
+        at,
+        at + timedelta(days=3),
+        "shop",
+        None,
+        "spring",
+        at,
+        at + timedelta(seconds=1),
+        at + timedelta(days=2),
+        3,
+        Decimal("1234.5600"),
+        1,
+        Decimal("0.01"),
+        reviews=2,
+        review_sum=9,
+        last_nps=10,
+        events=7,
+        last_event_source="shop",
+        last_event_id="e7",
+        recent_visits=(at, at + timedelta(microseconds=1)),
+        recent_purchases=(),
+    )
+    empty = CustomerState("rt-1", Stage.REACH, at, at, at, "web")
+    for state, version in ((empty, None), (full, "read")):
+        async with db.begin() as conn:
+            if version is not None:
+                rows = await repository.read_customers(conn, ["rt-1"])
+            await repository.write_batch(
+                conn,
+                events=[],
+                claims=[],
+                links=[],
+                states=[(state, None if version is None else rows["rt-1"].version)],
+                transitions=[],
+            )
+        assert await repository.read_customer(db, "rt-1") == state
+    swept = evolve(full, {"stage": Stage.AT_RISK, "recent_purchases": (at,)})
+    async with db.begin() as conn:
+        await repository.upsert_customers(conn, [swept])
+    assert await repository.read_customer(db, "rt-1") == swept

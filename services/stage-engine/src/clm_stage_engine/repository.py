@@ -24,6 +24,7 @@ from clm_common.db import (
     driver_insert_sql,
     json_rows_sql,
     lone_statement,
+    pg_array,
 )
 from clm_common.events import Event, parse_event_json
 from clm_common.kpis import exact_money
@@ -126,7 +127,15 @@ async def upsert_customers(conn: AsyncConnection, states: Sequence[CustomerState
 
 def _customer_rows(states: Sequence[CustomerState]) -> list[Any]:
     """The states as rows of ``_STATE_COLUMNS``, in customer order (locks in a stable order)."""
-    return [_state_values(s) for s in sorted(states, key=lambda s: s.customer_id)]
+    return [_row(s) for s in sorted(states, key=lambda s: s.customer_id)]
+
+
+def _row(state: CustomerState) -> list[Any]:
+    """A state's values as a JSON row of ``_STATE_COLUMNS`` (arrays as literals)."""
+    values = list(_state_values(state))
+    for i in _TUPLES:
+        values[i] = pg_array(values[i])
+    return values
 
 
 async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transition]) -> None:
@@ -297,8 +306,8 @@ async def write_batch(
     row whose key is taken raises :class:`ClaimLost`. Returns how many claims were new
     (fewer: a concurrent transaction got some first)."""
     ordered = sorted(states, key=lambda sv: sv[0].customer_id)  # rows locked in a stable order
-    updates = [(*_state_values(s), v) for s, v in ordered if v is not None]
-    inserts = [_state_values(s) for s, v in ordered if v is None]
+    updates = [[*_row(s), v] for s, v in ordered if v is not None]
+    inserts = [_row(s) for s, v in ordered if v is None]
     try:
         row = await (await driver(conn)).fetchrow(
             _WRITE,
