@@ -18,15 +18,19 @@ def telemetry(settings: CommonSettings) -> TelemetryConfig:
     return {"tracing": on, "metrics": on, "logs": on}
 
 
-def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
+def serve(app: FastAPI, *, host: str, port: int, log_level: str, gc_young: int = 10_000) -> None:
+    """Run ``app``; ``gc_young``: the collector's young-generation threshold (see below)."""
     configure_logging(log_level)
     # A request or a batch allocates a few objects per event, nearly all short-lived: the
     # collector's default thresholds collect every ~700 allocations, and its full collections
     # rescan everything imported at start. Freeze that start-up heap and collect young objects
     # less often (profiles of the stage engine and the ingest showed collections inside the
-    # hot paths' allocation sites, and as latency spikes).
+    # hot paths' allocation sites, and as latency spikes). A collection runs once this many
+    # more container objects are alive than after the last one, and scans them all: a
+    # service whose batches keep tens of thousands alive until the batch ends passes a
+    # threshold above that, so a batch's objects are freed before any collection sees them.
     gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    gc.set_threshold(gc_young, 20, 20)
     config = uvicorn.Config(
         app,
         host=host,
