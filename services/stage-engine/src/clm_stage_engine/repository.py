@@ -180,18 +180,18 @@ _LOOKUP = """
 SELECT a.applied, e.hashes, e.times, l.anons, l.customers, s.subscriptions
 FROM (
     SELECT array_agg(n) AS applied FROM (
-        SELECT u.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(source, event_id, n)
-        JOIN customer_events c ON c.source = u.source AND c.event_id = u.event_id
+        SELECT u.n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(k, n)
+        JOIN customer_events c ON c.source = u.k->>0 AND c.event_id = u.k->>1
         UNION
-        SELECT u.n FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(source, event_id, n)
-        JOIN processed_events p ON p.source = u.source AND p.event_id = u.event_id
+        SELECT u.n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(k, n)
+        JOIN processed_events p ON p.source = u.k->>0 AND p.event_id = u.k->>1
     ) hits
 ) a, (
     SELECT array_agg(customer_hash) AS hashes, array_agg(erased_at) AS times
-    FROM erasures WHERE customer_hash = ANY($3::text[])
+    FROM erasures WHERE customer_hash IN (SELECT jsonb_array_elements_text($2::jsonb))
 ) e, (
     SELECT array_agg(anonymous_id) AS anons, array_agg(customer_id) AS customers
-    FROM identity_links WHERE anonymous_id = ANY($4::text[])
+    FROM identity_links WHERE anonymous_id IN (SELECT jsonb_array_elements_text($3::jsonb))
 ) l, (
     SELECT jsonb_agg(jsonb_build_array(id, stages))::text AS subscriptions
     FROM webhook_subscriptions WHERE active
@@ -211,11 +211,10 @@ async def lookup_batch(
     subscriptions: four lookups, one statement, on the driver (for a small batch,
     SQLAlchemy's own execution of a statement costs more CPU than the statement's work)."""
     row = await (await driver(conn)).fetchrow(
-        _LOOKUP,
-        [s for s, _ in keys],
-        [e for _, e in keys],
-        sorted(set(hashes)),
-        sorted(set(ids)),
+        _LOOKUP,  # the values as JSON: see clm_common.db.driver_insert_sql on the driver's arrays
+        orjson.dumps(keys).decode(),
+        orjson.dumps(sorted(set(hashes))).decode(),
+        orjson.dumps(sorted(set(ids))).decode(),
     )
     assert row is not None
     applied, hashes_, times, anons, linked, subscriptions = row
@@ -232,6 +231,7 @@ _CLAIM_COLUMNS = ("source", "event_id", "customer_id")
 _LINK_COLUMNS = ("anonymous_id", "customer_id", "event_id")
 _TRANSITION_COLUMNS = ("customer_id", "from_stage", "to_stage", "at", "event_id", "reason")
 _NEW = "ON CONFLICT DO NOTHING RETURNING 1"
+_LINKS = "ON CONFLICT DO NOTHING"
 _STATE_TUPLE = tuple(_STATE_COLUMNS)
 # A customer row read before is written back only if no one wrote it since: its xmin (the
 # id of the transaction that last wrote it) is still the one read. The row is locked by the
@@ -241,7 +241,7 @@ _UPDATE = (
     "UPDATE customers AS c SET updated_at = now(), "
     + ", ".join(f"{name} = s.{name}" for name in _STATE_COLUMNS if name != "customer_id")
     + " FROM ("
-    + json_rows_sql(customers, _STATE_TUPLE, 12, f"CAST(r->>{len(_STATE_COLUMNS)} AS xid) AS seen")
+    + json_rows_sql(customers, _STATE_TUPLE, 4, f"CAST(r->>{len(_STATE_COLUMNS)} AS xid) AS seen")
     + ") AS s WHERE c.customer_id = s.customer_id AND c.xmin = s.seen RETURNING 1"
 )
 # The event log is a plain INSERT: a key already taken (a concurrent transaction applied the
@@ -250,17 +250,17 @@ _UPDATE = (
 # Postgres ~1-4 µs more CPU per row.
 _WRITE = f"""
 WITH logged AS (
-    {driver_insert_sql(customer_events, _EVENT_COLUMNS)}
+    {driver_insert_sql(customer_events, _EVENT_COLUMNS, via_json=True)}
 ), claimed AS (
-    {driver_insert_sql(processed_events, _CLAIM_COLUMNS, _NEW, first=6)}
+    {driver_insert_sql(processed_events, _CLAIM_COLUMNS, _NEW, via_json=True, first=2)}
 ), linked AS (
-    {driver_insert_sql(identity_links, _LINK_COLUMNS, "ON CONFLICT DO NOTHING", first=9)}
+    {driver_insert_sql(identity_links, _LINK_COLUMNS, _LINKS, via_json=True, first=3)}
 ), updated AS (
     {_UPDATE}
 ), inserted AS (
-    {driver_insert_sql(customers, _STATE_TUPLE, _NEW, via_json=True, first=13)}
+    {driver_insert_sql(customers, _STATE_TUPLE, _NEW, via_json=True, first=5)}
 ), moved AS (
-    {driver_insert_sql(stage_transitions, _TRANSITION_COLUMNS, via_json=True, first=14)}
+    {driver_insert_sql(stage_transitions, _TRANSITION_COLUMNS, via_json=True, first=6)}
 )
 SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM updated),
     (SELECT count(*) FROM inserted), CAST(CAST(pg_current_xact_id() AS text) AS bigint)
@@ -289,14 +289,15 @@ class Written:
 async def write_batch(
     conn: AsyncConnection,
     *,
-    events: Sequence[tuple[str, str, str, datetime, bytes]],
+    events: Sequence[tuple[str, str, str, datetime, str]],
     claims: Sequence[tuple[str, str, str | None]],
     links: Sequence[tuple[str, str, str]],
     states: Sequence[tuple[CustomerState, int | None]],
     transitions: Sequence[Transition],
 ) -> Written:
     """A batch's rows in one statement (a round trip each was most of a small batch's time):
-    the applied events' event-log rows (each is the event's dedupe claim), the claims of
+    the applied events' event-log rows (each is the event's dedupe claim; its payload, the
+    event's JSON, as str), the claims of
     events that leave no event-log row, new identity links, the customers and the
     transitions (as :func:`insert_transitions`).
 
@@ -311,9 +312,9 @@ async def write_batch(
     try:
         row = await (await driver(conn)).fetchrow(
             _WRITE,
-            *driver_insert_args(events, len(_EVENT_COLUMNS)),
-            *driver_insert_args(claims, len(_CLAIM_COLUMNS)),
-            *driver_insert_args(links, len(_LINK_COLUMNS)),
+            *driver_insert_args(events, len(_EVENT_COLUMNS), via_json=True),
+            *driver_insert_args(claims, len(_CLAIM_COLUMNS), via_json=True),
+            *driver_insert_args(links, len(_LINK_COLUMNS), via_json=True),
             *driver_insert_args(updates, len(_STATE_COLUMNS) + 1, via_json=True),
             *driver_insert_args(inserts, len(_STATE_COLUMNS), via_json=True),
             *driver_insert_args(
