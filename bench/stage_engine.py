@@ -23,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.databases import create_migrated_database, drop_database, plain_url, postmaster_pid
 from bench.proc import cpu_s, tree_cpu_s
@@ -129,6 +130,15 @@ async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, byt
     return env, events
 
 
+async def _group_formed(admin: AIOKafkaAdminClient, group: str, members: int) -> bool:
+    """Whether the engines' consumer group is stable with all ``members``: the clock of a run
+    starts then, so the rate is the group's steady state, not its first rebalance (the
+    processes start together, and the first to join consumes alone until the others do)."""
+    (response,) = await admin.describe_consumer_groups([group])
+    _error, _group, state, *_, joined = response.groups[0][:6]
+    return bool(state == "Stable" and len(joined) == members)
+
+
 async def _sustain(
     conn: asyncpg.Connection, env: dict[str, str], total: int, replicas: int
 ) -> tuple[Sustained, list[ServiceProcess]]:
@@ -143,11 +153,16 @@ async def _sustain(
     def engines_s() -> float:
         return sum(cpu_s(p.pid) for p in procs)
 
+    admin = AIOKafkaAdminClient(bootstrap_servers=env["CLM_KAFKA_BOOTSTRAP"])
+    await admin.start()
     try:
         first_at = None
+        formed = False
         while True:
             done = await _consumed(conn, env["CLM_STAGE_ENGINE_GROUP"])
-            if done and first_at is None:
+            if done and not formed:
+                formed = await _group_formed(admin, env["CLM_STAGE_ENGINE_GROUP"], replicas)
+            if formed and first_at is None:
                 first_at, first_done = time.perf_counter(), done
                 first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
             if done >= total:
@@ -162,6 +177,8 @@ async def _sustain(
         for p in procs:
             p.stop()
         raise
+    finally:
+        await admin.close()
     assert first_at is not None
     n = max(total - first_done, 1)
     return Sustained(
@@ -233,8 +250,10 @@ async def run() -> str:
 
 {len(events):,} events ({EVENTS // 5:,} customers × 5 journey events: two visits, a signup, two
 purchases) pre-filled in a topic of 6 partitions, applied by real stage-engine processes into
-Postgres; each run on a fresh database and topic. CPU per event: user + system time from the
-first applied batch to the last, of the engine processes (their relays included) and of the
+Postgres; each run on a fresh database and topic. A run's clock starts once the processes'
+consumer group is stable with all of them (its first rebalance done) and a batch is applied,
+and stops at the last; the events applied before are left out of the rate and of the CPU.
+CPU per event: user + system time of the engine processes (their relays included) and of the
 whole Postgres server (backends, WAL writer, checkpointer, autovacuum). On 2 cores the rate
 cannot exceed 2 s ÷ the total CPU per event (the broker's share not counted).
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from clm_common.events import (
     AdClick,
@@ -42,6 +42,8 @@ from clm_common.events import (
     SupportTicket,
 )
 from clm_common.rules import LifecycleRules
+
+T = TypeVar("T")
 
 
 class Stage(StrEnum):
@@ -147,31 +149,33 @@ _state_values = operator.attrgetter(*_STATE_FIELDS)
 _FIELD_INDEX = {name: index for index, name in enumerate(_STATE_FIELDS)}
 
 
-def _state_maker() -> Callable[..., CustomerState]:
-    """``CustomerState(*values)`` (every field, in order) at about half the cost.
+def positional(cls: type[T]) -> Callable[..., T]:
+    """``cls(*values)`` (every field, in order) at about half the cost, for a frozen slots
+    dataclass on a hot path.
 
     A frozen dataclass's ``__init__`` sets each field with ``object.__setattr__``: a global,
-    an attribute and a by-name slot look-up per field, 27 times per state, and the reducer
-    and the row decoding make a state per event. This sets the slots through their
-    descriptors, each bound once; the state is as frozen as any other afterwards. Built
-    the way :mod:`dataclasses` builds ``__init__``: from source, once, at import.
+    an attribute and a by-name slot look-up per field, and the reducer and the row decoding
+    make a state (27 fields), a transition and a result per event. This sets the slots
+    through their descriptors, each bound once; the object is as frozen as any other
+    afterwards. Built the way :mod:`dataclasses` builds ``__init__``: from source, once.
     """
-    setters = {f"_set_{name}": getattr(CustomerState, name).__set__ for name in _STATE_FIELDS}
+    names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    setters = {f"_set_{name}": getattr(cls, name).__set__ for name in names}
     source = "\n".join(
         [
-            f"def make_state({', '.join(_STATE_FIELDS)}):",
-            "    state = _new(_cls)",
-            *(f"    _set_{name}(state, {name})" for name in _STATE_FIELDS),
-            "    return state",
+            f"def make({', '.join(names)}):",
+            "    obj = _new(_cls)",
+            *(f"    _set_{name}(obj, {name})" for name in names),
+            "    return obj",
         ]
     )
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": CustomerState, **setters}
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, **setters}
     exec(source, namespace)  # noqa: S102 - the source is made of the class's own field names
-    return cast(Callable[..., CustomerState], namespace["make_state"])
+    return cast(Callable[..., T], namespace["make"])
 
 
-#: ``CustomerState(*values)`` for hot paths: every field, positionally (see _state_maker).
-make_state = _state_maker()
+#: ``CustomerState(*values)`` for hot paths: every field, positionally (see positional).
+make_state = positional(CustomerState)
 
 
 def evolve(state: CustomerState, changes: dict[str, object]) -> CustomerState:
@@ -214,6 +218,11 @@ class Applied:
         return self.transitions[-1] if self.transitions else None
 
 
+#: ``Transition(*values)`` and ``Applied(*values)`` for the reducer (see positional).
+_transition = positional(Transition)
+_applied = positional(Applied)
+
+
 def customer_key(event: Event) -> str | None:
     """The id a customer's state is kept under (None: the event has no customer)."""
     if isinstance(event, MarketingSpend):
@@ -225,7 +234,7 @@ def _move(
     state: CustomerState, to: Stage, at: datetime, event_id: str, reason: str
 ) -> tuple[CustomerState, Transition]:
     moved = evolve(state, {"stage": to, "stage_entered_at": at})
-    return moved, Transition(state.customer_id, state.stage, to, at, event_id, reason)
+    return moved, _transition(state.customer_id, state.stage, to, at, event_id, reason)
 
 
 def advance(
@@ -459,11 +468,11 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
         v[_STAGE] = new_stage
         v[_STAGE_ENTERED_AT] = at
         moves.append(
-            Transition(
+            _transition(
                 state.customer_id, None if fresh else current, new_stage, at, event.event_id, reason
             )
         )
-    return Applied(
+    return _applied(
         make_state(*v),
         tuple(moves),
         is_purchase and purchases == 1,

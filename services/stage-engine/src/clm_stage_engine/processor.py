@@ -26,6 +26,7 @@ from clm_common.lifecycle import (
     event_order,
     evolve,
     is_late,
+    positional,
 )
 from clm_common.rules import LifecycleRules
 from clm_stage_engine.records import (
@@ -48,9 +49,12 @@ class Item(Generic[T]):
     key: str | None  # None: no customer (marketing spend)
     wire: bytes  # the event's wire form (:func:`dump_event`), made once for its two uses
 
-    @classmethod
-    def of(cls, tag: T, event: Event, key: str | None) -> Item[T]:
-        return cls(tag, event, key, dump_event(event))
+    @staticmethod
+    def of(tag: T, event: Event, key: str | None) -> Item[T]:
+        return _item(tag, event, key, dump_event(event))
+
+
+_item = positional(Item)  # Item(...) for the one made per event (see positional)
 
 
 @dataclass(slots=True)
