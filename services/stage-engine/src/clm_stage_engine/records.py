@@ -41,11 +41,11 @@ adds the new ones::
 
 from __future__ import annotations
 
-import operator
+from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -65,9 +65,6 @@ FACT_FIELDS: tuple[str, ...] = tuple(
     for f in fields(CustomerState)
     if f.name not in {"last_event_source", "last_event_id", "recent_visits", "recent_purchases"}
 )
-
-
-_fact_values = operator.attrgetter(*FACT_FIELDS)
 
 
 #: (first purchase, repeat purchase, reactivation): what a record says about its event.
@@ -120,13 +117,24 @@ def correction_record(
     )
 
 
-def customer_facts(state: CustomerState) -> dict[str, Any]:
-    """The facts as records carry them: money as decimal strings (written here rather than
-    by a ``default`` hook orjson would call back into Python for)."""
-    facts = dict(zip(FACT_FIELDS, _fact_values(state), strict=True))
-    facts["revenue"] = format(state.revenue, "f")  # keys keep their place
-    facts["refunded"] = format(state.refunded, "f")
-    return facts
+_MONEY = ("revenue", "refunded")
+
+
+def _facts_maker() -> Callable[[CustomerState], dict[str, Any]]:
+    """``customer_facts``, built from source once: one dict display of the fields, half the
+    cost of zipping names and values into a dict (it runs for every record)."""
+    items = ", ".join(
+        f"{name!r}: _format(s.{name}, 'f')" if name in _MONEY else f"{name!r}: s.{name}"
+        for name in FACT_FIELDS
+    )
+    namespace: dict[str, Any] = {"_format": format}
+    exec(f"def customer_facts(s):\n    return {{{items}}}", namespace)  # noqa: S102 - field names
+    return cast(Callable[[CustomerState], dict[str, Any]], namespace["customer_facts"])
+
+
+#: The facts as records carry them, in field order: money as decimal strings (written here
+#: rather than by a ``default`` hook orjson would call back into Python for).
+customer_facts = _facts_maker()
 
 
 def lifecycle_record(
