@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from clm_common.lifecycle import CustomerState
+from clm_common.lifecycle import CustomerState, positional
 
 LOOKUPS = Counter(
     "clm_stage_engine_known_states_total",
@@ -40,6 +40,9 @@ class Stored:
 
     state: CustomerState
     version: int
+
+
+_stored = positional(Stored)  # Stored(...) for the one made per customer written
 
 
 class KnownStates:
@@ -79,10 +82,11 @@ class KnownStates:
         version = xid & _XID_MASK
         for key, state in states.items():
             known = entries.get(key)
-            if known is not None and known[1] > xid:
-                continue
-            entries[key] = (Stored(state, version), xid)
-            entries.move_to_end(key)
+            if known is not None:
+                if known[1] > xid:
+                    continue
+                entries.move_to_end(key)  # a new key goes in last anyway
+            entries[key] = (_stored(state, version), xid)
         while len(entries) > self.size:
             entries.popitem(last=False)
 

@@ -307,8 +307,15 @@ async def write_batch(
     row whose key is taken raises :class:`ClaimLost`. Returns how many claims were new
     (fewer: a concurrent transaction got some first)."""
     ordered = sorted(states, key=lambda sv: sv[0].customer_id)  # rows locked in a stable order
-    updates = [[*_row(s), v] for s, v in ordered if v is not None]
-    inserts = [_row(s) for s, v in ordered if v is None]
+    updates: list[list[Any]] = []  # rows with the version read last
+    inserts: list[list[Any]] = []
+    for state, version in ordered:
+        row = _row(state)
+        if version is None:
+            inserts.append(row)
+        else:
+            row.append(version)
+            updates.append(row)
     try:
         row = await (await driver(conn)).fetchrow(
             _WRITE,
