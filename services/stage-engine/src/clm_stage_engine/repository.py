@@ -130,11 +130,17 @@ def _customer_rows(states: Sequence[CustomerState]) -> list[Any]:
     return [_row(s) for s in sorted(states, key=lambda s: s.customer_id)]
 
 
+_MONEY = (_STATE_COLUMNS.index("revenue"), _STATE_COLUMNS.index("refunded"))
+
+
 def _row(state: CustomerState) -> list[Any]:
-    """A state's values as a JSON row of ``_STATE_COLUMNS`` (arrays as literals)."""
+    """A state's values as a JSON row of ``_STATE_COLUMNS``: arrays as literals, money as
+    exact decimal strings (here, not in a ``default`` hook orjson would call back for)."""
     values = list(_state_values(state))
     for i in _TUPLES:
         values[i] = pg_array(values[i])
+    for i in _MONEY:
+        values[i] = format(values[i], "f")
     return values
 
 
