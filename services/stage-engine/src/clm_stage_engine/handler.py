@@ -40,7 +40,6 @@ from clm_stage_engine import repository
 from clm_stage_engine.known import KnownStates
 from clm_stage_engine.processor import FoldResult, Item, first_of_each, fold, needs_history
 from clm_stage_engine.records import removal_record
-from clm_stage_engine.repository import ClaimLost
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +263,7 @@ class EventsHandler:
                         ),
                     )
                 )
-        written = await repository.write_batch(
+        xid = await repository.write_batch(
             conn,
             events=logged,
             claims=claims,
@@ -272,8 +271,6 @@ class EventsHandler:
             states=[(state, versions.get(key)) for key, state in result.states.items()],
             transitions=result.transitions,
         )
-        if written.claims != len(claims):
-            raise ClaimLost(f"{len(claims) - written.claims} events applied concurrently")
         await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
         await self._enqueue_webhooks(conn, result, subscriptions)
         for event_type, n in collections.Counter(i.event.type for i in result.applied).items():
@@ -283,7 +280,7 @@ class EventsHandler:
         )
         for (from_stage, to_stage), n in moves.items():
             TRANSITIONS.labels(from_stage, to_stage).inc(n)
-        return written.xid
+        return xid
 
     async def _enqueue_webhooks(
         self,

@@ -284,14 +284,6 @@ class StaleRows(Conflict):
     or one it found missing was inserted meanwhile: the batch retries, reading them again."""
 
 
-@dataclass(frozen=True, slots=True)
-class Written:
-    """What :func:`write_batch` wrote: new claims, and the writing transaction's id."""
-
-    claims: int
-    xid: int  # 64-bit (``pg_current_xact_id()``); its rows' xmin is the low 32 bits
-
-
 async def write_batch(
     conn: AsyncConnection,
     *,
@@ -300,7 +292,7 @@ async def write_batch(
     links: Sequence[tuple[str, str, str]],
     states: Sequence[tuple[CustomerState, int | None]],
     transitions: Sequence[Transition],
-) -> Written:
+) -> int:
     """A batch's rows in one statement (a round trip each was most of a small batch's time):
     the applied events' event-log rows (each is the event's dedupe claim; its payload, the
     event's JSON, as str), the claims of
@@ -310,8 +302,9 @@ async def write_batch(
     ``states`` pairs each customer's new state with the version of its row as the batch read
     it, or None for a customer that had no row: each is updated only if still at that
     version, or inserted only if still missing; otherwise :class:`StaleRows`. An event-log
-    row whose key is taken raises :class:`ClaimLost`. Returns how many claims were new
-    (fewer: a concurrent transaction got some first)."""
+    row whose key is taken, or a claim that is not new, raises :class:`ClaimLost` (a
+    concurrent transaction applied the event first). Returns the writing transaction's
+    64-bit id (``pg_current_xact_id()``; its rows' xmin is the low 32 bits)."""
     ordered = sorted(states, key=lambda sv: sv[0].customer_id)  # rows locked in a stable order
     updates: list[list[Any]] = []  # rows with the version read last
     inserts: list[list[Any]] = []
@@ -323,7 +316,7 @@ async def write_batch(
             row.append(version)
             updates.append(row)
     try:
-        row = await (await driver(conn)).fetchrow(
+        counts = await (await driver(conn)).fetchrow(
             _WRITE,
             *driver_insert_args(events, len(_EVENT_COLUMNS), via_json=True),
             *driver_insert_args(claims, len(_CLAIM_COLUMNS), via_json=True),
@@ -340,14 +333,16 @@ async def write_batch(
         if exc.constraint_name != _EVENT_LOG_KEY:
             raise
         raise ClaimLost("an event was applied concurrently") from exc
-    assert row is not None
-    claimed, updated, inserted, xid = row
+    assert counts is not None
+    claimed, updated, inserted, xid = counts
+    if claimed != len(claims):
+        raise ClaimLost(f"{len(claims) - claimed} events applied concurrently")
     if updated != len(updates) or inserted != len(inserts):
         raise StaleRows(
             f"{len(updates) - updated} of {len(updates)} customer rows changed since read, "
             f"{len(inserts) - inserted} of {len(inserts)} new ones inserted meanwhile"
         )
-    return Written(int(claimed), int(xid))
+    return int(xid)
 
 
 def _transition_values(t: Transition) -> tuple[Any, ...]:
