@@ -170,6 +170,11 @@ async def _sustain(
                 first_at, first_done = time.perf_counter(), done
                 first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
             if done >= total:
+                if first_at is None or first_done >= total:
+                    raise RuntimeError(
+                        f"all {total:,} events were applied before the group of {replicas} "
+                        "engine processes was stable: too few to time (CLM_BENCH_STAGE_EVENTS)"
+                    )
                 last_at, last_cpu, last_pg = (
                     time.perf_counter(),
                     engines_s(),
@@ -193,11 +198,17 @@ async def _sustain(
     ), procs
 
 
-async def _measured(replicas: int) -> Sustained:
-    """One run on a fresh database and topic, dropped after it."""
+async def _fresh() -> tuple[str, dict[str, str], list[tuple[bytes, bytes]], asyncpg.Connection]:
+    """A run's own migrated database and pre-filled topic: its URL, the engines' settings,
+    the events, and a connection to it."""
     db_url = await create_migrated_database("clm_bench")
     env, events = await _prefilled(db_url)
-    conn = await asyncpg.connect(plain_url(db_url))
+    return db_url, env, events, await asyncpg.connect(plain_url(db_url))
+
+
+async def _measured(replicas: int) -> Sustained:
+    """One run on a fresh database and topic, dropped after it."""
+    db_url, env, events, conn = await _fresh()
     try:
         result, ran = await _sustain(conn, env, len(events), replicas)
         for p in ran:
@@ -222,9 +233,7 @@ async def run() -> str:
         runs.append(_median([await _measured(replicas) for _ in range(REPEATS)]))
     earlier = [await _measured(REPLICAS[0]) for _ in range(REPEATS - 1)]
 
-    db_url = await create_migrated_database("clm_bench")
-    env, events = await _prefilled(db_url)
-    conn = await asyncpg.connect(plain_url(db_url))
+    _, env, events, conn = await _fresh()  # this database stays: it serves the reads
     procs: list[ServiceProcess] = []
     try:
         last, procs = await _sustain(conn, env, len(events), REPLICAS[0])
