@@ -35,6 +35,7 @@ from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
 from clm_common.keys import store_key
 from clm_devstack.services import ServiceProcess, start_service
+from clm_stage_engine.settings import StageEngineSettings
 from tests.e2e.conftest import free_port, settings_of
 
 EVENTS = int(os.environ.get("CLM_BENCH_STAGE_EVENTS", "100000"))
@@ -134,10 +135,18 @@ async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, byt
     return env, events
 
 
+def _lanes(env: dict[str, str]) -> int:
+    """The consumer loops each engine process runs (``CLM_STAGE_ENGINE_LANES``, as the
+    process sees it: ``env`` over this environment, else the setting's default)."""
+    default = StageEngineSettings.model_fields["stage_engine_lanes"].default
+    return int({**os.environ, **env}.get("CLM_STAGE_ENGINE_LANES", default))
+
+
 async def _group_formed(admin: AIOKafkaAdminClient, group: str, members: int) -> bool:
-    """Whether the engines' consumer group is stable with all ``members``: the clock of a run
-    starts then, so the rate is the group's steady state, not its first rebalance (the
-    processes start together, and the first to join consumes alone until the others do)."""
+    """Whether the engines' consumer group is stable with all ``members`` (each process's
+    lanes are members of their own): the clock of a run starts then, so the rate is the
+    group's steady state, not its first rebalance (the processes start together, and the
+    first to join consumes alone until the others do)."""
     (response,) = await admin.describe_consumer_groups([group])
     _error, _group, state, *_, joined = response.groups[0][:6]
     return bool(state == "Stable" and len(joined) == members)
@@ -154,6 +163,8 @@ async def _sustain(
         for _ in range(replicas)
     ]
 
+    members = replicas * _lanes(env)
+
     def engines_s() -> float:
         return sum(cpu_s(p.pid) for p in procs)
 
@@ -165,7 +176,7 @@ async def _sustain(
         while True:
             done = await _consumed(conn, env["CLM_STAGE_ENGINE_GROUP"])
             if done and not formed:
-                formed = await _group_formed(admin, env["CLM_STAGE_ENGINE_GROUP"], replicas)
+                formed = await _group_formed(admin, env["CLM_STAGE_ENGINE_GROUP"], members)
             if formed and first_at is None:
                 first_at, first_done = time.perf_counter(), done
                 first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
@@ -303,8 +314,9 @@ cannot exceed 2 s ÷ the total CPU per event (the broker's share not counted).
 The engine writes, per batch and in one transaction: the event log (each applied event's row is
 also its dedupe claim), customer upserts (one per customer per batch), transitions and one
 outbox row holding the batch's lifecycle records; the COPY baseline writes only the event-log
-rows, so the ratio is a ceiling comparison, not like for like. With lanes
-(`CLM_STAGE_ENGINE_LANES`, 2) a large fetch is two such batches side by side in one process.
+rows, so the ratio is a ceiling comparison, not like for like. Each process runs its lanes
+(`CLM_STAGE_ENGINE_LANES`, 2): consumer loops side by side, each a member of the group with
+partitions of its own, so the group has processes × lanes members.
 """
 
 

@@ -1,4 +1,5 @@
-"""The batch consumer's lanes and its one-statement compare-and-set, on a real Postgres."""
+"""The batch consumer's lanes (loops side by side, on real Kafka), its connection and its
+one-statement compare-and-set, on a real Postgres."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.consumer import BatchConsumer, BatchPolicy, BatchResult, Conflict, Handler
+from clm_common.consumer import (
+    BatchConsumer,
+    BatchPolicy,
+    BatchResult,
+    Conflict,
+    Handler,
+    run_batch_consumer,
+)
 from clm_common.db import create_engine
 from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
+from clm_common.settings import CommonSettings
 from clm_stage_engine.app import FRESH_PLANS
+from tests.integration.conftest import eventually, produce
 
 PARTITIONS = 4
 
@@ -80,27 +90,87 @@ def _records(per_partition: int) -> list[Any]:
     ]
 
 
-async def test_a_large_fetch_is_applied_in_lanes_side_by_side(db: AsyncEngine) -> None:
+async def test_lanes_are_group_members_applying_their_own_partitions_side_by_side(
+    common: CommonSettings, db: AsyncEngine
+) -> None:
+    """The stage engine's lanes as it runs them: consumer loops in one process, each a member
+    of the group with partitions of its own, on its own connection, neither waiting for the
+    other between batches (the first batch of one is still in its transaction when the
+    other's begins)."""
     handler = _Handler(meet=2)
-    loop = _loop(db, handler, lanes=2, lane_min_records=10)
-    await loop._apply_lanes(_records(per_partition=10))  # 40 records: two lanes
-    await loop.close_connections()
+    loops: dict[int, BatchConsumer] = {}
+    stopping = asyncio.Event()
 
-    lanes = sorted(handler.batches, key=lambda b: min(b[0]))
-    assert [parts for parts, _ in lanes] == [{0, 2}, {1, 3}]  # partition % lanes
-    assert lanes[0][1] != lanes[1][1], "the lanes shared one connection"
+    def lane(n: int) -> Any:
+        def register(loop: BatchConsumer | None) -> None:
+            if loop is not None:
+                loops[n] = loop
+
+        return run_batch_consumer(
+            common,
+            db,
+            name=f"it-lane-{n}",
+            topic=common.topic_events,
+            group_id="it-lanes",
+            handler=handler,
+            policy=BatchPolicy(max_records=50, max_wait_ms=50),
+            register=register,
+            stopping=stopping,
+        )
+
+    tasks = [asyncio.create_task(lane(n)) for n in range(2)]
+    try:
+
+        async def both_assigned() -> bool:
+            return len(loops) == 2 and all(loop.consumer.assignment() for loop in loops.values())
+
+        await eventually(both_assigned, timeout=30)
+        owned = [{tp.partition for tp in loops[n].consumer.assignment()} for n in range(2)]
+        assert not owned[0] & owned[1]
+        assert owned[0] | owned[1] == set(range(common.events_partitions))
+        await produce(
+            common.kafka_bootstrap,
+            common.topic_events,
+            [(f"k{i}".encode(), b"v") for i in range(60)],
+        )
+
+        async def all_stored() -> dict[tuple[str, int], int] | None:
+            async with db.connect() as conn:
+                stored = await load_offsets(
+                    conn,
+                    "it-lanes",
+                    [(common.topic_events, p) for p in range(common.events_partitions)],
+                )
+            done = sum(v or 0 for v in stored.values()) == 60
+            return stored if done else None
+
+        await eventually(all_stored, timeout=30)
+    finally:
+        stopping.set()
+        for loop in loops.values():
+            loop.stop()
+        await asyncio.gather(*tasks)
+    assert handler.met.is_set()
+    by_backend: dict[int, set[int]] = {}
+    for parts, backend in handler.batches:
+        by_backend.setdefault(backend, set()).update(parts)
+    assert sorted(map(sorted, by_backend.values())) == sorted(map(sorted, owned))
+
+
+async def test_the_loop_keeps_its_connection_between_batches(db: AsyncEngine) -> None:
+    handler = _Handler()
+    loop = _loop(db, handler)
+    await loop._apply_with_retry(_records(per_partition=2))
+    await loop._apply_with_retry(
+        [r for r in _records(per_partition=4) if r.offset >= 2]  # the next records
+    )
+    await loop.close_connection()
+    assert [parts for parts, _ in handler.batches] == [{0, 1, 2, 3}, {0, 1, 2, 3}]
+    assert handler.batches[0][1] == handler.batches[1][1], "a new connection for a batch"
     async with db.connect() as conn:
         stored = await load_offsets(conn, "g", [("t", p) for p in range(PARTITIONS)])
-    assert stored == {("t", p): 10 for p in range(PARTITIONS)}
+    assert stored == {("t", p): 4 for p in range(PARTITIONS)}
     assert loop.expected == stored
-
-
-async def test_a_small_fetch_is_one_batch(db: AsyncEngine) -> None:
-    handler = _Handler()
-    loop = _loop(db, handler, lanes=2, lane_min_records=10)
-    await loop._apply_lanes(_records(per_partition=2))  # 8 records: fewer than two lanes' worth
-    await loop.close_connections()
-    assert [parts for parts, _ in handler.batches] == [{0, 1, 2, 3}]
 
 
 async def test_one_moved_partition_fences_the_whole_batch(db: AsyncEngine) -> None:
@@ -116,17 +186,17 @@ async def test_one_moved_partition_fences_the_whole_batch(db: AsyncEngine) -> No
     assert stored == {("t", 0): 5, ("t", 1): 9, ("t", 2): 5}
 
 
-async def test_each_lane_connection_runs_the_session_statements(db: AsyncEngine) -> None:
+async def test_the_loop_connection_runs_the_session_statements(db: AsyncEngine) -> None:
     seen: list[str] = []
 
     async def handler(conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         seen.append((await conn.execute(text("SHOW plan_cache_mode"))).scalar_one())
         return BatchResult(applied=len(records))
 
-    loop = _loop(db, handler, lanes=2, lane_min_records=10, session=FRESH_PLANS)
-    await loop._apply_lanes(_records(per_partition=10))
-    await loop.close_connections()
-    assert seen == ["force_custom_plan", "force_custom_plan"]
+    loop = _loop(db, handler, session=FRESH_PLANS)
+    await loop._apply_with_retry(_records(per_partition=1))
+    await loop.close_connection()
+    assert seen == ["force_custom_plan"]
     async with db.connect() as conn:  # the pool's connections never carry them
         assert (await conn.execute(text("SHOW plan_cache_mode"))).scalar_one() == "auto"
 
@@ -150,8 +220,8 @@ async def test_a_conflict_is_retried_at_once_and_committed_runs_only_after_the_c
 
     # a backoff this long would outlast the test: the first conflict must not wait for it
     loop = _loop(db, handler, retry_backoff_s=3600)
-    await asyncio.wait_for(loop._apply_with_retry(_records(per_partition=1), 0), timeout=30)
-    await loop.close_connections()
+    await asyncio.wait_for(loop._apply_with_retry(_records(per_partition=1)), timeout=30)
+    await loop.close_connection()
     assert calls == ["apply", "apply", "committed"]
     async with db.connect() as conn:  # the conflicted attempt rolled back whole
         assert (await conn.execute(text("SELECT count(*) FROM lane_marks"))).scalar_one() == 1
@@ -177,6 +247,6 @@ async def test_committed_is_not_called_when_the_commit_fails(db: AsyncEngine) ->
 
     loop = _loop(db, handler)
     with pytest.raises(Exception, match="deferred"):
-        await loop._apply(_records(per_partition=1), 0)
-    await loop.close_connections()
+        await loop._apply(_records(per_partition=1))
+    await loop.close_connection()
     assert called == []

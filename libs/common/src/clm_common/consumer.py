@@ -3,10 +3,12 @@
 Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
 
 * fetch up to ``max_records`` or wait ``max_wait_ms``, whichever first;
-* apply the batch in ONE Postgres transaction: the handler's effects and the compare-and-set
-  of the consumed offsets (:mod:`clm_common.offsets`) commit together, or nothing does; with
-  ``lanes`` a large fetch is split by partition into batches applied side by side, each in its
-  own transaction on the lane's own long-lived connection;
+* apply the batch in ONE Postgres transaction on the loop's own long-lived connection: the
+  handler's effects and the compare-and-set of the consumed offsets (:mod:`clm_common.offsets`)
+  commit together, or nothing does. A process may run several loops side by side (the stage
+  engine's lanes), each its own member of the consumer group with its own partitions, as Kafka
+  Streams runs stream threads: while one loop's statements run in Postgres another folds its
+  records, and none waits for the others between batches;
 * records that cannot be decoded or applied go to the dead-letter topic (acknowledged before
   the transaction commits) with their reason in headers, and the partition moves on; more
   than ``max_consecutive_poison`` poison records in a row stop the loop loudly;
@@ -95,10 +97,8 @@ class BatchPolicy:
     max_consecutive_poison: int = 1000
     idle_recheck_s: float = 5.0
     hint_interval_s: float = 1.0
-    lanes: int = 1  # partitions applied side by side, each lane its own transaction
-    lane_min_records: int = 200  # a fetch smaller than this a lane is not split
     fill_ms: int = 0  # once a batch has records, wait up to this long for more
-    # statements run once on each lane's connection (its session settings)
+    # statements run once on the loop's connection (its session settings)
     session: tuple[str, ...] = ()
 
 
@@ -146,7 +146,7 @@ class BatchConsumer:
         self._stopping = asyncio.Event()
         self._hints: dict[TopicPartition, OffsetAndMetadata] = {}
         self._hint_task: asyncio.Task[None] | None = None
-        self._conns: dict[int, AsyncConnection] = {}  # lane → its connection
+        self._conn: AsyncConnection | None = None  # the loop's own, kept between batches
 
     async def seek_to_stored(self, partitions: set[TopicPartition]) -> None:
         """Point each partition at the offset stored in Postgres (retrying while it is down)."""
@@ -200,12 +200,11 @@ class BatchConsumer:
             await self._run()
         finally:
             await self._finish_hints()
-            await self.close_connections()
+            await self.close_connection()
 
-    async def close_connections(self) -> None:
-        """Close the lanes' connections (discarded, not pooled: they carry ``session``)."""
-        for lane in list(self._conns):
-            await self._drop_connection(lane)
+    async def close_connection(self) -> None:
+        """Close the loop's connection (discarded, not pooled: it carries ``session``)."""
+        await self._drop_connection()
 
     async def _run(self) -> None:
         last_check = time.monotonic()
@@ -224,7 +223,7 @@ class BatchConsumer:
                         await self.recheck_stored()
                 continue
             async with self.batch_lock:
-                await self._apply_lanes(records)
+                await self._apply_with_retry(records)
             self._update_lag()
 
     async def _fill(self, have: int) -> list[Any]:
@@ -244,30 +243,7 @@ class BatchConsumer:
             more += [r for tp_records in batches.values() for r in tp_records]
         return more
 
-    async def _apply_lanes(self, records: list[Any]) -> None:
-        """Apply the fetch: with one lane as one batch; with several, the partitions split
-        between lanes (``partition % lanes``), each lane's records a batch in its own
-        transaction on its own connection, the lanes at once — one lane's statements run in
-        Postgres while another's records are folded here. A partition's records stay in one
-        lane, in order; the next fetch waits for every lane. A small fetch is one batch
-        (``lane_min_records`` a lane at least): a batch has a fixed cost, and at low rates
-        there is nothing to overlap."""
-        lanes = min(self.policy.lanes, max(1, len(records) // self.policy.lane_min_records))
-        if lanes == 1:
-            await self._apply_with_retry(records, 0)
-            return
-        by_lane: dict[int, list[Any]] = {}
-        for r in records:
-            by_lane.setdefault(r.partition % lanes, []).append(r)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for lane, batch in by_lane.items():
-                    group.create_task(self._apply_with_retry(batch, lane))
-        except BaseExceptionGroup as failed:  # what one lane raised, as one lane would
-            fatal = [e for e in failed.exceptions if isinstance(e, PoisonLimitExceeded)]
-            raise (fatal or failed.exceptions)[0] from None
-
-    async def _apply_with_retry(self, records: list[Any], lane: int) -> None:
+    async def _apply_with_retry(self, records: list[Any]) -> None:
         conflicts = 0
         while not self._stopping.is_set():
             fresh = [
@@ -280,7 +256,7 @@ class BatchConsumer:
                 return
             started = time.perf_counter()
             try:
-                await self._apply(fresh, lane)
+                await self._apply(fresh)
             except PoisonLimitExceeded:
                 raise
             except OffsetFenced as exc:
@@ -315,7 +291,7 @@ class BatchConsumer:
     def _partitions_of(records: list[Any]) -> set[TopicPartition]:
         return {TopicPartition(r.topic, r.partition) for r in records}
 
-    async def _apply(self, records: list[Any], lane: int) -> None:
+    async def _apply(self, records: list[Any]) -> None:
         last: dict[tuple[str, int], int] = {}
         for r in records:  # a partition's records come in offset order: keep its last
             last[(r.topic, r.partition)] = r.offset
@@ -323,14 +299,14 @@ class BatchConsumer:
             key: OffsetAdvance(key[0], key[1], self.expected[key], offset + 1)
             for key, offset in last.items()
         }
-        conn = await self._connection(lane)
+        conn = await self._connection()
         try:
             async with conn.begin():
                 await advance_offsets(conn, self.group_id, list(advances.values()))
                 result = await self.handler(conn, records)
                 await self._dead_letter(result.poison, applied=result.applied)
         except BaseException:
-            await self._drop_connection(lane)
+            await self._drop_connection()
             raise
         if result.committed is not None:
             result.committed()
@@ -348,10 +324,10 @@ class BatchConsumer:
             }
         )
 
-    async def _connection(self, lane: int) -> AsyncConnection:
-        """The lane's own connection, kept between batches (no checkout, ping or reset per
+    async def _connection(self) -> AsyncConnection:
+        """The loop's own connection, kept between batches (no checkout, ping or reset per
         batch). Dropped on any failure, so a broken one is never reused."""
-        if lane not in self._conns:
+        if self._conn is None:
             conn = await self.engine.connect()
             try:
                 for statement in self.policy.session:
@@ -361,11 +337,11 @@ class BatchConsumer:
                 await conn.invalidate()
                 await conn.close()
                 raise
-            self._conns[lane] = conn
-        return self._conns[lane]
+            self._conn = conn
+        return self._conn
 
-    async def _drop_connection(self, lane: int) -> None:
-        conn = self._conns.pop(lane, None)
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.invalidate()

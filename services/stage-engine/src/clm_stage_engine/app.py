@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -40,8 +40,8 @@ from clm_stage_engine.webhooks import Dispatcher
 #: Postgres caches a prepared statement's generic plan after a few runs, made from the
 #: tables' statistics of that moment. One made while the event log was small (a fresh
 #: database) hashed or scanned the whole log on every batch as it grew, until the next ANALYZE
-#: replaced it (34 ms a batch in the e2e bench). The lanes' connections plan every statement
-#: for its arguments and the tables' current sizes instead (a fraction of a millisecond).
+#: replaced it (34 ms a batch in the e2e bench). The lanes' connections plan every statement for
+#: its arguments and the tables' current sizes instead (a fraction of a millisecond).
 FRESH_PLANS = ("SET plan_cache_mode = force_custom_plan",)
 
 
@@ -72,32 +72,40 @@ def create_app(
         stopping = asyncio.Event()
         current: dict[str, BatchConsumer | OutboxRelay | Dispatcher] = {}
 
-        def register(loop: BatchConsumer | None) -> None:
-            if loop is None:
-                current.pop("consumer", None)
-            else:
-                current["consumer"] = loop
+        # The lanes: consumer loops side by side, each a member of the group with partitions
+        # of its own, sharing the rows this process wrote (a customer moves between lanes
+        # only with its partition, and every row's version is checked when written back).
+        handler = EventsHandler(
+            settings.topic_lifecycle, rules, KnownStates(settings.stage_engine_known_states)
+        )
+        policy = BatchPolicy(
+            max_records=settings.stage_engine_batch_records,
+            max_wait_ms=settings.stage_engine_batch_wait_ms,
+            idle_recheck_s=settings.stage_engine_idle_recheck_s,
+            session=FRESH_PLANS,
+        )
 
-        async def consume() -> None:
-            await run_batch_consumer(
-                settings,
-                engine,
-                name="clm-stage-engine",
-                topic=settings.topic_events,
-                group_id=settings.stage_engine_group,
-                handler=EventsHandler(
-                    settings.topic_lifecycle, rules, KnownStates(settings.stage_engine_known_states)
-                ),
-                policy=BatchPolicy(
-                    max_records=settings.stage_engine_batch_records,
-                    max_wait_ms=settings.stage_engine_batch_wait_ms,
-                    idle_recheck_s=settings.stage_engine_idle_recheck_s,
-                    lanes=settings.stage_engine_lanes,
-                    session=FRESH_PLANS,
-                ),
-                register=register,
-                stopping=stopping,
-            )
+        def consumer(lane: int) -> Callable[[], Awaitable[None]]:
+            def register(loop: BatchConsumer | None) -> None:
+                if loop is None:
+                    current.pop(f"consumer {lane}", None)
+                else:
+                    current[f"consumer {lane}"] = loop
+
+            async def consume() -> None:
+                await run_batch_consumer(
+                    settings,
+                    engine,
+                    name=f"clm-stage-engine-{lane}",  # the client id sorts the group's members
+                    topic=settings.topic_events,
+                    group_id=settings.stage_engine_group,
+                    handler=handler,
+                    policy=policy,
+                    register=register,
+                    stopping=stopping,
+                )
+
+            return consume
 
         async def relay() -> None:
             producer = make_producer(settings, client_id="clm-stage-engine-relay")
@@ -143,7 +151,14 @@ def create_app(
 
         supervisors = (
             [
-                Supervisor("stage-engine consumer", consume, fatal=(PoisonLimitExceeded,)),
+                *(
+                    Supervisor(
+                        f"stage-engine consumer {lane}",
+                        consumer(lane),
+                        fatal=(PoisonLimitExceeded,),
+                    )
+                    for lane in range(settings.stage_engine_lanes)
+                ),
                 Supervisor("outbox relay", relay),
                 Supervisor("sweeper", sweep),
                 Supervisor("webhook dispatcher", dispatch),

@@ -22,8 +22,9 @@ class StageEngineSettings(CommonSettings):
         default=2,
         ge=1,
         le=64,
-        description="Lanes of partitions applied side by side, each its own transaction "
-        "(one lane's statements run in Postgres while another's events are folded).",
+        description="Consumer loops side by side in the process, each its own member of the "
+        "consumer group (its own partitions, batches, transactions and connection): one "
+        "lane's statements run in Postgres while another's events are folded.",
     )
     stage_engine_known_states: int = Field(
         default=50_000,
