@@ -47,6 +47,10 @@ READ_ROUNDS = int(os.environ.get("CLM_BENCH_READ_ROUNDS", "5"))
 # process, unless told otherwise) database then serves the reads.
 REPLICAS = [int(n) for n in os.environ.get("CLM_BENCH_STAGE_REPLICAS", "1,2").split(",")]
 REPEATS = max(1, int(os.environ.get("CLM_BENCH_STAGE_REPEATS", "3")))
+# untimed runs first: `make bench` starts its own broker, and a fresh JVM compiles its hot
+# paths during its first minute of load (19-29 µs of broker CPU an event in a first run on
+# 2 cores, 8-12 once warm, taken from the engines' and Postgres' share of the cores)
+WARMUPS = max(0, int(os.environ.get("CLM_BENCH_STAGE_WARMUPS", "1")))
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -239,6 +243,8 @@ def _median(runs: list[Sustained]) -> Sustained:
 
 
 async def run() -> str:
+    for _ in range(WARMUPS):  # the broker's JIT warmed on the same work; figures dropped
+        await _measured(max(REPLICAS))
     runs: list[Sustained] = []
     for replicas in REPLICAS[1:]:  # the later runs first: the first one's database stays
         runs.append(_median([await _measured(replicas) for _ in range(REPEATS)]))
@@ -288,7 +294,8 @@ async def run() -> str:
 
 {len(events):,} events ({EVENTS // 5:,} customers × 5 journey events: two visits, a signup, two
 purchases) pre-filled in a topic of 6 partitions, applied by real stage-engine processes into
-Postgres; each run on a fresh database and topic. Each configuration runs {REPEATS} times (`CLM_BENCH_STAGE_REPEATS`); the
+Postgres; each run on a fresh database and topic, after {WARMUPS} untimed run(s) (`CLM_BENCH_STAGE_WARMUPS`: the
+broker `make bench` starts is a fresh JVM, which compiles its hot paths under the first load). Each configuration runs {REPEATS} times (`CLM_BENCH_STAGE_REPEATS`); the
 table gives the run of median rate, its CPU, and every run's rate (single runs on this shared
 VM differ by up to a fifth). A run's clock starts once the processes' consumer group is
 stable with all of them (its first rebalance done) and a batch is applied, and stops at the
