@@ -33,6 +33,7 @@ from bench.results import write_section
 from bench.stack import stack_env
 from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
+from clm_common.kafka import log_ends
 from clm_common.keys import store_key
 from clm_devstack.services import ServiceProcess, start_service
 from clm_stage_engine.settings import StageEngineSettings
@@ -116,7 +117,9 @@ class Sustained:
 
 async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, bytes]]]:
     """A fresh topic holding the journeys, and the stage engine's settings for it."""
-    env = await stack_env(db_url, CLM_STAGE_ENGINE_BATCH_RECORDS="2000")
+    env = await stack_env(
+        db_url, CLM_STAGE_ENGINE_BATCH_RECORDS="2000", CLM_STAGE_ENGINE_IDLE_RECHECK_S="0.1"
+    )
     settings = settings_of(env)
     engine = create_engine(db_url, pool_size=1)
     async with engine.begin() as c:
@@ -148,9 +151,7 @@ def _lanes(env: dict[str, str]) -> int:
 
 async def _group_formed(admin: AIOKafkaAdminClient, group: str, members: int) -> bool:
     """Whether the engines' consumer group is stable with all ``members`` (each process's
-    lanes are members of their own): the clock of a run starts then, so the rate is the
-    group's steady state, not its first rebalance (the processes start together, and the
-    first to join consumes alone until the others do)."""
+    lanes are members of their own)."""
     (response,) = await admin.describe_consumer_groups([group])
     _error, _group, state, *_, joined = response.groups[0][:6]
     return bool(state == "Stable" and len(joined) == members)
@@ -160,13 +161,25 @@ async def _sustain(
     conn: asyncpg.Connection, env: dict[str, str], total: int, replicas: int
 ) -> tuple[Sustained, list[ServiceProcess]]:
     """Start ``replicas`` engines on the pre-filled topic and time them until every event is
-    applied; the processes are left running (the caller stops them)."""
+    applied; the processes are left running (the caller stops them).
+
+    The engines start with their offsets stored at the log's end, so they idle while the
+    group forms (each process's lanes are members of their own; the first to join would
+    otherwise consume alone through its rebalances); once it is stable with all of them the
+    stored offsets go back to the start, which idle lanes follow within
+    ``CLM_STAGE_ENGINE_IDLE_RECHECK_S`` as they follow a replay's."""
     postmaster = await postmaster_pid(conn)
+    group, topic = env["CLM_STAGE_ENGINE_GROUP"], env["CLM_TOPIC_EVENTS"]
+    ends = await log_ends(env["CLM_KAFKA_BOOTSTRAP"], topic)
+    await conn.executemany(
+        "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
+        "VALUES ($1, $2, $3, $4)",
+        [(group, topic, partition, end) for partition, end in sorted(ends.items())],
+    )
     procs = [
         start_service("stage-engine", env, Path(tempfile.mkdtemp(prefix="clm-bench-")), free_port())
         for _ in range(replicas)
     ]
-
     members = replicas * _lanes(env)
 
     def engines_s() -> float:
@@ -175,21 +188,19 @@ async def _sustain(
     admin = AIOKafkaAdminClient(bootstrap_servers=env["CLM_KAFKA_BOOTSTRAP"])
     await admin.start()
     try:
+        deadline = time.monotonic() + 120
+        while not await _group_formed(admin, group, members):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the group of {members} lanes was not stable in 120 s")
+            await asyncio.sleep(0.05)
+        await conn.execute("UPDATE consumer_offsets SET next_offset = 0 WHERE group_id = $1", group)
         first_at = None
-        formed = False
         while True:
-            done = await _consumed(conn, env["CLM_STAGE_ENGINE_GROUP"])
-            if done and not formed:
-                formed = await _group_formed(admin, env["CLM_STAGE_ENGINE_GROUP"], members)
-            if formed and first_at is None:
+            done = await _consumed(conn, group)
+            if done and first_at is None:
                 first_at, first_done = time.perf_counter(), done
                 first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
             if done >= total:
-                if first_at is None or first_done >= total:
-                    raise RuntimeError(
-                        f"all {total:,} events were applied before the group of {replicas} "
-                        "engine processes was stable: too few to time (CLM_BENCH_STAGE_EVENTS)"
-                    )
                 last_at, last_cpu, last_pg = (
                     time.perf_counter(),
                     engines_s(),
@@ -297,9 +308,11 @@ purchases) pre-filled in a topic of 6 partitions, applied by real stage-engine p
 Postgres; each run on a fresh database and topic, after {WARMUPS} untimed run(s) (`CLM_BENCH_STAGE_WARMUPS`: the
 broker `make bench` starts is a fresh JVM, which compiles its hot paths under the first load). Each configuration runs {REPEATS} times (`CLM_BENCH_STAGE_REPEATS`); the
 table gives the run of median rate, its CPU, and every run's rate (single runs on this shared
-VM differ by up to a fifth). A run's clock starts once the processes' consumer group is
-stable with all of them (its first rebalance done) and a batch is applied, and stops at the
-last; the events applied before are left out of the rate and of the CPU.
+VM differ by up to a fifth). The engines start with their offsets stored at the log's end
+and idle until their consumer group is stable with all of them (each process's lanes are
+members of their own); then the stored offsets go back to the start, as a replay's do. A
+run's clock starts at the first batch applied and stops at the last; that first batch's
+events are left out of the rate and of the CPU.
 CPU per event: user + system time of the engine processes (their relays included) and of the
 whole Postgres server (backends, WAL writer, checkpointer, autovacuum). On 2 cores the rate
 cannot exceed 2 s ÷ the total CPU per event (the broker's share not counted).
