@@ -335,7 +335,7 @@ The engine writes, per batch and in one transaction: the event log (each applied
 also its dedupe claim), customer upserts (one per customer per batch), transitions and one
 outbox row holding the batch's lifecycle records; the COPY baseline writes only the event-log
 rows, so the ratio is a ceiling comparison, not like for like. Each process runs its lanes
-(`CLM_STAGE_ENGINE_LANES`, 2): consumer loops side by side, each a member of the group with
+(`CLM_STAGE_ENGINE_LANES`, 3): consumer loops side by side, each a member of the group with
 partitions of its own, so the group has processes × lanes members.
 """
 

@@ -19,12 +19,13 @@ class StageEngineSettings(CommonSettings):
     stage_engine_batch_records: int = Field(default=500, ge=1, description="Max records a batch.")
     stage_engine_batch_wait_ms: int = Field(default=200, ge=1, description="Max wait a batch.")
     stage_engine_lanes: int = Field(
-        default=2,
+        default=3,
         ge=1,
         le=64,
         description="Consumer loops side by side in the process, each its own member of the "
         "consumer group (its own partitions, batches, transactions and connection): one "
-        "lane's statements run in Postgres while another's events are folded.",
+        "lane's statements run in Postgres while another's events are folded. 3 deals the "
+        "6 default partitions out evenly to one process (2 each) or two (1 each).",
     )
     stage_engine_known_states: int = Field(
         default=50_000,
