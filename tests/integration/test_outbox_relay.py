@@ -18,7 +18,7 @@ from clm_common.kafka import make_producer
 from clm_common.schema import outbox, outbox_batches
 from clm_common.settings import CommonSettings
 from clm_stage_engine import repository
-from clm_stage_engine.relay import RELAY_LOCK_ID, OutboxRelay
+from clm_stage_engine.relay import RELAY_LOCK_ID, OutboxRelay, PayloadCache
 from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
 from tests.integration.conftest import read_topic
 
@@ -164,3 +164,47 @@ async def test_migration_0009_keeps_old_rows_in_order_both_ways(bare_database: s
         ]
     finally:
         await db.dispose()
+
+
+async def test_rows_kept_in_memory_are_published_without_reading_their_payload(
+    common: CommonSettings, db: AsyncEngine
+) -> None:
+    """The rows a process's batches committed go out from its memory: what Postgres holds of
+    such a row's payload is never read (here it is made unreadable, and still the records go
+    out whole and in order); a row not kept is read from Postgres as before."""
+    topic = common.topic_lifecycle
+    cache = PayloadCache()
+    async with db.begin() as conn:
+        kept = await repository.insert_outbox(conn, topic, [("c1", b"c1-0"), ("c2", b"c2-0")])
+    assert kept is not None
+    cache.put(*kept)  # after the commit, as the handler's committed hook does
+    async with db.begin() as conn:
+        await repository.insert_outbox(conn, topic, [("c1", b"c1-1")])  # another writer's
+        await conn.execute(
+            text("UPDATE outbox_batches SET payload = '\\x00' WHERE id = :id"), {"id": kept[0]}
+        )
+
+    producer = make_producer(common, client_id="test-relay")
+    await producer.start()
+    try:
+        relay = OutboxRelay(db, producer, backlog_every_s=0, cache=cache)
+        assert await relay_all(relay) == [3, 0]
+    finally:
+        await producer.stop()
+    assert len(cache) == 0
+    by_key: dict[bytes, list[bytes]] = defaultdict(list)
+    for record in await read_topic(common.kafka_bootstrap, topic, expect=3):
+        by_key[record.key].append(record.value)
+    assert by_key == {b"c1": [b"c1-0", b"c1-1"], b"c2": [b"c2-0"]}
+
+    # without the payload in memory, the row Postgres holds is what the relay reads
+    async with db.begin() as conn:
+        await repository.insert_outbox(conn, topic, [("c3", b"c3-0")])
+        await conn.execute(text("UPDATE outbox_batches SET payload = '\\x00'"))
+    producer = make_producer(common, client_id="test-relay")
+    await producer.start()
+    try:
+        with pytest.raises(ValueError, match="cannot hold 1 records"):
+            await OutboxRelay(db, producer, cache=cache).relay_once()
+    finally:
+        await producer.stop()

@@ -32,7 +32,7 @@ from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.hot_read import HotReadMiddleware
 from clm_stage_engine.known import KnownStates
-from clm_stage_engine.relay import OutboxRelay
+from clm_stage_engine.relay import OutboxRelay, PayloadCache
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_forever
 from clm_stage_engine.webhooks import Dispatcher
@@ -75,8 +75,12 @@ def create_app(
         # The lanes: consumer loops side by side, each a member of the group with partitions
         # of its own, sharing the rows this process wrote (a customer moves between lanes
         # only with its partition, and every row's version is checked when written back).
+        written = PayloadCache()  # the outbox rows the lanes committed, for the relay
         handler = EventsHandler(
-            settings.topic_lifecycle, rules, KnownStates(settings.stage_engine_known_states)
+            settings.topic_lifecycle,
+            rules,
+            KnownStates(settings.stage_engine_known_states),
+            written,
         )
         policy = BatchPolicy(
             max_records=settings.stage_engine_batch_records,
@@ -112,7 +116,10 @@ def create_app(
             try:
                 await producer.start()
                 outbox_relay = OutboxRelay(
-                    engine, producer, poll_s=settings.stage_engine_outbox_poll_ms / 1000
+                    engine,
+                    producer,
+                    poll_s=settings.stage_engine_outbox_poll_ms / 1000,
+                    cache=written,
                 )
                 current["relay"] = outbox_relay
                 if stopping.is_set():

@@ -40,6 +40,7 @@ from clm_stage_engine import repository
 from clm_stage_engine.known import KnownStates
 from clm_stage_engine.processor import FoldResult, Item, first_of_each, fold, needs_history
 from clm_stage_engine.records import removal_record
+from clm_stage_engine.relay import PayloadCache
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,18 @@ class EventsHandler:
     """Decode, dedupe, resolve, fold and write one batch; poison comes back for the DLQ."""
 
     def __init__(
-        self, lifecycle_topic: str, rules: LifecycleRules, known: KnownStates | None = None
+        self,
+        lifecycle_topic: str,
+        rules: LifecycleRules,
+        known: KnownStates | None = None,
+        outbox: PayloadCache | None = None,
     ) -> None:
         self.lifecycle_topic = lifecycle_topic
         self.rules = rules
         # rows this process wrote, filled only through BatchResult.committed (a caller that
         # does not call it, as the tests that drive the handler directly, reads every row)
         self.known = known if known is not None else KnownStates(0)
+        self.outbox = outbox if outbox is not None else PayloadCache(0)  # the relay's
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         wanted: set[str] = set()
@@ -185,15 +191,17 @@ class EventsHandler:
         poison.extend(Poison(record, reason) for record, reason in result.failed)
         phases.lap("fold")
         versions = {key: row.version for key, row in rows.items()}
-        xid = await self._write(
+        xid, queued = await self._write(
             conn, items, result, loaded, versions, merges, new_links, found.subscriptions
         )
         phases.lap("write")
-        return BatchResult(
-            poison=poison,
-            applied=len(result.applied),
-            committed=functools.partial(self.known.remember, result.states, xid),
-        )
+
+        def committed() -> None:
+            self.known.remember(result.states, xid)
+            if queued is not None:
+                self.outbox.put(*queued)
+
+        return BatchResult(poison=poison, applied=len(result.applied), committed=committed)
 
     @staticmethod
     def _drop_erased(
@@ -225,9 +233,10 @@ class EventsHandler:
         merges: dict[str, list[str]],
         new_links: dict[str, tuple[str, str]],
         subscriptions: list[tuple[int, list[str] | None]],
-    ) -> int:
-        """Write the batch and return the writing transaction's id. Every customer row goes
-        back only if still at the version read (``versions``; none: it had no row).
+    ) -> tuple[int, tuple[int, bytes] | None]:
+        """Write the batch; return the writing transaction's id and the outbox row's id and
+        payload (None: no records). Every customer row goes back only if still at the
+        version read (``versions``; none: it had no row).
 
         Every new event is claimed once: an applied customer event by its
         event-log row, an event without a customer or one that failed by a
@@ -271,7 +280,7 @@ class EventsHandler:
             states=[(state, versions.get(key)) for key, state in result.states.items()],
             transitions=result.transitions,
         )
-        await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
+        queued = await repository.insert_outbox(conn, self.lifecycle_topic, outbox)
         await self._enqueue_webhooks(conn, result, subscriptions)
         for event_type, n in collections.Counter(i.event.type for i in result.applied).items():
             EVENTS.labels(event_type).inc(n)
@@ -280,7 +289,7 @@ class EventsHandler:
         )
         for (from_stage, to_stage), n in moves.items():
             TRANSITIONS.labels(from_stage, to_stage).inc(n)
-        return xid
+        return xid, queued
 
     async def _enqueue_webhooks(
         self,

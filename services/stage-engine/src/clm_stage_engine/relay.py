@@ -7,6 +7,11 @@ transaction-scoped advisory lock, so with several replicas records of one custom
 published out of order. A row is deleted only after the broker acknowledged all its records
 (acks=all); a crash in between republishes them, and consumers dedupe by the record's stable
 ``record_id``.
+
+The rows this process's batches just wrote are still in its memory (:class:`PayloadCache`,
+filled after each commit): the relay asks Postgres for every pending row in order as before,
+but for those rows not for their payload, which it takes from the cache (the same bytes; a
+row another replica wrote, or one written before a restart, is read whole).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -35,6 +40,42 @@ PUBLISHED = Counter("clm_outbox_published_total", "Outbox records published to K
 BACKLOG = Gauge("clm_outbox_backlog_records", "Outbox records not yet published")
 
 
+class PayloadCache:
+    """Payloads of outbox rows this process committed, by row id, until the relay publishes
+    them (or finds them gone: another replica's relay published them). Bounded: past
+    ``size`` rows the oldest go, and the relay reads those from Postgres."""
+
+    __slots__ = ("_rows", "size")
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._rows: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def put(self, row_id: int, payload: bytes) -> None:
+        """Row ``row_id`` committed with ``payload`` (call only after the commit)."""
+        self._rows[row_id] = payload
+        while len(self._rows) > self.size:
+            del self._rows[min(self._rows)]
+
+    def snapshot(self) -> dict[int, bytes]:
+        """The rows kept now (a copy: a batch committing meanwhile may evict one)."""
+        return dict(self._rows)
+
+    def forget(self, row_ids: Iterable[int]) -> None:
+        """The rows were published (or are about to be deleted): not needed any more."""
+        for row_id in row_ids:
+            self._rows.pop(row_id, None)
+
+    def forget_older(self, oldest_pending: int | None) -> None:
+        """Drop the rows older than the oldest still pending (None: none is): another
+        replica's relay published them (a row is put only after its commit, so a kept row
+        is visible to every later read of the pending rows until it is deleted)."""
+        self.forget([i for i in self._rows if oldest_pending is None or i < oldest_pending])
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -44,9 +85,11 @@ class OutboxRelay:
         poll_s: float = 0.1,
         batch: int = 5000,
         backlog_every_s: float = 1.0,
+        cache: PayloadCache | None = None,
     ) -> None:
         self.engine = engine
         self.producer = producer
+        self.cache = cache if cache is not None else PayloadCache(0)
         self.poll_s = poll_s
         self.batch = batch
         self.backlog_every_s = backlog_every_s
@@ -79,16 +122,20 @@ class OutboxRelay:
             ).scalar_one()
             if not locked:
                 return 0
-            rows = (await conn.execute(_PENDING, {"n": self.batch})).all()
+            kept = self.cache.snapshot()
+            rows = (await conn.execute(_PENDING, {"n": self.batch, "cached": sorted(kept)})).all()
             if not rows:
                 BACKLOG.set(0)
+                self.cache.forget_older(None)
                 return 0
-            await self._publish(rows)
+            self.cache.forget_older(rows[0].id)
+            await self._publish(rows, kept)
             if batches := [r.id for r in rows if r.key is None]:
                 await conn.execute(_DELETE, {"ids": batches})
             if legacy := [r.id for r in rows if r.key is not None]:
                 await conn.execute(_DELETE_LEGACY, {"ids": legacy})
             sent = int(sum(r.records for r in rows))
+            self.cache.forget(r.id for r in rows)
             now = time.monotonic()
             if now - self._backlog_at >= self.backlog_every_s:  # a count is a scan: not per batch
                 self._backlog_at = now
@@ -96,7 +143,7 @@ class OutboxRelay:
         PUBLISHED.inc(sent)
         return sent
 
-    async def _publish(self, rows: Sequence[Any]) -> None:
+    async def _publish(self, rows: Sequence[Any], kept: Mapping[int, bytes]) -> None:
         """Send the rows' records in outbox order, whole batches per partition, and wait for
         the acks.
 
@@ -111,11 +158,13 @@ class OutboxRelay:
             if r.topic not in partitions:  # legacy rows are one per record: look up once
                 partitions[r.topic] = sorted(await self.producer.partitions_for(r.topic))
             choices = partitions[r.topic]
-            records = (
-                unpack_records(r.payload, r.records)
-                if r.key is None
-                else [(r.key.encode(), r.payload)]  # a row of an engine before 0009
-            )
+            if r.key is not None:  # a row of an engine before 0009
+                records: Any = [(r.key.encode(), r.payload)]
+            else:
+                payload = r.payload if r.payload is not None else kept.get(r.id)
+                if payload is None:
+                    raise RuntimeError(f"outbox row {r.id}: its payload is neither read nor kept")
+                records = unpack_records(payload, r.records)
             for key, value in records:
                 tp = (r.topic, choices[key_hash(key) % len(choices)])
                 batch = open_batches.get(tp)
@@ -141,9 +190,12 @@ def key_hash(key: bytes) -> int:
 
 # The oldest rows of both tables (ids from one sequence), as many as hold ``n`` records (and
 # always the first): the window sums the records before each row over at most ``n`` rows (a
-# row holds at least one record). ``key`` is set on the one-record rows of ``outbox``.
+# row holds at least one record). ``key`` is set on the one-record rows of ``outbox``. The
+# payload of a row in ``cached`` stays in Postgres (not even read from its TOAST chunks).
 _PENDING = text(
-    "SELECT id, topic, records, key, payload FROM ("
+    "SELECT id, topic, records, key,"
+    " CASE WHEN key IS NULL AND id = ANY(CAST(:cached AS BIGINT[])) THEN NULL ELSE payload END"
+    " AS payload FROM ("
     " SELECT *, sum(records) OVER (ORDER BY id) - records AS before FROM ("
     "  (SELECT id, topic, records, NULL::text AS key, payload FROM outbox_batches"
     "   ORDER BY id LIMIT :n)"

@@ -158,16 +158,21 @@ async def insert_transitions(conn: AsyncConnection, transitions: Sequence[Transi
 
 async def insert_outbox(
     conn: AsyncConnection, topic: str, records: Sequence[tuple[str, bytes]]
-) -> None:
+) -> tuple[int, bytes] | None:
     """Queue ``records`` ((customer key, value) pairs) for ``topic``, in order, as ONE outbox
     row of the caller's transaction (see :mod:`clm_stage_engine.outbox`): published once it
-    commits, never if it rolls back."""
+    commits, never if it rolls back. Returns the row's id and payload (None: no records), for
+    the relay's :class:`~clm_stage_engine.relay.PayloadCache` once the transaction commits."""
     if not records:
-        return
-    await (await driver(conn)).execute(_INSERT_OUTBOX, topic, len(records), pack_records(records))
+        return None
+    payload = pack_records(records)
+    row_id = await (await driver(conn)).fetchval(_INSERT_OUTBOX, topic, len(records), payload)
+    return int(row_id), payload
 
 
-_INSERT_OUTBOX = "INSERT INTO outbox_batches (topic, records, payload) VALUES ($1, $2, $3)"
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox_batches (topic, records, payload) VALUES ($1, $2, $3) RETURNING id"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,29 @@
+"""The relay's memory of the outbox rows this process committed (pure)."""
+
+from __future__ import annotations
+
+from clm_stage_engine.relay import PayloadCache
+
+
+def test_rows_are_kept_until_published_or_found_gone() -> None:
+    cache = PayloadCache(size=8)
+    for row_id in (3, 5, 7):
+        cache.put(row_id, f"p{row_id}".encode())
+    kept = cache.snapshot()
+    cache.forget([5])  # published
+    assert kept == {3: b"p3", 5: b"p5", 7: b"p7"}  # a snapshot is not changed after
+    assert cache.snapshot() == {3: b"p3", 7: b"p7"}
+    cache.forget_older(7)  # the oldest pending is 7: row 3 went out through another relay
+    assert cache.snapshot() == {7: b"p7"}
+    cache.forget_older(None)  # nothing pending at all
+    assert len(cache) == 0
+
+
+def test_past_its_size_the_oldest_rows_go() -> None:
+    cache = PayloadCache(size=2)
+    for row_id in (10, 11, 12):
+        cache.put(row_id, b"x")
+    assert sorted(cache.snapshot()) == [11, 12]
+    empty = PayloadCache(size=0)
+    empty.put(1, b"x")
+    assert len(empty) == 0
