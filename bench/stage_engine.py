@@ -95,6 +95,12 @@ async def _consumed(conn: asyncpg.Connection, group: str) -> int:
     )
 
 
+async def _unpublished(conn: asyncpg.Connection) -> int:
+    """Outbox rows the relay has not published yet: a run ends when every event is applied
+    AND every lifecycle record is on its topic (the relay's work is the engine's too)."""
+    return int(await conn.fetchval("SELECT count(*) FROM outbox_batches"))
+
+
 @dataclass(frozen=True)
 class Sustained:
     """One run of (a): the rate and the CPU per event of the engines and of Postgres."""
@@ -200,7 +206,7 @@ async def _sustain(
             if done and first_at is None:
                 first_at, first_done = time.perf_counter(), done
                 first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
-            if done >= total:
+            if done >= total and not await _unpublished(conn):
                 last_at, last_cpu, last_pg = (
                     time.perf_counter(),
                     engines_s(),
@@ -311,8 +317,9 @@ table gives the run of median rate, its CPU, and every run's rate (single runs o
 VM differ by up to a fifth). The engines start with their offsets stored at the log's end
 and idle until their consumer group is stable with all of them (each process's lanes are
 members of their own); then the stored offsets go back to the start, as a replay's do. A
-run's clock starts at the first batch applied and stops at the last; that first batch's
-events are left out of the rate and of the CPU.
+run's clock starts at the first batch applied and stops once the last event is applied and
+the last lifecycle record published (the outbox empty); that first batch's events are left
+out of the rate and of the CPU.
 CPU per event: user + system time of the engine processes (their relays included) and of the
 whole Postgres server (backends, WAL writer, checkpointer, autovacuum). On 2 cores the rate
 cannot exceed 2 s ÷ the total CPU per event (the broker's share not counted).

@@ -18,7 +18,7 @@ from clm_common.kafka import make_producer
 from clm_common.schema import outbox, outbox_batches
 from clm_common.settings import CommonSettings
 from clm_stage_engine import repository
-from clm_stage_engine.relay import RELAY_LOCK_ID, OutboxRelay, PayloadCache
+from clm_stage_engine.relay import RELAY_LOCK_ID, OutboxGate, OutboxRelay, PayloadCache
 from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
 from tests.integration.conftest import read_topic
 
@@ -208,3 +208,23 @@ async def test_rows_kept_in_memory_are_published_without_reading_their_payload(
             await OutboxRelay(db, producer, cache=cache).relay_once()
     finally:
         await producer.stop()
+
+
+async def test_the_gate_holds_the_lanes_while_the_relay_is_behind(db: AsyncEngine) -> None:
+    """More records waiting than the limit: the gate holds until the relay publishes some."""
+    gate = OutboxGate(db, limit=3, every_s=0.01)
+    async with db.begin() as conn:
+        await repository.insert_outbox(conn, "t", [("c1", b"a"), ("c2", b"b")])
+    await asyncio.wait_for(gate(), timeout=5)  # 2 waiting: open
+    async with db.begin() as conn:
+        await repository.insert_outbox(conn, "t", [("c1", b"c"), ("c3", b"d")])
+    held = asyncio.create_task(gate())  # 4 waiting: shut
+    await asyncio.sleep(0.2)
+    assert not held.done()
+    async with db.begin() as conn:  # the relay published the oldest row
+        await conn.execute(
+            text("DELETE FROM outbox_batches WHERE id = (SELECT min(id) FROM outbox_batches)")
+        )
+    await asyncio.wait_for(held, timeout=5)
+    assert await OutboxGate(db, limit=0).backlog() == 2
+    await asyncio.wait_for(OutboxGate(db, limit=0)(), timeout=1)  # 0: never holds

@@ -100,6 +100,9 @@ class BatchPolicy:
     fill_ms: int = 0  # once a batch has records, wait up to this long for more
     # statements run once on the loop's connection (its session settings)
     session: tuple[str, ...] = ()
+    # awaited before each fetch: what the batches feed (the stage engine's outbox relay)
+    # holds the loop here until it has caught up, so it never falls behind without bound
+    gate: Callable[[], Awaitable[None]] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -209,6 +212,8 @@ class BatchConsumer:
     async def _run(self) -> None:
         last_check = time.monotonic()
         while not self._stopping.is_set():
+            if self.policy.gate is not None:
+                await self.policy.gate()
             batches = await self.consumer.getmany(
                 timeout_ms=self.policy.max_wait_ms, max_records=self.policy.max_records
             )

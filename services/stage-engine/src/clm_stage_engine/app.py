@@ -32,7 +32,7 @@ from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.hot_read import HotReadMiddleware
 from clm_stage_engine.known import KnownStates
-from clm_stage_engine.relay import OutboxRelay, PayloadCache
+from clm_stage_engine.relay import OutboxGate, OutboxRelay, PayloadCache
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_forever
 from clm_stage_engine.webhooks import Dispatcher
@@ -87,6 +87,7 @@ def create_app(
             max_wait_ms=settings.stage_engine_batch_wait_ms,
             idle_recheck_s=settings.stage_engine_idle_recheck_s,
             session=FRESH_PLANS,
+            gate=OutboxGate(engine, settings.stage_engine_outbox_max_backlog),
         )
 
         def consumer(lane: int) -> Callable[[], Awaitable[None]]:

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 RELAY_LOCK_ID = 0x434C4D01  # "CLM" + 1
 PUBLISHED = Counter("clm_outbox_published_total", "Outbox records published to Kafka")
 BACKLOG = Gauge("clm_outbox_backlog_records", "Outbox records not yet published")
+GATED = Counter(
+    "clm_outbox_gate_seconds_total",
+    "Time the stage engine's lanes waited for the outbox relay to catch up",
+)
 
 
 class PayloadCache:
@@ -74,6 +78,35 @@ class PayloadCache:
         replica's relay published them (a row is put only after its commit, so a kept row
         is visible to every later read of the pending rows until it is deleted)."""
         self.forget([i for i in self._rows if oldest_pending is None or i < oldest_pending])
+
+
+class OutboxGate:
+    """Holds the lanes before their next fetch while more than ``limit`` lifecycle records
+    wait in the outbox (0: never): the relay shares the event loop with the lanes, and at full
+    speed they folded batches faster than it got turns to publish them (160,000 of 200,000
+    records behind at the end of a bench run), a backlog that would only grow under a
+    sustained load. A waiting lane also leaves the loop to the relay."""
+
+    def __init__(self, engine: AsyncEngine, limit: int, *, every_s: float = 0.02) -> None:
+        self.engine = engine
+        self.limit = limit
+        self.every_s = every_s
+
+    async def backlog(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(_BACKLOG)).scalar_one())
+
+    async def __call__(self) -> None:
+        if self.limit <= 0:
+            return
+        started = None
+        while (waiting := await self.backlog()) > self.limit:
+            if started is None:
+                started = time.monotonic()
+                log.info("lane waits for the outbox relay", extra={"backlog": waiting})
+            await asyncio.sleep(self.every_s)
+        if started is not None:
+            GATED.inc(time.monotonic() - started)
 
 
 class OutboxRelay:

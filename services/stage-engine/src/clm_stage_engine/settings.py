@@ -34,6 +34,12 @@ class StageEngineSettings(CommonSettings):
         "batch reads only the others (each row's version is checked when written back); "
         "about 1.3 KB each; 0: every batch reads all its customers.",
     )
+    stage_engine_outbox_max_backlog: int = Field(
+        default=20_000,
+        ge=0,
+        description="Lanes wait before their next fetch while more lifecycle records than "
+        "this wait in the outbox, so the relay keeps up with them; 0: no limit.",
+    )
     stage_engine_outbox_poll_ms: int = Field(
         default=100, ge=10, description="How often the outbox relay looks for new rows."
     )
