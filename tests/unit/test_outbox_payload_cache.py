@@ -6,7 +6,7 @@ from clm_stage_engine.relay import PayloadCache
 
 
 def test_rows_are_kept_until_published_or_found_gone() -> None:
-    cache = PayloadCache(size=8)
+    cache = PayloadCache()
     for row_id in (3, 5, 7):
         cache.put(row_id, f"p{row_id}".encode())
     kept = cache.snapshot()
@@ -20,10 +20,16 @@ def test_rows_are_kept_until_published_or_found_gone() -> None:
 
 
 def test_past_its_size_the_oldest_rows_go() -> None:
-    cache = PayloadCache(size=2)
+    cache = PayloadCache(max_bytes=10)
     for row_id in (10, 11, 12):
-        cache.put(row_id, b"x")
-    assert sorted(cache.snapshot()) == [11, 12]
-    empty = PayloadCache(size=0)
+        cache.put(row_id, b"four")
+    assert sorted(cache.snapshot()) == [11, 12]  # 8 bytes kept, 12 would be over
+    cache.put(13, b"x" * 11)  # alone over the bound: not kept, and the others make way
+    assert len(cache) == 0
+    cache.put(14, b"four")
+    cache.forget([14, 99])
+    cache.put(15, b"0123456789")  # the forgotten row's bytes no longer count
+    assert sorted(cache.snapshot()) == [15]
+    empty = PayloadCache(max_bytes=0)
     empty.put(1, b"x")
     assert len(empty) == 0

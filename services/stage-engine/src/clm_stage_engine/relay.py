@@ -47,22 +47,26 @@ GATED = Counter(
 class PayloadCache:
     """Payloads of outbox rows this process committed, by row id, until the relay publishes
     them (or finds them gone: another replica's relay published them). Bounded: past
-    ``size`` rows the oldest go, and the relay reads those from Postgres."""
+    ``max_bytes`` of payloads the oldest rows go, and the relay reads those from Postgres
+    (a replica whose relay seldom gets the lock keeps only that much)."""
 
-    __slots__ = ("_rows", "size")
+    __slots__ = ("_bytes", "_rows", "max_bytes")
 
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
+    def __init__(self, max_bytes: int = 16 << 20) -> None:
+        self.max_bytes = max_bytes
         self._rows: dict[int, bytes] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def put(self, row_id: int, payload: bytes) -> None:
         """Row ``row_id`` committed with ``payload`` (call only after the commit)."""
+        self.forget([row_id])
         self._rows[row_id] = payload
-        while len(self._rows) > self.size:
-            del self._rows[min(self._rows)]
+        self._bytes += len(payload)
+        while self._bytes > self.max_bytes:
+            self.forget([min(self._rows)])
 
     def snapshot(self) -> dict[int, bytes]:
         """The rows kept now (a copy: a batch committing meanwhile may evict one)."""
@@ -71,7 +75,9 @@ class PayloadCache:
     def forget(self, row_ids: Iterable[int]) -> None:
         """The rows were published (or are about to be deleted): not needed any more."""
         for row_id in row_ids:
-            self._rows.pop(row_id, None)
+            payload = self._rows.pop(row_id, None)
+            if payload is not None:
+                self._bytes -= len(payload)
 
     def forget_older(self, oldest_pending: int | None) -> None:
         """Drop the rows older than the oldest still pending (None: none is): another
