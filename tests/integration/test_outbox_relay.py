@@ -228,3 +228,13 @@ async def test_the_gate_holds_the_lanes_while_the_relay_is_behind(db: AsyncEngin
     await asyncio.wait_for(held, timeout=5)
     assert await OutboxGate(db, limit=0).backlog() == 2
     await asyncio.wait_for(OutboxGate(db, limit=0)(), timeout=1)  # 0: never holds
+
+
+async def test_the_gate_opens_when_postgres_cannot_say(infra: Infra) -> None:
+    """Postgres unreachable: the gate lets the lane on (its batch fails and is retried as
+    any other), rather than failing the consumer loop itself."""
+    nowhere = create_engine("postgresql+asyncpg://clm:clm@127.0.0.1:1/clm", pool_size=1)
+    try:
+        await asyncio.wait_for(OutboxGate(nowhere, limit=1)(), timeout=10)
+    finally:
+        await nowhere.dispose()

@@ -102,11 +102,20 @@ class OutboxGate:
         async with self.engine.connect() as conn:
             return int((await conn.execute(_BACKLOG)).scalar_one())
 
+    async def _backlog_or_zero(self) -> int:
+        """The backlog; 0 when Postgres cannot say (down, slow to answer): the gate does not
+        stop the loop, whose batch then fails and is retried as any other would be."""
+        try:
+            return await self.backlog()
+        except Exception:
+            log.warning("outbox backlog unknown; the lane goes on", exc_info=True)
+            return 0
+
     async def __call__(self) -> None:
         if self.limit <= 0:
             return
         started = None
-        while (waiting := await self.backlog()) > self.limit:
+        while (waiting := await self._backlog_or_zero()) > self.limit:
             if started is None:
                 started = time.monotonic()
                 log.info("lane waits for the outbox relay", extra={"backlog": waiting})
