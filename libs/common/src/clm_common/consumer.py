@@ -205,10 +205,6 @@ class BatchConsumer:
             await self._finish_hints()
             await self.close_connection()
 
-    async def close_connection(self) -> None:
-        """Close the loop's connection (discarded, not pooled: it carries ``session``)."""
-        await self._drop_connection()
-
     async def _run(self) -> None:
         last_check = time.monotonic()
         while not self._stopping.is_set():
@@ -311,7 +307,7 @@ class BatchConsumer:
                 result = await self.handler(conn, records)
                 await self._dead_letter(result.poison, applied=result.applied)
         except BaseException:
-            await self._drop_connection()
+            await self.close_connection()
             raise
         if result.committed is not None:
             result.committed()
@@ -345,7 +341,9 @@ class BatchConsumer:
             self._conn = conn
         return self._conn
 
-    async def _drop_connection(self) -> None:
+    async def close_connection(self) -> None:
+        """Close the loop's connection (discarded, not pooled: it carries ``session``); the
+        next batch opens a new one."""
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
