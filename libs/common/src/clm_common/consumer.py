@@ -133,6 +133,7 @@ class BatchConsumer:
         dlq_producer: AIOKafkaProducer | None,
         dlq_topic: str,
         policy: BatchPolicy,
+        lanes_stop: asyncio.Event | None = None,
     ) -> None:
         self.consumer = consumer
         self.engine = engine
@@ -146,7 +147,9 @@ class BatchConsumer:
         self.expected: dict[tuple[str, int], int | None] = {}
         self.consecutive_poison = 0
         self.last_batch_at: float | None = None
-        self._stopping = asyncio.Event()
+        # shared by the loops of one process (its lanes): stopping one, or one stopping at its
+        # poison limit, stops them all, before its partitions can move to a sibling
+        self._stopping = lanes_stop if lanes_stop is not None else asyncio.Event()
         self._hints: dict[TopicPartition, OffsetAndMetadata] = {}
         self._hint_task: asyncio.Task[None] | None = None
         self._conn: AsyncConnection | None = None  # the loop's own, kept between batches
@@ -384,6 +387,7 @@ class BatchConsumer:
             return
         self.consecutive_poison += len(poison)
         if self.consecutive_poison > self.policy.max_consecutive_poison:
+            self._stopping.set()  # the sibling lanes apply nothing more either
             raise PoisonLimitExceeded(
                 f"{self.consecutive_poison} poison records in a row on {self.topic}: stopping"
             )
@@ -432,6 +436,7 @@ async def run_batch_consumer(
     policy: BatchPolicy,
     register: Callable[[BatchConsumer | None], None],
     stopping: asyncio.Event,
+    lanes_stop: asyncio.Event | None = None,
 ) -> None:
     """One supervised attempt: build the consumer and its DLQ producer, run the loop until it
     stops or fails, close both. ``register`` gets the running loop (to stop it on shutdown),
@@ -452,6 +457,7 @@ async def run_batch_consumer(
             dlq_producer=producer,
             dlq_topic=settings.topic_dlq,
             policy=policy,
+            lanes_stop=lanes_stop,
         )
         register(loop)
         if not stopping.is_set():

@@ -90,6 +90,10 @@ def create_app(
             gate=OutboxGate(engine, settings.stage_engine_outbox_max_backlog),
         )
 
+        # One stop for all the lanes: a lane at its poison limit stops its siblings too (its
+        # partitions would otherwise move to them and pour the rest into the DLQ).
+        lanes_stop = asyncio.Event()
+
         def consumer(lane: int) -> Callable[[], Awaitable[None]]:
             def register(loop: BatchConsumer | None) -> None:
                 if loop is None:
@@ -98,6 +102,8 @@ def create_app(
                     current[f"consumer {lane}"] = loop
 
             async def consume() -> None:
+                if lanes_stop.is_set() and not stopping.is_set():
+                    raise PoisonLimitExceeded(f"lane {lane}: a sibling lane hit the poison limit")
                 await run_batch_consumer(
                     settings,
                     engine,
@@ -108,7 +114,10 @@ def create_app(
                     policy=policy,
                     register=register,
                     stopping=stopping,
+                    lanes_stop=lanes_stop,
                 )
+                if lanes_stop.is_set() and not stopping.is_set():
+                    raise PoisonLimitExceeded(f"lane {lane}: a sibling lane hit the poison limit")
 
             return consume
 
