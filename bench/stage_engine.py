@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from bench.databases import create_migrated_database, drop_database, plain_url, postmaster_pid
 from bench.proc import cpu_s, tree_cpu_s
@@ -157,8 +158,12 @@ def _lanes(env: dict[str, str]) -> int:
 
 async def _group_formed(admin: AIOKafkaAdminClient, group: str, members: int) -> bool:
     """Whether the engines' consumer group is stable with all ``members`` (each process's
-    lanes are members of their own)."""
-    (response,) = await admin.describe_consumer_groups([group])
+    lanes are members of their own); not yet while the broker has no coordinator for it (a
+    fresh broker creates its offsets topic when the first group asks)."""
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+    except GroupCoordinatorNotAvailableError:
+        return False
     _error, _group, state, *_, joined = response.groups[0][:6]
     return bool(state == "Stable" and len(joined) == members)
 
