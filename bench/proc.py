@@ -41,3 +41,30 @@ def tree_cpu_s(parent: int | None) -> float:
         elif int(fields[1]) == parent:
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` on this box (a broker started by the devstack,
+    whose CPU the benchmarks count beside the services'), from ``/proc/net/tcp*`` and the
+    processes' open sockets; None where it cannot be told (not here, not ours to read)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            # local address "ADDR:PORT" in hex, state 0A = LISTEN, then the socket's inode
+            if int(cols[1].rpartition(":")[2], 16) == port and cols[3] == "0A":
+                inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return None
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(fd_dir.parent.name)
+        except OSError:
+            continue
+    return None

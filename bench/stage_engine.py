@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import tempfile
 import time
@@ -28,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from bench.databases import create_migrated_database, drop_database, plain_url, postmaster_pid
-from bench.proc import cpu_s, tree_cpu_s
+from bench.proc import cpu_s, listener_pid, tree_cpu_s
 from bench.reads import FILL_SQL, fill_ids, read_rounds
 from bench.results import write_section
 from bench.stack import stack_env
@@ -110,6 +111,7 @@ class Sustained:
     rate: float  # events/s
     engine_us: float  # CPU µs per event, the engine processes together
     pg_us: float  # CPU µs per event, the whole Postgres server
+    broker_us: float  # CPU µs per event, the Kafka broker (NaN: not a process on this box)
     rates: tuple[float, ...] = ()  # with _median: every run's rate, in run order
 
     def row(self) -> str:
@@ -118,8 +120,14 @@ class Sustained:
             f"| sustained rate, {_processes(self.replicas)} (batches of 2000) "
             f"| **{self.rate:,.0f} events/s** | {runs} "
             f"| {self.engine_us:.0f} µs | {self.pg_us:.0f} µs "
-            f"| {self.engine_us + self.pg_us:.0f} µs |"
+            f"| {self.engine_us + self.pg_us:.0f} µs | {self.broker_us:.0f} µs "
+            f"| {self.ceiling():,.0f} events/s |"
         )
+
+    def ceiling(self) -> float:
+        """The rate 2 cores allow at this CPU per event, the broker's included (NaN when
+        its share is not known)."""
+        return 2e6 / (self.engine_us + self.pg_us + self.broker_us)
 
 
 async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, bytes]]]:
@@ -180,6 +188,7 @@ async def _sustain(
     stored offsets go back to the start, which idle lanes follow within
     ``CLM_STAGE_ENGINE_IDLE_RECHECK_S`` as they follow a replay's."""
     postmaster = await postmaster_pid(conn)
+    broker = listener_pid(int(env["CLM_KAFKA_BOOTSTRAP"].rpartition(":")[2]))
     group, topic = env["CLM_STAGE_ENGINE_GROUP"], env["CLM_TOPIC_EVENTS"]
     ends = await log_ends(env["CLM_KAFKA_BOOTSTRAP"], topic)
     await conn.executemany(
@@ -211,12 +220,14 @@ async def _sustain(
             if done and first_at is None:
                 first_at, first_done = time.perf_counter(), done
                 first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
+                first_broker = math.nan if broker is None else cpu_s(broker)
             if done >= total and not await _unpublished(conn):
                 last_at, last_cpu, last_pg = (
                     time.perf_counter(),
                     engines_s(),
                     tree_cpu_s(postmaster),
                 )
+                last_broker = math.nan if broker is None else cpu_s(broker)
                 break
             await asyncio.sleep(0.05)
     except BaseException:
@@ -232,6 +243,7 @@ async def _sustain(
         (total - first_done) / max(last_at - first_at, 1e-9),
         (last_cpu - first_cpu) / n * 1e6,
         (last_pg - first_pg) / n * 1e6,
+        (last_broker - first_broker) / n * 1e6,
     ), procs
 
 
@@ -325,12 +337,13 @@ members of their own); then the stored offsets go back to the start, as a replay
 run's clock starts at the first batch applied and stops once the last event is applied and
 the last lifecycle record published (the outbox empty); that first batch's events are left
 out of the rate and of the CPU.
-CPU per event: user + system time of the engine processes (their relays included) and of the
-whole Postgres server (backends, WAL writer, checkpointer, autovacuum). On 2 cores the rate
-cannot exceed 2 s ÷ the total CPU per event (the broker's share not counted).
+CPU per event: user + system time of the engine processes (their relays included), of the
+whole Postgres server (backends, WAL writer, checkpointer, autovacuum) and of the Kafka broker
+(the engines' fetches, the relay's produce requests: it shares the cores). On 2 cores the
+rate cannot exceed 2 s ÷ the CPU of all three per event (the ceiling column).
 
-| run | median rate | each run's rate (events/s) | engine CPU / event | Postgres CPU / event | total |
-|---|---:|---|---:|---:|---:|
+| run | median rate | each run's rate (events/s) | engine CPU / event | Postgres CPU / event | engine + Postgres | broker CPU / event | 2-core ceiling |
+|---|---:|---|---:|---:|---:|---:|---:|
 {runs_rows}
 
 | measure | value |
