@@ -16,8 +16,11 @@ def _stat(path: Path) -> list[str] | None:
         return None
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the process used so far."""
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) the process used so far (NaN for no process, as
+    :func:`tree_cpu_s`)."""
+    if pid is None:
+        return math.nan
     fields = _stat(Path(f"/proc/{pid}/stat"))
     if fields is None:
         return math.nan

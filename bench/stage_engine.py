@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import os
 import tempfile
 import time
@@ -220,14 +219,14 @@ async def _sustain(
             if done and first_at is None:
                 first_at, first_done = time.perf_counter(), done
                 first_cpu, first_pg = engines_s(), tree_cpu_s(postmaster)
-                first_broker = math.nan if broker is None else cpu_s(broker)
+                first_broker = cpu_s(broker)
             if done >= total and not await _unpublished(conn):
                 last_at, last_cpu, last_pg = (
                     time.perf_counter(),
                     engines_s(),
                     tree_cpu_s(postmaster),
                 )
-                last_broker = math.nan if broker is None else cpu_s(broker)
+                last_broker = cpu_s(broker)
                 break
             await asyncio.sleep(0.05)
     except BaseException:
