@@ -36,6 +36,7 @@ from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
 from clm_common.kafka import log_ends
 from clm_common.keys import store_key
+from clm_devstack.cli import endpoint_of_bootstrap
 from clm_devstack.services import ServiceProcess, start_service
 from clm_stage_engine.settings import StageEngineSettings
 from tests.e2e.conftest import free_port, settings_of
@@ -187,7 +188,8 @@ async def _sustain(
     stored offsets go back to the start, which idle lanes follow within
     ``CLM_STAGE_ENGINE_IDLE_RECHECK_S`` as they follow a replay's."""
     postmaster = await postmaster_pid(conn)
-    broker = listener_pid(int(env["CLM_KAFKA_BOOTSTRAP"].rpartition(":")[2]))
+    endpoint = endpoint_of_bootstrap(env["CLM_KAFKA_BOOTSTRAP"])
+    broker = None if endpoint is None else listener_pid(endpoint[1])
     group, topic = env["CLM_STAGE_ENGINE_GROUP"], env["CLM_TOPIC_EVENTS"]
     ends = await log_ends(env["CLM_KAFKA_BOOTSTRAP"], topic)
     await conn.executemany(

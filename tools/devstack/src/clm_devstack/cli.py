@@ -284,7 +284,8 @@ def cmd_status(_args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- with-infra
-def _endpoint_of_bootstrap(bootstrap: str) -> tuple[str, int] | None:
+def endpoint_of_bootstrap(bootstrap: str) -> tuple[str, int] | None:
+    """The (host, port) of a Kafka bootstrap list's first address; None if it has no port."""
     first = bootstrap.split(",")[0].strip()
     host, sep, port = first.rpartition(":")
     if not sep or not port.isdigit():
@@ -307,7 +308,7 @@ def external_infra_reachable(env: dict[str, str]) -> bool:
     url = env.get("CLM_DATABASE_URL", "").strip()
     if not bootstrap or not url:
         return False
-    endpoints = [_endpoint_of_bootstrap(bootstrap), _endpoint_of_url(url)]
+    endpoints = [endpoint_of_bootstrap(bootstrap), _endpoint_of_url(url)]
     return all(e is not None and processes.port_open(e[0], e[1], 2.0) for e in endpoints)
 
 
