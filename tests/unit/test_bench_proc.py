@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -28,3 +29,7 @@ def test_cpu_seconds_grow_with_work() -> None:
     before = cpu_s(os.getpid())
     sum(i * i for i in range(2_000_000))
     assert cpu_s(os.getpid()) > before
+
+
+def test_no_process_has_no_cpu_figure() -> None:
+    assert math.isnan(cpu_s(None))
