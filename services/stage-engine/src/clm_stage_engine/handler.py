@@ -156,7 +156,7 @@ class EventsHandler:
                 return links.get(key, key)  # a customer merged into another
             return links.get(key) or new_links.get(key, (key, ""))[0]
 
-        items = [Item.of(r, e, resolve(e)) for r, e in new]
+        items = [Item.of(r, e, resolve(e), r.value) for r, e in new]
         phases.lap("identities")
 
         keys = {i.key for i in items if i.key is not None}

@@ -47,11 +47,14 @@ class Item(Generic[T]):
     tag: T
     event: Event
     key: str | None  # None: no customer (marketing spend)
-    wire: bytes  # the event's wire form (:func:`dump_event`), made once for its two uses
+    wire: bytes  # the event's JSON, for its two uses: the event log and its record
 
     @staticmethod
-    def of(tag: T, event: Event, key: str | None) -> Item[T]:
-        return _item(tag, event, key, dump_event(event))
+    def of(tag: T, event: Event, key: str | None, wire: bytes | None = None) -> Item[T]:
+        """``wire``: the JSON the event was decoded from, when there is one (a Kafka
+        record's value, which the ingest wrote as :func:`dump_event`): stored and published
+        as it came, rather than serialized again."""
+        return _item(tag, event, key, dump_event(event) if wire is None else wire)
 
 
 _item = positional(Item)  # Item(...) for the one made per event (see positional)

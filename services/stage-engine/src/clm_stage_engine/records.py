@@ -145,7 +145,7 @@ def lifecycle_record(
     wire: bytes | None = None,
 ) -> bytes:
     """Serialize the record for one applied event (``applied`` is None without a customer);
-    ``wire``: the event's :func:`dump_event`, when the caller has it already."""
+    ``wire``: the event's JSON, when the caller has it already (as it came from Kafka)."""
     moves = [move_doc(t) for t in applied.transitions] if applied else []
     return orjson.dumps(
         {
