@@ -81,6 +81,30 @@ async def test_customer_events_are_claimed_by_their_log_row_others_in_processed_
     assert await count(db, processed_events) == 1
 
 
+async def test_the_event_log_keeps_each_events_json_as_it_came(db: AsyncEngine) -> None:
+    """The payloads go to Postgres as slices of one blob: each row gets its own bytes,
+    whatever their lengths and characters (and one written by another producer than the
+    ingest, with its own spacing, is kept as written)."""
+    docs = [
+        event_doc("site_visit", customer_id="log-1", event_id="l1", url="https://a.example/"),
+        event_doc("review", customer_id="log-2", event_id="l2", rating=5, text='très bon 👍 "ok"'),
+        event_doc("purchase", customer_id="log-3", event_id="l3"),
+    ]
+    batch = records(*docs)
+    spaced = b'  { "event_id": "l4", "type": "signup", "customer_id": "log-4",\n'
+    spaced += b' "occurred_at": "2026-11-23T11:00:00Z", "source": "shop", "properties": {} }\n'
+    batch.append(Record(b"log-4", spaced, offset=len(batch)))
+    async with db.begin() as conn:
+        assert (await HANDLER(conn, batch)).applied == 4
+    async with db.connect() as conn:
+        stored = dict(
+            (await conn.execute(select(customer_events.c.event_id, customer_events.c.payload)))
+            .tuples()
+            .all()
+        )
+    assert stored == {eid: r.value for eid, r in zip(["l1", "l2", "l3", "l4"], batch, strict=True)}
+
+
 async def test_a_batch_losing_a_claim_to_a_concurrent_transaction_rolls_back(
     db: AsyncEngine,
 ) -> None:

@@ -244,7 +244,7 @@ class EventsHandler:
         transaction applied the event after this batch's dedupe read: roll back, and the
         retry sees it as a duplicate."""
         logged = [
-            (i.event.source, i.event.event_id, i.key, i.event.occurred_at, i.wire.decode())
+            (i.event.source, i.event.event_id, i.key, i.event.occurred_at, i.wire)
             for i in result.applied
             if i.key is not None
         ]

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clm_common.consumer import Conflict
 from clm_common.db import (
     any_text,
+    binary_positions,
     driver,
     driver_insert,
     driver_insert_args,
@@ -238,6 +239,7 @@ async def lookup_batch(
 
 
 _EVENT_COLUMNS = ("source", "event_id", "customer_id", "occurred_at", "payload")
+_EVENT_BINARY = binary_positions(customer_events, _EVENT_COLUMNS)  # the payload: a blob slice
 _CLAIM_COLUMNS = ("source", "event_id", "customer_id")
 _LINK_COLUMNS = ("anonymous_id", "customer_id", "event_id")
 _TRANSITION_COLUMNS = ("customer_id", "from_stage", "to_stage", "at", "event_id", "reason")
@@ -252,7 +254,7 @@ _UPDATE = (
     "UPDATE customers AS c SET updated_at = now(), "
     + ", ".join(f"{name} = s.{name}" for name in _STATE_COLUMNS if name != "customer_id")
     + " FROM ("
-    + json_rows_sql(customers, _STATE_TUPLE, 4, f"CAST(r->>{len(_STATE_COLUMNS)} AS xid) AS seen")
+    + json_rows_sql(customers, _STATE_TUPLE, 5, f"CAST(r->>{len(_STATE_COLUMNS)} AS xid) AS seen")
     + ") AS s WHERE c.customer_id = s.customer_id AND c.xmin = s.seen RETURNING 1"
 )
 # The event log is a plain INSERT: a key already taken (a concurrent transaction applied the
@@ -263,15 +265,15 @@ _WRITE = f"""
 WITH logged AS (
     {driver_insert_sql(customer_events, _EVENT_COLUMNS, via_json=True)}
 ), claimed AS (
-    {driver_insert_sql(processed_events, _CLAIM_COLUMNS, _NEW, via_json=True, first=2)}
+    {driver_insert_sql(processed_events, _CLAIM_COLUMNS, _NEW, via_json=True, first=3)}
 ), linked AS (
-    {driver_insert_sql(identity_links, _LINK_COLUMNS, _LINKS, via_json=True, first=3)}
+    {driver_insert_sql(identity_links, _LINK_COLUMNS, _LINKS, via_json=True, first=4)}
 ), updated AS (
     {_UPDATE}
 ), inserted AS (
-    {driver_insert_sql(customers, _STATE_TUPLE, _NEW, via_json=True, first=5)}
+    {driver_insert_sql(customers, _STATE_TUPLE, _NEW, via_json=True, first=6)}
 ), moved AS (
-    {driver_insert_sql(stage_transitions, _TRANSITION_COLUMNS, via_json=True, first=6)}
+    {driver_insert_sql(stage_transitions, _TRANSITION_COLUMNS, via_json=True, first=7)}
 )
 SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM updated),
     (SELECT count(*) FROM inserted), CAST(CAST(pg_current_xact_id() AS text) AS bigint)
@@ -292,7 +294,7 @@ class StaleRows(Conflict):
 async def write_batch(
     conn: AsyncConnection,
     *,
-    events: Sequence[tuple[str, str, str, datetime, str]],
+    events: Sequence[tuple[str, str, str, datetime, bytes]],
     claims: Sequence[tuple[str, str, str | None]],
     links: Sequence[tuple[str, str, str]],
     states: Sequence[tuple[CustomerState, int | None]],
@@ -300,7 +302,7 @@ async def write_batch(
 ) -> int:
     """A batch's rows in one statement (a round trip each was most of a small batch's time):
     the applied events' event-log rows (each is the event's dedupe claim; its payload, the
-    event's JSON, as str), the claims of
+    event's JSON), the claims of
     events that leave no event-log row, new identity links, the customers and the
     transitions (as :func:`insert_transitions`).
 
@@ -323,7 +325,7 @@ async def write_batch(
     try:
         counts = await (await driver(conn)).fetchrow(
             _WRITE,
-            *driver_insert_args(events, len(_EVENT_COLUMNS), via_json=True),
+            *driver_insert_args(events, len(_EVENT_COLUMNS), via_json=True, binary=_EVENT_BINARY),
             *driver_insert_args(claims, len(_CLAIM_COLUMNS), via_json=True),
             *driver_insert_args(links, len(_LINK_COLUMNS), via_json=True),
             *driver_insert_args(updates, len(_STATE_COLUMNS) + 1, via_json=True),
