@@ -294,3 +294,10 @@ def test_the_fast_state_constructor_makes_the_same_frozen_state() -> None:
     assert hash(made) == hash(state)
     with pytest.raises(FrozenInstanceError):
         made.stage = Stage.REACH  # type: ignore[misc]
+
+
+def test_the_sweepers_index_holds_the_stages_inactivity_moves_on_from() -> None:
+    from clm_common.lifecycle import CAN_LAPSE
+    from clm_common.schema import LAPSING_STAGES
+
+    assert set(LAPSING_STAGES) == {s.value for s in CAN_LAPSE}

@@ -87,7 +87,7 @@ ARC: tuple[Stage, ...] = (
 _RANK = {stage: rank for rank, stage in enumerate(ARC)}
 LAPSED = frozenset({Stage.AT_RISK, Stage.CHURNED})
 CUSTOMER_STAGES = frozenset({Stage.CONVERSION, Stage.RETENTION, Stage.LOYALTY})
-_CAN_LAPSE = CUSTOMER_STAGES | {Stage.AT_RISK}  # the stages inactivity moves on from
+CAN_LAPSE = CUSTOMER_STAGES | {Stage.AT_RISK}  # the stages inactivity moves on from
 
 
 #: Every name ``parse_stage`` takes (lower-case): the stages and their aliases.
@@ -242,7 +242,7 @@ def advance(
 ) -> tuple[CustomerState, list[Transition]]:
     """The inactivity moves between the last activity and ``until`` (pure, idempotent)."""
     moves: list[Transition] = []
-    if state.stage not in _CAN_LAPSE:
+    if state.stage not in CAN_LAPSE:
         return state, moves
     quiet_since = state.last_seen_at
     at_risk_at = quiet_since + timedelta(days=rules.at_risk.inactive_days)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.lifecycle import CUSTOMER_STAGES, Stage, advance
@@ -29,6 +29,22 @@ from clm_stage_engine.records import SCHEMA, customer_facts, move_doc
 log = logging.getLogger(__name__)
 
 SWEPT = Counter("clm_sweeper_moves_total", "Inactivity moves made by the sweeper", ["to_stage"])
+
+
+def due(at_risk_before: datetime, churn_before: datetime) -> ColumnElement[bool]:
+    """The customers inactivity moves on: quiet since ``at_risk_before`` (customers) or
+    ``churn_before`` (at risk). It names the stages, so Postgres reads the partial index of
+    the lapsing stages (``ix_customers_lapsing``) for it."""
+    return or_(
+        and_(
+            customers.c.stage.in_([s.value for s in CUSTOMER_STAGES]),
+            customers.c.last_seen_at <= at_risk_before,
+        ),
+        and_(
+            customers.c.stage == Stage.AT_RISK.value,
+            customers.c.last_seen_at <= churn_before,
+        ),
+    )
 
 
 async def sweep_once(
@@ -48,18 +64,7 @@ async def sweep_once(
             rows = (
                 await conn.execute(
                     select(customers)
-                    .where(
-                        or_(
-                            and_(
-                                customers.c.stage.in_([s.value for s in CUSTOMER_STAGES]),
-                                customers.c.last_seen_at <= at_risk_before,
-                            ),
-                            and_(
-                                customers.c.stage == Stage.AT_RISK.value,
-                                customers.c.last_seen_at <= churn_before,
-                            ),
-                        )
-                    )
+                    .where(due(at_risk_before, churn_before))
                     .order_by(customers.c.customer_id)
                     .limit(batch)
                     .with_for_update(skip_locked=True)
