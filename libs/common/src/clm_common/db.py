@@ -207,6 +207,8 @@ def pg_array(values: Sequence[datetime | int | float]) -> str:
     literal (``{"2026-12-01T10:00:00+00:00",…}``), which the server casts in one step (a JSON
     array took a subquery per row and column). For timestamps and numbers only: their JSON
     form has no escapes, which an array literal would read otherwise."""
+    if not values:  # most profiles' (no purchase yet): no serializing
+        return "{}"
     return orjson.dumps(values).translate(_BRACES).decode()
 
 
