@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -289,3 +289,31 @@ async def test_a_state_goes_through_postgres_unchanged(db: AsyncEngine) -> None:
     async with db.begin() as conn:
         await repository.upsert_customers(conn, [swept])
     assert await repository.read_customer(db, "rt-1") == swept
+
+
+async def test_timestamps_far_from_1970_and_other_offsets_come_back_exactly(
+    db: AsyncEngine,
+) -> None:
+    """Timestamps at the ends of Python's range, just before 1970 and at other offsets
+    through the batch's write and back, exact to the microsecond."""
+    far = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    early = datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    before = datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    offset = datetime(2300, 6, 1, 12, 0, 0, 654321, tzinfo=timezone(timedelta(hours=-7)))
+    state = CustomerState(
+        "far-1",
+        Stage.RETENTION,
+        far,
+        early,
+        far,
+        "shop",
+        acquired_at=before,
+        converted_at=offset,
+        last_purchase_at=offset,
+        recent_visits=(early, far),
+    )
+    async with db.begin() as conn:
+        await repository.write_batch(
+            conn, events=[], claims=[], links=[], states=[(state, None)], transitions=[]
+        )
+    assert await repository.read_customer(db, "far-1") == state
