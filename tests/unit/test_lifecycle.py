@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from clm_common.events import Event, parse_event
 from clm_common.lifecycle import (
     ARC,
+    CAN_LAPSE,
     LAPSED,
     CustomerState,
     Stage,
@@ -27,6 +28,7 @@ from clm_common.lifecycle import (
     rebuild,
 )
 from clm_common.rules import LifecycleRules, load_rules
+from clm_common.schema import LAPSING_STAGES
 from tests.factories import NOW, event_doc
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -297,7 +299,4 @@ def test_the_fast_state_constructor_makes_the_same_frozen_state() -> None:
 
 
 def test_the_sweepers_index_holds_the_stages_inactivity_moves_on_from() -> None:
-    from clm_common.lifecycle import CAN_LAPSE
-    from clm_common.schema import LAPSING_STAGES
-
     assert set(LAPSING_STAGES) == {s.value for s in CAN_LAPSE}
