@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.db import create_engine
 from clm_common.events import dump_event, parse_event
@@ -52,6 +53,14 @@ async def common(settings_env: dict[str, str]) -> AsyncIterator[CommonSettings]:
     settings = CommonSettings()
     await seed(settings)
     yield settings
+
+
+@pytest.fixture
+async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
+    """An engine on this test's database, disposed after it."""
+    engine = create_engine(common.database_url, pool_size=3)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,6 @@ from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
 from tests.integration.conftest import read_topic
 
 
-@pytest.fixture
-async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(common.database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
-
-
 async def legacy_row(conn: AsyncConnection, topic: str, key: str, value: bytes) -> None:
     """A row as a stage engine before migration 0009 writes it (one record)."""
     await conn.execute(

@@ -7,7 +7,6 @@ remembered)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -17,11 +16,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.db import create_engine
 from clm_common.lifecycle import CustomerState, Stage, evolve
 from clm_common.rules import LifecycleRules
 from clm_common.schema import customer_events, customers, processed_events
-from clm_common.settings import CommonSettings
 from clm_stage_engine import repository
 from clm_stage_engine.handler import EventsHandler, customer_hash
 from clm_stage_engine.known import LOOKUPS, KnownStates
@@ -45,13 +42,6 @@ class Record:
 
 def records(*docs: dict[str, Any]) -> list[Record]:
     return [Record(*wire(doc), offset=n) for n, doc in enumerate(docs)]
-
-
-@pytest.fixture
-async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(common.database_url, pool_size=3)
-    yield engine
-    await engine.dispose()
 
 
 async def count(db: AsyncEngine, table: Any, **where: str) -> int:

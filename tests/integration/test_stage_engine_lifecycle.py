@@ -21,7 +21,6 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.db import create_engine
 from clm_common.rules import LifecycleRules, RulesError
 from clm_common.schema import metadata
 from clm_common.settings import CommonSettings
@@ -49,13 +48,6 @@ DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - ti
 
 def at(days: float) -> str:
     return (DAY0 + timedelta(days=days)).isoformat()
-
-
-@pytest.fixture
-async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(common.database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -3,26 +3,15 @@ moves on from, and the one the sweeper's own query reads."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.db import create_engine
 from clm_common.schema import customers
-from clm_common.settings import CommonSettings
 from clm_stage_engine.sweeper import due
-
-
-@pytest.fixture
-async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(common.database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 def _indexes(plan: object) -> set[str]:
