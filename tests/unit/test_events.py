@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -156,6 +156,31 @@ def test_purchases_round_trip_exactly(amount: Decimal, at: datetime) -> None:
     assert isinstance(again, Purchase)
     assert again.properties.amount == amount
     assert again.occurred_at == at
+
+
+@pytest.mark.parametrize(
+    ("written", "zone", "offset_hours"),
+    [("Z", UTC, 0), ("+00:00", UTC, 0), ("+02:00", None, 2), ("-07:30", None, -7.5)],
+)
+def test_timestamps_of_zero_offset_are_in_utc_and_others_keep_their_offset(
+    written: str, zone: object, offset_hours: float
+) -> None:
+    """A zero offset parses to the one ``datetime.UTC`` object (the reducer compares event
+    times with Postgres' ones, which are in it: no offset call per comparison); any other
+    offset is kept. Either way the event's wire form is what it was."""
+    doc = event_doc("site_visit", occurred_at=f"2026-11-23T10:00:00.123456{written}")
+    event = parse_event(doc, now=NOW)
+    assert event.occurred_at.utcoffset() == timedelta(hours=offset_hours)
+    if zone is not None:
+        assert event.occurred_at.tzinfo is zone
+    else:
+        assert event.occurred_at.tzinfo is not UTC
+    wire = dump_event(event)
+    expected = "Z" if zone is UTC else written
+    assert f'"occurred_at":"2026-11-23T10:00:00.123456{expected}"'.encode() in wire
+    again = parse_event_json(wire)
+    assert again == event
+    assert (again.occurred_at.tzinfo is UTC) == (zone is UTC)
 
 
 REQUIRED: dict[str, list[str]] = {
