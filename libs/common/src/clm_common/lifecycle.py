@@ -13,6 +13,10 @@ Pure and synchronous: no I/O, no clock (time comes from events, or is passed in 
 Stages move forward along the arc; the only backward moves are the defined ones: inactivity
 (→ ``at_risk`` → ``churned``), an explicit cancellation (→ ``churned``), a full refund of the
 only order (→ ``acquisition``), and a correction when a late event rewrites the past.
+
+The event kinds are told apart with ``type(event) is Purchase``, not ``isinstance``: the
+event models are a closed union of classes nothing derives from, and pydantic's metaclass makes every
+``isinstance`` that does not match exactly a call through it (about ten an event here).
 """
 
 from __future__ import annotations
@@ -225,7 +229,7 @@ _applied = positional(Applied)
 
 def customer_key(event: Event) -> str | None:
     """The id a customer's state is kept under (None: the event has no customer)."""
-    if isinstance(event, MarketingSpend):
+    if type(event) is MarketingSpend:
         return None
     return event.customer_id or event.anonymous_id
 
@@ -315,28 +319,28 @@ def _facts(state: CustomerState, event: Event, rules: LifecycleRules, v: list[An
     if (at, event.source, event.event_id) >= state.order_key():
         v[_LAST_EVENT_SOURCE] = event.source
         v[_LAST_EVENT_ID] = event.event_id
-    if isinstance(event, Purchase):
+    if type(event) is Purchase:
         v[_PURCHASES] = state.purchases + 1
         v[_REVENUE] = state.revenue + event.properties.amount
         v[_LAST_PURCHASE_AT] = max(state.last_purchase_at or at, at)
         v[_CONVERTED_AT] = min(state.converted_at or at, at)
         v[_RECENT_PURCHASES] = _keep_recent(state.recent_purchases, at, rules.loyalty.purchases)
-    elif isinstance(event, Refund):
+    elif type(event) is Refund:
         v[_REFUNDS] = state.refunds + 1
         v[_REFUNDED] = state.refunded + event.properties.amount
-    elif isinstance(event, SupportTicket):
+    elif type(event) is SupportTicket:
         if event.properties.status == "opened":
             v[_TICKETS_OPENED] = state.tickets_opened + 1
         else:
             v[_TICKETS_SOLVED] = state.tickets_solved + 1
-    elif isinstance(event, Review):
+    elif type(event) is Review:
         v[_REVIEWS] = state.reviews + 1
         v[_REVIEW_SUM] = state.review_sum + event.properties.rating
-    elif isinstance(event, NpsResponse):
+    elif type(event) is NpsResponse:
         v[_LAST_NPS] = event.properties.score
-    elif isinstance(event, Referral):
+    elif type(event) is Referral:
         v[_REFERRALS] = state.referrals + 1
-    elif isinstance(event, SiteVisit):
+    elif type(event) is SiteVisit:
         v[_RECENT_VISITS] = _keep_recent(state.recent_visits, at, rules.acquisition.visits)
     lead = _is_lead(event, v[_PURCHASES], v[_RECENT_VISITS], rules)
     if lead:
@@ -346,7 +350,7 @@ def _facts(state: CustomerState, event: Event, rules: LifecycleRules, v: list[An
 
 def _campaign(event: Event) -> str | None:
     """The campaign an ad click or email engagement came from (first-touch attribution)."""
-    if isinstance(event, AdClick | EmailEngagement):
+    if type(event) is AdClick or type(event) is EmailEngagement:
         return event.properties.campaign
     return None
 
@@ -361,13 +365,13 @@ def _is_lead(
 ) -> bool:
     """Does this event (with the facts after it) make the customer a lead?"""
     acq = rules.acquisition
-    if isinstance(event, Signup):
+    if type(event) is Signup:
         return acq.signup
-    if isinstance(event, Identify):
+    if type(event) is Identify:
         return acq.identify_with_email and _has_email(event)
-    if isinstance(event, SiteVisit):
+    if type(event) is SiteVisit:
         return _within(recent_visits, event.occurred_at, acq.visits_within_days) >= acq.visits
-    if isinstance(event, SupportTicket):
+    if type(event) is SupportTicket:
         return acq.pre_purchase_ticket and purchases == 0
     return False
 
@@ -377,7 +381,7 @@ def _target(event: Event, v: list[Any], lead: bool, rules: LifecycleRules) -> tu
     it; ``lead``: whether it makes the customer a lead)."""
     loyal = rules.loyalty
     purchases: int = v[_PURCHASES]
-    if isinstance(event, Purchase):
+    if type(event) is Purchase:
         recent = _within(v[_RECENT_PURCHASES], event.occurred_at, loyal.purchases_within_days)
         if recent >= loyal.purchases:
             return Stage.LOYALTY, "frequent purchases"
@@ -386,18 +390,18 @@ def _target(event: Event, v: list[Any], lead: bool, rules: LifecycleRules) -> tu
         return Stage.CONVERSION, "first purchase"
     if purchases >= 1:  # converted: the loyalty signals count
         if (
-            isinstance(event, Review)
+            type(event) is Review
             and loyal.review_min_rating is not None
             and event.properties.rating >= loyal.review_min_rating
         ):
             return Stage.LOYALTY, "good review"
         if (
-            isinstance(event, NpsResponse)
+            type(event) is NpsResponse
             and loyal.nps_min_score is not None
             and event.properties.score >= loyal.nps_min_score
         ):
             return Stage.LOYALTY, "nps promoter"
-        if isinstance(event, Referral) and loyal.referral:
+        if type(event) is Referral and loyal.referral:
             return Stage.LOYALTY, "referral"
     if lead:
         return Stage.ACQUISITION, f"lead: {event.type}"
@@ -445,17 +449,17 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
     current = state.stage
     new_stage = current
     reactivation = False
-    is_purchase = isinstance(event, Purchase)
+    is_purchase = type(event) is Purchase
     if fresh:
         new_stage = target
     elif is_purchase and current in LAPSED:
         new_stage, reason, reactivation = Stage.RETENTION, "reactivation", True
         v[_REACTIVATIONS] = state.reactivations + 1
-    elif isinstance(event, SubscriptionCancelled) and rules.churned.subscription_cancelled:
+    elif type(event) is SubscriptionCancelled and rules.churned.subscription_cancelled:
         if current in CUSTOMER_STAGES or current is Stage.AT_RISK:
             new_stage, reason = Stage.CHURNED, "subscription cancelled"
     elif (
-        isinstance(event, Refund)
+        type(event) is Refund
         and rules.refund.full_refund_of_only_order_to_acquisition
         and current in CUSTOMER_STAGES
         and purchases == 1
