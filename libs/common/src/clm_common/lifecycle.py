@@ -15,8 +15,8 @@ Stages move forward along the arc; the only backward moves are the defined ones:
 only order (→ ``acquisition``), and a correction when a late event rewrites the past.
 
 The event kinds are told apart with ``type(event) is Purchase``, not ``isinstance``: the
-event models are a closed union of classes nothing derives from, and pydantic's metaclass makes every
-``isinstance`` that does not match exactly a call through it (about ten an event here).
+event models are a closed union of classes nothing derives from, and pydantic's metaclass
+makes every ``isinstance`` that does not match exactly a call through it (ten an event).
 """
 
 from __future__ import annotations
