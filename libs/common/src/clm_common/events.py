@@ -102,7 +102,16 @@ def utc_if_zero_offset(value: datetime) -> datetime:
     went there), and Postgres' timestamps come back in ``datetime.UTC`` too."""
     if value.tzinfo is UTC or value.utcoffset() != _ZERO:
         return value
-    return value.replace(tzinfo=UTC)
+    return datetime(  # three times cheaper than value.replace(tzinfo=UTC)
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        UTC,
+    )
 
 
 def _currency(value: str) -> str:
