@@ -211,6 +211,7 @@ async def test_the_gate_holds_the_lanes_while_the_relay_is_behind(db: AsyncEngin
     await asyncio.wait_for(gate(), timeout=5)  # 2 waiting: open
     async with db.begin() as conn:
         await repository.insert_outbox(conn, "t", [("c1", b"c"), ("c3", b"d")])
+    await asyncio.sleep(0.02)  # past every_s: the gate's last answer (2) is not taken again
     held = asyncio.create_task(gate())  # 4 waiting: shut
     await asyncio.sleep(0.2)
     assert not held.done()

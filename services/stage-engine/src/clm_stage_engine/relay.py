@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_common.db import lone_statement
 from clm_stage_engine.outbox import unpack_records
 
 log = logging.getLogger(__name__)
@@ -91,16 +92,24 @@ class OutboxGate:
     wait in the outbox (0: never): the relay shares the event loop with the lanes, and at full
     speed they folded batches faster than it got turns to publish them (160,000 of 200,000
     records behind at the end of a bench run), a backlog that would only grow under a
-    sustained load. A waiting lane also leaves the loop to the relay."""
+    sustained load. A waiting lane also leaves the loop to the relay.
 
-    def __init__(self, engine: AsyncEngine, limit: int, *, every_s: float = 0.02) -> None:
+    The process's lanes share one gate, and it asks Postgres at most once every ``every_s``
+    (one round trip, outside a transaction): a lane in front of it takes the answer another
+    lane got less than that ago. Asked in a transaction by each lane before each fetch and
+    every 20 ms while it waited, the count was ~900 statements a 2-process bench run of
+    200,000 events (17 lane-seconds of waiting), and 12 % of the run's CPU an event."""
+
+    def __init__(self, engine: AsyncEngine, limit: int, *, every_s: float = 0.1) -> None:
         self.engine = engine
         self.limit = limit
         self.every_s = every_s
+        self._asking = asyncio.Lock()
+        self._known: tuple[float, int] | None = None  # (when, backlog) of the last answer
 
     async def backlog(self) -> int:
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(_BACKLOG)).scalar_one())
+        async with lone_statement(self.engine) as conn:
+            return int(await conn.fetchval(_BACKLOG_SQL))
 
     async def _backlog_or_zero(self) -> int:
         """The backlog; 0 when Postgres cannot say (down, slow to answer): the gate does not
@@ -111,11 +120,21 @@ class OutboxGate:
             log.warning("outbox backlog unknown; the lane goes on", exc_info=True)
             return 0
 
+    async def _recent_backlog(self) -> int:
+        """The backlog as Postgres said it at most ``every_s`` ago (asked now if not)."""
+        async with self._asking:  # lanes arriving together wait for one answer
+            known = self._known
+            if known is not None and time.monotonic() - known[0] < self.every_s:
+                return known[1]
+            waiting = await self._backlog_or_zero()
+            self._known = (time.monotonic(), waiting)
+            return waiting
+
     async def __call__(self) -> None:
         if self.limit <= 0:
             return
         started = None
-        while (waiting := await self._backlog_or_zero()) > self.limit:
+        while (waiting := await self._recent_backlog()) > self.limit:
             if started is None:
                 started = time.monotonic()
                 log.info("lane waits for the outbox relay", extra={"backlog": waiting})
@@ -255,6 +274,7 @@ _PENDING = text(
 )
 _DELETE = text("DELETE FROM outbox_batches WHERE id = ANY(CAST(:ids AS BIGINT[]))")
 _DELETE_LEGACY = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS BIGINT[]))")
-_BACKLOG = text(
+_BACKLOG_SQL = (
     "SELECT (SELECT coalesce(sum(records), 0) FROM outbox_batches) + (SELECT count(*) FROM outbox)"
 )
+_BACKLOG = text(_BACKLOG_SQL)
