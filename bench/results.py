@@ -18,7 +18,12 @@ HEADER = (
     "ceilings measured in the same run matter more than absolute numbers. This virtual machine's\n"
     "speed changes by more than half from hour to hour (its host's load): each machine line\n"
     "carries a CPU gauge, the CPU milliseconds of a fixed Python loop at the time (lower is\n"
-    "faster), to read the figures of different runs against each other.\n"
+    "faster), to read the figures of different runs against each other.\n\n"
+    "Kafka and Postgres are the throw-away servers `make bench` starts, as `make test` does:\n"
+    "one KRaft broker, and a Postgres with `fsync`, `synchronous_commit` and\n"
+    "`full_page_writes` off (a crash can corrupt it). A production server's commit waits for\n"
+    "its WAL to reach the disk (a flush per batch of events or per request here, not per\n"
+    "event) and it logs whole pages after each checkpoint: neither is measured.\n"
 )
 
 
