@@ -23,7 +23,9 @@ HEADER = (
     "one KRaft broker, and a Postgres with `fsync`, `synchronous_commit` and\n"
     "`full_page_writes` off (a crash can corrupt it). A production server's commit waits for\n"
     "its WAL to reach the disk (a flush per batch of events or per request here, not per\n"
-    "event) and it logs whole pages after each checkpoint: neither is measured.\n"
+    "event) and it logs whole pages after each checkpoint. Turned on (`ALTER SYSTEM`) for\n"
+    "two interleaved pairs of 2-process stage-engine runs on 2026-12-04, they made no\n"
+    "difference beyond the runs' noise (11.1k/11.5k events/s off, 11.7k/12.1k on).\n"
 )
 
 
