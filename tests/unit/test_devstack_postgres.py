@@ -40,6 +40,7 @@ def test_fast_unsafe_settings_for_tests(tmp_path: Path) -> None:
     assert settings["fsync"] == "off"
     assert settings["synchronous_commit"] == "off"
     assert settings["full_page_writes"] == "off"
+    assert settings["wal_init_zero"] == "off"
 
 
 def test_database_url(tmp_path: Path) -> None:

@@ -125,6 +125,10 @@ def render_settings(cfg: PostgresConfig) -> str:
             "fsync = off",
             "synchronous_commit = off",
             "full_page_writes = off",
+            "# a fresh cluster writes zeros through each new 16 MB WAL segment before using it",
+            "# (a long-running server recycles old ones instead): profiled, the WAL writer spent",
+            "# 2.7% of a 2-process stage-engine bench's CPU on it",
+            "wal_init_zero = off",
         ]
     return "\n".join(lines) + "\n"
 
