@@ -39,7 +39,8 @@ class PostgresConfig:
     user: str = "clm"
     password: str = "clm"  # noqa: S105 - well-known local development credential
     database: str = "clm"
-    fast_unsafe: bool = False  # fsync/synchronous_commit/full_page_writes off: tests only
+    # fsync, synchronous_commit, full_page_writes and wal_init_zero off: tests only
+    fast_unsafe: bool = False
     superuser: bool = False  # make ``user`` a superuser (test instance: CREATE DATABASE etc.)
     port_env: str = "CLM_PG_PORT"
 
