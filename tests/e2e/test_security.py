@@ -157,6 +157,9 @@ async def test_forged_malformed_and_stale_signatures_are_401_and_publish_nothing
     await nothing_published(settings)
 
 
+ORDER_EVENT = f"shopify:order:{SHOPIFY_ORDER['id']}"
+
+
 async def test_a_replayed_signed_delivery_is_applied_once(
     secured: tuple[Stack, CommonSettings],
 ) -> None:
@@ -170,9 +173,10 @@ async def test_a_replayed_signed_delivery_is_applied_once(
     )
     stripe_headers = {"Stripe-Signature": sign_timestamped_hex(SECRETS["stripe"], charge, now)}
     order = orjson.dumps({**SHOPIFY_ORDER, "created_at": now_iso()})
-    order_headers = shopify_headers(order, SECRETS["shopify"], delivery="wh-replayed")
     async with httpx.AsyncClient(timeout=10) as http:
-        for _ in range(2):
+        for n in range(2):
+            # each time with a new (unsigned) delivery id: still one event
+            order_headers = shopify_headers(order, SECRETS["shopify"], delivery=f"wh-{n}")
             response = await http.post(
                 f"{stack.ingest}/v1/webhooks/stripe", content=charge, headers=stripe_headers
             )
@@ -180,11 +184,11 @@ async def test_a_replayed_signed_delivery_is_applied_once(
             response = await http.post(
                 f"{stack.ingest}/v1/webhooks/shopify", content=order, headers=order_headers
             )
-            assert response.json() == {"status": "accepted", "event_ids": ["shopify:wh-replayed"]}
+            assert response.json() == {"status": "accepted", "event_ids": [ORDER_EVENT]}
 
         records = await read_topic(settings.kafka_bootstrap, settings.topic_events, expect=4)
         ids = sorted(orjson.loads(r.value)["event_id"] for r in records)
-        assert ids == ["shopify:wh-replayed"] * 2 + ["stripe:evt_replayed"] * 2
+        assert ids == [ORDER_EVENT] * 2 + ["stripe:evt_replayed"] * 2
         assert {dict(r.headers)["source"] for r in records} == {b"shop-eu"}
 
         async def counted() -> dict[str, Any] | None:

@@ -8,10 +8,13 @@ import hmac
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import httpx
 import orjson
 import pytest
+from asgi_lifespan import LifespanManager
 
 from clm_common.db import create_engine
 from clm_common.settings import CommonSettings
@@ -21,8 +24,10 @@ from clm_common.webhook_secrets import (
 )
 from clm_ingest.settings import IngestSettings
 from clm_ingest.signatures import sign_timestamped_hex
+from clm_stage_engine.app import create_app as create_engine_app
+from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
-from tests.integration.conftest import read_topic
+from tests.integration.conftest import READ_TOKEN, eventually, read_topic, send_events
 from tests.integration.ingest_server import ingest_client
 from tests.webhook_payloads import (
     SECRETS,
@@ -43,17 +48,20 @@ async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def test_shopify_order_is_published_once_per_delivery_id(
+ORDER_EVENT = f"shopify:order:{SHOPIFY_ORDER['id']}"
+
+
+async def test_shopify_order_is_published_with_the_orders_id(
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:
     body = orjson.dumps(SHOPIFY_ORDER)
     headers = shopify_headers(body, SECRETS["shopify"])
-    for _ in range(2):  # Shopify retries a delivery with the same webhook id
+    for _ in range(2):  # Shopify retries a delivery
         response = await client.post("/v1/webhooks/shopify", content=body, headers=headers)
         assert response.status_code == 200, response.text
-        assert response.json() == {"status": "accepted", "event_ids": ["shopify:wh-1"]}
+        assert response.json() == {"status": "accepted", "event_ids": [ORDER_EVENT]}
     records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=2)
-    assert {orjson.loads(r.value)["event_id"] for r in records} == {"shopify:wh-1"}
+    assert {orjson.loads(r.value)["event_id"] for r in records} == {ORDER_EVENT}
     record = records[0]
     assert record.key == b"shopify:115310627314723954"
     assert dict(record.headers) == {
@@ -62,6 +70,34 @@ async def test_shopify_order_is_published_once_per_delivery_id(
         "type": b"purchase",
     }
     assert orjson.loads(record.value)["properties"]["amount"] == "403.00"
+
+
+async def test_a_replayed_shopify_delivery_with_new_headers_is_the_same_event(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    """The delivery headers are not signed: a captured order resent with a new
+    X-Shopify-Event-Id / X-Shopify-Webhook-Id names the same event; resent with another
+    topic it is refused (the body says what it is)."""
+    body = orjson.dumps(SHOPIFY_ORDER)
+    ids = []
+    for delivery in ("wh-1", "wh-replayed-2", "wh-replayed-3"):
+        headers = {
+            **shopify_headers(body, SECRETS["shopify"], delivery=delivery),
+            "X-Shopify-Event-Id": f"evt-{delivery}",
+        }
+        response = await client.post("/v1/webhooks/shopify", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        ids.extend(response.json()["event_ids"])
+    assert ids == [ORDER_EVENT] * 3
+    as_refund = {
+        **shopify_headers(body, SECRETS["shopify"], delivery="wh-4"),
+        "X-Shopify-Topic": "refunds/create",
+    }
+    response = await client.post("/v1/webhooks/shopify", content=body, headers=as_refund)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "X-Shopify-Topic"
+    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=4, timeout=5)
+    assert [orjson.loads(r.value)["event_id"] for r in records] == [ORDER_EVENT] * 3
 
 
 async def test_bad_signatures_are_401_and_publish_nothing(
@@ -135,6 +171,11 @@ async def test_zendesk_and_generic_webhooks(
     }
     response = await client.post("/v1/webhooks/zendesk", content=body, headers=headers)
     assert response.status_code == 200, response.text
+    (ticket_id,) = response.json()["event_ids"]
+    # replayed within the signature's window with a new invocation id: the same event
+    replay = {**headers, "X-Zendesk-Webhook-Invocation-Id": "inv-43"}
+    response = await client.post("/v1/webhooks/zendesk", content=body, headers=replay)
+    assert response.json() == {"status": "accepted", "event_ids": [ticket_id]}
     bad = {**headers, "X-Zendesk-Webhook-Signature": base64.b64encode(b"x" * 32).decode()}
     assert (await client.post("/v1/webhooks/zendesk", content=body, headers=bad)).status_code == 401
 
@@ -150,11 +191,12 @@ async def test_zendesk_and_generic_webhooks(
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "properties.rating"
 
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=3, timeout=5)
+    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=4, timeout=5)
+    assert len(records) == 3  # the ticket twice (one event id), the review
     found = {dict(r.headers)["type"]: r for r in records}
     assert set(found) == {b"support_ticket", b"review"}
     ticket = orjson.loads(found[b"support_ticket"].value)
-    assert ticket["event_id"] == "zendesk:inv-42"
+    assert ticket["event_id"] == ticket_id
     assert ticket["properties"] == {"ticket_id": "zendesk:5158", "status": "solved", "csat": 5}
     assert found[b"review"].key == b"cust-r"
     assert dict(found[b"review"].headers)["source"] == b"shop-eu"
@@ -179,3 +221,63 @@ async def test_a_revoked_secret_no_longer_verifies(
     await engine.dispose()
     response = await client.post("/v1/webhooks/stripe", content=charge, headers=headers)
     assert response.status_code == 401  # the secrets cache is off in this test (TTL 0)
+
+
+async def test_replayed_deliveries_count_once_in_the_stage_engine(
+    client: httpx.AsyncClient, common: CommonSettings
+) -> None:
+    """End to end (ingest → Kafka → stage engine → Postgres): one 42.00 order delivered three
+    times with new delivery headers, and one Zendesk ticket replayed with a new invocation id,
+    are one purchase of 42.00 and one solved ticket."""
+    order = {**SHOPIFY_ORDER, "total_price": "42.00"}
+    body = orjson.dumps(order)
+    for n in range(3):
+        headers = {
+            **shopify_headers(body, SECRETS["shopify"], delivery=f"wh-{n}"),
+            "X-Shopify-Event-Id": f"evt-{n}",
+        }
+        response = await client.post("/v1/webhooks/shopify", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+    ticket = orjson.dumps(ZENDESK_TRIGGER)
+    ts = datetime.now(UTC).isoformat()
+    signature = base64.b64encode(
+        hmac.new(SECRETS["zendesk"], ts.encode() + ticket, hashlib.sha256).digest()
+    ).decode()
+    for n in range(2):
+        headers = {
+            "X-Zendesk-Webhook-Signature": signature,
+            "X-Zendesk-Webhook-Signature-Timestamp": ts,
+            "X-Zendesk-Webhook-Invocation-Id": f"inv-{n}",
+        }
+        response = await client.post("/v1/webhooks/zendesk", content=ticket, headers=headers)
+        assert response.status_code == 200, response.text
+
+    # then one more event for each customer, on the same partitions after the replays: once
+    # it is applied, every replay before it has been seen
+    await send_events(
+        common,
+        event_doc("site_visit", customer_id="shopify:115310627314723954", event_id="after-1"),
+        event_doc("site_visit", customer_id="cust-42", event_id="after-2"),
+    )
+    engine_app = create_engine_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
+    async with LifespanManager(engine_app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as engine:
+            read = {"Authorization": f"Bearer {READ_TOKEN}"}
+
+            async def after_the_sentinels() -> tuple[dict[str, Any], dict[str, Any]] | None:
+                found = [
+                    await engine.get(f"/v1/customers/{cid}", headers=read)
+                    for cid in ("shopify:115310627314723954", "cust-42")
+                ]
+                if any(r.status_code != 200 or r.json()["events"] < 2 for r in found):
+                    return None
+                return found[0].json(), found[1].json()
+
+            buyer, requester = await eventually(after_the_sentinels)
+    assert (buyer["purchases"], Decimal(buyer["revenue"]), buyer["events"]) == (
+        1,
+        Decimal("42.00"),
+        2,
+    )
+    assert (requester["tickets_solved"], requester["events"]) == (1, 2)

@@ -4,6 +4,11 @@ Each adapter takes the provider's JSON (and the headers it needs) and returns th
 of contract v1 it stands for (none for a topic we do not use: the provider still gets a 2xx, so
 it does not retry). Ids are the providers' own, prefixed (``shopify:``, ``stripe:``,
 ``zendesk:``), so a redelivery is the same event and counts once.
+
+Every ``event_id`` is derived from the signed body only, never from a header the signature
+does not cover (``X-Shopify-Event-Id``, ``X-Zendesk-Webhook-Invocation-Id``): whoever captured
+one validly signed delivery can resend it with any headers they like, and the stage engine
+dedupes by ``(source, event_id)``, so a replay must name the same event to count once.
 """
 
 from __future__ import annotations
@@ -72,18 +77,43 @@ def _str(value: Any) -> str | None:
 SHOPIFY_TOPICS = frozenset({"orders/create", "refunds/create"})
 
 
-def shopify(topic: str, delivery_id: str, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``orders/create`` → purchase, ``refunds/create`` → refund; ``delivery_id`` is the
-    ``X-Shopify-Event-Id`` (or ``X-Shopify-Webhook-Id``), the same for all of Shopify's retries.
+def _shopify_kind(payload: Mapping[str, Any]) -> str:
+    """What the body is, read from the body: a refund names the order it refunds
+    (``order_id``) and carries ``transactions`` / ``refund_line_items``; an order does not.
+    """
+    if "order_id" in payload and ("transactions" in payload or "refund_line_items" in payload):
+        return "refunds/create"
+    return "orders/create"
+
+
+def shopify(topic: str, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``orders/create`` → purchase, ``refunds/create`` → refund.
+
+    The ``event_id`` comes from the signed body alone (Shopify signs the body, not its
+    headers):
+
+    - a purchase is ``shopify:order:<order id>``: one order is one purchase, whatever delivery
+      carried it. Not the order's ``updated_at``: a later ``orders/updated`` body of the same
+      order, replayed with the topic header set to ``orders/create``, must not be a second
+      purchase (we map only ``orders/create``, so an order has exactly one purchase event);
+    - a refund is ``shopify:refund:<refund id>``: one refund object is one refund event (a
+      second partial refund of the same order is a new refund object with its own id).
+
+    ``X-Shopify-Topic`` is not signed either, so it only selects among the topics we map, and
+    the body must be of the kind the topic says (a refund body sent as ``orders/create``, or an
+    order body as ``refunds/create``, is refused): the kind is read from the body, and the
+    prefix of the id (``order:`` / ``refund:``) is that kind, so no header can make one body
+    count as two events.
     """
     if topic not in SHOPIFY_TOPICS:
         return []
-    event_id = f"shopify:{delivery_id}"
+    if _shopify_kind(payload) != topic:
+        raise PayloadInvalid("X-Shopify-Topic", f"the body is not a {topic} payload")
     if topic == "orders/create":
         order_id = _str(_need(payload, "id"))
         customer = _str(_get(payload, "customer.id"))
         doc: dict[str, Any] = {
-            "event_id": event_id,
+            "event_id": f"shopify:order:{order_id}",
             "type": "purchase",
             "occurred_at": _need(payload, "created_at"),
             "properties": {
@@ -102,6 +132,7 @@ def shopify(topic: str, delivery_id: str, payload: Mapping[str, Any]) -> list[di
         else:  # a guest checkout: the order itself is the best key we have
             doc["anonymous_id"] = f"shopify-order:{order_id}"
         return [doc]
+    refund_id = _str(_need(payload, "id"))
     order_id = _str(_need(payload, "order_id"))
     transactions = [
         t
@@ -117,7 +148,7 @@ def shopify(topic: str, delivery_id: str, payload: Mapping[str, Any]) -> list[di
         properties["currency"] = currency
     customer = _str(_get(payload, "customer.id")) or _str(payload.get("customer_id"))
     doc = {
-        "event_id": event_id,
+        "event_id": f"shopify:refund:{refund_id}",
         "type": "refund",
         "occurred_at": _need(payload, "created_at"),
         "properties": properties,
@@ -171,6 +202,8 @@ def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     is skipped (its ``invoice.paid`` is the purchase), so a subscription payment counts once.
     """
     kind = _need(payload, "type")
+    # the Stripe event's own id, inside the signed body: a replay (within the signature's
+    # tolerance; outside it the signature is refused) names the same event
     event_id = f"stripe:{_need(payload, 'id')}"
     obj = _get(payload, "data.object")
     if not isinstance(obj, dict):
@@ -224,12 +257,19 @@ def _csat(value: Any) -> int | None:
     return None
 
 
-def zendesk(payload: Mapping[str, Any], invocation_id: str | None) -> list[dict[str, Any]]:
+def zendesk(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A ticket created / solved, with its satisfaction rating, → support_ticket.
 
     Two payload shapes: Zendesk's event webhooks (``type`` ``zen:event-type:ticket.created`` or
     ``…ticket.status_changed``, ticket in ``detail``), and a trigger webhook whose JSON body the
     README gives (``ticket_id``, ``status``, ``requester_id``, ``satisfaction``, ``updated_at``).
+
+    Zendesk signs the timestamp header and the body, nothing else, so the ``event_id`` comes
+    from the body only: an event webhook's own ``id``; for a trigger body, a digest of the
+    ticket, its status, the rating and the ticket's ``updated_at``. Not the invocation-id
+    header (unsigned: a replay within the signature's window could set a new one) and not the
+    signed timestamp (Zendesk re-signs its retries with a new one, and a retry is the same
+    event). A genuine change of the ticket (a new ``updated_at``, a new rating) is a new event.
     """
     kind = payload.get("type")
     if isinstance(kind, str) and kind.startswith("zen:event-type:"):
@@ -264,12 +304,9 @@ def zendesk(payload: Mapping[str, Any], invocation_id: str | None) -> list[dict[
             return []  # pending, hold: not a touchpoint
         csat = _csat(payload.get("satisfaction"))
         occurred_at = payload.get("updated_at")
-        # retries of one invocation share its id; without one, the content is the identity
-        identity = (
-            invocation_id
-            or hashlib.sha256(f"{ticket}|{status}|{csat}|{occurred_at}".encode()).hexdigest()[:32]
-        )
-        event_id = f"zendesk:{identity}"
+        # the content is the identity: retries and replays of one body are one event
+        identity = hashlib.sha256(f"{ticket}|{status}|{csat}|{occurred_at}".encode())
+        event_id = f"zendesk:{identity.hexdigest()[:32]}"
     properties: dict[str, Any] = {"ticket_id": f"zendesk:{ticket}", "status": status}
     if csat is not None:
         properties["csat"] = csat
