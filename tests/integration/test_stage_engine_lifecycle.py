@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_common.rules import LifecycleRules, RulesError
 from clm_common.schema import metadata
 from clm_common.settings import CommonSettings
+from clm_metrics.app import create_app as metrics_app
+from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.replay import reset_for_replay
 from clm_stage_engine.settings import StageEngineSettings
@@ -521,11 +523,111 @@ async def test_merging_two_buyers_corrects_the_later_first_purchase(
     assert merged.json()["customer"]["purchases"] == 2
     records = [
         orjson.loads(r.value)
-        for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+        for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=5)
     ]
-    assert sorted(r["kind"] for r in records) == ["correction", "event", "event", "identity_merge"]
+    assert sorted(r["kind"] for r in records) == [
+        "correction",
+        "customer_merge",
+        "event",
+        "event",
+        "identity_merge",
+    ]
     (fix,) = [r for r in records if r["kind"] == "correction"]
     assert fix["record_id"] == "correction:shop:bb@merge:buyer-b>buyer-a"
     assert (fix["reason"], fix["customer_id"]) == ("customer merge", "buyer-a")
     assert fix["corrected"]["first_purchase"] is True
     assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)
+
+
+async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_equal(
+    common: CommonSettings, receiver: str, db: AsyncEngine
+) -> None:
+    """Survivor in reach, the merged-away customer in conversion: the merge publishes the
+    survivor's customer_merge record (reach → conversion) through the outbox and queues its
+    stage-change webhook; the metrics service's customers per stage equal the engine's, also
+    after a later move of the survivor (before, metrics kept it in reach and went negative)."""
+    now = datetime.now(UTC)
+    when = (now - timedelta(days=2)).isoformat()
+    engine = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
+    metrics = metrics_app(MetricsSettings())
+    async with (
+        LifespanManager(engine, startup_timeout=30, shutdown_timeout=30) as em,
+        LifespanManager(metrics, startup_timeout=30, shutdown_timeout=30) as mm,
+    ):
+        e = httpx.AsyncClient(transport=httpx.ASGITransport(app=em.app), base_url="http://e")
+        m = httpx.AsyncClient(transport=httpx.ASGITransport(app=mm.app), base_url="http://m")
+        async with e, m:
+            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=WRITE)
+            assert created.status_code == 201, created.text
+            await send_events(
+                common,
+                event_doc("ad_click", customer_id="mg-a", event_id="ga", occurred_at=when),
+                event_doc("purchase", customer_id="mg-b", event_id="gb", occurred_at=when),
+            )
+            await until_events(e, "mg-a", 1)
+            await until_events(e, "mg-b", 1)
+
+            async def equal_counts() -> dict[str, int] | None:
+                """The metrics' customers per stage, once they equal the engine's."""
+                engine_counts = (await e.get("/v1/stages", headers=READ)).json()["stages"]
+                kpis = (await m.get("/v1/kpis", params={"window": "30d"}, headers=READ)).json()
+                counts: dict[str, int] = kpis["customers_by_stage"]
+                return counts if counts == engine_counts else None
+
+            assert (await eventually(equal_counts, timeout=60))["reach"] == 1
+
+            merged = await e.post("/v1/customers/mg-a/merge", json={"from": "mg-b"}, headers=WRITE)
+            assert merged.status_code == 200, merged.text
+            assert merged.json()["customer"]["stage"] == "conversion"
+
+            async with db.connect() as conn:
+                queued = [
+                    json.loads(bytes(p))
+                    for (p,) in await conn.execute(text("SELECT payload FROM webhook_deliveries"))
+                ]
+            moves = [(q["customer_id"], q["from"], q["to"], q["reason"]) for q in queued]
+            assert ("mg-a", "reach", "conversion", "merged mg-b") in moves
+
+            async def merge_announced() -> list[tuple[str, bytes]] | None:
+                got = [
+                    r for r in _Receiver.received if json.loads(r[1]).get("reason") == "merged mg-b"
+                ]
+                return got or None
+
+            (_, body), *_ = await eventually(merge_announced)
+            assert json.loads(body)["customer_id"] == "mg-a"
+
+            records = [
+                orjson.loads(r.value)
+                for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+            ]
+            (survivor,) = [r for r in records if r["kind"] == "customer_merge"]
+            assert (survivor["customer_id"], survivor["merged"]) == ("mg-a", "mg-b")
+            assert (survivor["stage_before"], survivor["stage_after"]) == ("reach", "conversion")
+            assert survivor["customer"]["purchases"] == 1
+            (gone,) = [r for r in records if r["kind"] == "identity_merge"]
+            assert (gone["customer_id"], gone["stage_before"]) == ("mg-b", "conversion")
+
+            after_merge = await eventually(equal_counts, timeout=60)
+            assert (after_merge["reach"], after_merge["conversion"]) == (0, 1)
+
+            # the survivor moves on: conversion → retention, counted from the right stage
+            await send_events(
+                common,
+                event_doc(
+                    "purchase", customer_id="mg-a", event_id="gc", order_id="o-9", occurred_at=when
+                ),
+            )
+            later = await eventually(
+                lambda: _with_stage(equal_counts, "retention"),
+                timeout=60,
+            )
+            assert min(later.values()) >= 0
+            assert (later["conversion"], later["retention"]) == (0, 1)
+
+
+async def _with_stage(
+    probe: Callable[[], Awaitable[dict[str, int] | None]], stage: str
+) -> dict[str, int] | None:
+    counts = await probe()
+    return counts if counts and counts.get(stage) else None

@@ -9,11 +9,11 @@ from decimal import Decimal
 import orjson
 
 from clm_common.events import parse_event
-from clm_common.lifecycle import Stage, advance, apply_event
+from clm_common.lifecycle import Stage, Transition, advance, apply_event, rebuild
 from clm_common.rules import LifecycleRules
 from clm_metrics.buckets import increments, sketch_items, stage_deltas
 from clm_metrics.formulas import flows, stage_net
-from clm_stage_engine.records import lifecycle_record, removal_record
+from clm_stage_engine.records import lifecycle_record, merge_record, removal_record
 from tests.factories import event_doc
 
 RULES = LifecycleRules()
@@ -90,6 +90,39 @@ def test_a_profile_leaving_is_a_flow_out_and_a_stage_count_down() -> None:
     assert net["reach"] == -1
     assert net["conversion"] == 2
     assert "" not in net
+
+
+def test_an_explicit_merge_moves_the_survivor_and_takes_the_other_out() -> None:
+    """Survivor in reach, the merged-away customer in conversion: after the merge, one
+    customer in conversion — the survivor's record moves it, the removal takes the other out,
+    and only the flow is counted (the other's lead and conversion were counted before)."""
+    click = parse_event(event_doc("ad_click", customer_id="a", occurred_at=T0.isoformat()))
+    buy = parse_event(
+        event_doc("purchase", customer_id="b", occurred_at=(T0 + timedelta(days=1)).isoformat())
+    )
+    survivor = apply_event(None, click, RULES).state
+    other = apply_event(None, buy, RULES).state
+    at = T0 + timedelta(days=2)
+    merged = rebuild("a", [click, buy], RULES, at)
+    assert merged is not None
+    assert (survivor.stage, merged.stage) == (Stage.REACH, Stage.CONVERSION)
+    move = Transition("a", survivor.stage, merged.stage, at, "", "merged b")
+    records = [
+        orjson.loads(removal_record("identity_merge", "b>a", "b", other.stage.value)),
+        orjson.loads(merge_record("a", "b", survivor, merged, move, at)),
+    ]
+    assert records[1]["kind"] == "customer_merge"
+    assert (records[1]["stage_before"], records[1]["stage_after"]) == ("reach", "conversion")
+    # before the merge: reach 1, conversion 1; after it: conversion 1
+    assert stage_deltas(records) == {"reach": -1}
+    flow_totals = totals(records)
+    assert {k[0] for k in flow_totals} == {"flow:conversion:", "flow:reach:conversion"}
+    assert stage_net(flow_totals)["reach"] == -1
+    assert stage_net(flow_totals)["conversion"] == 0
+    # a merge that leaves the survivor where it was moves nothing
+    same = orjson.loads(merge_record("a", "c", merged, merged, None, at))
+    assert stage_deltas([same]) == {}
+    assert increments(same) == []
 
 
 def test_an_event_record_still_counts_its_event_and_its_flow() -> None:

@@ -107,8 +107,11 @@ def _count_moves(
 
 def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
     """Records without an event: a sweeper's time-based moves (``kind: time``: flows and stays
-    at the moves' times) and a profile leaving (``identity_merge``, ``erasure``: a flow out to
-    nowhere, ``flow:<stage>:``, so stage counts at a window's start stay consistent)."""
+    at the moves' times), a profile leaving (``identity_merge``, ``erasure``: a flow out to
+    nowhere, ``flow:<stage>:``, so stage counts at a window's start stay consistent) and the
+    survivor of an explicit merge (``customer_merge``: the flow ``flow:<before>:<after>`` at
+    the merge, nothing else — no lead nor stay: the merged profiles' own moves counted those
+    when they happened)."""
     facts = record.get("customer") or {}
     src, ch = str(facts.get("first_source") or ""), str(facts.get("first_channel") or "")
     out: list[tuple[BucketKey, Decimal]] = []
@@ -120,13 +123,9 @@ def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Dec
 
         _count_moves(record.get("transitions") or [], _entered_before(record), facts, add)
         return out
-    if before is not None and after is None and record.get("at"):
-        out.append(
-            (
-                BucketKey(floor_minute(_when(record["at"])), f"flow:{before}:", src, ch, ""),
-                Decimal(1),
-            )
-        )
+    if before is not None and before != after and record.get("at"):
+        flow = f"flow:{before}:{after or ''}"
+        out.append((BucketKey(floor_minute(_when(record["at"])), flow, src, ch, ""), Decimal(1)))
     return out
 
 

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,6 +40,7 @@ from clm_stage_engine.known import KnownStates
 from clm_stage_engine.processor import FoldResult, Item, first_of_each, fold, needs_history
 from clm_stage_engine.records import removal_record
 from clm_stage_engine.relay import PayloadCache
+from clm_stage_engine.webhooks import stage_change_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -297,26 +297,7 @@ class EventsHandler:
         result: FoldResult[Any],
         subscriptions: list[tuple[int, list[str] | None]],
     ) -> None:
-        if not result.transitions or not subscriptions:
-            return
-        rows: list[tuple[int, bytes]] = []
-        for t in result.transitions:
-            payload = orjson.dumps(
-                {
-                    "type": "stage.changed",
-                    "customer_id": t.customer_id,
-                    "from": t.from_stage.value if t.from_stage else None,
-                    "to": t.to_stage.value,
-                    "at": t.at,
-                    "event_id": t.event_id,
-                    "reason": t.reason,
-                }
-            )
-            rows.extend(
-                (sid, payload)
-                for sid, stages in subscriptions
-                if not stages or t.to_stage in stages
-            )
+        rows = stage_change_deliveries(result.transitions, subscriptions)
         await repository.enqueue_deliveries(conn, rows)
 
 

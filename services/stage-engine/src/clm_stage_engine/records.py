@@ -21,6 +21,13 @@ Two more kinds carry no event (``"event": null``) and take a customer out of its
 ``erasure`` (a customer erased on request). Both have ``stage_after: null`` and
 ``customer_id``.
 
+``customer_merge`` (``"event": null``): the survivor of an explicit merge of two known
+customers (``POST /v1/customers/{id}/merge``), rebuilt from both profiles' events; it carries
+the survivor's ``stage_before`` / ``stage_after`` (equal when the merge did not move it), its
+facts after the merge, ``merged`` (the id merged away, whose own ``identity_merge`` record
+takes that profile out of its stage), ``at`` and the move in ``transitions``. Consumers that
+count customers per stage apply it like any other ``stage_before`` → ``stage_after``.
+
 ``correction`` (also ``"event": null``, no stage change): a late event or an identity merge
 changed the flags of an event published before (a late first purchase makes the purchase that
 was "first" a repeat). It carries the event's new flags and facts at the top level and what
@@ -174,6 +181,39 @@ def move_doc(t: Transition) -> dict[str, Any]:
         "at": t.at,
         "reason": t.reason,
     }
+
+
+def merge_record(
+    into: str,
+    merged: str,
+    before: CustomerState,
+    after: CustomerState,
+    move: Transition | None,
+    at: datetime,
+) -> bytes:
+    """The survivor's record of an explicit merge (``merged`` folded into ``into``): its
+    stage before and after, its facts now and the move (None: the stage did not change)."""
+    moves = [move_doc(move)] if move is not None else []
+    return orjson.dumps(
+        {
+            "schema": SCHEMA,
+            "kind": "customer_merge",
+            "record_id": f"customer_merge:{merged}>{into}",
+            "customer_id": into,
+            "merged": merged,
+            "event": None,
+            "customer": customer_facts(after),
+            "stage_before": before.stage,
+            "stage_after": after.stage,
+            "stage_before_entered_at": before.stage_entered_at,
+            "transition": moves[-1] if moves else None,
+            "transitions": moves,
+            "first_purchase": False,
+            "repeat_purchase": False,
+            "reactivation": False,
+            "at": at,
+        }
+    )
 
 
 def removal_record(

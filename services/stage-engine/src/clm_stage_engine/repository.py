@@ -38,6 +38,7 @@ from clm_common.schema import (
     processed_events,
     stage_transitions,
     webhook_deliveries,
+    webhook_subscriptions,
 )
 from clm_stage_engine.known import Stored
 from clm_stage_engine.outbox import pack_records
@@ -437,6 +438,17 @@ async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[s
         .values(customer_id=into)
     )
     await conn.execute(delete(customers).where(customers.c.customer_id.in_(profiles)))
+
+
+async def active_subscriptions(conn: AsyncConnection) -> list[tuple[int, list[str] | None]]:
+    """The active webhook subscriptions (id, stages wanted), as :func:`lookup_batch` reads
+    them, for writers outside a batch (an explicit merge)."""
+    rows = await conn.execute(
+        select(webhook_subscriptions.c.id, webhook_subscriptions.c.stages).where(
+            webhook_subscriptions.c.active
+        )
+    )
+    return [(int(sid), list(stages) if stages else None) for sid, stages in rows]
 
 
 async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> None:

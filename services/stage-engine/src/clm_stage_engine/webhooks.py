@@ -15,13 +15,16 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
 from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_common.lifecycle import Transition
 from clm_common.schema import webhook_deliveries, webhook_subscriptions
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,32 @@ def verify_signature(
         return False
     expected = signature(secret, timestamp, body).split("v1=", 1)[1]
     return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def stage_change_deliveries(
+    transitions: Sequence[Transition], subscriptions: Sequence[tuple[int, list[str] | None]]
+) -> list[tuple[int, bytes]]:
+    """The deliveries (subscription id, payload) announcing ``transitions`` to the
+    subscriptions (id, stages it wants; None or empty: all) that want them."""
+    rows: list[tuple[int, bytes]] = []
+    if not subscriptions:
+        return rows
+    for t in transitions:
+        payload = orjson.dumps(
+            {
+                "type": "stage.changed",
+                "customer_id": t.customer_id,
+                "from": t.from_stage.value if t.from_stage else None,
+                "to": t.to_stage.value,
+                "at": t.at,
+                "event_id": t.event_id,
+                "reason": t.reason,
+            }
+        )
+        rows.extend(
+            (sid, payload) for sid, stages in subscriptions if not stages or t.to_stage in stages
+        )
+    return rows
 
 
 def backoff(attempts: int) -> timedelta:

@@ -17,7 +17,8 @@ from clm_stage_engine import repository
 from clm_stage_engine.api.customers import CustomerId, customer_doc, not_found, writer
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.processor import correction_records, refold
-from clm_stage_engine.records import removal_record
+from clm_stage_engine.records import merge_record, removal_record
+from clm_stage_engine.webhooks import stage_change_deliveries
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -39,7 +40,10 @@ class MergeIn(BaseModel):
     description=(
         "Both customers' events, history and links move to `customer_id`, whose state is "
         "rebuilt from the union of their events (first touch kept); the other id is linked to "
-        "it, so its later events land here. Logged, and announced on the lifecycle stream."
+        "it, so its later events land here. Logged, and announced on the lifecycle stream (the "
+        "merged-away profile's `identity_merge` record, the survivor's `customer_merge` record "
+        "with its stage before and after) and, when the survivor's stage changed, to the "
+        "stage-change webhook subscribers."
     ),
     responses={401: {}, 403: {}, 404: {"description": "either customer unknown"}, 422: {}},
 )
@@ -72,10 +76,14 @@ async def merge(
         await repository.absorb_profiles(conn, customer_id, [other])
         await repository.insert_links(conn, [(other, customer_id, f"merge:{now.isoformat()}")])
         await repository.upsert_customers(conn, [merged])
+        move = None
         if merged.stage != before.stage:
-            await repository.insert_transitions(
-                conn,
-                [Transition(customer_id, before.stage, merged.stage, now, "", f"merged {other}")],
+            move = Transition(customer_id, before.stage, merged.stage, now, "", f"merged {other}")
+            await repository.insert_transitions(conn, [move])
+            # announced like a batch's moves, in the same transaction as the move itself
+            subscriptions = await repository.active_subscriptions(conn)
+            await repository.enqueue_deliveries(
+                conn, stage_change_deliveries([move], subscriptions)
             )
         # the two profiles' records said first purchase etc. each on its own: correct them
         groups = [events.get(customer_id, []), events.get(other, [])]
@@ -85,6 +93,8 @@ async def merge(
             cause=f"merge:{other}>{customer_id}",
             reason="customer merge",
         )
+        # the absorbed profile leaves its stage, the survivor moves from its stage to the
+        # merged one: consumers counting customers per stage (the metrics service) see both
         await repository.insert_outbox(
             conn,
             state.settings.topic_lifecycle,
@@ -99,6 +109,7 @@ async def merge(
                         merged_into=customer_id,
                     ),
                 ),
+                (customer_id, merge_record(customer_id, other, before, merged, move, now)),
                 *corrections,
             ],
         )
