@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socketserver
 import sys
 import threading
 import time
@@ -394,6 +395,98 @@ async def test_failing_webhooks_are_retried_then_parked(
         assert len(_Receiver.received) == 2
     finally:
         _Receiver.fail = False
+
+
+class _Hanging(socketserver.BaseRequestHandler):
+    """Reads a request and never answers (until the test ends)."""
+
+    release = threading.Event()
+    requests = 0
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        type(self).requests += 1
+        type(self).release.wait(timeout=120)
+
+
+@pytest.fixture
+def hanging() -> Iterator[str]:
+    _Hanging.release = threading.Event()
+    _Hanging.requests = 0
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Hanging)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    _Hanging.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+async def test_a_hanging_subscriber_does_not_delay_another(
+    common: CommonSettings,
+    receiver: str,
+    hanging: str,
+    db: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two subscribers, one that never answers: the other gets every delivery within a
+    fraction of the POST deadline (one after the other, it would wait a deadline for each
+    of the hanging one's); the hanging one's deliveries time out, are retried and parked."""
+    timeout_s = 3.0
+    monkeypatch.setenv("CLM_WEBHOOK_TIMEOUT_S", str(timeout_s))
+    monkeypatch.setenv("CLM_WEBHOOK_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("CLM_WEBHOOK_POLL_MS", "50")
+    app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
+            # the hanging one subscribed first: its deliveries come first in id order
+            for url in (hanging, receiver):
+                created = await c.post("/v1/webhooks", json={"url": url}, headers=WRITE)
+                assert created.status_code == 201, created.text
+            await send_events(
+                common,
+                *(
+                    event_doc(
+                        "purchase", customer_id=f"hk-{n}", event_id=f"hk{n}", occurred_at=at(0)
+                    )
+                    for n in range(3)
+                ),
+            )
+            for n in range(3):
+                await eventually(lambda n=n: get(c, f"hk-{n}"), every=0.02)
+            queued = time.monotonic()  # the deliveries commit with the customers' rows
+
+            async def all_delivered() -> bool:
+                return len(_Receiver.received) >= 3
+
+            await eventually(all_delivered, every=0.02)
+            took = time.monotonic() - queued
+            assert took < timeout_s / 2, f"the healthy subscriber waited {took:.1f}s"
+            assert _Hanging.requests >= 1  # it was being tried meanwhile
+
+            async def parked() -> dict[str, int] | None:
+                subs = (await c.get("/v1/webhooks", headers=WRITE)).json()["subscriptions"]
+                by_url = {s["url"]: s["deliveries"] for s in subs}
+                return by_url if by_url[hanging] == {"parked": 3} else None
+
+            by_url = await eventually(parked, timeout=60)
+            assert by_url[receiver] == {"delivered": 3}
+            assert _Hanging.requests == 6  # each delivery tried max_attempts times
+    async with db.connect() as conn:
+        errors = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT DISTINCT last_error FROM webhook_deliveries WHERE status = 'parked'"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert errors == [f"timed out after {timeout_s:g}s"]
 
 
 async def test_listing_by_stage_with_aliases_and_stable_cursors(

@@ -158,6 +158,7 @@ def create_app(
                 timeout_s=settings.webhook_timeout_s,
                 max_attempts=settings.webhook_max_attempts,
                 poll_s=settings.webhook_poll_ms / 1000,
+                concurrency=settings.webhook_concurrency,
             )
             current["dispatcher"] = dispatcher
             try:

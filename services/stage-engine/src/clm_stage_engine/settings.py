@@ -58,7 +58,14 @@ class StageEngineSettings(CommonSettings):
     stage_engine_sweep_batch: int = Field(
         default=1000, ge=1, description="Customers one sweeper transaction moves at most."
     )
-    webhook_timeout_s: float = Field(default=5.0, gt=0, description="Webhook POST timeout.")
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, description="Webhook POST deadline (the whole exchange)."
+    )
+    webhook_concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Subscribers served at once (one worker each, its deliveries in order).",
+    )
     webhook_max_attempts: int = Field(
         default=8, ge=1, description="Deliveries failing this often are parked."
     )

@@ -5,6 +5,14 @@ move is never announced without having happened, nor lost when the dispatcher is
 POST carries ``X-CLM-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "t.body")>``;
 a subscriber verifies it in constant time and rejects stale timestamps. A failed delivery is
 retried after 2, 4, 8 … seconds (at most an hour); after ``max_attempts`` it is parked.
+
+Subscribers are served concurrently, one worker per subscriber with due deliveries (at most
+``concurrency`` at a time), each sending its subscriber's deliveries one after the other in
+id order; every POST has a deadline (``timeout_s``, the whole exchange). So a slow or hanging
+subscriber holds its own worker only: the others' deliveries go out meanwhile. No database
+transaction is held across a POST: a worker claims a few due rows by moving their
+``next_attempt_at`` past the POST's deadline (a lease: another replica skips them; if this
+process dies they fall due again), posts, then records the outcome.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.lifecycle import Transition
@@ -90,32 +98,81 @@ class Dispatcher:
         timeout_s: float,
         max_attempts: int,
         poll_s: float,
-        batch: int = 100,
+        concurrency: int = 16,
+        batch: int = 20,
     ) -> None:
         self.engine = engine
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.poll_s = poll_s
-        self.batch = batch
+        self.concurrency = concurrency
+        self.batch = batch  # deliveries a worker claims at a time
         self._stopping = asyncio.Event()
+        self._workers: dict[int, asyncio.Task[None]] = {}  # subscription id → its worker
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-            while not self._stopping.is_set():
-                try:
-                    sent = await self.deliver_due(http)
-                except Exception:
-                    log.warning("webhook dispatch failed; retrying", exc_info=True)
-                    sent = 0
-                if sent < self.batch:
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as http:
+            try:
+                while not self._stopping.is_set():
+                    try:
+                        self.start_workers(http, await self.due_subscriptions())
+                    except Exception:
+                        log.warning("webhook dispatch failed; retrying", exc_info=True)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), timeout=self.poll_s)
+            finally:
+                workers = list(self._workers.values())
+                for task in workers:
+                    task.cancel()  # an interrupted POST's lease runs out: it is sent again
+                await asyncio.gather(*workers, return_exceptions=True)
 
-    async def deliver_due(self, http: httpx.AsyncClient) -> int:
-        """Attempt every due delivery once (rows locked, skipped by other replicas)."""
+    async def due_subscriptions(self) -> list[int]:
+        """Subscriptions with a due delivery, oldest delivery first."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(webhook_deliveries.c.subscription_id)
+                .where(
+                    webhook_deliveries.c.status == "pending",
+                    webhook_deliveries.c.next_attempt_at <= datetime.now(UTC),
+                )
+                .group_by(webhook_deliveries.c.subscription_id)
+                .order_by(func.min(webhook_deliveries.c.id))
+            )
+            return [int(sid) for (sid,) in rows]
+
+    def start_workers(self, http: httpx.AsyncClient, subscriptions: Sequence[int]) -> None:
+        """A worker for each subscription that has none, while fewer than ``concurrency``
+        run (the others wait for a free one at a later poll)."""
+        for sid in subscriptions:
+            if len(self._workers) >= self.concurrency:
+                return
+            if sid in self._workers:
+                continue
+            task = asyncio.create_task(self._worker(http, sid), name=f"webhooks:{sid}")
+            self._workers[sid] = task
+            task.add_done_callback(lambda _, sid=sid: self._workers.pop(sid, None))
+
+    async def _worker(self, http: httpx.AsyncClient, subscription_id: int) -> None:
+        """Send the subscription's due deliveries in id order until none is due."""
+        try:
+            while not self._stopping.is_set():
+                if not await self.deliver_due(http, subscription_id):
+                    return
+        except Exception:
+            log.warning(
+                "webhook worker failed; retrying at the next poll",
+                extra={"subscription": subscription_id},
+                exc_info=True,
+            )
+
+    async def deliver_due(self, http: httpx.AsyncClient, subscription_id: int) -> int:
+        """Claim up to ``batch`` due deliveries of one subscription and attempt each once, in
+        id order; returns how many were claimed."""
+        lease = datetime.now(UTC) + timedelta(seconds=self.timeout_s * self.batch + 60)
         async with self.engine.begin() as conn:
             due = (
                 await conn.execute(
@@ -131,6 +188,7 @@ class Dispatcher:
                         webhook_subscriptions.c.id == webhook_deliveries.c.subscription_id,
                     )
                     .where(
+                        webhook_deliveries.c.subscription_id == subscription_id,
                         webhook_deliveries.c.status == "pending",
                         webhook_deliveries.c.next_attempt_at <= datetime.now(UTC),
                     )
@@ -139,29 +197,38 @@ class Dispatcher:
                     .with_for_update(of=webhook_deliveries, skip_locked=True)
                 )
             ).all()
-            for row in due:
-                error = await self._post(http, row.url, row.secret, row.payload)
-                attempts = row.attempts + 1
-                if error is None:
-                    values: dict[str, object] = {"status": "delivered", "attempts": attempts}
-                    DELIVERIES.labels("delivered").inc()
-                elif attempts >= self.max_attempts:
-                    values = {"status": "parked", "attempts": attempts, "last_error": error}
-                    DELIVERIES.labels("parked").inc()
-                    log.warning("webhook parked", extra={"delivery": row.id, "error": error})
-                else:
-                    values = {
-                        "attempts": attempts,
-                        "last_error": error,
-                        "next_attempt_at": datetime.now(UTC) + backoff(attempts),
-                    }
-                    DELIVERIES.labels("retry").inc()
+            if due:  # leased: other replicas (and this one's next poll) leave them alone
                 await conn.execute(
                     update(webhook_deliveries)
-                    .where(webhook_deliveries.c.id == row.id)
-                    .values(**values)
+                    .where(webhook_deliveries.c.id.in_([row.id for row in due]))
+                    .values(next_attempt_at=lease)
                 )
+        for row in due:
+            error = await self._post(http, row.url, row.secret, row.payload)
+            await self._record(row.id, row.attempts + 1, error)
         return len(due)
+
+    async def _record(self, delivery_id: int, attempts: int, error: str | None) -> None:
+        if error is None:
+            values: dict[str, object] = {"status": "delivered", "attempts": attempts}
+            DELIVERIES.labels("delivered").inc()
+        elif attempts >= self.max_attempts:
+            values = {"status": "parked", "attempts": attempts, "last_error": error}
+            DELIVERIES.labels("parked").inc()
+            log.warning("webhook parked", extra={"delivery": delivery_id, "error": error})
+        else:
+            values = {
+                "attempts": attempts,
+                "last_error": error,
+                "next_attempt_at": datetime.now(UTC) + backoff(attempts),
+            }
+            DELIVERIES.labels("retry").inc()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.id == delivery_id)
+                .values(**values)
+            )
 
     async def _post(
         self, http: httpx.AsyncClient, url: str, secret: str, body: bytes
@@ -171,7 +238,12 @@ class Dispatcher:
             "X-CLM-Signature": signature(secret, int(time.time()), body),
         }
         try:
-            response = await http.post(url, content=body, headers=headers)
+            # the deadline covers the whole exchange (httpx's timeout is per read/write: a
+            # subscriber trickling bytes would stay under it for ever)
+            async with asyncio.timeout(self.timeout_s):
+                response = await http.post(url, content=body, headers=headers)
+        except TimeoutError:
+            return f"timed out after {self.timeout_s:g}s"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:500]
         if response.is_success:
