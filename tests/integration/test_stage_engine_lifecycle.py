@@ -4,6 +4,7 @@ sweeper with a test clock, erasure, replay, webhooks, the read API and the rule 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socketserver
 import sys
@@ -455,7 +456,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
                 ),
             )
             for n in range(3):
-                await eventually(lambda n=n: get(c, f"hk-{n}"), every=0.02)
+                await eventually(functools.partial(get, c, f"hk-{n}"), every=0.02)
             queued = time.monotonic()  # the deliveries commit with the customers' rows
 
             async def all_delivered() -> bool:
@@ -466,7 +467,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
             assert took < timeout_s / 2, f"the healthy subscriber waited {took:.1f}s"
             assert _Hanging.requests >= 1  # it was being tried meanwhile
 
-            async def parked() -> dict[str, int] | None:
+            async def parked() -> dict[str, dict[str, int]] | None:
                 subs = (await c.get("/v1/webhooks", headers=WRITE)).json()["subscriptions"]
                 by_url = {s["url"]: s["deliveries"] for s in subs}
                 return by_url if by_url[hanging] == {"parked": 3} else None

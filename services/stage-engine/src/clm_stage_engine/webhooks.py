@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -154,7 +155,10 @@ class Dispatcher:
                 continue
             task = asyncio.create_task(self._worker(http, sid), name=f"webhooks:{sid}")
             self._workers[sid] = task
-            task.add_done_callback(lambda _, sid=sid: self._workers.pop(sid, None))
+            task.add_done_callback(functools.partial(self._finished, sid))
+
+    def _finished(self, subscription_id: int, _: asyncio.Task[None]) -> None:
+        self._workers.pop(subscription_id, None)
 
     async def _worker(self, http: httpx.AsyncClient, subscription_id: int) -> None:
         """Send the subscription's due deliveries in id order until none is due."""
