@@ -725,3 +725,64 @@ async def _with_stage(
 ) -> dict[str, int] | None:
     counts = await probe()
     return counts if counts and counts.get(stage) else None
+
+
+async def test_an_identity_merge_moves_the_survivor_on_its_event_record(
+    common: CommonSettings, receiver: str, db: AsyncEngine
+) -> None:
+    """The implicit merge (an identify linking an anonymous buyer to a known visitor): the
+    identify's own record carries the survivor's stage before and after, the move goes out
+    as a webhook, and the metrics' customers per stage equal the engine's."""
+    when = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    engine = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
+    metrics = metrics_app(MetricsSettings())
+    async with (
+        LifespanManager(engine, startup_timeout=30, shutdown_timeout=30) as em,
+        LifespanManager(metrics, startup_timeout=30, shutdown_timeout=30) as mm,
+    ):
+        e = httpx.AsyncClient(transport=httpx.ASGITransport(app=em.app), base_url="http://e")
+        m = httpx.AsyncClient(transport=httpx.ASGITransport(app=mm.app), base_url="http://m")
+        async with e, m:
+            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=WRITE)
+            assert created.status_code == 201, created.text
+            anonymous = event_doc("purchase", customer_id=None, event_id="ip", occurred_at=when)
+            anonymous["anonymous_id"] = "im-anon"
+            await send_events(
+                common,
+                event_doc("site_visit", customer_id="im-k", event_id="iv", occurred_at=when),
+                anonymous,
+            )
+            await until_events(e, "im-k", 1)
+            await until_events(e, "im-anon", 1)
+            identify = event_doc("identify", customer_id="im-k", event_id="ii", occurred_at=when)
+            identify["anonymous_id"] = "im-anon"
+            await send_events(common, identify)
+            assert (await until_events(e, "im-k", 3))["stage"] == "conversion"
+
+            records = [
+                orjson.loads(r.value)
+                for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+            ]
+            (survivor,) = [
+                r for r in records if r["kind"] == "event" and r["event"]["event_id"] == "ii"
+            ]
+            assert (survivor["stage_before"], survivor["stage_after"]) == ("reach", "conversion")
+            (gone,) = [r for r in records if r["kind"] == "identity_merge"]
+            assert (gone["customer_id"], gone["stage_before"]) == ("im-anon", "conversion")
+
+            async def announced() -> list[dict[str, Any]] | None:
+                moves = [json.loads(body) for _, body in _Receiver.received]
+                found = [p for p in moves if p["customer_id"] == "im-k" and p["from"] == "reach"]
+                return found or None
+
+            (move,) = await eventually(announced)
+            assert (move["to"], move["reason"]) == ("conversion", "identity merge")
+
+            async def equal_counts() -> dict[str, int] | None:
+                engine_counts = (await e.get("/v1/stages", headers=READ)).json()["stages"]
+                kpis = (await m.get("/v1/kpis", params={"window": "30d"}, headers=READ)).json()
+                counts: dict[str, int] = kpis["customers_by_stage"]
+                return counts if counts == engine_counts and counts["reach"] == 0 else None
+
+            counts = await eventually(equal_counts, timeout=60)
+            assert (counts["conversion"], min(counts.values())) == (1, 0)
