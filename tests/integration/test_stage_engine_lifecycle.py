@@ -488,6 +488,20 @@ async def test_a_hanging_subscriber_does_not_delay_another(
             .all()
         )
     assert errors == [f"timed out after {timeout_s:g}s"]
+    # one subscriber's deliveries went out one after the other, in the order they were queued
+    async with db.connect() as conn:
+        queued_order = [
+            json.loads(bytes(p))["customer_id"]
+            for (p,) in await conn.execute(
+                text(
+                    "SELECT d.payload FROM webhook_deliveries d "
+                    "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+                    "WHERE s.url = :url ORDER BY d.id"
+                ),
+                {"url": receiver},
+            )
+        ]
+    assert [json.loads(body)["customer_id"] for _, body in _Receiver.received] == queued_order
 
 
 async def test_listing_by_stage_with_aliases_and_stable_cursors(
