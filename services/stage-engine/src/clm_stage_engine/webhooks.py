@@ -18,11 +18,14 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from cryptography.fernet import MultiFernet
 from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.schema import webhook_deliveries, webhook_subscriptions
+from clm_common.subscription_secrets import SecretUnreadable, open_secret
+from clm_common.webhook_urls import UrlPolicy, UrlRefused, delivery_target
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,12 @@ class Dispatcher:
         max_attempts: int,
         poll_s: float,
         batch: int = 100,
+        url_policy: UrlPolicy,
+        secrets_box: MultiFernet,
     ) -> None:
         self.engine = engine
+        self.url_policy = url_policy  # checked again before each POST (DNS may have changed)
+        self.secrets_box = secrets_box  # opens the stored (encrypted) secrets
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.poll_s = poll_s
@@ -137,12 +144,20 @@ class Dispatcher:
     async def _post(
         self, http: httpx.AsyncClient, url: str, secret: str, body: bytes
     ) -> str | None:
+        try:  # the URL's host resolved and checked now, the POST pinned to what was checked
+            target = await delivery_target(url, self.url_policy)
+            key = open_secret(self.secrets_box, secret)
+        except (UrlRefused, SecretUnreadable) as exc:
+            return f"refused: {exc}"[:500]
         headers = {
+            **target.headers,
             "Content-Type": "application/json",
-            "X-CLM-Signature": signature(secret, int(time.time()), body),
+            "X-CLM-Signature": signature(key, int(time.time()), body),
         }
-        try:
-            response = await http.post(url, content=body, headers=headers)
+        try:  # never follows a redirect (httpx's default)
+            response = await http.post(
+                target.url, content=body, headers=headers, extensions=target.extensions
+            )
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:500]
         if response.is_success:
