@@ -25,8 +25,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.drop_constraint("ck_api_keys_kind", "api_keys", type_="check")
-    op.create_check_constraint("ck_api_keys_kind", "api_keys", "kind IN ('write', 'read', 'admin')")
+    op.drop_constraint(op.f("ck_api_keys_kind"), "api_keys", type_="check")
+    op.create_check_constraint(op.f("ck_api_keys_kind"), "api_keys", "kind IN ('write', 'read', 'admin')")
     op.add_column(
         "erasures",
         sa.Column("keyed", sa.Boolean(), nullable=False, server_default=sa.false()),
@@ -38,5 +38,5 @@ def downgrade() -> None:
     # no longer recognises them); admin keys cannot exist under the old constraint
     op.drop_column("erasures", "keyed")
     op.execute("DELETE FROM api_keys WHERE kind = 'admin'")
-    op.drop_constraint("ck_api_keys_kind", "api_keys", type_="check")
-    op.create_check_constraint("ck_api_keys_kind", "api_keys", "kind IN ('write', 'read')")
+    op.drop_constraint(op.f("ck_api_keys_kind"), "api_keys", type_="check")
+    op.create_check_constraint(op.f("ck_api_keys_kind"), "api_keys", "kind IN ('write', 'read')")

@@ -18,7 +18,8 @@ def test_a_sealed_secret_opens_and_is_not_in_clear() -> None:
     box = MultiFernet([Fernet(Fernet.generate_key())])
     secret = new_secret()
     stored = seal(box, secret)
-    assert secret not in stored and not is_clear(stored)
+    assert secret not in stored
+    assert not is_clear(stored)
     assert open_secret(box, stored) == secret
     assert open_secret(box, secret) == secret  # a row not sealed yet
     with pytest.raises(SecretUnreadable):
