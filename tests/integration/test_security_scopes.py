@@ -55,7 +55,7 @@ OTHER_READ_TOKEN = "it-other-read-token"
 OTHER_READ = {"Authorization": f"Bearer {OTHER_READ_TOKEN}"}
 PUBLIC_HOOK = "https://93.184.215.14/hook"  # an IP literal: resolves to itself, no DNS
 #: the webhook policy of a production engine (the tests' environment allows local receivers)
-STRICT = {"webhook_allow_insecure": False, "webhook_allowed_hosts": ""}
+STRICT: dict[str, Any] = {"webhook_allow_insecure": False, "webhook_allowed_hosts": ""}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clm_common.webhook_urls import (
+    Resolver,
     UrlPolicy,
     UrlRefused,
     check,
@@ -17,7 +18,7 @@ STRICT = UrlPolicy()
 PUBLIC = "93.184.215.14"
 
 
-def fixed(*addresses: str):  # type: ignore[no-untyped-def]
+def fixed(*addresses: str) -> Resolver:
     async def resolver(host: str, port: int) -> list[str]:
         return list(addresses)
 
