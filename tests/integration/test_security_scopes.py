@@ -258,8 +258,10 @@ async def test_the_metrics_api_is_limited_per_key(common: CommonSettings, db: As
             for _ in range(3)
         ]
         other = await client.get("/v1/kpis", params={"window": "7d"}, headers=OTHER_READ)
+        writer = await client.get("/v1/kpis", params={"window": "7d"}, headers=WRITE)
     assert answers == [200, 200, 429]
     assert other.status_code == 200
+    assert writer.status_code == 403  # a write key reads no KPIs either
 
 
 async def test_provider_webhooks_are_limited_per_address(common: CommonSettings) -> None:
