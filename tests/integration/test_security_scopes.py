@@ -4,6 +4,7 @@ LRU, secrets and tombstones at rest."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import uuid
@@ -12,14 +13,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.auth import KeyVerifier
+from clm_common.db import create_engine
 from clm_common.keys import store_key
 from clm_common.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms, legacy_hash
 from clm_common.rules import LifecycleRules
@@ -37,6 +41,7 @@ from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.webhooks import Dispatcher
+from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.conftest import (
     ADMIN_KEY,
@@ -381,3 +386,42 @@ async def test_old_tombstones_and_clear_secrets_are_upgraded_and_still_work(
     )
     async with db.begin() as conn:
         assert (await handler(conn, before)).applied == 0
+
+
+@pytest.fixture
+async def bare_database(infra: Infra) -> AsyncIterator[str]:
+    """An empty database (no migration run yet)."""
+    name = f"clm_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_plain(infra.admin_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _with_database(infra.admin_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def test_migration_0012_keeps_old_tombstones_unkeyed_and_allows_admin_keys(
+    bare_database: str,
+) -> None:
+    await asyncio.to_thread(alembic_upgrade, bare_database, "upgrade", "0010_lapsing_index")
+    db = create_engine(bare_database, pool_size=1)
+    try:
+        async with db.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO erasures (customer_hash) VALUES (:h)"), {"h": legacy_hash("c")}
+            )
+            with pytest.raises(IntegrityError):  # no admin kind before
+                async with conn.begin_nested():
+                    await store_key(conn, key="a-1", kind="admin", source="ops")
+        await asyncio.to_thread(alembic_upgrade, bare_database, "upgrade", "0012_key_scopes")
+        async with db.begin() as conn:
+            await store_key(conn, key="a-1", kind="admin", source="ops")
+            rows = (await conn.execute(select(erasures.c.customer_hash, erasures.c.keyed))).all()
+        assert rows == [(legacy_hash("c"), False)]  # for the engine to rehash at start
+        await asyncio.to_thread(alembic_upgrade, bare_database, "downgrade", "0010_lapsing_index")
+        async with db.connect() as conn:
+            kinds = (await conn.execute(text("SELECT kind FROM api_keys"))).scalars().all()
+        assert kinds == []
+    finally:
+        await db.dispose()
