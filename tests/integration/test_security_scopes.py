@@ -214,6 +214,8 @@ async def test_a_delivery_to_a_url_now_refused_is_not_attempted(
 
     def handler(request: httpx.Request) -> httpx.Response:
         requests.append(request)
+        if request.url.path == "/moved":  # a subscriber redirecting to the metadata service
+            return httpx.Response(302, headers={"Location": "http://169.254.169.254/"})
         return httpx.Response(204)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
@@ -222,7 +224,9 @@ async def test_a_delivery_to_a_url_now_refused_is_not_attempted(
         assert error.startswith("refused")
         assert requests == []
         assert await dispatcher._post(http, PUBLIC_HOOK, "whsec_s", b"{}") is None
-    assert [str(r.url) for r in requests] == [PUBLIC_HOOK]
+        moved = "https://93.184.215.14/moved"
+        assert await dispatcher._post(http, moved, "whsec_s", b"{}") == "HTTP 302"
+    assert [str(r.url) for r in requests] == [PUBLIC_HOOK, moved]  # the redirect not followed
 
 
 # ---------------------------------------------------------------------------- limits
