@@ -76,20 +76,20 @@ class CommonSettings(BaseSettings):
     # Request limits of every HTTP API (clm_common.request_limits): token buckets per key and
     # per client address, in this process (behind N replicas a client gets N times these)
     rate_limit_key_per_s: float = Field(
-        default=100.0,
+        default=1_000.0,
         ge=0,
         description="Requests a second one key may make on average (0: no per-key limit).",
     )
     rate_limit_key_burst: int = Field(
-        default=200, ge=1, description="Requests one key may make at once."
+        default=2_000, ge=1, description="Requests one key may make at once."
     )
     rate_limit_address_per_s: float = Field(
-        default=200.0,
+        default=2_000.0,
         ge=0,
         description="Requests a second one client address may make on average (0: no limit).",
     )
     rate_limit_address_burst: int = Field(
-        default=400, ge=1, description="Requests one client address may make at once."
+        default=4_000, ge=1, description="Requests one client address may make at once."
     )
     rate_limit_failed_auth_per_s: float = Field(
         default=1.0,

@@ -36,20 +36,12 @@ class IngestSettings(CommonSettings):
     ingest_rate_limit_burst: int = Field(
         default=40_000, ge=1, description="Events a write key may send at once (bucket size)."
     )
-    # the request limits of every service (clm_common.request_limits), the ingest's defaults:
-    # per key its events are counted (above), per address a busy server sends many requests
+    # the request limits of every service (clm_common.request_limits): per key, the ingest
+    # counts events (above) rather than requests
     rate_limit_key_per_s: float = Field(
         default=0.0,
         ge=0,
         description="Requests a second one key may make (0: none; the ingest counts events).",
-    )
-    rate_limit_address_per_s: float = Field(
-        default=2_000.0,
-        ge=0,
-        description="Requests a second one client address may make on average (0: no limit).",
-    )
-    rate_limit_address_burst: int = Field(
-        default=4_000, ge=1, description="Requests one client address may make at once."
     )
     ingest_rate_limit_hold_s: float = Field(
         default=0.5,
