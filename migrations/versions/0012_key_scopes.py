@@ -26,7 +26,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.drop_constraint(op.f("ck_api_keys_kind"), "api_keys", type_="check")
-    op.create_check_constraint(op.f("ck_api_keys_kind"), "api_keys", "kind IN ('write', 'read', 'admin')")
+    op.create_check_constraint(
+        op.f("ck_api_keys_kind"), "api_keys", "kind IN ('write', 'read', 'admin')"
+    )
     op.add_column(
         "erasures",
         sa.Column("keyed", sa.Boolean(), nullable=False, server_default=sa.false()),
