@@ -338,6 +338,8 @@ def serve(url: str, logs: Path) -> ServiceProcess:
         "CLM_METRICS_MINUTE_RETENTION_DAYS": "1000",  # nothing pruned while measured
         "CLM_METRICS_HOUR_RETENTION_DAYS": "1000",
         "CLM_LOG_LEVEL": "WARNING",
+        "CLM_RATE_LIMIT_KEY_PER_S": "0",  # one client at full speed: not the limits measured
+        "CLM_RATE_LIMIT_ADDRESS_PER_S": "0",
     }
     return start_service("metrics", env, logs, free_port())
 

@@ -26,6 +26,9 @@ async def stack_env(db_url: str, **overrides: str) -> dict[str, str]:
         "CLM_METRICS_GROUP": f"bench{tag}.metrics",
         "CLM_STAGE_ENGINE_SWEEP_SECONDS": "3600",
         "CLM_LOG_LEVEL": "WARNING",
+        # the bench is one client at full speed: the request limits would measure themselves
+        "CLM_RATE_LIMIT_KEY_PER_S": "0",
+        "CLM_RATE_LIMIT_ADDRESS_PER_S": "0",
         **overrides,
     }
     await ensure_topics(settings_of(env))

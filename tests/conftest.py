@@ -174,4 +174,7 @@ def clm_env_for(infra: Infra, database_url: str) -> dict[str, str]:
         "CLM_METRICS_BATCH_WAIT_MS": "50",
         "CLM_STAGE_ENGINE_OUTBOX_POLL_MS": "20",
         "CLM_LOG_LEVEL": "INFO",
+        # the tests' webhook receivers listen on this machine, over http
+        "CLM_WEBHOOK_ALLOW_INSECURE": "true",
+        "CLM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
     }

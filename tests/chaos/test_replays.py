@@ -27,7 +27,7 @@ from clm_common.db import create_engine
 from clm_common.schema import customers, stage_transitions
 from tests.chaos.harness import ChaosStack, Ledger, check, customer_of, journeys, send
 from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY
+from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN
 
 
 def clm_replay(env: Mapping[str, str]) -> None:
@@ -148,11 +148,11 @@ async def test_erased_customers_do_not_come_back_after_a_replay(
     await check(shared_env, ledger, metrics_url=None)
     people = sorted({c for d in ledger.sent.values() if (c := customer_of(d))})
     erased = frozenset(random.Random(10).sample(people, 4))
-    write = {"Authorization": f"Bearer {WRITE_KEY}"}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     read = {"Authorization": f"Bearer {READ_TOKEN}"}
     async with httpx.AsyncClient(base_url=stack.url("stage-engine"), timeout=30) as api:
         for cid in sorted(erased):
-            gone = await api.delete(f"/v1/customers/{cid}", headers=write)
+            gone = await api.delete(f"/v1/customers/{cid}", headers=admin)
             assert gone.status_code in (200, 202, 204), gone.text
         await asyncio.to_thread(clm_replay, shared_env)
         await check(shared_env, ledger, metrics_url=None, erased=erased)

@@ -20,6 +20,7 @@ from tests.conftest import REPO_ROOT
 
 WRITE_KEY = "e2e-write-key"
 READ_TOKEN = "e2e-read-token"
+ADMIN_KEY = "e2e-admin-key"
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +75,7 @@ async def prepare(env: dict[str, str]) -> None:
     async with engine.begin() as conn:
         await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
         await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
+        await store_key(conn, key=ADMIN_KEY, kind="admin", source="ops")
     await engine.dispose()
 
 

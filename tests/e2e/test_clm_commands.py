@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import text
 
 from clm_common.db import create_engine
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, Stack, free_port
+from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port
 from tests.integration.conftest import eventually, produce, read_topic
 
 
@@ -51,6 +51,7 @@ async def clm(stack: Stack, *args: str, **env: str) -> Run:
             "CLM_METRICS_URL": stack.metrics,
             "CLM_READ_TOKEN": READ_TOKEN,
             "CLM_WRITE_KEY": WRITE_KEY,
+            "CLM_ADMIN_KEY": ADMIN_KEY,
             **env,
         },
         stdout=asyncio.subprocess.PIPE,
@@ -193,15 +194,18 @@ async def bad_key_and_services_down(stack: Stack) -> None:
     assert "cannot reach Postgres" in no_db.err
 
 
-async def test_erase_needs_yes_and_a_write_key(stack: Stack) -> None:
+async def test_erase_needs_yes_and_an_admin_key(stack: Stack) -> None:
     await post(stack, event("signup", "gone", datetime.now(UTC), plan="free"))
     await eventually(lambda: stage_of(stack, "gone"), timeout=30, every=0.5)
 
     unsure = await clm(stack, "customer", "erase", "gone")
     assert unsure.status == 1
     assert "--yes" in unsure.err
-    read_only = await clm(stack, "customer", "erase", "gone", "--yes", CLM_WRITE_KEY=READ_TOKEN)
+    read_only = await clm(stack, "customer", "erase", "gone", "--yes", CLM_ADMIN_KEY=READ_TOKEN)
     assert read_only.status == 2
+    write_only = await clm(stack, "customer", "erase", "gone", "--yes", CLM_ADMIN_KEY=WRITE_KEY)
+    assert write_only.status == 2
+    assert "CLM_ADMIN_KEY" in write_only.err
     erased = await clm(stack, "customer", "erase", "gone", "--yes")
     assert erased.status == 0, erased.err
     assert (await clm(stack, "customer", "show", "gone")).status == 1

@@ -1,6 +1,7 @@
 """Security cases against the real ingest process on the real broker (and the stage engine
 and metrics behind it): forged, stale and replayed signatures, a key speaking for another
-source, oversized bodies and batches at the default limits.
+source, oversized bodies and batches at the default limits; a write key that can change or
+read nothing on the stage engine, SSRF-style webhook URLs, and a flood of unknown keys.
 
 What the in-process tests already show is not repeated here (Shopify's wrong secret and
 tampered body, a Stripe signature 10 minutes old, a foreign ``source`` on ``POST /v1/events``,
@@ -28,7 +29,7 @@ from clm_common.keys import store_key
 from clm_common.settings import CommonSettings
 from clm_devstack.services import start_service
 from clm_ingest.signatures import sign_timestamped_hex
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, Stack, free_port, settings_of
+from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port, settings_of
 from tests.factories import event_doc
 from tests.integration.conftest import eventually, read_topic
 from tests.webhook_payloads import (
@@ -330,3 +331,57 @@ async def test_oversized_bodies_and_batches_are_refused_at_the_default_limits(
         signed = shopify_headers(huge_order, SECRETS["shopify"])
         problem(await http.post("/v1/webhooks/shopify", content=huge_order, headers=signed), 413)
     await nothing_published(settings)
+
+
+async def test_a_write_key_changes_and_reads_nothing_and_urls_inside_are_refused(
+    secured: tuple[Stack, CommonSettings],
+) -> None:
+    """The attacker's session of issue 28, replayed against the running processes."""
+    stack, _ = secured
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        posted = await http.post(
+            f"{stack.ingest}/v1/events",
+            json=event_doc("signup", customer_id="target"),
+            headers=WRITE,
+        )
+        assert posted.status_code == 202, posted.text
+
+        async def known() -> bool:
+            url = f"{stack.stage_engine}/v1/customers/target"
+            return (await http.get(url, headers=READ)).status_code == 200
+
+        await eventually(known, timeout=30)
+        engine = stack.stage_engine
+        for response in (
+            await http.delete(f"{engine}/v1/customers/target", headers=WRITE),
+            await http.post(
+                f"{engine}/v1/customers/target/merge", json={"from": "x"}, headers=WRITE
+            ),
+            await http.post(
+                f"{engine}/v1/webhooks", json={"url": "https://93.184.215.14/"}, headers=WRITE
+            ),
+            await http.get(f"{engine}/v1/customers/target", headers=WRITE),
+            await http.get(f"{stack.metrics}/v1/kpis?window=7d", headers=WRITE),
+        ):
+            problem(response, 403)
+        for url in (
+            "http://169.254.169.254/latest/meta-data/",
+            "https://10.0.0.1/hook",
+            "https://[::ffff:169.254.169.254]/hook",
+        ):
+            refused = problem(
+                await http.post(f"{engine}/v1/webhooks", json={"url": url}, headers=admin), 422
+            )
+            assert refused["errors"][0]["field"] == "url", url
+        erased = await http.delete(f"{engine}/v1/customers/target", headers=admin)
+        assert erased.status_code == 200, erased.text
+
+        flood = [
+            await http.get(f"{engine}/v1/stages", headers={"Authorization": f"Bearer clmr_{n}"})
+            for n in range(40)
+        ]
+        statuses = [r.status_code for r in flood]
+        assert statuses[0] == 401
+        assert statuses[-1] == 429, statuses
+        assert int(flood[-1].headers["retry-after"]) >= 1

@@ -23,6 +23,13 @@ T = TypeVar("T")
 
 WRITE_KEY = "it-write-key"
 READ_TOKEN = "it-read-token"
+ADMIN_KEY = "it-admin-key"
+#: Settings that turn every request limit off (a test that is one client sending fast).
+NO_REQUEST_LIMITS: dict[str, Any] = {
+    "rate_limit_key_per_s": 0,
+    "rate_limit_address_per_s": 0,
+    "rate_limit_failed_auth_per_s": 0,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +45,13 @@ def settings_env(clm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
 
 
 async def seed(settings: CommonSettings) -> None:
-    """Create the topics ``settings`` name and store the test's write key and read token."""
+    """Create the topics ``settings`` name and store the test's write, read and admin keys."""
     await ensure_topics(settings)
     engine = create_engine(settings.database_url, pool_size=1)
     async with engine.begin() as conn:
         await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
         await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
+        await store_key(conn, key=ADMIN_KEY, kind="admin", source="ops")
     await engine.dispose()
 
 

@@ -18,7 +18,7 @@ from schemathesis.checks import positive_data_acceptance
 from clm_common.events import EventType
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
-from tests.integration.conftest import WRITE_KEY
+from tests.integration.conftest import NO_REQUEST_LIMITS, WRITE_KEY
 from tests.integration.ingest_server import serving
 from tests.integration.openapi_fuzz import bounded, load, with_credentials
 
@@ -38,7 +38,7 @@ def _json_as_text(ctx: schemathesis.SerializationContext, value: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def ingest_url(module_env: dict[str, str]) -> Iterator[str]:
-    with serving(create_app(IngestSettings(ingest_rate_limit_per_s=0))) as url:
+    with serving(create_app(IngestSettings(ingest_rate_limit_per_s=0, **NO_REQUEST_LIMITS))) as url:
         yield url
 
 

@@ -20,7 +20,7 @@ from clm_common.lifecycle import CustomerState, Stage, evolve
 from clm_common.rules import LifecycleRules
 from clm_common.schema import customer_events, customers, processed_events
 from clm_stage_engine import repository
-from clm_stage_engine.handler import EventsHandler, customer_hash
+from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.known import LOOKUPS, KnownStates
 from clm_stage_engine.repository import ClaimLost, StaleRows
 from tests.factories import event_doc
@@ -196,7 +196,7 @@ async def test_a_known_customer_erased_meanwhile_is_not_brought_back(db: AsyncEn
         ),
     )
     async with db.begin() as conn:
-        assert await repository.erase_customer(conn, "kn-2", customer_hash)
+        assert await repository.erase_customer(conn, "kn-2", handler.pseudonyms.tombstone)
     later = records(
         event_doc("site_visit", customer_id="kn-2", occurred_at=datetime.now(UTC).isoformat())
     )

@@ -35,6 +35,7 @@ from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
 from tests.integration.conftest import (
+    ADMIN_KEY,
     READ_TOKEN,
     WRITE_KEY,
     eventually,
@@ -46,6 +47,7 @@ from tests.integration.conftest import (
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
 DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
 
@@ -223,10 +225,11 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
     await until_events(client, "erase-me", 3)
     await until_events(client, "keep-me", 1)
     assert (await client.delete("/v1/customers/erase-me", headers=READ)).status_code == 403
-    erased = await client.delete("/v1/customers/erase-me", headers=WRITE)
+    assert (await client.delete("/v1/customers/erase-me", headers=WRITE)).status_code == 403
+    erased = await client.delete("/v1/customers/erase-me", headers=ADMIN)
     assert erased.status_code == 200, erased.text
     assert await get(client, "erase-me") is None
-    assert (await client.delete("/v1/customers/erase-me", headers=WRITE)).status_code == 404
+    assert (await client.delete("/v1/customers/erase-me", headers=ADMIN)).status_code == 404
 
     async def leftovers() -> list[str]:
         found = []
@@ -343,7 +346,7 @@ async def test_stage_changes_go_out_as_signed_webhooks(
     client: httpx.AsyncClient, common: CommonSettings, receiver: str, db: AsyncEngine
 ) -> None:
     created = await client.post(
-        "/v1/webhooks", json={"url": receiver, "stages": ["purchase"]}, headers=WRITE
+        "/v1/webhooks", json={"url": receiver, "stages": ["purchase"]}, headers=ADMIN
     )
     assert created.status_code == 201, created.text
     secret = created.json()["secret"]
@@ -366,7 +369,7 @@ async def test_stage_changes_go_out_as_signed_webhooks(
         "reach",
         "conversion",
     )
-    listed = (await client.get("/v1/webhooks", headers=WRITE)).json()["subscriptions"]
+    listed = (await client.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
     assert listed[0]["deliveries"] == {"delivered": 1}
     assert "secret" not in listed[0]
 
@@ -382,14 +385,14 @@ async def test_failing_webhooks_are_retried_then_parked(
         async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
-                await c.post("/v1/webhooks", json={"url": receiver}, headers=WRITE)
+                await c.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
                 await send_events(
                     common,
                     event_doc("purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)),
                 )
 
                 async def parked() -> dict[str, int] | None:
-                    subs = (await c.get("/v1/webhooks", headers=WRITE)).json()["subscriptions"]
+                    subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
                     return subs[0]["deliveries"] if subs[0]["deliveries"].get("parked") else None
 
                 assert await eventually(parked, timeout=30) == {"parked": 1}
@@ -444,7 +447,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
         async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
             # the hanging one subscribed first: its deliveries come first in id order
             for url in (hanging, receiver):
-                created = await c.post("/v1/webhooks", json={"url": url}, headers=WRITE)
+                created = await c.post("/v1/webhooks", json={"url": url}, headers=ADMIN)
                 assert created.status_code == 201, created.text
             await send_events(
                 common,
@@ -468,7 +471,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
             assert _Hanging.requests >= 1  # it was being tried meanwhile
 
             async def parked() -> dict[str, dict[str, int]] | None:
-                subs = (await c.get("/v1/webhooks", headers=WRITE)).json()["subscriptions"]
+                subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
                 by_url = {s["url"]: s["deliveries"] for s in subs}
                 return by_url if by_url[hanging] == {"parked": 3} else None
 
@@ -584,11 +587,11 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
     assert (
         await client.post("/v1/customers/dup-a/merge", json={"from": "dup-b"}, headers=READ)
     ).status_code == 403
-    same = await client.post("/v1/customers/dup-a/merge", json={"from": "dup-a"}, headers=WRITE)
+    same = await client.post("/v1/customers/dup-a/merge", json={"from": "dup-a"}, headers=ADMIN)
     assert same.status_code == 422
-    missing = await client.post("/v1/customers/dup-a/merge", json={"from": "nobody"}, headers=WRITE)
+    missing = await client.post("/v1/customers/dup-a/merge", json={"from": "nobody"}, headers=ADMIN)
     assert missing.status_code == 404
-    merged = await client.post("/v1/customers/dup-a/merge", json={"from": "dup-b"}, headers=WRITE)
+    merged = await client.post("/v1/customers/dup-a/merge", json={"from": "dup-b"}, headers=ADMIN)
     assert merged.status_code == 200, merged.text
     customer = merged.json()["customer"]
     assert (customer["stage"], customer["purchases"], customer["first_channel"]) == (
@@ -625,7 +628,7 @@ async def test_merging_two_buyers_corrects_the_later_first_purchase(
     await until_events(client, "buyer-a", 1)
     await until_events(client, "buyer-b", 1)
     merged = await client.post(
-        "/v1/customers/buyer-a/merge", json={"from": "buyer-b"}, headers=WRITE
+        "/v1/customers/buyer-a/merge", json={"from": "buyer-b"}, headers=ADMIN
     )
     assert merged.status_code == 200, merged.text
     assert merged.json()["customer"]["purchases"] == 2
@@ -665,7 +668,7 @@ async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_e
         e = httpx.AsyncClient(transport=httpx.ASGITransport(app=em.app), base_url="http://e")
         m = httpx.AsyncClient(transport=httpx.ASGITransport(app=mm.app), base_url="http://m")
         async with e, m:
-            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=WRITE)
+            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
             assert created.status_code == 201, created.text
             await send_events(
                 common,
@@ -684,7 +687,7 @@ async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_e
 
             assert (await eventually(equal_counts, timeout=60))["reach"] == 1
 
-            merged = await e.post("/v1/customers/mg-a/merge", json={"from": "mg-b"}, headers=WRITE)
+            merged = await e.post("/v1/customers/mg-a/merge", json={"from": "mg-b"}, headers=ADMIN)
             assert merged.status_code == 200, merged.text
             assert merged.json()["customer"]["stage"] == "conversion"
 
@@ -757,7 +760,7 @@ async def test_an_identity_merge_moves_the_survivor_on_its_event_record(
         e = httpx.AsyncClient(transport=httpx.ASGITransport(app=em.app), base_url="http://e")
         m = httpx.AsyncClient(transport=httpx.ASGITransport(app=mm.app), base_url="http://m")
         async with e, m:
-            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=WRITE)
+            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
             assert created.status_code == 201, created.text
             anonymous = event_doc("purchase", customer_id=None, event_id="ip", occurred_at=when)
             anonymous["anonymous_id"] = "im-anon"

@@ -33,7 +33,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 BUILT_COMPOSE = ROOT / ".tools" / "bin" / "docker-compose"
 # left empty in .env.example; `${NAME:?…}` in docker-compose.yml refuses them unset
-SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECRETS_KEY")
+SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECRETS_KEY", "PSEUDONYM_KEY")
 
 
 def compose_command() -> list[str]:

@@ -108,7 +108,7 @@ def test_test_stacks_on_other_ports_keep_their_own_state(monkeypatch: pytest.Mon
 
 
 def test_child_env_for_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CLM_DEV_WRITE_KEY", "CLM_DEV_READ_TOKEN", "CLM_INGEST_PORT"):
+    for name in ("CLM_DEV_WRITE_KEY", "CLM_DEV_READ_TOKEN", "CLM_DEV_ADMIN_KEY", "CLM_INGEST_PORT"):
         monkeypatch.delenv(name, raising=False)
     env = cli.child_env(cli.dev_stack(REPO_ROOT), cli.service_addresses())
     assert env["CLM_ENV"] == "dev"
@@ -116,6 +116,8 @@ def test_child_env_for_up(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["CLM_DATABASE_URL"] == "postgresql+asyncpg://clm:clm@127.0.0.1:55432/clm"
     assert env["CLM_DEV_WRITE_KEY"] == "dev-write-key"
     assert env["CLM_DEV_READ_TOKEN"] == "dev-read-token"
+    assert env["CLM_DEV_ADMIN_KEY"] == "dev-admin-key"
+    assert env["CLM_WEBHOOK_ALLOW_INSECURE"] == "true"
     assert env["CLM_INGEST_PORT"] == "8001"
     assert env["CLM_STAGE_ENGINE_PORT"] == "8002"
     assert env["CLM_METRICS_PORT"] == "8003"

@@ -42,3 +42,25 @@ def test_refusals_do_not_spend_tokens() -> None:
     assert buckets.take("k", 1) == 1.0
     clock.now += 1
     assert buckets.take("k", 1) == 0
+
+
+def test_a_full_table_forgets_the_least_recently_used_bucket_only() -> None:
+    clock = Clock()
+    buckets = TokenBuckets(rate=1, burst=2, clock=clock, max_keys=3)
+    assert buckets.take("flooder", 2) == 0  # empty now
+    assert buckets.take("a") == 0
+    assert buckets.take("b") == 0
+    assert buckets.take("flooder") > 0  # used last: kept
+    assert buckets.take("c") == 0  # makes room by forgetting "a", not everything
+    assert len(buckets) == 3
+    assert buckets.take("flooder") > 0  # still empty: the table was not flushed
+    assert buckets.wait("flooder") > 0
+
+
+def test_wait_takes_nothing() -> None:
+    clock = Clock()
+    buckets = TokenBuckets(rate=1, burst=1, clock=clock)
+    assert buckets.wait("k") == 0
+    assert buckets.wait("k") == 0
+    assert buckets.take("k") == 0
+    assert buckets.wait("k") == 1.0

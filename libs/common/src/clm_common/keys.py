@@ -1,4 +1,8 @@
-"""API keys: write keys (ingest) and read tokens (read APIs), stored as SHA-256 hashes.
+"""API keys, stored as SHA-256 hashes, of three kinds (``docs/security.md``):
+
+- ``write`` (``clmw_``): posts events for one source, nothing else; safe in a browser;
+- ``read`` (``clmr_``): the read APIs (customers, stages, KPIs);
+- ``admin`` (``clma_``): erasure, merges, webhook subscriptions (and what the read token can't).
 
 Keys are 256-bit random strings, so a plain SHA-256 is enough to store them safely (no
 password-style stretching needed). ``clm keys`` (or ``python -m clm_common.keys``) creates,
@@ -19,8 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.schema import api_keys
 
-KeyKind = Literal["write", "read"]
-_PREFIX: dict[str, str] = {"write": "clmw_", "read": "clmr_"}
+KeyKind = Literal["write", "read", "admin"]
+KINDS: tuple[KeyKind, ...] = ("write", "read", "admin")
+_PREFIX: dict[str, str] = {"write": "clmw_", "read": "clmr_", "admin": "clma_"}
 
 
 def hash_key(key: str) -> str:

@@ -190,13 +190,20 @@ _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Prob
 _FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 
+_RATE_LIMITED: dict[str, Any] = {
+    "description": "a request limit (per key or per address); retry after Retry-After seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+}
+
+
 def document_problems(doc: dict[str, Any], *, bearer: str | None = None) -> dict[str, Any]:
     """Make an OpenAPI document say what the app answers on errors: every 4xx/5xx response
     without a body schema of its own is ``application/problem+json`` (FastAPI documents its
     422 as ``application/json`` ``HTTPValidationError``, which we never send).
 
     ``bearer`` names the HTTP bearer scheme every ``/v1/`` operation that states no security
-    of its own requires (our keys and tokens: ``Authorization: Bearer …``).
+    of its own requires (our keys and tokens: ``Authorization: Bearer …``). Every ``/v1/``
+    operation may answer 429 (the request limits, :mod:`clm_common.request_limits`).
     """
     schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
     if bearer is not None:
@@ -205,6 +212,8 @@ def document_problems(doc: dict[str, Any], *, bearer: str | None = None) -> dict
         for operation in item.values():
             if bearer is not None and path.startswith("/v1/"):
                 operation.setdefault("security", [{bearer: []}])
+            if path.startswith("/v1/"):
+                operation["responses"].setdefault("429", dict(_RATE_LIMITED))
             if "requestBody" in operation:  # FastAPI answers 400 to a body it cannot parse
                 operation["responses"].setdefault("400", {"description": "body is not JSON"})
             for status, response in operation.get("responses", {}).items():

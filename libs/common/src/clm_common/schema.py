@@ -49,7 +49,7 @@ api_keys = Table(
     Column("label", Text, nullable=False, server_default=""),
     Column("created_at", TS, nullable=False, server_default=func.now()),
     Column("revoked_at", TS),
-    CheckConstraint("kind IN ('write', 'read')", name="kind"),
+    CheckConstraint("kind IN ('write', 'read', 'admin')", name="kind"),
 )
 
 customers = Table(
@@ -222,8 +222,11 @@ Index("ix_identity_links_customer", identity_links.c.customer_id)
 erasures = Table(
     "erasures",
     metadata,
+    # HMAC-SHA256 under CLM_PSEUDONYM_KEY of the id's SHA-256 (clm_common.pseudonyms); rows
+    # of older versions hold the bare SHA-256 (keyed false) until the engine rehashes them
     Column("customer_hash", Text, primary_key=True),
     Column("erased_at", TS, nullable=False, server_default=func.now()),
+    Column("keyed", Boolean, nullable=False, server_default=text("false")),
 )
 
 webhook_subscriptions = Table(
@@ -231,6 +234,8 @@ webhook_subscriptions = Table(
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("url", Text, nullable=False),
+    # Fernet token of the signing secret (CLM_SECRETS_KEY, clm_common.subscription_secrets);
+    # rows of older versions hold it in clear ("whsec_…") until the engine seals them
     Column("secret", Text, nullable=False),
     Column("stages", ARRAY(Text)),
     Column("active", Boolean, nullable=False, server_default="true"),

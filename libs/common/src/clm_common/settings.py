@@ -72,6 +72,34 @@ class CommonSettings(BaseSettings):
         ),
     )
     dev_read_token: str = Field(default="dev-read-token", description="Read token seeded in dev.")
+    dev_admin_key: str = Field(default="dev-admin-key", description="Admin key seeded in dev.")
+    # Request limits of every HTTP API (clm_common.request_limits): token buckets per key and
+    # per client address, in this process (behind N replicas a client gets N times these)
+    rate_limit_key_per_s: float = Field(
+        default=1_000.0,
+        ge=0,
+        description="Requests a second one key may make on average (0: no per-key limit).",
+    )
+    rate_limit_key_burst: int = Field(
+        default=2_000, ge=1, description="Requests one key may make at once."
+    )
+    rate_limit_address_per_s: float = Field(
+        default=2_000.0,
+        ge=0,
+        description="Requests a second one client address may make on average (0: no limit).",
+    )
+    rate_limit_address_burst: int = Field(
+        default=4_000, ge=1, description="Requests one client address may make at once."
+    )
+    rate_limit_failed_auth_per_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Refused keys (401) a second one client address may present on average; "
+        "past it the address gets 429 before any key lookup (0: no limit).",
+    )
+    rate_limit_failed_auth_burst: int = Field(
+        default=20, ge=1, description="Refused keys one client address may present at once."
+    )
     reporting_currency: str = Field(
         default="USD", pattern=r"^[A-Z]{3}$", description="Currency of the revenue KPIs."
     )

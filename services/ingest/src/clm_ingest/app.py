@@ -19,6 +19,7 @@ from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import document_problems, install_problem_handlers
 from clm_common.prom import instrument, metrics_router
+from clm_common.request_limits import install_request_limits
 from clm_common.serve import telemetry
 from clm_common.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
 from clm_ingest.api import events, segment, webhooks
@@ -28,7 +29,7 @@ from clm_ingest.limits import BodyLimitMiddleware, GzipRequestMiddleware
 from clm_ingest.observability import ObservabilityMiddleware, install_request_id_logging
 from clm_ingest.publisher import Publisher
 from clm_ingest.ratelimit import TokenBuckets
-from clm_ingest.refusals import SegmentError, segment_response
+from clm_ingest.refusals import SegmentError, refusal, segment_response
 from clm_ingest.segment import DEFAULT_TRACK_EVENTS
 from clm_ingest.settings import IngestSettings
 
@@ -108,6 +109,9 @@ def create_app(settings: IngestSettings | None = None, *, hot_routes: bool = Tru
         app.add_middleware(HotRoutesMiddleware, routes=hot)
     app.add_middleware(GzipRequestMiddleware, max_bytes=settings.ingest_max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingest_max_body_bytes)
+    # per address and on refused keys (per key: the events limit of its routes), before any
+    # body is read
+    install_request_limits(app, settings, refusal)
     app.add_middleware(ObservabilityMiddleware)
 
     def checks() -> Mapping[str, Check]:

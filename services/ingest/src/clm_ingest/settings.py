@@ -36,6 +36,13 @@ class IngestSettings(CommonSettings):
     ingest_rate_limit_burst: int = Field(
         default=40_000, ge=1, description="Events a write key may send at once (bucket size)."
     )
+    # the request limits of every service (clm_common.request_limits): per key, the ingest
+    # counts events (above) rather than requests
+    rate_limit_key_per_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Requests a second one key may make (0: none; the ingest counts events).",
+    )
     ingest_rate_limit_hold_s: float = Field(
         default=0.5,
         ge=0,

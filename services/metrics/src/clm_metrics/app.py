@@ -20,6 +20,7 @@ from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable
 from clm_common.problem import install_problem_handlers, install_problem_openapi
 from clm_common.prom import instrument, metrics_router
+from clm_common.request_limits import install_request_limits
 from clm_common.serve import telemetry
 from clm_common.worker import Supervisor
 from clm_metrics.api import kpis
@@ -108,7 +109,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
         telemetry=telemetry(settings),
     )
     install_problem_handlers(app)
-    install_problem_openapi(app, bearer="key")  # read token or write key, by route
+    install_problem_openapi(app, bearer="key")  # a read token
 
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm
@@ -124,6 +125,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    install_request_limits(app, settings)  # inside the request metrics: they count 429s
     instrument(app)
     app.include_router(kpis.router)
     return app

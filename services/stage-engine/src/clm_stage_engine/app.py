@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from clm_common import webhook_secrets
 from clm_common.auth import KeyVerifier
 from clm_common.consumer import (
     BatchConsumer,
@@ -24,9 +26,13 @@ from clm_common.health import Check, health_router
 from clm_common.kafka import kafka_reachable, make_producer
 from clm_common.problem import install_problem_handlers, install_problem_openapi
 from clm_common.prom import instrument, metrics_router
+from clm_common.pseudonyms import pseudonyms_from
+from clm_common.request_limits import install_request_limits
 from clm_common.rules import LifecycleRules, load_rules
 from clm_common.serve import telemetry
+from clm_common.webhook_urls import UrlPolicy
 from clm_common.worker import Supervisor
+from clm_stage_engine import at_rest
 from clm_stage_engine.api import customers, merge, webhooks
 from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
@@ -36,6 +42,8 @@ from clm_stage_engine.relay import OutboxGate, OutboxRelay, PayloadCache
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_forever
 from clm_stage_engine.webhooks import Dispatcher
+
+log = logging.getLogger(__name__)
 
 #: Postgres caches a prepared statement's generic plan after a few runs, made from the
 #: tables' statistics of that moment. One made while the event log was small (a fresh
@@ -56,9 +64,16 @@ def create_app(
     (:mod:`clm_stage_engine.hot_read`)."""
     settings = settings or StageEngineSettings()
     rules = rules or load_rules(settings.stage_engine_rules_path)
+    url_policy = UrlPolicy.of(settings.webhook_allow_insecure, settings.webhook_allowed_hosts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the keys of what is kept at rest: a process without them (prod) does not start
+        pseudonyms = pseudonyms_from(
+            settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else None,
+            settings.env,
+        )
+        secrets_box = webhook_secrets.cipher(settings)
         engine = create_engine(
             settings.database_url, pool_size=settings.db_pool_size, app_name="clm-stage-engine"
         )
@@ -67,8 +82,13 @@ def create_app(
             engine=engine,
             verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
             rules=rules,
+            pseudonyms=pseudonyms,
+            secrets_box=secrets_box,
+            url_policy=url_policy,
         )
         app.state.clm = state
+        if settings.stage_engine_role == "all":
+            await _upgrade_at_rest(state)
         stopping = asyncio.Event()
         current: dict[str, BatchConsumer | OutboxRelay | Dispatcher] = {}
 
@@ -81,6 +101,7 @@ def create_app(
             rules,
             KnownStates(settings.stage_engine_known_states),
             written,
+            pseudonyms,
         )
         policy = BatchPolicy(
             max_records=settings.stage_engine_batch_records,
@@ -159,6 +180,8 @@ def create_app(
                 max_attempts=settings.webhook_max_attempts,
                 poll_s=settings.webhook_poll_ms / 1000,
                 concurrency=settings.webhook_concurrency,
+                url_policy=url_policy,
+                secrets_box=secrets_box,
             )
             current["dispatcher"] = dispatcher
             try:
@@ -208,7 +231,7 @@ def create_app(
         telemetry=telemetry(settings),
     )
     install_problem_handlers(app)
-    install_problem_openapi(app, bearer="key")  # read token or write key, by route
+    install_problem_openapi(app, bearer="key")  # read token or admin key, by route
     read_route: list[Any] = []  # the FastAPI route the hot read stands in for, once it exists
     if hot_read:  # innermost: the request metrics count it
         app.add_middleware(HotReadMiddleware, route=read_route)
@@ -229,6 +252,7 @@ def create_app(
 
     app.include_router(health_router(checks))
     app.include_router(metrics_router())
+    install_request_limits(app, settings)  # inside the request metrics: they count 429s
     instrument(app)
     app.include_router(customers.router)
     read_route.extend(
@@ -243,3 +267,12 @@ def create_app(
     app.include_router(merge.router)
     app.include_router(webhooks.router)
     return app
+
+
+async def _upgrade_at_rest(state: State) -> None:
+    """Tombstones and secrets of older versions upgraded before the lanes start (so no batch
+    misses a tombstone); a database without the schema yet is left for the next start."""
+    try:
+        await at_rest.upgrade(state.engine, state.pseudonyms, state.secrets_box)
+    except Exception:
+        log.warning("tombstones and secrets not upgraded at start", exc_info=True)

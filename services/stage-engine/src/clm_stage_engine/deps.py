@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.fernet import MultiFernet
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.auth import KeyVerifier
+from clm_common.pseudonyms import Pseudonyms
 from clm_common.rules import LifecycleRules
+from clm_common.webhook_urls import UrlPolicy
 from clm_stage_engine.settings import StageEngineSettings
 
 
@@ -18,6 +21,9 @@ class State:
     engine: AsyncEngine
     verifier: KeyVerifier
     rules: LifecycleRules
+    pseudonyms: Pseudonyms  # keyed hashes of erased and anonymised customers
+    secrets_box: MultiFernet  # seals webhook subscription secrets
+    url_policy: UrlPolicy  # where webhooks may go
 
 
 async def app_state(request: Request) -> State:

@@ -19,8 +19,6 @@
 from __future__ import annotations
 
 import collections
-import functools
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -34,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from clm_common.consumer import BatchResult, Poison
 from clm_common.events import Event, parse_event_json
 from clm_common.lifecycle import customer_key, event_order
+from clm_common.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms
 from clm_common.rules import LifecycleRules
 from clm_stage_engine import repository
 from clm_stage_engine.known import KnownStates
@@ -72,13 +71,6 @@ class _Phases:
         self._last = now
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def customer_hash(customer_id: str) -> str:
-    """How an erased customer is remembered: never its id, only this hash (cached: every
-    batch looks up the hashes of all its ids, and customers recur)."""
-    return hashlib.sha256(customer_id.encode()).hexdigest()
-
-
 def decode(record: Any) -> Event:
     if record.value is None:
         raise ValueError("empty record value")
@@ -94,8 +86,12 @@ class EventsHandler:
         rules: LifecycleRules,
         known: KnownStates | None = None,
         outbox: PayloadCache | None = None,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
         self.lifecycle_topic = lifecycle_topic
+        # how an erased customer is remembered: never its id, only its keyed hash (the app
+        # passes CLM_PSEUDONYM_KEY's; tests that drive the handler directly get the dev key)
+        self.pseudonyms = pseudonyms if pseudonyms is not None else Pseudonyms(DEV_PSEUDONYM_KEY)
         self.rules = rules
         # rows this process wrote, filled only through BatchResult.committed (a caller that
         # does not call it, as the tests that drive the handler directly, reads every row)
@@ -131,7 +127,7 @@ class EventsHandler:
         found = await repository.lookup_batch(
             conn,
             [(e.source, e.event_id) for _, e in decoded],
-            [customer_hash(i) for i in ids],
+            [self.pseudonyms.tombstone(i) for i in ids],
             list(ids),
         )
         decoded = self._drop_erased(found.erased, decoded)
@@ -203,9 +199,8 @@ class EventsHandler:
 
         return BatchResult(poison=poison, applied=len(result.applied), committed=committed)
 
-    @staticmethod
     def _drop_erased(
-        erased: dict[str, datetime], pairs: list[tuple[Any, Event]]
+        self, erased: dict[str, datetime], pairs: list[tuple[Any, Event]]
     ) -> list[tuple[Any, Event]]:
         """Events of an erased customer (either id) from before the erasure are dropped."""
         if not erased:
@@ -213,7 +208,7 @@ class EventsHandler:
         kept = []
         for record, event in pairs:
             times = [
-                erased.get(customer_hash(i))
+                erased.get(self.pseudonyms.tombstone(i))
                 for i in (event.customer_id, event.anonymous_id)
                 if i is not None
             ]

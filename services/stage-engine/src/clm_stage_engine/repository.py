@@ -493,7 +493,7 @@ async def erase_customer(
     await conn.execute(delete(stage_transitions).where(stage_transitions.c.customer_id.in_(ids)))
     await conn.execute(delete(customer_events).where(customer_events.c.customer_id.in_(ids)))
     await conn.execute(delete(processed_events).where(processed_events.c.customer_id.in_(ids)))
-    stmt = insert(erasures).values([{"customer_hash": hasher(i)} for i in ids])
+    stmt = insert(erasures).values([{"customer_hash": hasher(i), "keyed": True} for i in ids])
     await conn.execute(
         stmt.on_conflict_do_update(index_elements=["customer_hash"], set_={"erased_at": func.now()})
     )

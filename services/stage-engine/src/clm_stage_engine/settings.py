@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from clm_common.settings import CommonSettings
 
@@ -70,6 +70,22 @@ class StageEngineSettings(CommonSettings):
         default=8, ge=1, description="Deliveries failing this often are parked."
     )
     webhook_poll_ms: int = Field(default=500, ge=10, description="Webhook dispatcher poll.")
+    webhook_allow_insecure: bool = Field(
+        default=False,
+        description="Accept http:// subscription URLs (dev and tests only; https otherwise).",
+    )
+    webhook_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names or IP addresses a subscription may name even "
+        "though they are (or resolve to) private, loopback or link-local addresses.",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="Server secret (at least 32 characters) of the keyed hashes (HMAC-SHA256) "
+        "that remember erased customers and name anonymised ones. Needed in prod; dev and "
+        "test fall back to a well-known key. Never change it: tombstones made under another "
+        "key are not recognised.",
+    )
     stage_engine_role: Literal["all", "api"] = Field(
         default="all",
         description=(

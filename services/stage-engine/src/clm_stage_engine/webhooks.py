@@ -29,12 +29,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
+from cryptography.fernet import MultiFernet
 from prometheus_client import Counter
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.lifecycle import Transition
 from clm_common.schema import webhook_deliveries, webhook_subscriptions
+from clm_common.subscription_secrets import SecretUnreadable, open_secret
+from clm_common.webhook_urls import UrlPolicy, UrlRefused, delivery_target
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +102,14 @@ class Dispatcher:
         timeout_s: float,
         max_attempts: int,
         poll_s: float,
+        url_policy: UrlPolicy,
+        secrets_box: MultiFernet,
         concurrency: int = 16,
         batch: int = 20,
     ) -> None:
         self.engine = engine
+        self.url_policy = url_policy  # checked again before each POST (DNS may have changed)
+        self.secrets_box = secrets_box  # opens the stored (encrypted) secrets
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.poll_s = poll_s
@@ -237,15 +244,25 @@ class Dispatcher:
     async def _post(
         self, http: httpx.AsyncClient, url: str, secret: str, body: bytes
     ) -> str | None:
-        headers = {
-            "Content-Type": "application/json",
-            "X-CLM-Signature": signature(secret, int(time.time()), body),
-        }
         try:
-            # the deadline covers the whole exchange (httpx's timeout is per read/write: a
-            # subscriber trickling bytes would stay under it for ever)
+            # the deadline covers the whole exchange, the host's resolution included (httpx's
+            # timeout is per read/write: a subscriber trickling bytes would stay under it)
             async with asyncio.timeout(self.timeout_s):
-                response = await http.post(url, content=body, headers=headers)
+                # the URL's host resolved and checked now, the POST pinned to what was checked
+                target = await delivery_target(url, self.url_policy)
+                headers = {
+                    **target.headers,
+                    "Content-Type": "application/json",
+                    "X-CLM-Signature": signature(
+                        open_secret(self.secrets_box, secret), int(time.time()), body
+                    ),
+                }
+                # never follows a redirect (httpx's default)
+                response = await http.post(
+                    target.url, content=body, headers=headers, extensions=target.extensions
+                )
+        except (UrlRefused, SecretUnreadable) as exc:
+            return f"refused: {exc}"[:500]
         except TimeoutError:
             return f"timed out after {self.timeout_s:g}s"
         except httpx.HTTPError as exc:

@@ -45,7 +45,9 @@ def raise_for(service: Service, response: httpx.Response, *, key_kind: str) -> N
     if status == 404:
         raise NotFound(detail)
     if status in (401, 403):
-        variable = "CLM_READ_TOKEN" if key_kind == "read" else "CLM_WRITE_KEY"
+        variable = {"read": "CLM_READ_TOKEN", "admin": "CLM_ADMIN_KEY"}.get(
+            key_kind, "CLM_WRITE_KEY"
+        )
         raise CliError(
             f"the {service.name} refused the {key_kind} key ({status}: {detail}) — set "
             f"{variable} or pass --token (new one: clm keys create --kind {key_kind} "

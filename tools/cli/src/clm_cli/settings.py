@@ -36,8 +36,10 @@ class CliSettings(CommonSettings):
         description="Read token for `clm customer|stages|kpis` (dev: the seeded dev token).",
     )
     write_key: str | None = Field(
-        default=None,
-        description="Write key for `clm simulate` and `clm customer erase` (dev: the dev key).",
+        default=None, description="Write key for `clm simulate` (dev: the dev write key)."
+    )
+    admin_key: str | None = Field(
+        default=None, description="Admin key for `clm customer erase` (dev: the dev admin key)."
     )
     stage_engine_group: str = Field(
         default="clm-stage-engine", description="The stage engine's consumer group."
@@ -47,12 +49,14 @@ class CliSettings(CommonSettings):
         """The key to present: ``--token``, else the setting, else the dev key in dev."""
         if override:
             return override
-        configured = self.read_token if kind == "read" else self.write_key
+        configured = {"read": self.read_token, "admin": self.admin_key}.get(kind, self.write_key)
         if configured:
             return configured
         if self.env == "dev":
-            return self.dev_read_token if kind == "read" else self.dev_write_key
-        variable = "CLM_READ_TOKEN" if kind == "read" else "CLM_WRITE_KEY"
+            return {"read": self.dev_read_token, "admin": self.dev_admin_key}.get(
+                kind, self.dev_write_key
+            )
+        variable = {"read": "CLM_READ_TOKEN", "admin": "CLM_ADMIN_KEY"}.get(kind, "CLM_WRITE_KEY")
         raise CliError(
             f"no {kind} key: set {variable} or pass --token "
             f"(create one with: clm keys create --kind {kind} --source NAME)",

@@ -26,6 +26,7 @@ from clm_devstack.postgres import PostgresConfig
 
 DEFAULT_WRITE_KEY = "dev-write-key"
 DEFAULT_READ_TOKEN = "dev-read-token"  # noqa: S105 - well-known local development token
+DEFAULT_ADMIN_KEY = "dev-admin-key"
 
 
 # --------------------------------------------------------------------------- settings
@@ -157,6 +158,10 @@ def child_env(stack: Stack, addresses: Sequence[ServiceAddress]) -> dict[str, st
         "CLM_DATABASE_URL": postgres.database_url(stack.postgres),
         "CLM_DEV_WRITE_KEY": os.environ.get("CLM_DEV_WRITE_KEY", DEFAULT_WRITE_KEY),
         "CLM_DEV_READ_TOKEN": os.environ.get("CLM_DEV_READ_TOKEN", DEFAULT_READ_TOKEN),
+        "CLM_DEV_ADMIN_KEY": os.environ.get("CLM_DEV_ADMIN_KEY", DEFAULT_ADMIN_KEY),
+        # dev only: webhooks to a receiver on this machine, over plain http
+        "CLM_WEBHOOK_ALLOW_INSECURE": "true",
+        "CLM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost,::1",
     }
     for address in addresses:
         spec = services.spec_for(address.name)
@@ -223,6 +228,7 @@ def _summary(
         lines += [
             f"  {'write key':<14}{env['CLM_DEV_WRITE_KEY']}   (Authorization: Bearer <key>)",
             f"  {'read token':<14}{env['CLM_DEV_READ_TOKEN']}",
+            f"  {'admin key':<14}{env['CLM_DEV_ADMIN_KEY']}   (erase, merge, webhooks)",
         ]
     lines += [
         f"  {'logs':<14}{rel}/logs/ (services, setup), {rel}/kafka/logs/server.log, "

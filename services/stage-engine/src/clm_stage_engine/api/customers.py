@@ -1,4 +1,4 @@
-"""Read API: customers' stages, facts and history (read token); erasure (write key)."""
+"""Read API: customers' stages, facts and history (read token); erasure (admin key)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from clm_common.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
 from clm_stage_engine.deps import State, app_state
-from clm_stage_engine.handler import customer_hash
 from clm_stage_engine.records import removal_record
 
 router = APIRouter(prefix="/v1", tags=["customers"])
@@ -27,8 +26,9 @@ async def reader(request: Request, state: Annotated[State, Depends(app_state)]) 
     return await authenticate(request, state.verifier, "read")
 
 
-async def writer(request: Request, state: Annotated[State, Depends(app_state)]) -> Principal:
-    return await authenticate(request, state.verifier, "write")
+async def admin(request: Request, state: Annotated[State, Depends(app_state)]) -> Principal:
+    """Erasure, merges and webhook subscriptions: never a (public) write key."""
+    return await authenticate(request, state.verifier, "admin")
 
 
 def display(state: State, stage: Stage | str | None) -> str | None:
@@ -171,28 +171,32 @@ async def get_history(
     summary="Erase a customer (GDPR): state, history, event log, links, dedupe rows",
     description=(
         "`mode=erase` deletes every row about the customer and its linked anonymous ids, and "
-        "remembers only a hash so a replay of the log does not bring it back; "
+        "remembers only a keyed hash (HMAC) so a replay of the log does not bring it back; "
         "`mode=anonymise` keeps facts and history under a pseudonym and drops the raw events. "
         "An erasure record goes out on the lifecycle stream either way."
     ),
-    responses={401: {}, 403: {}, 404: {"description": "unknown customer"}},
+    responses={
+        401: {},
+        403: {"description": "not an admin key"},
+        404: {"description": "unknown customer"},
+    },
 )
 async def erase(
     customer_id: CustomerId,
     state: Annotated[State, Depends(app_state)],
-    _: Annotated[Principal, Depends(writer)],
+    _: Annotated[Principal, Depends(admin)],
     mode: Literal["erase", "anonymise"] = "erase",
 ) -> dict[str, Any]:
-    digest = customer_hash(customer_id)
+    digest = state.pseudonyms.tombstone(customer_id)
     async with state.engine.begin() as conn:
         current = await repository.get_customer(conn, customer_id)
         if current is None:
             raise not_found(customer_id)
         if mode == "erase":
-            await repository.erase_customer(conn, customer_id, customer_hash)
+            await repository.erase_customer(conn, customer_id, state.pseudonyms.tombstone)
             pseudonym = None
         else:
-            pseudonym = f"anon-{digest[:24]}"
+            pseudonym = state.pseudonyms.pseudonym(customer_id)
             await repository.anonymise_customer(conn, customer_id, pseudonym)
         await repository.insert_outbox(
             conn,

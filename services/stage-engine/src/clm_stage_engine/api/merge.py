@@ -14,7 +14,7 @@ from clm_common.events import TEXT_PATTERN
 from clm_common.lifecycle import Transition, rebuild
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
-from clm_stage_engine.api.customers import CustomerId, customer_doc, not_found, writer
+from clm_stage_engine.api.customers import CustomerId, admin, customer_doc, not_found
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.processor import correction_records, refold
 from clm_stage_engine.records import merge_record, removal_record
@@ -51,7 +51,7 @@ async def merge(
     customer_id: CustomerId,
     body: MergeIn,
     state: Annotated[State, Depends(app_state)],
-    principal: Annotated[Principal, Depends(writer)],
+    principal: Annotated[Principal, Depends(admin)],
 ) -> dict[str, Any]:
     other = body.source
     if other == customer_id:

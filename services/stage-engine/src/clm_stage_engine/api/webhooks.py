@@ -1,26 +1,33 @@
-"""Webhook subscriptions: stage changes POSTed, signed, to a subscriber's URL (write key)."""
+"""Webhook subscriptions: stage changes POSTed, signed, to a subscriber's URL (admin key).
+
+The URL must pass the server-side request forgery policy (:mod:`clm_common.webhook_urls`);
+the signing secret is shown once and stored encrypted (:mod:`clm_common.subscription_secrets`).
+"""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import AnyHttpUrl, BaseModel, Field
 from sqlalchemy import func, insert, select, update
 
+from clm_common import subscription_secrets, webhook_urls
 from clm_common.auth import Principal
 from clm_common.lifecycle import STAGE_NAMES, Stage, parse_stage
 from clm_common.problem import ProblemError
 from clm_common.schema import webhook_deliveries, webhook_subscriptions
-from clm_stage_engine.api.customers import writer
+from clm_stage_engine.api.customers import admin
 from clm_stage_engine.deps import State, app_state
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 
 class SubscriptionIn(BaseModel):
-    url: AnyHttpUrl
+    url: AnyHttpUrl = Field(
+        description="https (http only where CLM_WEBHOOK_ALLOW_INSECURE is set); hosts on "
+        "private, loopback or link-local addresses are refused unless allowed by name."
+    )
     stages: list[str] | None = Field(
         default=None,
         description="Only moves into these stages (names or aliases); all if absent.",
@@ -32,12 +39,12 @@ class SubscriptionIn(BaseModel):
     "",
     status_code=201,
     summary="Subscribe a URL to stage changes; the signing secret is shown once",
-    responses={401: {}, 403: {}, 422: {}},
+    responses={401: {}, 403: {"description": "not an admin key"}, 422: {}},
 )
 async def subscribe(
     body: SubscriptionIn,
     state: Annotated[State, Depends(app_state)],
-    _: Annotated[Principal, Depends(writer)],
+    _: Annotated[Principal, Depends(admin)],
 ) -> dict[str, Any]:
     stages: list[Stage] | None = None
     if body.stages is not None:
@@ -47,14 +54,19 @@ async def subscribe(
             raise ProblemError(
                 422, "Invalid request", str(exc), errors=[{"field": "stages", "message": str(exc)}]
             ) from None
-    secret = "whsec_" + secrets.token_urlsafe(32)
+    refused = await webhook_urls.check(str(body.url), state.url_policy)
+    if refused is not None:
+        raise ProblemError(
+            422, "Invalid request", f"url {refused}", errors=[{"field": "url", "message": refused}]
+        )
+    secret = subscription_secrets.new_secret()
     async with state.engine.begin() as conn:
         sid = (
             await conn.execute(
                 insert(webhook_subscriptions)
                 .values(
                     url=str(body.url),
-                    secret=secret,
+                    secret=subscription_secrets.seal(state.secrets_box, secret),
                     stages=[s.value for s in stages] if stages else None,
                 )
                 .returning(webhook_subscriptions.c.id)
@@ -66,10 +78,10 @@ async def subscribe(
 @router.get(
     "",
     summary="Active subscriptions and their delivery counts",
-    responses={401: {}, 403: {"description": "not a write key"}},
+    responses={401: {}, 403: {"description": "not an admin key"}},
 )
 async def list_subscriptions(
-    state: Annotated[State, Depends(app_state)], _: Annotated[Principal, Depends(writer)]
+    state: Annotated[State, Depends(app_state)], _: Annotated[Principal, Depends(admin)]
 ) -> dict[str, Any]:
     async with state.engine.connect() as conn:
         subs = (
@@ -111,12 +123,12 @@ async def list_subscriptions(
 @router.delete(
     "/{subscription_id}",
     summary="Unsubscribe",
-    responses={401: {}, 403: {"description": "not a write key"}, 404: {}},
+    responses={401: {}, 403: {"description": "not an admin key"}, 404: {}},
 )
 async def unsubscribe(
     subscription_id: Annotated[int, Path(ge=1, le=2**63 - 1)],  # a bigint id
     state: Annotated[State, Depends(app_state)],
-    _: Annotated[Principal, Depends(writer)],
+    _: Annotated[Principal, Depends(admin)],
 ) -> dict[str, Any]:
     async with state.engine.begin() as conn:
         result = await conn.execute(

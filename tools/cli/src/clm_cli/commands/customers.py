@@ -90,8 +90,8 @@ async def _erase(args: argparse.Namespace, settings: CliSettings) -> int:
             settings.stage_engine(),
             "DELETE",
             _path(args.customer_id),
-            token=settings.token("write", args.token),
-            key_kind="write",
+            token=settings.token("admin", args.token),
+            key_kind="admin",
             params={"mode": args.mode},
         )
     except NotFound as exc:
@@ -136,7 +136,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.set_defaults(action_fn=_list)
 
     erase = cmds.add_parser(
-        "erase", parents=common, help="GDPR erasure (or --mode anonymise); needs a write key"
+        "erase", parents=common, help="GDPR erasure (or --mode anonymise); needs an admin key"
     )
     erase.add_argument("customer_id")
     erase.add_argument("--mode", choices=["erase", "anonymise"], default="erase")

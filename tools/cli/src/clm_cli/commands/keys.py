@@ -1,4 +1,5 @@
-"""``clm keys``: write keys for the ingest, read tokens for the read APIs."""
+"""``clm keys``: write keys (events), read tokens (read APIs), admin keys (erasure, merges,
+webhook subscriptions); see docs/security.md."""
 
 from __future__ import annotations
 
@@ -39,16 +40,25 @@ async def _keys_seed_dev(
         raise CliError("seed-dev needs CLM_ENV=dev", 2)
     await keys.store_key(conn, key=settings.dev_write_key, kind="write", source="dev", label="dev")
     await keys.store_key(conn, key=settings.dev_read_token, kind="read", source="dev", label="dev")
+    await keys.store_key(conn, key=settings.dev_admin_key, kind="admin", source="dev", label="dev")
     print("dev keys seeded (source 'dev')")
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("keys", help="API keys: write keys (ingest), read tokens (read APIs)")
+    group = sub.add_parser(
+        "keys", help="API keys: write (events), read (read APIs), admin (erase, merge, webhooks)"
+    )
     cmds = group.add_subparsers(dest="action", required=True)
     create = cmds.add_parser("create", help="create a key and print it once")
     create.add_argument("--source", required=True, help="the site or shop this key speaks for")
-    create.add_argument("--kind", choices=["write", "read"], default="write")
+    create.add_argument(
+        "--kind",
+        choices=list(keys.KINDS),
+        default="write",
+        help="write: post events for --source only (safe in a browser); read: the read APIs; "
+        "admin: erase, merge, webhook subscriptions",
+    )
     create.add_argument("--label", default="")
     create.set_defaults(handler=_keys_create)
     cmds.add_parser("list", help="list keys (never their secrets)").set_defaults(handler=_keys_list)
@@ -56,5 +66,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     revoke.add_argument("id", type=int)
     revoke.set_defaults(handler=_keys_revoke)
     cmds.add_parser(
-        "seed-dev", help="store CLM_DEV_WRITE_KEY and CLM_DEV_READ_TOKEN (dev only)"
+        "seed-dev",
+        help="store CLM_DEV_WRITE_KEY, CLM_DEV_READ_TOKEN and CLM_DEV_ADMIN_KEY (dev only)",
     ).set_defaults(handler=_keys_seed_dev)
