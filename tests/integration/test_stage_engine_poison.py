@@ -13,9 +13,10 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_common.failures import classify
 from clm_common.kafka import topic_partitions
 from clm_common.schema import consumer_offsets, customer_events, customers
 from clm_common.settings import CommonSettings
@@ -68,12 +69,16 @@ def revenue_overflow(cid: str) -> list[dict[str, Any]]:
     ]
 
 
-KINDS: dict[str, tuple[Callable[[str], list[dict[str, Any]]], int]] = {
-    # kind: (poison documents for one customer, how many of them are poison)
-    "offset_16": (offset_16, 1),
-    "year_1": (year_1, 1),
-    "deep_json": (deep_json, 1),
-    "revenue_overflow": (revenue_overflow, 1),  # the 101st purchase: sum >= 10^16
+KINDS: dict[str, tuple[Callable[[str], list[dict[str, Any]]], int, tuple[str, ...]]] = {
+    # kind: (poison documents for one customer, how many of them are poison, words one of
+    # which its DLQ reason holds). Before issue 28, offset_16 and revenue_overflow stalled
+    # their partition for good; the engine already dead-lettered the other two (the decoder
+    # refuses JSON nested ~200 deep, the reducer fails on year 0 in UTC).
+    "offset_16": (offset_16, 1, ("22009", "undecodable")),
+    "year_1": (year_1, 1, ("reducer", "undecodable", "22008")),
+    "deep_json": (deep_json, 1, ("undecodable",)),
+    # the 101st purchase: the customer's revenue past 10^16
+    "revenue_overflow": (revenue_overflow, 1, ("22003", "reducer")),
 }
 
 
@@ -107,7 +112,7 @@ async def log_end(common: CommonSettings) -> int:
 async def test_a_record_postgres_refuses_goes_to_the_dlq_and_the_rest_is_applied(
     kind: str, engine_app: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
 ) -> None:
-    make, n_poison = KINDS[kind]
+    make, n_poison, words = KINDS[kind]
     bad = make("bad")
     # good events around the poison, on the poison's key (its partition) and on others
     good = [
@@ -129,9 +134,7 @@ async def test_a_record_postgres_refuses_goes_to_the_dlq_and_the_rest_is_applied
         logged = [
             str(e)
             for (e,) in await conn.execute(
-                select(customer_events.c.event_id).where(
-                    customer_events.c.event_id.like("good-%")
-                )
+                select(customer_events.c.event_id).where(customer_events.c.event_id.like("good-%"))
             )
         ]
         events = {
@@ -146,4 +149,74 @@ async def test_a_record_postgres_refuses_goes_to_the_dlq_and_the_rest_is_applied
     for record in dead:
         assert record.value in bad_values
         reason = dict(record.headers)["reason"].decode()
-        assert reason, "a dead letter without its reason"
+        assert any(w in reason for w in words), reason
+
+
+async def failure_of(db: AsyncEngine, *statements: str) -> Exception:
+    try:
+        async with db.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"{statements} did not fail")
+
+
+async def test_postgres_errors_are_classified_through_sqlalchemy(db: AsyncEngine) -> None:
+    overflow = classify(await failure_of(db, "SELECT 1e17::numeric(20, 4)"))
+    assert (overflow.permanent, overflow.sqlstate) == (True, "22003")
+    offset = classify(await failure_of(db, "SELECT '2026-11-20T10:00:00+16:00'::timestamptz"))
+    assert (offset.permanent, offset.sqlstate) == (True, "22009")
+    cancelled = classify(await failure_of(db, "SET statement_timeout = 50", "SELECT pg_sleep(1)"))
+    assert (cancelled.permanent, cancelled.sqlstate) == (False, "57014")
+
+
+@pytest.mark.timeout(120)
+async def test_a_lane_that_cannot_advance_fails_readiness_and_recovers(
+    common: CommonSettings, db: AsyncEngine
+) -> None:
+    """A lock held elsewhere (transient: the batch waits, then is retried) keeps a lane from
+    advancing: after the stall limit /readyz answers 503 naming it; released, ready again."""
+    settings = StageEngineSettings(stage_engine_lanes=1, stage_engine_stall_seconds=2)
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+            await produce(
+                common.kafka_bootstrap,
+                common.topic_events,
+                [raw(event_doc("site_visit", customer_id="first"))],
+            )
+
+            async def applied() -> bool:
+                async with db.connect() as conn:
+                    row = await conn.execute(
+                        select(customers.c.events).where(customers.c.customer_id == "first")
+                    )
+                    return row.scalar_one_or_none() == 1
+
+            await eventually(applied, timeout=30)
+            assert (await http.get("/readyz")).status_code == 200
+            async with db.connect() as locker:
+                await locker.execute(text("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"))
+                await produce(
+                    common.kafka_bootstrap,
+                    common.topic_events,
+                    [raw(event_doc("site_visit", customer_id="blocked"))],
+                )
+
+                async def stalled() -> dict[str, Any] | None:
+                    answer = await http.get("/readyz")
+                    body: dict[str, Any] = answer.json()
+                    return body if answer.status_code == 503 else None
+
+                body = await eventually(stalled, timeout=30, every=0.2)
+                said = body["checks"]["consumer"]
+                assert said.startswith("stalled: consumer 0 partition "), said
+                assert "(lag 1) since " in said
+                await locker.rollback()  # the lock goes: the lane moves on
+
+            async def ready() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            await eventually(ready, timeout=30, every=0.2)

@@ -204,11 +204,12 @@ def _offsets_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def overflow() -> Exception:
-    return asyncpg.exceptions.NumericValueOutOfRangeError("numeric field overflow")
+    error: Exception = asyncpg.exceptions.NumericValueOutOfRangeError("numeric field overflow")
+    return error
 
 
 def bisected() -> float:
-    return BISECTED.labels(GROUP)._value.get()
+    return float(BISECTED.labels(GROUP)._value.get())
 
 
 @pytest.mark.parametrize(
@@ -273,11 +274,9 @@ async def test_a_transient_failure_is_retried_for_as_long_as_it_lasts(
     ends = {0: 4}
     handler = Handler(set(), overflow, flaky=10**9, transient=error)
     loop, store, producer, _ = make_loop(handler, ends)
-    task = asyncio.create_task(loop._apply_with_retry(records(ends)))
-    while len(handler.calls) < 20:
-        await asyncio.sleep(0.005)
-    loop.stop()
-    await asyncio.wait_for(task, timeout=5)
+    handler.on_call = lambda calls: loop.stop() if calls >= 20 else None
+    await asyncio.wait_for(loop._apply_with_retry(records(ends)), timeout=5)
+    assert len(handler.calls) == 20
     assert producer.sent == []
     assert store.applied == []
     assert store.offsets == {("events", 0): None}

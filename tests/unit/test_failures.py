@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
 from clm_common.failures import KINDS, classify, sqlstate
 
-DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)
+DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
 
 
 def through_sqlalchemy(error: asyncpg.PostgresError) -> sa_exc.DBAPIError:

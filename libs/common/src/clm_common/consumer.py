@@ -34,8 +34,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -47,7 +48,7 @@ from clm_common.failures import Failure, classify
 from clm_common.kafka import make_consumer, make_producer
 from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
 from clm_common.settings import CommonSettings
-from clm_common.stall import Progress, Stall, stalled
+from clm_common.stall import Progress, Stall, describe, stalled
 
 log = logging.getLogger(__name__)
 
@@ -588,6 +589,15 @@ class BatchConsumer:
                 LAG.labels(self.group_id, str(tp.partition)).set(lag)
                 if lag == 0 and key in self.progress_at:
                     self.progress_at[key] = now  # caught up: waiting on nothing
+
+
+def stalled_loops(loops: Mapping[str, BatchConsumer]) -> str | None:
+    """What a readiness check says of the named loops with stalled partitions
+    (``stalled: consumer 0 partition 3 (lag 120) since … (130 s)``), or None: none is."""
+    now, wall = time.monotonic(), datetime.now(UTC)
+    found = [(name, loops[name].stalls(now)) for name in sorted(loops)]
+    said = [f"{name} {describe(stalls, now=now, wall=wall)}" for name, stalls in found if stalls]
+    return "stalled: " + "; ".join(said) if said else None
 
 
 async def run_batch_consumer(

@@ -38,11 +38,11 @@ def stalled(partitions: Mapping[int, Progress], *, now: float, after_s: float) -
 
 
 def describe(stalls: list[Stall], *, now: float, wall: datetime) -> str:
-    """What a readiness check says: ``stalled: partition 3 (lag 120) since
+    """What a readiness check says of them: ``partition 3 (lag 120) since
     2026-12-07T12:00:00Z (130 s)``; ``wall`` is the wall-clock time at ``now``."""
     parts = []
     for s in stalls:
         waited = max(0.0, now - s.since)
         since = (wall.astimezone(UTC) - timedelta(seconds=waited)).strftime("%Y-%m-%dT%H:%M:%SZ")
         parts.append(f"partition {s.partition} (lag {s.lag}) since {since} ({waited:.0f} s)")
-    return "stalled: " + ", ".join(parts)
+    return ", ".join(parts)
