@@ -331,3 +331,27 @@ def test_a_partition_behind_and_not_advancing_is_stalled() -> None:
     loop.expected[("events", 0)] = 5  # caught up
     assert loop.stalls(now=500.0) == []
     assert consumer_module.STALLED.labels(GROUP, "0")._value.get() == 0
+
+
+async def test_a_batch_of_one_failing_record_is_tried_twice_before_the_dlq() -> None:
+    ends = {0: 1}
+    handler = Handler({(0, 0)}, overflow)
+    loop, store, producer, _ = make_loop(handler, ends)
+    await loop._apply_with_retry(records(ends))
+    assert handler.calls == [[(0, 0)], [(0, 0)]]
+    assert [(p, o) for p, o, _ in producer.sent] == [(0, 0)]
+    assert store.offsets == {("events", 0): 1}
+
+
+async def test_a_record_that_broke_a_constraint_once_is_applied_on_its_second_try() -> None:
+    ends = {0: 1}
+    handler = Handler(
+        set(),
+        overflow,
+        flaky=1,
+        transient=lambda: asyncpg.exceptions.UniqueViolationError("duplicate key value"),
+    )
+    loop, store, producer, _ = make_loop(handler, ends)
+    await loop._apply_with_retry(records(ends))
+    assert producer.sent == []
+    assert store.applied == [(0, 0)]

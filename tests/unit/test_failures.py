@@ -44,6 +44,7 @@ PERMANENT = [
     (asyncpg.exceptions.CheckViolationError, "23514", "integrity"),
     (asyncpg.exceptions.NotNullViolationError, "23502", "integrity"),
     (asyncpg.exceptions.ProgramLimitExceededError, "54000", "limit"),
+    (asyncpg.exceptions.CardinalityViolationError, "21000", "data"),
     (asyncpg.exceptions.StatementTooComplexError, "54001", "limit"),
 ]
 

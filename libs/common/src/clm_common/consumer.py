@@ -344,8 +344,8 @@ class BatchConsumer:
     async def _apply_with_retry(self, records: list[Any]) -> None:
         """Apply ``records``; on a failure retrying cannot fix, bisect them (in order) down
         to the records that fail alone and set those aside. ``parts``: what is left to do,
-        in order, each part a list of records (applied as one batch) or a :class:`Failure`
-        with the one record it names (dead-lettered)."""
+        in order, each part a list of records (applied as one batch) or a record and the
+        :class:`Failure` it caused alone (dead-lettered)."""
         conflicts = 0
         parts: list[list[Any] | tuple[Any, Failure]] = [records]
         split = False
@@ -389,9 +389,17 @@ class BatchConsumer:
                     )
                     await asyncio.sleep(self.policy.retry_backoff_s)
                     continue
+                first, split = not split, True
+                if first and len(fresh) == 1:
+                    # a batch of one record failing: once more before it is set aside, so
+                    # that every record dead-lettered failed twice (here, or in a larger
+                    # batch and alone), and a race that broke a constraint once passes
+                    BATCHES.labels(self.group_id, "failed").inc()
+                    log.warning("a record failed; retrying it once", extra=vars_of(failure))
+                    await asyncio.sleep(self.policy.retry_backoff_s)
+                    continue
                 BATCHES.labels(self.group_id, "bisected").inc()
-                if not split:
-                    split = True
+                if first:
                     BISECTED.labels(self.group_id).inc()
                 if len(fresh) == 1:
                     log.warning(
@@ -589,6 +597,11 @@ class BatchConsumer:
                 LAG.labels(self.group_id, str(tp.partition)).set(lag)
                 if lag == 0 and key in self.progress_at:
                     self.progress_at[key] = now  # caught up: waiting on nothing
+
+
+def vars_of(failure: Failure) -> dict[str, Any]:
+    """A failure as log fields."""
+    return {"reason": failure.reason, "kind": failure.kind, "sqlstate": failure.sqlstate}
 
 
 def stalled_loops(loops: Mapping[str, BatchConsumer]) -> str | None:

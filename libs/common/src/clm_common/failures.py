@@ -5,7 +5,8 @@ transaction won (serialization failure, deadlock, a lock), or a statement was ca
 wrong when a record carries a value Postgres refuses (SQLSTATE class 22, data exception:
 a numeric field overflow, a time zone out of range), breaks a constraint (class 23), hits a
 program limit (class 54), or makes the handler's own code raise a deterministic Python error
-(a value, arithmetic, recursion or encoding error): the same records fail the same way every
+(a value, arithmetic, recursion or encoding error), or a cardinality violation (class 21: an
+upsert touching one row twice): the same records fail the same way every
 time, and the partition would wait behind them for good. Such a failure is *permanent*: the
 loop bisects the batch to find the records that cause it (:mod:`clm_common.consumer`).
 
@@ -22,7 +23,7 @@ from sqlalchemy import exc as sa_exc
 from clm_common.db import unavailable
 
 #: SQLSTATE classes no retry fixes, and the label each is counted under
-PERMANENT_CLASSES = {"22": "data", "23": "integrity", "54": "limit"}
+PERMANENT_CLASSES = {"21": "data", "22": "data", "23": "integrity", "54": "limit"}
 
 #: Python errors a handler raises the same way for the same records
 DETERMINISTIC: tuple[type[BaseException], ...] = (
@@ -33,7 +34,7 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
 )
 
 #: the metric labels a failure is counted under (bounded)
-KINDS = ("transient", *PERMANENT_CLASSES.values(), "python")
+KINDS = ("transient", "data", "integrity", "limit", "python")
 
 
 @dataclass(frozen=True, slots=True)
