@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -93,8 +94,6 @@ async def engine_app(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]
 
 
 async def log_end(common: CommonSettings) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     parts = (await topic_partitions(common.kafka_bootstrap, [common.topic_events]))[
         common.topic_events
     ]

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
+from aiokafka import TopicPartition
 
 from clm_common import consumer as consumer_module
 from clm_common.consumer import BISECTED, BatchConsumer, BatchPolicy, BatchResult
@@ -120,8 +121,6 @@ class KafkaConsumer:
         self.sought: list[tuple[int, int]] = []
 
     def assignment(self) -> set[Any]:
-        from aiokafka import TopicPartition
-
         return {TopicPartition("events", p) for p in self.ends}
 
     def highwater(self, tp: Any) -> int:
