@@ -490,6 +490,7 @@ def test_alert_rules_cover_the_pipeline_and_churn() -> None:
     assert {
         "ClmConsumerLagGrowing",
         "ClmDeadLetterGrowing",
+        "ClmConsumerStalled",
         "ClmIngestServerErrors",
         "ClmOutboxBacklog",
         "ClmChurnRateJump",

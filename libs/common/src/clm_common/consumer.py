@@ -15,8 +15,17 @@ Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
 * on assignment, seek every partition to the offset stored in Postgres; on revocation, wait
   for the batch in flight; Kafka's committed offsets are only a hint, sent after the commit
   without the next batch waiting for them;
-* a failing batch (Postgres down, a fenced offset) is rolled back, its partitions are sought
-  back to the stored offsets, and it is retried after a backoff: nothing is skipped.
+* a failing batch is rolled back. If the failure is one retrying cannot fix
+  (:mod:`clm_common.failures`: a value Postgres refuses, a constraint, a program limit, a
+  deterministic Python error), the batch is bisected: its first half, then its second, each
+  its own transaction with its own offset advance, until the records that fail alone are
+  found; each goes to the dead-letter topic with the failure as its reason, in a transaction
+  that advances the offset past it (and counts towards ``max_consecutive_poison``), and the
+  rest is applied in order. Any other failure (Postgres down, a serialization failure, a
+  deadlock, a lock, an unknown error) is retried after a backoff: nothing is skipped;
+* a partition with lag that has not advanced for ``stall_s`` seconds is stalled
+  (:mod:`clm_common.stall`): the ``clm_consumer_stalled`` gauge says so and the services'
+  readiness fails.
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -34,9 +44,11 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clm_common.failures import Failure, classify
 from clm_common.kafka import make_consumer, make_producer
 from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
 from clm_common.settings import CommonSettings
+from clm_common.stall import Progress, Stall, describe, stalled
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +68,22 @@ BATCH_SIZE = Histogram(
 )
 LAG = Gauge("clm_consumer_lag_records", "Records behind the log end", ["group", "partition"])
 DLQ = Counter("clm_dlq_records_total", "Records sent to the dead-letter topic", ["group"])
+BISECTED = Counter(
+    "clm_consumer_bisected_batches_total",
+    "Batches split to find the records that fail them (a failure retrying cannot fix)",
+    ["group"],
+)
+POISON = Counter(
+    "clm_consumer_poison_total",
+    "Records dead-lettered, by why: undecodable/handler (the handler said so), or the class "
+    "of the failure they caused alone (data, integrity, limit, python)",
+    ["group", "kind"],
+)
+STALLED = Gauge(
+    "clm_consumer_stalled",
+    "1 while a partition has lag and its offset has not advanced for the stall limit",
+    ["group", "partition"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +131,8 @@ class BatchPolicy:
     # awaited before each fetch: what the batches feed (the stage engine's outbox relay)
     # holds the loop here until it has caught up, so it never falls behind without bound
     gate: Callable[[], Awaitable[None]] | None = None
+    # a partition with lag whose offset has not advanced for this long is stalled (None: never)
+    stall_s: float | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -112,7 +142,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._loop.batch_lock:
             for tp in revoked:
-                self._loop.expected.pop((tp.topic, tp.partition), None)
+                self._loop.forget(tp)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._loop.batch_lock:
@@ -153,6 +183,11 @@ class BatchConsumer:
         self._hints: dict[TopicPartition, OffsetAndMetadata] = {}
         self._hint_task: asyncio.Task[None] | None = None
         self._conn: AsyncConnection | None = None  # the loop's own, kept between batches
+        # per partition: when the loop last made progress on it (monotonic), and the end of
+        # the log as far as fetched records show (the lag while a batch is stuck)
+        self.progress_at: dict[tuple[str, int], float] = {}
+        self._seen_end: dict[tuple[str, int], int] = {}
+        self._watch_task: asyncio.Task[None] | None = None
 
     async def seek_to_stored(self, partitions: set[TopicPartition]) -> None:
         """Point each partition at the offset stored in Postgres (retrying while it is down)."""
@@ -165,9 +200,11 @@ class BatchConsumer:
             except Exception:
                 log.warning("cannot read stored offsets; retrying", exc_info=True)
                 await asyncio.sleep(self.policy.retry_backoff_s)
+        now = time.monotonic()
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             self.expected[(tp.topic, tp.partition)] = offset
+            self.progress_at[(tp.topic, tp.partition)] = now
             if offset is not None:
                 self.consumer.seek(tp, offset)
         log.info(
@@ -177,6 +214,42 @@ class BatchConsumer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def forget(self, tp: TopicPartition) -> None:
+        """A partition revoked: nothing of it is this loop's any more."""
+        key = (tp.topic, tp.partition)
+        self.expected.pop(key, None)
+        self.progress_at.pop(key, None)
+        self._seen_end.pop(key, None)
+        STALLED.labels(self.group_id, str(tp.partition)).set(0)
+
+    def stalls(self, now: float | None = None) -> list[Stall]:
+        """The assigned partitions stalled at ``now`` (monotonic; default: the clock), with
+        the ``clm_consumer_stalled`` gauge set to match. Never stalled without ``stall_s``."""
+        if self.policy.stall_s is None:
+            return []
+        now = time.monotonic() if now is None else now
+        progress: dict[int, Progress] = {}
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            if key not in self.progress_at:
+                continue  # not sought to its stored offset yet
+            end = max(self.consumer.highwater(tp) or 0, self._seen_end.get(key, 0))
+            progress[tp.partition] = Progress(
+                max(0, end - (self.expected.get(key) or 0)), self.progress_at[key]
+            )
+        found = stalled(progress, now=now, after_s=self.policy.stall_s)
+        stuck = {s.partition for s in found}
+        for partition in progress:
+            STALLED.labels(self.group_id, str(partition)).set(1 if partition in stuck else 0)
+        return found
+
+    async def _watch_stalls(self, every_s: float) -> None:
+        """Keep the gauge current while the loop itself may be stuck in a batch."""
+        while not self._stopping.is_set():
+            self.stalls()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), every_s)
 
     async def recheck_stored(self) -> None:
         """While idle: follow stored offsets someone else moved (a replay reset them)."""
@@ -202,9 +275,18 @@ class BatchConsumer:
 
     async def run(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        if self.policy.stall_s is not None:
+            every_s = min(5.0, max(0.1, self.policy.stall_s / 4))
+            self._watch_task = asyncio.create_task(self._watch_stalls(every_s), name="stalls")
         try:
             await self._run()
         finally:
+            if self._watch_task is not None:
+                self._watch_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._watch_task
+            for key in list(self.progress_at):
+                STALLED.labels(self.group_id, str(key[1])).set(0)
             await self._finish_hints()
             await self.close_connection()
 
@@ -219,6 +301,9 @@ class BatchConsumer:
             records = [r for tp_records in batches.values() for r in tp_records]
             if records and self.policy.fill_ms:
                 records += await self._fill(len(records))
+            for r in records:
+                key = (r.topic, r.partition)
+                self._seen_end[key] = max(self._seen_end.get(key, 0), r.offset + 1)
             if not records:
                 self._update_lag()
                 if time.monotonic() - last_check >= self.policy.idle_recheck_s:
@@ -247,26 +332,42 @@ class BatchConsumer:
             more += [r for tp_records in batches.values() for r in tp_records]
         return more
 
+    def _fresh(self, records: list[Any]) -> list[Any]:
+        """The records not applied yet (at or past their partition's expected offset)."""
+        return [
+            r
+            for r in records
+            if (r.topic, r.partition) in self.expected
+            and r.offset >= (self.expected[(r.topic, r.partition)] or 0)
+        ]
+
     async def _apply_with_retry(self, records: list[Any]) -> None:
+        """Apply ``records``; on a failure retrying cannot fix, bisect them (in order) down
+        to the records that fail alone and set those aside. ``parts``: what is left to do,
+        in order, each part a list of records (applied as one batch) or a record and the
+        :class:`Failure` it caused alone (dead-lettered)."""
         conflicts = 0
-        while not self._stopping.is_set():
-            fresh = [
-                r
-                for r in records
-                if (r.topic, r.partition) in self.expected
-                and r.offset >= (self.expected[(r.topic, r.partition)] or 0)
-            ]
+        parts: list[list[Any] | tuple[Any, Failure]] = [records]
+        split = False
+        while parts and not self._stopping.is_set():
+            part = parts[0]
+            fresh = self._fresh([part[0]] if isinstance(part, tuple) else part)
             if not fresh:
-                return
+                parts.pop(0)
+                continue
             started = time.perf_counter()
             try:
-                await self._apply(fresh)
+                if isinstance(part, tuple):
+                    await self._set_aside(fresh[0], part[1])
+                else:
+                    await self._apply(fresh)
             except PoisonLimitExceeded:
                 raise
             except OffsetFenced as exc:
                 BATCHES.labels(self.group_id, "fenced").inc()
                 log.warning("batch fenced; reloading offsets", extra={"why": str(exc)})
-                await self.seek_to_stored(self._partitions_of(fresh))
+                left = [r for p in parts for r in ([p[0]] if isinstance(p, tuple) else p)]
+                await self.seek_to_stored(self._partitions_of(left))
                 return
             except Conflict as exc:
                 BATCHES.labels(self.group_id, "conflict").inc()
@@ -278,18 +379,82 @@ class BatchConsumer:
                 if conflicts > 1:
                     await asyncio.sleep(self.policy.retry_backoff_s)
                 continue
-            except Exception:
-                BATCHES.labels(self.group_id, "failed").inc()
-                log.exception("batch failed; rolled back, retrying", extra={"n": len(fresh)})
-                await asyncio.sleep(self.policy.retry_backoff_s)
+            except Exception as exc:
+                failure = classify(exc)
+                if isinstance(part, tuple) or not failure.permanent:
+                    BATCHES.labels(self.group_id, "failed").inc()
+                    log.exception(
+                        "batch failed; rolled back, retrying",
+                        extra={"n": len(fresh), "reason": failure.reason},
+                    )
+                    await asyncio.sleep(self.policy.retry_backoff_s)
+                    continue
+                first, split = not split, True
+                if first and len(fresh) == 1:
+                    # a batch of one record failing: once more before it is set aside, so
+                    # that every record dead-lettered failed twice (here, or in a larger
+                    # batch and alone), and a race that broke a constraint once passes
+                    BATCHES.labels(self.group_id, "failed").inc()
+                    log.warning("a record failed; retrying it once", extra=vars_of(failure))
+                    await asyncio.sleep(self.policy.retry_backoff_s)
+                    continue
+                BATCHES.labels(self.group_id, "bisected").inc()
+                if first:
+                    BISECTED.labels(self.group_id).inc()
+                if len(fresh) == 1:
+                    log.warning(
+                        "a record fails alone; setting it aside",
+                        extra={
+                            "partition": fresh[0].partition,
+                            "offset": fresh[0].offset,
+                            "reason": failure.reason,
+                        },
+                    )
+                    parts[0] = (fresh[0], failure)
+                else:
+                    log.warning(
+                        "batch failed with what retrying cannot fix; bisecting",
+                        extra={"n": len(fresh), "reason": failure.reason},
+                    )
+                    half = len(fresh) // 2
+                    parts[0:1] = [fresh[:half], fresh[half:]]
+                continue
+            parts.pop(0)
+            conflicts = 0
+            if isinstance(part, tuple):
                 continue
             BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
             BATCH_SIZE.labels(self.group_id).observe(len(fresh))
             BATCHES.labels(self.group_id, "ok").inc()
             self.last_batch_at = time.monotonic()
-            return
         # stopping mid-retry: the stored offsets stay where they were, so nothing is lost;
         # the next owner of these partitions seeks to them
+
+    async def _set_aside(self, record: Any, failure: Failure) -> None:
+        """Dead-letter ``record`` (it fails any batch it is in) in a transaction that advances
+        its partition's offset past it."""
+        key = (record.topic, record.partition)
+        advance = OffsetAdvance(
+            record.topic, record.partition, self.expected[key], record.offset + 1
+        )
+        conn = await self._connection()
+        try:
+            async with conn.begin():
+                await advance_offsets(conn, self.group_id, [advance])
+                await self._dead_letter([Poison(record, failure.reason)], kind=failure.kind)
+        except BaseException:
+            await self.close_connection()
+            raise
+        self.expected[key] = advance.next_offset
+        self.progress_at[key] = time.monotonic()
+        RECORDS.labels(self.group_id, "poison").inc()
+        self._commit_hint(
+            {
+                TopicPartition(record.topic, record.partition): OffsetAndMetadata(
+                    advance.next_offset, ""
+                )
+            }
+        )
 
     @staticmethod
     def _partitions_of(records: list[Any]) -> set[TopicPartition]:
@@ -314,8 +479,10 @@ class BatchConsumer:
             raise
         if result.committed is not None:
             result.committed()
+        now = time.monotonic()
         for key, adv in advances.items():
             self.expected[key] = adv.next_offset
+            self.progress_at[key] = now
         RECORDS.labels(self.group_id, "applied").inc(result.applied)
         RECORDS.labels(self.group_id, "poison").inc(len(result.poison))
         RECORDS.labels(self.group_id, "skipped").inc(
@@ -380,7 +547,10 @@ class BatchConsumer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, timeout=5)
 
-    async def _dead_letter(self, poison: list[Poison], *, applied: int = 0) -> None:
+    async def _dead_letter(
+        self, poison: list[Poison], *, applied: int = 0, kind: str = "handler"
+    ) -> None:
+        """Send ``poison`` to the DLQ (``kind``: why, a bounded metric label)."""
         if applied or not poison:  # good records in between: not a run of poison
             self.consecutive_poison = 0
         if not poison:
@@ -414,15 +584,33 @@ class BatchConsumer:
             )
         await asyncio.gather(*futures)
         DLQ.labels(self.group_id).inc(len(poison))
+        POISON.labels(self.group_id, kind).inc(len(poison))
 
     def _update_lag(self) -> None:
+        now = time.monotonic()
         for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
             highwater = self.consumer.highwater(tp)
-            position = self.expected.get((tp.topic, tp.partition))
+            position = self.expected.get(key)
             if highwater is not None:
-                LAG.labels(self.group_id, str(tp.partition)).set(
-                    max(0, highwater - (position or 0))
-                )
+                lag = max(0, highwater - (position or 0))
+                LAG.labels(self.group_id, str(tp.partition)).set(lag)
+                if lag == 0 and key in self.progress_at:
+                    self.progress_at[key] = now  # caught up: waiting on nothing
+
+
+def vars_of(failure: Failure) -> dict[str, Any]:
+    """A failure as log fields."""
+    return {"reason": failure.reason, "kind": failure.kind, "sqlstate": failure.sqlstate}
+
+
+def stalled_loops(loops: Mapping[str, BatchConsumer]) -> str | None:
+    """What a readiness check says of the named loops with stalled partitions
+    (``stalled: consumer 0 partition 3 (lag 120) since … (130 s)``), or None: none is."""
+    now, wall = time.monotonic(), datetime.now(UTC)
+    found = [(name, loops[name].stalls(now)) for name in sorted(loops)]
+    said = [f"{name} {describe(stalls, now=now, wall=wall)}" for name, stalls in found if stalls]
+    return "stalled: " + "; ".join(said) if said else None
 
 
 async def run_batch_consumer(

@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-Check = Callable[[], Awaitable[bool]]
+#: a readiness check: True (ok), False (down), or what is wrong (not ready, and why)
+Check = Callable[[], Awaitable[bool | str]]
+
+
+def _state(result: object) -> str:
+    if result is True:
+        return "ok"
+    if isinstance(result, str) and result:
+        return result
+    return "down"
 
 
 def health_router(checks: Callable[[], Mapping[str, Check]]) -> APIRouter:
@@ -21,8 +30,8 @@ def health_router(checks: Callable[[], Mapping[str, Check]]) -> APIRouter:
 
     @router.get(
         "/readyz",
-        summary="Readiness: Kafka and Postgres answer",
-        responses={503: {"description": "a dependency is down"}},
+        summary="Readiness: Kafka and Postgres answer, the consumers move",
+        responses={503: {"description": "a dependency is down, or a consumer is stalled"}},
     )
     async def readyz() -> JSONResponse:
         named = dict(checks())
@@ -30,10 +39,7 @@ def health_router(checks: Callable[[], Mapping[str, Check]]) -> APIRouter:
             *(asyncio.wait_for(check(), timeout=3.0) for check in named.values()),
             return_exceptions=True,
         )
-        status = {
-            name: "ok" if result is True else "down"
-            for name, result in zip(named, results, strict=True)
-        }
+        status = {name: _state(result) for name, result in zip(named, results, strict=True)}
         ready = all(v == "ok" for v in status.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": status},

@@ -14,6 +14,7 @@ from clm_common.consumer import (
     BatchPolicy,
     PoisonLimitExceeded,
     run_batch_consumer,
+    stalled_loops,
 )
 from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
@@ -62,6 +63,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
                     max_records=settings.metrics_batch_records,
                     max_wait_ms=settings.metrics_batch_wait_ms,
                     fill_ms=settings.metrics_batch_fill_ms,
+                    stall_s=settings.metrics_stall_seconds,
                 ),
                 register=register,
                 stopping=stopping,
@@ -69,6 +71,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
 
         supervisor = Supervisor("metrics consumer", consume, fatal=(PoisonLimitExceeded,))
         app.state.supervisor = supervisor
+        app.state.consumers = current
         consumer_task = asyncio.create_task(supervisor.run(), name="metrics-consumer")
         retention = app.state.clm.retention
         refresher = asyncio.create_task(
@@ -114,8 +117,11 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm
 
-        async def consumer_alive() -> bool:
-            return app.state.supervisor.failed is None
+        async def consumer_alive() -> bool | str:
+            if app.state.supervisor.failed is not None:
+                return False
+            loops = {f"consumer {i}": loop for i, loop in enumerate(app.state.consumers)}
+            return stalled_loops(loops) or True
 
         return {
             "postgres": lambda: ping(state.engine),

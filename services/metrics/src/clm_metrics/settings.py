@@ -22,6 +22,12 @@ class MetricsSettings(CommonSettings):
         description="Once a batch has records, how long it waits for more (fewer, fuller "
         "batches: KPIs a fraction of a second later, each batch's fixed cost shared).",
     )
+    metrics_stall_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="The consumer with lag on a partition whose offset has not advanced for "
+        "this long is stalled: /readyz answers 503 naming it (as the stage engine's).",
+    )
     metrics_refresh_seconds: float = Field(
         default=5.0, gt=0, description="How often the Prometheus KPI gauges are recomputed."
     )

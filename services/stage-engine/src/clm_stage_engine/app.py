@@ -20,6 +20,7 @@ from clm_common.consumer import (
     BatchPolicy,
     PoisonLimitExceeded,
     run_batch_consumer,
+    stalled_loops,
 )
 from clm_common.db import create_engine, ping
 from clm_common.health import Check, health_router
@@ -109,6 +110,7 @@ def create_app(
             idle_recheck_s=settings.stage_engine_idle_recheck_s,
             session=FRESH_PLANS,
             gate=OutboxGate(engine, settings.stage_engine_outbox_max_backlog),
+            stall_s=settings.stage_engine_stall_seconds,
         )
 
         # One stop for all the lanes: a lane at its poison limit stops its siblings too (its
@@ -208,6 +210,7 @@ def create_app(
             else []  # an API replica: the workers run in the "all" processes
         )
         app.state.supervisors = supervisors
+        app.state.workers = current
         tasks = [asyncio.create_task(s.run(), name=s.name) for s in supervisors]
         try:
             yield
@@ -239,8 +242,13 @@ def create_app(
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm
 
-        async def consumer_alive() -> bool:
-            return all(s.failed is None for s in app.state.supervisors)
+        async def consumer_alive() -> bool | str:
+            if any(s.failed is not None for s in app.state.supervisors):
+                return False
+            lanes = {
+                name: w for name, w in app.state.workers.items() if isinstance(w, BatchConsumer)
+            }
+            return stalled_loops(lanes) or True
 
         if settings.stage_engine_role == "api":  # answers from Postgres alone
             return {"postgres": lambda: ping(state.engine)}

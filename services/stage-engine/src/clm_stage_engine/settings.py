@@ -94,6 +94,13 @@ class StageEngineSettings(CommonSettings):
             "reads never wait behind a batch)."
         ),
     )
+    stage_engine_stall_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A lane with lag on a partition whose offset has not advanced for this "
+        "long is stalled: /readyz answers 503 naming it, clm status says so, and the "
+        "clm_consumer_stalled gauge is 1.",
+    )
     stage_engine_idle_recheck_s: float = Field(
         default=5.0, gt=0, description="While idle, how often stored offsets are re-read."
     )

@@ -4,7 +4,9 @@ Each service's ``/healthz`` and ``/readyz``; Kafka and Postgres reachable; every
 group's lag per partition (offsets live in Postgres, next to the data they guard, so lag is
 the topic's end offset minus the stored next offset); the outbox backlog; webhook deliveries
 waiting or parked; the DLQ's size. Exit status 0 when every part answers and is ready, 1 when
-something is down or not ready (lag alone is reported, not judged).
+something is down or not ready, with the reason (a consumer stalled: lag on a partition
+whose offset has not advanced for the service's stall limit; lag alone is reported, not
+judged).
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ class Status:
     outbox: dict[str, Any] = field(default_factory=dict)
     webhooks: dict[str, int] = field(default_factory=dict)
     dlq_records: int | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """Why it is not healthy, one line a part (``stage-engine: consumer stalled: …``)."""
+        out = []
+        for s in self.services:
+            if s.state == "down":
+                out.append(f"{s.name}: down")
+            elif s.state != "ready":
+                failing = [f"{k} {v}" for k, v in s.checks.items() if v != "ok"]
+                out.append(f"{s.name}: " + ("; ".join(failing) or "not ready"))
+        out += [f"{name}: {state}" for name, state in self._stores() if state != "ok"]
+        return out
+
+    def _stores(self) -> list[tuple[str, str]]:
+        return [("kafka", self.kafka), ("postgres", self.postgres)]
 
     @property
     def healthy(self) -> bool:
@@ -199,14 +217,16 @@ def render(status: Status) -> str:
         parts.append(f"webhook deliveries: {pending} pending, {parked} parked")
     if status.dlq_records is not None:
         parts.append(f"dead-letter records: {status.dlq_records}")
-    parts.append("healthy" if status.healthy else "NOT HEALTHY")
+    parts.append("healthy" if status.healthy else "\n".join(["NOT HEALTHY", *status.problems]))
     return "\n\n".join(parts)
 
 
 async def _status(args: argparse.Namespace, settings: CliSettings) -> int:
     status = await collect(settings)
     if args.json:
-        output.print_json({**asdict(status), "healthy": status.healthy})
+        output.print_json(
+            {**asdict(status), "healthy": status.healthy, "problems": status.problems}
+        )
     else:
         print(render(status))
     return 0 if status.healthy else 1
