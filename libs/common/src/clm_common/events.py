@@ -12,13 +12,14 @@ Published on ``clm.events.v1`` as :class:`Event` JSON (``model_dump(mode="json")
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -31,22 +32,40 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from clm_common import bounds
 from clm_common.currencies import ISO_4217
 
 SCHEMA_VERSION = 1
 MAX_FUTURE_SKEW = timedelta(hours=24)
 MISSING_CUSTOMER_KEY = "missing_customer_key"
 MAX_EXTRA_PROPERTIES_BYTES = 16 * 1024  # unknown properties are kept, up to this much JSON
+MAX_TRAITS_BYTES = 16 * 1024  # an identify's traits, as JSON
+MAX_ITEMS_BYTES = 64 * 1024  # a purchase's items, as JSON
 
-#: Ids and labels: no control characters (Postgres text cannot even hold a NUL).
-TEXT_PATTERN = r"^[^\x00-\x1f]+$"
-Id = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
-Label = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
+#: Ids and labels: see :mod:`clm_common.bounds` (Postgres text cannot even hold a NUL; an id
+#: is one path segment of ``/v1/customers/{id}``).
+TEXT_PATTERN = bounds.TEXT_PATTERN
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=bounds.MAX_ID_LENGTH, pattern=bounds.ID_PATTERN),
+    AfterValidator(bounds.check_id),
+]
+Label = Annotated[
+    str, Field(min_length=1, max_length=bounds.MAX_LABEL_LENGTH, pattern=TEXT_PATTERN)
+]
 Money = Annotated[
     Decimal,
-    Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False),
+    Field(
+        ge=0,
+        le=bounds.MONEY_MAX,
+        max_digits=bounds.MONEY_DIGITS,
+        decimal_places=bounds.MONEY_PLACES,
+        allow_inf_nan=False,
+    ),
     PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
 ]
+#: A timestamp with its offset, normalised to UTC, within the bounds (see bounds.utc_time).
+EventTime = Annotated[AwareDatetime, AfterValidator(bounds.utc_time)]
 
 
 class EventType(StrEnum):
@@ -76,42 +95,44 @@ class Properties(BaseModel):
     @model_validator(mode="after")
     def _extras_bounded(self) -> Properties:
         extra = self.__pydantic_extra__
+        # properties are level 2 of the event object: the engine's decoder and the wire's
+        # serializer have nesting limits of their own (see bounds.MAX_JSON_DEPTH)
+        deep = bounds.too_deep({**self.__dict__, **extra} if extra else self.__dict__, 2)
+        if deep is not None:
+            raise ValueError(
+                f"nested more than {bounds.MAX_JSON_DEPTH} levels deep at properties{deep}"
+            )
         if not extra:
             return self
-        try:
-            size = len(orjson.dumps(extra, default=str))
-        except TypeError as exc:  # an integer beyond 64 bits: refused, not a crash (a 500)
-            raise ValueError(f"unknown properties are not plain JSON: {exc}") from exc
-        if size > MAX_EXTRA_PROPERTIES_BYTES:
+        if _json_size(extra) > MAX_EXTRA_PROPERTIES_BYTES:
             raise ValueError(
                 f"unknown properties take more than {MAX_EXTRA_PROPERTIES_BYTES} bytes of JSON"
             )
         return self
 
 
-_ZERO = timedelta(0)
+def _json_size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value, default=str))
+    except TypeError as exc:  # an integer beyond 64 bits: refused, not a crash (a 500)
+        raise ValueError(f"is not plain JSON: {exc}") from exc
 
 
-def utc_if_zero_offset(value: datetime) -> datetime:
-    """``value`` with ``datetime.UTC`` as its zone when its offset is zero (``Z``,
-    ``+00:00``), else as it is: the same instant, written the same way.
+def _at_most(limit: int) -> AfterValidator:
+    """A free-form property (level 3 of the event object) of at most ``limit`` bytes of JSON."""
 
-    The parser gives every timestamp a zone object of its own, and comparing two aware
-    datetimes whose zones are not the same object asks each for its offset, a call per
-    operand: the reducer compares event times all the time (a quarter of its CPU an event
-    went there), and Postgres' timestamps come back in ``datetime.UTC`` too."""
-    if value.tzinfo is UTC or value.utcoffset() != _ZERO:
+    def check(value: Any, info: ValidationInfo) -> Any:
+        deep = bounds.too_deep(value, 3)
+        if deep is not None:
+            raise ValueError(
+                f"nested more than {bounds.MAX_JSON_DEPTH} levels deep at "
+                f"properties.{info.field_name}{deep}"
+            )
+        if value and _json_size(value) > limit:
+            raise ValueError(f"takes more than {limit} bytes of JSON")
         return value
-    return datetime(  # three times cheaper than value.replace(tzinfo=UTC)
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond,
-        UTC,
-    )
+
+    return AfterValidator(check)
 
 
 def _currency(value: str) -> str:
@@ -140,14 +161,14 @@ class SignupProperties(Properties):
 
 
 class IdentifyProperties(Properties):
-    traits: dict[str, Any] = Field(default_factory=dict)
+    traits: Annotated[dict[str, Any], _at_most(MAX_TRAITS_BYTES)] = Field(default_factory=dict)
 
 
 class PurchaseProperties(Properties):
     order_id: Id
     amount: Money
     currency: Currency
-    items: list[dict[str, Any]] | None = None
+    items: Annotated[list[dict[str, Any]], _at_most(MAX_ITEMS_BYTES)] | None = None
 
     _check_currency = field_validator("currency")(_currency)
 
@@ -194,8 +215,8 @@ class MarketingSpendProperties(Properties):
     campaign: Label
     amount: Money
     currency: Currency
-    period_start: AwareDatetime
-    period_end: AwareDatetime
+    period_start: EventTime
+    period_end: EventTime
 
     _check_currency = field_validator("currency")(_currency)
 
@@ -220,7 +241,9 @@ class EventBase(BaseModel):
     event_id: Id = Field(description="Client-chosen idempotency key, unique per source.")
     customer_id: Id | None = None
     anonymous_id: Id | None = None
-    occurred_at: AwareDatetime = Field(description="When it happened (RFC 3339 with offset).")
+    occurred_at: EventTime = Field(
+        description="When it happened (RFC 3339 with offset; kept in UTC)."
+    )
     source: Label = Field(description="Which site or shop sent it; set from the write key.")
     channel: Label | None = Field(
         default=None, description="paid_search, social, email, referral, direct, organic, …"
@@ -232,7 +255,7 @@ class EventBase(BaseModel):
         now = (info.context or {}).get("now")
         if isinstance(now, datetime) and value > now + MAX_FUTURE_SKEW:
             raise ValueError("is more than 24h in the future")
-        return utc_if_zero_offset(value)
+        return value
 
     @model_validator(mode="after")
     def _customer_key_present(self) -> EventBase:
