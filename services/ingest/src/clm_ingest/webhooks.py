@@ -178,7 +178,10 @@ def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     created = _need(payload, "created")
     if isinstance(created, bool) or not isinstance(created, int):
         raise PayloadInvalid("created", "must be a unix timestamp")
-    occurred_at = datetime.fromtimestamp(created, UTC).isoformat()
+    try:
+        occurred_at = datetime.fromtimestamp(created, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # beyond the calendar: not a 500
+        raise PayloadInvalid("created", "is not a unix timestamp in range") from None
     base = {"event_id": event_id, "occurred_at": occurred_at, **_stripe_customer(obj)}
     if kind == "charge.succeeded":
         if obj.get("invoice"):
