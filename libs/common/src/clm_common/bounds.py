@@ -23,7 +23,6 @@ Pure: no I/O; the checks raise ``ValueError`` (pydantic names the field).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from itertools import accumulate
@@ -46,16 +45,11 @@ def utc_time(value: datetime) -> datetime:
     breaks: an offset beyond ±14:00, or an instant outside ``[TIME_MIN, TIME_END)``.
 
     The offset and the calendar year are checked before the conversion, so no value can make
-    it overflow (``0001-01-01T00:00:00+14:00`` is year 0 in UTC)."""
-    offset = value.utcoffset()
-    if offset is None:
-        raise ValueError("needs a UTC offset")
-    if abs(offset) > MAX_OFFSET:
-        raise ValueError("UTC offset must be within ±14:00")
-    if not TIME_MIN.year - 1 <= value.year <= TIME_END.year:
-        raise ValueError(_range_message())
+    it overflow (``0001-01-01T00:00:00+14:00`` is year 0 in UTC). On the engine's hot path
+    (every event decoded): a zero offset costs a constructor, not ``astimezone``."""
     if value.tzinfo is not UTC:
-        if offset == _ZERO:  # three times cheaper than astimezone
+        offset = value.utcoffset()
+        if offset == _ZERO:
             value = datetime(
                 value.year,
                 value.month,
@@ -66,11 +60,17 @@ def utc_time(value: datetime) -> datetime:
                 value.microsecond,
                 UTC,
             )
+        elif offset is None:
+            raise ValueError("needs a UTC offset")
+        elif abs(offset) > MAX_OFFSET:
+            raise ValueError("UTC offset must be within ±14:00")
+        elif not TIME_MIN.year - 1 <= value.year <= TIME_END.year:
+            raise ValueError(_range_message())
         else:
             value = value.astimezone(UTC)
-    if not TIME_MIN <= value < TIME_END:
-        raise ValueError(_range_message())
-    return value
+    if TIME_MIN <= value < TIME_END:
+        return value
+    raise ValueError(_range_message())
 
 
 def _range_message() -> str:
@@ -116,25 +116,24 @@ def too_deep(value: Any, depth: int, limit: int = MAX_JSON_DEPTH) -> str | None:
     """The path (``.a[0].b``) of the first container in ``value`` (itself at level
     ``depth``) that lies deeper than ``limit`` levels; None if there is none.
 
-    Walks containers only (scalars cost nothing), without recursion, stopping at the first
-    one too deep: a hostile document costs one pass at most."""
+    Walks containers only (scalars cost an isinstance), without recursion, stopping at the
+    first one too deep: a hostile document costs one pass at most."""
+    if not isinstance(value, dict | list):
+        return None
     stack: list[tuple[Any, int, str]] = [(value, depth, "")]
     while stack:
         node, level, path = stack.pop()
         if level > limit:
             return path
-        for key, child in _children(node):
-            if isinstance(child, dict | list):
-                stack.append((child, level + 1, f"{path}{key}"))
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if isinstance(child, dict | list):
+                    stack.append((child, level + 1, f"{path}.{key}"))
+        else:
+            for index, child in enumerate(node):
+                if isinstance(child, dict | list):
+                    stack.append((child, level + 1, f"{path}[{index}]"))
     return None
-
-
-def _children(node: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        return ((f".{k}", v) for k, v in node.items())
-    if isinstance(node, list):
-        return ((f"[{i}]", v) for i, v in enumerate(node))
-    return iter(())
 
 
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
