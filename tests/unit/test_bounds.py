@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from clm_common import bounds
 from clm_common.events import parse_event
+from clm_common.kpis import exact_money, money
 from clm_common.lifecycle import CustomerState, Stage, advance
 from clm_common.rules import MAX_RULE_DAYS, RulesError, parse_rules
 from clm_ingest import webhooks
@@ -260,3 +261,12 @@ def test_a_stripe_time_beyond_the_calendar_is_refused() -> None:
     with pytest.raises(webhooks.PayloadInvalid) as refused:
         webhooks.stripe(payload)
     assert refused.value.field == "created"
+
+
+def test_money_past_28_digits_is_shown_exactly_not_a_crash() -> None:
+    """The read API and the KPIs print sums; Python's default context would round one past
+    28 digits (normalize) or raise (quantize to the cent)."""
+    total = Decimal("1" + "0" * 40 + ".0001")
+    assert exact_money(total) == "1" + "0" * 40 + ".0001"
+    assert money(total) == "1" + "0" * 40 + ".00"
+    assert exact_money(Decimal("59.9000")) == "59.90"
