@@ -270,3 +270,15 @@ def test_money_past_28_digits_is_shown_exactly_not_a_crash() -> None:
     assert exact_money(total) == "1" + "0" * 40 + ".0001"
     assert money(total) == "1" + "0" * 40 + ".00"
     assert exact_money(Decimal("59.9000")) == "59.90"
+
+
+@pytest.mark.parametrize("amount", ["abc", "1e999999999", [1]])
+def test_a_shopify_refund_amount_that_is_no_number_is_refused(amount: Any) -> None:
+    payload = {
+        "order_id": 1,
+        "created_at": "2026-11-23T10:00:00Z",
+        "transactions": [{"kind": "refund", "amount": amount}],
+    }
+    with pytest.raises(webhooks.PayloadInvalid) as refused:
+        webhooks.shopify("refunds/create", "d-1", payload)
+    assert refused.value.field == "transactions"

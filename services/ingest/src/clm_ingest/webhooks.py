@@ -110,7 +110,10 @@ def shopify(topic: str, delivery_id: str, payload: Mapping[str, Any]) -> list[di
     ]
     if not transactions:
         raise PayloadInvalid("transactions", "no refund transaction")
-    amount = sum((Decimal(str(t.get("amount", "0"))) for t in transactions), Decimal(0))
+    try:
+        amount = sum((Decimal(str(t.get("amount", "0"))) for t in transactions), Decimal(0))
+    except ArithmeticError:  # not a number, or beyond Decimal's range: not a 500
+        raise PayloadInvalid("transactions", "amount is not a decimal number") from None
     currency = transactions[0].get("currency") or payload.get("currency")
     properties: dict[str, Any] = {"order_id": f"shopify:{order_id}", "amount": format(amount, "f")}
     if currency:
