@@ -14,11 +14,11 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common import bounds
-from clm_common.schema import customers, processed_events
+from clm_common.schema import customer_events, customers, processed_events
 from clm_common.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from clm_metrics.app import create_app as metrics_app
@@ -271,3 +271,42 @@ async def test_the_metrics_service_refuses_times_beyond_the_bounds(common: Commo
             edge = {"from": "1970-01-01T00:00:00Z", "to": "1970-01-02T00:00:00Z"}
             answer = await client.get("/v1/kpis", params=edge, headers=READ)
             assert answer.status_code == 200, answer.text
+
+
+async def test_a_history_stored_before_the_bounds_is_still_refolded(
+    ingest: httpx.AsyncClient, engine: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    """A late event makes the engine refold the customer from its stored events; one stored
+    before these bounds (here a C1 character and JSON 50 deep) must not stall that."""
+    signup = event_doc("signup", customer_id="legacy-1", occurred_at="2026-11-23T10:00:00Z")
+    await accepted(ingest, signup)
+    await accepted(
+        ingest, event_doc("site_visit", customer_id="legacy-1", occurred_at="2026-11-23T11:00:00Z")
+    )
+
+    async def both() -> bool:
+        return (await stored(db, "legacy-1"))["events"] == 2
+
+    await eventually(both, timeout=30)
+    legacy = {
+        **signup,
+        "source": "shop",
+        "channel": "e\x85mail",
+        "properties": {"plan": "free", "deep": nested(50)},
+    }
+    async with db.begin() as conn:
+        changed = await conn.execute(
+            update(customer_events)
+            .where(customer_events.c.event_id == signup["event_id"])
+            .values(payload=orjson.dumps(legacy))
+        )
+        assert changed.rowcount == 1
+    late = event_doc("purchase", customer_id="legacy-1", occurred_at="2026-11-23T09:00:00Z")
+    await accepted(ingest, late)
+
+    async def refolded() -> dict[str, Any] | None:
+        row = await stored(db, "legacy-1")
+        return row if row["events"] == 3 and row["purchases"] == 1 else None
+
+    row = await eventually(refolded, timeout=30)
+    assert row["first_seen_at"].isoformat() == "2026-11-23T09:00:00+00:00"

@@ -9,13 +9,22 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from clm_common import bounds
-from clm_common.events import parse_event
+from clm_common.events import (
+    ENVELOPE_ID_FIELDS,
+    ENVELOPE_LABEL_FIELDS,
+    EventBase,
+    Properties,
+    parse_event,
+    parse_event_json,
+    parse_stored_event_json,
+)
 from clm_common.kpis import exact_money, money
 from clm_common.lifecycle import CustomerState, Stage, advance
 from clm_common.rules import MAX_RULE_DAYS, RulesError, parse_rules
@@ -219,7 +228,7 @@ def test_an_id_is_accepted_exactly_when_it_is_one_clean_path_segment(
     else:
         with pytest.raises(ValidationError) as refused:
             parse_event(doc, now=NOW)
-        assert [e["loc"][-1] for e in refused.value.errors()] == [field]
+        assert [e["field"] for e in field_errors(refused.value)] == [field]
 
 
 def test_an_id_of_201_characters_is_refused() -> None:
@@ -282,3 +291,47 @@ def test_a_shopify_refund_amount_that_is_no_number_is_refused(amount: Any) -> No
     with pytest.raises(webhooks.PayloadInvalid) as refused:
         webhooks.shopify("refunds/create", "d-1", payload)
     assert refused.value.field == "transactions"
+
+
+def test_events_stored_before_the_bounds_still_read_back_from_the_store() -> None:
+    """A customer's history is refolded from the engine's store: an event accepted before
+    these bounds (a '/' id, a C1 character in a label, 1900, JSON 50 deep) must still decode
+    there, though the events topic's decoder refuses it now."""
+    legacy = orjson.dumps(
+        {
+            **event_doc("custom", customer_id="crm/7", occurred_at="1900-01-01T00:00:00+05:00"),
+            "channel": "e\x85mail",
+            "properties": {"name": "old", "deep": nested(50)},
+        }
+    )
+    with pytest.raises(ValidationError):
+        parse_event_json(legacy)
+    event = parse_stored_event_json(legacy)
+    assert event.customer_id == "crm/7"
+    assert event.occurred_at == datetime(1899, 12, 31, 19, tzinfo=UTC)
+    assert event.occurred_at.tzinfo is UTC
+    # what Postgres cannot hold was never stored, and is still refused
+    with pytest.raises(ValidationError):
+        parse_stored_event_json(orjson.dumps({**event_doc("signup"), "customer_id": "a\x00"}))
+
+
+def _patterned(model: type[BaseModel], pattern: str) -> set[str]:
+    """The fields of ``model`` whose schema states ``pattern`` (an Id or Label field)."""
+    out = set()
+    for name, schema in model.model_json_schema()["properties"].items():
+        members = schema.get("anyOf", [schema])
+        if any(m.get("pattern") == pattern for m in members):
+            out.add(name)
+    return out
+
+
+@pytest.mark.parametrize("model", [*Properties.__subclasses__(), EventBase])
+def test_every_id_and_label_field_is_checked_by_its_model(model: type[BaseModel]) -> None:
+    """The strict rules run in each model's validator, for the fields it lists: a new Id or
+    Label field must be listed, or new events would pass unchecked."""
+    if model is EventBase:
+        ids, labels = set(ENVELOPE_ID_FIELDS), set(ENVELOPE_LABEL_FIELDS)
+    else:
+        ids, labels = set(model.ID_FIELDS), set(model.LABEL_FIELDS)  # type: ignore[attr-defined]
+    assert _patterned(model, bounds.ID_PATTERN) == ids
+    assert _patterned(model, bounds.TEXT_PATTERN) == labels

@@ -101,10 +101,57 @@ def add_money(total: Decimal, amount: Decimal) -> Decimal:
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
 #: Ids (customer, anonymous, event, order …): a label that is also one URL path segment.
 ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f/]+$"
+#: What ids and labels had to match before these bounds (no C0 control character, so no NUL):
+#: events stored then are still read back (see STORED).
+STORED_TEXT_PATTERN = r"^[^\x00-\x1f]+$"
 #: Ids that a URL client would resolve as a path step instead of sending.
 DOT_SEGMENTS = frozenset({".", ".."})
 MAX_ID_LENGTH = 200
 MAX_LABEL_LENGTH = 200
+
+_ID = re.compile(ID_PATTERN)
+_TEXT = re.compile(TEXT_PATTERN)
+
+
+_ID_SEGMENT = re.compile(r"(?!\.\.?$)[^\x00-\x1f\x7f-\x9f/]+")
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` is an id (see :func:`check_id`), in one regex call."""
+    return _ID_SEGMENT.fullmatch(value) is not None
+
+
+def is_label(value: str) -> bool:
+    """Whether ``value`` is a label (see :func:`check_label`)."""
+    return _TEXT.match(value) is not None
+
+
+def check_id(value: str) -> str:
+    """An id: no control characters, one URL path segment as it is (no ``/``, not ``.`` or
+    ``..``)."""
+    if _ID.match(value) is None:
+        raise ValueError("must have no '/' and no control characters")
+    if value in DOT_SEGMENTS:
+        raise ValueError("cannot be . or ..")
+    return value
+
+
+def check_label(value: str) -> str:
+    """A label: no control characters."""
+    if _TEXT.match(value) is None:
+        raise ValueError("must have no control characters")
+    return value
+
+
+#: The validation context key of events read back from the engine's own store: accepted
+#: under the rules of their time, so only what Postgres and Python cannot hold is refused
+#: (NUL, an offset or instant beyond the calendar); the bounds above apply to new events.
+STORED = "stored"
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in ``datetime.UTC``, without the bounds (events stored before them)."""
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 # --- JSON ---------------------------------------------------------------------------------
@@ -119,6 +166,13 @@ def too_deep(value: Any, depth: int, limit: int = MAX_JSON_DEPTH) -> str | None:
     Walks containers only (scalars cost an isinstance), without recursion, stopping at the
     first one too deep: a hostile document costs one pass at most."""
     if not isinstance(value, dict | list):
+        return None
+    if depth > limit:
+        return ""
+    for child in value.values() if isinstance(value, dict) else value:
+        if isinstance(child, dict | list):
+            break
+    else:  # flat (the usual properties): nothing to walk
         return None
     stack: list[tuple[Any, int, str]] = [(value, depth, "")]
     while stack:
@@ -147,10 +201,3 @@ def raw_depth(body: bytes) -> int:
     translate, a running sum)."""
     brackets = _STRINGS.sub(b"", body).translate(None, _BRACKETS)
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
-
-
-def check_id(value: str) -> str:
-    """An id that is one URL path segment as it is (``.`` and ``..`` are not)."""
-    if value in DOT_SEGMENTS:
-        raise ValueError("cannot be . or ..")
-    return value
