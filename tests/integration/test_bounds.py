@@ -285,7 +285,8 @@ async def test_a_history_stored_before_the_bounds_is_still_refolded(
     )
 
     async def both() -> bool:
-        return (await stored(db, "legacy-1"))["events"] == 2
+        events: int = (await stored(db, "legacy-1"))["events"]
+        return events == 2
 
     await eventually(both, timeout=30)
     legacy = {
