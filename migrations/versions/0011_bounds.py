@@ -9,8 +9,11 @@ places, more than 10**980 events of the largest amount from overflowing (see
 ``clm_common/bounds.py``). The scale stays 4, so values read back as they did ("59.9000").
 
 Raising a numeric's precision at the same scale changes only the catalogue (no table rewrite,
-no index rebuild): instant on a live table. Downgrading narrows them again and fails if a value
-no longer fits.
+no index rebuild: a test checks the files stay the same): instant on a live table. Statements a
+running service prepared on the old types fail once per connection afterwards ("cached
+statement plan is invalid"; SQLAlchemy then drops its caches and the retry succeeds): restart
+the services after migrating, as for any release. Downgrading narrows the columns again and
+fails if a value no longer fits.
 
 Revision ID: 0011_bounds
 Revises: 0010_lapsing_index

@@ -5,19 +5,23 @@ engine can store)."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common import bounds
+from clm_common.db import create_engine
 from clm_common.schema import customer_events, customers, processed_events
 from clm_common.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
@@ -25,6 +29,7 @@ from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.settings import StageEngineSettings
+from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.conftest import READ_TOKEN, WRITE_KEY, eventually
 from tests.integration.ingest_server import ingest_client
@@ -311,3 +316,78 @@ async def test_a_history_stored_before_the_bounds_is_still_refolded(
 
     row = await eventually(refolded, timeout=30)
     assert row["first_seen_at"].isoformat() == "2026-11-23T09:00:00+00:00"
+
+
+@pytest.fixture
+async def bare_database(infra: Infra) -> AsyncIterator[str]:
+    """An empty database (no migration run yet)."""
+    name = f"clm_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_plain(infra.admin_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _with_database(infra.admin_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+SUM_COLUMNS = (
+    ("customers", "revenue"),
+    ("customers", "refunded"),
+    ("kpi_buckets", "value"),
+    ("kpi_rollups", "value"),
+)
+
+
+async def _types_and_files(conn: Any) -> dict[str, tuple[str, int]]:
+    out = {}
+    for table, column in SUM_COLUMNS:
+        found = await conn.execute(
+            text(
+                "SELECT format_type(atttypid, atttypmod), pg_relation_filenode(attrelid) "
+                "FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) AND attname = :c"
+            ),
+            {"t": table, "c": column},
+        )
+        kind, filenode = found.one()
+        out[f"{table}.{column}"] = (kind, filenode)
+    return out
+
+
+async def test_migration_0011_widens_the_sums_in_the_catalogue_only(bare_database: str) -> None:
+    """The sum columns become numeric(1000,4) without a table rewrite (same files), keep
+    their rows, then hold a sum past the old bound; downgrading narrows them back."""
+    await asyncio.to_thread(alembic_upgrade, bare_database, "upgrade", "0010_lapsing_index")
+    db = create_engine(bare_database, pool_size=1)
+    largest = Decimal("9999999999999999.9999")  # numeric(20,4)'s largest
+    insert = text(
+        "INSERT INTO customers (customer_id, stage, stage_entered_at, first_seen_at, "
+        "last_seen_at, first_source, revenue) VALUES ('c', 'reach', now(), now(), now(), "
+        "'shop', :r)"
+    )
+    try:
+        async with db.begin() as conn:
+            await conn.execute(insert, {"r": largest})
+            before = await _types_and_files(conn)
+        assert {kind for kind, _ in before.values()} == {"numeric(20,4)", "numeric(28,4)"}
+        await db.dispose()  # statements prepared on the old types are invalid after it
+        await asyncio.to_thread(alembic_upgrade, bare_database)
+        async with db.begin() as conn:
+            after = await _types_and_files(conn)
+            assert {kind for kind, _ in after.values()} == {"numeric(1000,4)"}
+            assert {k: f for k, (_, f) in after.items()} == {k: f for k, (_, f) in before.items()}
+            await conn.execute(
+                text("UPDATE customers SET revenue = revenue + :r"), {"r": bounds.MONEY_MAX}
+            )
+            revenue = (await conn.execute(text("SELECT revenue FROM customers"))).scalar_one()
+            assert revenue == largest + bounds.MONEY_MAX
+            await conn.execute(text("UPDATE customers SET revenue = :r"), {"r": largest})
+        await db.dispose()
+        await asyncio.to_thread(alembic_upgrade, bare_database, "downgrade", "0010_lapsing_index")
+        async with db.connect() as conn:
+            back = await _types_and_files(conn)
+            revenue = (await conn.execute(text("SELECT revenue FROM customers"))).scalar_one()
+        assert {kind for kind, _ in back.values()} == {"numeric(20,4)", "numeric(28,4)"}
+        assert revenue == largest
+    finally:
+        await db.dispose()
