@@ -109,11 +109,10 @@ DOT_SEGMENTS = frozenset({".", ".."})
 MAX_ID_LENGTH = 200
 MAX_LABEL_LENGTH = 200
 
-_ID = re.compile(ID_PATTERN)
-_TEXT = re.compile(TEXT_PATTERN)
-
-
-_ID_SEGMENT = re.compile(r"(?!\.\.?$)[^\x00-\x1f\x7f-\x9f/]+")
+# fullmatch, not the patterns' ^…$: Python's $ also matches before a final newline
+_ID = re.compile(ID_PATTERN[1:-1])
+_TEXT = re.compile(TEXT_PATTERN[1:-1])
+_ID_SEGMENT = re.compile(r"(?!\.\.?\Z)" + ID_PATTERN[1:-1])
 
 
 def is_id(value: str) -> bool:
@@ -123,13 +122,13 @@ def is_id(value: str) -> bool:
 
 def is_label(value: str) -> bool:
     """Whether ``value`` is a label (see :func:`check_label`)."""
-    return _TEXT.match(value) is not None
+    return _TEXT.fullmatch(value) is not None
 
 
 def check_id(value: str) -> str:
     """An id: no control characters, one URL path segment as it is (no ``/``, not ``.`` or
     ``..``)."""
-    if _ID.match(value) is None:
+    if _ID.fullmatch(value) is None:
         raise ValueError("must have no '/' and no control characters")
     if value in DOT_SEGMENTS:
         raise ValueError("cannot be . or ..")
@@ -138,7 +137,7 @@ def check_id(value: str) -> str:
 
 def check_label(value: str) -> str:
     """A label: no control characters."""
-    if _TEXT.match(value) is None:
+    if _TEXT.fullmatch(value) is None:
         raise ValueError("must have no control characters")
     return value
 
