@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from schemathesis.checks import positive_data_acceptance
@@ -72,3 +73,86 @@ def test_the_event_endpoints_match_their_schema(
     case: schemathesis.Case[Any], ingest_url: str
 ) -> None:
     check(case, ingest_url)
+
+
+def _deep(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+#: The contract's extremes (clm_common.bounds), just outside each bound: what the fuzzing
+#: phases are unlikely to draw, sent to every entry point of the ingest.
+EXTREME_EVENTS: list[dict[str, Any]] = [
+    {"occurred_at": "2026-12-07T10:00:00+16:00"},
+    {"occurred_at": "0001-01-01T00:00:00+14:00"},
+    {"occurred_at": "9999-12-31T23:59:59.999999-14:00"},
+    {"occurred_at": "1969-12-31T23:59:59Z"},
+    {"customer_id": "a/b"},
+    {"customer_id": "a\x00b"},
+    {"customer_id": ".."},
+    {"event_id": "e" * 201},
+    {"properties": {"order_id": "o-1", "amount": "1e30", "currency": "EUR"}},
+    {"properties": {"order_id": "o-1", "amount": "100000000000000", "currency": "EUR"}},
+    {"properties": {"order_id": "o-1", "amount": "59.90", "currency": "EUR", "x": _deep(300)}},
+    {"properties": {"order_id": "o-1", "amount": "59.90", "currency": "EUR", "x": "a" * 20_000}},
+    {
+        "properties": {
+            "order_id": "o-1",
+            "amount": "59.90",
+            "currency": "EUR",
+            "items": [{"price": _deep(250)}],
+        }
+    },
+]
+
+
+def test_the_contracts_extremes_are_refused_by_every_entry_point_never_a_5xx(
+    ingest_url: str,
+) -> None:
+    bearer = {"Authorization": BEARER}
+    basic = {"Authorization": BASIC}
+    base = {
+        "event_id": "x-1",
+        "type": "purchase",
+        "customer_id": "c-1",
+        "occurred_at": "2026-11-23T10:00:00Z",
+        "properties": {"order_id": "o-1", "amount": "59.90", "currency": "EUR"},
+    }
+    deep_body = b'{"events": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    with httpx.Client(base_url=ingest_url, timeout=10) as http:
+        for change in EXTREME_EVENTS:
+            doc = {**base, **change}
+            one = http.post("/v1/events", content=_dumps(doc), headers=_json(bearer))
+            assert one.status_code == 422, (change, one.text)
+            batch = http.post(
+                "/v1/events/batch",
+                content=_dumps({"events": [doc, {**base, "event_id": "ok-1"}]}),
+                headers=_json(bearer),
+            )
+            assert batch.status_code == 202, (change, batch.text)
+            assert [r["index"] for r in batch.json()["rejected"]] == [0]
+        segment = [
+            {"userId": "a/b", "event": "Thing"},
+            {"userId": "u", "event": "Thing", "timestamp": "2026-12-07T10:00:00+16:00"},
+            {"userId": "u", "event": "Thing", "context": {"x": _deep(300)}},
+            {"userId": "u", "event": "Order Completed", "properties": {"total": 1e30}},
+        ]
+        for message in segment:
+            answer = http.post("/v1/track", content=_dumps(message), headers=_json(basic))
+            assert answer.status_code == 400, (message, answer.text)
+        for path, headers in (("/v1/events", bearer), ("/v1/events/batch", bearer)):
+            answer = http.post(path, content=deep_body, headers=_json(headers))
+            assert answer.status_code == 422, (path, answer.text)
+        for path in ("/v1/batch", "/v1/webhooks/generic", "/v1/webhooks/stripe"):
+            answer = http.post(path, content=deep_body, headers=_json(basic))
+            assert answer.status_code < 500, (path, answer.text)
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def _json(headers: dict[str, str]) -> dict[str, str]:
+    return {**headers, "Content-Type": "application/json"}

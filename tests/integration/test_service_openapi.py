@@ -103,3 +103,41 @@ def test_control_characters_in_ids_are_422_not_a_database_error(
     for response in answers:
         assert response.status_code == 422, (response.request.url, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+
+
+#: Times just outside the contract's bounds (clm_common.bounds), and beyond the calendar once
+#: in UTC: what the fuzzing phases are unlikely to draw.
+EXTREME_TIMES = (
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59.999999-14:00",
+    "2026-12-07T10:00:00+16:00",
+    "1969-12-31T23:59:59Z",
+    "9900-01-01T00:00:00Z",
+)
+FAIR = {"from": "2026-11-22T00:00:00Z", "to": "2026-11-23T00:00:00Z"}
+
+
+def test_the_contracts_extremes_are_422_never_a_5xx(
+    stage_engine_url: str, metrics_url: str
+) -> None:
+    read = {"Authorization": f"Bearer {READ_TOKEN}"}
+    write = {"Authorization": f"Bearer {WRITE_KEY}"}
+    with httpx.Client(timeout=10) as http:
+        for at in EXTREME_TIMES:
+            for name in ("from", "to"):
+                params = {**FAIR, name: at}
+                for path in ("/v1/kpis", "/v1/lifecycle/map", "/v1/kpis/revenue/series"):
+                    answer = http.get(f"{metrics_url}{path}", params=params, headers=read)
+                    assert answer.status_code == 422, (path, params, answer.text)
+                    assert [e["field"] for e in answer.json()["errors"]] == [name]
+        answers = [
+            http.get(f"{stage_engine_url}/v1/customers/{'i' * 201}", headers=read),
+            http.get(f"{stage_engine_url}/v1/customers/a%7Fb", headers=read),
+            http.get(f"{stage_engine_url}/v1/customers/a%C2%85b/history", headers=read),
+            http.post(
+                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x9fb"}, headers=write
+            ),
+            http.get(f"{metrics_url}/v1/kpis", params={"source": "a\x7f"}, headers=read),
+        ]
+    for response in answers:
+        assert response.status_code == 422, (response.request.url, response.text)

@@ -35,7 +35,7 @@ def test_shopify_order_is_a_purchase_keyed_by_the_order() -> None:
     assert event["event_id"] == "shopify:order:820982911946154508"
     assert event["type"] == "purchase"
     assert event["customer_id"] == "shopify:115310627314723954"
-    assert event["occurred_at"] == "2026-11-23T06:15:42-05:00"
+    assert event["occurred_at"] == "2026-11-23T11:15:42Z"  # 06:15:42-05:00, kept in UTC
     assert event["properties"]["amount"] == "403.00"
     assert event["properties"]["order_id"] == "shopify:820982911946154508"
     assert len(event["properties"]["items"]) == 2

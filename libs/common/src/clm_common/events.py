@@ -12,13 +12,15 @@ Published on ``clm.events.v1`` as :class:`Event` JSON (``model_dump(mode="json")
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -31,22 +33,87 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from clm_common import bounds
 from clm_common.currencies import ISO_4217
 
 SCHEMA_VERSION = 1
 MAX_FUTURE_SKEW = timedelta(hours=24)
 MISSING_CUSTOMER_KEY = "missing_customer_key"
 MAX_EXTRA_PROPERTIES_BYTES = 16 * 1024  # unknown properties are kept, up to this much JSON
+MAX_TRAITS_BYTES = 16 * 1024  # an identify's traits, as JSON
+MAX_ITEMS_BYTES = 64 * 1024  # a purchase's items, as JSON
 
-#: Ids and labels: no control characters (Postgres text cannot even hold a NUL).
-TEXT_PATTERN = r"^[^\x00-\x1f]+$"
-Id = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
-Label = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
+
+def _stored(info: ValidationInfo) -> bool:
+    """Whether this is an event read back from the engine's store (see bounds.STORED)."""
+    context = info.context
+    return context is not None and context.get(bounds.STORED) is True
+
+
+#: The error type of a new event's id or label breaking the bounds; ``ctx["field"]`` names it.
+BOUNDS_ERROR = "bounds"
+
+
+def _check_text(model: BaseModel, ids: tuple[str, ...], labels: tuple[str, ...]) -> None:
+    """The bounds of new events on the listed id and label fields of ``model``."""
+    for name in ids:
+        value = getattr(model, name)
+        if value is not None and not bounds.is_id(value):
+            _refuse(name, bounds.check_id, value)
+    for name in labels:
+        value = getattr(model, name)
+        if value is not None and not bounds.is_label(value):
+            _refuse(name, bounds.check_label, value)
+
+
+def _refuse(name: str, check: Callable[[str], str], value: str) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise PydanticCustomError(BOUNDS_ERROR, "{field}: " + str(exc), {"field": name}) from None
+
+
+def _event_time(value: datetime, info: ValidationInfo) -> datetime:
+    return bounds.as_utc(value) if _stored(info) else bounds.utc_time(value)
+
+
+#: Ids and labels: see :mod:`clm_common.bounds` (Postgres text cannot even hold a NUL; an id
+#: is one path segment of ``/v1/customers/{id}``). The field constraint is what every stored
+#: event meets; the stricter rules of new events (the schema's pattern) are checked by each
+#: model's validator, for the fields it lists in ``ID_FIELDS`` and ``LABEL_FIELDS`` (one
+#: Python call a model, not one a field: the engine decodes every event).
+TEXT_PATTERN = bounds.TEXT_PATTERN
+Id = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=bounds.MAX_ID_LENGTH,
+        pattern=bounds.STORED_TEXT_PATTERN,
+        json_schema_extra={"pattern": bounds.ID_PATTERN},
+    ),
+]
+Label = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=bounds.MAX_LABEL_LENGTH,
+        pattern=bounds.STORED_TEXT_PATTERN,
+        json_schema_extra={"pattern": TEXT_PATTERN},
+    ),
+]
 Money = Annotated[
     Decimal,
-    Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False),
+    Field(
+        ge=0,
+        le=bounds.MONEY_MAX,
+        max_digits=bounds.MONEY_DIGITS,
+        decimal_places=bounds.MONEY_PLACES,
+        allow_inf_nan=False,
+    ),
     PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
 ]
+#: A timestamp with its offset, normalised to UTC, within the bounds (see bounds.utc_time).
+EventTime = Annotated[AwareDatetime, AfterValidator(_event_time)]
 
 
 class EventType(StrEnum):
@@ -72,46 +139,55 @@ class Properties(BaseModel):
     """Base of every properties model: unknown keys are kept as they came."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+    ID_FIELDS: ClassVar[tuple[str, ...]] = ()  # its Id fields (see Id)
+    LABEL_FIELDS: ClassVar[tuple[str, ...]] = ()  # its Label fields
 
     @model_validator(mode="after")
-    def _extras_bounded(self) -> Properties:
+    def _extras_bounded(self, info: ValidationInfo) -> Properties:
+        if _stored(info):
+            return self
+        _check_text(self, self.ID_FIELDS, self.LABEL_FIELDS)
         extra = self.__pydantic_extra__
+        # properties are level 2 of the event object: the engine's decoder and the wire's
+        # serializer have nesting limits of their own (see bounds.MAX_JSON_DEPTH)
+        deep = bounds.too_deep({**self.__dict__, **extra} if extra else self.__dict__, 2)
+        if deep is not None:
+            raise ValueError(
+                f"nested more than {bounds.MAX_JSON_DEPTH} levels deep at properties{deep}"
+            )
         if not extra:
             return self
-        try:
-            size = len(orjson.dumps(extra, default=str))
-        except TypeError as exc:  # an integer beyond 64 bits: refused, not a crash (a 500)
-            raise ValueError(f"unknown properties are not plain JSON: {exc}") from exc
-        if size > MAX_EXTRA_PROPERTIES_BYTES:
+        if _json_size(extra) > MAX_EXTRA_PROPERTIES_BYTES:
             raise ValueError(
                 f"unknown properties take more than {MAX_EXTRA_PROPERTIES_BYTES} bytes of JSON"
             )
         return self
 
 
-_ZERO = timedelta(0)
+def _json_size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value, default=str))
+    except TypeError as exc:  # an integer beyond 64 bits: refused, not a crash (a 500)
+        raise ValueError(f"is not plain JSON: {exc}") from exc
 
 
-def utc_if_zero_offset(value: datetime) -> datetime:
-    """``value`` with ``datetime.UTC`` as its zone when its offset is zero (``Z``,
-    ``+00:00``), else as it is: the same instant, written the same way.
+def _at_most(limit: int) -> AfterValidator:
+    """A free-form property (level 3 of the event object) of at most ``limit`` bytes of JSON."""
 
-    The parser gives every timestamp a zone object of its own, and comparing two aware
-    datetimes whose zones are not the same object asks each for its offset, a call per
-    operand: the reducer compares event times all the time (a quarter of its CPU an event
-    went there), and Postgres' timestamps come back in ``datetime.UTC`` too."""
-    if value.tzinfo is UTC or value.utcoffset() != _ZERO:
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if _stored(info):
+            return value
+        deep = bounds.too_deep(value, 3)
+        if deep is not None:
+            raise ValueError(
+                f"nested more than {bounds.MAX_JSON_DEPTH} levels deep at "
+                f"properties.{info.field_name}{deep}"
+            )
+        if value and _json_size(value) > limit:
+            raise ValueError(f"takes more than {limit} bytes of JSON")
         return value
-    return datetime(  # three times cheaper than value.replace(tzinfo=UTC)
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond,
-        UTC,
-    )
+
+    return AfterValidator(check)
 
 
 def _currency(value: str) -> str:
@@ -124,6 +200,7 @@ Currency = Annotated[str, Field(min_length=3, max_length=3, pattern=r"^[A-Z]{3}$
 
 
 class AdClickProperties(Properties):
+    LABEL_FIELDS = ("campaign", "ad", "creative")
     campaign: Label
     ad: Label | None = None
     creative: Label | None = None
@@ -135,24 +212,27 @@ class SiteVisitProperties(Properties):
 
 
 class SignupProperties(Properties):
+    LABEL_FIELDS = ("plan",)
     email_hash: Annotated[str, Field(max_length=128)] | None = None
     plan: Label | None = None
 
 
 class IdentifyProperties(Properties):
-    traits: dict[str, Any] = Field(default_factory=dict)
+    traits: Annotated[dict[str, Any], _at_most(MAX_TRAITS_BYTES)] = Field(default_factory=dict)
 
 
 class PurchaseProperties(Properties):
+    ID_FIELDS = ("order_id",)
     order_id: Id
     amount: Money
     currency: Currency
-    items: list[dict[str, Any]] | None = None
+    items: Annotated[list[dict[str, Any]], _at_most(MAX_ITEMS_BYTES)] | None = None
 
     _check_currency = field_validator("currency")(_currency)
 
 
 class RefundProperties(Properties):
+    ID_FIELDS = ("order_id",)
     order_id: Id
     amount: Money
     currency: Currency | None = None
@@ -161,11 +241,13 @@ class RefundProperties(Properties):
 
 
 class SubscriptionCancelledProperties(Properties):
+    ID_FIELDS = ("subscription_id",)
     subscription_id: Id | None = None
     reason: Annotated[str, Field(max_length=500)] | None = None
 
 
 class SupportTicketProperties(Properties):
+    ID_FIELDS = ("ticket_id",)
     ticket_id: Id
     status: Literal["opened", "solved"]
     csat: Annotated[int, Field(ge=1, le=5, strict=True)] | None = None
@@ -181,21 +263,24 @@ class NpsResponseProperties(Properties):
 
 
 class ReferralProperties(Properties):
+    ID_FIELDS = ("referred_id",)
     referred_id: Id
 
 
 class EmailEngagementProperties(Properties):
+    LABEL_FIELDS = ("campaign",)
     action: Literal["opened", "clicked"]
     campaign: Label
 
 
 class MarketingSpendProperties(Properties):
+    LABEL_FIELDS = ("channel", "campaign")
     channel: Label
     campaign: Label
     amount: Money
     currency: Currency
-    period_start: AwareDatetime
-    period_end: AwareDatetime
+    period_start: EventTime
+    period_end: EventTime
 
     _check_currency = field_validator("currency")(_currency)
 
@@ -209,7 +294,13 @@ class MarketingSpendProperties(Properties):
 class CustomProperties(Properties):
     """A touchpoint outside the contract's types (e.g. an unmapped Segment track event)."""
 
+    LABEL_FIELDS = ("name",)
+
     name: Label
+
+
+ENVELOPE_ID_FIELDS = ("event_id", "customer_id", "anonymous_id")
+ENVELOPE_LABEL_FIELDS = ("source", "channel")
 
 
 class EventBase(BaseModel):
@@ -220,7 +311,9 @@ class EventBase(BaseModel):
     event_id: Id = Field(description="Client-chosen idempotency key, unique per source.")
     customer_id: Id | None = None
     anonymous_id: Id | None = None
-    occurred_at: AwareDatetime = Field(description="When it happened (RFC 3339 with offset).")
+    occurred_at: AwareDatetime = Field(
+        description="When it happened (RFC 3339 with offset; kept in UTC)."
+    )
     source: Label = Field(description="Which site or shop sent it; set from the write key.")
     channel: Label | None = Field(
         default=None, description="paid_search, social, email, referral, direct, organic, …"
@@ -229,13 +322,17 @@ class EventBase(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _not_far_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+        value = _event_time(value, info)  # in UTC, within the bounds
         now = (info.context or {}).get("now")
         if isinstance(now, datetime) and value > now + MAX_FUTURE_SKEW:
             raise ValueError("is more than 24h in the future")
-        return utc_if_zero_offset(value)
+        return value
 
     @model_validator(mode="after")
-    def _customer_key_present(self) -> EventBase:
+    def _customer_key_present(self, info: ValidationInfo) -> EventBase:
+        """A customer key, and (new events) the bounds of the envelope's ids and labels."""
+        if not _stored(info):
+            _check_text(self, ENVELOPE_ID_FIELDS, ENVELOPE_LABEL_FIELDS)
         if (
             self.customer_id is None
             and self.anonymous_id is None
@@ -358,6 +455,15 @@ def parse_event_json(raw: bytes) -> Event:
     return EVENT_ADAPTER.validate_json(raw)
 
 
+_STORED_CONTEXT = {bounds.STORED: True}
+
+
+def parse_stored_event_json(raw: bytes) -> Event:
+    """Decode an event the engine stored itself (a customer's history, refolded): the bounds
+    of new events are not asked again, so an event stored before them still reads back."""
+    return EVENT_ADAPTER.validate_json(raw, context=_STORED_CONTEXT)
+
+
 def dump_event(event: Event) -> bytes:
     """The wire form of an event on the events topic (JSON, decimals as strings).
 
@@ -387,7 +493,9 @@ def partition_key(event: Event) -> str:
     return event.event_id
 
 
-def error_field(loc: tuple[int | str, ...], error_type: str) -> str:
+def error_field(
+    loc: tuple[int | str, ...], error_type: str, ctx: dict[str, Any] | None = None
+) -> str:
     """The dotted field name an error from :func:`parse_event` is about.
 
     Drops the discriminator tag pydantic puts first (``purchase.properties.amount`` →
@@ -400,6 +508,8 @@ def error_field(loc: tuple[int | str, ...], error_type: str) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in EVENT_TYPES:
         parts = parts[1:]
+    if error_type == BOUNDS_ERROR and ctx is not None:  # raised by the model: names its field
+        parts.append(str(ctx["field"]))
     return ".".join(parts) or "body"
 
 

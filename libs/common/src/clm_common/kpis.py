@@ -10,6 +10,8 @@ import re
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from clm_common.bounds import SUM_CONTEXT
+
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
     "24h": timedelta(hours=24),
@@ -54,14 +56,14 @@ def money(value: Decimal | None) -> str | None:
     """Money as a decimal string to the cent (banker's rounding), or None."""
     if value is None:
         return None
-    return str(value.quantize(CENT, rounding=ROUND_HALF_EVEN))
+    return str(value.quantize(CENT, rounding=ROUND_HALF_EVEN, context=SUM_CONTEXT))
 
 
 def exact_money(value: Decimal) -> str:
     """An exact amount as text with at least two decimals (``59.9000`` → ``59.90``)."""
-    normalized = value.normalize()
+    normalized = value.normalize(SUM_CONTEXT)  # the default context would round past 28 digits
     if normalized.as_tuple().exponent > -2:  # type: ignore[operator]
-        normalized = value.quantize(CENT)
+        normalized = value.quantize(CENT, context=SUM_CONTEXT)
     return format(normalized, "f")
 
 

@@ -29,6 +29,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
+from clm_common.bounds import add_money
 from clm_common.events import (
     AdClick,
     EmailEngagement,
@@ -321,13 +322,13 @@ def _facts(state: CustomerState, event: Event, rules: LifecycleRules, v: list[An
         v[_LAST_EVENT_ID] = event.event_id
     if type(event) is Purchase:
         v[_PURCHASES] = state.purchases + 1
-        v[_REVENUE] = state.revenue + event.properties.amount
+        v[_REVENUE] = add_money(state.revenue, event.properties.amount)
         v[_LAST_PURCHASE_AT] = max(state.last_purchase_at or at, at)
         v[_CONVERTED_AT] = min(state.converted_at or at, at)
         v[_RECENT_PURCHASES] = _keep_recent(state.recent_purchases, at, rules.loyalty.purchases)
     elif type(event) is Refund:
         v[_REFUNDS] = state.refunds + 1
-        v[_REFUNDED] = state.refunded + event.properties.amount
+        v[_REFUNDED] = add_money(state.refunded, event.properties.amount)
     elif type(event) is SupportTicket:
         if event.properties.status == "opened":
             v[_TICKETS_OPENED] = state.tickets_opened + 1

@@ -12,6 +12,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from clm_common import bounds
+
+#: Rules name intervals of at most this many days (the engine adds them to event times).
+MAX_RULE_DAYS = bounds.MAX_RULE_DAYS
 DEFAULT_RULES_PATH = Path(__file__).resolve().parents[4] / "deploy" / "config" / "lifecycle.yaml"
 
 
@@ -23,7 +27,7 @@ class AcquisitionRules(_Strict):
     signup: bool = True
     identify_with_email: bool = True
     visits: int = Field(default=3, ge=1)
-    visits_within_days: int = Field(default=30, ge=1)
+    visits_within_days: int = Field(default=30, ge=1, le=MAX_RULE_DAYS)
     pre_purchase_ticket: bool = True
 
 
@@ -37,18 +41,18 @@ class RetentionRules(_Strict):
 
 class LoyaltyRules(_Strict):
     purchases: int = Field(default=3, ge=2)
-    purchases_within_days: int = Field(default=365, ge=1)
+    purchases_within_days: int = Field(default=365, ge=1, le=MAX_RULE_DAYS)
     review_min_rating: int | None = Field(default=4, ge=1, le=5)
     nps_min_score: int | None = Field(default=9, ge=0, le=10)
     referral: bool = True
 
 
 class AtRiskRules(_Strict):
-    inactive_days: int = Field(default=60, ge=1)
+    inactive_days: int = Field(default=60, ge=1, le=MAX_RULE_DAYS)
 
 
 class ChurnedRules(_Strict):
-    inactive_days: int = Field(default=180, ge=1)
+    inactive_days: int = Field(default=180, ge=1, le=MAX_RULE_DAYS)
     subscription_cancelled: bool = True
 
 

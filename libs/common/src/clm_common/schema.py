@@ -26,6 +26,8 @@ from sqlalchemy import (
     text,
 )
 
+from clm_common import bounds
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -36,7 +38,9 @@ metadata = MetaData(
     }
 )
 
-MONEY = Numeric(20, 4)
+#: Money sums (customers' revenue and refunds, KPI values): as wide as Postgres declares a
+#: numeric, so no count of events within the per-event bound can overflow one (bounds.py).
+MONEY = Numeric(bounds.SUM_DIGITS, bounds.MONEY_PLACES)
 TS = DateTime(timezone=True)
 
 api_keys = Table(
@@ -178,7 +182,7 @@ kpi_buckets = Table(
     Column("source", Text, nullable=False),
     Column("channel", Text, nullable=False),
     Column("currency", Text, nullable=False),
-    Column("value", Numeric(28, 4), nullable=False),
+    Column("value", MONEY, nullable=False),
     PrimaryKeyConstraint("bucket_start", "metric", "source", "channel", "currency"),
 )
 
@@ -286,7 +290,7 @@ kpi_rollups = Table(
     Column("source", Text, nullable=False),
     Column("channel", Text, nullable=False),
     Column("currency", Text, nullable=False),
-    Column("value", Numeric(28, 4), nullable=False),
+    Column("value", MONEY, nullable=False),
     PrimaryKeyConstraint("grain", "bucket_start", "metric", "source", "channel", "currency"),
     CheckConstraint("grain IN ('hour', 'day', 'all')", name="grain"),
 )

@@ -20,7 +20,7 @@ class SourceMismatch(Exception):
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """One ``{"field", "message"}`` per problem, fields named as in the request body."""
     return [
-        {"field": error_field(tuple(e["loc"]), e["type"]), "message": e["msg"]}
+        {"field": error_field(tuple(e["loc"]), e["type"], e.get("ctx")), "message": e["msg"]}
         for e in exc.errors()
     ]
 

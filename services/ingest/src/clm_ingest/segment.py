@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from clm_common import bounds
+
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment: 32 KB per message
 MAX_BATCH_BYTES = 500 * 1024  # Segment: 500 KB per batch request
 
@@ -217,6 +219,9 @@ def to_event(
     """
     if not isinstance(msg, dict):
         raise SegmentInvalid("body", "a message must be a JSON object")
+    deep = bounds.too_deep(msg, 1)  # before dumps, whose own limit is a crash (a 500)
+    if deep is not None:
+        raise SegmentInvalid(deep[1:], f"nested more than {bounds.MAX_JSON_DEPTH} levels deep")
     if len(orjson.dumps(msg)) > MAX_MESSAGE_BYTES:
         raise SegmentInvalid("body", f"message larger than {MAX_MESSAGE_BYTES} bytes")
     if call not in CALLS:

@@ -141,7 +141,10 @@ def shopify(topic: str, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
     if not transactions:
         raise PayloadInvalid("transactions", "no refund transaction")
-    amount = sum((Decimal(str(t.get("amount", "0"))) for t in transactions), Decimal(0))
+    try:
+        amount = sum((Decimal(str(t.get("amount", "0"))) for t in transactions), Decimal(0))
+    except ArithmeticError:  # not a number, or beyond Decimal's range: not a 500
+        raise PayloadInvalid("transactions", "amount is not a decimal number") from None
     currency = transactions[0].get("currency") or payload.get("currency")
     properties: dict[str, Any] = {"order_id": f"shopify:{order_id}", "amount": format(amount, "f")}
     if currency:
@@ -211,7 +214,10 @@ def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     created = _need(payload, "created")
     if isinstance(created, bool) or not isinstance(created, int):
         raise PayloadInvalid("created", "must be a unix timestamp")
-    occurred_at = datetime.fromtimestamp(created, UTC).isoformat()
+    try:
+        occurred_at = datetime.fromtimestamp(created, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # beyond the calendar: not a 500
+        raise PayloadInvalid("created", "is not a unix timestamp in range") from None
     base = {"event_id": event_id, "occurred_at": occurred_at, **_stripe_customer(obj)}
     if kind == "charge.succeeded":
         if obj.get("invoice"):

@@ -27,7 +27,7 @@ from clm_common.db import (
     lone_statement,
     pg_array,
 )
-from clm_common.events import Event, parse_event_json
+from clm_common.events import Event, parse_stored_event_json
 from clm_common.kpis import exact_money
 from clm_common.lifecycle import CustomerState, Stage, Transition, make_state
 from clm_common.schema import (
@@ -419,7 +419,7 @@ async def load_events(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, l
     )
     out: dict[str, list[Event]] = {}
     for r in rows:
-        out.setdefault(r.customer_id, []).append(parse_event_json(r.payload))
+        out.setdefault(r.customer_id, []).append(parse_stored_event_json(r.payload))
     return out
 
 

@@ -13,6 +13,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from clm_common import bounds
 from clm_common.events import EventType, example_event
 from clm_common.problem import ProblemError
 from clm_ingest import service
@@ -39,6 +40,7 @@ def parse_json(body: bytes, route: str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        too_deep_body(body, route)
         service.reject("unknown", "bad_json", route)
         raise ProblemError(
             400,
@@ -46,6 +48,18 @@ def parse_json(body: bytes, route: str) -> Any:
             f"body is not JSON: {exc}",
             errors=[{"field": "body", "message": str(exc)}],
         ) from None
+
+
+def too_deep_body(body: bytes, route: str) -> None:
+    """Raise a 422 when a body the JSON parser refused nests past the contract's depth (the
+    parser's own limit is far deeper): too deep is an invalid event, not "not JSON"."""
+    depth = bounds.raw_depth(body)
+    if depth > bounds.MAX_JSON_DEPTH:
+        service.reject("unknown", "too_deep", route)
+        message = f"nested {depth} levels deep; at most {bounds.MAX_JSON_DEPTH}"
+        raise ProblemError(
+            422, "Invalid event", message, errors=[{"field": "body", "message": message}]
+        )
 
 
 async def limit_rate(state: State, caller: Caller, events: int, route: str) -> None:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from clm_common.problem import ProblemError
 from clm_ingest import service, signatures, webhooks
-from clm_ingest.api.events import REFUSALS, publish_checked
+from clm_ingest.api.events import REFUSALS, publish_checked, too_deep_body
 from clm_ingest.deps import State, app_state
 from clm_ingest.signatures import BadSignature
 
@@ -91,6 +91,7 @@ def _json(raw: bytes, route: str) -> Any:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        too_deep_body(raw, route)
         service.reject("unknown", "bad_json", route)
         raise ProblemError(400, "Bad Request", f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):

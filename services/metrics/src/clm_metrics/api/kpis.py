@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from clm_common import bounds
 from clm_common.auth import Principal, authenticate
 from clm_common.events import TEXT_PATTERN
 from clm_common.kpis import parse_window, window_bounds
@@ -53,6 +54,14 @@ def _span(text: str, field: str) -> timedelta:
         raise _invalid(field, str(exc)) from None
 
 
+def _in_bounds(at: datetime, field: str) -> datetime:
+    """``at`` in UTC, within the event contract's time bounds (or a 422 naming ``field``)."""
+    try:
+        return bounds.utc_time(at)
+    except ValueError as exc:
+        raise _invalid(field, f"{field} {exc}") from None
+
+
 def resolve_range(
     state: State,
     now: datetime,
@@ -68,9 +77,9 @@ def resolve_range(
             raise _invalid("from" if from_ is None else "to", "from and to go together")
         if from_.tzinfo is None or to.tzinfo is None:
             raise _invalid("from", "from and to need a UTC offset")
-        if to <= from_:
+        start, end = _in_bounds(from_, "from"), _in_bounds(to, "to")
+        if end <= start:
             raise _invalid("to", "to must be after from")
-        start, end = from_.astimezone(UTC), to.astimezone(UTC)
         end = (
             end
             if end.replace(second=0, microsecond=0) == end
