@@ -8,7 +8,7 @@
   migration does not), so no customer id is needed to upgrade a tombstone.
 
 Revision ID: 0012_key_scopes
-Revises: 0010_lapsing_index
+Revises: 0011_bounds
 Create Date: 2026-12-07 12:50:00
 
 """
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_key_scopes"
-down_revision: str | Sequence[str] | None = "0010_lapsing_index"
+down_revision: str | Sequence[str] | None = "0011_bounds"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

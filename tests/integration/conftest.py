@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,7 +19,7 @@ from clm_common.events import dump_event, parse_event
 from clm_common.kafka import ensure_topics, topic_partitions
 from clm_common.keys import store_key
 from clm_common.settings import CommonSettings
-from tests.conftest import Infra, clm_env_for, cloned_database
+from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
 
 T = TypeVar("T")
 
@@ -156,3 +158,16 @@ def answer_of(response: httpx.Response, header: str) -> tuple[Any, ...]:
         response.headers.get(header),
         response.json() if response.content else None,
     )
+
+
+@pytest.fixture
+async def bare_database(infra: Infra) -> AsyncIterator[str]:
+    """An empty database (no migration run yet)."""
+    name = f"clm_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_plain(infra.admin_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _with_database(infra.admin_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -6,13 +6,11 @@ engine can store)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
 import httpx
 import orjson
 import pytest
@@ -29,12 +27,13 @@ from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.settings import StageEngineSettings
-from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
+from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, eventually
+from tests.integration.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, eventually
 from tests.integration.ingest_server import ingest_client
 
 WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 MAX = format(bounds.MONEY_MAX, "f")  # 99999999999999.9999
 
@@ -225,7 +224,7 @@ async def test_every_accepted_id_can_be_read_and_erased(
         read = await engine.get(f"/v1/customers/{quote(cid, safe='')}", headers=READ)
         assert read.status_code == 200, read.text
         assert read.json()["customer_id"] == cid
-    erased = await engine.delete(f"/v1/customers/{quote(odd, safe='')}", headers=WRITE)
+    erased = await engine.delete(f"/v1/customers/{quote(odd, safe='')}", headers=ADMIN)
     assert erased.status_code == 200, erased.text
 
     for field in ("customer_id", "anonymous_id", "event_id"):
@@ -316,19 +315,6 @@ async def test_a_history_stored_before_the_bounds_is_still_refolded(
 
     row = await eventually(refolded, timeout=30)
     assert row["first_seen_at"].isoformat() == "2026-11-23T09:00:00+00:00"
-
-
-@pytest.fixture
-async def bare_database(infra: Infra) -> AsyncIterator[str]:
-    """An empty database (no migration run yet)."""
-    name = f"clm_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_plain(infra.admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _with_database(infra.admin_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 SUM_COLUMNS = (

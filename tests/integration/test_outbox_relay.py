@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
@@ -19,7 +16,7 @@ from clm_common.schema import outbox, outbox_batches
 from clm_common.settings import CommonSettings
 from clm_stage_engine import repository
 from clm_stage_engine.relay import RELAY_LOCK_ID, OutboxGate, OutboxRelay, PayloadCache
-from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
+from tests.conftest import Infra, alembic_upgrade
 from tests.integration.conftest import read_topic
 
 
@@ -107,19 +104,6 @@ async def test_one_relay_at_a_time(common: CommonSettings, db: AsyncEngine) -> N
         await producer.stop()
     records = await read_topic(common.kafka_bootstrap, topic, expect=2)
     assert sorted((r.key, r.value) for r in records) == [(b"c1", b"one"), (b"c2", b"two")]
-
-
-@pytest.fixture
-async def bare_database(infra: Infra) -> AsyncIterator[str]:
-    """An empty database (no migration run yet)."""
-    name = f"clm_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_plain(infra.admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _with_database(infra.admin_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_migration_0009_keeps_old_rows_in_order_both_ways(bare_database: str) -> None:

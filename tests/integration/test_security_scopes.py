@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -41,7 +40,7 @@ from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.webhooks import Dispatcher
-from tests.conftest import Infra, _plain, _with_database, alembic_upgrade
+from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.conftest import (
     ADMIN_KEY,
@@ -390,19 +389,6 @@ async def test_old_tombstones_and_clear_secrets_are_upgraded_and_still_work(
     )
     async with db.begin() as conn:
         assert (await handler(conn, before)).applied == 0
-
-
-@pytest.fixture
-async def bare_database(infra: Infra) -> AsyncIterator[str]:
-    """An empty database (no migration run yet)."""
-    name = f"clm_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_plain(infra.admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _with_database(infra.admin_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_migration_0012_keeps_old_tombstones_unkeyed_and_allows_admin_keys(

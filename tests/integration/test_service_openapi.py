@@ -121,7 +121,7 @@ def test_the_contracts_extremes_are_422_never_a_5xx(
     stage_engine_url: str, metrics_url: str
 ) -> None:
     read = {"Authorization": f"Bearer {READ_TOKEN}"}
-    write = {"Authorization": f"Bearer {WRITE_KEY}"}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     with httpx.Client(timeout=10) as http:
         for at in EXTREME_TIMES:
             for name in ("from", "to"):
@@ -135,7 +135,7 @@ def test_the_contracts_extremes_are_422_never_a_5xx(
             http.get(f"{stage_engine_url}/v1/customers/a%7Fb", headers=read),
             http.get(f"{stage_engine_url}/v1/customers/a%C2%85b/history", headers=read),
             http.post(
-                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x9fb"}, headers=write
+                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x9fb"}, headers=admin
             ),
             http.get(f"{metrics_url}/v1/kpis", params={"source": "a\x7f"}, headers=read),
         ]

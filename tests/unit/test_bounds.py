@@ -253,7 +253,6 @@ def test_provider_ids_outside_the_contract_name_the_field() -> None:
             "requester_external_id": "crm/42",
             "updated_at": "2026-11-23T10:00:00Z",
         },
-        "inv-1",
     )
     with pytest.raises(ValidationError) as refused:
         normalize(doc, source="helpdesk", received_at=NOW)
@@ -284,12 +283,13 @@ def test_money_past_28_digits_is_shown_exactly_not_a_crash() -> None:
 @pytest.mark.parametrize("amount", ["abc", "1e999999999", [1]])
 def test_a_shopify_refund_amount_that_is_no_number_is_refused(amount: Any) -> None:
     payload = {
+        "id": 5,
         "order_id": 1,
         "created_at": "2026-11-23T10:00:00Z",
         "transactions": [{"kind": "refund", "amount": amount}],
     }
     with pytest.raises(webhooks.PayloadInvalid) as refused:
-        webhooks.shopify("refunds/create", "d-1", payload)
+        webhooks.shopify("refunds/create", payload)
     assert refused.value.field == "transactions"
 
 
