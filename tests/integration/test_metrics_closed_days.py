@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from clm_common.db import create_engine
 from clm_metrics import repository, service
-from clm_metrics.buckets import BucketKey, SketchKey
+from clm_metrics.buckets import BucketKey, DistinctKey
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis
 
@@ -30,10 +30,9 @@ async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -
                     BucketKey(edge, "events", "shop", "email", ""): Decimal(2),
                     BucketKey(today, "events", "shop", "email", ""): Decimal(1),
                 },
-                {},
             )
             await repository.add_counts(
-                conn, {}, {SketchKey(old, "visitors", "shop", "email"): {"a", "b"}}
+                conn, {}, [(DistinctKey(old, "visitors", "shop", "email"), w) for w in "ab"]
             )
 
         async def read() -> tuple[Decimal, int | None]:
@@ -44,10 +43,10 @@ async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -
         assert await read() == (Decimal(6), 2)  # from the cache: the same
         async with engine.begin() as conn:  # late events for the cached day
             await repository.add_counts(
-                conn, {BucketKey(old, "events", "shop", "email", ""): Decimal(10)}, {}
+                conn, {BucketKey(old, "events", "shop", "email", ""): Decimal(10)}
             )
             await repository.add_counts(
-                conn, {}, {SketchKey(old, "visitors", "shop", "email"): {"c"}}
+                conn, {}, [(DistinctKey(old, "visitors", "shop", "email"), "c")]
             )
         assert await read() == (Decimal(16), 3)
         uncached = await service.window_inputs(engine, start, end, now)
@@ -78,11 +77,11 @@ async def test_late_writes_into_cached_hours_and_outside_the_window_are_read_aga
     ) -> None:
         async with engine.begin() as conn:
             await repository.add_counts(
-                conn, {BucketKey(at, metric, "shop", "email", currency): Decimal(value)}, {}
+                conn, {BucketKey(at, metric, "shop", "email", currency): Decimal(value)}
             )
             if ids:
                 await repository.add_counts(
-                    conn, {}, {SketchKey(at, "visitors", "shop", "email"): ids}
+                    conn, {}, [(DistinctKey(at, "visitors", "shop", "email"), w) for w in ids]
                 )
 
     async def read() -> dict[str, object]:

@@ -1,46 +1,64 @@
-"""Distinct counts on real Postgres, through the write path's sketch rows: exact up to
-``hll.SPARSE_MAX`` ids in a window (whatever the rows they were written to), within the
-HyperLogLog's error past it, and a row that grows past the limit keeps every id it had."""
+"""Exact distinct counts on real Postgres, through the write path: the handler numbers the
+customers (two replicas at once, over the same new ids) and ORs their numbers into the minute,
+hour and day bitmaps; windows over any mix of grains count exactly, well past the 1,024 ids
+the old sketches kept exactly."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
+import orjson
 from sqlalchemy import text
 
 from clm_common.db import create_engine
-from clm_metrics import hll, repository, service
-from clm_metrics.buckets import SketchKey
+from clm_metrics import distinct, repository, service
+from clm_metrics.buckets import DistinctKey
+from clm_metrics.formulas import compute_kpis
+from clm_metrics.handler import LifecycleHandler
 
 NOW = datetime(2026, 11, 23, 12, 34, tzinfo=UTC)
 DAY_1 = datetime(2026, 11, 20, 9, 15, tzinfo=UTC)
 DAY_2 = datetime(2026, 11, 21, 16, 40, tzinfo=UTC)
 
 
-async def test_distinct_visitors_are_exact_below_the_limit_and_close_past_it(
-    database_url: str,
-) -> None:
+@dataclass(frozen=True)
+class Record:
+    value: bytes
+
+
+async def test_distinct_visitors_are_exact_past_the_old_sketch_limit(database_url: str) -> None:
     engine = create_engine(database_url, pool_size=2)
 
     async def visit(at: datetime, ids: set[str], source: str = "shop") -> None:
         async with engine.begin() as conn:
-            await repository.add_counts(conn, {}, {SketchKey(at, "visitors", source, "email"): ids})
+            key = DistinctKey(at, "visitors", source, "email")
+            await repository.add_counts(conn, {}, [(key, who) for who in sorted(ids)])
 
     async def visitors(start: datetime, end: datetime, source: str | None = None) -> int:
         inputs = await service.window_inputs(engine, start, end, NOW, source=source)
         return inputs.distinct["visitors"] or 0
 
-    async def row(grain: str, at: datetime) -> hll.Sketch:
+    async def day_row(at: datetime) -> set[str]:
+        """The ids in the day's bitmap over every source and channel."""
         async with engine.connect() as conn:
             blob = await conn.scalar(
                 text(
-                    "SELECT registers FROM kpi_sketches WHERE grain = :g AND bucket_start = "
-                    "date_trunc(:g, CAST(:b AS timestamptz)) AND metric = 'visitors' "
+                    "SELECT members FROM kpi_distinct WHERE grain = 'day' AND bucket_start = "
+                    "date_trunc('day', CAST(:b AS timestamptz)) AND metric = 'visitors' "
                     "AND source = :any AND channel = :any"
                 ),
-                {"g": grain, "b": at, "any": repository.ANY},
+                {"b": at, "any": repository.ANY},
             )
-        return hll.loads(blob)
+            numbered = await conn.execute(
+                text("SELECT customer_id, number FROM metrics_customer_numbers")
+            )
+            who = {number: customer for customer, number in numbered}
+        return {who[n] for n in distinct.loads(blob)}
 
     try:
         first = {f"v{i}" for i in range(700)}
@@ -51,19 +69,98 @@ async def test_distinct_visitors_are_exact_below_the_limit_and_close_past_it(
             DAY_1.replace(hour=0, minute=0),
             DAY_1.replace(hour=0, minute=0) + timedelta(days=1),
         )
-        assert await visitors(*day_1) == 970  # exact, over two sources and two minutes
+        assert await visitors(*day_1) == 970  # over two sources and two minutes
         assert await visitors(*day_1, source="shop") == 700
-        assert (await row("day", DAY_1)).exact
 
         await visit(DAY_1, {f"v{i}" for i in range(950, 1100)})  # 130 new: 1,100 that day
-        day_row = await row("day", DAY_1)
-        assert not day_row.exact  # past the limit: registers, with every id it had
-        assert day_row == hll.add(hll.empty(), (f"v{i}" for i in range(1100)))
-        assert abs(await visitors(*day_1) - 1100) <= 22
+        assert await day_row(DAY_1) == {f"v{i}" for i in range(1100)}
+        assert await visitors(*day_1) == 1100
 
         await visit(DAY_2, {f"w{i}" for i in range(200)} | {f"v{i}" for i in range(100)})
-        window = (NOW - timedelta(days=7), NOW)
-        assert abs(await visitors(*window) - 1300) <= 26
+        assert await visitors(NOW - timedelta(days=7), NOW) == 1300
         assert await visitors(DAY_2 - timedelta(hours=1), DAY_2 + timedelta(hours=1)) == 300
+    finally:
+        await engine.dispose()
+
+
+def purchase(n: int, who: str, at: datetime, source: str) -> dict[str, Any]:
+    return {
+        "record_id": f"purchase-{n}",
+        "event": {
+            "type": "purchase",
+            "source": source,
+            "channel": "email",
+            "customer_id": who,
+            "occurred_at": at.isoformat(),
+            "properties": {"order_id": f"o{n}", "amount": "10.00", "currency": "USD"},
+        },
+        "customer": {"customer_id": who, "first_source": source, "first_channel": "email"},
+        "first_purchase": False,
+        "repeat_purchase": False,
+        "reactivation": False,
+        "stage_before": "conversion",
+        "stage_after": "conversion",
+    }
+
+
+async def test_purchase_kpis_of_1500_customers_equal_the_exact_computation(
+    database_url: str,
+) -> None:
+    """1,500 customers with 1 to 4 orders each over ten days (some twice in one minute, some
+    across days, some before the window), written in shuffled batches by two handlers at once
+    (two replicas numbering the same new customers): purchasing customers, purchase frequency
+    and repeat purchase rate of several windows equal a brute-force count of the orders."""
+    rng = random.Random(29)
+    orders: list[tuple[str, datetime, str]] = []
+    for c in range(1500):
+        first = NOW - timedelta(days=10) + timedelta(minutes=rng.randrange(10 * 24 * 60))
+        for k in range(1 + c % 4):
+            gap = timedelta(0) if c % 7 == 0 else timedelta(minutes=rng.randrange(5 * 24 * 60))
+            at = min(first + k * gap, NOW - timedelta(minutes=1))
+            orders.append((f"c{c}", at, rng.choice(["shop", "app"])))
+    docs = [purchase(n, who, at, source) for n, (who, at, source) in enumerate(orders)]
+    rng.shuffle(docs)
+
+    engine = create_engine(database_url, pool_size=4)
+    try:
+        replicas = [LifecycleHandler(), LifecycleHandler()]
+
+        async def consume(handler: LifecycleHandler, part: list[dict[str, Any]]) -> None:
+            for i in range(0, len(part), 200):
+                async with engine.begin() as conn:
+                    await handler(conn, [Record(orjson.dumps(d)) for d in part[i : i + 200]])
+
+        await asyncio.gather(*(consume(h, docs[i::2]) for i, h in enumerate(replicas)))
+        # a redelivered batch is not counted twice
+        async with engine.begin() as conn:
+            await replicas[0](conn, [Record(orjson.dumps(d)) for d in docs[:50]])
+
+        async with engine.connect() as conn:
+            numbers = [
+                n
+                for (n,) in await conn.execute(text("SELECT number FROM metrics_customer_numbers"))
+            ]
+        assert len(numbers) == len(set(numbers)) == 1500
+
+        for start, end, source in [
+            (NOW - timedelta(days=30), NOW, None),
+            (NOW - timedelta(days=4, hours=5, minutes=17), NOW, None),
+            (NOW - timedelta(days=6), NOW - timedelta(days=2, minutes=3), "shop"),
+        ]:
+            inputs = await service.window_inputs(engine, start, end, NOW, source=source)
+            got = compute_kpis(inputs, reporting_currency="USD")
+            count: dict[str, int] = {}
+            for who, at, src in orders:
+                if start <= at < end and source in (None, src):
+                    count[who] = count.get(who, 0) + 1
+            repeaters = sum(1 for n in count.values() if n >= 2)
+            assert len(count) > 1024 or source is not None
+            assert got["purchasing_customers"] == len(count)
+            assert inputs.distinct["repeat_purchasers"] == repeaters
+            assert got["purchases"] == sum(count.values())
+            frequency = Decimal(sum(count.values())) / len(count)
+            assert got["purchase_frequency"] == str(frequency.quantize(Decimal("0.0001")))
+            rate = Decimal(repeaters) / len(count)
+            assert got["repeat_purchase_rate"] == str(rate.quantize(Decimal("0.0001")))
     finally:
         await engine.dispose()

@@ -49,7 +49,7 @@ async def test_gauges_are_recomputed_only_after_a_write(
         at = datetime.now(UTC).replace(second=0, microsecond=0)
         async with engine.begin() as conn:
             await repository.add_counts(
-                conn, {BucketKey(at, "events", "shop", "email", ""): Decimal(n)}, {}
+                conn, {BucketKey(at, "events", "shop", "email", ""): Decimal(n)}
             )
 
     await write(5)

@@ -25,7 +25,7 @@ async def test_pruned_minutes_leave_exact_hour_aligned_ranges(database_url: str)
     engine = create_engine(database_url, pool_size=1)
     try:
         async with engine.begin() as conn:
-            await repository.add_counts(conn, incs, {})
+            await repository.add_counts(conn, incs)
         retention = Retention(minute_days=92, hour_days=400)
         async with engine.begin() as conn:
             removed = await repository.prune(

@@ -11,7 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clm_common.kpis import exact_money, money, parse_window, ratio, window_bounds
-from clm_metrics.buckets import aggregate, cohort_rows, increments, sketch_items, stage_deltas
+from clm_metrics.buckets import (
+    aggregate,
+    cohort_rows,
+    distinct_items,
+    increments,
+    stage_deltas,
+)
 from clm_metrics.formulas import WindowInputs
 from clm_metrics.formulas import compute_kpis as compute
 
@@ -158,7 +164,8 @@ def test_bucket_sums_equal_a_brute_force_recount(
 def test_a_correction_takes_back_the_old_flags_by_their_attribution_and_adds_the_new() -> None:
     """A purchase counted as a new customer (first touch: ads) becomes a repeat purchase of a
     customer whose first touch is now email: new_customers -1 under ads, repeat +1 under email;
-    no order, revenue or move is counted again. A sketch gains the repeat purchaser."""
+    no order, revenue or move is counted again, nor anyone's distinct sets (repeat purchasers
+    are customers with two orders in a window, whatever came before)."""
     purchase = record("purchase", first=True)
     purchase["customer"] = {"customer_id": "c1", "first_source": "ads", "first_channel": "paid"}
     correction = {
@@ -188,5 +195,6 @@ def test_a_correction_takes_back_the_old_flags_by_their_attribution_and_adds_the
     assert both[("new_customers", "ads", "paid", "")] == 0
     assert both[("orders", "shop", "email", "USD")] == 1
     assert stage_deltas([correction]) == {}
-    assert [(k.metric, who) for k, who in sketch_items(correction)] == [("repeat_purchasers", "c1")]
+    assert distinct_items(correction) == []
+    assert [(k.metric, who) for k, who in distinct_items(purchase)] == [("purchasers", "c1")]
     assert cohort_rows(correction) == []

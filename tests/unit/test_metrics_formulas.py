@@ -15,19 +15,20 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyroaring import BitMap
 
 from clm_cli.simulator.journeys import CHANNELS, SOURCES, generate
+from clm_metrics import distinct
 from clm_metrics.buckets import (
     BucketKey,
-    SketchKey,
     aggregate,
+    distinct_items,
     increments,
-    sketch_items,
     stay_bin,
     stay_bin_middle,
 )
 from clm_metrics.formulas import MetricSums, WindowInputs, compute_kpis, lifecycle_map
-from clm_metrics.repository import rollup
+from clm_metrics.repository import ANY, DistinctRow, distinct_rows, rollup
 from clm_metrics.service import FUTURE, stages_at
 from clm_metrics.windows import GRAINS, plan
 from tests.kpi_truth import Step, record, replay, truth, truth_map
@@ -37,7 +38,8 @@ Totals = dict[tuple[str, str, str, str], Decimal]
 
 
 class Store:
-    """The metrics tables in memory: minute buckets, rollups and sketches, as written."""
+    """The metrics tables in memory: minute buckets, rollups and distinct sets, as written
+    (each record a batch of its own, through the write path's pure functions)."""
 
     def __init__(self, records: Iterable[dict[str, Any]]) -> None:
         docs = list(records)
@@ -45,10 +47,21 @@ class Store:
         self.grains: dict[str, dict[BucketKey, Decimal]] = {"minute": minute}
         for (grain, key), v in rollup(minute).items():
             self.grains.setdefault(grain, {})[key] = v
-        self.sketches: dict[SketchKey, set[str]] = {}
+        self.numbers: dict[str, int] = {}
+        self.sets: dict[DistinctRow, BitMap] = {}
         for r in docs:
-            for skey, who in sketch_items(r):
-                self.sketches.setdefault(skey, set()).add(who)
+            members = [
+                (key, self.numbers.setdefault(who, len(self.numbers) * 7 + 3))
+                for key, who in distinct_items(r)
+            ]
+            for row, counted in distinct_rows(members).items():
+                bitmap = self.sets.setdefault(row, BitMap())
+                if row[2] == "purchasers":
+                    repeat_row = (row[0], row[1], "repeat_purchasers", row[3], row[4])
+                    repeat = self.sets.setdefault(repeat_row, BitMap())
+                    distinct.add_orders(bitmap, repeat, counted)
+                else:
+                    distinct.add_visitors(bitmap, counted)
 
     def _keep(self, k: BucketKey, source: str | None, channel: str | None) -> bool:
         return (source is None or k.source == source) and (channel is None or k.channel == channel)
@@ -82,17 +95,18 @@ class Store:
         return out
 
     def distinct(
-        self, metric: str, start: datetime, end: datetime, source: str | None, channel: str | None
-    ) -> set[str]:
-        return {
-            who
-            for k, ids in self.sketches.items()
-            for who in ids
-            if k.metric == metric
-            and start <= k.bucket_start < end
-            and (source is None or k.source == source)
-            and (channel is None or k.channel == channel)
-        }
+        self, start: datetime, end: datetime, source: str | None, channel: str | None
+    ) -> dict[str, int]:
+        """The window's distinct counts as the reader makes them: the rows of the planned
+        segments (their grain, merged over every source or channel unless filtered), folded."""
+        src, ch = ANY if source is None else source, ANY if channel is None else channel
+        rows = [
+            ((g, b), m, bitmap)
+            for seg in plan(start, end)
+            for (g, b, m, s, c), bitmap in self.sets.items()
+            if g == seg.grain and seg.start <= b < seg.end and (s, c) == (src, ch)
+        ]
+        return distinct.from_buckets(rows).counts()
 
     def inputs(
         self, start: datetime, end: datetime, source: str | None, channel: str | None
@@ -104,10 +118,7 @@ class Store:
             stages_at_start=stages_at(all_time, self.range(start, far, source, channel, "flow:")),
             stages_at_end=stages_at(all_time, self.range(end, far, source, channel, "flow:")),
             all_time=all_time,
-            distinct={
-                m: len(self.distinct(m, start, end, source, channel))
-                for m in ("visitors", "purchasers", "repeat_purchasers")
-            },
+            distinct=self.distinct(start, end, source, channel),
         )
 
 

@@ -11,7 +11,7 @@ import orjson
 from clm_common.events import parse_event
 from clm_common.lifecycle import Stage, Transition, advance, apply_event, rebuild
 from clm_common.rules import LifecycleRules
-from clm_metrics.buckets import increments, sketch_items, stage_deltas
+from clm_metrics.buckets import distinct_items, increments, stage_deltas
 from clm_metrics.formulas import flows, stage_net
 from clm_stage_engine.records import lifecycle_record, merge_record, removal_record
 from tests.factories import event_doc
@@ -67,7 +67,7 @@ def test_a_sweeper_record_counts_each_move_as_a_flow_with_its_stay() -> None:
     assert names["flow:conversion:at_risk"].channel == "social"
     assert any(m.startswith("stay:conversion:") for m in names)
     assert any(m.startswith("stay:at_risk:") for m in names)
-    assert sketch_items(record) == []
+    assert distinct_items(record) == []
     assert stage_deltas([record]) == {"conversion": -1, "churned": 1}
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -312,18 +313,28 @@ kpi_hour_versions = Table(
     Column("version", BigInteger, nullable=False),
 )
 
-# Distinct-count sketches (HyperLogLog registers, zlib-compressed) per grain and bucket.
-kpi_sketches = Table(
-    "kpi_sketches",
+# Exact distinct counts: each bucket's customer numbers as a Roaring bitmap (portable
+# serialization), per grain, metric and source/channel (``\x1fany``: merged over every one).
+kpi_distinct = Table(
+    "kpi_distinct",
     metadata,
     Column("grain", Text, nullable=False),
     Column("bucket_start", TS, nullable=False),
     Column("metric", Text, nullable=False),
     Column("source", Text, nullable=False),
     Column("channel", Text, nullable=False),
-    Column("registers", LargeBinary, nullable=False),
+    Column("members", LargeBinary, nullable=False),
     PrimaryKeyConstraint("grain", "bucket_start", "metric", "source", "channel"),
     CheckConstraint("grain IN ('minute', 'hour', 'day')", name="grain"),
+)
+
+# The dense integer number of each customer (or anonymous profile) id the metrics service
+# counts: what the distinct-count bitmaps hold (32-bit: Roaring's range).
+metrics_customer_numbers = Table(
+    "metrics_customer_numbers",
+    metadata,
+    Column("customer_id", Text, primary_key=True),
+    Column("number", Integer, Identity(), nullable=False, unique=True),
 )
 
 # Which customer purchased in which period (exact cohort counts), and the counts themselves.

@@ -269,8 +269,8 @@ def stage_deltas(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 @dataclass(frozen=True, slots=True, order=True)
-class SketchKey:
-    """A distinct-count sketch bucket (minute; rolled up to hours and days when written)."""
+class DistinctKey:
+    """A distinct-count bucket (minute; rolled up to hours and days when written)."""
 
     bucket_start: datetime
     metric: str
@@ -285,34 +285,23 @@ def customer_id_of(record: Mapping[str, Any]) -> str | None:
     return None if key is None else str(key)
 
 
-def sketch_items(record: Mapping[str, Any]) -> list[tuple[SketchKey, str]]:
-    """Ids for the distinct counts: ``visitors`` (site visits), ``purchasers``,
-    ``repeat_purchasers`` (a purchase that was the customer's second or later; a correction
-    that makes a purchase a repeat adds its customer — a sketch cannot take one back)."""
-    if record.get("kind") == "correction":
-        corrected, who = record["corrected"], customer_id_of(record)
-        if who is None or not record.get("repeat_purchase") or corrected.get("repeat_purchase"):
-            return []
-        event = corrected["event"]
-        at = floor_minute(_when(event["occurred_at"]))
-        src, ch = str(event.get("source") or ""), str(event.get("channel") or "")
-        return [(SketchKey(at, "repeat_purchasers", src, ch), who)]
+def distinct_items(record: Mapping[str, Any]) -> list[tuple[DistinctKey, str]]:
+    """Ids for the exact distinct counts, by the event's minute, source and channel:
+    ``visitors`` (a site visit) and ``purchasers`` (an order: one item per order, so the writer
+    knows who ordered twice in a bucket — the ``repeat_purchasers`` rows). Other records
+    (corrections, sweeps, removals) count no one."""
     event = record.get("event")
-    if event is None:
+    if event is None or record.get("kind") == "correction":
         return []
     who = customer_id_of(record)
     if who is None:
         return []
+    metric = {"site_visit": "visitors", "purchase": "purchasers"}.get(str(event["type"]))
+    if metric is None:
+        return []
     at = floor_minute(_when(event["occurred_at"]))
     src, ch = str(event.get("source") or ""), str(event.get("channel") or "")
-    out = []
-    if event["type"] == "site_visit":
-        out.append((SketchKey(at, "visitors", src, ch), who))
-    elif event["type"] == "purchase":
-        out.append((SketchKey(at, "purchasers", src, ch), who))
-        if record.get("repeat_purchase"):
-            out.append((SketchKey(at, "repeat_purchasers", src, ch), who))
-    return out
+    return [(DistinctKey(at, metric, src, ch), who)]
 
 
 def period_start(period: str, at: datetime) -> date:

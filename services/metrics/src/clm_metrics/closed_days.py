@@ -77,8 +77,8 @@ class VersionedLru:
 
 
 class ClosedDayCache(VersionedLru):
-    """Closed segments' sums and sketches; ``windows`` holds whole windows' merged closed parts
-    (fewer: each is a window's every key and its sketches)."""
+    """Closed segments' sums and distinct sets; ``windows`` holds whole windows' merged closed parts
+    (fewer: each is a window's every key and its distinct sets)."""
 
     def __init__(self, max_entries: int = 512, max_windows: int = 32) -> None:
         super().__init__(max_entries)

@@ -18,7 +18,7 @@ class State:
     settings: MetricsSettings
     engine: AsyncEngine
     verifier: KeyVerifier
-    #: Sums and sketches of closed days, shared by requests and the gauge refresher.
+    #: Sums and distinct sets of closed days, shared by requests and the gauge refresher.
     closed_days: ClosedDayCache = field(default_factory=ClosedDayCache)
 
     @property

@@ -9,26 +9,29 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.consumer import BatchResult, Poison
-from clm_metrics import hll, repository
+from clm_metrics import repository
 from clm_metrics.buckets import (
     BucketKey,
-    SketchKey,
+    DistinctKey,
     aggregate,
     cohort_rows,
+    distinct_items,
     increments,
-    sketch_items,
     stage_deltas,
 )
+from clm_metrics.distinct import NumberCache
 
-Parsed = tuple[list[tuple[BucketKey, Any]], list[tuple[SketchKey, str]], list[Any], dict[str, Any]]
+Parsed = tuple[
+    list[tuple[BucketKey, Any]], list[tuple[DistinctKey, str]], list[Any], dict[str, Any]
+]
 
 
 class LifecycleHandler:
-    """Dedupe by record id; add bucket increments (minute + rollups), sketch ids, cohort
-    activity and stage count deltas (one statement per table per batch)."""
+    """Dedupe by record id; add bucket increments (minute + rollups), distinct-set members,
+    cohort activity and stage count deltas (one statement per table per batch)."""
 
-    def __init__(self) -> None:
-        self._sketches = hll.LastWritten()
+    def __init__(self, numbers: NumberCache | None = None) -> None:
+        self._numbers = numbers if numbers is not None else NumberCache()
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         poison: list[Poison] = []
@@ -37,7 +40,7 @@ class LifecycleHandler:
             try:
                 doc = orjson.loads(record.value)
                 record_id = str(doc["record_id"])
-                parsed = (increments(doc), sketch_items(doc), cohort_rows(doc), doc)
+                parsed = (increments(doc), distinct_items(doc), cohort_rows(doc), doc)
             except (
                 orjson.JSONDecodeError,
                 KeyError,
@@ -51,15 +54,11 @@ class LifecycleHandler:
             docs.setdefault(record_id, parsed)
         fresh = await repository.claim_records(conn, list(docs))
         new = [docs[r] for r in docs if r in fresh]
-        sketches: dict[SketchKey, set[str]] = {}
-        for _, items, _, _ in new:
-            for key, who in items:
-                sketches.setdefault(key, set()).add(who)
         await repository.add_counts(
             conn,
             aggregate(p for incs, _, _, _ in new for p in incs),
-            sketches,
-            written=self._sketches,
+            [item for _, items, _, _ in new for item in items],
+            numbers=self._numbers,
         )
         await repository.add_cohort_activity(conn, [row for _, _, rows, _ in new for row in rows])
         await repository.add_stage_counts(conn, stage_deltas(doc for _, _, _, doc in new))

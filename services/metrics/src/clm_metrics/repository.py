@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from pyroaring import BitMap
 from sqlalchemy import Table, and_, func, literal, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,18 +16,19 @@ from clm_common.schema import (
     kpi_buckets,
     kpi_cohorts,
     kpi_day_versions,
+    kpi_distinct,
     kpi_hour_versions,
     kpi_rollups,
-    kpi_sketches,
 )
-from clm_metrics import hll
-from clm_metrics.buckets import BucketKey, SketchKey
+from clm_metrics import distinct
+from clm_metrics.buckets import BucketKey, DistinctKey
+from clm_metrics.distinct import Distinct, NumberCache
 from clm_metrics.windows import EPOCH, Grain, Segment, floor_to
 
 TotalsKey = tuple[str, str, str, str]
 ROLLUP_GRAINS: tuple[Grain, ...] = ("hour", "day")
-#: The source/channel of the sketches merged over every source or channel (a control character
-#: no event's source or channel can contain), so a query reads one sketch a bucket.
+#: The source/channel of the distinct sets merged over every source or channel (a control
+#: character no event's source or channel can contain), so a query reads one row a bucket.
 ANY = "\x1fany"
 
 _CLAIM = text(
@@ -125,17 +128,17 @@ async def bump_versions(conn: AsyncConnection, touched: Iterable[datetime]) -> N
 async def add_counts(
     conn: AsyncConnection,
     increments: Mapping[BucketKey, Decimal],
-    sketches: Mapping[SketchKey, set[str]],
+    members: Sequence[tuple[DistinctKey, str]] = (),
     *,
-    written: hll.LastWritten | None = None,
+    numbers: NumberCache | None = None,
 ) -> None:
     """What a batch adds: to the minute buckets and their rollups (one array upsert per
-    table, rows in a stable order) and the ids to the minute, hour and day sketches (rows
-    locked in order, merged, written), with one version bump for the hours and days both
-    touch. ``written``: the sketches this process wrote last (read back without inflating
-    them)."""
+    table, rows in a stable order) and the customer numbers to the minute, hour and day
+    distinct sets (rows locked in order, merged, written), with one version bump for the hours
+    and days both touch. ``members``: one ``(key, customer id)`` per visit or order (ids
+    numbered by :func:`customer_numbers`, with the ``numbers`` cache)."""
     touched = [k.bucket_start for k in increments]
-    touched.extend(k.bucket_start for k in sketches)
+    touched.extend(k.bucket_start for k, _ in members)
     await bump_versions(conn, touched)
     if increments:
         await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
@@ -144,8 +147,9 @@ async def add_counts(
             _UPSERT_ROLLUPS,
             {"g": [g for (g, _), _ in rolled], **_columns([(k, v) for (_, k), v in rolled])},
         )
-    if sketches:
-        await _write_sketches(conn, sketches, written or hll.LastWritten(0))
+    if members:
+        number = await customer_numbers(conn, (who for _, who in members), numbers)
+        await _write_distinct(conn, distinct_rows((key, number[who]) for key, who in members))
 
 
 _ADD_STAGE_COUNTS = text(
@@ -166,50 +170,69 @@ async def add_stage_counts(conn: AsyncConnection, deltas: Mapping[str, int]) -> 
     )
 
 
-_SKETCH_KEYS = """unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
-    CAST(:s AS text[]), CAST(:ch AS text[]))"""
-_SKETCH_INIT = text(
-    f"""
-    INSERT INTO kpi_sketches (grain, bucket_start, metric, source, channel, registers)
-    SELECT u.*, CAST(:empty AS bytea) FROM {_SKETCH_KEYS} AS u
+_NUMBERS_KNOWN = text(
+    """
+    SELECT customer_id, number FROM metrics_customer_numbers
+    WHERE customer_id = ANY(CAST(:ids AS text[]))
+    """
+)
+_NUMBERS_NEW = text(
+    """
+    INSERT INTO metrics_customer_numbers (customer_id)
+    SELECT * FROM unnest(CAST(:ids AS text[])) ORDER BY 1
     ON CONFLICT DO NOTHING
-    """
-)
-_SKETCH_LOCK = text(
-    f"""
-    SELECT k.grain, k.bucket_start, k.metric, k.source, k.channel, k.registers
-    FROM kpi_sketches AS k JOIN {_SKETCH_KEYS} AS u(g, b, m, s, ch)
-      ON (k.grain, k.bucket_start, k.metric, k.source, k.channel) = (u.g, u.b, u.m, u.s, u.ch)
-    ORDER BY 1, 2, 3, 4, 5
-    FOR UPDATE OF k
-    """
-)
-_SKETCH_WRITE = text(
-    """
-    UPDATE kpi_sketches AS k SET registers = u.r
-    FROM unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
-                CAST(:s AS text[]), CAST(:ch AS text[]), CAST(:r AS bytea[]))
-         AS u(g, b, m, s, ch, r)
-    WHERE (k.grain, k.bucket_start, k.metric, k.source, k.channel) = (u.g, u.b, u.m, u.s, u.ch)
+    RETURNING customer_id, number
     """
 )
 
 
-def _sketch_columns(keys: Sequence[SketchRow]) -> dict[str, list[Any]]:
-    return {name: [k[i] for k in keys] for i, name in enumerate(("g", "b", "m", "s", "ch"))}
+async def customer_numbers(
+    conn: AsyncConnection, ids: Iterable[str], cache: NumberCache | None = None
+) -> dict[str, int]:
+    """Each id's number, new ids numbered in the caller's transaction.
+
+    An identity sequence, not ``max + 1`` under a lock: replicas number at once without
+    waiting on each other. Only ids not already numbered are inserted (``ON CONFLICT`` still
+    draws a sequence value per row, so inserting known ids would thin the numbers out); when
+    two replicas insert the same new id, the second waits for the first's row, skips it and
+    reads it in the select after. Numbers drawn by a rolled-back batch are gaps, which Roaring
+    bitmaps store at no cost. ``cache``: numbers read before (committed, so never taken back);
+    numbers inserted here are not cached until read again after their transaction.
+    """
+    cache = cache if cache is not None else NumberCache(0)
+    out: dict[str, int] = {}
+    missing: list[str] = []
+    for who in sorted(set(ids)):
+        number = cache.get(who)
+        if number is None:
+            missing.append(who)
+        else:
+            out[who] = number
+    if not missing:
+        return out
+    for who, number in await conn.execute(_NUMBERS_KNOWN, {"ids": missing}):
+        out[who] = number
+        cache.put(who, number)
+    new = [who for who in missing if who not in out]
+    if new:
+        for who, number in await conn.execute(_NUMBERS_NEW, {"ids": new}):
+            out[who] = number
+        raced = [who for who in new if who not in out]
+        if raced:  # numbered by another replica since the first select
+            for who, number in await conn.execute(_NUMBERS_KNOWN, {"ids": raced}):
+                out[who] = number
+    return out
 
 
-SketchRow = tuple[str, datetime, str, str, str]
+DistinctRow = tuple[str, datetime, str, str, str]
 
 
-def sketch_rows(
-    items: Mapping[SketchKey, Iterable[str]], into: dict[SketchRow, set[str]] | None = None
-) -> dict[SketchRow, set[str]]:
-    """The ids each sketch row gets (``(grain, start, metric, source, channel)``): a minute
-    bucket's ids go to its minute, hour and day, each also merged over every source, every
-    channel and both. ``into``: add to these rows (returned)."""
-    per_row: dict[SketchRow, set[str]] = {} if into is None else into
-    for k, ids in items.items():
+def distinct_rows(members: Iterable[tuple[DistinctKey, int]]) -> dict[DistinctRow, Counter[int]]:
+    """Each distinct row's new members (``(grain, start, metric, source, channel)``), counted
+    (a purchaser's orders): a minute bucket's members go to its minute, hour and day, each also
+    merged over every source, every channel and both."""
+    per_row: dict[DistinctRow, Counter[int]] = {}
+    for k, number in members:
         for grain in ("minute", *ROLLUP_GRAINS):
             start = floor_to(k.bucket_start, grain)
             for source, channel in (
@@ -219,34 +242,83 @@ def sketch_rows(
                 (ANY, ANY),
             ):
                 row = (grain, start, k.metric, source, channel)
-                per_row.setdefault(row, set()).update(ids)
+                per_row.setdefault(row, Counter())[number] += 1
     return per_row
 
 
-async def _write_sketches(
-    conn: AsyncConnection, items: Mapping[SketchKey, set[str]], last: hll.LastWritten
+def _row_columns(rows: Sequence[DistinctRow]) -> dict[str, list[Any]]:
+    return {name: [r[i] for r in rows] for i, name in enumerate(("g", "b", "m", "s", "ch"))}
+
+
+_ROW_KEYS = """unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
+    CAST(:s AS text[]), CAST(:ch AS text[]))"""
+_DISTINCT_INIT = text(
+    f"""
+    INSERT INTO kpi_distinct (grain, bucket_start, metric, source, channel, members)
+    SELECT u.*, CAST(:empty AS bytea) FROM {_ROW_KEYS} AS u
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT DO NOTHING
+    """
+)
+_DISTINCT_LOCK = text(
+    f"""
+    SELECT k.grain, k.bucket_start, k.metric, k.source, k.channel, k.members
+    FROM kpi_distinct AS k JOIN {_ROW_KEYS} AS u(g, b, m, s, ch)
+      ON (k.grain, k.bucket_start, k.metric, k.source, k.channel) = (u.g, u.b, u.m, u.s, u.ch)
+    ORDER BY 1, 2, 3, 4, 5
+    FOR UPDATE OF k
+    """
+)
+_DISTINCT_WRITE = text(
+    """
+    INSERT INTO kpi_distinct AS k (grain, bucket_start, metric, source, channel, members)
+    SELECT * FROM unnest(CAST(:g AS text[]), CAST(:b AS timestamptz[]), CAST(:m AS text[]),
+                         CAST(:s AS text[]), CAST(:ch AS text[]), CAST(:r AS bytea[]))
+    ON CONFLICT (grain, bucket_start, metric, source, channel)
+    DO UPDATE SET members = EXCLUDED.members
+    """
+)
+
+
+def _repeat_row(row: DistinctRow) -> DistinctRow:
+    return (row[0], row[1], "repeat_purchasers", row[3], row[4])
+
+
+async def _write_distinct(
+    conn: AsyncConnection, per_row: Mapping[DistinctRow, Counter[int]]
 ) -> None:
-    per_row = sketch_rows(items)
+    """Merge the new members into their rows. The visitors and purchasers rows are created
+    (empty) and locked in key order; a purchasers row's lock also guards its bucket's
+    ``repeat_purchasers`` row (read with it, written only by whoever holds it), which is
+    written only when someone in it has two or more orders."""
     if not per_row:
         return
     keys = sorted(per_row)
-    columns = _sketch_columns(keys)
-    await conn.execute(_SKETCH_INIT, {**columns, "empty": hll.dumps(hll.empty())})
-    # an id goes to 12 rows (3 grains x 4 source/channel merges): hashed once
-    at = hll.positions(who for ids in items.values() for who in ids)
-    written: list[SketchRow] = []
-    blobs: list[bytes] = []
-    for g, b, m, s, ch, blob in await conn.execute(_SKETCH_LOCK, columns):
-        row = (g, b, m, s, ch)
-        sketch = last.loads(row, blob)
-        # a row its ids do not change keeps its bytes: no encoding, no new row version (ids
-        # seen before; most ids of a busy hour's or day's registers raise nothing once filled)
-        if hll.raise_at(sketch, [at[who] for who in per_row[row]]):
-            written.append(row)
-            blobs.append(hll.dumps(sketch))
-            last.wrote(row, blobs[-1], sketch)
-    if written:
-        await conn.execute(_SKETCH_WRITE, {**_sketch_columns(written), "r": blobs})
+    await conn.execute(_DISTINCT_INIT, {**_row_columns(keys), "empty": distinct.dumps(BitMap())})
+    repeats = [_repeat_row(r) for r in keys if r[2] == "purchasers"]
+    sets: dict[DistinctRow, BitMap] = {}
+    for g, b, m, s, ch, blob in await conn.execute(
+        _DISTINCT_LOCK, _row_columns(sorted([*keys, *repeats]))
+    ):
+        sets[(g, b, m, s, ch)] = distinct.loads(blob)
+    changed: dict[DistinctRow, BitMap] = {}
+    for row in keys:
+        members = sets[row]
+        if row[2] == "purchasers":
+            repeat = sets.get(_repeat_row(row), BitMap())
+            grew, grew_repeat = distinct.add_orders(members, repeat, per_row[row])
+            if grew_repeat:
+                changed[_repeat_row(row)] = repeat
+        else:
+            grew = distinct.add_visitors(members, per_row[row])
+        if grew:  # ids seen before leave a row's bytes as they are: no new row version
+            changed[row] = members
+    if changed:
+        written = sorted(changed)
+        await conn.execute(
+            _DISTINCT_WRITE,
+            {**_row_columns(written), "r": [distinct.dumps(changed[r]) for r in written]},
+        )
 
 
 _CLAIM_COHORT_ACTIVITY = text(
@@ -414,7 +486,7 @@ async def window_totals(
     channel: str | None = None,
 ) -> tuple[dict[TotalsKey, Decimal], dict[TotalsKey, Decimal], dict[TotalsKey, Decimal]]:
     """In one statement: the sums over ``window``, the flows over ``after`` and the all-time
-    totals (what a window's KPIs read besides closed days and sketches)."""
+    totals (what a window's KPIs read besides closed days and distinct sets)."""
     selects = [
         *(_segment_select(s, source, channel, "every", 0) for s in window),
         *(_segment_select(s, source, channel, "flows", 1) for s in after),
@@ -424,20 +496,21 @@ async def window_totals(
     return sums, flows_after, all_time
 
 
-async def merged_sketches(
+async def merged_distinct(
     conn: AsyncConnection,
     segments: Sequence[Segment],
     metrics: Sequence[str],
     *,
     source: str | None = None,
     channel: str | None = None,
-) -> dict[str, hll.Sketch]:
-    """Each metric's sketch over the segments, merged (absent: no ids)."""
-    c = kpi_sketches.c
+) -> Distinct:
+    """The distinct sets over the segments (empty when ``metrics`` is)."""
+    c = kpi_distinct.c
     if not segments or not metrics:
-        return {}
-    query = select(c.metric, c.registers).where(
-        c.metric.in_(list(metrics)),
+        return Distinct()
+    wanted = [*metrics, "repeat_purchasers"] if "purchasers" in metrics else list(metrics)
+    query = select(c.grain, c.bucket_start, c.metric, c.members).where(
+        c.metric.in_(wanted),
         or_(
             *(
                 and_(c.grain == s.grain, c.bucket_start >= s.start, c.bucket_start < s.end)
@@ -447,10 +520,8 @@ async def merged_sketches(
         c.source == (ANY if source is None else source),
         c.channel == (ANY if channel is None else channel),
     )
-    rows: dict[str, list[hll.Sketch]] = {}
-    for metric, blob in await conn.execute(query):
-        rows.setdefault(metric, []).append(hll.loads(blob))
-    return {metric: hll.merge(sketches) for metric, sketches in rows.items()}
+    rows = await conn.execute(query)
+    return distinct.from_buckets(((g, b), m, distinct.loads(blob)) for g, b, m, blob in rows)
 
 
 async def open_totals(
@@ -548,18 +619,19 @@ async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, i
 
 
 async def prune(conn: AsyncConnection, *, minutes_before: datetime, hours_before: datetime) -> int:
-    """Drop minute buckets and sketches older than their retention (hours and days stay)."""
+    """Drop minute buckets and distinct sets older than their retention (hours and days
+    stay)."""
     n = 0
     for stmt in (
         kpi_buckets.delete().where(kpi_buckets.c.bucket_start < minutes_before),
-        kpi_sketches.delete().where(
-            kpi_sketches.c.grain == "minute", kpi_sketches.c.bucket_start < minutes_before
+        kpi_distinct.delete().where(
+            kpi_distinct.c.grain == "minute", kpi_distinct.c.bucket_start < minutes_before
         ),
         kpi_rollups.delete().where(
             kpi_rollups.c.grain == "hour", kpi_rollups.c.bucket_start < hours_before
         ),
-        kpi_sketches.delete().where(
-            kpi_sketches.c.grain == "hour", kpi_sketches.c.bucket_start < hours_before
+        kpi_distinct.delete().where(
+            kpi_distinct.c.grain == "hour", kpi_distinct.c.bucket_start < hours_before
         ),
     ):
         n += (await conn.execute(stmt)).rowcount

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_common.lifecycle import Stage
-from clm_metrics import hll, repository
+from clm_metrics import repository
 from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, version_of
+from clm_metrics.distinct import Distinct, combine
 from clm_metrics.formulas import MetricSums, Totals, WindowInputs, compute_kpis, stage_net
 from clm_metrics.repository import TotalsKey
 from clm_metrics.windows import Segment, floor_to, plan
@@ -83,7 +84,7 @@ async def window_inputs(
     """The window's sums, all-time sums, stage counts at both ends and distinct counts.
 
     Two connections side by side: one statement for the sums (window, flows after it, all
-    time), the sketches and counters on the other. With a ``cache``, a window that reaches the
+    time), the distinct sets and counters on the other. With a ``cache``, a window that reaches the
     current hour is read as its open part (the current hour's minutes, and what lies after it)
     plus its closed part (everything before the current hour, all-time totals included) kept
     in the cache while the counters of every closed day and hour are unchanged; any other
@@ -99,38 +100,38 @@ async def window_inputs(
     fresh = [s for s in window if s not in kept]
     metrics = DISTINCT if distinct else ()
 
-    async def sketches_and_counters(
+    async def sets_and_counters(
         conn: AsyncConnection,
-    ) -> tuple[dict[str, hll.Sketch], Counters]:
+    ) -> tuple[Distinct, Counters]:
         counters = await segment_counters(conn, kept)
-        sketches = await repository.merged_sketches(
+        sets = await repository.merged_distinct(
             conn, fresh, metrics, source=source, channel=channel
         )
-        return sketches, counters
+        return sets, counters
 
-    (totals, since_end, all_time), (sketches, counters) = await asyncio.gather(
+    (totals, since_end, all_time), (sets, counters) = await asyncio.gather(
         _on_own_connection(
             engine,
             lambda c: repository.window_totals(
                 c, fresh, plan(end, far), source=source, channel=channel
             ),
         ),
-        _on_own_connection(engine, sketches_and_counters),
+        _on_own_connection(engine, sets_and_counters),
     )
     if cache is not None and kept:
-        old_sums, old_sketches = await _closed_reads(
+        old_sums, old_sets = await _closed_reads(
             engine, cache, kept, counters, source=source, channel=channel, metrics=metrics
         )
         totals = _added([totals, *old_sums])
-        sketches = _merged(metrics, [sketches, *old_sketches])
-    return _inputs(totals, since_end, all_time, sketches, metrics)
+        sets = combine([sets, *old_sets])
+    return _inputs(totals, since_end, all_time, sets, metrics)
 
 
 def _inputs(
     totals: Totals,
     since_end: Totals,
     all_time: Totals,
-    sketches: Mapping[str, hll.Sketch],
+    sets: Distinct,
     metrics: Sequence[str],
     sums: MetricSums | None = None,
 ) -> WindowInputs:
@@ -148,26 +149,18 @@ def _inputs(
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
         all_time=all_time,
-        distinct={m: hll.estimate(sketches[m]) if m in sketches else 0 for m in metrics},
+        distinct={m: n for m, n in sets.counts().items() if m in metrics},
         sums=sums,
     )
 
 
-def _merged(
-    metrics: Sequence[str], parts: Sequence[Mapping[str, hll.Sketch]]
-) -> dict[str, hll.Sketch]:
-    """Each metric's sketches merged over the parts (new ones: cached ones stay as they
-    are)."""
-    return {m: hll.merge(part[m] for part in parts if m in part) for m in metrics}
-
-
 @dataclass(frozen=True, slots=True)
 class _ClosedWindow:
-    """A rolling window's part before the current hour: its sums and sketches, and the
+    """A rolling window's part before the current hour: its sums and distinct sets, and the
     all-time totals before that hour."""
 
     totals: Totals
-    sketches: Mapping[str, hll.Sketch]
+    sets: Distinct
     all_time: Totals
     sums: MetricSums  # ``totals`` indexed
 
@@ -184,31 +177,31 @@ async def _rolling_inputs(
     distinct: bool,
 ) -> WindowInputs:
     """A window that reaches the current hour: a warm read is the closed counters, the current
-    hour's minutes and sketches, and what lies after the window (events dated ahead)."""
+    hour's minutes and distinct sets, and what lies after the window (events dated ahead)."""
     hour, today = floor_to(now, "hour"), floor_to(now, "day")
     far = max(today + FUTURE, end)
     metrics = DISTINCT if distinct else ()
     open_window, after = plan(hour, end), plan(end, far)
 
-    async def counters_and_sketches(
+    async def counters_and_sets(
         conn: AsyncConnection,
-    ) -> tuple[tuple[int, int], dict[str, hll.Sketch]]:
+    ) -> tuple[tuple[int, int], Distinct]:
         # the days wholly read afresh ([today, far) but today's closed hours, which have their
         # own counters) are left out; a day only partly before ``far`` stays counted
         version = await repository.closed_version(
             conn, (today.date(), floor_to(far, "day").date()), (today, hour)
         )
-        sketches = await repository.merged_sketches(
+        sets = await repository.merged_distinct(
             conn, open_window, metrics, source=source, channel=channel
         )
-        return version, sketches
+        return version, sets
 
-    (sums, later), (version, sketches) = await asyncio.gather(
+    (sums, later), (version, sets) = await asyncio.gather(
         _on_own_connection(
             engine,
             lambda c: repository.open_totals(c, open_window, after, source=source, channel=channel),
         ),
-        _on_own_connection(engine, counters_and_sketches),
+        _on_own_connection(engine, counters_and_sets),
     )
     key = ("window", start, hour, far, source, channel, metrics)
     part: _ClosedWindow | None = cache.windows.get(key, version)
@@ -230,7 +223,7 @@ async def _rolling_inputs(
         _added([part.totals, sums]),
         {k: v for k, v in later.items() if k[0].startswith("flow:")},
         _added([part.all_time, open_all_time]),
-        _merged(metrics, [part.sketches, sketches]),
+        combine([part.sets, sets]),
         metrics,
         part.sums.plus(sums),
     )
@@ -251,7 +244,7 @@ async def _closed_window(
     current hour on), read in one statement so both are of the same snapshot."""
     async with engine.connect() as conn:
         counters = await segment_counters(conn, segments)
-    sums, sketches = await _closed_reads(
+    sums, sets = await _closed_reads(
         engine, cache, segments, counters, source=source, channel=channel, metrics=metrics
     )
     async with engine.connect() as conn:
@@ -262,7 +255,7 @@ async def _closed_window(
     for key, value in later.items():
         before[key] = before.get(key, Decimal(0)) - value
     totals = _added(sums)
-    return _ClosedWindow(totals, _merged(metrics, sketches), before, MetricSums(totals))
+    return _ClosedWindow(totals, combine(sets), before, MetricSums(totals))
 
 
 def _added(parts: Sequence[Totals]) -> dict[TotalsKey, Decimal]:
@@ -287,38 +280,38 @@ async def _closed_reads(
     source: str | None,
     channel: str | None,
     metrics: tuple[str, ...],
-) -> tuple[list[Totals], list[dict[str, hll.Sketch]]]:
-    """Sums and sketches of closed segments: cached while their days' or hours' counters are
+) -> tuple[list[Totals], list[Distinct]]:
+    """Sums and distinct sets of closed segments: cached while their days' or hours' counters are
     unchanged, otherwise read (after the counters were) on one connection and cached. Cached
     values are never mutated."""
     keys = [
         (
             version_of(segment, *counters),
             ("sums", segment, source, channel),
-            ("sketches", segment, source, channel, metrics),
+            ("sets", segment, source, channel, metrics),
         )
         for segment in segments
     ]
     sums: list[Totals | None] = [cache.get(key, version) for version, key, _ in keys]
-    sketches: list[dict[str, hll.Sketch] | None] = [
-        cache.get(key, version) if metrics else {} for version, _, key in keys
+    sets: list[Distinct | None] = [
+        cache.get(key, version) if metrics else Distinct() for version, _, key in keys
     ]
-    misses = [i for i, segment in enumerate(segments) if sums[i] is None or sketches[i] is None]
+    misses = [i for i, segment in enumerate(segments) if sums[i] is None or sets[i] is None]
     if misses:
         async with engine.connect() as conn:
             for i in misses:
-                version, sums_key, sketch_key = keys[i]
+                version, sums_key, sets_key = keys[i]
                 if sums[i] is None:
                     sums[i] = await repository.range_totals(
                         conn, [segments[i]], source=source, channel=channel
                     )
                     cache.put(sums_key, version, sums[i])
-                if sketches[i] is None:
-                    sketches[i] = await repository.merged_sketches(
+                if sets[i] is None:
+                    sets[i] = await repository.merged_distinct(
                         conn, [segments[i]], metrics, source=source, channel=channel
                     )
-                    cache.put(sketch_key, version, sketches[i])
-    return [s for s in sums if s is not None], [r for r in sketches if r is not None]
+                    cache.put(sets_key, version, sets[i])
+    return [s for s in sums if s is not None], [r for r in sets if r is not None]
 
 
 async def series(
@@ -355,7 +348,7 @@ async def series(
     return points
 
 
-#: KPIs that need the distinct-count sketches.
+#: KPIs that need the distinct sets.
 DISTINCT_KPIS = frozenset(
     {
         "unique_visitors",

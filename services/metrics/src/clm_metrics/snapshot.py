@@ -35,7 +35,7 @@ WINDOWED: dict[str, tuple[str, str]] = {
     "events": ("clm_kpi_events", "Events applied in the window"),
     "site_visits": ("clm_kpi_site_visits", "Site visits in the window"),
     "ad_clicks": ("clm_kpi_ad_clicks", "Ad clicks in the window"),
-    "unique_visitors": ("clm_kpi_unique_visitors", "Distinct visitors (HyperLogLog) in the window"),
+    "unique_visitors": ("clm_kpi_unique_visitors", "Distinct visitors in the window (exact)"),
     "leads": ("clm_kpi_leads", "New leads in the window"),
     "converted_leads": ("clm_kpi_converted_leads", "Leads of the window that converted"),
     "lead_conversion_rate": ("clm_kpi_lead_conversion_ratio", "Converted leads / leads"),

@@ -202,9 +202,11 @@ def truth(
     visits = by_type.get("site_visit", [])
     visitors = {customer_key(s.event) for s in visits}
     purchasers = {customer_key(s.event) for s in purchases}
-    repeaters = {
-        customer_key(s.event) for s in purchases if s.applied and s.applied.repeat_purchase
-    }
+    # repeat purchasers: customers with two or more orders in the window (DOMAIN.md)
+    orders_of: dict[str | None, int] = {}
+    for s in purchases:
+        orders_of[customer_key(s.event)] = orders_of.get(customer_key(s.event), 0) + 1
+    repeaters = {who for who, n in orders_of.items() if n >= 2}
 
     # every move at its own time (one event may cause several: at risk, churned, reactivated)
     moves_in_window = [

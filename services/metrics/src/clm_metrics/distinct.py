@@ -1,0 +1,130 @@
+"""Exact distinct counts (pure): Roaring bitmaps of customer numbers, per bucket.
+
+Every customer (or anonymous profile) id the metrics service counts has a dense integer number
+(``metrics_customer_numbers``); a distinct-count bucket row holds the numbers of the ids it saw
+as a Roaring bitmap (a sorted array, a bitset or runs per 2¹⁶ numbers, whichever is smallest),
+stored as bytea in its portable serialization. A window's count is the size of the OR of its
+buckets' bitmaps: exact at any size, and a window reads one row per bucket as the sketches did.
+
+Rows per bucket (``kpi_distinct``): ``visitors`` (site visits), ``purchasers`` (customers with
+an order in the bucket) and ``repeat_purchasers`` (customers with two or more orders in the
+bucket: a subset of its purchasers). A window's repeat purchasers — customers with two or more
+orders in the window — are those in any bucket's ``repeat_purchasers`` or in two buckets'
+``purchasers``; folding the buckets in any order::
+
+    twice |= repeat_b | (seen & purchasers_b);  seen |= purchasers_b
+
+(:meth:`Distinct.plus`), which is associative and commutative, so closed segments can be
+folded once, cached and combined with the open part.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pyroaring import BitMap
+
+#: The distinct-count rows of a bucket.
+METRICS = ("visitors", "purchasers", "repeat_purchasers")
+
+
+def dumps(bitmap: BitMap) -> bytes:
+    """The portable Roaring serialization (readable by CRoaring, RoaringBitmap in Java/Go)."""
+    bitmap.run_optimize()
+    return bytes(bitmap.serialize())
+
+
+def loads(blob: bytes) -> BitMap:
+    return BitMap.deserialize(blob)
+
+
+@dataclass(slots=True)
+class Distinct:
+    """A window's (or a disjoint part's) distinct sets: every visitor, every purchaser
+    (``seen``) and every customer with two or more orders (``twice``)."""
+
+    visitors: BitMap = field(default_factory=BitMap)
+    purchasers: BitMap = field(default_factory=BitMap)
+    repeat_purchasers: BitMap = field(default_factory=BitMap)
+
+    def plus(self, other: Distinct) -> Distinct:
+        """The distinct sets of both parts together (the parts cover disjoint times); a new
+        value: both stay as they are."""
+        return Distinct(
+            self.visitors | other.visitors,
+            self.purchasers | other.purchasers,
+            self.repeat_purchasers | other.repeat_purchasers | (self.purchasers & other.purchasers),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "visitors": len(self.visitors),
+            "purchasers": len(self.purchasers),
+            "repeat_purchasers": len(self.repeat_purchasers),
+        }
+
+
+def combine(parts: Iterable[Distinct]) -> Distinct:
+    """The parts' distinct sets together (parts of disjoint times)."""
+    out = Distinct()
+    for part in parts:
+        out = out.plus(part)
+    return out
+
+
+def from_buckets(rows: Iterable[tuple[object, str, BitMap]]) -> Distinct:
+    """The distinct sets of a window from its bucket rows ``(bucket, metric, bitmap)`` (one
+    row per bucket and metric; buckets of disjoint times)."""
+    per_bucket: dict[object, Distinct] = {}
+    for bucket, metric, bitmap in rows:
+        part = per_bucket.setdefault(bucket, Distinct())
+        setattr(part, metric, bitmap)
+    return combine(per_bucket.values())
+
+
+def add_orders(
+    purchasers: BitMap, repeat_purchasers: BitMap, orders: Mapping[int, int]
+) -> tuple[bool, bool]:
+    """Add one bucket's new orders (customer number → how many orders) to its purchasers and
+    repeat purchasers, in place: a customer with an order before, or two now, has two or
+    more. Whether each set changed."""
+    new = BitMap(orders)
+    twice = BitMap(n for n, count in orders.items() if count >= 2) | (purchasers & new)
+    grew_repeat = not twice.issubset(repeat_purchasers)
+    grew_purchasers = not new.issubset(purchasers)
+    purchasers |= new
+    repeat_purchasers |= twice
+    return grew_purchasers, grew_repeat
+
+
+def add_visitors(visitors: BitMap, numbers: Iterable[int]) -> bool:
+    """Add the numbers in place; whether the set changed."""
+    new = BitMap(numbers)
+    grew = not new.issubset(visitors)
+    visitors |= new
+    return grew
+
+
+class NumberCache:
+    """Customer numbers already read, by id: at most ``max_ids`` of them, the least recently
+    used dropped first (a number never changes once committed, so an entry is never stale)."""
+
+    def __init__(self, max_ids: int = 200_000) -> None:
+        self._max = max_ids
+        self._numbers: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, who: str) -> int | None:
+        number = self._numbers.get(who)
+        if number is not None:
+            self._numbers.move_to_end(who)
+        return number
+
+    def put(self, who: str, number: int) -> None:
+        if self._max <= 0:
+            return
+        self._numbers[who] = number
+        self._numbers.move_to_end(who)
+        while len(self._numbers) > self._max:
+            self._numbers.popitem(last=False)
