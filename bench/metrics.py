@@ -45,7 +45,7 @@ import clm_common.events
 import clm_common.lifecycle
 import clm_common.rules
 import clm_metrics.buckets
-import clm_metrics.hll
+import clm_metrics.distinct
 import clm_metrics.repository
 import clm_metrics.windows
 import clm_stage_engine.records
@@ -61,8 +61,8 @@ from bench.metrics_load import (
     partitions,
     prepare,
     sum_buckets,
+    write_distinct,
     write_part,
-    write_sketches,
 )
 from bench.results import write_section
 from clm_cli.simulator import journeys, truth
@@ -102,7 +102,7 @@ class Run:
     loaded: Loaded
     minute_rows: int
     rollup_rows: int
-    sketch_rows: int
+    distinct_rows: int
     p50_ms: float
     p99_ms: float
 
@@ -131,16 +131,16 @@ def _loader(url: str, customers: int, now: datetime, chunks: list[int]) -> int:
     return asyncio.run(_load_part(url, customers, now, chunks))
 
 
-async def _sketch_part(url: str, partition: str) -> int:
+async def _distinct_part(url: str, partition: str) -> int:
     conn = await asyncpg.connect(plain_url(url))
     try:
-        return await write_sketches(conn, partition)
+        return await write_distinct(conn, partition)
     finally:
         await conn.close()
 
 
-def _sketcher(url: str, partition: str) -> int:
-    return asyncio.run(_sketch_part(url, partition))
+def _distinct_writer(url: str, partition: str) -> int:
+    return asyncio.run(_distinct_part(url, partition))
 
 
 async def _on_connection(url: str, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
@@ -163,7 +163,7 @@ async def build(url: str, customers: int, now: datetime) -> tuple[int, float]:
     """The history, chunks shared round-robin among ``WRITERS`` processes (each chunk's
     customers are disjoint); then summed into the service's tables month by month, the
     buckets and rollups on ``WRITERS`` connections while ``WRITERS`` processes build the
-    sketches; then the keys, side by side. The events and the seconds the summing took."""
+    distinct bitmaps; then the keys, side by side. The events and the seconds the summing took."""
     start, end = (now - timedelta(days=DAYS)).date(), now.date()
     await _on_connection(url, lambda conn: prepare(conn, start, end))
     chunks = list(range((customers + CHUNK - 1) // CHUNK))
@@ -186,7 +186,7 @@ async def build(url: str, customers: int, now: datetime) -> tuple[int, float]:
 
         await asyncio.gather(
             *(_on_connection(url, buckets) for _ in range(writers)),
-            *(loop.run_in_executor(pool, _sketcher, url, month) for month in months),
+            *(loop.run_in_executor(pool, _distinct_writer, url, month) for month in months),
         )
     conn = await asyncpg.connect(plain_url(url))
     try:
@@ -203,7 +203,8 @@ async def build(url: str, customers: int, now: datetime) -> tuple[int, float]:
 TABLES = (
     "kpi_buckets",
     "kpi_rollups",
-    "kpi_sketches",
+    "kpi_distinct",
+    "metrics_customer_numbers",
     "kpi_cohorts",
     "stage_counts",
     "kpi_day_versions",
@@ -222,7 +223,7 @@ SOURCES = (
     clm_common.rules,
     clm_stage_engine.records,
     clm_metrics.buckets,
-    clm_metrics.hll,
+    clm_metrics.distinct,
     clm_metrics.repository,
     clm_metrics.windows,
     metrics_load,
@@ -268,6 +269,11 @@ async def restore(url: str, where: Path) -> dict[str, Any]:
         keys = await drop_keys(conn)
         await asyncio.gather(*(_copy_table(url, t, where / f"{t}.copy", out=False) for t in TABLES))
         await asyncio.gather(*(_keyed(url, *key) for key in keys))
+        # the copied numbers were not drawn from the sequence: new customers continue after them
+        await conn.execute(
+            "SELECT setval(pg_get_serial_sequence('metrics_customer_numbers', 'number'), "
+            "coalesce(max(number), 0) + 1, false) FROM metrics_customer_numbers"
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -320,7 +326,7 @@ async def counts(url: str) -> tuple[int, int, int]:
     try:
         out = [
             int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
-            for table in ("kpi_buckets", "kpi_rollups", "kpi_sketches")
+            for table in ("kpi_buckets", "kpi_rollups", "kpi_distinct")
         ]
     finally:
         await conn.close()
@@ -406,9 +412,9 @@ async def run() -> tuple[list[Run], dict[str, str]]:
             await drop_database(url)
     runs = []
     for (label, customers), (p50, p99) in zip(sizes.items(), latencies, strict=True):
-        done, (minute_rows, rollup_rows, sketch_rows) = loaded[label]
+        done, (minute_rows, rollup_rows, distinct_rows) = loaded[label]
         print(f"bench metrics: {label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
-        runs.append(Run(label, customers, done, minute_rows, rollup_rows, sketch_rows, p50, p99))
+        runs.append(Run(label, customers, done, minute_rows, rollup_rows, distinct_rows, p50, p99))
     return runs, loads
 
 
@@ -430,9 +436,9 @@ def report(runs: list[Run], loads: dict[str, str]) -> str:
         "the ingest does and replayed by the stage reducer, each applied event turned into the "
         "stage engine's `clm.lifecycle.v1` record (serialized and parsed, as the metrics "
         "consumer gets it), and each record counted by the metrics service's own pure code "
-        "(increments, sketch ids, HyperLogLog hashing and encoding, cohort activity, stage "
+        "(increments, distinct-set ids, Roaring bitmap encoding, cohort activity, stage "
         f"deltas) in {WRITERS} processes that `COPY` their sums; Postgres sums the parts and "
-        "derives the hour, day and all-time rollups and the sketches' hour, day and "
+        "derives the hour, day and all-time rollups and the distinct bitmaps' hour, day and "
         "any-source/any-channel rows the way the service spreads them. "
         "`tests/integration/test_metrics_bench_loader.py` checks that the tables equal what "
         "the write path (`LifecycleHandler`, batch by batch) writes for the same records. A "
@@ -441,7 +447,7 @@ def report(runs: list[Run], loads: dict[str, str]) -> str:
         "same day only loads it.",
         "",
         "| history | customers | events | load (s) | built in (s) | of which summing the parts "
-        "(s) | minute rows | rollup rows | sketch rows | p50 (ms) | p99 (ms) |",
+        "(s) | minute rows | rollup rows | distinct rows | p50 (ms) | p99 (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
@@ -449,7 +455,7 @@ def report(runs: list[Run], loads: dict[str, str]) -> str:
         load = f"{d.load_s:.0f}" + (" (cache)" if d.cached else "")
         lines.append(
             f"| {r.label} | {r.customers:,} | {d.events:,} | {load} | {d.build_s:.0f} "
-            f"| {d.finish_s:.0f} | {r.minute_rows:,} | {r.rollup_rows:,} | {r.sketch_rows:,} "
+            f"| {d.finish_s:.0f} | {r.minute_rows:,} | {r.rollup_rows:,} | {r.distinct_rows:,} "
             f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} |"
         )
     lines += [
@@ -463,8 +469,8 @@ def report(runs: list[Run], loads: dict[str, str]) -> str:
         "A warm request reads the closed counters (one statement: the sum of the day counters "
         "outside today and the days ahead, and of today's hour counters before the current "
         "hour), the current hour's minutes and what lies after the window (one statement), and "
-        "the current hour's minute sketches; the window's closed part — its days, the leading "
-        "edge, today's closed hours, their sketches and the all-time totals before the current "
+        "the current hour's minute bitmaps; the window's closed part — its days, the leading "
+        "edge, today's closed hours, their bitmaps and the all-time totals before the current "
         "hour — comes merged from the in-process cache while those counters are unchanged. A "
         "write into any closed day or hour (a late event) changes the counters, and the next "
         "request rebuilds the closed part, from the per-segment cache where the segment's own "

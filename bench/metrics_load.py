@@ -1,31 +1,33 @@
 """A fast history for the metrics bench: the rows the write path would produce, bulk-loaded.
 
-``LifecycleHandler`` spends ~1 ms a record on upserts, sketch locks and round trips; a history of
+``LifecycleHandler`` spends ~1 ms a record on upserts, row locks and round trips; a history of
 ten million events does not load through it in minutes. Here the same lifecycle records go
-through the service's own pure code — ``increments``, ``sketch_items``, ``cohort_rows``,
-``stage_deltas``, ``periods_between`` and the HyperLogLog hashing and encoding of
-:mod:`clm_metrics.hll` — and what that code yields is summed in two steps:
+through the service's own pure code — ``increments``, ``distinct_items``, ``cohort_rows``,
+``stage_deltas``, ``periods_between`` and the bitmap encoding of :mod:`clm_metrics.distinct` —
+and what that code yields is summed in two steps:
 
 1. each loader process sums a part of the history (disjoint customers) in memory — the minute
-   increments per bucket key, the distinct ids' hashes per minute sketch key (``hll.positions``),
-   the cohort activity and stage deltas — and
-   ``COPY``-es the part into unlogged staging tables, its record ids and cohort activity
-   straight into the service's tables;
+   increments per bucket key, each customer's visits or orders per minute distinct key, the
+   cohort activity and stage deltas — and ``COPY``-es the part into unlogged staging tables,
+   its record ids, cohort activity and customer ids (numbered by the identity sequence, as the
+   write path numbers them) straight into the service's tables;
 2. Postgres sums the parts month by month (:func:`sum_buckets`: one ``GROUP BY`` the minutes
    of a month, and their hours and UTC days — the keys ``repository.rollup`` gives a minute;
-   :func:`finish`: the all-time totals at the epoch), and :func:`write_sketches` builds every
-   sketch row of a month — each minute key's hashes also go to its hour and day, each also
-   merged over every source, every channel and both, the rows ``repository.sketch_rows``
-   spreads a minute's ids to — the distinct hashes of each row gathered in Postgres, turned
-   into a sketch by ``hll.from_hashes`` (exact or registers, as the write path would have it)
-   and encoded by ``hll.dumps`` (months side by side in processes).
+   :func:`finish`: the all-time totals at the epoch), and :func:`write_distinct` builds every
+   distinct row of a month — each minute key's members also go to its hour and day, each also
+   merged over every source, every channel and both, the rows ``repository.distinct_rows``
+   spreads a minute's members to — the numbers of each row (and each purchaser's orders in
+   it) gathered in Postgres, made a Roaring bitmap (and the row's ``repeat_purchasers``: who
+   has two or more orders in it) and encoded by ``distinct.dumps`` (months side by side in
+   processes).
 
 The staging tables of the minutes are partitioned by month, so each month's sums read only
 its own rows and fit in memory; the primary keys of the big tables are dropped while they
 fill and built once at the end (:func:`drop_keys`, :func:`add_key`).
 
 The resulting tables equal the write path's for the same records
-(``tests/integration/test_metrics_bench_loader.py``) except the change counters
+(``tests/integration/test_metrics_bench_loader.py``; the bitmaps compared by the ids their
+numbers stand for, as the numbers depend on arrival order) except the change counters
 (``kpi_day_versions``, ``kpi_hour_versions``: how often a day or hour was written, 1 here) and
 ``stage_counts`` rows whose net is 0.
 
@@ -43,34 +45,37 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import numpy as np
+from pyroaring import BitMap
 
-from clm_metrics import hll
-from clm_metrics.buckets import cohort_rows, increments, sketch_items, stage_deltas
+from clm_metrics import distinct
+from clm_metrics.buckets import cohort_rows, distinct_items, increments, stage_deltas
 from clm_metrics.repository import ANY, periods_between
 
 #: Staging tables: their shape. The first two are partitioned by month (see :func:`prepare`).
 STAGING = {
     "load_buckets": "(LIKE kpi_buckets)",
-    "load_hashes": "(bucket_start timestamptz, metric text, source text, channel text, h bigint)",
+    "load_members": (
+        "(bucket_start timestamptz, metric text, source text, channel text, customer_id text,"
+        " n integer)"
+    ),
     "load_cohorts": "(LIKE kpi_cohorts)",
     "load_stages": "(LIKE stage_counts)",
     "load_keys": "(tbl text, name text, definition text)",
 }
-PARTITIONED = ("load_buckets", "load_hashes")
+PARTITIONED = ("load_buckets", "load_members")
 #: The tables whose primary key is dropped while they fill and built once at the end.
 KEYED = (
     "kpi_buckets",
     "kpi_rollups",
-    "kpi_sketches",
+    "kpi_distinct",
     "metrics_processed",
     "metrics_cohort_activity",
 )
 BUCKET_KEY = "bucket_start, metric, source, channel, currency"
-SKETCH_KEY = "grain, bucket_start, metric, source, channel"
+DISTINCT_KEY = "grain, bucket_start, metric, source, channel"
 MinuteKey = tuple[datetime, str, str, str, str]
-#: A minute sketch key and an id's hash (as a signed bigint, as Postgres keeps it).
-HashKey = tuple[datetime, str, str, str, int]
+#: A minute distinct key and a customer id.
+MemberKey = tuple[datetime, str, str, str, str]
 
 
 @dataclass
@@ -78,16 +83,14 @@ class History:
     """One part of a history, summed: what the write path would add for these records."""
 
     minutes: dict[MinuteKey, Decimal] = field(default_factory=dict)
-    hashes: set[HashKey] = field(default_factory=set)
+    members: dict[MemberKey, int] = field(default_factory=dict)
     activity: dict[tuple[str, str, date], date] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
     record_ids: list[str] = field(default_factory=list)
-    _positions: dict[str, hll.Position] = field(default_factory=dict)
 
     def add(self, docs: Iterable[Mapping[str, Any]]) -> int:
         """Count the lifecycle records (parsed ``clm.lifecycle.v1`` documents); how many."""
-        minutes, hashes, activity = self.minutes, self.hashes, self.activity
-        positions = self._positions
+        minutes, members, activity = self.minutes, self.members, self.activity
         counted = []
         for doc in docs:
             self.record_ids.append(str(doc["record_id"]))
@@ -95,11 +98,9 @@ class History:
             for k, value in increments(doc):
                 key = (k.bucket_start, k.metric, k.source, k.channel, k.currency)
                 minutes[key] = minutes.get(key, 0) + value
-            for s, who in sketch_items(doc):
-                at = positions.get(who)
-                if at is None:
-                    at = positions[who] = signed(hll.positions([who])[who])
-                hashes.add((s.bucket_start, s.metric, s.source, s.channel, at))
+            for s, who in distinct_items(doc):
+                member = (s.bucket_start, s.metric, s.source, s.channel, who)
+                members[member] = members.get(member, 0) + 1
             for period, customer, start, cohort in cohort_rows(doc):
                 activity.setdefault((period, customer, start), cohort)
         for stage, delta in stage_deltas(counted).items():
@@ -176,9 +177,14 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
         columns=["bucket_start", "metric", "source", "channel", "currency", "value"],
     )
     await conn.copy_records_to_table(
-        "load_hashes",
-        records=list(part.hashes),
-        columns=["bucket_start", "metric", "source", "channel", "h"],
+        "load_members",
+        records=[(*k, n) for k, n in part.members.items()],
+        columns=["bucket_start", "metric", "source", "channel", "customer_id", "n"],
+    )
+    await conn.copy_records_to_table(
+        "metrics_customer_numbers",
+        records=[(who,) for who in sorted({k[4] for k in part.members})],
+        columns=["customer_id"],
     )
     counts: dict[tuple[str, date, int], int] = {}
     for (period, _, start), cohort in part.activity.items():
@@ -221,50 +227,58 @@ async def sum_buckets(conn: asyncpg.Connection, partition: str) -> None:
 
 
 VALUE_KEY = "metric, source, channel, currency"
-_SKETCHES = f"""
+_DISTINCT = f"""
 WITH spread AS (
-    SELECT DISTINCT g.grain, g.start AS bucket_start, m.metric, c.source, c.channel, m.h
-    FROM load_hashes_{{partition}} AS m
+    SELECT g.grain, g.start AS bucket_start, m.metric, c.source, c.channel, k.number, m.n
+    FROM load_members_{{partition}} AS m
+    JOIN metrics_customer_numbers AS k USING (customer_id)
     CROSS JOIN LATERAL (VALUES ('minute', m.bucket_start),
                                ('hour', date_trunc('hour', m.bucket_start)),
                                ('day', date_trunc('day', m.bucket_start))) AS g (grain, start)
     CROSS JOIN LATERAL (VALUES (m.source, m.channel), (m.source, $1::text),
                                ($1::text, m.channel), ($1::text, $1::text)) AS c (source, channel)
+), counted AS (
+    SELECT {DISTINCT_KEY}, number, sum(n) AS n FROM spread GROUP BY {DISTINCT_KEY}, number
 )
-SELECT {SKETCH_KEY}, array_agg(h) AS hashes FROM spread GROUP BY {SKETCH_KEY}
+SELECT {DISTINCT_KEY}, array_agg(number) AS numbers, array_agg(n) AS counts
+FROM counted GROUP BY {DISTINCT_KEY}
 """
 
 
-def signed(h: int) -> int:
-    """A 64-bit hash as the signed bigint Postgres stores."""
-    return h - (1 << 64) if h >= 1 << 63 else h
-
-
-async def write_sketches(conn: asyncpg.Connection, partition: str) -> int:
-    """Every sketch row of one month's minutes (a month holds its hours and days): the
-    distinct hashes of a row gathered in Postgres, made a sketch by ``hll.from_hashes`` and
-    encoded by ``hll.dumps``, copied into ``kpi_sketches``; how many rows."""
+async def write_distinct(conn: asyncpg.Connection, partition: str) -> int:
+    """Every distinct row of one month's minutes (a month holds its hours and days): the
+    numbers of a row and each one's visits or orders gathered in Postgres, made bitmaps and
+    encoded by ``distinct.dumps`` (a purchasers row's ``repeat_purchasers`` too, when someone
+    in it has two or more orders: the write path writes that row only then), copied into
+    ``kpi_distinct``; how many rows."""
     await tune(conn)
     batch: list[tuple[Any, ...]] = []
     written = 0
-    columns = ["grain", "bucket_start", "metric", "source", "channel", "registers"]
-    query = _SKETCHES.replace("{partition}", partition)
+    columns = ["grain", "bucket_start", "metric", "source", "channel", "members"]
+    query = _DISTINCT.replace("{partition}", partition)
     async with conn.transaction():
         async for row in conn.cursor(query, ANY, prefetch=20000):
-            hashes = np.asarray(row["hashes"], dtype=np.int64).view(np.uint64)
-            batch.append((*row[:5], hll.dumps(hll.from_hashes(hashes))))
+            grain, start, metric, source, channel = row[:5]
+            batch.append((*row[:5], distinct.dumps(BitMap(row["numbers"]))))
+            if metric == "purchasers":
+                twice = BitMap(
+                    n for n, c in zip(row["numbers"], row["counts"], strict=True) if c >= 2
+                )
+                if twice:
+                    repeat = (grain, start, "repeat_purchasers", source, channel)
+                    batch.append((*repeat, distinct.dumps(twice)))
             if len(batch) >= 20000:
-                await conn.copy_records_to_table("kpi_sketches", records=batch, columns=columns)
+                await conn.copy_records_to_table("kpi_distinct", records=batch, columns=columns)
                 written += len(batch)
                 batch = []
     if batch:
-        await conn.copy_records_to_table("kpi_sketches", records=batch, columns=columns)
+        await conn.copy_records_to_table("kpi_distinct", records=batch, columns=columns)
         written += len(batch)
     return written
 
 
 async def finish(conn: asyncpg.Connection) -> None:
-    """After :func:`sum_buckets` and :func:`write_sketches` of every partition: the all-time
+    """After :func:`sum_buckets` and :func:`write_distinct` of every partition: the all-time
     totals, the staged cohorts and stages summed, every written day's and hour's counter set
     to 1 (then :func:`add_key` for each of :func:`dropped_keys`, and :func:`cleanup`)."""
     await tune(conn)
@@ -282,7 +296,7 @@ async def finish(conn: asyncpg.Connection) -> None:
         "INSERT INTO stage_counts (stage, customers) SELECT stage, sum(customers) "
         "FROM load_stages GROUP BY stage HAVING sum(customers) <> 0 ORDER BY stage"
     )
-    # a minute written makes its hour and day rollup (increments) or sketch rows (ids)
+    # a minute written makes its hour and day rollup (increments) or distinct rows (ids)
     for table, column, grain, start in (
         ("kpi_day_versions", "day", "day", "CAST(bucket_start AS date)"),
         ("kpi_hour_versions", "hour", "hour", "bucket_start"),
@@ -290,7 +304,7 @@ async def finish(conn: asyncpg.Connection) -> None:
         await conn.execute(
             f"INSERT INTO {table} ({column}, version) SELECT {start}, 1 FROM ("
             f"SELECT bucket_start FROM kpi_rollups WHERE grain = '{grain}' "
-            f"UNION SELECT bucket_start FROM kpi_sketches WHERE grain = '{grain}') AS w"
+            f"UNION SELECT bucket_start FROM kpi_distinct WHERE grain = '{grain}') AS w"
         )
 
 
@@ -316,7 +330,7 @@ async def finish_all(conn: asyncpg.Connection, start: date, end: date) -> None:
     by side)."""
     for partition in partitions(start, end):
         await sum_buckets(conn, partition)
-        await write_sketches(conn, partition)
+        await write_distinct(conn, partition)
     await finish(conn)
     for key in await dropped_keys(conn):
         await add_key(conn, *key)

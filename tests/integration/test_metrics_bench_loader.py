@@ -1,6 +1,7 @@
 """The metrics bench's fast loader writes the tables the write path writes, for the same
-records: every bucket, rollup, sketch, cohort and stage count equal (the change counters only
-cover the same days and hours: they count writes, not contents)."""
+records: every bucket, rollup, distinct set (by the ids its numbers stand for: numbers follow
+arrival order), cohort and stage count equal (the change counters only cover the same days
+and hours: they count writes, not contents)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from bench.databases import plain_url
 from bench.metrics_load import History, finish_all, prepare, write_part
 from clm_cli.simulator.journeys import generate
 from clm_common.db import create_engine
+from clm_metrics import distinct
 from clm_metrics.handler import LifecycleHandler
 from tests.kpi_truth import record, replay
 
 TABLES = {
     "kpi_buckets": "bucket_start, metric, source, channel, currency, value",
     "kpi_rollups": "grain, bucket_start, metric, source, channel, currency, value",
-    "kpi_sketches": "grain, bucket_start, metric, source, channel, registers",
+    "kpi_distinct": "grain, bucket_start, metric, source, channel, members",
+    "metrics_customer_numbers": "customer_id",
     "kpi_cohorts": "period, cohort, periods_since, customers",
     "metrics_cohort_activity": "period, customer_id, period_start",
     "metrics_processed": "record_id",
@@ -45,6 +48,11 @@ async def tables(conn: asyncpg.Connection) -> dict[str, list[Any]]:
         where = "WHERE customers <> 0" if table == "stage_counts" else ""
         rows = await conn.fetch(f"SELECT {columns} FROM {table} {where} ORDER BY {columns}")
         out[table] = [tuple(r) for r in rows]
+    numbered = await conn.fetch("SELECT number, customer_id FROM metrics_customer_numbers")
+    who = {number: customer for number, customer in numbered}
+    out["kpi_distinct"] = [
+        (*r[:5], tuple(sorted(who[n] for n in distinct.loads(r[5])))) for r in out["kpi_distinct"]
+    ]
     return out
 
 
