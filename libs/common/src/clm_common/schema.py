@@ -296,7 +296,7 @@ kpi_rollups = Table(
     CheckConstraint("grain IN ('hour', 'day', 'all')", name="grain"),
 )
 
-# How often each event day's buckets, rollups or sketches were written to (bumped in the same
+# How often each event day's buckets, rollups or distinct sets were written to (bumped in the same
 # transaction): a reader may keep a closed day's sums while its version is unchanged.
 kpi_day_versions = Table(
     "kpi_day_versions",
