@@ -205,6 +205,7 @@ TABLES = (
     "kpi_rollups",
     "kpi_distinct",
     "metrics_customer_numbers",
+    "metrics_customer_days",
     "kpi_cohorts",
     "stage_counts",
     "kpi_day_versions",

@@ -246,12 +246,18 @@ FROM counted GROUP BY {DISTINCT_KEY}
 
 
 async def write_distinct(conn: asyncpg.Connection, partition: str) -> int:
-    """Every distinct row of one month's minutes (a month holds its hours and days): the
+    """The days each customer is in a distinct set of (``metrics_customer_days``), and every
+    distinct row of one month's minutes (a month holds its hours and days): the
     numbers of a row and each one's visits or orders gathered in Postgres, made bitmaps and
     encoded by ``distinct.dumps`` (a purchasers row's ``repeat_purchasers`` too, when someone
     in it has two or more orders: the write path writes that row only then), copied into
     ``kpi_distinct``; how many rows."""
     await tune(conn)
+    await conn.execute(
+        "INSERT INTO metrics_customer_days (number, day) "
+        "SELECT DISTINCT k.number, CAST(m.bucket_start AS date) "
+        f"FROM load_members_{partition} AS m JOIN metrics_customer_numbers AS k USING (customer_id)"
+    )
     batch: list[tuple[Any, ...]] = []
     written = 0
     columns = ["grain", "bucket_start", "metric", "source", "channel", "members"]

@@ -2,6 +2,8 @@
 
 - ``metrics_customer_numbers``: each customer (or anonymous profile) id the metrics service
   counts, with a dense 32-bit number from an identity sequence.
+- ``metrics_customer_days``: the UTC days each number is in a distinct set of, so an erasure
+  or a merge rewrites only those days' rows.
 - ``kpi_distinct``: per grain, bucket, metric and source/channel, the bucket's customer
   numbers as a Roaring bitmap (portable serialization), replacing ``kpi_sketches``.
 
@@ -35,6 +37,12 @@ def upgrade() -> None:
         sa.Column("number", sa.Integer(), sa.Identity(), nullable=False),
         sa.PrimaryKeyConstraint("customer_id", name=op.f("pk_metrics_customer_numbers")),
         sa.UniqueConstraint("number", name=op.f("uq_metrics_customer_numbers_number")),
+    )
+    op.create_table(
+        "metrics_customer_days",
+        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.PrimaryKeyConstraint("number", "day", name=op.f("pk_metrics_customer_days")),
     )
     op.create_table(
         "kpi_distinct",
@@ -71,4 +79,5 @@ def downgrade() -> None:
         ),
     )
     op.drop_table("kpi_distinct")
+    op.drop_table("metrics_customer_days")
     op.drop_table("metrics_customer_numbers")

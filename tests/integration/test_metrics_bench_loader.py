@@ -25,6 +25,7 @@ TABLES = {
     "kpi_rollups": "grain, bucket_start, metric, source, channel, currency, value",
     "kpi_distinct": "grain, bucket_start, metric, source, channel, members",
     "metrics_customer_numbers": "customer_id",
+    "metrics_customer_days": "number, day",
     "kpi_cohorts": "period, cohort, periods_since, customers",
     "metrics_cohort_activity": "period, customer_id, period_start",
     "metrics_processed": "record_id",
@@ -50,6 +51,7 @@ async def tables(conn: asyncpg.Connection) -> dict[str, list[Any]]:
         out[table] = [tuple(r) for r in rows]
     numbered = await conn.fetch("SELECT number, customer_id FROM metrics_customer_numbers")
     who = {number: customer for number, customer in numbered}
+    out["metrics_customer_days"] = sorted((who[n], day) for n, day in out["metrics_customer_days"])
     out["kpi_distinct"] = [
         (*r[:5], tuple(sorted(who[n] for n in distinct.loads(r[5])))) for r in out["kpi_distinct"]
     ]

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from clm_common.db import create_engine
 from clm_metrics import distinct, repository, service
 from clm_metrics.buckets import DistinctKey
+from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis
 from clm_metrics.handler import LifecycleHandler
 
@@ -162,5 +163,131 @@ async def test_purchase_kpis_of_1500_customers_equal_the_exact_computation(
             assert got["purchase_frequency"] == str(frequency.quantize(Decimal("0.0001")))
             rate = Decimal(repeaters) / len(count)
             assert got["repeat_purchase_rate"] == str(rate.quantize(Decimal("0.0001")))
+    finally:
+        await engine.dispose()
+
+
+def visit(n: int, who: str, at: datetime) -> dict[str, Any]:
+    doc = purchase(n, who, at, "shop")
+    doc["record_id"] = f"visit-{n}"
+    doc["event"] = {**doc["event"], "type": "site_visit", "properties": {}}
+    return doc
+
+
+async def test_an_erased_customer_leaves_and_a_merged_profile_moves_to_its_survivor(
+    database_url: str,
+) -> None:
+    """Visits and orders over three days; then ``anon-1`` is merged into ``c1`` (one order
+    each on day 2: together two, a repeat purchaser), ``c2`` is erased and ``c3`` anonymised.
+    Every window (through the closed-day cache, which the rewrite invalidates) counts what the
+    relabelled events would: the erased customer nowhere, the merged profile as its
+    survivor; the ids that left are gone from the numbers table."""
+    day = [NOW - timedelta(days=3 - d, hours=2) for d in range(3)]
+    events: list[tuple[str, str, datetime]] = [
+        ("visit", "anon-1", day[0]),
+        ("visit", "c1", day[0]),
+        ("visit", "c2", day[0]),
+        ("purchase", "anon-1", day[1]),
+        ("purchase", "c1", day[1] + timedelta(minutes=5)),
+        ("purchase", "c2", day[1]),
+        ("purchase", "c2", day[2]),
+        ("purchase", "c3", day[2]),
+        ("visit", "c3", day[2]),
+    ]
+    docs = [
+        (visit if kind == "visit" else purchase)(
+            n, who, at, *(() if kind == "visit" else ("shop",))
+        )
+        for n, (kind, who, at) in enumerate(events)
+    ]
+    engine = create_engine(database_url, pool_size=2)
+    cache = ClosedDayCache()
+    windows = [
+        (NOW - timedelta(days=7), NOW),
+        (day[1] - timedelta(hours=1), NOW),
+        (day[2] - timedelta(minutes=30), NOW),
+    ]
+
+    async def counts() -> list[dict[str, int | None]]:
+        out = []
+        for start, end in windows:
+            cached = await service.window_inputs(engine, start, end, NOW, cache=cache)
+            fresh = await service.window_inputs(engine, start, end, NOW)
+            assert cached.distinct == fresh.distinct
+            out.append(dict(fresh.distinct))
+        return out
+
+    def truth(relabel: dict[str, str | None]) -> list[dict[str, int]]:
+        out = []
+        for start, end in windows:
+            seen = [(k, relabel.get(w, w), at) for k, w, at in events if start <= at < end]
+            orders: dict[str | None, int] = {}
+            for k, who, _ in seen:
+                if k == "purchase" and who is not None:
+                    orders[who] = orders.get(who, 0) + 1
+            out.append(
+                {
+                    "visitors": len({w for k, w, _ in seen if k == "visit" and w is not None}),
+                    "purchasers": len(orders),
+                    "repeat_purchasers": sum(1 for n in orders.values() if n >= 2),
+                }
+            )
+        return out
+
+    try:
+        handler = LifecycleHandler()
+        async with engine.begin() as conn:
+            await handler(conn, [Record(orjson.dumps(d)) for d in docs])
+        assert await counts() == truth({})
+        leaving = [
+            {
+                "kind": "identity_merge",
+                "record_id": "identity_merge:anon-1>c1",
+                "customer_id": "anon-1",
+                "merged_into": "c1",
+                "event": None,
+                "customer": None,
+                "stage_before": "reach",
+                "stage_after": None,
+            },
+            {
+                "kind": "erasure",
+                "record_id": "erasure:x",
+                "customer_id": "c2",
+                "mode": "erase",
+                "event": None,
+                "customer": None,
+                "stage_before": "conversion",
+                "stage_after": None,
+            },
+            {
+                "kind": "erasure",
+                "record_id": "erasure:y",
+                "customer_id": "c3",
+                "mode": "anonymise",
+                "pseudonym": "p-3",
+                "event": None,
+                "customer": None,
+                "stage_before": "conversion",
+                "stage_after": "conversion",
+            },
+        ]
+        async with engine.begin() as conn:
+            await handler(conn, [Record(orjson.dumps(d)) for d in leaving])
+        want = truth({"anon-1": "c1", "c2": None})
+        assert want != truth({})  # the relabelling changes every window's counts
+        assert await counts() == want
+        async with engine.connect() as conn:
+            ids = {
+                w
+                for (w,) in await conn.execute(
+                    text("SELECT customer_id FROM metrics_customer_numbers")
+                )
+            }
+        assert ids == {"c1", "p-3"}
+        # the same records redelivered change nothing
+        async with engine.begin() as conn:
+            await handler(conn, [Record(orjson.dumps(d)) for d in leaving])
+        assert await counts() == want
     finally:
         await engine.dispose()

@@ -105,3 +105,38 @@ def test_the_number_cache_drops_the_least_recently_used() -> None:
     assert cache.get("a") == 1
     cache.put("c", 3)
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    orders=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12)), max_size=60),
+    visits=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12)), max_size=30),
+    erased=st.sets(st.integers(0, 12), max_size=3),
+    merges=st.dictionaries(st.integers(0, 12), st.integers(13, 16), max_size=4),
+)
+def test_erasing_and_merging_equal_the_brute_force_of_the_relabelled_events(
+    orders: list[Item], visits: list[Item], erased: set[int], merges: dict[int, int]
+) -> None:
+    """Profiles merged into survivors (13 to 16, some of them with events of their own) and
+    erased ones, applied to written bucket rows, give what the events relabelled — each merged
+    profile's as its survivor's, the erased ones' dropped — would have written."""
+    merges = {old: into for old, into in merges.items() if old not in erased}
+    survivors_own = [(b, 13 + who % 4) for b, who in orders[:5]]
+    rows = written(orders + survivors_own, visits, 2)
+    buckets: dict[int, dict[str, BitMap]] = {}
+    for (bucket, metric), bitmap in rows.items():
+        buckets.setdefault(bucket, {})[metric] = bitmap
+    for sets in buckets.values():
+        distinct.remove_and_move(sets, erased, merges)
+    got = distinct.from_buckets(
+        ((b,), m, bm) for b, sets in buckets.items() for m, bm in sets.items()
+    ).counts()
+
+    def relabel(items: list[Item]) -> list[Item]:
+        return [(b, merges.get(who, who)) for b, who in items if who not in erased]
+
+    want = distinct.from_buckets(
+        ((b,), m, bm)
+        for (b, m), bm in written(relabel(orders + survivors_own), relabel(visits), 1).items()
+    ).counts()
+    assert got == want

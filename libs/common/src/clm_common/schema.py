@@ -337,6 +337,16 @@ metrics_customer_numbers = Table(
     Column("number", Integer, Identity(), nullable=False, unique=True),
 )
 
+# The UTC days each customer number is in a distinct set of: where an erasure or a merge has to
+# clear or move its bits (the minute, hour and day rows of those days).
+metrics_customer_days = Table(
+    "metrics_customer_days",
+    metadata,
+    Column("number", Integer, nullable=False),
+    Column("day", Date, nullable=False),
+    PrimaryKeyConstraint("number", "day"),
+)
+
 # Which customer purchased in which period (exact cohort counts), and the counts themselves.
 metrics_cohort_activity = Table(
     "metrics_cohort_activity",

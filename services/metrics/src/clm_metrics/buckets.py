@@ -304,6 +304,31 @@ def distinct_items(record: Mapping[str, Any]) -> list[tuple[DistinctKey, str]]:
     return [(DistinctKey(at, metric, src, ch), who)]
 
 
+@dataclass(frozen=True, slots=True)
+class Leaving:
+    """A profile leaving the distinct sets: erased (``into`` None: its bits cleared), merged
+    into ``into`` (its bits moved to the survivor), or anonymised (``pseudonym``: its bits stay,
+    its id is replaced by the pseudonym)."""
+
+    who: str
+    into: str | None = None
+    pseudonym: str | None = None
+
+
+def leaving(record: Mapping[str, Any]) -> Leaving | None:
+    """The profile an ``erasure`` or ``identity_merge`` record takes out (``customer_merge``
+    records need nothing: the merged-away profile has its own ``identity_merge``)."""
+    kind, who = record.get("kind"), record.get("customer_id")
+    if who is None:
+        return None
+    if kind == "erasure":
+        pseudonym = record.get("pseudonym") if record.get("mode") == "anonymise" else None
+        return Leaving(str(who), pseudonym=None if pseudonym is None else str(pseudonym))
+    if kind == "identity_merge" and record.get("merged_into"):
+        return Leaving(str(who), into=str(record["merged_into"]))
+    return None
+
+
 def period_start(period: str, at: datetime) -> date:
     day = at.astimezone(UTC).date()
     if period == "month":

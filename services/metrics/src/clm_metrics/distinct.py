@@ -121,6 +121,9 @@ class NumberCache:
             self._numbers.move_to_end(who)
         return number
 
+    def forget(self, who: str) -> None:
+        self._numbers.pop(who, None)
+
     def put(self, who: str, number: int) -> None:
         if self._max <= 0:
             return
@@ -128,3 +131,35 @@ class NumberCache:
         self._numbers.move_to_end(who)
         while len(self._numbers) > self._max:
             self._numbers.popitem(last=False)
+
+
+def remove_and_move(
+    sets: Mapping[str, BitMap], erased: Iterable[int], moved: Mapping[int, int]
+) -> set[str]:
+    """One bucket's rows (metric → bitmap, changed in place): the ``erased`` numbers cleared,
+    each ``moved`` number (a merged profile) replaced by its survivor's. A survivor that was
+    already a purchaser of the bucket, or whose merged profile ordered twice in it, has two or
+    more orders there (``sets`` has a ``repeat_purchasers`` entry, empty if need be, wherever
+    it has ``purchasers``). ``moved`` maps a profile to its final survivor (no chains). The
+    metrics whose sets changed."""
+    gone = BitMap(erased)
+    changed: set[str] = set()
+    purchasers = sets.get("purchasers", BitMap())
+    repeat = sets.get("repeat_purchasers", BitMap())
+    twice = BitMap(
+        into
+        for old, into in moved.items()
+        if old in purchasers and (into in purchasers or old in repeat)
+    )
+    for metric, members in sets.items():
+        before = BitMap(members)
+        for old, into in moved.items():
+            if old in members:
+                members.discard(old)
+                members.add(into)
+        if metric == "repeat_purchasers":
+            members |= twice
+        members -= gone
+        if members != before:
+            changed.add(metric)
+    return changed

@@ -17,6 +17,7 @@ from clm_metrics.buckets import (
     cohort_rows,
     distinct_items,
     increments,
+    leaving,
     stage_deltas,
 )
 from clm_metrics.distinct import NumberCache
@@ -27,8 +28,9 @@ Parsed = tuple[
 
 
 class LifecycleHandler:
-    """Dedupe by record id; add bucket increments (minute + rollups), distinct-set members,
-    cohort activity and stage count deltas (one statement per table per batch)."""
+    """Dedupe by record id; add bucket increments (minute + rollups), distinct-set members
+    (and take out erased and merged profiles), cohort activity and stage count deltas (one
+    statement per table per batch)."""
 
     def __init__(self, numbers: NumberCache | None = None) -> None:
         self._numbers = numbers if numbers is not None else NumberCache()
@@ -58,6 +60,7 @@ class LifecycleHandler:
             conn,
             aggregate(p for incs, _, _, _ in new for p in incs),
             [item for _, items, _, _ in new for item in items],
+            leaving=[gone for *_, doc in new if (gone := leaving(doc)) is not None],
             numbers=self._numbers,
         )
         await repository.add_cohort_activity(conn, [row for _, _, rows, _ in new for row in rows])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ from clm_common.schema import (
     kpi_rollups,
 )
 from clm_metrics import distinct
-from clm_metrics.buckets import BucketKey, DistinctKey
+from clm_metrics.buckets import BucketKey, DistinctKey, Leaving
 from clm_metrics.distinct import Distinct, NumberCache
 from clm_metrics.windows import EPOCH, Grain, Segment, floor_to
 
@@ -130,16 +130,31 @@ async def add_counts(
     increments: Mapping[BucketKey, Decimal],
     members: Sequence[tuple[DistinctKey, str]] = (),
     *,
+    leaving: Sequence[Leaving] = (),
     numbers: NumberCache | None = None,
 ) -> None:
     """What a batch adds: to the minute buckets and their rollups (one array upsert per
     table, rows in a stable order) and the customer numbers to the minute, hour and day
-    distinct sets (rows locked in order, merged, written), with one version bump for the hours
-    and days both touch. ``members``: one ``(key, customer id)`` per visit or order (ids
-    numbered by :func:`customer_numbers`, with the ``numbers`` cache)."""
+    distinct sets (rows locked in order, merged, written); then the profiles ``leaving``
+    (erased, merged, anonymised) cleared from or moved in the distinct sets of the days they
+    are in. One version bump, first, for every hour and day any of it touches (so writers that
+    meet on a row meet first on its day's counter, locked in order). ``members``: one ``(key,
+    customer id)`` per visit or order (ids numbered by :func:`customer_numbers`, with the
+    ``numbers`` cache)."""
+    cache = numbers if numbers is not None else NumberCache(0)
+    survivors = [gone.into for gone in leaving if gone.into is not None]
+    number = await customer_numbers(conn, [*(who for _, who in members), *survivors], cache)
+    erased, moved, days = await _leaving_numbers(conn, leaving, number)
+    if erased or moved:  # and the days this batch adds them to
+        out = {*erased, *moved}
+        days = sorted(
+            {*days, *(floor_to(k.bucket_start, "day") for k, who in members if number[who] in out)}
+        )
     touched = [k.bucket_start for k in increments]
     touched.extend(k.bucket_start for k, _ in members)
-    await bump_versions(conn, touched)
+    # a rewritten day's every hour: readers keep closed hours (and minutes) by hour counters
+    rewritten = [day + timedelta(hours=h) for day in days for h in range(24)]
+    await bump_versions(conn, [*touched, *rewritten])
     if increments:
         await conn.execute(_UPSERT_MINUTES, _columns(sorted(increments.items())))
         rolled = sorted(rollup(increments).items())
@@ -148,8 +163,12 @@ async def add_counts(
             {"g": [g for (g, _), _ in rolled], **_columns([(k, v) for (_, k), v in rolled])},
         )
     if members:
-        number = await customer_numbers(conn, (who for _, who in members), numbers)
-        await _write_distinct(conn, distinct_rows((key, number[who]) for key, who in members))
+        numbered = [(key, number[who]) for key, who in members]
+        await _mark_days(conn, numbered)
+        await _write_distinct(conn, distinct_rows(numbered))
+    if leaving:
+        await _remove(conn, days, erased, moved)
+        await _forget(conn, leaving, cache)
 
 
 _ADD_STAGE_COUNTS = text(
@@ -222,6 +241,138 @@ async def customer_numbers(
             for who, number in await conn.execute(_NUMBERS_KNOWN, {"ids": raced}):
                 out[who] = number
     return out
+
+
+_MARK_DAYS = text(
+    """
+    INSERT INTO metrics_customer_days (number, day)
+    SELECT * FROM unnest(CAST(:n AS integer[]), CAST(:d AS date[])) ORDER BY 1, 2
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+async def _mark_days(conn: AsyncConnection, numbered: Sequence[tuple[DistinctKey, int]]) -> None:
+    pairs = sorted({(n, floor_to(k.bucket_start, "day").date()) for k, n in numbered})
+    await conn.execute(_MARK_DAYS, {"n": [n for n, _ in pairs], "d": [d for _, d in pairs]})
+
+
+_DAYS_OF = text(
+    """
+    SELECT DISTINCT day FROM metrics_customer_days WHERE number = ANY(CAST(:n AS integer[]))
+    """
+)
+
+
+async def _leaving_numbers(
+    conn: AsyncConnection, leaving: Sequence[Leaving], number: Mapping[str, int]
+) -> tuple[list[int], dict[int, int], list[datetime]]:
+    """The numbers of the erased profiles, the merged ones with their final survivor's
+    number (a merge into a profile merged later in the batch follows the chain), and the
+    starts of the days they are in. Profiles never counted have no number: nothing to do."""
+    if not leaving:
+        return [], {}, []
+    known = {
+        who: n
+        for who, n in await conn.execute(
+            _NUMBERS_KNOWN, {"ids": sorted({gone.who for gone in leaving})}
+        )
+    }
+    into = {gone.who: gone.into for gone in leaving if gone.into is not None}
+
+    def final(who: str) -> str:
+        seen = {who}
+        while who in into and into[who] not in seen:
+            who = into[who]
+            seen.add(who)
+        return who
+
+    erased = [
+        known[g.who] for g in leaving if g.into is None and g.pseudonym is None and g.who in known
+    ]
+    moved = {
+        known[g.who]: number[final(g.into)]
+        for g in leaving
+        if g.into is not None and g.who in known and known[g.who] != number[final(g.into)]
+    }
+    if not erased and not moved:
+        return [], {}, []
+    rows = await conn.execute(_DAYS_OF, {"n": sorted({*erased, *moved})})
+    days = sorted(datetime.combine(day, time(), UTC) for (day,) in rows)
+    return erased, moved, days
+
+
+_DISTINCT_OF_DAYS = text(
+    """
+    SELECT k.grain, k.bucket_start, k.metric, k.source, k.channel, k.members
+    FROM kpi_distinct AS k
+    JOIN unnest(CAST(:d AS timestamptz[])) AS d(start)
+      ON k.bucket_start >= d.start AND k.bucket_start < d.start + interval '1 day'
+    WHERE k.grain IN ('minute', 'hour', 'day')
+    ORDER BY 1, 2, 3, 4, 5
+    FOR UPDATE OF k
+    """
+)
+_MOVE_DAYS = text(
+    """
+    INSERT INTO metrics_customer_days (number, day)
+    SELECT u.survivor, d.day FROM metrics_customer_days AS d
+    JOIN unnest(CAST(:old AS integer[]), CAST(:new AS integer[])) AS u(old, survivor)
+      ON d.number = u.old
+    ORDER BY 1, 2
+    ON CONFLICT DO NOTHING
+    """
+)
+_DROP_NUMBERS = (
+    text("DELETE FROM metrics_customer_days WHERE number = ANY(CAST(:n AS integer[]))"),
+    text("DELETE FROM metrics_customer_numbers WHERE number = ANY(CAST(:n AS integer[]))"),
+)
+
+
+async def _remove(
+    conn: AsyncConnection, days: Sequence[datetime], erased: Sequence[int], moved: Mapping[int, int]
+) -> None:
+    """Clear the erased numbers and move the merged ones to their survivors in every distinct
+    row of their days (rows locked in key order); the merged profiles' days go to their
+    survivors, and the numbers of both (and the ids behind them) are dropped."""
+    if not days:
+        return
+    buckets: dict[tuple[str, datetime, str, str], dict[str, BitMap]] = {}
+    for g, b, m, s, ch, blob in await conn.execute(_DISTINCT_OF_DAYS, {"d": list(days)}):
+        buckets.setdefault((g, b, s, ch), {})[m] = distinct.loads(blob)
+    changed: dict[DistinctRow, BitMap] = {}
+    for (g, b, s, ch), sets in buckets.items():
+        if "purchasers" in sets:
+            sets.setdefault("repeat_purchasers", BitMap())
+        for metric in distinct.remove_and_move(sets, erased, moved):
+            changed[(g, b, metric, s, ch)] = sets[metric]
+    if changed:
+        written = sorted(changed)
+        await conn.execute(
+            _DISTINCT_WRITE,
+            {**_row_columns(written), "r": [distinct.dumps(changed[r]) for r in written]},
+        )
+    old = sorted(moved)
+    if old:
+        await conn.execute(_MOVE_DAYS, {"old": old, "new": [moved[n] for n in old]})
+    for statement in _DROP_NUMBERS:
+        await conn.execute(statement, {"n": sorted({*erased, *moved})})
+
+
+_RENAME = text(
+    """
+    UPDATE metrics_customer_numbers SET customer_id = :pseudonym WHERE customer_id = :who
+    """
+)
+
+
+async def _forget(conn: AsyncConnection, leaving: Sequence[Leaving], cache: NumberCache) -> None:
+    """Drop the leaving ids from the number cache; an anonymised id's number stays, under its
+    pseudonym."""
+    for gone in leaving:
+        cache.forget(gone.who)
+        if gone.pseudonym is not None:
+            await conn.execute(_RENAME, {"who": gone.who, "pseudonym": gone.pseudonym})
 
 
 DistinctRow = tuple[str, datetime, str, str, str]
