@@ -9,8 +9,9 @@
 
 No data is carried over: a HyperLogLog sketch cannot be turned back into the ids it saw, so
 the distinct counts (unique visitors, purchasing customers, repeat purchasers) of buckets
-written before this version read 0 until ``clm replay`` rebuilds them from the event log.
-The sums (orders, revenue, flows …) are untouched. Downgrading recreates an empty
+written before this version read 0 until the metrics are rebuilt from the event log (the
+metrics tables emptied, then ``clm replay``: README, *Upgrades and migrations*). The sums
+(orders, revenue, flows …) are untouched. Downgrading recreates an empty
 ``kpi_sketches``.
 
 Revision ID: 0013_exact_distinct
