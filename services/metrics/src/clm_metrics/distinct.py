@@ -108,10 +108,14 @@ def add_visitors(visitors: BitMap, numbers: Iterable[int]) -> bool:
 
 
 class NumberCache:
-    """Customer numbers already read, by id: at most ``max_ids`` of them, the least recently
-    used dropped first (a number never changes once committed, so an entry is never stale)."""
+    """Customer numbers already read, by id: at most ``max_ids`` of them (about 10 MB at the
+    default), the least recently used dropped first. A committed number never changes, and
+    the sequence never hands it out again; an id that leaves (erased, merged) is forgotten by
+    the replica that applies its record. Another replica may still hold it, which matters only
+    if a record names the id again: after a merge records carry the survivor's id, after an
+    erasure the stage engine drops the customer's events."""
 
-    def __init__(self, max_ids: int = 200_000) -> None:
+    def __init__(self, max_ids: int = 50_000) -> None:
         self._max = max_ids
         self._numbers: OrderedDict[str, int] = OrderedDict()
 
