@@ -51,7 +51,10 @@ WINDOWED: dict[str, tuple[str, str]] = {
     "refunds": ("clm_kpi_refunds", "Refunds in the window"),
     "refund_rate": ("clm_kpi_refund_ratio", "Refunds / orders"),
     "repeat_purchases": ("clm_kpi_repeat_purchases", "Second or later purchases"),
-    "repeat_purchase_rate": ("clm_kpi_repeat_purchase_ratio", "Repeat purchasers / purchasers"),
+    "repeat_purchase_rate": (
+        "clm_kpi_repeat_purchase_ratio",
+        "Purchasing customers with 2 or more purchases in the window / purchasing customers",
+    ),
     "churned": ("clm_kpi_churned_customers", "Customers who churned in the window"),
     "churn_rate": ("clm_kpi_churn_ratio", "Churned / active customers at the window start"),
     "retention_rate": ("clm_kpi_retention_ratio", "(E - N) / S over the window"),
