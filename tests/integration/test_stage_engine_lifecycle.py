@@ -4,6 +4,7 @@ sweeper with a test clock, erasure, replay, webhooks, the read API and the rule 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import socketserver
@@ -650,15 +651,12 @@ async def test_merging_two_buyers_corrects_the_later_first_purchase(
     assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)
 
 
-async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_equal(
-    common: CommonSettings, receiver: str, db: AsyncEngine
-) -> None:
-    """Survivor in reach, the merged-away customer in conversion: the merge publishes the
-    survivor's customer_merge record (reach → conversion) through the outbox and queues its
-    stage-change webhook; the metrics service's customers per stage equal the engine's, also
-    after a later move of the survivor (before, metrics kept it in reach and went negative)."""
-    now = datetime.now(UTC)
-    when = (now - timedelta(days=2)).isoformat()
+@contextlib.asynccontextmanager
+async def engine_and_metrics(
+    receiver: str,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """A stage engine and a metrics service in this process (clients of both), the engine's
+    stage changes subscribed to by ``receiver``."""
     engine = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
     metrics = metrics_app(MetricsSettings())
     async with (
@@ -670,71 +668,82 @@ async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_e
         async with e, m:
             created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
             assert created.status_code == 201, created.text
-            await send_events(
-                common,
-                event_doc("ad_click", customer_id="mg-a", event_id="ga", occurred_at=when),
-                event_doc("purchase", customer_id="mg-b", event_id="gb", occurred_at=when),
-            )
-            await until_events(e, "mg-a", 1)
-            await until_events(e, "mg-b", 1)
+            yield e, m
 
-            async def equal_counts() -> dict[str, int] | None:
-                """The metrics' customers per stage, once they equal the engine's."""
-                engine_counts = (await e.get("/v1/stages", headers=READ)).json()["stages"]
-                kpis = (await m.get("/v1/kpis", params={"window": "30d"}, headers=READ)).json()
-                counts: dict[str, int] = kpis["customers_by_stage"]
-                return counts if counts == engine_counts else None
 
-            assert (await eventually(equal_counts, timeout=60))["reach"] == 1
+async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_equal(
+    common: CommonSettings, receiver: str, db: AsyncEngine
+) -> None:
+    """Survivor in reach, the merged-away customer in conversion: the merge publishes the
+    survivor's customer_merge record (reach → conversion) through the outbox and queues its
+    stage-change webhook; the metrics service's customers per stage equal the engine's, also
+    after a later move of the survivor (before, metrics kept it in reach and went negative)."""
+    now = datetime.now(UTC)
+    when = (now - timedelta(days=2)).isoformat()
+    async with engine_and_metrics(receiver) as (e, m):
+        await send_events(
+            common,
+            event_doc("ad_click", customer_id="mg-a", event_id="ga", occurred_at=when),
+            event_doc("purchase", customer_id="mg-b", event_id="gb", occurred_at=when),
+        )
+        await until_events(e, "mg-a", 1)
+        await until_events(e, "mg-b", 1)
 
-            merged = await e.post("/v1/customers/mg-a/merge", json={"from": "mg-b"}, headers=ADMIN)
-            assert merged.status_code == 200, merged.text
-            assert merged.json()["customer"]["stage"] == "conversion"
+        async def equal_counts() -> dict[str, int] | None:
+            """The metrics' customers per stage, once they equal the engine's."""
+            engine_counts = (await e.get("/v1/stages", headers=READ)).json()["stages"]
+            kpis = (await m.get("/v1/kpis", params={"window": "30d"}, headers=READ)).json()
+            counts: dict[str, int] = kpis["customers_by_stage"]
+            return counts if counts == engine_counts else None
 
-            async with db.connect() as conn:
-                queued = [
-                    json.loads(bytes(p))
-                    for (p,) in await conn.execute(text("SELECT payload FROM webhook_deliveries"))
-                ]
-            moves = [(q["customer_id"], q["from"], q["to"], q["reason"]) for q in queued]
-            assert ("mg-a", "reach", "conversion", "merged mg-b") in moves
+        assert (await eventually(equal_counts, timeout=60))["reach"] == 1
 
-            async def merge_announced() -> list[tuple[str, bytes]] | None:
-                got = [
-                    r for r in _Receiver.received if json.loads(r[1]).get("reason") == "merged mg-b"
-                ]
-                return got or None
+        merged = await e.post("/v1/customers/mg-a/merge", json={"from": "mg-b"}, headers=ADMIN)
+        assert merged.status_code == 200, merged.text
+        assert merged.json()["customer"]["stage"] == "conversion"
 
-            (_, body), *_ = await eventually(merge_announced)
-            assert json.loads(body)["customer_id"] == "mg-a"
-
-            records = [
-                orjson.loads(r.value)
-                for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+        async with db.connect() as conn:
+            queued = [
+                json.loads(bytes(p))
+                for (p,) in await conn.execute(text("SELECT payload FROM webhook_deliveries"))
             ]
-            (survivor,) = [r for r in records if r["kind"] == "customer_merge"]
-            assert (survivor["customer_id"], survivor["merged"]) == ("mg-a", "mg-b")
-            assert (survivor["stage_before"], survivor["stage_after"]) == ("reach", "conversion")
-            assert survivor["customer"]["purchases"] == 1
-            (gone,) = [r for r in records if r["kind"] == "identity_merge"]
-            assert (gone["customer_id"], gone["stage_before"]) == ("mg-b", "conversion")
+        moves = [(q["customer_id"], q["from"], q["to"], q["reason"]) for q in queued]
+        assert ("mg-a", "reach", "conversion", "merged mg-b") in moves
 
-            after_merge = await eventually(equal_counts, timeout=60)
-            assert (after_merge["reach"], after_merge["conversion"]) == (0, 1)
+        async def merge_announced() -> list[tuple[str, bytes]] | None:
+            got = [r for r in _Receiver.received if json.loads(r[1]).get("reason") == "merged mg-b"]
+            return got or None
 
-            # the survivor moves on: conversion → retention, counted from the right stage
-            await send_events(
-                common,
-                event_doc(
-                    "purchase", customer_id="mg-a", event_id="gc", order_id="o-9", occurred_at=when
-                ),
-            )
-            later = await eventually(
-                lambda: _with_stage(equal_counts, "retention"),
-                timeout=60,
-            )
-            assert min(later.values()) >= 0
-            assert (later["conversion"], later["retention"]) == (0, 1)
+        (_, body), *_ = await eventually(merge_announced)
+        assert json.loads(body)["customer_id"] == "mg-a"
+
+        records = [
+            orjson.loads(r.value)
+            for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+        ]
+        (survivor,) = [r for r in records if r["kind"] == "customer_merge"]
+        assert (survivor["customer_id"], survivor["merged"]) == ("mg-a", "mg-b")
+        assert (survivor["stage_before"], survivor["stage_after"]) == ("reach", "conversion")
+        assert survivor["customer"]["purchases"] == 1
+        (gone,) = [r for r in records if r["kind"] == "identity_merge"]
+        assert (gone["customer_id"], gone["stage_before"]) == ("mg-b", "conversion")
+
+        after_merge = await eventually(equal_counts, timeout=60)
+        assert (after_merge["reach"], after_merge["conversion"]) == (0, 1)
+
+        # the survivor moves on: conversion → retention, counted from the right stage
+        await send_events(
+            common,
+            event_doc(
+                "purchase", customer_id="mg-a", event_id="gc", order_id="o-9", occurred_at=when
+            ),
+        )
+        later = await eventually(
+            lambda: _with_stage(equal_counts, "retention"),
+            timeout=60,
+        )
+        assert min(later.values()) >= 0
+        assert (later["conversion"], later["retention"]) == (0, 1)
 
 
 async def _with_stage(
@@ -751,55 +760,45 @@ async def test_an_identity_merge_moves_the_survivor_on_its_event_record(
     identify's own record carries the survivor's stage before and after, the move goes out
     as a webhook, and the metrics' customers per stage equal the engine's."""
     when = (datetime.now(UTC) - timedelta(days=2)).isoformat()
-    engine = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    metrics = metrics_app(MetricsSettings())
-    async with (
-        LifespanManager(engine, startup_timeout=30, shutdown_timeout=30) as em,
-        LifespanManager(metrics, startup_timeout=30, shutdown_timeout=30) as mm,
-    ):
-        e = httpx.AsyncClient(transport=httpx.ASGITransport(app=em.app), base_url="http://e")
-        m = httpx.AsyncClient(transport=httpx.ASGITransport(app=mm.app), base_url="http://m")
-        async with e, m:
-            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
-            assert created.status_code == 201, created.text
-            anonymous = event_doc("purchase", customer_id=None, event_id="ip", occurred_at=when)
-            anonymous["anonymous_id"] = "im-anon"
-            await send_events(
-                common,
-                event_doc("site_visit", customer_id="im-k", event_id="iv", occurred_at=when),
-                anonymous,
-            )
-            await until_events(e, "im-k", 1)
-            await until_events(e, "im-anon", 1)
-            identify = event_doc("identify", customer_id="im-k", event_id="ii", occurred_at=when)
-            identify["anonymous_id"] = "im-anon"
-            await send_events(common, identify)
-            assert (await until_events(e, "im-k", 3))["stage"] == "conversion"
+    async with engine_and_metrics(receiver) as (e, m):
+        anonymous = event_doc("purchase", customer_id=None, event_id="ip", occurred_at=when)
+        anonymous["anonymous_id"] = "im-anon"
+        await send_events(
+            common,
+            event_doc("site_visit", customer_id="im-k", event_id="iv", occurred_at=when),
+            anonymous,
+        )
+        await until_events(e, "im-k", 1)
+        await until_events(e, "im-anon", 1)
+        identify = event_doc("identify", customer_id="im-k", event_id="ii", occurred_at=when)
+        identify["anonymous_id"] = "im-anon"
+        await send_events(common, identify)
+        assert (await until_events(e, "im-k", 3))["stage"] == "conversion"
 
-            records = [
-                orjson.loads(r.value)
-                for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
-            ]
-            (survivor,) = [
-                r for r in records if r["kind"] == "event" and r["event"]["event_id"] == "ii"
-            ]
-            assert (survivor["stage_before"], survivor["stage_after"]) == ("reach", "conversion")
-            (gone,) = [r for r in records if r["kind"] == "identity_merge"]
-            assert (gone["customer_id"], gone["stage_before"]) == ("im-anon", "conversion")
+        records = [
+            orjson.loads(r.value)
+            for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+        ]
+        (survivor,) = [
+            r for r in records if r["kind"] == "event" and r["event"]["event_id"] == "ii"
+        ]
+        assert (survivor["stage_before"], survivor["stage_after"]) == ("reach", "conversion")
+        (gone,) = [r for r in records if r["kind"] == "identity_merge"]
+        assert (gone["customer_id"], gone["stage_before"]) == ("im-anon", "conversion")
 
-            async def announced() -> list[dict[str, Any]] | None:
-                moves = [json.loads(body) for _, body in _Receiver.received]
-                found = [p for p in moves if p["customer_id"] == "im-k" and p["from"] == "reach"]
-                return found or None
+        async def announced() -> list[dict[str, Any]] | None:
+            moves = [json.loads(body) for _, body in _Receiver.received]
+            found = [p for p in moves if p["customer_id"] == "im-k" and p["from"] == "reach"]
+            return found or None
 
-            (move,) = await eventually(announced)
-            assert (move["to"], move["reason"]) == ("conversion", "identity merge")
+        (move,) = await eventually(announced)
+        assert (move["to"], move["reason"]) == ("conversion", "identity merge")
 
-            async def equal_counts() -> dict[str, int] | None:
-                engine_counts = (await e.get("/v1/stages", headers=READ)).json()["stages"]
-                kpis = (await m.get("/v1/kpis", params={"window": "30d"}, headers=READ)).json()
-                counts: dict[str, int] = kpis["customers_by_stage"]
-                return counts if counts == engine_counts and counts["reach"] == 0 else None
+        async def equal_counts() -> dict[str, int] | None:
+            engine_counts = (await e.get("/v1/stages", headers=READ)).json()["stages"]
+            kpis = (await m.get("/v1/kpis", params={"window": "30d"}, headers=READ)).json()
+            counts: dict[str, int] = kpis["customers_by_stage"]
+            return counts if counts == engine_counts and counts["reach"] == 0 else None
 
-            counts = await eventually(equal_counts, timeout=60)
-            assert (counts["conversion"], min(counts.values())) == (1, 0)
+        counts = await eventually(equal_counts, timeout=60)
+        assert (counts["conversion"], min(counts.values())) == (1, 0)
