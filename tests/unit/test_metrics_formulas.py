@@ -24,12 +24,14 @@ from clm_metrics.buckets import (
     aggregate,
     distinct_items,
     increments,
+    leaving,
     stay_bin,
     stay_bin_middle,
 )
 from clm_metrics.formulas import MetricSums, WindowInputs, compute_kpis, lifecycle_map
 from clm_metrics.repository import ANY, DistinctRow, distinct_rows, rollup
-from clm_metrics.service import FUTURE, stages_at
+from clm_metrics.service import FUTURE, level_at, stages_at
+from clm_metrics.tickets import LEVEL, TicketKey, TicketState, advance, ticket_event
 from clm_metrics.windows import GRAINS, plan
 from tests.kpi_truth import Step, record, replay, truth, truth_map
 
@@ -43,7 +45,19 @@ class Store:
 
     def __init__(self, records: Iterable[dict[str, Any]]) -> None:
         docs = list(records)
-        minute = aggregate(p for r in docs for p in increments(r))
+        tickets: dict[TicketKey, TicketState] = {}
+        levels: list[tuple[BucketKey, Decimal]] = []
+        for r in docs:
+            step = ticket_event(r) or leaving(r)
+            if step is not None:
+                changes = advance(tickets, [step])
+                for key, state in changes.states.items():
+                    if state is None:
+                        tickets.pop(key, None)
+                    else:
+                        tickets[key] = state
+                levels.extend(changes.increments)
+        minute = aggregate([*(p for r in docs for p in increments(r)), *levels])
         self.grains: dict[str, dict[BucketKey, Decimal]] = {"minute": minute}
         for (grain, key), v in rollup(minute).items():
             self.grains.setdefault(grain, {})[key] = v
@@ -117,6 +131,9 @@ class Store:
             totals=self.range(start, end, source, channel),
             stages_at_start=stages_at(all_time, self.range(start, far, source, channel, "flow:")),
             stages_at_end=stages_at(all_time, self.range(end, far, source, channel, "flow:")),
+            open_tickets_at_end=level_at(
+                all_time, self.range(end, far, source, channel, LEVEL), LEVEL
+            ),
             all_time=all_time,
             distinct=self.distinct(start, end, source, channel),
         )

@@ -347,6 +347,20 @@ metrics_customer_days = Table(
     PrimaryKeyConstraint("number", "day"),
 )
 
+# Each support ticket the metrics service saw, per customer: its first open (with that event's
+# source and channel) and first solve, so open tickets are counted per ticket (never below 0).
+metrics_tickets = Table(
+    "metrics_tickets",
+    metadata,
+    Column("customer_id", Text, nullable=False),
+    Column("ticket_id", Text, nullable=False),
+    Column("opened_at", TS),
+    Column("solved_at", TS),
+    Column("source", Text, nullable=False),
+    Column("channel", Text, nullable=False),
+    PrimaryKeyConstraint("customer_id", "ticket_id"),
+)
+
 # Which customer purchased in which period (exact cohort counts), and the counts themselves.
 metrics_cohort_activity = Table(
     "metrics_cohort_activity",

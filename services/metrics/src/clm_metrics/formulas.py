@@ -33,6 +33,8 @@ class WindowInputs:
     stages_at_end: Stages
     all_time: Totals
     distinct: Mapping[str, int | None] = field(default_factory=dict)
+    #: Support tickets open at the window's end (per ticket: ``clm_metrics.tickets``).
+    open_tickets_at_end: int = 0
     #: ``totals`` indexed by metric, when the reader has it at hand (else built from them).
     sums: MetricSums | None = field(default=None, compare=False, repr=False)
 
@@ -283,7 +285,7 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         "csat_answers": int(sums("csat_answers")),
         "support_tickets_opened": int(sums("tickets_opened")),
         "support_tickets_solved": int(sums("tickets_solved")),
-        "open_support_tickets": int(life("tickets_opened") - life("tickets_solved")),
+        "open_support_tickets": inputs.open_tickets_at_end,
         # loyalty
         "nps": None
         if nps_n == 0

@@ -21,14 +21,20 @@ from clm_metrics.buckets import (
     stage_deltas,
 )
 from clm_metrics.distinct import NumberCache
+from clm_metrics.tickets import TicketEvent, advance, ticket_event
 
 Parsed = tuple[
-    list[tuple[BucketKey, Any]], list[tuple[DistinctKey, str]], list[Any], dict[str, Any]
+    list[tuple[BucketKey, Any]],
+    list[tuple[DistinctKey, str]],
+    list[Any],
+    dict[str, Any],
+    TicketEvent | None,
 ]
 
 
 class LifecycleHandler:
-    """Dedupe by record id; add bucket increments (minute + rollups), distinct-set members
+    """Dedupe by record id; advance the tickets the batch names (their open level's changes
+    join the increments); add bucket increments (minute + rollups), distinct-set members
     (and take out erased and merged profiles), cohort activity and stage count deltas (one
     statement per table per batch)."""
 
@@ -42,7 +48,13 @@ class LifecycleHandler:
             try:
                 doc = orjson.loads(record.value)
                 record_id = str(doc["record_id"])
-                parsed = (increments(doc), distinct_items(doc), cohort_rows(doc), doc)
+                parsed = (
+                    increments(doc),
+                    distinct_items(doc),
+                    cohort_rows(doc),
+                    doc,
+                    ticket_event(doc),
+                )
             except (
                 orjson.JSONDecodeError,
                 KeyError,
@@ -56,13 +68,28 @@ class LifecycleHandler:
             docs.setdefault(record_id, parsed)
         fresh = await repository.claim_records(conn, list(docs))
         new = [docs[r] for r in docs if r in fresh]
+        gone = [g for _, _, _, doc, _ in new if (g := leaving(doc)) is not None]
+        ticket_steps = [
+            step
+            for _, _, _, doc, ticket in new
+            if (step := ticket if ticket is not None else leaving(doc)) is not None
+        ]
+        tickets = advance(
+            await repository.lock_tickets(
+                conn,
+                [t.key for _, _, _, _, t in new if t is not None],
+                [who for g in gone for who in (g.who, g.into, g.pseudonym) if who is not None],
+            ),
+            ticket_steps,
+        )
+        await repository.write_tickets(conn, tickets.states)
         await repository.add_counts(
             conn,
-            aggregate(p for incs, _, _, _ in new for p in incs),
-            [item for _, items, _, _ in new for item in items],
-            leaving=[gone for *_, doc in new if (gone := leaving(doc)) is not None],
+            aggregate([*(p for incs, *_ in new for p in incs), *tickets.increments]),
+            [item for _, items, *_ in new for item in items],
+            leaving=gone,
             numbers=self._numbers,
         )
-        await repository.add_cohort_activity(conn, [row for _, _, rows, _ in new for row in rows])
-        await repository.add_stage_counts(conn, stage_deltas(doc for _, _, _, doc in new))
+        await repository.add_cohort_activity(conn, [row for _, _, rows, *_ in new for row in rows])
+        await repository.add_stage_counts(conn, stage_deltas(doc for *_, doc, _ in new))
         return BatchResult(poison=poison, applied=len(new))

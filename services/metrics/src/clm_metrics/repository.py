@@ -23,6 +23,7 @@ from clm_common.schema import (
 from clm_metrics import distinct
 from clm_metrics.buckets import BucketKey, DistinctKey, Leaving
 from clm_metrics.distinct import Distinct, NumberCache
+from clm_metrics.tickets import LEVEL, TicketKey, TicketState
 from clm_metrics.windows import EPOCH, Grain, Segment, floor_to
 
 TotalsKey = tuple[str, str, str, str]
@@ -375,6 +376,76 @@ async def _forget(conn: AsyncConnection, leaving: Sequence[Leaving], cache: Numb
             await conn.execute(_RENAME, {"who": gone.who, "pseudonym": gone.pseudonym})
 
 
+_LOCK_TICKETS = text(
+    """
+    SELECT customer_id, ticket_id, opened_at, solved_at, source, channel
+    FROM metrics_tickets
+    WHERE (customer_id, ticket_id) IN (
+            SELECT * FROM unnest(CAST(:c AS text[]), CAST(:t AS text[])))
+       OR customer_id = ANY(CAST(:who AS text[]))
+    ORDER BY 1, 2
+    FOR UPDATE
+    """
+)
+_UPSERT_TICKETS = text(
+    """
+    INSERT INTO metrics_tickets AS t
+        (customer_id, ticket_id, opened_at, solved_at, source, channel)
+    SELECT * FROM unnest(CAST(:c AS text[]), CAST(:t AS text[]), CAST(:o AS timestamptz[]),
+                         CAST(:s AS timestamptz[]), CAST(:src AS text[]), CAST(:ch AS text[]))
+    ORDER BY 1, 2
+    ON CONFLICT (customer_id, ticket_id) DO UPDATE SET
+        opened_at = EXCLUDED.opened_at, solved_at = EXCLUDED.solved_at,
+        source = EXCLUDED.source, channel = EXCLUDED.channel
+    """
+)
+_DELETE_TICKETS = text(
+    """
+    DELETE FROM metrics_tickets
+    WHERE (customer_id, ticket_id) IN (
+        SELECT * FROM unnest(CAST(:c AS text[]), CAST(:t AS text[])))
+    """
+)
+
+
+async def lock_tickets(
+    conn: AsyncConnection, keys: Iterable[TicketKey], customers: Iterable[str] = ()
+) -> dict[TicketKey, TicketState]:
+    """The stored states of the tickets ``keys`` and of every ticket of ``customers`` (profiles
+    leaving), rows locked in key order."""
+    wanted = sorted(set(keys))
+    who = sorted(set(customers))
+    if not wanted and not who:
+        return {}
+    rows = await conn.execute(
+        _LOCK_TICKETS,
+        {"c": [c for c, _ in wanted], "t": [t for _, t in wanted], "who": who},
+    )
+    return {(c, t): TicketState(opened, solved, src, ch) for c, t, opened, solved, src, ch in rows}
+
+
+async def write_tickets(
+    conn: AsyncConnection, states: Mapping[TicketKey, TicketState | None]
+) -> None:
+    """Write the changed ticket states (``None``: the row goes)."""
+    kept = sorted((k, s) for k, s in states.items() if s is not None)
+    gone = sorted(k for k, s in states.items() if s is None)
+    if kept:
+        await conn.execute(
+            _UPSERT_TICKETS,
+            {
+                "c": [k[0] for k, _ in kept],
+                "t": [k[1] for k, _ in kept],
+                "o": [s.opened_at for _, s in kept],
+                "s": [s.solved_at for _, s in kept],
+                "src": [s.source for _, s in kept],
+                "ch": [s.channel for _, s in kept],
+            },
+        )
+    if gone:
+        await conn.execute(_DELETE_TICKETS, {"c": [c for c, _ in gone], "t": [t for _, t in gone]})
+
+
 DistinctRow = tuple[str, datetime, str, str, str]
 
 
@@ -543,17 +614,24 @@ def _filtered(table: Table, source: str | None, channel: str | None) -> list[Any
 
 
 #: What the all-time totals are read for: current stages, open tickets, historical CLV.
-ALL_TIME_METRICS = ("customer_revenue", "new_customers", "tickets_opened", "tickets_solved")
-Metrics = Literal["every", "flows", "all_time"]
+ALL_TIME_METRICS = ("customer_revenue", "new_customers", LEVEL)
+#: Metrics summed up to an instant for a level there (besides the flows: stage counts).
+LEVEL_METRICS = (LEVEL,)
+#: ``levels``: the flows and the level metrics (what a window's end is read with).
+Metrics = Literal["every", "levels", "all_time"]
 
 
 def is_all_time_metric(metric: str) -> bool:
     return metric.startswith("flow:") or metric in ALL_TIME_METRICS
 
 
+def is_level_metric(metric: str) -> bool:
+    return metric.startswith("flow:") or metric in LEVEL_METRICS
+
+
 def _metric_filter(table: Table, metrics: Metrics) -> list[Any]:
-    if metrics == "flows":
-        return [table.c.metric.like("flow:%")]
+    if metrics == "levels":
+        return [or_(table.c.metric.like("flow:%"), table.c.metric.in_(LEVEL_METRICS))]
     if metrics == "all_time":
         return [or_(table.c.metric.like("flow:%"), table.c.metric.in_(ALL_TIME_METRICS))]
     return []
@@ -636,11 +714,11 @@ async def window_totals(
     source: str | None = None,
     channel: str | None = None,
 ) -> tuple[dict[TotalsKey, Decimal], dict[TotalsKey, Decimal], dict[TotalsKey, Decimal]]:
-    """In one statement: the sums over ``window``, the flows over ``after`` and the all-time
-    totals (what a window's KPIs read besides closed days and distinct sets)."""
+    """In one statement: the sums over ``window``, the flows and levels over ``after`` and the
+    all-time totals (what a window's KPIs read besides closed days and distinct sets)."""
     selects = [
         *(_segment_select(s, source, channel, "every", 0) for s in window),
-        *(_segment_select(s, source, channel, "flows", 1) for s in after),
+        *(_segment_select(s, source, channel, "levels", 1) for s in after),
         _all_time_select(source, channel, 2),
     ]
     sums, flows_after, all_time = await _summed(conn, selects, 3)

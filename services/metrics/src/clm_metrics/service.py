@@ -17,6 +17,7 @@ from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, v
 from clm_metrics.distinct import Distinct, combine
 from clm_metrics.formulas import MetricSums, Totals, WindowInputs, compute_kpis, stage_net
 from clm_metrics.repository import TotalsKey
+from clm_metrics.tickets import LEVEL
 from clm_metrics.windows import Segment, floor_to, plan
 
 #: Events may be dated up to 24 h ahead; sums "from t on" read up to here.
@@ -44,6 +45,12 @@ def stages_at(all_time: Totals, since: Totals) -> dict[str, int]:
     """Customers per stage at an instant: all-time net flows minus the flows after it."""
     now, after = stage_net(all_time), stage_net(since)
     return {s.value: now.get(s.value, 0) - after.get(s.value, 0) for s in Stage}
+
+
+def level_at(all_time: Totals, since: Totals, metric: str) -> int:
+    """A level metric (+1 / -1 changes) at an instant: all-time sum minus the sum after it."""
+    before = sum((v for k, v in all_time.items() if k[0] == metric), Decimal(0))
+    return int(before - sum((v for k, v in since.items() if k[0] == metric), Decimal(0)))
 
 
 async def _on_own_connection(
@@ -148,6 +155,7 @@ def _inputs(
         totals=totals,
         stages_at_start=stages_at(all_time, since_start),
         stages_at_end=stages_at(all_time, since_end),
+        open_tickets_at_end=level_at(all_time, since_end, LEVEL),
         all_time=all_time,
         distinct={m: n for m, n in sets.counts().items() if m in metrics},
         sums=sums,
@@ -221,7 +229,7 @@ async def _rolling_inputs(
     }
     return _inputs(
         _added([part.totals, sums]),
-        {k: v for k, v in later.items() if k[0].startswith("flow:")},
+        {k: v for k, v in later.items() if repository.is_level_metric(k[0])},
         _added([part.all_time, open_all_time]),
         combine([part.sets, sets]),
         metrics,

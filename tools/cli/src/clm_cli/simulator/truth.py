@@ -164,6 +164,25 @@ def stages_at(
     return out
 
 
+def ticket_spans(steps: list[Step]) -> dict[tuple[str, str], tuple[Event, datetime | None]]:
+    """Per ``(customer, ticket id)`` with an open: its first open event and its first solve's
+    time. A ticket is open from the one until the other (never, when solved at or before it
+    opened); solves of tickets never opened count nothing."""
+    opens: dict[tuple[str, str], Event] = {}
+    solves: dict[tuple[str, str], datetime] = {}
+    for s in steps:
+        who = customer_key(s.event)
+        if s.event.type != "support_ticket" or who is None:
+            continue
+        key, at = (who, str(props(s).ticket_id)), s.event.occurred_at
+        if props(s).status == "opened":
+            if key not in opens or at < opens[key].occurred_at:
+                opens[key] = s.event
+        elif key not in solves or at < solves[key]:
+            solves[key] = at
+    return {key: (first, solves.get(key)) for key, first in opens.items()}
+
+
 def truth(
     steps: list[Step],
     start: datetime,
@@ -268,7 +287,13 @@ def truth(
     csat = [props(s).csat for s in tickets if props(s).csat is not None]
     nps = [props(s).score for s in by_type.get("nps_response", [])]
     ratings = [props(s).rating for s in by_type.get("review", [])]
-    all_tickets = [s for s in steps if s.event.type == "support_ticket" and ev_ok(s.event)]
+    open_tickets = sum(
+        1
+        for first_open, solved_at in ticket_spans(steps).values()
+        if ev_ok(first_open)
+        and first_open.occurred_at < end
+        and (solved_at is None or solved_at >= end)
+    )
     life_customers = [s for s in customer_steps if s.applied and s.applied.first_purchase]
     life_revenue = sum(
         (
@@ -401,7 +426,7 @@ def truth(
         "csat_answers": len(csat),
         "support_tickets_opened": sum(1 for s in tickets if props(s).status == "opened"),
         "support_tickets_solved": sum(1 for s in tickets if props(s).status == "solved"),
-        "open_support_tickets": sum(1 if props(s).status == "opened" else -1 for s in all_tickets),
+        "open_support_tickets": open_tickets,
         "nps": None
         if not nps
         else str(
