@@ -18,7 +18,9 @@ Metric names (``currency`` is ``""`` for counts):
 ``leads``, ``converted_leads`` (in the minute the lead was created), ``new_customers``,
 ``repeat_purchases``, ``reactivations``, ``customer_revenue`` (per currency),
 ``campaign_leads:<campaign>``, ``campaign_customers:<campaign>``,
-``flow:<from>:<to>`` (``from`` is ``""`` for a new customer), ``stay:<stage>:<bin>``.
+``flow:<from>:<to>`` (``from`` is ``""`` for a new customer), ``stay:<stage>:<bin>``; and
+``tickets_open``, the open tickets' level changes (+1 at a ticket's open, -1 at its solve),
+written from the per-ticket states of :mod:`clm_metrics.tickets`, not from here.
 """
 
 from __future__ import annotations
