@@ -47,6 +47,7 @@ import clm_common.rules
 import clm_metrics.buckets
 import clm_metrics.distinct
 import clm_metrics.repository
+import clm_metrics.tickets
 import clm_metrics.windows
 import clm_stage_engine.records
 from bench import metrics_load
@@ -212,6 +213,7 @@ TABLES = (
     "kpi_hour_versions",
     "metrics_cohort_activity",
     "metrics_processed",
+    "metrics_tickets",
 )
 #: The code a cached history depends on: the generator, the reducer, the records, the
 #: service's pure counting code, this loader and the schema.
@@ -226,6 +228,7 @@ SOURCES = (
     clm_metrics.buckets,
     clm_metrics.distinct,
     clm_metrics.repository,
+    clm_metrics.tickets,
     clm_metrics.windows,
     metrics_load,
 )

@@ -48,8 +48,9 @@ import asyncpg
 from pyroaring import BitMap
 
 from clm_metrics import distinct
-from clm_metrics.buckets import cohort_rows, distinct_items, increments, stage_deltas
+from clm_metrics.buckets import cohort_rows, distinct_items, increments, leaving, stage_deltas
 from clm_metrics.repository import ANY, periods_between
+from clm_metrics.tickets import TicketKey, TicketState, advance, ticket_event
 
 #: Staging tables: their shape. The first two are partitioned by month (see :func:`prepare`).
 STAGING = {
@@ -87,6 +88,31 @@ class History:
     activity: dict[tuple[str, str, date], date] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
     record_ids: list[str] = field(default_factory=list)
+    tickets: dict[TicketKey, TicketState] = field(default_factory=dict)
+
+    def _advance_tickets(self, doc: Mapping[str, Any]) -> None:
+        """The record's ticket event or leaving profile over the part's ticket states (the
+        write path's :func:`clm_metrics.tickets.advance`), its level changes into the minutes."""
+        ticket, gone = ticket_event(doc), leaving(doc)
+        if ticket is not None:
+            known = {ticket.key: s} if (s := self.tickets.get(ticket.key)) else {}
+            changes = advance(known, [ticket])
+        elif gone is not None:
+            names = {gone.who, gone.into, gone.pseudonym}
+            known = {k: s for k, s in self.tickets.items() if k[0] in names}
+            if not known:
+                return
+            changes = advance(known, [gone])
+        else:
+            return
+        for key, state in changes.states.items():
+            if state is None:
+                self.tickets.pop(key, None)
+            else:
+                self.tickets[key] = state
+        for k, value in changes.increments:
+            minute = (k.bucket_start, k.metric, k.source, k.channel, k.currency)
+            self.minutes[minute] = self.minutes.get(minute, 0) + value
 
     def add(self, docs: Iterable[Mapping[str, Any]]) -> int:
         """Count the lifecycle records (parsed ``clm.lifecycle.v1`` documents); how many."""
@@ -103,6 +129,7 @@ class History:
                 members[member] = members.get(member, 0) + 1
             for period, customer, start, cohort in cohort_rows(doc):
                 activity.setdefault((period, customer, start), cohort)
+            self._advance_tickets(doc)
         for stage, delta in stage_deltas(counted).items():
             self.stages[stage] = self.stages.get(stage, 0) + delta
         return len(counted)
@@ -197,6 +224,14 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
     )
     await conn.copy_records_to_table(
         "load_stages", records=list(part.stages.items()), columns=["stage", "customers"]
+    )
+    await conn.copy_records_to_table(
+        "metrics_tickets",
+        records=[
+            (who, tid, s.opened_at, s.solved_at, s.source, s.channel)
+            for (who, tid), s in part.tickets.items()
+        ],
+        columns=["customer_id", "ticket_id", "opened_at", "solved_at", "source", "channel"],
     )
     await conn.copy_records_to_table(
         "metrics_cohort_activity",

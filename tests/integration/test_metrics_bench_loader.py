@@ -29,6 +29,7 @@ TABLES = {
     "kpi_cohorts": "period, cohort, periods_since, customers",
     "metrics_cohort_activity": "period, customer_id, period_start",
     "metrics_processed": "record_id",
+    "metrics_tickets": "customer_id, ticket_id, opened_at, solved_at, source, channel",
     "stage_counts": "stage, customers",
     "kpi_day_versions": "day",
     "kpi_hour_versions": "hour",
