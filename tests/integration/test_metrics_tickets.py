@@ -71,10 +71,18 @@ async def test_open_tickets_are_counted_per_ticket_and_never_below_zero(
         async with engine.begin() as conn:
             await handler(conn, [Record(orjson.dumps(d)) for d in docs])
 
-    async def kpis(minutes_ago: int, **flt: str) -> dict[str, Any]:
+    async def kpis(
+        minutes_ago: int, source: str | None = None, channel: str | None = None
+    ) -> dict[str, Any]:
         end = NOW - timedelta(minutes=minutes_ago)
         inputs = await service.window_inputs(
-            engine, end - timedelta(hours=24), end, NOW, distinct=False, **flt
+            engine,
+            end - timedelta(hours=24),
+            end,
+            NOW,
+            distinct=False,
+            source=source,
+            channel=channel,
         )
         return compute_kpis(inputs, reporting_currency="USD")
 

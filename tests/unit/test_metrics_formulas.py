@@ -51,11 +51,11 @@ class Store:
             step = ticket_event(r) or leaving(r)
             if step is not None:
                 changes = advance(tickets, [step])
-                for key, state in changes.states.items():
+                for name, state in changes.states.items():
                     if state is None:
-                        tickets.pop(key, None)
+                        tickets.pop(name, None)
                     else:
-                        tickets[key] = state
+                        tickets[name] = state
                 levels.extend(changes.increments)
         minute = aggregate([*(p for r in docs for p in increments(r)), *levels])
         self.grains: dict[str, dict[BucketKey, Decimal]] = {"minute": minute}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -48,11 +49,11 @@ class Store:
         }
         known = {k: v for k, v in self.states.items() if k in names or k[0] in who}
         changes = advance(known, batch)
-        for key, state in changes.states.items():
+        for name, state in changes.states.items():
             if state is None:
-                self.states.pop(key, None)
+                self.states.pop(name, None)
             else:
-                self.states[key] = state
+                self.states[name] = state
         for key, value in changes.increments:
             self.buckets[key] = self.buckets.get(key, Decimal(0)) + value
 
@@ -69,11 +70,13 @@ def truth(steps: list[Step], at: datetime) -> int:
             seen.append((step.key, step))
             continue
         target = step.into if step.into is not None else step.pseudonym
-        seen = [
-            ((target, k[1]) if k[0] == step.who else k, e)
-            for k, e in seen
-            if k[0] != step.who or target is not None
-        ]
+        kept: list[tuple[TicketKey, TicketEvent]] = []
+        for k, e in seen:
+            if k[0] != step.who:
+                kept.append((k, e))
+            elif target is not None:
+                kept.append(((target, k[1]), e))
+        seen = kept
     opens: dict[TicketKey, datetime] = {}
     solves: dict[TicketKey, datetime] = {}
     for key, e in seen:
@@ -163,7 +166,7 @@ def test_a_solve_that_arrives_first_closes_the_late_open() -> None:
 
 
 def test_the_record_carries_the_ticket() -> None:
-    record = {
+    record: dict[str, Any] = {
         "record_id": "r1",
         "customer": {"customer_id": "c1"},
         "event": {
