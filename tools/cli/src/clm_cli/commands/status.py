@@ -7,12 +7,18 @@ waiting or parked; the DLQ's size. Exit status 0 when every part answers and is 
 something is down or not ready, with the reason (a consumer stalled: lag on a partition
 whose offset has not advanced for the service's stall limit; lag alone is reported, not
 judged).
+
+When the pipeline is quiet (no consumer lag, an empty outbox), the stage engine's customers per
+stage (``GET /v1/stages``) and the metrics service's (``customers_by_stage`` of a window ending
+now) must be equal, and no count negative: a difference seen twice, a short interval apart,
+or a negative count is a problem (the two services disagree about who is where).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +28,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from clm_cli import output
+from clm_cli.api import NotFound, request
+from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings, Service
 from clm_common.db import create_engine
 from clm_common.kafka import log_offsets
@@ -54,6 +62,10 @@ class Status:
     outbox: dict[str, Any] = field(default_factory=dict)
     webhooks: dict[str, int] = field(default_factory=dict)
     dlq_records: int | None = None
+    #: The stage counts compared: ``engine`` and ``metrics`` (when read), and ``note`` when
+    #: they were not compared (the pipeline busy, no read token …).
+    stages: dict[str, Any] = field(default_factory=dict)
+    stage_problems: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
@@ -66,7 +78,7 @@ class Status:
                 failing = [f"{k} {v}" for k, v in s.checks.items() if v != "ok"]
                 out.append(f"{s.name}: " + ("; ".join(failing) or "not ready"))
         out += [f"{name}: {state}" for name, state in self._stores() if state != "ok"]
-        return out
+        return out + self.stage_problems
 
     def _stores(self) -> list[tuple[str, str]]:
         return [("kafka", self.kafka), ("postgres", self.postgres)]
@@ -77,7 +89,43 @@ class Status:
             all(s.state == "ready" for s in self.services)
             and self.kafka == "ok"
             and self.postgres == "ok"
+            and not self.stage_problems
         )
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight: every consumer caught up and the outbox empty."""
+        return (
+            self.kafka == "ok"
+            and self.postgres == "ok"
+            and all(r.lag == 0 for r in self.lag)
+            and self.outbox.get("records") == 0
+        )
+
+
+def stage_differences(engine: Mapping[str, int], metrics: Mapping[str, int]) -> list[str]:
+    """What is wrong between the engine's customers per stage and the metrics service's: any
+    count below zero, and the stages where they differ (``stage counts differ: engine
+    retention=0 conversion=8, metrics retention=-1 conversion=9``)."""
+    out = [
+        f"{who}: {stage} has {n} customers (below zero)"
+        for who, counts in (("stage engine", engine), ("metrics service", metrics))
+        for stage, n in counts.items()
+        if n < 0
+    ]
+    differ = [
+        s
+        for s in [*engine, *(s for s in metrics if s not in engine)]
+        if engine.get(s, 0) != metrics.get(s, 0)
+    ]
+    if differ:
+        out.append(
+            "stage counts differ: engine "
+            + " ".join(f"{s}={engine.get(s, 0)}" for s in differ)
+            + ", metrics "
+            + " ".join(f"{s}={metrics.get(s, 0)}" for s in differ)
+        )
+    return out
 
 
 async def service_status(client: httpx.AsyncClient, service: Service) -> ServiceStatus:
@@ -181,7 +229,50 @@ async def collect(settings: CliSettings) -> Status:
         return status
     status.lag = lag_rows(offsets, log)
     status.dlq_records = sum(e - b for tp, (b, e) in log.items() if tp.topic == settings.topic_dlq)
+    await compare_stages(settings, status)
     return status
+
+
+#: How long a difference must last to count: the second read after this.
+RECHECK_S = 1.0
+
+
+async def stage_counts(settings: CliSettings) -> tuple[dict[str, int], dict[str, int]]:
+    """The engine's customers per stage and the metrics service's (a window ending now)."""
+    token = settings.token("read", None)
+    engine, kpis = await asyncio.gather(
+        request(settings.stage_engine(), "GET", "/v1/stages", token=token),
+        request(settings.metrics(), "GET", "/v1/kpis", token=token, params={"window": "1h"}),
+    )
+    return (
+        {str(k): int(v) for k, v in engine["stages"].items()},
+        {str(k): int(v) for k, v in kpis["customers_by_stage"].items()},
+    )
+
+
+async def compare_stages(
+    settings: CliSettings, status: Status, recheck_s: float = RECHECK_S
+) -> None:
+    """Compare the two services' stage counts when the pipeline is quiet; a difference counts
+    only when a second read ``recheck_s`` later finds the same counts (nothing moved)."""
+    if not status.quiet or not all(s.state == "ready" for s in status.services):
+        status.stages = {"note": "not compared: the pipeline is busy or a service not ready"}
+        return
+    try:
+        first = await stage_counts(settings)
+        problems = stage_differences(*first)
+        if problems:
+            await asyncio.sleep(recheck_s)
+            second = await stage_counts(settings)
+            problems = stage_differences(*second) if second == first else []
+            if second != first:
+                status.stages = {"note": "not compared: the counts moved between two reads"}
+                return
+    except (CliError, NotFound) as exc:
+        status.stages = {"note": f"not compared: {exc}"}
+        return
+    status.stages = {"engine": first[0], "metrics": first[1]}
+    status.stage_problems = problems
 
 
 def render(status: Status) -> str:
@@ -217,6 +308,14 @@ def render(status: Status) -> str:
         parts.append(f"webhook deliveries: {pending} pending, {parked} parked")
     if status.dlq_records is not None:
         parts.append(f"dead-letter records: {status.dlq_records}")
+    if status.stages:
+        note = status.stages.get("note")
+        parts.append(
+            f"stage counts: {note}"
+            if note
+            else "stage counts: engine and metrics "
+            + ("differ" if status.stage_problems else "agree")
+        )
     parts.append("healthy" if status.healthy else "\n".join(["NOT HEALTHY", *status.problems]))
     return "\n\n".join(parts)
 
