@@ -247,6 +247,52 @@ async def test_status_reports_health_lag_and_a_service_down(stack: Stack) -> Non
     assert "NOT HEALTHY" in broken.out
 
 
+async def test_status_compares_stage_counts_and_a_tampered_row_is_unhealthy(
+    stack: Stack,
+) -> None:
+    await post(stack, event("signup", "s-1", datetime.now(UTC) - timedelta(minutes=5), plan="f"))
+    await eventually(lambda: stage_of(stack, "s-1"), timeout=30, every=0.5)
+
+    async def compared() -> Any:
+        run = await clm(stack, "status", "--json")
+        doc = run.json()
+        return (run, doc) if "engine" in doc["stages"] else None
+
+    run, doc = await eventually(compared, timeout=30, every=0.5)
+    assert run.status == 0, run.out
+    assert doc["healthy"] is True
+    assert doc["stages"]["engine"] == doc["stages"]["metrics"]
+    assert doc["stages"]["engine"]["acquisition"] == 1
+    assert "stage counts: engine and metrics agree" in (await clm(stack, "status")).out
+
+    # one customer too many in acquisition in the metrics' all-time flows; an old day's write
+    # counter bumped so the service's cache of closed days reads the row again
+    engine = create_engine(stack.env["CLM_DATABASE_URL"], pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            changed = await conn.execute(
+                text(
+                    "UPDATE kpi_rollups SET value = value + 1 WHERE ctid = ("
+                    " SELECT ctid FROM kpi_rollups WHERE grain = 'all'"
+                    " AND metric = 'flow::acquisition' LIMIT 1)"
+                )
+            )
+            assert changed.rowcount == 1
+            await conn.execute(
+                text(
+                    "INSERT INTO kpi_day_versions AS t (day, version)"
+                    " VALUES (current_date - 3, 1)"
+                    " ON CONFLICT (day) DO UPDATE SET version = t.version + 1"
+                )
+            )
+    finally:
+        await engine.dispose()
+    broken = await clm(stack, "status")
+    assert broken.status == 1, broken.out
+    assert "NOT HEALTHY" in broken.out
+    assert "stage counts differ: engine acquisition=1, metrics acquisition=2" in broken.out
+
+
 async def test_dlq_list_show_and_replay_a_fixed_record(stack: Stack, tmp_path: Path) -> None:
     env = stack.env
     await produce(
