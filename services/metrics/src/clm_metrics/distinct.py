@@ -141,20 +141,25 @@ def remove_and_move(
     sets: Mapping[str, BitMap], erased: Iterable[int], moved: Mapping[int, int]
 ) -> set[str]:
     """One bucket's rows (metric → bitmap, changed in place): the ``erased`` numbers cleared,
-    each ``moved`` number (a merged profile) replaced by its survivor's. A survivor that was
-    already a purchaser of the bucket, or whose merged profile ordered twice in it, has two or
-    more orders there (``sets`` has a ``repeat_purchasers`` entry, empty if need be, wherever
-    it has ``purchasers``). ``moved`` maps a profile to its final survivor (no chains). The
-    metrics whose sets changed."""
+    each ``moved`` number (a merged profile) replaced by its survivor's. A survivor has two or
+    more orders in the bucket when its own and its merged profiles' orders there add up to two
+    (a purchaser counts one, a repeat purchaser two): it was a purchaser and one merged profile
+    was, two merged profiles were, or one was a repeat purchaser (``sets`` has a
+    ``repeat_purchasers`` entry, empty if need be, wherever it has ``purchasers``). ``moved``
+    maps a profile to its final survivor (no chains). The metrics whose sets changed."""
     gone = BitMap(erased)
     changed: set[str] = set()
     purchasers = sets.get("purchasers", BitMap())
     repeat = sets.get("repeat_purchasers", BitMap())
-    twice = BitMap(
-        into
-        for old, into in moved.items()
-        if old in purchasers and (into in purchasers or old in repeat)
-    )
+
+    def orders_of(n: int) -> int:  # at least this many orders in the bucket (capped at 2)
+        return 2 if n in repeat else 1 if n in purchasers else 0
+
+    orders: dict[int, int] = {}
+    for old, into in moved.items():
+        if old in purchasers:
+            orders[into] = orders.get(into, orders_of(into)) + orders_of(old)
+    twice = BitMap(into for into, n in orders.items() if n >= 2)
     for metric, members in sets.items():
         before = BitMap(members)
         for old, into in moved.items():
