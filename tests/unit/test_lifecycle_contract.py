@@ -5,6 +5,7 @@ engine's own producers make fit the types and the committed JSON Schemas, surviv
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -508,3 +509,18 @@ def test_any_journey_makes_records_that_fit_and_survive_decoding(
         upgraded = copy.deepcopy(dict(record))
         upgraded.update(schema=SCHEMA_V2, restated=False)
         assert errors(orjson.dumps(upgraded)) == []
+
+
+DOC = (ROOT / "docs/lifecycle-records.md").read_text()
+DOC_EXAMPLES = re.findall(r"^### `(\w+)`.*?^```json\n(.*?)^```$", DOC, re.MULTILINE | re.DOTALL)
+
+
+def test_the_docs_show_an_example_of_every_kind() -> None:
+    assert sorted(kind for kind, _ in DOC_EXAMPLES) == sorted(KINDS[SCHEMA_V1] | KINDS[SCHEMA_V2])
+
+
+@pytest.mark.parametrize(("kind", "text"), DOC_EXAMPLES, ids=[k for k, _ in DOC_EXAMPLES])
+def test_every_example_in_the_docs_is_a_valid_record(kind: str, text: str) -> None:
+    raw = orjson.dumps(orjson.loads(text))
+    assert errors(raw) == []
+    assert decode(raw)["kind"] == kind
