@@ -39,6 +39,7 @@ from clm_common.lifecycle_records import (
     decode,
     encode,
     event_json,
+    main,
     record_adapter,
     schema_files,
     slim_event,
@@ -331,6 +332,16 @@ def test_the_committed_schemas_are_what_the_types_make_now() -> None:
     """Regenerate with ``python -m clm_common.lifecycle_records --schema`` after a change."""
     for name, text in schema_files().items():
         assert (ROOT / "deploy/schemas" / name).read_text() == text, name
+
+
+def test_the_generator_writes_the_schema_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--schema", str(tmp_path / "out")]) == 0
+    written = {p.name: p.read_text() for p in (tmp_path / "out").iterdir()}
+    assert written == schema_files()
+    assert sorted(written) == ["clm.lifecycle.v1.schema.json", "clm.lifecycle.v2.schema.json"]
+    assert "wrote" in capsys.readouterr().out
 
 
 def test_the_types_follow_the_reducer_and_the_stages() -> None:
