@@ -45,15 +45,16 @@ from clm_common.lifecycle_records import (
     slim_event,
 )
 from clm_common.rules import LifecycleRules
+from clm_stage_engine.processor import counted, fold_timeline
 from clm_stage_engine.records import (
     FACT_FIELDS,
     SCHEMA,
-    correction_record,
     customer_facts,
     lifecycle_record,
     merge_record,
     move_doc,
     removal_record,
+    restatement_records,
 )
 from tests.factories import event_doc
 
@@ -198,15 +199,31 @@ def producer_records() -> dict[str, bytes]:
             T0 + timedelta(days=5),
         ),
         "customer_merge still": merge_record("cust-1", "b", BUYER, BUYER, None, T0),
-        "correction": correction_record(
-            "cust-1",
-            JOURNEY[3],
-            (True, False, False),
-            BUYER,
-            (False, True, False),
-            merged,
-            cause="shop:late",
-            reason="late event",
+        # v1 only: no longer produced, still read (the shape the v1 engine wrote)
+        "correction": orjson.dumps(
+            {
+                "schema": SCHEMA_V1,
+                "kind": "correction",
+                "record_id": "correction:shop:e3@shop:late",
+                "customer_id": "cust-1",
+                "reason": "late event",
+                "event": None,
+                "customer": customer_facts(merged),
+                "stage_before": None,
+                "stage_after": None,
+                "transition": None,
+                "transitions": [],
+                "first_purchase": False,
+                "repeat_purchase": True,
+                "reactivation": False,
+                "corrected": {
+                    "event": orjson.loads(dump_event(JOURNEY[3])),
+                    "customer": customer_facts(BUYER),
+                    "first_purchase": True,
+                    "repeat_purchase": False,
+                    "reactivation": False,
+                },
+            }
         ),
     }
 
@@ -294,7 +311,15 @@ def restatements() -> dict[str, bytes]:
         for name, raw in PRODUCED.items()
         if "correction" not in name
     }
+    old = counted([("cust-1", BUYER, JOURNEY[:4])], RULES)
+    now, _ = fold_timeline(
+        "cust-1", [ev("purchase", -1, event_id="late"), *JOURNEY[:4]], RULES, until=at
+    )
+    produced = restatement_records(
+        "cust-1", cause="shop:late", reason="late event", retract=old, add=[now], at=at
+    )
     return {
+        "restatement produced": produced[0],
         "restatement late": encode(late),
         "restatement erasure 0": encode(erasure[0]),
         "restatement erasure 1": encode(erasure[1]),
@@ -304,7 +329,14 @@ def restatements() -> dict[str, bytes]:
 
 
 RESTATED = restatements()
-ALL = {**PRODUCED, **RESTATED}
+#: The same shapes as a v1 engine wrote them (no ``restated``), which consumers still read.
+AS_V1 = {
+    f"v1 {name}": orjson.dumps(
+        {k: v for k, v in orjson.loads(raw).items() if k != "restated"} | {"schema": SCHEMA_V1}
+    )
+    for name, raw in PRODUCED.items()
+}
+ALL = {**PRODUCED, **RESTATED, **AS_V1}
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -320,7 +352,7 @@ def test_every_record_survives_decode_and_encode_unchanged(name: str) -> None:
     assert encode(record) == raw
 
 
-def test_the_producers_make_every_v1_kind_and_the_examples_every_v2_kind() -> None:
+def test_the_examples_cover_every_kind_of_both_versions() -> None:
     kinds: dict[str, set[str]] = {SCHEMA_V1: set(), SCHEMA_V2: set()}
     for raw in ALL.values():
         doc = orjson.loads(raw)
@@ -402,7 +434,7 @@ def test_the_schema_is_not_vacuous(name: str, path: tuple[str | int, ...], value
 def test_decode_refuses_what_is_not_a_record_naming_the_field(
     change: dict[str, Any], drop: str, field: str, says: str
 ) -> None:
-    doc = {**orjson.loads(PRODUCED["identity_merge"]), **change}
+    doc = {**orjson.loads(AS_V1["v1 identity_merge"]), **change}
     doc.pop(drop, None)
     with pytest.raises(BadRecord, match=f"^{field}: ") as caught:
         decode(orjson.dumps(doc))

@@ -31,8 +31,9 @@ import orjson
 
 from clm_common.events import Event, dump_event
 from clm_common.lifecycle import Applied, CustomerState, Transition
+from clm_common.lifecycle_records import SCHEMA_V2
 
-SCHEMA = "clm.lifecycle.v2"
+SCHEMA = SCHEMA_V2
 #: Items per restatement record: a long history goes out in several parts, none of them large.
 RESTATEMENT_ITEMS = 500
 
