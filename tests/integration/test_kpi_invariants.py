@@ -52,6 +52,7 @@ from tests.integration.lifecycle_world import (
     owner_of,
     problems,
     reset,
+    windows,
 )
 
 KINDS = (
@@ -128,9 +129,9 @@ def play(
         try:
             await reset(db)
             async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topic_lifecycle, metrics)
+                world = World(db, api, settings.topic_lifecycle, metrics, windows(extra))
                 played = await world.play(plan)
-                return await problems(world, plan, extra), played
+                return await problems(world, plan), played
         finally:
             await db.dispose()
 
