@@ -312,6 +312,17 @@ EXAMPLES: dict[str, list[Step_]] = {
         Drain(),
         Merge(into="c0", source="c1"),
     ],
+    # the anonymous id of a merged-away customer: its later visits count for the survivor
+    "anonymous id of a merged customer": [
+        Deliver(
+            (
+                event(1, "purchase", cid="c0", anon=None, minute=DAY, variant=0),
+                event(2, "site_visit", cid="c1", anon="a1", minute=DAY, variant=0),
+            )
+        ),
+        Merge(into="c0", source="c1"),
+        Deliver((event(3, "site_visit", cid=None, anon="a1", minute=2 * DAY, variant=0),)),
+    ],
     # an erased customer counts nowhere, even in the past
     "erasure": [
         Deliver(
@@ -326,6 +337,13 @@ EXAMPLES: dict[str, list[Step_]] = {
 }
 V1_ENOUGH = {"sweeps"}  # the examples the v1 records already count right
 NEEDS_V2 = pytest.mark.xfail(reason="needs clm.lifecycle.v2 restatements", strict=False)
+#: Found by this test: an explicit merge leaves the merged-away customer's anonymous ids
+#: linked to it (identity_links holds one hop), so their later events bring it back as a
+#: new profile, in the engine and in the metrics.
+STALE_LINKS = pytest.mark.xfail(
+    reason="engine: a merged-away customer's anonymous ids still resolve to it", strict=False
+)
+KNOWN_BUGS = {"anonymous id of a merged customer": STALE_LINKS}
 
 
 def _drop_kind(kind: str) -> Mutation:
@@ -366,7 +384,10 @@ def _cases() -> Iterator[Any]:
 
 @pytest.mark.parametrize(
     "example",
-    [pytest.param(e, marks=() if e in V1_ENOUGH else (NEEDS_V2,)) for e in EXAMPLES],
+    [
+        pytest.param(e, marks=() if e in V1_ENOUGH else (KNOWN_BUGS.get(e, NEEDS_V2),))
+        for e in EXAMPLES
+    ],
 )
 def test_the_fixed_examples_equal_the_truth(env: dict[str, str], example: str) -> None:
     """The control of the test below: unmutated, each example passes."""
