@@ -436,18 +436,21 @@ def _differences(label: str, want: dict[str, Any], got: dict[str, Any]) -> list[
     ]
 
 
+def truth_steps(world: World, plan: Sequence[Step_]) -> list[Step]:
+    """The truth's steps of the surviving events (merges and erasures the engine refused
+    left out)."""
+    skipped = {id(op) for op in world.played.skipped}  # by identity: a plan may repeat one
+    history = [op for op in history_of(plan) if id(op) not in skipped]
+    return replay_surviving(history, now=END, rules=RULES)
+
+
 async def problems(world: World, plan: Sequence[Step_]) -> list[str]:
     """Every way the metrics (read through their service) and the engine differ from the
     truth of the surviving events at quiescence, or break an invariant; [] if none."""
-    history = [
-        op
-        for op in history_of(plan)
-        if not (isinstance(op, Merge | Erase) and op in world.played.skipped)
-    ]
-    steps = replay_surviving(history, now=END, rules=RULES)
+    steps = truth_steps(world, plan)
     swept = sweeps(steps, END, RULES)
-    out: list[str] = []
-    out += await _current_stages(world, steps)
+    out = await engine_problems(world, steps)
+    out += await _stages_now(world)
     for w in world.windows:
         out += await _window(world, w, steps, swept)
     for period in ("month", "week"):
@@ -459,38 +462,55 @@ async def problems(world: World, plan: Sequence[Step_]) -> list[str]:
     return out
 
 
-async def _current_stages(world: World, steps: list[Step]) -> list[str]:
+async def engine_problems(world: World, steps: list[Step]) -> list[str]:
+    """How the engine's customers (each one's stage, and the counts ``GET /v1/stages``
+    answers) differ from the truth's as of the end; [] if not."""
     out = []
     truth_stages = stages_as_of(steps, END, RULES)
     want = {s.value: 0 for s in Stage}
     for stage in truth_stages.values():
         want[stage.value] += 1
     async with world.db.connect() as conn:
-        counted = await repository.count_by_stage(conn)
         rows = dict((await conn.execute(select(customers.c.customer_id, customers.c.stage))).all())
-    engine_counts = {s.value: counted.get(s.value, 0) for s in Stage}
-    if engine_counts != want:
-        out.append(f"engine customers per stage: expected {want}, got {engine_counts}")
     expected_rows = {k: v.value for k, v in truth_stages.items()}
     if rows != expected_rows:
         out.append(f"engine stage per customer: expected {expected_rows}, got {rows}")
-    listed = (
-        await world.api.get("/v1/stages", headers={"Authorization": f"Bearer {READ_TOKEN}"})
-    ).json()["stages"]
-    async with world.db.connect() as conn:  # the metrics' running count (no read API)
+    listed = await _engine_counts(world)
+    if listed != want:
+        out.append(f"engine GET /v1/stages: expected {want}, got {listed}")
+    return out
+
+
+async def _engine_counts(world: World) -> dict[str, int]:
+    """The engine's customers per stage, as ``GET /v1/stages`` answers (its
+    ``repository.count_by_stage``)."""
+    answer = await world.api.get("/v1/stages", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert answer.status_code == 200, answer.text
+    return {str(k): int(v) for k, v in answer.json()["stages"].items()}
+
+
+async def _stages_now(world: World) -> list[str]:
+    """The metrics' customers per stage now (a window ending now, and their running count)
+    equal the engine's."""
+    out = []
+    engine_counts = await _engine_counts(world)
+    async with world.db.connect() as conn:
+        counted = await repository.count_by_stage(conn)
         rows = dict(
             (await conn.execute(select(stage_counts.c.stage, stage_counts.c.customers))).all()
         )
-    running = {s.value: int(rows.get(s.value, 0)) for s in Stage}
+    if {s.value: counted.get(s.value, 0) for s in Stage} != engine_counts:
+        out.append(f"engine count_by_stage {counted} differs from GET /v1/stages {engine_counts}")
+    running = {s.value: int(rows.get(s.value, 0)) for s in Stage}  # no read API: its table
     if running != engine_counts:
         out.append(f"metrics stage_counts table: {running}, but the engine counts {engine_counts}")
     now_window = Window(*window_bounds(END, timedelta(hours=1)))
-    inputs = await service.window_inputs(world.db, now_window.start, now_window.end, END)
+    inputs = await now_window.inputs(world.db)
     metrics_now = compute_kpis(inputs, reporting_currency=CURRENCY)["customers_by_stage"]
-    if metrics_now != listed:
+    if metrics_now != engine_counts:
         out.append(
             f"metrics customers_by_stage of {now_window} (ending now): {metrics_now}, "
-            f"but GET /v1/stages says {listed}"
+            f"but GET /v1/stages says {engine_counts}"
         )
     return out
 
