@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from clm_cli.simulator.truth import Step, in_window, rate_str, replay, truth
+from clm_cli.simulator.truth import Step, Sweep, in_window, rate_str, replay, truth
 from clm_common.lifecycle import Stage
 from clm_common.lifecycle_records import EventRecord, decode
 from clm_metrics.buckets import stay_bin, stay_bin_middle
@@ -33,21 +33,25 @@ def truth_map(
     *,
     source: str | None = None,
     channel: str | None = None,
+    swept: list[Sweep] | tuple[()] = (),
 ) -> dict[str, Any]:
-    """The lifecycle map of ``[start, end)`` from the steps (medians as histogram bins)."""
+    """The lifecycle map of ``[start, end)`` from the steps and the sweeper's moves
+    (``swept``, see :func:`~clm_cli.simulator.truth.sweeps`; medians as histogram bins)."""
     moves: dict[tuple[str, str], int] = {}
     stays: dict[str, list[timedelta]] = {}
-    for s in steps:
-        if s.applied is None:
-            continue
-        st = s.applied.state
+    runs = [
+        (s.applied.state, s.before.stage_entered_at if s.before else None, s.applied.transitions)
+        for s in steps
+        if s.applied is not None
+    ]
+    runs += [(w.after, w.before.stage_entered_at, w.moves) for w in swept]
+    for st, entered, transitions in runs:
         if (source is not None and st.first_source != source) or (
             channel is not None and (st.first_channel or "") != channel
         ):
             continue
         # each move at its own time; a stay runs from entering a stage to the next move
-        entered = s.before.stage_entered_at if s.before is not None else None
-        for t in s.applied.transitions:
+        for t in transitions:
             if in_window(t.at, start, end):
                 key = (t.from_stage.value if t.from_stage else "", t.to_stage.value)
                 moves[key] = moves.get(key, 0) + 1

@@ -13,7 +13,8 @@ at that instant makes, and :func:`truth` counts them with the events' own moves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -63,25 +64,46 @@ class Sweep:
 
 
 def replay(
-    docs: list[dict[str, Any]], *, now: datetime, rules: LifecycleRules = RULES
+    docs: list[dict[str, Any]],
+    *,
+    now: datetime,
+    rules: LifecycleRules = RULES,
+    keys: Callable[[Event], str | None] = customer_key,
 ) -> list[Step]:
     """Apply every event in order (per customer, by event time) with the stage reducer and the
     rules (default: the documented ones; an explicit cancellation churns, as the stage engine
-    does). ``now`` bounds future timestamps, as the ingest does."""
+    does). ``now`` bounds future timestamps, as the ingest does. ``keys`` names the customer
+    an event counts for (default: its own id; :mod:`.survivors` folds merged profiles)."""
     events = [parse_event(d, now=now) for d in docs]
     events.sort(key=event_order)
     state: dict[str, CustomerState] = {}
     steps = []
     for event in events:
-        key = customer_key(event)
+        key = keys(event)
         if key is None:
             steps.append(Step(event, None, None))
             continue
         before = state.get(key)
-        applied = apply_event(before, event, rules)
+        applied = keyed(apply_event(before, event, rules), key)
         state[key] = applied.state
         steps.append(Step(event, before, applied))
     return steps
+
+
+def keyed(applied: Applied, key: str) -> Applied:
+    """``applied`` as the customer ``key``'s (an event of a profile merged into it)."""
+    if applied.state.customer_id == key:
+        return applied
+    moves = tuple(
+        Transition(key, t.from_stage, t.to_stage, t.at, t.event_id, t.reason)
+        for t in applied.transitions
+    )
+    return replace(applied, state=replace(applied.state, customer_id=key), transitions=moves)
+
+
+def who(step: Step) -> str | None:
+    """The customer a step counts for (None: marketing spend)."""
+    return None if step.applied is None else step.applied.state.customer_id
 
 
 def final_states(steps: list[Step]) -> dict[str, CustomerState]:
@@ -171,10 +193,10 @@ def ticket_spans(steps: list[Step]) -> dict[tuple[str, str], tuple[Event, dateti
     opens: dict[tuple[str, str], Event] = {}
     solves: dict[tuple[str, str], datetime] = {}
     for s in steps:
-        who = customer_key(s.event)
-        if s.event.type != "support_ticket" or who is None:
+        owner = who(s)
+        if s.event.type != "support_ticket" or owner is None:
             continue
-        key, at = (who, str(props(s).ticket_id)), s.event.occurred_at
+        key, at = (owner, str(props(s).ticket_id)), s.event.occurred_at
         if props(s).status == "opened":
             if key not in opens or at < opens[key].occurred_at:
                 opens[key] = s.event
@@ -219,12 +241,12 @@ def truth(
     rc_purchases = [s for s in purchases if props(s).currency == rc]
     revenue = sum((props(s).amount for s in rc_purchases), ZERO)
     visits = by_type.get("site_visit", [])
-    visitors = {customer_key(s.event) for s in visits}
-    purchasers = {customer_key(s.event) for s in purchases}
+    visitors = {who(s) for s in visits}
+    purchasers = {who(s) for s in purchases}
     # repeat purchasers: customers with two or more orders in the window (DOMAIN.md)
     orders_of: dict[str | None, int] = {}
     for s in purchases:
-        orders_of[customer_key(s.event)] = orders_of.get(customer_key(s.event), 0) + 1
+        orders_of[who(s)] = orders_of.get(who(s), 0) + 1
     repeaters = {who for who, n in orders_of.items() if n >= 2}
 
     # every move at its own time (one event may cause several: at risk, churned, reactivated)
