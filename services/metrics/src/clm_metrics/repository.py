@@ -863,7 +863,7 @@ async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, i
     c = kpi_cohorts.c
     rows = await conn.execute(
         select(c.cohort, c.periods_since, c.customers)
-        .where(c.period == period)
+        .where(c.period == period, c.customers != 0)
         .order_by(c.cohort, c.periods_since)
     )
     return [(cohort, int(n), int(v)) for cohort, n, v in rows]
