@@ -48,7 +48,6 @@ from clm_common.rules import LifecycleRules
 from clm_stage_engine.processor import counted, fold_timeline
 from clm_stage_engine.records import (
     FACT_FIELDS,
-    SCHEMA,
     customer_facts,
     lifecycle_record,
     merge_record,
@@ -56,6 +55,7 @@ from clm_stage_engine.records import (
     removal_record,
     restatement_records,
 )
+from clm_stage_engine.sweeper import time_record as sweeper_time_record
 from tests.factories import event_doc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,28 +119,10 @@ def state_after(events: Sequence[Event]) -> CustomerState:
 
 
 def time_record(before: CustomerState, now: datetime) -> bytes:
-    """A sweeper record, made as ``sweeper.sweep_once`` makes it."""
+    """A sweeper record, by the sweeper's own builder."""
     after, moves = advance(before, now, RULES)
     assert moves
-    return orjson.dumps(
-        {
-            "schema": SCHEMA,
-            "kind": "time",
-            "record_id": f"time:{after.customer_id}:{moves[-1].at.isoformat()}",
-            "customer_id": after.customer_id,
-            "event": None,
-            "customer": customer_facts(after),
-            "stage_before": before.stage.value,
-            "stage_before_entered_at": before.stage_entered_at,
-            "stage_after": after.stage.value,
-            "transition": move_doc(moves[-1]),
-            "transitions": [move_doc(m) for m in moves],
-            "first_purchase": False,
-            "repeat_purchase": False,
-            "reactivation": False,
-        },
-        default=str,
-    )
+    return encode(sweeper_time_record(before, after, moves))
 
 
 BUYER_MOVE = Transition("c", None, Stage.REACH, T0, "e", "first touch")
@@ -471,12 +453,11 @@ def test_encode_writes_times_money_and_stages_as_text_and_events_as_they_came() 
         "record_id": "time:x",
         "customer_id": after.customer_id,
         "event": None,
-        # records.py's helpers are typed dict[str, Any]
         "customer": cast(Facts, {**customer_facts(after), "revenue": Decimal("59.90")}),
         "stage_before": BUYER.stage,
         "stage_before_entered_at": BUYER.stage_entered_at,
         "stage_after": after.stage,
-        "transition": cast(Move, move_doc(moves[-1])),
+        "transition": move_doc(moves[-1]),
         "transitions": [],
         "first_purchase": False,
         "repeat_purchase": False,

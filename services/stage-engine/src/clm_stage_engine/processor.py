@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from clm_common.events import Event, dump_event, partition_key
 from clm_common.lifecycle import (
@@ -30,8 +30,10 @@ from clm_common.lifecycle import (
     is_late,
     positional,
 )
+from clm_common.lifecycle_records import TimelineItem
 from clm_common.rules import LifecycleRules
 from clm_stage_engine.records import (
+    Reason,
     Timeline,
     lifecycle_record,
     record_id,
@@ -206,7 +208,7 @@ def _rebuild(
     except Exception as exc:
         result.failed.extend((i.tag, f"reducer (rebuild): {exc!r}") for i in batch)
         return
-    reason = "identity merge" if sources else "late event"
+    reason: Reason = "identity merge" if sources else "late event"
     moved = before is None or before.stage != state.stage
     correction = Transition(
         key,
@@ -249,7 +251,7 @@ def fold_timeline(
     """A profile's timeline: ``events`` folded in event-time order (each one's item), then
     the inactivity moves due by ``until`` (None: none); and what applying each event gave."""
     state: CustomerState | None = None
-    items: list[dict[str, Any]] = []
+    items: list[TimelineItem] = []
     applied_by_id: dict[tuple[str, str], Applied] = {}
     for event in sorted(events, key=event_order):
         applied = apply_event(state, event, rules)

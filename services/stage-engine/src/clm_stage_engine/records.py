@@ -25,15 +25,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Final, Literal, cast
 
 import orjson
 
 from clm_common.events import Event, dump_event
 from clm_common.lifecycle import Applied, CustomerState, Transition
-from clm_common.lifecycle_records import SCHEMA_V2
+from clm_common.lifecycle_records import (
+    SCHEMA_V2,
+    CustomerMergeRecord,
+    EventRecord,
+    Facts,
+    Move,
+    ProfileTimeline,
+    RestatementRecord,
+    SlimEvent,
+    SlimProperties,
+    TimelineItem,
+    encode,
+    event_json,
+)
 
-SCHEMA = SCHEMA_V2
+SCHEMA: Final = SCHEMA_V2
 #: Items per restatement record: a long history goes out in several parts, none of them large.
 RESTATEMENT_ITEMS = 500
 
@@ -61,7 +74,7 @@ def flags_of(applied: Applied) -> Flags:
 _MONEY = ("revenue", "refunded")
 
 
-def _facts_maker() -> Callable[[CustomerState], dict[str, Any]]:
+def _facts_maker() -> Callable[[CustomerState], Facts]:
     """``customer_facts``, built from source once: one dict display of the fields, half the
     cost of zipping names and values into a dict (it runs for every record)."""
     items = ", ".join(
@@ -70,7 +83,7 @@ def _facts_maker() -> Callable[[CustomerState], dict[str, Any]]:
     )
     namespace: dict[str, Any] = {"_format": format}
     exec(f"def customer_facts(s):\n    return {{{items}}}", namespace)  # noqa: S102 - field names
-    return cast(Callable[[CustomerState], dict[str, Any]], namespace["customer_facts"])
+    return cast(Callable[[CustomerState], Facts], namespace["customer_facts"])
 
 
 #: The facts as records carry them, in field order: money as decimal strings (written here
@@ -90,27 +103,26 @@ def lifecycle_record(
     ``wire``: the event's JSON, when the caller has it already (as it came from Kafka);
     ``restated``: its customer part goes out in a restatement (a rebuild's events)."""
     moves = [move_doc(t) for t in applied.transitions] if applied else []
-    return orjson.dumps(
-        {
-            "schema": SCHEMA,
-            "kind": "event",
-            "record_id": record_id(event),
-            "event": orjson.Fragment(dump_event(event) if wire is None else wire),
-            "customer": None if applied is None else customer_facts(applied.state),
-            "stage_before": before.stage if before else None,  # a StrEnum: orjson writes it
-            "stage_after": None if applied is None else applied.state.stage,
-            "stage_before_entered_at": before.stage_entered_at if before else None,
-            "transition": moves[-1] if moves else None,
-            "transitions": moves,
-            "first_purchase": applied is not None and applied.first_purchase,
-            "repeat_purchase": applied is not None and applied.repeat_purchase,
-            "reactivation": applied is not None and applied.reactivation,
-            "restated": restated,
-        }
-    )
+    record: EventRecord = {
+        "schema": SCHEMA,
+        "kind": "event",
+        "record_id": record_id(event),
+        "event": event_json(dump_event(event) if wire is None else wire),
+        "customer": None if applied is None else customer_facts(applied.state),
+        "stage_before": before.stage if before else None,  # a StrEnum: orjson writes it
+        "stage_after": None if applied is None else applied.state.stage,
+        "stage_before_entered_at": before.stage_entered_at if before else None,
+        "transition": moves[-1] if moves else None,
+        "transitions": moves,
+        "first_purchase": applied is not None and applied.first_purchase,
+        "repeat_purchase": applied is not None and applied.repeat_purchase,
+        "reactivation": applied is not None and applied.reactivation,
+        "restated": restated,
+    }
+    return encode(record)
 
 
-def move_doc(t: Transition) -> dict[str, Any]:
+def move_doc(t: Transition) -> Move:
     """One move as records carry it (event records and the sweeper's ``time`` records)."""
     return {
         "from": t.from_stage,  # StrEnum or None: orjson writes the value
@@ -132,27 +144,26 @@ def merge_record(
     stage before and after, its facts now and the move (None: the stage did not change).
     Informative: the merge's restatement carries what it changes in the counts."""
     moves = [move_doc(move)] if move is not None else []
-    return orjson.dumps(
-        {
-            "schema": SCHEMA,
-            "kind": "customer_merge",
-            "record_id": f"customer_merge:{merged}>{into}",
-            "customer_id": into,
-            "merged": merged,
-            "event": None,
-            "customer": customer_facts(after),
-            "stage_before": before.stage,
-            "stage_after": after.stage,
-            "stage_before_entered_at": before.stage_entered_at,
-            "transition": moves[-1] if moves else None,
-            "transitions": moves,
-            "first_purchase": False,
-            "repeat_purchase": False,
-            "reactivation": False,
-            "at": at,
-            "restated": True,
-        }
-    )
+    record: CustomerMergeRecord = {
+        "schema": SCHEMA,
+        "kind": "customer_merge",
+        "record_id": f"customer_merge:{merged}>{into}",
+        "customer_id": into,
+        "merged": merged,
+        "event": None,
+        "customer": customer_facts(after),
+        "stage_before": before.stage,
+        "stage_before_entered_at": before.stage_entered_at,
+        "stage_after": after.stage,
+        "transition": moves[-1] if moves else None,
+        "transitions": moves,
+        "first_purchase": False,
+        "repeat_purchase": False,
+        "reactivation": False,
+        "at": at,
+        "restated": True,
+    }
+    return encode(record)
 
 
 def removal_record(
@@ -186,12 +197,15 @@ def _default(value: object) -> object:
     raise TypeError(type(value).__name__)
 
 
+#: Why a customer's past was restated.
+Reason = Literal["late event", "identity merge", "customer merge", "erasure"]
+
 #: The event properties a timeline item keeps: what the figures are computed from (the rest of
 #: an event, personal data included, stays out of restatements).
 _COUNTED_PROPERTIES = ("amount", "currency", "status", "csat", "rating", "score", "ticket_id")
 
 
-def event_view(event: Event) -> dict[str, Any]:
+def event_view(event: Event) -> SlimEvent:
     """An event as timeline items carry it: its identity, time, origin and counted values."""
     props = getattr(event, "properties", None)
     kept = {} if props is None else props.model_dump(mode="json", include=set(_COUNTED_PROPERTIES))
@@ -203,11 +217,11 @@ def event_view(event: Event) -> dict[str, Any]:
         "channel": event.channel,
         "customer_id": event.customer_id,
         "anonymous_id": event.anonymous_id,
-        "properties": kept,
+        "properties": cast(SlimProperties, kept),
     }
 
 
-def timeline_item(event: Event, before: CustomerState | None, applied: Applied) -> dict[str, Any]:
+def timeline_item(event: Event, before: CustomerState | None, applied: Applied) -> TimelineItem:
     """One event's place in a customer's timeline: an event record's body, the event slimmed."""
     moves = [move_doc(t) for t in applied.transitions]
     return {
@@ -224,7 +238,7 @@ def timeline_item(event: Event, before: CustomerState | None, applied: Applied) 
 
 def sweep_item(
     before: CustomerState, after: CustomerState, moves: Sequence[Transition]
-) -> dict[str, Any]:
+) -> TimelineItem:
     """The inactivity moves at a timeline's end (what the sweeper's ``time`` records say)."""
     return {
         "event": None,
@@ -245,14 +259,14 @@ class Timeline:
 
     customer_id: str
     state: CustomerState | None
-    items: tuple[dict[str, Any], ...]
+    items: tuple[TimelineItem, ...]
 
 
 def restatement_records(
     customer_id: str,
     *,
     cause: str,
-    reason: str,
+    reason: Reason,
     retract: Sequence[Timeline],
     add: Sequence[Timeline],
     at: datetime,
@@ -260,7 +274,7 @@ def restatement_records(
 ) -> list[bytes]:
     """The ``restatement`` record(s) taking ``retract`` back and adding ``add``, in parts of at
     most :data:`RESTATEMENT_ITEMS` items (a profile's stage goes with its first part)."""
-    pieces: list[tuple[str, str, str | None, list[dict[str, Any]]]] = []
+    pieces: list[tuple[str, str, str | None, list[TimelineItem]]] = []
     for side, timelines in (("retract", retract), ("add", add)):
         for t in timelines:
             stage = None if t.state is None else t.state.stage.value
@@ -274,7 +288,7 @@ def restatement_records(
                         items[n : n + RESTATEMENT_ITEMS],
                     )
                 )
-    parts: list[dict[str, list[dict[str, Any]]]] = [{"retract": [], "add": []}]
+    parts: list[dict[str, list[ProfileTimeline]]] = [{"retract": [], "add": []}]
     size = 0
     for side, who, stage, items in pieces:
         if size and size + len(items) > RESTATEMENT_ITEMS:
@@ -282,24 +296,22 @@ def restatement_records(
             size = 0
         parts[-1][side].append({"customer_id": who, "stage": stage, "items": items})
         size += len(items)
-    return [
-        orjson.dumps(
-            {
-                "schema": SCHEMA,
-                "kind": "restatement",
-                "record_id": f"restatement:{customer_id}@{cause}#{n}",
-                "customer_id": customer_id,
-                "reason": reason,
-                "cause": cause,
-                "part": n,
-                "parts": len(parts),
-                "events_too": events_too,
-                "retract": part["retract"],
-                "add": part["add"],
-                "event": None,
-                "at": at,
-            },
-            default=_default,
-        )
+    records: list[RestatementRecord] = [
+        {
+            "schema": SCHEMA,
+            "kind": "restatement",
+            "record_id": f"restatement:{customer_id}@{cause}#{n}",
+            "customer_id": customer_id,
+            "reason": reason,
+            "cause": cause,
+            "part": n,
+            "parts": len(parts),
+            "events_too": events_too,
+            "retract": part["retract"],
+            "add": part["add"],
+            "event": None,
+            "at": at,
+        }
         for n, part in enumerate(parts)
     ]
+    return [encode(r) for r in records]

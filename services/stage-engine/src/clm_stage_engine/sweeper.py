@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-import orjson
 from prometheus_client import Counter
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.lifecycle import CUSTOMER_STAGES, Stage, advance
+from clm_common.lifecycle import CUSTOMER_STAGES, CustomerState, Stage, Transition, advance
+from clm_common.lifecycle_records import TimeRecord, encode
 from clm_common.replay import replay_behind
 from clm_common.rules import LifecycleRules
 from clm_common.schema import customers
@@ -82,30 +82,7 @@ async def sweep_once(
                 transitions.extend(moves)
                 for move in moves:
                     SWEPT.labels(move.to_stage.value).inc()
-                outbox.append(
-                    (
-                        after.customer_id,
-                        orjson.dumps(
-                            {
-                                "schema": SCHEMA,
-                                "kind": "time",
-                                "record_id": f"time:{after.customer_id}:{moves[-1].at.isoformat()}",
-                                "customer_id": after.customer_id,
-                                "event": None,
-                                "customer": customer_facts(after),
-                                "stage_before": before.stage.value,
-                                "stage_before_entered_at": before.stage_entered_at,
-                                "stage_after": after.stage.value,
-                                "transition": move_doc(moves[-1]),
-                                "transitions": [move_doc(m) for m in moves],
-                                "first_purchase": False,
-                                "repeat_purchase": False,
-                                "reactivation": False,
-                            },
-                            default=str,
-                        ),
-                    )
-                )
+                outbox.append((after.customer_id, encode(time_record(before, after, moves))))
             await repository.upsert_customers(conn, states)
             await repository.insert_transitions(conn, transitions)
             await repository.insert_outbox(conn, lifecycle_topic, outbox)
@@ -143,3 +120,25 @@ async def sweep_forever(
             log.warning("sweep failed; retrying next round", exc_info=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), timeout=every_s)
+
+
+def time_record(
+    before: CustomerState, after: CustomerState, moves: Sequence[Transition]
+) -> TimeRecord:
+    """The ``time`` record of a customer's inactivity moves (``before`` → ``after``)."""
+    return {
+        "schema": SCHEMA,
+        "kind": "time",
+        "record_id": f"time:{after.customer_id}:{moves[-1].at.isoformat()}",
+        "customer_id": after.customer_id,
+        "event": None,
+        "customer": customer_facts(after),
+        "stage_before": before.stage.value,
+        "stage_before_entered_at": before.stage_entered_at,
+        "stage_after": after.stage.value,
+        "transition": move_doc(moves[-1]),
+        "transitions": [move_doc(m) for m in moves],
+        "first_purchase": False,
+        "repeat_purchase": False,
+        "reactivation": False,
+    }
