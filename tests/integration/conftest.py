@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.db import create_engine
@@ -19,6 +20,8 @@ from clm_common.events import dump_event, parse_event
 from clm_common.kafka import ensure_topics, topic_partitions
 from clm_common.keys import store_key
 from clm_common.settings import CommonSettings
+from clm_metrics.app import create_app as create_metrics_app
+from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
 
 T = TypeVar("T")
@@ -71,6 +74,17 @@ async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(common.database_url, pool_size=3)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def metrics_app(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The metrics service of this test, running (its consumer on the test's lifecycle topic):
+    a client of its API."""
+    app = create_metrics_app(MetricsSettings())
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as c:
+            yield c
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +153,13 @@ async def send_events(settings: CommonSettings, *docs: dict[str, Any]) -> None:
 
 
 async def produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    """Publish ``items`` in order (each partition's in the list's order), sent back to back
+    rather than one round trip each (large histories), and wait until all are acknowledged."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        for key, value in items:
-            await producer.send_and_wait(topic, value=value, key=key)
+        sent = [await producer.send(topic, value=value, key=key) for key, value in items]
+        await asyncio.gather(*sent)
     finally:
         await producer.stop()
 

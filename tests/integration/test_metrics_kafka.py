@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
-import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_common.settings import CommonSettings
-from clm_metrics.app import create_app
-from clm_metrics.settings import MetricsSettings
 from tests.integration.conftest import READ_TOKEN, eventually, produce
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -53,15 +48,6 @@ def lifecycle(
         "reactivation": False,
     }
     return b"c", orjson.dumps(doc)
-
-
-@pytest.fixture
-async def metrics_app(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(MetricsSettings())
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as c:
-            yield c
 
 
 async def test_kpis_count_each_record_once(
