@@ -374,10 +374,6 @@ NET_ZERO = pytest.mark.xfail(
 #: Found by this test: an explicit merge leaves the merged-away customer's anonymous ids
 #: linked to it (identity_links holds one hop), so their later events bring it back as a
 #: new profile, in the engine and in the metrics.
-STALE_LINKS = pytest.mark.xfail(
-    reason="engine: a merged-away customer's anonymous ids still resolve to it", strict=False
-)
-KNOWN_BUGS = {"anonymous id of a merged customer": STALE_LINKS}
 
 
 def _drop_kind(kind: str) -> Mutation:
@@ -419,7 +415,7 @@ def _cases() -> Iterator[Any]:
 
 @pytest.mark.parametrize(
     "example",
-    [pytest.param(e, marks=(KNOWN_BUGS[e],) if e in KNOWN_BUGS else ()) for e in EXAMPLES],
+    list(EXAMPLES),
 )
 def test_the_fixed_examples_equal_the_truth(env: dict[str, str], example: str) -> None:
     """The control of the test below: unmutated, each example passes."""

@@ -424,9 +424,15 @@ async def load_events(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, l
 
 
 async def absorb_profiles(conn: AsyncConnection, into: str, profiles: Sequence[str]) -> None:
-    """Move anonymous profiles' events and history onto a customer and drop their rows."""
+    """Move profiles' events and history onto a customer and drop their rows; ids linked to
+    a profile (a merged-away customer's anonymous ids) now link to the customer."""
     if not profiles:
         return
+    await conn.execute(
+        update(identity_links)
+        .where(identity_links.c.customer_id.in_(profiles))
+        .values(customer_id=into)
+    )
     await conn.execute(
         update(customer_events)
         .where(customer_events.c.customer_id.in_(profiles))
