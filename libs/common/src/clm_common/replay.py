@@ -8,6 +8,12 @@ rules. The log's end at reset time is stored as the replay's target: until the s
 reach it, the sweeper moves nobody, so inactivity moves never act on a half-rebuilt history.
 Erasures are kept, so an erased customer's events stay dropped. Lifecycle records are
 re-published with their stable ``record_id``s: the metrics service does not count them twice.
+
+A replay that changes customers' pasts (new rules) is followed by the metrics only when they
+are rebuilt with it (:func:`reset_metrics`, ``clm replay --with-metrics``, the metrics service
+stopped): in the same transaction, holding the outbox relay's lock so no record is in flight,
+the metrics tables are emptied and the metrics group's offsets on the lifecycle stream point
+at its end, so the metrics count exactly the records the replay publishes.
 """
 
 from __future__ import annotations
@@ -18,6 +24,25 @@ from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.schema import consumer_offsets, replay_targets
+
+#: The advisory lock the outbox relay holds while it publishes (one relay at a time).
+RELAY_LOCK_ID = 0x434C4D01  # "CLM" + 1
+
+#: What the metrics service derives from the lifecycle stream (emptied by a metrics rebuild).
+METRICS_DERIVED = (
+    "kpi_buckets",
+    "kpi_rollups",
+    "kpi_distinct",
+    "metrics_customer_numbers",
+    "metrics_customer_days",
+    "kpi_cohorts",
+    "metrics_cohort_activity",
+    "metrics_tickets",
+    "metrics_processed",
+    "stage_counts",
+    "kpi_day_versions",
+    "kpi_hour_versions",
+)
 
 DERIVED = (
     "customers",
@@ -75,3 +100,28 @@ async def replay_behind(conn: AsyncConnection, group_id: str) -> int:
     if not behind:
         await conn.execute(delete(replay_targets).where(replay_targets.c.group_id == group_id))
     return int(behind)
+
+
+async def hold_relay(conn: AsyncConnection) -> None:
+    """Wait for a publishing relay to finish and keep every relay from publishing until this
+    transaction ends (the relay's own transaction-scoped lock)."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": RELAY_LOCK_ID})
+
+
+async def reset_metrics(
+    conn: AsyncConnection, group_id: str, topic: str, log_ends: Mapping[int, int]
+) -> None:
+    """Empty the metrics tables and point the metrics group at the lifecycle stream's end
+    (``log_ends``, read while holding the relay: every record before it is of the old state)."""
+    await conn.execute(text(f"TRUNCATE {', '.join(METRICS_DERIVED)}"))
+    await conn.execute(
+        delete(consumer_offsets).where(
+            consumer_offsets.c.group_id == group_id, consumer_offsets.c.topic == topic
+        )
+    )
+    rows = [
+        {"group_id": group_id, "topic": topic, "partition": p, "next_offset": end}
+        for p, end in sorted(log_ends.items())
+    ]
+    if rows:
+        await conn.execute(insert(consumer_offsets), rows)

@@ -32,11 +32,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_common.db import lone_statement
+from clm_common.replay import RELAY_LOCK_ID
 from clm_stage_engine.outbox import unpack_records
 
 log = logging.getLogger(__name__)
 
-RELAY_LOCK_ID = 0x434C4D01  # "CLM" + 1
 PUBLISHED = Counter("clm_outbox_published_total", "Outbox records published to Kafka")
 BACKLOG = Gauge("clm_outbox_backlog_records", "Outbox records not yet published")
 GATED = Counter(

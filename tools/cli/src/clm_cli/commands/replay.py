@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_cli.errors import CliError
+from clm_cli.settings import CliSettings
 from clm_common import replay
 from clm_common.kafka import log_ends
 from clm_common.settings import CommonSettings
@@ -24,10 +26,43 @@ async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: Asyn
             "start Kafka or set CLM_KAFKA_BOOTSTRAP; nothing was cleared",
             2,
         ) from exc
+    if args.with_metrics:
+        await _metrics_stopped(settings)
+        await replay.hold_relay(conn)  # no lifecycle record in flight from here to the commit
+        try:
+            lifecycle_ends = await log_ends(settings.kafka_bootstrap, settings.topic_lifecycle)
+        except Exception as exc:
+            raise CliError(
+                f"cannot read the lifecycle stream's end ({type(exc).__name__}); nothing was "
+                "cleared",
+                2,
+            ) from exc
+        await replay.reset_metrics(
+            conn, args.metrics_group, settings.topic_lifecycle, lifecycle_ends
+        )
+        print(
+            f"replay: metrics emptied; {args.metrics_group} starts at the lifecycle stream's "
+            "end (start the metrics service again)"
+        )
     partitions = await replay.reset_for_replay(conn, args.group, settings.topic_events, ends)
     print(f"replay: cleared; {partitions} partition offsets of {args.group} reset to 0")
     print("running stage engines rebuild every customer now (see /readyz and consumer lag)")
     return 0
+
+
+async def _metrics_stopped(settings: CommonSettings) -> None:
+    """Refuse while a metrics service answers: its caches would outlive the emptied tables."""
+    url = CliSettings().metrics().url
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            await client.get(f"{url}/healthz")
+    except httpx.TransportError:
+        return
+    raise CliError(
+        f"a metrics service answers at {url}: stop every metrics replica first (a running one "
+        "keeps what it counted in memory); nothing was cleared",
+        2,
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,5 +74,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--group",
         default=os.environ.get("CLM_STAGE_ENGINE_GROUP", "clm-stage-engine"),
         help="the stage engine's consumer group (default: CLM_STAGE_ENGINE_GROUP)",
+    )
+    cmd.add_argument(
+        "--with-metrics",
+        action="store_true",
+        help="rebuild the metrics too (stop the metrics service first): after a rule change",
+    )
+    cmd.add_argument(
+        "--metrics-group",
+        default=os.environ.get("CLM_METRICS_GROUP", "clm-metrics"),
+        help="the metrics service's consumer group (default: CLM_METRICS_GROUP)",
     )
     cmd.set_defaults(handler=_replay)
