@@ -149,17 +149,6 @@ def event(
     return doc
 
 
-def history_of(plan: Sequence[Step_]) -> list[Operation]:
-    """What the truth needs of a plan: batches, merges and erasures, in order."""
-    out: list[Operation] = []
-    for step in plan:
-        if isinstance(step, Deliver):
-            out.append(list(step.docs))
-        elif isinstance(step, Merge | Erase):
-            out.append(step)
-    return out
-
-
 # --- the engine's clock -----------------------------------------------------------------------
 
 
@@ -212,10 +201,12 @@ class Record:
 
 @dataclass
 class Played:
-    """What playing a plan left: merges and erasures the engine refused (the plan named an
-    unknown customer: left out of the truth too), and the records the metrics counted."""
+    """What playing a plan did: its history as the truth needs it (batches as they arrived,
+    merges and erasures as made: a plan's merge or erasure naming a customer the engine does
+    not know, or no longer, is made on known ones, or left out when there are too few), and
+    the records the metrics counted."""
 
-    skipped: list[Merge | Erase] = field(default_factory=list)
+    history: list[Operation] = field(default_factory=list)
     records: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
 
@@ -312,6 +303,7 @@ class World:
         async with self.db.begin() as conn:
             result = await self.engine(conn, records)
         assert not result.poison, [p.reason for p in result.poison]
+        self.played.history.append(list(docs))
         for doc in docs:
             cid = doc.get("customer_id")
             if cid is not None and not {cid, doc.get("anonymous_id")} & self.erased:
@@ -320,10 +312,16 @@ class World:
     def usable(self, *ids: str) -> bool:
         return all(i in self.known and i not in self.merged and i not in self.erased for i in ids)
 
+    def usable_ones(self, *wanted: str) -> list[str]:
+        """``wanted`` where usable, then the other usable customers, without repeats."""
+        ordered = [*wanted, *sorted(self.known)]
+        return [c for n, c in enumerate(ordered) if self.usable(c) and c not in ordered[:n]]
+
     async def merge(self, op: Merge) -> None:
-        if op.into == op.source or not self.usable(op.into, op.source):
-            self.played.skipped.append(op)
+        choice = self.usable_ones(op.into, op.source)
+        if len(choice) < 2:
             return
+        op = Merge(into=choice[0], source=choice[1])
         answer = await self.api.post(
             f"/v1/customers/{op.into}/merge",
             json={"from": op.source},
@@ -331,11 +329,13 @@ class World:
         )
         assert answer.status_code == 200, answer.text
         self.merged[op.source] = op.into
+        self.played.history.append(op)
 
     async def erase(self, op: Erase) -> None:
-        if not self.usable(op.customer_id):
-            self.played.skipped.append(op)
+        choice = self.usable_ones(op.customer_id)
+        if not choice:
             return
+        op = Erase(choice[0])
         answer = await self.api.delete(
             f"/v1/customers/{op.customer_id}",
             params={"mode": "erase"},
@@ -346,24 +346,22 @@ class World:
         while more := {m for m, into in self.merged.items() if into in gone} - gone:
             gone |= more  # merged-away ids went with their survivor
         self.erased |= gone
+        self.played.history.append(op)
 
     async def drain(self) -> None:
         """Feed the outbox rows written since the last drain to the metrics handler, in
         outbox order, as one metrics batch."""
         async with self.db.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT id, records, payload FROM outbox_batches WHERE id > :seen "
-                        "ORDER BY id"
-                    ),
-                    {"seen": self.outbox_seen},
-                )
-            ).all()
+            rows = (await conn.execute(_WRITTEN, {"seen": self.outbox_seen})).all()
         records = []
-        for row_id, count, payload in rows:
+        for row_id, count, key_text, payload in rows:
             self.outbox_seen = max(self.outbox_seen, int(row_id))
-            for key, value in unpack_records(bytes(payload), int(count)):
+            pairs = (
+                unpack_records(bytes(payload), int(count))
+                if key_text is None
+                else [(str(key_text).encode(), bytes(payload))]
+            )
+            for key, value in pairs:
                 self.offset += 1
                 records.append(Record(key, value, offset=self.offset))
                 kind = str(orjson.loads(value).get("kind"))
@@ -378,6 +376,14 @@ class World:
             self.warmed = True
             for w in self.windows:
                 await w.inputs(self.db, self.cache)
+
+
+#: The outbox rows written after ``seen``, in the relay's order: ``outbox_batches`` rows
+#: (a blob of records each) and one-record ``outbox`` rows (older writers) share a sequence.
+_WRITTEN = text(
+    "SELECT id, records, NULL::text AS key, payload FROM outbox_batches WHERE id > :seen"
+    " UNION ALL SELECT id, 1, key, payload FROM outbox WHERE id > :seen ORDER BY id"
+)
 
 
 # --- the comparison -----------------------------------------------------------------------
@@ -436,18 +442,15 @@ def _differences(label: str, want: dict[str, Any], got: dict[str, Any]) -> list[
     ]
 
 
-def truth_steps(world: World, plan: Sequence[Step_]) -> list[Step]:
-    """The truth's steps of the surviving events (merges and erasures the engine refused
-    left out)."""
-    skipped = {id(op) for op in world.played.skipped}  # by identity: a plan may repeat one
-    history = [op for op in history_of(plan) if id(op) not in skipped]
-    return replay_surviving(history, now=END, rules=RULES)
+def truth_steps(world: World) -> list[Step]:
+    """The truth's steps of the surviving events of what the world played."""
+    return replay_surviving(world.played.history, now=END, rules=RULES)
 
 
-async def problems(world: World, plan: Sequence[Step_]) -> list[str]:
+async def problems(world: World) -> list[str]:
     """Every way the metrics (read through their service) and the engine differ from the
     truth of the surviving events at quiescence, or break an invariant; [] if none."""
-    steps = truth_steps(world, plan)
+    steps = truth_steps(world)
     swept = sweeps(steps, END, RULES)
     out = await engine_problems(world, steps)
     out += await _stages_now(world)

@@ -133,7 +133,7 @@ def play(
             async with engine_api(settings, db) as api:
                 world = World(db, api, settings.topic_lifecycle, metrics, windows(extra))
                 played = await world.play(plan)
-                return await problems(world, plan), played
+                return await problems(world), played
         finally:
             await db.dispose()
 
@@ -151,7 +151,7 @@ def play_engine(plan: Sequence[Step_]) -> tuple[list[str], Played]:
             async with engine_api(settings, db) as api:
                 world = World(db, api, settings.topic_lifecycle)
                 played = await world.play(plan)
-                return await engine_problems(world, truth_steps(world, plan)), played
+                return await engine_problems(world, truth_steps(world)), played
         finally:
             await db.dispose()
 
@@ -162,10 +162,11 @@ def verdict(plan: Sequence[Step_], found: list[str], played: Played) -> str:
     shown = "\n  ".join(found[:40])
     more = f"\n  … and {len(found) - 40} more" if len(found) > 40 else ""
     steps = "\n  ".join(repr(s) for s in plan)
+    made = [op for op in played.history if isinstance(op, Merge | Erase)]
     return (
         f"{len(found)} differences from the truth of the surviving events:\n  {shown}{more}\n"
-        f"records counted by kind: {played.kinds}; refused (unknown customer): "
-        f"{played.skipped}\nplan:\n  {steps}"
+        f"records counted by kind: {played.kinds}; merges and erasures made: {made}\n"
+        f"plan:\n  {steps}"
     )
 
 
