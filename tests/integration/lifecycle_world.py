@@ -152,34 +152,41 @@ def event(
 # --- the engine's clock -----------------------------------------------------------------------
 
 
-class _ClockMeta(type):
-    def __instancecheck__(cls, obj: object) -> bool:
+class SimClock:
+    """Stands in for the ``datetime`` class in the engine's modules: ``now()`` is the
+    simulation's clock; everything else (constructors, ``fromisoformat``, ``isinstance``)
+    is ``datetime``'s own, so no other value changes type."""
+
+    def __init__(self) -> None:
+        self.current = T0
+
+    def now(self, tz: Any = None) -> datetime:
+        return self.current if tz is None else self.current.astimezone(tz)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(datetime, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> datetime:
+        return datetime(*args, **kwargs)
+
+    def __instancecheck__(self, obj: object) -> bool:
         return isinstance(obj, datetime)
 
 
-class SimClock(datetime, metaclass=_ClockMeta):
-    """``datetime`` whose ``now()`` is the simulation's clock (isinstance still holds for
-    every datetime)."""
-
-    current = T0
-
-    @classmethod
-    def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
-        return cls.current if tz is None else cls.current.astimezone(tz)
-
-
 @contextmanager
-def engine_clock() -> Iterator[type[SimClock]]:
-    """Every ``clm_stage_engine`` module's ``datetime`` reads :class:`SimClock` meanwhile."""
+def engine_clock() -> Iterator[SimClock]:
+    """Every ``clm_stage_engine`` module's ``datetime`` is a :class:`SimClock` meanwhile (the
+    batch handler's rebuilds and the merge endpoint read their ``now`` from it)."""
+    clock = SimClock()
     patched = [
         m
         for name, m in list(sys.modules.items())
         if name.startswith("clm_stage_engine") and getattr(m, "datetime", None) is datetime
     ]
     for m in patched:
-        m.datetime = SimClock  # type: ignore[attr-defined]
+        m.datetime = clock  # type: ignore[attr-defined]
     try:
-        yield SimClock
+        yield clock
     finally:
         for m in patched:
             m.datetime = datetime  # type: ignore[attr-defined]
@@ -279,7 +286,7 @@ class World:
             await self.drain()
         return self.played
 
-    async def step(self, clock: type[SimClock], step: Step_) -> None:
+    async def step(self, clock: SimClock, step: Step_) -> None:
         if isinstance(step, Deliver):
             latest = max(datetime.fromisoformat(d["occurred_at"]) for d in step.docs)
             clock.current = max(clock.current, latest)
