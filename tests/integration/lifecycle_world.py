@@ -10,6 +10,7 @@ outbox record counted by the metrics handler.
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -83,7 +84,11 @@ class SweepAt:
 
 @dataclass(frozen=True, slots=True)
 class Drain:
-    """The metrics handler counts the outbox records written so far (one batch)."""
+    """The metrics handler counts the outbox records written so far (one batch): in outbox
+    order, or (``interleave``: a seed) as partitions deliver them, each key's records in
+    order but different keys' interleaved at random."""
+
+    interleave: int | None = None
 
 
 Step_ = Deliver | SweepAt | Drain | Merge | Erase
@@ -295,7 +300,7 @@ class World:
             clock.current = max(clock.current, step.at)
             await sweep_once(self.db, RULES, clock.current, lifecycle_topic=self.topic)
         elif isinstance(step, Drain):
-            await self.drain()
+            await self.drain(step.interleave)
         elif isinstance(step, Merge):
             await self.merge(step)
         else:
@@ -355,9 +360,9 @@ class World:
         self.erased |= gone
         self.played.history.append(op)
 
-    async def drain(self) -> None:
+    async def drain(self, interleave: int | None = None) -> None:
         """Feed the outbox rows written since the last drain to the metrics handler, in
-        outbox order, as one metrics batch."""
+        outbox order (or interleaved by key, see :class:`Drain`), as one metrics batch."""
         async with self.db.connect() as conn:
             rows = (await conn.execute(_WRITTEN, {"seen": self.outbox_seen})).all()
         records = []
@@ -375,6 +380,8 @@ class World:
                 self.played.kinds[kind] = self.played.kinds.get(kind, 0) + 1
         if not records:
             return
+        if interleave is not None:
+            records = interleaved(records, random.Random(interleave))
         async with self.db.begin() as conn:
             result = await self.metrics(conn, records)
         assert not result.poison, [p.reason for p in result.poison]
@@ -383,6 +390,20 @@ class World:
             self.warmed = True
             for w in self.windows:
                 await w.inputs(self.db, self.cache)
+
+
+def interleaved(records: Sequence[Record], rng: random.Random) -> list[Record]:
+    """``records`` as partitions may deliver them: each key's in order, keys interleaved."""
+    queues: dict[bytes, list[Record]] = {}
+    for record in records:
+        queues.setdefault(record.key, []).append(record)
+    out: list[Record] = []
+    while queues:
+        key = rng.choice(sorted(queues))
+        out.append(queues[key].pop(0))
+        if not queues[key]:
+            del queues[key]
+    return out
 
 
 #: The outbox rows written after ``seen``, in the relay's order: ``outbox_batches`` rows

@@ -230,7 +230,8 @@ def _batches(draw: st.DrawFn, docs: list[dict[str, Any]]) -> list[list[dict[str,
 @st.composite
 def in_order_plans(draw: st.DrawFn) -> list[Step_]:
     """Events in event-time order, in random batches; sweeps between batches at a time
-    between them (the sweeper's clock is the wall clock); the metrics catch up at random."""
+    between them (the sweeper's clock is the wall clock); the metrics catch up at random,
+    customers' records interleaved as partitions may deliver them."""
     docs = draw(journeys(anonymous_first=False))
     plan: list[Step_] = []
     batches = _batches(draw, docs)
@@ -241,14 +242,15 @@ def in_order_plans(draw: st.DrawFn) -> list[Step_]:
             share = draw(st.integers(0, 4))
             plan.append(SweepAt(low + (high - low) * share / 4))
         if draw(st.booleans()):
-            plan.append(Drain())
+            plan.append(Drain(draw(INTERLEAVE)))
     return plan
 
 
 @st.composite
-def any_order_plans(draw: st.DrawFn) -> list[Step_]:
+def any_order_plans(draw: st.DrawFn, *, interleave: bool = False) -> list[Step_]:
     """Any arrival order (late events), repeats, random batches; sweeps at random clock
-    times; explicit merges and erasures between batches; the metrics catch up at random."""
+    times; explicit merges and erasures between batches; the metrics catch up at random (in
+    outbox order, or with ``interleave`` as partitions may deliver the records)."""
     docs = draw(journeys(anonymous_first=True))
     order = list(draw(st.permutations(docs)))
     for _ in range(draw(st.integers(0, 2))):  # a client sends an event again
@@ -265,10 +267,12 @@ def any_order_plans(draw: st.DrawFn) -> list[Step_]:
         elif action == "erase":
             plan.append(Erase(draw(st.sampled_from(CUSTOMERS))))
         if draw(st.booleans()):
-            plan.append(Drain())
+            plan.append(Drain(draw(INTERLEAVE) if interleave else None))
     return plan
 
 
+#: A drain's order: the outbox's (None) or keys interleaved (a seed).
+INTERLEAVE = st.one_of(st.none(), st.integers(0, 2**16))
 #: Extra windows: (minutes from T0, minutes long).
 EXTRA = st.lists(
     st.tuples(st.integers(-60, SPAN_MINUTES), st.integers(1, 4 * 24 * 60)), min_size=1, max_size=2
@@ -293,6 +297,21 @@ def test_in_order_journeys_every_kpi_equals_the_truth(
 @property_settings(25)
 @given(plan=any_order_plans(), extra=EXTRA)
 def test_late_events_merges_and_erasures_every_kpi_equals_the_truth(
+    env: dict[str, str], plan: list[Step_], extra: list[tuple[int, int]]
+) -> None:
+    found, played = play(plan, extra)
+    assert not found, verdict(plan, found, played)
+
+
+@pytest.mark.xfail(
+    reason="needs clm.lifecycle.v2 restatements; then: an anonymous profile's records and its "
+    "identity merge's are keyed differently, so partitions may deliver them in either order",
+    strict=False,
+)
+@pytest.mark.timeout(240)
+@property_settings(15)
+@given(plan=any_order_plans(interleave=True), extra=EXTRA)
+def test_records_of_several_partitions_in_any_order_every_kpi_equals_the_truth(
     env: dict[str, str], plan: list[Step_], extra: list[tuple[int, int]]
 ) -> None:
     found, played = play(plan, extra)
