@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_cli.simulator.survivors import Erase, Merge, Operation, replay_surviving
+from clm_cli.simulator.survivors import Anonymise, Erase, Merge, Operation, replay_surviving
 from clm_cli.simulator.truth import Step, Sweep, stages_as_of, stages_at, sweeps, truth
 from clm_common import webhook_secrets
 from clm_common.auth import KeyVerifier
@@ -91,7 +91,7 @@ class Drain:
     interleave: int | None = None
 
 
-Step_ = Deliver | SweepAt | Drain | Merge | Erase
+Step_ = Deliver | SweepAt | Drain | Merge | Erase | Anonymise
 
 
 def brief(doc: dict[str, Any]) -> str:
@@ -279,6 +279,7 @@ class World:
         self.known: set[str] = set()  # customer ids with a row, as far as the plan knows
         self.merged: dict[str, str] = {}  # merged-away id → survivor
         self.erased: set[str] = set()
+        self.anonymised: set[str] = set()
         self.played = Played()
 
     async def play(self, plan: Sequence[Step_]) -> Played:
@@ -303,8 +304,10 @@ class World:
             await self.drain(step.interleave)
         elif isinstance(step, Merge):
             await self.merge(step)
-        else:
+        elif isinstance(step, Erase):
             await self.erase(step)
+        else:
+            await self.anonymise(step)
 
     async def deliver(self, docs: Sequence[dict[str, Any]]) -> None:
         records = []
@@ -359,6 +362,30 @@ class World:
             gone |= more  # merged-away ids went with their survivor
         self.erased |= gone
         self.played.history.append(op)
+
+    async def anonymise(self, op: Anonymise) -> None:
+        """``op``'s customer (or another usable one) anonymised; its pseudonym is the
+        engine's (the plan's is ignored)."""
+        # an id anonymised before has its pseudonym taken: the engine answers 500 (see
+        # test_anonymising_an_id_again_is_not_a_server_error)
+        choice = [c for c in self.usable_ones(op.customer_id) if c not in self.anonymised]
+        if not choice:
+            return
+        cid = choice[0]
+        self.anonymised.add(cid)
+        answer = await self.api.delete(
+            f"/v1/customers/{cid}",
+            params={"mode": "anonymise"},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert answer.status_code == 200, answer.text
+        gone = {cid}
+        while more := {m for m, into in self.merged.items() if into in gone} - gone:
+            gone |= more
+        for i in gone:  # no row under these ids until an event of theirs comes again
+            self.known.discard(i)
+            self.merged.pop(i, None)
+        self.played.history.append(Anonymise(cid, answer.json()["pseudonym"]))
 
     async def drain(self, interleave: int | None = None) -> None:
         """Feed the outbox rows written since the last drain to the metrics handler, in
