@@ -71,6 +71,7 @@ from clm_cli.simulator.journeys import generate
 from clm_common.db import create_engine
 from clm_common.keys import store_key
 from clm_devstack.services import ServiceProcess, start_service
+from clm_metrics.settings import MetricsSettings
 from tests import kpi_truth
 from tests.e2e.conftest import free_port
 from tests.kpi_truth import record, replay
@@ -94,6 +95,73 @@ class Loaded:
     build_s: float  # generating, replaying, summing and loading (this run's or the cached one's)
     finish_s: float  # of which summing the parts
     cached: bool
+
+
+@dataclass(frozen=True)
+class Grain:
+    """One grain's Roaring bitmaps in ``kpi_distinct``: rows, the bitmaps' own bytes, the days
+    they cover, and the bytes of the mean, median and largest day, and of the last 30 days'
+    mean (the newest days hold the most customers)."""
+
+    grain: str
+    rows: int
+    payload: int
+    days: int
+    mean_day: float
+    median_day: float
+    max_day: int
+    last30_day: float
+
+
+@dataclass(frozen=True)
+class Storage:
+    """What the distinct sets of a history take in Postgres: each table's whole size (heap,
+    TOAST and indexes: ``pg_total_relation_size``), and the bitmaps by grain."""
+
+    tables: dict[str, int]
+    grains: list[Grain]
+
+
+#: The tables the exact distinct sets live in: the bitmaps, the days each customer number is
+#: in a set of (for erasures and merges), and the ids' numbers.
+BITMAP_TABLES = ("kpi_distinct", "metrics_customer_days", "metrics_customer_numbers")
+
+
+async def storage(url: str) -> Storage:
+    """The bitmaps' bytes per UTC day and grain, and the bitmap tables' sizes."""
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        tables = {
+            t: int(await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", t))
+            for t in BITMAP_TABLES
+        }
+        days = await conn.fetch(
+            "SELECT grain, (bucket_start AT TIME ZONE 'UTC')::date AS day, count(*) AS n, "
+            "sum(octet_length(members)) AS bytes FROM kpi_distinct GROUP BY 1, 2"
+        )
+    finally:
+        await conn.close()
+    by_grain: dict[str, list[tuple[Any, int, int]]] = {}
+    for row in days:
+        by_grain.setdefault(row["grain"], []).append((row["day"], row["n"], int(row["bytes"])))
+    grains = []
+    for grain in ("minute", "hour", "day"):
+        rows = sorted(by_grain.get(grain, []))
+        sizes = [b for _, _, b in rows] or [0]
+        last = sizes[-30:]
+        grains.append(
+            Grain(
+                grain,
+                sum(n for _, n, _ in rows),
+                sum(sizes),
+                len(rows),
+                statistics.fmean(sizes),
+                statistics.median(sizes),
+                max(sizes),
+                statistics.fmean(last),
+            )
+        )
+    return Storage(tables, grains)
 
 
 @dataclass(frozen=True)
@@ -383,7 +451,7 @@ def _load_avg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-async def run() -> tuple[list[Run], dict[str, str]]:
+async def run() -> tuple[list[Run], dict[str, str], Storage]:
     # the start of today: one history a day for the cache; the window's last hours are empty
     # for both histories alike
     now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -409,6 +477,7 @@ async def run() -> tuple[list[Run], dict[str, str]]:
         with tempfile.TemporaryDirectory() as logs:
             latencies = await asyncio.to_thread(measure, list(urls.values()), Path(logs))
         loads["measured"] = _load_avg()
+        stored = await storage(urls["large"])
         for label, customers in sizes.items():
             await keep(urls[label], customers, now, loaded[label][0])
     finally:
@@ -419,10 +488,73 @@ async def run() -> tuple[list[Run], dict[str, str]]:
         done, (minute_rows, rollup_rows, distinct_rows) = loaded[label]
         print(f"bench metrics: {label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
         runs.append(Run(label, customers, done, minute_rows, rollup_rows, distinct_rows, p50, p99))
-    return runs, loads
+    return runs, loads, stored
 
 
-def report(runs: list[Run], loads: dict[str, str]) -> str:
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f}"
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1e3:,.1f}"
+
+
+def storage_report(large: Run, stored: Storage) -> list[str]:
+    """The bitmaps' bytes per day of the large history, and what the defaults' retention keeps."""
+    grains = {g.grain: g for g in stored.grains}
+    defaults = MetricsSettings.model_fields
+    minute = defaults["metrics_minute_retention_days"].default
+    hour = defaults["metrics_hour_retention_days"].default
+    kept = (
+        grains["minute"].last30_day * minute
+        + grains["hour"].last30_day * hour
+        + grains["day"].last30_day * DAYS
+    )
+    payload = sum(g.payload for g in stored.grains)
+    table = stored.tables["kpi_distinct"]
+    lines = [
+        "",
+        f"### Distinct-set storage at {large.customers:,} customers ({large.loaded.events:,} "
+        "events)",
+        "",
+        "The exact distinct sets (unique visitors, purchasing customers, repeat purchasers, by "
+        "source and channel and for any) are Roaring bitmaps of dense customer numbers in "
+        "`kpi_distinct.members`, one row a grain, bucket, metric and source/channel. The "
+        "bitmaps' own bytes (`sum(octet_length(members))`) by UTC day of the bucket and grain; "
+        "the last 30 days' mean is the window a KPI request reads:",
+        "",
+        "| grain | rows | bitmap bytes (MB) | days | mean a day (kB) | median a day (kB) | "
+        "largest day (kB) | last 30 days' mean a day (kB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in stored.grains:
+        lines.append(
+            f"| {g.grain} | {g.rows:,} | {_mb(g.payload)} | {g.days} | {_kb(g.mean_day)} "
+            f"| {_kb(g.median_day)} | {_kb(g.max_day)} | {_kb(g.last30_day)} |"
+        )
+    lines += [
+        "",
+        "| table (`pg_total_relation_size`: heap, TOAST, indexes) | MB | a day of the "
+        f"{DAYS}-day history (kB) |",
+        "|---|---:|---:|",
+    ]
+    for name, size in stored.tables.items():
+        lines.append(f"| `{name}` | {_mb(size)} | {_kb(size / DAYS)} |")
+    lines += [
+        "",
+        f"Bitmap storage: **{_kb(table / DAYS)} kB a day** of `kpi_distinct` on average over "
+        f"the {DAYS} days ({_kb(payload / DAYS)} kB of it the bitmaps themselves; "
+        f"{table / max(payload, 1):.2f} × for row headers, keys, TOAST and the primary key), "
+        f"with every grain kept, as this bench keeps them. At the services' default retention "
+        f"({minute} days of minutes, {hour} of hours, days for ever) and the last 30 days' "
+        f"rate, the bitmaps would hold about {_mb(kept)} MB after {DAYS} days. The customer "
+        "numbers grow with the customers, not the days; the customer-days table by one row "
+        "a customer and active day.",
+    ]
+    return lines
+
+
+def report(runs: list[Run], loads: dict[str, str], stored: Storage) -> str:
     small, large = runs
     ratio = large.p99_ms / small.p99_ms
     lines = [
@@ -481,9 +613,10 @@ def report(runs: list[Run], loads: dict[str, str]) -> str:
         "counters are unchanged. The window's start moves every minute, so the first request of "
         "a minute rebuilds it too (the leading minutes and the all-time totals are read again).",
     ]
+    lines += storage_report(large, stored)
     return "\n".join(lines)
 
 
 def main() -> None:
-    runs, loads = asyncio.run(run())
-    write_section("metrics", report(runs, loads))
+    runs, loads, stored = asyncio.run(run())
+    write_section("metrics", report(runs, loads, stored))

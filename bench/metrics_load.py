@@ -49,7 +49,8 @@ from pyroaring import BitMap
 
 from clm_metrics import distinct
 from clm_metrics.buckets import cohort_rows, distinct_items, increments, leaving, stage_deltas
-from clm_metrics.repository import ANY, periods_between
+from clm_metrics.cohorts import periods_between
+from clm_metrics.repository import ANY
 from clm_metrics.tickets import TicketKey, TicketState, advance, ticket_event
 
 #: Staging tables: their shape. The first two are partitioned by month (see :func:`prepare`).
@@ -85,7 +86,7 @@ class History:
 
     minutes: dict[MinuteKey, Decimal] = field(default_factory=dict)
     members: dict[MemberKey, int] = field(default_factory=dict)
-    activity: dict[tuple[str, str, date], date] = field(default_factory=dict)
+    activity: dict[tuple[str, str, date], tuple[int, date]] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
     record_ids: list[str] = field(default_factory=list)
     tickets: dict[TicketKey, TicketState] = field(default_factory=dict)
@@ -127,8 +128,9 @@ class History:
             for s, who in distinct_items(doc):
                 member = (s.bucket_start, s.metric, s.source, s.channel, who)
                 members[member] = members.get(member, 0) + 1
-            for period, customer, start, cohort in cohort_rows(doc):
-                activity.setdefault((period, customer, start), cohort)
+            for period, customer, start, cohort, _ in cohort_rows(doc):
+                n, first = activity.get((period, customer, start), (0, cohort))
+                activity[(period, customer, start)] = (n + 1, first)
             self._advance_tickets(doc)
         for stage, delta in stage_deltas(counted).items():
             self.stages[stage] = self.stages.get(stage, 0) + delta
@@ -214,7 +216,7 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
         columns=["customer_id"],
     )
     counts: dict[tuple[str, date, int], int] = {}
-    for (period, _, start), cohort in part.activity.items():
+    for (period, _, start), (_, cohort) in part.activity.items():
         key = (period, cohort, periods_between(period, cohort, start))
         counts[key] = counts.get(key, 0) + 1
     await conn.copy_records_to_table(
@@ -235,8 +237,8 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
     )
     await conn.copy_records_to_table(
         "metrics_cohort_activity",
-        records=list(part.activity),
-        columns=["period", "customer_id", "period_start"],
+        records=[(*key, n, cohort) for key, (n, cohort) in part.activity.items()],
+        columns=["period", "customer_id", "period_start", "purchases", "cohort"],
     )
     await conn.copy_records_to_table(
         "metrics_processed", records=[(r,) for r in part.record_ids], columns=["record_id"]

@@ -1,5 +1,5 @@
-"""The summary at the top of RESULTS.md: every target of issue 7, its measured value, its ratio
-where it has one, met or missed, and the section with the details.
+"""The summary at the top of RESULTS.md: every target of issues 7 and 29, its measured value,
+its ratio where it has one, met or missed, and the section with the details.
 
 Read from the sections as the benchmarks wrote them (``make bench`` rewrites it after every
 run, ``make bench BENCH=summary`` alone); each row names its section's run, so a figure from an
@@ -23,7 +23,7 @@ class Row:
     section: str
     measured: str = NOT_FOUND
     ratio: str = ""
-    met: bool | None = None  # None: not measured
+    met: bool | None = None  # None: not measured, or a figure without a target
 
 
 def _number(text: str) -> float:
@@ -67,7 +67,7 @@ class Figure:
     section: str
     value: Callable[[str], float | None]
     shown: str
-    met: Callable[[float], bool]
+    met: Callable[[float], bool | None]  # None: a figure without a target
     ratio: Callable[[str], str] = _no_ratio
 
     def row(self, text: str) -> Row:
@@ -89,6 +89,18 @@ def _copy_share(text: str) -> str:
     best = _search(r"best sustained rate \(([^)]+)\)", text)
     by = f" ({best[1]})" if best else ""
     return "" if copy is None else f"{copy:.3f} of a raw COPY{by}"
+
+
+def _cpu_medians(text: str) -> str:
+    here, base = table_row(text, "exact"), table_row(text, "sketch")
+    if here is None or base is None or len(here) < 4 or len(base) < 4:
+        return ""
+    return f"median {here[3]} vs {base[3]} µs a replayed record, alternating runs"
+
+
+def _bitmap_share(text: str) -> str:
+    own = _search(r"Bitmap storage: [^(]*\(([\d,.]+ kB) of\s+it the bitmaps", text)
+    return f"`kpi_distinct` with keys and index; {own[1]} the bitmaps" if own else ""
 
 
 FIGURES = [
@@ -130,6 +142,22 @@ FIGURES = [
         lambda v: v <= 1.5,
         lambda _: "large ÷ small",
     ),
+    Figure(
+        "metrics CPU per event ≤ 1.15 × the sketch version",
+        "metrics-cpu",
+        lambda t: _found(_search(r"CPU ratio exact / sketch: \**([\d.]+)", t)),
+        "{:.3f} × the sketch version's",
+        lambda v: v <= 1.15,
+        _cpu_medians,
+    ),
+    Figure(
+        "distinct bitmap storage a day (large history)",
+        "metrics",
+        lambda t: _found(_search(r"Bitmap storage: \**([\d,.]+) kB a day", t)),
+        "{:,.1f} kB",
+        lambda _: None,
+        _bitmap_share,
+    ),
 ]
 
 
@@ -167,6 +195,8 @@ ORDER = [
     "ingest RSS < 300 MB",
     "stage-engine RSS < 300 MB",
     "metrics RSS < 300 MB",
+    "metrics CPU per event ≤ 1.15 × the sketch version",
+    "distinct bitmap storage a day (large history)",
 ]
 
 
@@ -189,7 +219,7 @@ def when(text: str) -> str:
 
 
 def rows(sections: dict[str, str]) -> list[Row]:
-    """Every target of issue 7, in the issue's order."""
+    """Every target of issues 7 and 29, in the issues' order."""
     found = {f.target: f.row(sections[f.section]) for f in FIGURES if f.section in sections}
     if "e2e" in sections:
         found.update({r.target: r for r in _e2e(sections["e2e"])})
@@ -199,7 +229,7 @@ def rows(sections: dict[str, str]) -> list[Row]:
 
 def report(sections: dict[str, str]) -> str:
     lines = [
-        "## Summary: the targets of issue 7",
+        "## Summary: the targets of issues 7 and 29",
         "",
         "Written from the sections below after every `make bench`; the last column is the "
         "section with the details and the time and commit of its run (a section not rerun "

@@ -9,19 +9,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-
 from clm_cli.simulator.truth import Step, Sweep, in_window, rate_str, replay, truth
 from clm_common.lifecycle import Stage
+from clm_common.lifecycle_records import EventRecord, decode
 from clm_metrics.buckets import stay_bin, stay_bin_middle
 from clm_stage_engine.records import lifecycle_record
 
 __all__ = ["Step", "record", "replay", "truth", "truth_cohorts", "truth_map"]
 
 
-def record(step: Step) -> dict[str, Any]:
-    """The ``clm.lifecycle.v1`` record the stage engine publishes for this step."""
-    doc: dict[str, Any] = orjson.loads(lifecycle_record(step.event, step.before, step.applied))
+def record(step: Step) -> EventRecord:
+    """The lifecycle record the stage engine publishes for this step, as consumers decode it
+    (:mod:`clm_common.lifecycle_records`)."""
+    doc = decode(lifecycle_record(step.event, step.before, step.applied))
+    assert doc["kind"] == "event"
     return doc
 
 
@@ -76,7 +77,7 @@ def truth_map(
 def truth_cohorts(steps: list[Step], period: str) -> list[dict[str, Any]]:
     """Cohorts by the period of the first purchase: distinct purchasers per period since."""
     from clm_metrics.buckets import period_start
-    from clm_metrics.repository import periods_between
+    from clm_metrics.cohorts import periods_between
 
     active: dict[Any, set[tuple[int, str]]] = {}
     for s in steps:

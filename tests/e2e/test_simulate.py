@@ -44,12 +44,10 @@ DEMO_KPIS = (
 def sweeping_stack(prepared_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     """The three services, the stage engine sweeping every 15 s (not every minute).
 
-    Not every second: the simulator sends months of backdated history in seconds, so a sweeper
-    running meanwhile moves a customer (at risk, churned) before that customer's older events
-    arrive. Those then arrive late; the engine refolds the customer by event time and records
-    one correcting move at the time of the correction instead of rewriting the moves already
-    published, so stages end right but counts at a window's start can differ by the corrected
-    customers. The truth's sweeper runs after the events; so does this one.
+    The simulator sends months of backdated history in seconds; a sweeper running meanwhile
+    would move customers before their older events arrive, which restatements then correct
+    (``test_restatements.py`` runs that on purpose, with a sweep every second). Here the
+    truth's sweeper runs after the events, and so does this one.
     """
     env = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_SECONDS": "15"}
     with running_stack(env, tmp_path) as started:

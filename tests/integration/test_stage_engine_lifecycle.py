@@ -616,11 +616,12 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
     assert await get(client, "dup-b") is None
 
 
-async def test_merging_two_buyers_corrects_the_later_first_purchase(
+async def test_merging_two_buyers_restates_the_later_first_purchase(
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:
     """Each profile's purchase was published as a first purchase; merged, the later one is
-    the customer's second: a correction record says so (once, with the merge as its cause)."""
+    the customer's second: a restatement says so (once, with the merge as its cause), taking
+    back both profiles' timelines and adding the merged one."""
     await send_events(
         common,
         event_doc("purchase", customer_id="buyer-a", event_id="ba", occurred_at=at(1)),
@@ -638,17 +639,28 @@ async def test_merging_two_buyers_corrects_the_later_first_purchase(
         for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=5)
     ]
     assert sorted(r["kind"] for r in records) == [
-        "correction",
         "customer_merge",
         "event",
         "event",
         "identity_merge",
+        "restatement",
     ]
-    (fix,) = [r for r in records if r["kind"] == "correction"]
-    assert fix["record_id"] == "correction:shop:bb@merge:buyer-b>buyer-a"
+    (fix,) = [r for r in records if r["kind"] == "restatement"]
+    assert fix["record_id"] == "restatement:buyer-a@merge:buyer-b>buyer-a#0"
     assert (fix["reason"], fix["customer_id"]) == ("customer merge", "buyer-a")
-    assert fix["corrected"]["first_purchase"] is True
-    assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)
+    flags = [
+        (t["customer_id"], i["event"]["event_id"], i["first_purchase"], i["repeat_purchase"])
+        for side in ("retract", "add")
+        for t in fix[side]
+        for i in t["items"]
+    ]
+    assert flags == [
+        ("buyer-a", "ba", True, False),
+        ("buyer-b", "bb", True, False),
+        ("buyer-a", "ba", True, False),
+        ("buyer-a", "bb", False, True),
+    ]
+    assert all(r["restated"] for r in records if r["kind"] in ("customer_merge", "identity_merge"))
 
 
 @contextlib.asynccontextmanager

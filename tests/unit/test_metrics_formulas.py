@@ -8,7 +8,7 @@ filters must equal the brute force of ``tests/kpi_truth.py`` exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -43,7 +43,7 @@ class Store:
     """The metrics tables in memory: minute buckets, rollups and distinct sets, as written
     (each record a batch of its own, through the write path's pure functions)."""
 
-    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+    def __init__(self, records: Iterable[Mapping[str, Any]]) -> None:
         docs = list(records)
         tickets: dict[TicketKey, TicketState] = {}
         levels: list[tuple[BucketKey, Decimal]] = []

@@ -9,11 +9,17 @@ from decimal import Decimal
 import orjson
 
 from clm_common.events import parse_event
-from clm_common.lifecycle import Stage, Transition, advance, apply_event, rebuild
+from clm_common.lifecycle import Stage, Transition, advance, apply_event
 from clm_common.rules import LifecycleRules
 from clm_metrics.buckets import distinct_items, increments, stage_deltas
 from clm_metrics.formulas import flows, stage_net
-from clm_stage_engine.records import lifecycle_record, merge_record, removal_record
+from clm_stage_engine.processor import counted, fold_timeline
+from clm_stage_engine.records import (
+    lifecycle_record,
+    merge_record,
+    removal_record,
+    restatement_records,
+)
 from tests.factories import event_doc
 
 RULES = LifecycleRules()
@@ -92,10 +98,12 @@ def test_a_profile_leaving_is_a_flow_out_and_a_stage_count_down() -> None:
     assert "" not in net
 
 
-def test_an_explicit_merge_moves_the_survivor_and_takes_the_other_out() -> None:
-    """Survivor in reach, the merged-away customer in conversion: after the merge, one
-    customer in conversion — the survivor's record moves it, the removal takes the other out,
-    and only the flow is counted (the other's lead and conversion were counted before)."""
+def test_an_explicit_merge_restates_both_profiles_as_one_customer() -> None:
+    """Survivor in reach, the merged-away customer in conversion. The merge takes back both
+    timelines as they were counted (a's lead-less reach, b's own conversion) and adds the
+    merged one (reach on the click, conversion on the purchase): the stage counts and every
+    flow are then those of one customer who clicked and bought, as if known as one from the
+    start. The removal and the survivor's record are informative (``restated``)."""
     click = parse_event(event_doc("ad_click", customer_id="a", occurred_at=T0.isoformat()))
     buy = parse_event(
         event_doc("purchase", customer_id="b", occurred_at=(T0 + timedelta(days=1)).isoformat())
@@ -103,24 +111,57 @@ def test_an_explicit_merge_moves_the_survivor_and_takes_the_other_out() -> None:
     survivor = apply_event(None, click, RULES).state
     other = apply_event(None, buy, RULES).state
     at = T0 + timedelta(days=2)
-    merged = rebuild("a", [click, buy], RULES, at)
-    assert merged is not None
-    assert (survivor.stage, merged.stage) == (Stage.REACH, Stage.CONVERSION)
-    move = Transition("a", survivor.stage, merged.stage, at, "", "merged b")
+    before = [
+        *(
+            orjson.loads(lifecycle_record(click, None, apply_event(None, click, RULES)))
+            for _ in [0]
+        ),
+        orjson.loads(lifecycle_record(buy, None, apply_event(None, buy, RULES))),
+    ]
+    merged, _ = fold_timeline("a", [click, buy], RULES, until=at)
+    assert merged.state is not None
+    assert (survivor.stage, merged.state.stage) == (Stage.REACH, Stage.CONVERSION)
+    move = Transition("a", survivor.stage, merged.state.stage, at, "", "merged b")
+    retract = counted([("a", survivor, [click]), ("b", other, [buy])], RULES)
     records = [
-        orjson.loads(removal_record("identity_merge", "b>a", "b", other.stage.value)),
-        orjson.loads(merge_record("a", "b", survivor, merged, move, at)),
+        orjson.loads(
+            removal_record("identity_merge", "b>a", "b", other.stage.value, restated=True)
+        ),
+        orjson.loads(merge_record("a", "b", survivor, merged.state, move, at)),
+        *(
+            orjson.loads(r)
+            for r in restatement_records(
+                "a",
+                cause="merge:b>a",
+                reason="customer merge",
+                retract=retract,
+                add=[merged],
+                at=at,
+            )
+        ),
     ]
     assert records[1]["kind"] == "customer_merge"
     assert (records[1]["stage_before"], records[1]["stage_after"]) == ("reach", "conversion")
     # before the merge: reach 1, conversion 1; after it: conversion 1
+    assert stage_deltas([*before, *records]) == {"conversion": 1}
     assert stage_deltas(records) == {"reach": -1}
-    flow_totals = totals(records)
-    assert {k[0] for k in flow_totals} == {"flow:conversion:", "flow:reach:conversion"}
-    assert stage_net(flow_totals)["reach"] == -1
-    assert stage_net(flow_totals)["conversion"] == 0
+    counted_now = totals([*before, *records])
+    assert {s: n for s, n in stage_net(counted_now).items() if n} == {"conversion": 1}
+    assert {k[0]: v for k, v in counted_now.items() if k[0].startswith("flow:") and v} == {
+        "flow::reach": 1,
+        "flow:reach:conversion": 1,
+    }
+    one_customer = totals(
+        [
+            orjson.loads(lifecycle_record(click, None, apply_event(None, click, RULES))),
+            orjson.loads(lifecycle_record(buy, survivor, apply_event(survivor, buy, RULES))),
+        ]
+    )
+    assert {k: v for k, v in counted_now.items() if v} == {
+        k: v for k, v in one_customer.items() if v
+    }
     # a merge that leaves the survivor where it was moves nothing
-    same = orjson.loads(merge_record("a", "c", merged, merged, None, at))
+    same = orjson.loads(merge_record("a", "c", merged.state, merged.state, None, at))
     assert stage_deltas([same]) == {}
     assert increments(same) == []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -23,8 +24,9 @@ from clm_common.lifecycle import (
     rebuild,
 )
 from clm_common.rules import LifecycleRules
-from clm_metrics.buckets import increments
-from clm_stage_engine.processor import Item, first_of_each, fold, needs_history
+from clm_metrics.buckets import BucketKey, customer_increments, event_increments, increments
+from clm_stage_engine.processor import Item, first_of_each, fold, fold_timeline, needs_history
+from clm_stage_engine.records import sweep_item
 from tests.factories import NOW, event_doc
 from tests.unit.test_lifecycle import STEP_TYPES, T0
 
@@ -63,7 +65,7 @@ def test_a_hot_customer_folds_to_one_state_and_every_event_gets_a_record() -> No
     assert records["shop:e5"]["customer"] is None
 
 
-def test_a_late_event_needs_the_history_and_the_rebuild_records_one_correction() -> None:
+def test_a_late_event_needs_the_history_and_the_rebuild_restates_the_customer() -> None:
     first = fold(
         [item(event_doc("purchase", event_id="p", occurred_at="2026-11-20T10:00:00Z"))],
         {},
@@ -81,8 +83,16 @@ def test_a_late_event_needs_the_history_and_the_rebuild_records_one_correction()
     assert state.first_seen_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
     assert state.stage is Stage.CONVERSION
     assert result.transitions == []
-    (record,) = [orjson.loads(p) for _, p in result.outbox]
+    record, restatement = [orjson.loads(p) for _, p in result.outbox]
     assert record["stage_before"] == record["stage_after"] == "conversion"
+    assert record["restated"] is True
+    assert restatement["kind"] == "restatement"
+    assert restatement["record_id"] == "restatement:cust-1@shop:a#0"
+    (old,) = restatement["retract"]
+    (new,) = restatement["add"]
+    assert [i["customer"]["first_channel"] for i in old["items"]] == ["email"]  # the purchase's
+    assert [i["customer"]["first_channel"] for i in new["items"]] == ["social", "social"]
+    assert (old["stage"], new["stage"]) == ("conversion", "conversion")
 
 
 def test_a_merge_folds_the_anonymous_history_into_the_customer() -> None:
@@ -147,9 +157,11 @@ def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
     steps: list[tuple[int, int]], rnd: random.Random, batch_size: int, repeats: int
 ) -> None:
     """The engine's strategy (drop repeats within a batch and what was already processed,
-    fold in order, rebuild on late events) equals a full rebuild of the set of events,
-    whatever the arrival order, the batching and the duplicates; and each event's flags, as
-    its record and then its corrections said them, are those of the event-time order."""
+    fold in order, rebuild on late events; the sweeper passing between batches) equals a full rebuild of the set of events,
+    whatever the arrival order, the batching and the duplicates; each event's flags, as its
+    record and then the restatements said them, are those of the event-time order; and what
+    the metrics service counts from every record (then a last sweep) equals the figures of
+    the events folded in event-time order, metric by metric, minute by minute."""
     events: list[Event] = []
     for n, (i, day) in enumerate(steps):
         type_, props = STEP_TYPES[i]
@@ -163,7 +175,7 @@ def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
     loaded: dict[str, CustomerState] = {}
     stored: list[Event] = []
     said: dict[str, tuple[bool, ...]] = {}
-    counted: collections.Counter[str] = collections.Counter()
+    counted: dict[BucketKey, Decimal] = {}
     processed: set[tuple[str, str]] = set()
     for start in range(0, len(arrival), batch_size):
         unique = first_of_each([(0, e) for e in arrival[start : start + batch_size]])
@@ -174,17 +186,40 @@ def test_any_arrival_order_batching_and_duplicates_give_the_rebuilt_state(
         histories = {"cust-1": [list(stored)]} if rebuild_keys else {}
         result = fold(batch, loaded, RULES, now=now, histories=histories)
         loaded.update(result.states)
+        if "cust-1" in loaded and rnd.random() < 0.3:  # the sweeper passes, at some time
+            swept, moves = advance(
+                loaded["cust-1"], T0 + timedelta(days=rnd.randint(0, 700)), RULES
+            )
+            if moves:
+                for key, value in customer_increments(sweep_item(loaded["cust-1"], swept, moves)):
+                    counted[key] = counted.get(key, Decimal(0)) + value
+                loaded["cust-1"] = swept
         stored.extend(i.event for i in result.applied)
         for _, payload in result.outbox:
             said_by(orjson.loads(payload), said)
             for key, value in increments(orjson.loads(payload)):
-                counted[key.metric] += int(value)
-    final, _ = advance(loaded["cust-1"], now, RULES)
+                counted[key] = counted.get(key, Decimal(0)) + value
+    final, moves = advance(loaded["cust-1"], now, RULES)
     assert final == rebuild("cust-1", events, RULES, now)
     truth = event_time_flags(events)
     assert said == truth
-    # and the metrics service, counting every record, counts the event-time order's flags
-    assert [counted[m] for m in FLAG_METRICS] == [
+    if moves:  # the sweeper's record
+        for key, value in customer_increments(sweep_item(loaded["cust-1"], final, moves)):
+            counted[key] = counted.get(key, Decimal(0)) + value
+    in_order, _ = fold_timeline("cust-1", events, RULES, until=now)
+    expected: dict[BucketKey, Decimal] = {}
+    for item_ in in_order.items:
+        parts = customer_increments(item_)
+        if item_["event"] is not None:
+            parts += event_increments(item_)
+        for key, value in parts:
+            expected[key] = expected.get(key, Decimal(0)) + value
+    assert {k: v for k, v in counted.items() if v} == {k: v for k, v in expected.items() if v}
+    # in particular the event-time order's flags
+    totals = collections.Counter({m: 0 for m in FLAG_METRICS})
+    for key, value in counted.items():
+        totals[key.metric] += int(value)
+    assert [totals[m] for m in FLAG_METRICS] == [
         sum(flags[i] for flags in truth.values()) for i in range(len(FLAGS))
     ]
 
@@ -194,15 +229,22 @@ FLAG_METRICS = ("new_customers", "repeat_purchases", "reactivations")  # what ea
 
 
 def said_by(record: dict[str, Any], said: dict[str, tuple[bool, ...]]) -> None:
-    """Book a record's flags per event id; a correction must take back what was said."""
+    """Book a record's flags per event id; a restatement must take back what was said."""
     if record["kind"] == "event":
         said[record["record_id"]] = tuple(record[f] for f in FLAGS)
-    elif record["kind"] == "correction":
-        event = record["corrected"]["event"]
-        ident = f"{event['source']}:{event['event_id']}"
-        assert said[ident] == tuple(record["corrected"][f] for f in FLAGS)
-        assert said[ident] != tuple(record[f] for f in FLAGS)  # only real changes
-        said[ident] = tuple(record[f] for f in FLAGS)
+    elif record["kind"] == "restatement":
+        for side in ("retract", "add"):
+            for timeline in record[side]:
+                for item_ in timeline["items"]:
+                    event = item_["event"]
+                    if event is None:
+                        continue
+                    ident = f"{event['source']}:{event['event_id']}"
+                    flags = tuple(item_[f] for f in FLAGS)
+                    if side == "retract":
+                        assert said[ident] == flags
+                    else:
+                        said[ident] = flags
 
 
 def event_time_flags(events: list[Event]) -> dict[str, tuple[bool, ...]]:
@@ -215,9 +257,10 @@ def event_time_flags(events: list[Event]) -> dict[str, tuple[bool, ...]]:
     return out
 
 
-def test_a_late_first_purchase_corrects_the_purchase_that_was_first() -> None:
+def test_a_late_first_purchase_restates_the_purchase_that_was_first() -> None:
     """Published: p2 as the first purchase. A purchase from before arrives: its record says
-    first purchase, and a correction turns p2 into a repeat purchase, naming the cause."""
+    first purchase, and the restatement takes back p2 as first and adds p1 as first and p2 as
+    a repeat purchase, naming the cause."""
     first = fold(
         [item(event_doc("purchase", event_id="p2", order_id="o2", occurred_at=DAY2))],
         {},
@@ -230,35 +273,47 @@ def test_a_late_first_purchase_corrects_the_purchase_that_was_first() -> None:
     records = [orjson.loads(p) for _, p in result.outbox]
     assert [(r["kind"], r["record_id"]) for r in records] == [
         ("event", "shop:p1"),
-        ("correction", "correction:shop:p2@shop:p1"),
+        ("restatement", "restatement:cust-1@shop:p1#0"),
     ]
     new, fix = records
-    assert (new["first_purchase"], new["repeat_purchase"]) == (True, False)
-    assert fix["corrected"]["event"]["event_id"] == "p2"
-    assert (fix["corrected"]["first_purchase"], fix["corrected"]["repeat_purchase"]) == (
-        True,
-        False,
-    )
-    assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)
-    assert fix["corrected"]["customer"]["purchases"] == 1
-    assert fix["customer"]["purchases"] == 2
-    assert (fix["event"], fix["stage_before"], fix["stage_after"]) == (None, None, None)
-    assert fix["customer_id"] == "cust-1"
+    assert (new["first_purchase"], new["repeat_purchase"], new["restated"]) == (True, False, True)
     assert fix["reason"] == "late event"
+    assert fix["customer_id"] == "cust-1"
+    assert fix["events_too"] is False
+    assert flags_of_items(fix["retract"]) == [("p2", True, False)]
+    assert flags_of_items(fix["add"]) == [("p1", True, False), ("p2", False, True)]
+    (old,) = fix["retract"]
+    assert old["items"][0]["customer"]["purchases"] == 1
+    assert fix["add"][0]["items"][1]["customer"]["purchases"] == 2
 
 
-def test_a_late_visit_corrects_nothing() -> None:
+def flags_of_items(timelines: list[dict[str, Any]]) -> list[tuple[str, bool, bool]]:
+    return [
+        (i["event"]["event_id"], i["first_purchase"], i["repeat_purchase"])
+        for t in timelines
+        for i in t["items"]
+        if i["event"] is not None
+    ]
+
+
+def test_a_late_visit_restates_the_first_touch() -> None:
     first = fold([item(event_doc("purchase", event_id="p2", occurred_at=DAY2))], {}, RULES, now=NOW)
-    late = item(event_doc("site_visit", event_id="v1", occurred_at=DAY1))
+    late = item(event_doc("site_visit", event_id="v1", occurred_at=DAY1, channel="email"))
     result = fold(
         [late], first.states, RULES, now=NOW, histories={"cust-1": [[first.applied[0].event]]}
     )
-    assert [orjson.loads(p)["kind"] for _, p in result.outbox] == ["event"]
+    records = [orjson.loads(p) for _, p in result.outbox]
+    assert [r["kind"] for r in records] == ["event", "restatement"]
+    assert [i["customer"]["first_channel"] for i in records[1]["add"][0]["items"]] == [
+        "email",
+        "email",
+    ]
 
 
-def test_a_merge_corrects_the_anonymous_profiles_first_purchase() -> None:
+def test_a_merge_restates_the_anonymous_profiles_first_purchase() -> None:
     """The customer bought on day 1; an anonymous profile bought on day 2 (its record: a first
-    purchase, of that profile). Once merged, that purchase is the customer's second."""
+    purchase, of that profile). Once merged, that purchase is the customer's second: the
+    restatement takes back both profiles' timelines and adds the merged one."""
     own = fold([item(event_doc("purchase", event_id="p1", occurred_at=DAY1))], {}, RULES, now=NOW)
     anon_doc = event_doc("purchase", customer_id=None, event_id="p2", order_id="o2")
     anon = fold(
@@ -277,13 +332,18 @@ def test_a_merge_corrects_the_anonymous_profiles_first_purchase() -> None:
         now=NOW,
         histories={"cust-1": groups},
         merges={"cust-1": ["anon-1"]},
+        merged_states=anon.states,
     )
-    fixes = [r for r in (orjson.loads(p) for _, p in result.outbox) if r["kind"] == "correction"]
-    assert [(f["record_id"], f["reason"]) for f in fixes] == [
-        ("correction:shop:p2@shop:i1", "identity merge")
+    (fix,) = [r for r in (orjson.loads(p) for _, p in result.outbox) if r["kind"] == "restatement"]
+    assert (fix["record_id"], fix["reason"]) == ("restatement:cust-1@shop:i1#0", "identity merge")
+    assert [(t["customer_id"], t["stage"]) for t in fix["retract"]] == [
+        ("cust-1", "conversion"),
+        ("anon-1", "conversion"),
     ]
-    (fix,) = fixes
-    assert fix["corrected"]["first_purchase"] is True
-    assert fix["corrected"]["customer"]["customer_id"] == "anon-1"
-    assert (fix["first_purchase"], fix["repeat_purchase"]) == (False, True)
-    assert fix["customer"]["customer_id"] == "cust-1"
+    assert flags_of_items(fix["retract"]) == [("p1", True, False), ("p2", True, False)]
+    assert flags_of_items(fix["add"]) == [
+        ("p1", True, False),
+        ("p2", False, True),
+        ("i1", False, False),
+    ]
+    assert fix["add"][0]["customer_id"] == "cust-1"

@@ -361,13 +361,16 @@ metrics_tickets = Table(
     PrimaryKeyConstraint("customer_id", "ticket_id"),
 )
 
-# Which customer purchased in which period (exact cohort counts), and the counts themselves.
+# Which customer purchased in which period, how often and in which cohort it was counted
+# (exact cohort counts that restatements can take back), and the counts themselves.
 metrics_cohort_activity = Table(
     "metrics_cohort_activity",
     metadata,
     Column("period", Text, nullable=False),
     Column("customer_id", Text, nullable=False),
     Column("period_start", Date, nullable=False),
+    Column("purchases", Integer, nullable=False, server_default="1"),
+    Column("cohort", Date, nullable=True),
     PrimaryKeyConstraint("period", "customer_id", "period_start"),
 )
 

@@ -26,7 +26,7 @@ written from the per-ticket states of :mod:`clm_metrics.tickets`, not from here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -114,17 +114,12 @@ def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Dec
     survivor of an explicit merge (``customer_merge``: the flow ``flow:<before>:<after>`` at
     the merge, nothing else — no lead nor stay: the merged profiles' own moves counted those
     when they happened)."""
+    if record.get("kind") == "time":
+        return customer_increments(record)
     facts = record.get("customer") or {}
     src, ch = str(facts.get("first_source") or ""), str(facts.get("first_channel") or "")
     out: list[tuple[BucketKey, Decimal]] = []
     before, after = record.get("stage_before"), record.get("stage_after")
-    if record.get("kind") == "time":
-
-        def add(metric: str, when: datetime) -> None:
-            out.append((BucketKey(floor_minute(when), metric, src, ch, ""), Decimal(1)))
-
-        _count_moves(record.get("transitions") or [], _entered_before(record), facts, add)
-        return out
     if before is not None and before != after and record.get("at"):
         flow = f"flow:{before}:{after or ''}"
         out.append((BucketKey(floor_minute(_when(record["at"])), flow, src, ch, ""), Decimal(1)))
@@ -132,28 +127,53 @@ def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Dec
 
 
 def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
-    """The bucket increments one ``clm.lifecycle.v1`` record makes."""
-    event = record.get("event")
-    if record.get("kind") == "correction":
+    """The bucket increments one lifecycle record makes (v1 or v2): an event record's event
+    part, and its customer part unless a restatement carries it (``restated``)."""
+    kind = record.get("kind")
+    if kind == "correction":
         return _correction_increments(record)
-    if event is None:
-        return _no_event_increments(record)
+    if kind == "restatement":
+        return restatement_increments(record)
+    if record.get("event") is None:
+        return [] if record.get("restated") else _no_event_increments(record)
+    out = event_increments(record)
+    if not record.get("restated"):
+        out.extend(customer_increments(record))
+    return out
+
+
+def restatement_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
+    """A ``restatement``: each ``retract`` item's customer part taken back (its event part
+    too when ``events_too``: an erasure), each ``add`` item's customer part added."""
+    out: list[tuple[BucketKey, Decimal]] = []
+    events_too = bool(record.get("events_too"))
+    for item in _items(record, "retract"):
+        out.extend((k, -v) for k, v in customer_increments(item))
+        if events_too and item.get("event") is not None:
+            out.extend((k, -v) for k, v in event_increments(item))
+    for item in _items(record, "add"):
+        out.extend(customer_increments(item))
+    return out
+
+
+def _items(record: Mapping[str, Any], side: str) -> Iterator[Mapping[str, Any]]:
+    for timeline in record.get(side) or ():
+        yield from timeline["items"]
+
+
+def event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
+    """An event's own figures, by its source, channel and minute (the spend: its period's)."""
+    event = record["event"]
     type_ = str(event["type"])
     at = floor_minute(_when(event["occurred_at"]))
     ev_src = str(event.get("source") or "")
     ev_ch = str(event.get("channel") or "")
     props = event.get("properties") or {}
-    facts = record.get("customer") or {}
-    ft_src = str(facts.get("first_source") or ev_src)
-    ft_ch = str(facts.get("first_channel") or "")
     one = Decimal(1)
     out: list[tuple[BucketKey, Decimal]] = []
 
     def ev(metric: str, value: Decimal = one, currency: str = "") -> None:
         out.append((BucketKey(at, metric, ev_src, ev_ch, currency), value))
-
-    def cu(metric: str, value: Decimal = one, currency: str = "", when: datetime = at) -> None:
-        out.append((BucketKey(floor_minute(when), metric, ft_src, ft_ch, currency), value))
 
     ev("events")
     ev(f"events:{type_}")
@@ -161,7 +181,6 @@ def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
         currency, amount = str(props["currency"]), Decimal(str(props["amount"]))
         ev("orders", one, currency)
         ev("revenue", amount, currency)
-        cu("customer_revenue", amount, currency)
     elif type_ == "refund":
         ev("refunds")
         ev("refund_amount", Decimal(str(props["amount"])), str(props.get("currency") or ""))
@@ -193,7 +212,37 @@ def increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
                 amount,
             )
         )
+    return out
 
+
+def customer_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
+    """What a record (or a timeline item) counts of its customer, by first touch after it:
+    the moves (flows, stays, leads), the flags, the revenue of a purchase; a record without
+    an event (a sweep) only its moves."""
+    event = record.get("event")
+    facts = record.get("customer") or {}
+    if event is None:
+        src, ch = str(facts.get("first_source") or ""), str(facts.get("first_channel") or "")
+        out: list[tuple[BucketKey, Decimal]] = []
+
+        def add(metric: str, when: datetime) -> None:
+            out.append((BucketKey(floor_minute(when), metric, src, ch, ""), Decimal(1)))
+
+        _count_moves(record.get("transitions") or [], _entered_before(record), facts, add)
+        return out
+    at = floor_minute(_when(event["occurred_at"]))
+    ev_src = str(event.get("source") or "")
+    ft_src = str(facts.get("first_source") or ev_src)
+    ft_ch = str(facts.get("first_channel") or "")
+    one = Decimal(1)
+    out = []
+
+    def cu(metric: str, value: Decimal = one, currency: str = "", when: datetime = at) -> None:
+        out.append((BucketKey(floor_minute(when), metric, ft_src, ft_ch, currency), value))
+
+    if event["type"] == "purchase":
+        props = event.get("properties") or {}
+        cu("customer_revenue", Decimal(str(props["amount"])), str(props["currency"]))
     before, after = record.get("stage_before"), record.get("stage_after")
     moves = record.get("transitions")
     if moves is None:  # a record from before per-move accounting: its net move, at the last
@@ -257,9 +306,19 @@ def aggregate(pairs: Iterable[tuple[BucketKey, Decimal]]) -> dict[BucketKey, Dec
 
 
 def stage_deltas(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """How many customers each stage gained or lost (a new customer has no stage before)."""
+    """How many customers each stage gained or lost (a new customer has no stage before; a
+    restatement takes its ``retract`` timelines' stages back and adds its ``add`` ones)."""
     out: dict[str, int] = {}
     for r in records:
+        if r.get("kind") == "restatement":
+            for side, sign in (("retract", -1), ("add", 1)):
+                for timeline in r.get(side) or ():
+                    if timeline.get("stage"):
+                        stage = str(timeline["stage"])
+                        out[stage] = out.get(stage, 0) + sign
+            continue
+        if r.get("restated"):
+            continue
         before, after = r.get("stage_before"), r.get("stage_after")
         if before == after:
             continue
@@ -338,18 +397,35 @@ def period_start(period: str, at: datetime) -> date:
     return day - timedelta(days=day.weekday())
 
 
-def cohort_rows(record: Mapping[str, Any]) -> list[tuple[str, str, date, date]]:
-    """``(period, customer, period of this purchase, cohort)`` for monthly and weekly cohorts;
-    the cohort is the period of the customer's first purchase (``converted_at``)."""
-    event = record.get("event")
-    if event is None:
+CohortRow = tuple[str, str, date, date, int]
+
+
+def cohort_rows(record: Mapping[str, Any]) -> list[CohortRow]:
+    """``(period, customer, period of the purchase, cohort, +1/-1)`` for monthly and weekly
+    cohorts: a purchase counts its customer active in its period, in the cohort of the
+    period of the customer's first purchase (``converted_at``); a restatement takes its
+    ``retract`` purchases back and adds its ``add`` ones."""
+    if record.get("kind") == "restatement":
+        out: list[CohortRow] = []
+        for side, sign in (("retract", -1), ("add", 1)):
+            for timeline in record.get(side) or ():
+                who = str(timeline["customer_id"])
+                for item in timeline["items"]:
+                    out.extend(_cohort_rows(item, who, sign))
+        return out
+    if record.get("restated"):
         return []
+    customer = customer_id_of(record)
+    return [] if customer is None else _cohort_rows(record, customer, 1)
+
+
+def _cohort_rows(record: Mapping[str, Any], who: str, sign: int) -> list[CohortRow]:
+    event = record.get("event")
     facts = record.get("customer") or {}
-    who = customer_id_of(record)
-    if event["type"] != "purchase" or not facts.get("converted_at") or who is None:
+    if event is None or event["type"] != "purchase" or not facts.get("converted_at"):
         return []
     at, converted = _when(event["occurred_at"]), _when(facts["converted_at"])
     return [
-        (period, who, period_start(period, at), period_start(period, converted))
+        (period, who, period_start(period, at), period_start(period, converted), sign)
         for period in ("month", "week")
     ]

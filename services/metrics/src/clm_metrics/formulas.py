@@ -201,8 +201,8 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
     nps_n = int(sums("nps_responses"))
     reviews = int(sums("reviews"))
 
-    spend_by_channel = sums.grouped("spend", "channel", rc)
-    customers_by_channel = sums.grouped("new_customers", "channel")
+    spend_by_channel = nonzero(sums.grouped("spend", "channel", rc))
+    customers_by_channel = nonzero(sums.grouped("new_customers", "channel"))
     cac_by_channel = {
         ch: {
             "spend": money(spend_by_channel.get(ch, ZERO)),
@@ -211,9 +211,9 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         }
         for ch in sorted(set(spend_by_channel) | set(customers_by_channel))
     }
-    c_spend = sums.prefixed("campaign_spend:", rc)
-    c_leads = sums.prefixed("campaign_leads:")
-    c_customers = sums.prefixed("campaign_customers:")
+    c_spend = nonzero(sums.prefixed("campaign_spend:", rc))
+    c_leads = nonzero(sums.prefixed("campaign_leads:"))
+    c_customers = nonzero(sums.prefixed("campaign_customers:"))
     campaigns = {
         c: {
             "spend": money(c_spend.get(c, ZERO)),
@@ -223,8 +223,8 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         }
         for c in sorted(set(c_spend) | set(c_leads) | set(c_customers))
     }
-    life_revenue = life.grouped("customer_revenue", "channel", rc)
-    life_customers = life.grouped("new_customers", "channel")
+    life_revenue = nonzero(life.grouped("customer_revenue", "channel", rc))
+    life_customers = nonzero(life.grouped("new_customers", "channel"))
     clv_by_channel = {}
     for ch in sorted(set(life_revenue) | set(life_customers) | set(cac_by_channel)):
         historical = ratio(life_revenue.get(ch, ZERO), life_customers.get(ch, ZERO))
@@ -241,10 +241,10 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         "ad_clicks": int(sums("events:ad_click")),
         "unique_visitors": visitors,
         "visits_by_channel": {
-            k: int(v) for k, v in sorted(sums.grouped("events:site_visit", "channel").items())
+            k: int(v) for k, v in sorted(sums.grouped("events:site_visit", "channel").items()) if v
         },
         "visits_by_source": {
-            k: int(v) for k, v in sorted(sums.grouped("events:site_visit", "source").items())
+            k: int(v) for k, v in sorted(sums.grouped("events:site_visit", "source").items()) if v
         },
         # acquisition
         "leads": leads,
@@ -262,7 +262,9 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         "currency": rc,
         "revenue": money(revenue),
         "revenue_by_currency": {
-            c: money(sums("revenue", c)) for c in sorted({k[3] for k in t if k[0] == "revenue"})
+            c: money(sums("revenue", c))
+            for c in sorted({k[3] for k in t if k[0] == "revenue"})
+            if sums("revenue", c)
         },
         "average_order_value": money(aov),
         "purchasing_customers": purchasers,
@@ -348,3 +350,8 @@ def lifecycle_map(inputs: WindowInputs) -> dict[str, Any]:
         "median_seconds_in_stage": medians,
         "stage_conversion": conversion,
     }
+
+
+def nonzero(values: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    """Groups whose sum is not zero: what restatements took back entirely is not listed."""
+    return {k: v for k, v in values.items() if v}

@@ -1,4 +1,5 @@
-"""One micro-batch of ``clm.lifecycle.v1``, counted inside the consumer's transaction."""
+"""One micro-batch of ``clm.lifecycle.v1`` (records of the v1 and v2 contracts,
+:mod:`clm_common.lifecycle_records`), counted inside the consumer's transaction."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_common.consumer import BatchResult, Poison
+from clm_common.lifecycle_records import LifecycleRecord, decode
 from clm_metrics import repository
 from clm_metrics.buckets import (
     BucketKey,
+    CohortRow,
     DistinctKey,
     aggregate,
     cohort_rows,
@@ -26,8 +29,8 @@ from clm_metrics.tickets import TicketEvent, advance, ticket_event
 Parsed = tuple[
     list[tuple[BucketKey, Any]],
     list[tuple[DistinctKey, str]],
-    list[Any],
-    dict[str, Any],
+    list[CohortRow],
+    LifecycleRecord,
     TicketEvent | None,
 ]
 
@@ -46,7 +49,7 @@ class LifecycleHandler:
         docs: dict[str, Parsed] = {}
         for record in records:
             try:
-                doc = orjson.loads(record.value)
+                doc = decode(record.value)
                 record_id = str(doc["record_id"])
                 parsed = (
                     increments(doc),

@@ -21,7 +21,8 @@ from clm_common.schema import (
     kpi_rollups,
 )
 from clm_metrics import distinct
-from clm_metrics.buckets import BucketKey, DistinctKey, Leaving
+from clm_metrics.buckets import BucketKey, CohortRow, DistinctKey, Leaving
+from clm_metrics.cohorts import Activity, cohort_changes
 from clm_metrics.distinct import Distinct, NumberCache
 from clm_metrics.tickets import LEVEL, TicketKey, TicketState
 from clm_metrics.windows import EPOCH, Grain, Segment, floor_to
@@ -543,12 +544,30 @@ async def _write_distinct(
         )
 
 
-_CLAIM_COHORT_ACTIVITY = text(
+_LOCK_COHORT_ACTIVITY = text(
     """
-    INSERT INTO metrics_cohort_activity (period, customer_id, period_start)
-    SELECT * FROM unnest(CAST(:p AS text[]), CAST(:c AS text[]), CAST(:s AS date[]))
-    ON CONFLICT DO NOTHING
-    RETURNING period, customer_id, period_start
+    SELECT a.period, a.customer_id, a.period_start, a.purchases, a.cohort
+    FROM metrics_cohort_activity AS a
+    JOIN unnest(CAST(:p AS text[]), CAST(:c AS text[]), CAST(:s AS date[])) AS k(p, c, s)
+      ON a.period = k.p AND a.customer_id = k.c AND a.period_start = k.s
+    ORDER BY 1, 2, 3
+    FOR UPDATE OF a
+    """
+)
+_WRITE_COHORT_ACTIVITY = text(
+    """
+    INSERT INTO metrics_cohort_activity AS t (period, customer_id, period_start, purchases, cohort)
+    SELECT * FROM unnest(CAST(:p AS text[]), CAST(:c AS text[]), CAST(:s AS date[]),
+                         CAST(:n AS integer[]), CAST(:k AS date[]))
+    ON CONFLICT (period, customer_id, period_start)
+    DO UPDATE SET purchases = EXCLUDED.purchases, cohort = EXCLUDED.cohort
+    """
+)
+_DROP_COHORT_ACTIVITY = text(
+    """
+    DELETE FROM metrics_cohort_activity AS a
+    USING unnest(CAST(:p AS text[]), CAST(:c AS text[]), CAST(:s AS date[])) AS k(p, c, s)
+    WHERE a.period = k.p AND a.customer_id = k.c AND a.period_start = k.s
     """
 )
 _ADD_COHORTS = text(
@@ -563,27 +582,36 @@ _ADD_COHORTS = text(
 )
 
 
-async def add_cohort_activity(
-    conn: AsyncConnection, rows: Sequence[tuple[str, str, date, date]]
-) -> None:
-    """``(period, customer, period_start, cohort)``: count each customer once per period."""
+async def add_cohort_activity(conn: AsyncConnection, rows: Sequence[CohortRow]) -> None:
+    """``(period, customer, period_start, cohort, +1/-1)``: each customer counts once in a
+    period while it has purchases there (restatements take purchases back)."""
     if not rows:
         return
-    cohort_of = {(p, cust, start): cohort for p, cust, start, cohort in rows}
-    counts: dict[tuple[str, date, int], int] = {}
-    claimed = sorted(cohort_of)
-    fresh = await conn.execute(
-        _CLAIM_COHORT_ACTIVITY,
-        {
-            "p": [p for p, _, _ in claimed],
-            "c": [c for _, c, _ in claimed],
-            "s": [s for _, _, s in claimed],
-        },
+    keys = sorted({(p, who, start) for p, who, start, _, _ in rows})
+    found = await conn.execute(
+        _LOCK_COHORT_ACTIVITY,
+        {"p": [k[0] for k in keys], "c": [k[1] for k in keys], "s": [k[2] for k in keys]},
     )
-    for p, cu, s in fresh:
-        cohort = cohort_of[(p, cu, s)]
-        key = (p, cohort, periods_between(p, cohort, s))
-        counts[key] = counts.get(key, 0) + 1
+    known = {(p, c, s): Activity(int(n), k) for p, c, s, n, k in found}
+    states, counts = cohort_changes(known, rows)
+    kept = sorted((k, a) for k, a in states.items() if a is not None)
+    gone = sorted(k for k, a in states.items() if a is None and k in known)
+    if kept:
+        await conn.execute(
+            _WRITE_COHORT_ACTIVITY,
+            {
+                "p": [k[0] for k, _ in kept],
+                "c": [k[1] for k, _ in kept],
+                "s": [k[2] for k, _ in kept],
+                "n": [a.purchases for _, a in kept],
+                "k": [a.cohort for _, a in kept],
+            },
+        )
+    if gone:
+        await conn.execute(
+            _DROP_COHORT_ACTIVITY,
+            {"p": [k[0] for k in gone], "c": [k[1] for k in gone], "s": [k[2] for k in gone]},
+        )
     if not counts:
         return
     ordered = sorted(counts.items())
@@ -596,12 +624,6 @@ async def add_cohort_activity(
             "v": [v for _, v in ordered],
         },
     )
-
-
-def periods_between(period: str, cohort: date, start: date) -> int:
-    if period == "month":
-        return (start.year - cohort.year) * 12 + start.month - cohort.month
-    return (start - cohort).days // 7
 
 
 def _filtered(table: Table, source: str | None, channel: str | None) -> list[Any]:
@@ -841,7 +863,7 @@ async def cohorts(conn: AsyncConnection, period: str) -> list[tuple[date, int, i
     c = kpi_cohorts.c
     rows = await conn.execute(
         select(c.cohort, c.periods_since, c.customers)
-        .where(c.period == period)
+        .where(c.period == period, c.customers != 0)
         .order_by(c.cohort, c.periods_since)
     )
     return [(cohort, int(n), int(v)) for cohort, n, v in rows]

@@ -183,6 +183,7 @@ class EventsHandler:
             now=now,
             histories=histories,
             merges=merges,
+            merged_states={a: loaded[a] for anons in merges.values() for a in anons},
         )
         poison.extend(Poison(record, reason) for record, reason in result.failed)
         phases.lap("fold")
@@ -264,6 +265,7 @@ class EventsHandler:
                             anon,
                             loaded[anon].stage.value,
                             merged_into=cid,
+                            restated=True,  # the rebuild's restatement takes it back
                         ),
                     )
                 )

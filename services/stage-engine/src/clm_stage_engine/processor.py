@@ -4,17 +4,19 @@ Per customer the batch's events are folded in memory in event-time order, so a h
 costs one row write per batch. Events arriving in order are applied incrementally; a late event
 (earlier than what was already applied) or an identity merge makes the customer be rebuilt from
 its whole event set, so the result never depends on arrival order. A rebuild also publishes a
-``correction`` record for every stored event whose flags (first purchase, repeat purchase,
-reactivation) it changed, so consumers that count flags end up with the counts of the event set
-in event-time order too. Events the reducer cannot apply come back as failures with the reason.
+``restatement``: the customer's timeline as it was counted before (each profile's stored events
+folded alone, in event-time order, up to the inactivity moves it had made) to take back, and
+its timeline now to add, so consumers that count anything of a customer's past (flows, first
+touch, flags, cohorts) end up with the counts of the event set in event-time order. Events the
+reducer cannot apply come back as failures with the reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from clm_common.events import Event, dump_event, partition_key
 from clm_common.lifecycle import (
@@ -30,11 +32,12 @@ from clm_common.lifecycle import (
 )
 from clm_common.rules import LifecycleRules
 from clm_stage_engine.records import (
-    Flags,
-    correction_record,
-    flags_of,
+    Timeline,
     lifecycle_record,
     record_id,
+    restatement_records,
+    sweep_item,
+    timeline_item,
 )
 
 T = TypeVar("T")
@@ -108,16 +111,19 @@ def fold(
     now: datetime,
     histories: Mapping[str, Sequence[Sequence[Event]]] | None = None,
     merges: Mapping[str, Sequence[str]] | None = None,
+    merged_states: Mapping[str, CustomerState] | None = None,
 ) -> FoldResult[T]:
     """Apply the batch.
 
     ``histories`` holds, for every customer :func:`needs_history` named, its stored events as
     groups, one per profile they were applied on: the customer's own, then those of each
-    profile merged into it in this batch (``merges`` maps a customer to them). A group is
-    folded alone to know the flags its records were published with.
+    profile merged into it in this batch (``merges`` maps a customer to them; their states
+    before the batch are in ``merged_states``). A group is folded alone to know what was
+    counted of it.
     """
     histories = histories or {}
     merges = merges or {}
+    merged_states = merged_states or {}
     result: FoldResult[T] = FoldResult()
     by_key: dict[str | None, list[Item[T]]] = {}
     for item in items:
@@ -136,7 +142,8 @@ def fold(
         before = loaded.get(key)
         if key in histories:
             groups = histories[key]
-            _rebuild(result, key, before, groups, batch, merges.get(key, ()), rules, now)
+            sources = [(s, merged_states.get(s)) for s in merges.get(key, ())]
+            _rebuild(result, key, before, groups, batch, sources, rules, now)
         else:
             _incremental(result, key, before, batch, rules)
     return result
@@ -156,13 +163,7 @@ def _incremental(
             result.failed.append((item.tag, f"reducer: {exc!r}"))
             continue
         if applied.state.customer_id != key:  # an anonymous event landing on its customer
-            applied = Applied(
-                state=_keyed(applied.state, key),
-                transitions=tuple(_retag(t, key) for t in applied.transitions),
-                first_purchase=applied.first_purchase,
-                repeat_purchase=applied.repeat_purchase,
-                reactivation=applied.reactivation,
-            )
+            applied = _rekeyed(applied, key)
         result.transitions.extend(applied.transitions)
         result.outbox.append((key, lifecycle_record(item.event, state, applied, wire=item.wire)))
         result.applied.append(item)
@@ -177,24 +178,35 @@ def _rebuild(
     before: CustomerState | None,
     groups: Sequence[Sequence[Event]],
     batch: Sequence[Item[T]],
-    merged_from: Sequence[str],
+    sources: Sequence[tuple[str, CustomerState | None]],
     rules: LifecycleRules,
     now: datetime,
 ) -> None:
     """Refold the customer from everything it ever had, in event-time order.
 
     The history records one correcting move (old stage → rebuilt stage) rather than rewriting
-    the past; each new event's record carries the flags it has at its place in event time, and
-    each stored event whose flags changed gets a ``correction`` record (old and new flags).
+    the past; each new event's record carries the flags it has at its place in event time,
+    and a restatement takes back each profile's timeline as counted before and adds the
+    rebuilt one (the new events' customer part included: their records say ``restated``).
     """
     try:
-        done = refold(groups, [i.event for i in batch], rules)
-        assert done.state is not None
-        state, _ = advance(_keyed(done.state, key), now, rules)
+        old = counted([(key, before, groups[0] if groups else ())], rules)
+        old += counted(
+            [
+                (source, state, group)
+                for (source, state), group in zip(sources, groups[1:], strict=True)
+            ],
+            rules,
+        )
+        done, applied_new = fold_timeline(
+            key, [*(e for g in groups for e in g), *(i.event for i in batch)], rules, until=now
+        )
+        state = done.state
+        assert state is not None
     except Exception as exc:
         result.failed.extend((i.tag, f"reducer (rebuild): {exc!r}") for i in batch)
         return
-    reason = "identity merge" if merged_from else "late event"
+    reason = "identity merge" if sources else "late event"
     moved = before is None or before.stage != state.stage
     correction = Transition(
         key,
@@ -208,7 +220,7 @@ def _rebuild(
         result.transitions.append(correction)
     previous = before
     for n, item in enumerate(batch):
-        flags = done.new[(item.event.source, item.event.event_id)]
+        flags = applied_new[(item.event.source, item.event.event_id)]
         last = n == len(batch) - 1
         applied = Applied(
             state=state,
@@ -217,86 +229,71 @@ def _rebuild(
             repeat_purchase=flags.repeat_purchase,
             reactivation=flags.reactivation,
         )
-        result.outbox.append((key, lifecycle_record(item.event, previous, applied, wire=item.wire)))
+        record = lifecycle_record(item.event, previous, applied, wire=item.wire, restated=True)
+        result.outbox.append((key, record))
         result.applied.append(item)
         previous = state
     cause = record_id(batch[0].event) if batch else ""
-    result.outbox.extend(correction_records(key, done, cause=cause, reason=reason))
+    result.outbox.extend(
+        (key, r)
+        for r in restatement_records(
+            key, cause=cause, reason=reason, retract=old, add=[done], at=now
+        )
+    )
     result.states[key] = state
 
 
-@dataclass(slots=True)
-class Refolded:
-    """A customer folded again from its stored events (and new ones), in event-time order."""
-
+def fold_timeline(
+    key: str, events: Iterable[Event], rules: LifecycleRules, *, until: datetime | None
+) -> tuple[Timeline, dict[tuple[str, str], Applied]]:
+    """A profile's timeline: ``events`` folded in event-time order (each one's item), then
+    the inactivity moves due by ``until`` (None: none); and what applying each event gave."""
     state: CustomerState | None = None
-    new: dict[tuple[str, str], Applied] = field(default_factory=dict)  # the new events'
-    # stored events whose flags changed: the event, its flags and the state after it as
-    # published, and as applied now
-    changed: list[tuple[Event, Flags, CustomerState, Applied]] = field(default_factory=list)
-
-
-def refold(
-    groups: Sequence[Sequence[Event]], new: Sequence[Event], rules: LifecycleRules
-) -> Refolded:
-    """Fold ``groups`` (stored events, one group per profile they were applied on) and
-    ``new`` events together in event-time order, noting every stored event whose flags
-    differ from those its records were published with."""
-    published = {ident: then for group in groups for ident, then in _fold_flags(group, rules)}
-    out = Refolded()
-    for event in sorted([*(e for g in groups for e in g), *new], key=event_order):
-        applied = apply_event(out.state, event, rules)
-        out.state = applied.state
-        ident = (event.source, event.event_id)
-        then = published.get(ident)
-        if then is None:
-            out.new[ident] = applied
-        elif then[0] != flags_of(applied):
-            out.changed.append((event, then[0], then[1], applied))
-    return out
-
-
-def correction_records(
-    key: str, done: Refolded, *, cause: str, reason: str
-) -> list[tuple[str, bytes]]:
-    """The ``correction`` records of a refold's changed flags, as outbox (key, value) pairs;
-    ``cause`` names what made the refold (the first new event's record id, a merge)."""
-    return [
-        (
-            key,
-            correction_record(
-                key,
-                event,
-                old,
-                old_state,
-                flags_of(applied),
-                _keyed(applied.state, key),
-                cause=cause,
-                reason=reason,
-            ),
-        )
-        for event, old, old_state, applied in done.changed
-    ]
-
-
-def _fold_flags(
-    events: Sequence[Event], rules: LifecycleRules
-) -> list[tuple[tuple[str, str], tuple[Flags, CustomerState]]]:
-    """Each event's flags and the state after it, folding ``events`` alone in event-time
-    order: what its records were published with (every record ever published for an event
-    carries its flags among the events known then, in event-time order — incremental
-    application is in order, and rebuilds correct the rest)."""
-    out = []
-    state: CustomerState | None = None
+    items: list[dict[str, Any]] = []
+    applied_by_id: dict[tuple[str, str], Applied] = {}
     for event in sorted(events, key=event_order):
         applied = apply_event(state, event, rules)
+        if applied.state.customer_id != key:
+            applied = _rekeyed(applied, key)
+        items.append(timeline_item(event, state, applied))
+        applied_by_id[(event.source, event.event_id)] = applied
         state = applied.state
-        out.append(((event.source, event.event_id), (flags_of(applied), state)))
+    if state is not None and until is not None:
+        after, moves = advance(state, until, rules)
+        if moves:
+            items.append(sweep_item(state, after, moves))
+            state = after
+    return Timeline(key, state, tuple(items)), applied_by_id
+
+
+def counted(
+    profiles: Iterable[tuple[str, CustomerState | None, Sequence[Event]]], rules: LifecycleRules
+) -> list[Timeline]:
+    """What was counted of each profile before (its id, its stored state, its stored events):
+    its events folded alone, then the inactivity moves that brought it to its stored stage
+    (moves up to when it entered that stage: the sweeper's, or a rebuild's). Profiles with
+    no stored state or no events were never counted."""
+    out = []
+    for who, state, events in profiles:
+        if state is None or not events:
+            continue
+        timeline, _ = fold_timeline(who, events, rules, until=state.stage_entered_at)
+        out.append(timeline)
     return out
 
 
 def _keyed(state: CustomerState, key: str) -> CustomerState:
     return state if state.customer_id == key else evolve(state, {"customer_id": key})
+
+
+def _rekeyed(applied: Applied, key: str) -> Applied:
+    return Applied(
+        state=_keyed(applied.state, key),
+        transitions=tuple(_retag(t, key) for t in applied.transitions),
+        first_purchase=applied.first_purchase,
+        repeat_purchase=applied.repeat_purchase,
+        reactivation=applied.reactivation,
+    )
 
 
 def _retag(t: Transition, key: str) -> Transition:

@@ -1,55 +1,28 @@
-"""The lifecycle record published on ``clm.lifecycle.v1`` (one per applied event), pure.
+"""The records published on ``clm.lifecycle.v1`` (the stream; one per applied event and a few
+more), pure. Each record names its shape in ``schema``; this engine writes ``clm.lifecycle.v2``
+(``docs/lifecycle-records.md`` has the contract, the JSON Schema is under ``deploy/schemas/``).
 
-Versioned schema ``clm.lifecycle.v1``::
+Kinds: ``event`` (one per applied event: the event, the customer's facts after it, its stage
+before and after, every move it caused, its first-purchase / repeat-purchase / reactivation
+flags), ``time`` (the sweeper's inactivity moves), ``identity_merge`` and ``erasure`` (a
+profile leaving: merged into another, or erased), ``customer_merge`` (the survivor of an
+explicit merge) and ``restatement``.
 
-    {"schema": "clm.lifecycle.v1", "kind": "event", "record_id": "<source>:<event_id>",
-     "event": {...the event as ingested...},
-     "customer": {...facts after the event...} | null,   (null for marketing_spend)
-     "stage_before": "reach" | null, "stage_after": "conversion" | null,
-     "stage_before_entered_at": "<when the customer entered stage_before>" | null,
-     "transition": {"from", "to", "at", "reason"} | null,   (the last move)
-     "transitions": [{"from", "to", "at", "reason"}, ...],   (every move, oldest first)
-     "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool}
-
-One event can cause several moves (a purchase after months of silence: at-risk and churned at
-the times they became due, then reactivated); consumers count each move at its own time.
+A ``restatement`` says what to take back and what to add when a customer's past changed (a
+late event, an identity merge, an explicit merge, an erasure): ``retract`` holds the
+timelines counted before (one per profile, each item the body of an event record or a sweep,
+as the events were folded then), ``add`` the timeline now. Records whose customer part such a
+restatement carries say ``restated: true``: a consumer counts only their event part (the
+event's own figures) or, for a profile leaving, the profile's id leaving the distinct sets.
+``correction`` records (v1) are no longer written: a restatement covers what they fixed.
 
 ``record_id`` is stable, so consumers dedupe relay retries by it.
-
-Two more kinds carry no event (``"event": null``) and take a customer out of its stage:
-``identity_merge`` (an anonymous profile folded into a customer; ``merged_into`` names it) and
-``erasure`` (a customer erased on request). Both have ``stage_after: null`` and
-``customer_id``.
-
-``customer_merge`` (``"event": null``): the survivor of an explicit merge of two known
-customers (``POST /v1/customers/{id}/merge``), rebuilt from both profiles' events; it carries
-the survivor's ``stage_before`` / ``stage_after`` (equal when the merge did not move it), its
-facts after the merge, ``merged`` (the id merged away, whose own ``identity_merge`` record
-takes that profile out of its stage), ``at`` and the move in ``transitions``. Consumers that
-count customers per stage apply it like any other ``stage_before`` → ``stage_after``.
-
-``correction`` (also ``"event": null``, no stage change): a late event or an identity merge
-changed the flags of an event published before (a late first purchase makes the purchase that
-was "first" a repeat). It carries the event's new flags and facts at the top level and what
-was published under ``corrected``; a consumer that counts flags takes the old ones back and
-adds the new ones::
-
-    {"schema": "clm.lifecycle.v1", "kind": "correction",
-     "record_id": "correction:<source>:<event_id>@<cause>",  (cause: the late event's
-                    record id, or merge:<from>><into> for an explicit merge of two customers)
-     "customer_id": "...", "event": null,
-     "reason": "late event" | "identity merge" | "customer merge",
-     "customer": {...facts after the event, now...},
-     "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool,
-     "corrected": {"event": {...the event...}, "customer": {...facts after it, as published...},
-                   "first_purchase": bool, "repeat_purchase": bool, "reactivation": bool},
-     "stage_before": null, "stage_after": null, "transition": null, "transitions": []}
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -58,8 +31,11 @@ import orjson
 
 from clm_common.events import Event, dump_event
 from clm_common.lifecycle import Applied, CustomerState, Transition
+from clm_common.lifecycle_records import SCHEMA_V2
 
-SCHEMA = "clm.lifecycle.v1"
+SCHEMA = SCHEMA_V2
+#: Items per restatement record: a long history goes out in several parts, none of them large.
+RESTATEMENT_ITEMS = 500
 
 
 def record_id(event: Event) -> str:
@@ -80,48 +56,6 @@ Flags = tuple[bool, bool, bool]
 
 def flags_of(applied: Applied) -> Flags:
     return (applied.first_purchase, applied.repeat_purchase, applied.reactivation)
-
-
-def correction_record(
-    customer_id: str,
-    event: Event,
-    old: Flags,
-    old_state: CustomerState,
-    new: Flags,
-    state: CustomerState,
-    *,
-    cause: str,
-    reason: str,
-) -> bytes:
-    """The record correcting ``event``'s published flags (``old``, with the facts after it
-    then) to ``new`` (``state``: the facts after it now); its id names the event and the one
-    whose arrival caused the rebuild, so a relay retry repeats it and another rebuild makes a
-    new one."""
-    return orjson.dumps(
-        {
-            "schema": SCHEMA,
-            "kind": "correction",
-            "record_id": f"correction:{record_id(event)}@{cause}",
-            "customer_id": customer_id,
-            "reason": reason,
-            "event": None,
-            "customer": customer_facts(state),
-            "stage_before": None,
-            "stage_after": None,
-            "transition": None,
-            "transitions": [],
-            "first_purchase": new[0],
-            "repeat_purchase": new[1],
-            "reactivation": new[2],
-            "corrected": {
-                "event": orjson.Fragment(dump_event(event)),
-                "customer": customer_facts(old_state),
-                "first_purchase": old[0],
-                "repeat_purchase": old[1],
-                "reactivation": old[2],
-            },
-        }
-    )
 
 
 _MONEY = ("revenue", "refunded")
@@ -150,9 +84,11 @@ def lifecycle_record(
     applied: Applied | None,
     *,
     wire: bytes | None = None,
+    restated: bool = False,
 ) -> bytes:
     """Serialize the record for one applied event (``applied`` is None without a customer);
-    ``wire``: the event's JSON, when the caller has it already (as it came from Kafka)."""
+    ``wire``: the event's JSON, when the caller has it already (as it came from Kafka);
+    ``restated``: its customer part goes out in a restatement (a rebuild's events)."""
     moves = [move_doc(t) for t in applied.transitions] if applied else []
     return orjson.dumps(
         {
@@ -169,6 +105,7 @@ def lifecycle_record(
             "first_purchase": applied is not None and applied.first_purchase,
             "repeat_purchase": applied is not None and applied.repeat_purchase,
             "reactivation": applied is not None and applied.reactivation,
+            "restated": restated,
         }
     )
 
@@ -192,7 +129,8 @@ def merge_record(
     at: datetime,
 ) -> bytes:
     """The survivor's record of an explicit merge (``merged`` folded into ``into``): its
-    stage before and after, its facts now and the move (None: the stage did not change)."""
+    stage before and after, its facts now and the move (None: the stage did not change).
+    Informative: the merge's restatement carries what it changes in the counts."""
     moves = [move_doc(move)] if move is not None else []
     return orjson.dumps(
         {
@@ -212,6 +150,7 @@ def merge_record(
             "repeat_purchase": False,
             "reactivation": False,
             "at": at,
+            "restated": True,
         }
     )
 
@@ -219,7 +158,8 @@ def merge_record(
 def removal_record(
     kind: str, record_key: str, customer_id: str, stage: str | None, **extra: Any
 ) -> bytes:
-    """A record saying a profile left its stage: ``identity_merge`` or ``erasure``."""
+    """A record saying a profile left its stage: ``identity_merge`` or ``erasure`` (with
+    ``restated=True`` when a restatement takes its timeline back)."""
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": kind,
@@ -234,6 +174,7 @@ def removal_record(
         "repeat_purchase": False,
         "reactivation": False,
         "at": datetime.now(UTC),
+        "restated": False,
         **extra,
     }
     return orjson.dumps(doc, default=_default)
@@ -243,3 +184,122 @@ def _default(value: object) -> object:
     if isinstance(value, Decimal):
         return format(value, "f")
     raise TypeError(type(value).__name__)
+
+
+#: The event properties a timeline item keeps: what the figures are computed from (the rest of
+#: an event, personal data included, stays out of restatements).
+_COUNTED_PROPERTIES = ("amount", "currency", "status", "csat", "rating", "score", "ticket_id")
+
+
+def event_view(event: Event) -> dict[str, Any]:
+    """An event as timeline items carry it: its identity, time, origin and counted values."""
+    props = getattr(event, "properties", None)
+    kept = {} if props is None else props.model_dump(mode="json", include=set(_COUNTED_PROPERTIES))
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "source": event.source,
+        "channel": event.channel,
+        "customer_id": event.customer_id,
+        "anonymous_id": event.anonymous_id,
+        "properties": kept,
+    }
+
+
+def timeline_item(event: Event, before: CustomerState | None, applied: Applied) -> dict[str, Any]:
+    """One event's place in a customer's timeline: an event record's body, the event slimmed."""
+    moves = [move_doc(t) for t in applied.transitions]
+    return {
+        "event": event_view(event),
+        "customer": customer_facts(applied.state),
+        "stage_before": before.stage if before else None,
+        "stage_before_entered_at": before.stage_entered_at if before else None,
+        "transitions": moves,
+        "first_purchase": applied.first_purchase,
+        "repeat_purchase": applied.repeat_purchase,
+        "reactivation": applied.reactivation,
+    }
+
+
+def sweep_item(
+    before: CustomerState, after: CustomerState, moves: Sequence[Transition]
+) -> dict[str, Any]:
+    """The inactivity moves at a timeline's end (what the sweeper's ``time`` records say)."""
+    return {
+        "event": None,
+        "customer": customer_facts(after),
+        "stage_before": before.stage,
+        "stage_before_entered_at": before.stage_entered_at,
+        "transitions": [move_doc(t) for t in moves],
+        "first_purchase": False,
+        "repeat_purchase": False,
+        "reactivation": False,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """A profile's figures as counted: its id, its final state and one item per event (then
+    its inactivity moves)."""
+
+    customer_id: str
+    state: CustomerState | None
+    items: tuple[dict[str, Any], ...]
+
+
+def restatement_records(
+    customer_id: str,
+    *,
+    cause: str,
+    reason: str,
+    retract: Sequence[Timeline],
+    add: Sequence[Timeline],
+    at: datetime,
+    events_too: bool = False,
+) -> list[bytes]:
+    """The ``restatement`` record(s) taking ``retract`` back and adding ``add``, in parts of at
+    most :data:`RESTATEMENT_ITEMS` items (a profile's stage goes with its first part)."""
+    pieces: list[tuple[str, str, str | None, list[dict[str, Any]]]] = []
+    for side, timelines in (("retract", retract), ("add", add)):
+        for t in timelines:
+            stage = None if t.state is None else t.state.stage.value
+            items = list(t.items)
+            for n in range(0, max(len(items), 1), RESTATEMENT_ITEMS):
+                pieces.append(
+                    (
+                        side,
+                        t.customer_id,
+                        stage if n == 0 else None,
+                        items[n : n + RESTATEMENT_ITEMS],
+                    )
+                )
+    parts: list[dict[str, list[dict[str, Any]]]] = [{"retract": [], "add": []}]
+    size = 0
+    for side, who, stage, items in pieces:
+        if size and size + len(items) > RESTATEMENT_ITEMS:
+            parts.append({"retract": [], "add": []})
+            size = 0
+        parts[-1][side].append({"customer_id": who, "stage": stage, "items": items})
+        size += len(items)
+    return [
+        orjson.dumps(
+            {
+                "schema": SCHEMA,
+                "kind": "restatement",
+                "record_id": f"restatement:{customer_id}@{cause}#{n}",
+                "customer_id": customer_id,
+                "reason": reason,
+                "cause": cause,
+                "part": n,
+                "parts": len(parts),
+                "events_too": events_too,
+                "retract": part["retract"],
+                "add": part["add"],
+                "event": None,
+                "at": at,
+            },
+            default=_default,
+        )
+        for n, part in enumerate(parts)
+    ]

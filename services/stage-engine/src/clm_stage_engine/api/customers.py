@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -15,7 +16,8 @@ from clm_common.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
 from clm_stage_engine.deps import State, app_state
-from clm_stage_engine.records import removal_record
+from clm_stage_engine.processor import counted
+from clm_stage_engine.records import removal_record, restatement_records
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 
@@ -192,7 +194,19 @@ async def erase(
         current = await repository.get_customer(conn, customer_id)
         if current is None:
             raise not_found(customer_id)
+        taken_back: list[bytes] = []
         if mode == "erase":
+            # everything counted of the customer goes: its events' own figures too
+            events = await repository.load_events(conn, [customer_id])
+            taken_back = restatement_records(
+                customer_id,
+                cause=f"erasure:{digest}",
+                reason="erasure",
+                retract=counted([(customer_id, current, events.get(customer_id, []))], state.rules),
+                add=[],
+                at=datetime.now(UTC),
+                events_too=True,
+            )
             await repository.erase_customer(conn, customer_id, state.pseudonyms.tombstone)
             pseudonym = None
         else:
@@ -213,8 +227,10 @@ async def erase(
                         pseudonym=pseudonym,
                         # anonymised customers stay counted in their stage
                         stage_after=current.stage.value if pseudonym else None,
+                        restated=mode == "erase",
                     ),
-                )
+                ),
+                *((customer_id, r) for r in taken_back),
             ],
         )
     return {"customer_id": customer_id, "mode": mode, "pseudonym": pseudonym}

@@ -11,13 +11,13 @@ from pydantic import BaseModel, Field
 
 from clm_common.auth import Principal
 from clm_common.events import TEXT_PATTERN
-from clm_common.lifecycle import Transition, rebuild
+from clm_common.lifecycle import Transition
 from clm_common.problem import ProblemError
 from clm_stage_engine import repository
 from clm_stage_engine.api.customers import CustomerId, admin, customer_doc, not_found
 from clm_stage_engine.deps import State, app_state
-from clm_stage_engine.processor import correction_records, refold
-from clm_stage_engine.records import merge_record, removal_record
+from clm_stage_engine.processor import counted, fold_timeline
+from clm_stage_engine.records import merge_record, removal_record, restatement_records
 from clm_stage_engine.webhooks import stage_change_deliveries
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,16 @@ async def merge(
         if missing:
             raise not_found(missing[0])
         events = await repository.load_events(conn, [customer_id, other])
-        merged = rebuild(
-            customer_id, [*events.get(customer_id, []), *events.get(other, [])], state.rules, now
+        before_merge = counted(
+            [(c, rows[c], events.get(c, [])) for c in (customer_id, other)], state.rules
         )
+        timeline, _ = fold_timeline(
+            customer_id,
+            [*events.get(customer_id, []), *events.get(other, [])],
+            state.rules,
+            until=now,
+        )
+        merged = timeline.state
         assert merged is not None
         before = rows[customer_id]
         await repository.absorb_profiles(conn, customer_id, [other])
@@ -85,16 +92,16 @@ async def merge(
             await repository.enqueue_deliveries(
                 conn, stage_change_deliveries([move], subscriptions)
             )
-        # the two profiles' records said first purchase etc. each on its own: correct them
-        groups = [events.get(customer_id, []), events.get(other, [])]
-        corrections = correction_records(
+        # the two profiles' timelines as counted are taken back and the merged one added (the
+        # survivor's and the absorbed profile's records say so, and say they are restated)
+        restatements = restatement_records(
             customer_id,
-            refold(groups, [], state.rules),
             cause=f"merge:{other}>{customer_id}",
             reason="customer merge",
+            retract=before_merge,
+            add=[timeline],
+            at=now,
         )
-        # the absorbed profile leaves its stage, the survivor moves from its stage to the
-        # merged one: consumers counting customers per stage (the metrics service) see both
         await repository.insert_outbox(
             conn,
             state.settings.topic_lifecycle,
@@ -107,10 +114,11 @@ async def merge(
                         other,
                         rows[other].stage.value,
                         merged_into=customer_id,
+                        restated=True,
                     ),
                 ),
                 (customer_id, merge_record(customer_id, other, before, merged, move, now)),
-                *corrections,
+                *((customer_id, r) for r in restatements),
             ],
         )
     log.info(
