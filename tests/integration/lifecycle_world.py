@@ -10,6 +10,7 @@ outbox record counted by the metrics handler.
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import orjson
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_cli.simulator.survivors import Erase, Merge, Operation, replay_surviving
+from clm_cli.simulator.survivors import Anonymise, Erase, Merge, Operation, replay_surviving
 from clm_cli.simulator.truth import Step, Sweep, stages_as_of, stages_at, sweeps, truth
 from clm_common import webhook_secrets
 from clm_common.auth import KeyVerifier
@@ -57,6 +58,9 @@ RULES = LifecycleRules.model_validate(
 CUSTOMERS = ("c0", "c1", "c2")
 ANONYMOUS = ("a0", "a1", "a2", "a3")  # a<i> belongs to c<i % 3>
 CURRENCY = "USD"
+#: Random plans may send anonymous-only events of a merged-away customer's anonymous ids (the
+#: engine points those links at the survivor).
+AVOID_STALE_LINKS = False
 
 
 def owner_of(anon: str) -> str:
@@ -83,10 +87,14 @@ class SweepAt:
 
 @dataclass(frozen=True, slots=True)
 class Drain:
-    """The metrics handler counts the outbox records written so far (one batch)."""
+    """The metrics handler counts the outbox records written so far (one batch): in outbox
+    order, or (``interleave``: a seed) as partitions deliver them, each key's records in
+    order but different keys' interleaved at random."""
+
+    interleave: int | None = None
 
 
-Step_ = Deliver | SweepAt | Drain | Merge | Erase
+Step_ = Deliver | SweepAt | Drain | Merge | Erase | Anonymise
 
 
 def brief(doc: dict[str, Any]) -> str:
@@ -149,48 +157,44 @@ def event(
     return doc
 
 
-def history_of(plan: Sequence[Step_]) -> list[Operation]:
-    """What the truth needs of a plan: batches, merges and erasures, in order."""
-    out: list[Operation] = []
-    for step in plan:
-        if isinstance(step, Deliver):
-            out.append(list(step.docs))
-        elif isinstance(step, Merge | Erase):
-            out.append(step)
-    return out
-
-
 # --- the engine's clock -----------------------------------------------------------------------
 
 
-class _ClockMeta(type):
-    def __instancecheck__(cls, obj: object) -> bool:
+class SimClock:
+    """Stands in for the ``datetime`` class in the engine's modules: ``now()`` is the
+    simulation's clock; everything else (constructors, ``fromisoformat``, ``isinstance``)
+    is ``datetime``'s own, so no other value changes type."""
+
+    def __init__(self) -> None:
+        self.current = T0
+
+    def now(self, tz: Any = None) -> datetime:
+        return self.current if tz is None else self.current.astimezone(tz)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(datetime, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> datetime:
+        return datetime(*args, **kwargs)
+
+    def __instancecheck__(self, obj: object) -> bool:
         return isinstance(obj, datetime)
 
 
-class SimClock(datetime, metaclass=_ClockMeta):
-    """``datetime`` whose ``now()`` is the simulation's clock (isinstance still holds for
-    every datetime)."""
-
-    current = T0
-
-    @classmethod
-    def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
-        return cls.current if tz is None else cls.current.astimezone(tz)
-
-
 @contextmanager
-def engine_clock() -> Iterator[type[SimClock]]:
-    """Every ``clm_stage_engine`` module's ``datetime`` reads :class:`SimClock` meanwhile."""
+def engine_clock() -> Iterator[SimClock]:
+    """Every ``clm_stage_engine`` module's ``datetime`` is a :class:`SimClock` meanwhile (the
+    batch handler's rebuilds and the merge endpoint read their ``now`` from it)."""
+    clock = SimClock()
     patched = [
         m
         for name, m in list(sys.modules.items())
         if name.startswith("clm_stage_engine") and getattr(m, "datetime", None) is datetime
     ]
     for m in patched:
-        m.datetime = SimClock  # type: ignore[attr-defined]
+        m.datetime = clock  # type: ignore[attr-defined]
     try:
-        yield SimClock
+        yield clock
     finally:
         for m in patched:
             m.datetime = datetime  # type: ignore[attr-defined]
@@ -212,10 +216,12 @@ class Record:
 
 @dataclass
 class Played:
-    """What playing a plan left: merges and erasures the engine refused (the plan named an
-    unknown customer: left out of the truth too), and the records the metrics counted."""
+    """What playing a plan did: its history as the truth needs it (batches as they arrived,
+    merges and erasures as made: a plan's merge or erasure naming a customer the engine does
+    not know, or no longer, is made on known ones, or left out when there are too few), and
+    the records the metrics counted."""
 
-    skipped: list[Merge | Erase] = field(default_factory=list)
+    history: list[Operation] = field(default_factory=list)
     records: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
 
@@ -276,6 +282,9 @@ class World:
         self.known: set[str] = set()  # customer ids with a row, as far as the plan knows
         self.merged: dict[str, str] = {}  # merged-away id → survivor
         self.erased: set[str] = set()
+        self.anonymised: set[str] = set()
+        self.links: dict[str, str] = {}  # anonymous id → the customer its first link named
+        self.avoid_stale_links = AVOID_STALE_LINKS
         self.played = Played()
 
     async def play(self, plan: Sequence[Step_]) -> Played:
@@ -288,7 +297,7 @@ class World:
             await self.drain()
         return self.played
 
-    async def step(self, clock: type[SimClock], step: Step_) -> None:
+    async def step(self, clock: SimClock, step: Step_) -> None:
         if isinstance(step, Deliver):
             latest = max(datetime.fromisoformat(d["occurred_at"]) for d in step.docs)
             clock.current = max(clock.current, latest)
@@ -297,13 +306,23 @@ class World:
             clock.current = max(clock.current, step.at)
             await sweep_once(self.db, RULES, clock.current, lifecycle_topic=self.topic)
         elif isinstance(step, Drain):
-            await self.drain()
+            await self.drain(step.interleave)
         elif isinstance(step, Merge):
             await self.merge(step)
-        else:
+        elif isinstance(step, Erase):
             await self.erase(step)
+        else:
+            await self.anonymise(step)
 
     async def deliver(self, docs: Sequence[dict[str, Any]]) -> None:
+        for doc in docs:
+            anon = doc.get("anonymous_id")
+            if anon is not None and "customer_id" in doc:
+                self.links.setdefault(anon, doc["customer_id"])
+        if self.avoid_stale_links:  # anonymous-only events of a merged-away customer's ids
+            docs = [d for d in docs if self.links.get(d.get("anonymous_id", "")) not in self.merged]
+        if not docs:
+            return
         records = []
         for doc in docs:
             self.offset += 1
@@ -312,6 +331,7 @@ class World:
         async with self.db.begin() as conn:
             result = await self.engine(conn, records)
         assert not result.poison, [p.reason for p in result.poison]
+        self.played.history.append(list(docs))
         for doc in docs:
             cid = doc.get("customer_id")
             if cid is not None and not {cid, doc.get("anonymous_id")} & self.erased:
@@ -320,10 +340,16 @@ class World:
     def usable(self, *ids: str) -> bool:
         return all(i in self.known and i not in self.merged and i not in self.erased for i in ids)
 
+    def usable_ones(self, *wanted: str) -> list[str]:
+        """``wanted`` where usable, then the other usable customers, without repeats."""
+        ordered = [*wanted, *sorted(self.known)]
+        return [c for n, c in enumerate(ordered) if self.usable(c) and c not in ordered[:n]]
+
     async def merge(self, op: Merge) -> None:
-        if op.into == op.source or not self.usable(op.into, op.source):
-            self.played.skipped.append(op)
+        choice = self.usable_ones(op.into, op.source)
+        if len(choice) < 2:
             return
+        op = Merge(into=choice[0], source=choice[1])
         answer = await self.api.post(
             f"/v1/customers/{op.into}/merge",
             json={"from": op.source},
@@ -331,11 +357,13 @@ class World:
         )
         assert answer.status_code == 200, answer.text
         self.merged[op.source] = op.into
+        self.played.history.append(op)
 
     async def erase(self, op: Erase) -> None:
-        if not self.usable(op.customer_id):
-            self.played.skipped.append(op)
+        choice = self.usable_ones(op.customer_id)
+        if not choice:
             return
+        op = Erase(choice[0])
         answer = await self.api.delete(
             f"/v1/customers/{op.customer_id}",
             params={"mode": "erase"},
@@ -346,30 +374,54 @@ class World:
         while more := {m for m, into in self.merged.items() if into in gone} - gone:
             gone |= more  # merged-away ids went with their survivor
         self.erased |= gone
+        self.played.history.append(op)
 
-    async def drain(self) -> None:
+    async def anonymise(self, op: Anonymise) -> None:
+        """``op``'s customer (or another usable one) anonymised; its pseudonym is the
+        engine's (the plan's is ignored)."""
+        # an id anonymised before has its pseudonym taken: the engine answers 500 (see
+        # test_anonymising_an_id_again_is_not_a_server_error)
+        choice = [c for c in self.usable_ones(op.customer_id) if c not in self.anonymised]
+        if not choice:
+            return
+        cid = choice[0]
+        self.anonymised.add(cid)
+        answer = await self.api.delete(
+            f"/v1/customers/{cid}",
+            params={"mode": "anonymise"},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert answer.status_code == 200, answer.text
+        gone = {cid}
+        while more := {m for m, into in self.merged.items() if into in gone} - gone:
+            gone |= more
+        for i in gone:  # no row under these ids until an event of theirs comes again
+            self.known.discard(i)
+            self.merged.pop(i, None)
+        self.played.history.append(Anonymise(cid, answer.json()["pseudonym"]))
+
+    async def drain(self, interleave: int | None = None) -> None:
         """Feed the outbox rows written since the last drain to the metrics handler, in
-        outbox order, as one metrics batch."""
+        outbox order (or interleaved by key, see :class:`Drain`), as one metrics batch."""
         async with self.db.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT id, records, payload FROM outbox_batches WHERE id > :seen "
-                        "ORDER BY id"
-                    ),
-                    {"seen": self.outbox_seen},
-                )
-            ).all()
+            rows = (await conn.execute(_WRITTEN, {"seen": self.outbox_seen})).all()
         records = []
-        for row_id, count, payload in rows:
+        for row_id, count, key_text, payload in rows:
             self.outbox_seen = max(self.outbox_seen, int(row_id))
-            for key, value in unpack_records(bytes(payload), int(count)):
+            pairs = (
+                unpack_records(bytes(payload), int(count))
+                if key_text is None
+                else [(str(key_text).encode(), bytes(payload))]
+            )
+            for key, value in pairs:
                 self.offset += 1
                 records.append(Record(key, value, offset=self.offset))
                 kind = str(orjson.loads(value).get("kind"))
                 self.played.kinds[kind] = self.played.kinds.get(kind, 0) + 1
         if not records:
             return
+        if interleave is not None:
+            records = interleaved(records, random.Random(interleave))
         async with self.db.begin() as conn:
             result = await self.metrics(conn, records)
         assert not result.poison, [p.reason for p in result.poison]
@@ -378,6 +430,28 @@ class World:
             self.warmed = True
             for w in self.windows:
                 await w.inputs(self.db, self.cache)
+
+
+def interleaved(records: Sequence[Record], rng: random.Random) -> list[Record]:
+    """``records`` as partitions may deliver them: each key's in order, keys interleaved."""
+    queues: dict[bytes, list[Record]] = {}
+    for record in records:
+        queues.setdefault(record.key, []).append(record)
+    out: list[Record] = []
+    while queues:
+        key = rng.choice(sorted(queues))
+        out.append(queues[key].pop(0))
+        if not queues[key]:
+            del queues[key]
+    return out
+
+
+#: The outbox rows written after ``seen``, in the relay's order: ``outbox_batches`` rows
+#: (a blob of records each) and one-record ``outbox`` rows (older writers) share a sequence.
+_WRITTEN = text(
+    "SELECT id, records, NULL::text AS key, payload FROM outbox_batches WHERE id > :seen"
+    " UNION ALL SELECT id, 1, key, payload FROM outbox WHERE id > :seen ORDER BY id"
+)
 
 
 # --- the comparison -----------------------------------------------------------------------
@@ -436,18 +510,15 @@ def _differences(label: str, want: dict[str, Any], got: dict[str, Any]) -> list[
     ]
 
 
-def truth_steps(world: World, plan: Sequence[Step_]) -> list[Step]:
-    """The truth's steps of the surviving events (merges and erasures the engine refused
-    left out)."""
-    skipped = {id(op) for op in world.played.skipped}  # by identity: a plan may repeat one
-    history = [op for op in history_of(plan) if id(op) not in skipped]
-    return replay_surviving(history, now=END, rules=RULES)
+def truth_steps(world: World) -> list[Step]:
+    """The truth's steps of the surviving events of what the world played."""
+    return replay_surviving(world.played.history, now=END, rules=RULES)
 
 
-async def problems(world: World, plan: Sequence[Step_]) -> list[str]:
+async def problems(world: World) -> list[str]:
     """Every way the metrics (read through their service) and the engine differ from the
     truth of the surviving events at quiescence, or break an invariant; [] if none."""
-    steps = truth_steps(world, plan)
+    steps = truth_steps(world)
     swept = sweeps(steps, END, RULES)
     out = await engine_problems(world, steps)
     out += await _stages_now(world)

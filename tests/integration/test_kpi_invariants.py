@@ -6,14 +6,20 @@ brute-force truth of the surviving events, the metrics' stage counts of a window
 equal the engine's ``GET /v1/stages``, no count is negative and every window's stage counts
 at its start plus its flows equal those at its end.
 
-Two plans: events arriving in event-time order with no merge or erasure (passes with the
-``clm.lifecycle.v1`` records), and any arrival order with merges and erasures (needs
-``clm.lifecycle.v2`` restatements). The property is shown able to fail: a metrics handler
-with a deliberately wrong retraction fails it on fixed small examples.
+Plans: events arriving in event-time order with no merge or erasure (held with the
+``clm.lifecycle.v1`` records already), any arrival order with merges and erasures (needs the
+``clm.lifecycle.v2`` restatements), the same with records of different keys interleaved as
+partitions deliver them, and with anonymisations; the engine's stages are held to the same
+truth on its own. The property is shown able to fail: a metrics handler with a deliberately
+wrong retraction fails it on fixed small examples.
 
 Each example empties the database (TRUNCATE) and plays on it; hypothesis is derandomized and
 keeps no example database, so CI plays the same examples. ``CLM_PROPERTY_SHRINK=1`` shrinks a
-failing example (slow: each try replays on Postgres).
+failing example (slow: each try replays on Postgres). A failure lists every difference (which
+KPI of which window, expected and got) and the plan played.
+
+The ``xfail`` marks left name bugs these tests found (:data:`KNOWN_BUGS`, anonymised ids
+coming back, an id anonymised twice): drop each with its fix.
 """
 
 from __future__ import annotations
@@ -29,13 +35,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from clm_cli.simulator.survivors import Erase, Merge
+from clm_cli.simulator.survivors import Anonymise, Erase, Merge
 from clm_common.db import create_engine
 from clm_common.events import parse_event
 from clm_common.lifecycle import event_order
 from clm_metrics.handler import LifecycleHandler
 from clm_stage_engine.settings import StageEngineSettings
-from tests.integration.conftest import NO_REQUEST_LIMITS
+from tests.integration.conftest import ADMIN_KEY, NO_REQUEST_LIMITS
 from tests.integration.lifecycle_world import (
     ANONYMOUS,
     CUSTOMERS,
@@ -121,9 +127,14 @@ class Mutated:
 
 
 def play(
-    plan: Sequence[Step_], extra: Sequence[tuple[int, int]] = (), metrics: Any = None
+    plan: Sequence[Step_],
+    extra: Sequence[tuple[int, int]] = (),
+    metrics: Any = None,
+    *,
+    fixed: bool = False,
 ) -> tuple[list[str], Played]:
-    """Play ``plan`` on an emptied database and list what differs from the truth."""
+    """Play ``plan`` on an emptied database and list what differs from the truth
+    (``fixed``: a hand-made plan, played as it is)."""
 
     async def go() -> tuple[list[str], Played]:
         settings = StageEngineSettings(**NO_REQUEST_LIMITS)
@@ -132,8 +143,9 @@ def play(
             await reset(db)
             async with engine_api(settings, db) as api:
                 world = World(db, api, settings.topic_lifecycle, metrics, windows(extra))
+                world.avoid_stale_links = world.avoid_stale_links and not fixed
                 played = await world.play(plan)
-                return await problems(world, plan), played
+                return await problems(world), played
         finally:
             await db.dispose()
 
@@ -151,7 +163,7 @@ def play_engine(plan: Sequence[Step_]) -> tuple[list[str], Played]:
             async with engine_api(settings, db) as api:
                 world = World(db, api, settings.topic_lifecycle)
                 played = await world.play(plan)
-                return await engine_problems(world, truth_steps(world, plan)), played
+                return await engine_problems(world, truth_steps(world)), played
         finally:
             await db.dispose()
 
@@ -162,10 +174,11 @@ def verdict(plan: Sequence[Step_], found: list[str], played: Played) -> str:
     shown = "\n  ".join(found[:40])
     more = f"\n  … and {len(found) - 40} more" if len(found) > 40 else ""
     steps = "\n  ".join(repr(s) for s in plan)
+    made = [op for op in played.history if isinstance(op, Merge | Erase | Anonymise)]
     return (
         f"{len(found)} differences from the truth of the surviving events:\n  {shown}{more}\n"
-        f"records counted by kind: {played.kinds}; refused (unknown customer): "
-        f"{played.skipped}\nplan:\n  {steps}"
+        f"records counted by kind: {played.kinds}; merges and erasures made: {made}\n"
+        f"plan:\n  {steps}"
     )
 
 
@@ -224,7 +237,8 @@ def _batches(draw: st.DrawFn, docs: list[dict[str, Any]]) -> list[list[dict[str,
 @st.composite
 def in_order_plans(draw: st.DrawFn) -> list[Step_]:
     """Events in event-time order, in random batches; sweeps between batches at a time
-    between them (the sweeper's clock is the wall clock); the metrics catch up at random."""
+    between them (the sweeper's clock is the wall clock); the metrics catch up at random,
+    customers' records interleaved as partitions may deliver them."""
     docs = draw(journeys(anonymous_first=False))
     plan: list[Step_] = []
     batches = _batches(draw, docs)
@@ -235,14 +249,18 @@ def in_order_plans(draw: st.DrawFn) -> list[Step_]:
             share = draw(st.integers(0, 4))
             plan.append(SweepAt(low + (high - low) * share / 4))
         if draw(st.booleans()):
-            plan.append(Drain())
+            plan.append(Drain(draw(INTERLEAVE)))
     return plan
 
 
 @st.composite
-def any_order_plans(draw: st.DrawFn) -> list[Step_]:
+def any_order_plans(
+    draw: st.DrawFn, *, interleave: bool = False, anonymise: bool = False
+) -> list[Step_]:
     """Any arrival order (late events), repeats, random batches; sweeps at random clock
-    times; explicit merges and erasures between batches; the metrics catch up at random."""
+    times; explicit merges and erasures between batches; the metrics catch up at random (in
+    outbox order, or with ``interleave`` as partitions may deliver the records); with
+    ``anonymise``, anonymisations too."""
     docs = draw(journeys(anonymous_first=True))
     order = list(draw(st.permutations(docs)))
     for _ in range(draw(st.integers(0, 2))):  # a client sends an event again
@@ -250,7 +268,8 @@ def any_order_plans(draw: st.DrawFn) -> list[Step_]:
     plan: list[Step_] = []
     for batch in _batches(draw, order):
         plan.append(Deliver(tuple(batch)))
-        action = draw(st.sampled_from(("", "", "", "sweep", "merge", "erase")))
+        actions = ("", "", "", "sweep", "merge", "erase", *(("anonymise",) if anonymise else ()))
+        action = draw(st.sampled_from(actions))
         if action == "sweep":
             plan.append(SweepAt(T0 + timedelta(minutes=draw(st.integers(0, SPAN_MINUTES)))))
         elif action == "merge":
@@ -258,11 +277,15 @@ def any_order_plans(draw: st.DrawFn) -> list[Step_]:
             plan.append(Merge(into=into, source=source))
         elif action == "erase":
             plan.append(Erase(draw(st.sampled_from(CUSTOMERS))))
+        elif action == "anonymise":  # the pseudonym is the engine's
+            plan.append(Anonymise(draw(st.sampled_from(CUSTOMERS)), "?"))
         if draw(st.booleans()):
-            plan.append(Drain())
+            plan.append(Drain(draw(INTERLEAVE) if interleave else None))
     return plan
 
 
+#: A drain's order: the outbox's (None) or keys interleaved (a seed).
+INTERLEAVE = st.one_of(st.none(), st.integers(0, 2**16))
 #: Extra windows: (minutes from T0, minutes long).
 EXTRA = st.lists(
     st.tuples(st.integers(-60, SPAN_MINUTES), st.integers(1, 4 * 24 * 60)), min_size=1, max_size=2
@@ -283,7 +306,7 @@ def test_in_order_journeys_every_kpi_equals_the_truth(
 
 
 @pytest.mark.timeout(240)
-@property_settings(25)
+@property_settings(20)
 @given(plan=any_order_plans(), extra=EXTRA)
 def test_late_events_merges_and_erasures_every_kpi_equals_the_truth(
     env: dict[str, str], plan: list[Step_], extra: list[tuple[int, int]]
@@ -293,8 +316,40 @@ def test_late_events_merges_and_erasures_every_kpi_equals_the_truth(
 
 
 @pytest.mark.timeout(240)
-@property_settings(30)
-@given(plan=any_order_plans())
+@property_settings(12)
+@given(plan=any_order_plans(interleave=True), extra=EXTRA)
+def test_records_of_several_partitions_in_any_order_every_kpi_equals_the_truth(
+    env: dict[str, str], plan: list[Step_], extra: list[tuple[int, int]]
+) -> None:
+    """An anonymous profile's records and its identity merge's are keyed differently, so
+    partitions may deliver them in either order: the counts do not depend on it."""
+    found, played = play(plan, extra)
+    assert not found, verdict(plan, found, played)
+
+
+#: Found by the property with anonymisations: an anonymised id that comes back with new events
+#: is counted by the metrics as the anonymised customer (one cohort customer for two; its
+#: later erasure leaves a purchaser behind), while the engine starts a new customer.
+ANONYMISED_ID_BACK = pytest.mark.xfail(
+    reason="metrics: an anonymised id's new events count for the anonymised customer",
+    strict=False,
+)
+
+
+@ANONYMISED_ID_BACK
+@pytest.mark.timeout(240)
+@property_settings(10)
+@given(plan=any_order_plans(anonymise=True), extra=EXTRA)
+def test_with_anonymisations_every_kpi_equals_the_truth(
+    env: dict[str, str], plan: list[Step_], extra: list[tuple[int, int]]
+) -> None:
+    found, played = play(plan, extra)
+    assert not found, verdict(plan, found, played)
+
+
+@pytest.mark.timeout(240)
+@property_settings(20)
+@given(plan=any_order_plans(anonymise=True))
 def test_late_events_merges_and_erasures_engine_stages_equal_the_truth(
     env: dict[str, str], plan: list[Step_]
 ) -> None:
@@ -354,6 +409,24 @@ EXAMPLES: dict[str, list[Step_]] = {
         Merge(into="c0", source="c1"),
         Deliver((event(3, "site_visit", cid=None, anon="a1", minute=2 * DAY, variant=0),)),
     ],
+    # an anonymised customer stays counted under its pseudonym; its id, back, is a new one
+    "anonymised id back": [
+        Deliver((event(1, "purchase", cid="c1", anon=None, minute=60, variant=0),)),
+        Drain(),
+        Anonymise("c1", "?"),
+        Drain(),
+        Deliver((event(2, "purchase", cid="c1", anon=None, minute=DAY, variant=0),)),
+    ],
+    # ... and erasing the new one takes back only its own
+    "anonymised id back, erased": [
+        Deliver((event(1, "site_visit", cid="c1", anon=None, minute=60, variant=0),)),
+        Drain(),
+        Anonymise("c1", "?"),
+        Drain(),
+        Deliver((event(2, "purchase", cid="c1", anon=None, minute=DAY, variant=0),)),
+        Drain(),
+        Erase("c1"),
+    ],
     # an erased customer counts nowhere, even in the past
     "erasure": [
         Deliver(
@@ -371,9 +444,10 @@ EXAMPLES: dict[str, list[Step_]] = {
 NET_ZERO = pytest.mark.xfail(
     reason="the identity-merge example's restatement is net zero in its KPIs", strict=True
 )
-#: Found by this test: an explicit merge leaves the merged-away customer's anonymous ids
-#: linked to it (identity_links holds one hop), so their later events bring it back as a
-#: new profile, in the engine and in the metrics.
+KNOWN_BUGS = {
+    "anonymised id back": ANONYMISED_ID_BACK,
+    "anonymised id back, erased": ANONYMISED_ID_BACK,
+}
 
 
 def _drop_kind(kind: str) -> Mutation:
@@ -415,11 +489,11 @@ def _cases() -> Iterator[Any]:
 
 @pytest.mark.parametrize(
     "example",
-    list(EXAMPLES),
+    [pytest.param(e, marks=(KNOWN_BUGS[e],) if e in KNOWN_BUGS else ()) for e in EXAMPLES],
 )
 def test_the_fixed_examples_equal_the_truth(env: dict[str, str], example: str) -> None:
     """The control of the test below: unmutated, each example passes."""
-    found, played = play(EXAMPLES[example])
+    found, played = play(EXAMPLES[example], fixed=True)
     assert not found, verdict(EXAMPLES[example], found, played)
 
 
@@ -428,6 +502,40 @@ def test_a_wrong_retraction_fails_the_property(
     env: dict[str, str], mutation: str, example: str
 ) -> None:
     wrong = Mutated(MUTATIONS[mutation][0])
-    found, _ = play(EXAMPLES[example], metrics=wrong)
+    found, _ = play(EXAMPLES[example], metrics=wrong, fixed=True)
     assert wrong.touched, f"the mutation {mutation!r} changed no record of {example!r}"
     assert found, f"the property missed a metrics handler that {mutation} on {example!r}"
+
+
+@pytest.mark.xfail(
+    reason="engine: the pseudonym of an id anonymised twice is taken (duplicate key)",
+    strict=False,
+)
+def test_anonymising_an_id_again_is_not_a_server_error(env: dict[str, str]) -> None:
+    """Found by the property: a customer anonymised, back with a new event, anonymised
+    again: the second pseudonym is the first's (a keyed hash of the id), and the engine's
+    row update hits its primary key: a 500 rather than an answer."""
+    plan: list[Step_] = [
+        Deliver((event(1, "purchase", cid="c0", anon=None, minute=DAY, variant=0),)),
+        Anonymise("c0", "?"),
+        Deliver((event(2, "purchase", cid="c0", anon=None, minute=2 * DAY, variant=0),)),
+    ]
+
+    async def go() -> int:
+        settings = StageEngineSettings(**NO_REQUEST_LIMITS)
+        db = create_engine(settings.database_url, pool_size=3)
+        try:
+            await reset(db)
+            async with engine_api(settings, db) as api:
+                world = World(db, api, settings.topic_lifecycle)
+                await world.play(plan)
+                again = await api.delete(
+                    "/v1/customers/c0",
+                    params={"mode": "anonymise"},
+                    headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                )
+                return again.status_code
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(go()) < 500

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clm_cli.simulator.survivors import Erase, Merge, replay_surviving, surviving
+from clm_cli.simulator.survivors import Anonymise, Erase, Merge, replay_surviving, surviving
 from clm_cli.simulator.truth import final_states, truth
 from clm_common.lifecycle import Stage
 
@@ -138,3 +138,16 @@ def test_an_event_sent_twice_counts_once_even_in_another_batch() -> None:
     history: list[Any] = [[ev(1, "purchase", cid="c1"), ev(1, "purchase", cid="c1")]]
     history.append([ev(1, "purchase", cid="c1")])
     assert window(history)["purchases"] == 1
+
+
+def test_an_anonymised_customer_keeps_its_events_under_its_pseudonym() -> None:
+    history: list[Any] = [
+        [ev(1, "site_visit", anon="a1"), ev(2, "identify", cid="c1", anon="a1")],
+        [ev(3, "purchase", cid="c1")],
+        Anonymise("c1", "anon-xyz"),
+        [ev(4, "purchase", cid="c1"), ev(5, "site_visit", anon="a1"), ev(3, "purchase", cid="c1")],
+    ]
+    states = final_states(replay_surviving(history, now=NOW))
+    assert sorted(states) == ["a1", "anon-xyz", "c1"]
+    assert (states["anon-xyz"].purchases, states["c1"].purchases) == (1, 1)
+    assert window(history)["purchases"] == 2  # the redelivered e3 counts once

@@ -14,6 +14,8 @@ merges (``POST /v1/customers/{into}/merge`` with ``from``) and erasures
 - an erasure takes back every event of the customer and of the ids linked to it, and drops
   those that come later (the engine drops events dated before the erasure: a history dated
   in the past has only such);
+- an anonymisation keeps those events, counted for the customer's pseudonym; its ids are no
+  longer linked, so their later events start new profiles;
 - an event id seen before (per source) counts once.
 """
 
@@ -45,8 +47,17 @@ class Erase:
     customer_id: str
 
 
-#: One step of a history: a batch of event documents as they arrived, a merge or an erasure.
-Operation = Sequence[dict[str, Any]] | Merge | Erase
+@dataclass(frozen=True, slots=True)
+class Anonymise:
+    """An erasure in mode ``anonymise``: the customer's events so far count for
+    ``pseudonym``, its links are dropped (later events of its ids start afresh)."""
+
+    customer_id: str
+    pseudonym: str
+
+
+#: One step of a history: a batch of event documents as they arrived, a merge, an erasure.
+Operation = Sequence[dict[str, Any]] | Merge | Erase | Anonymise
 Ident = tuple[str, str]  # (source, event_id)
 
 
@@ -113,6 +124,13 @@ class Survivors:
         for i in gone:
             self.links.pop(i, None)
 
+    def anonymise(self, op: Anonymise) -> None:
+        for ident, landed in self._landed.items():
+            if landed is not None and self.owner(landed) == op.customer_id:
+                self._landed[ident] = op.pseudonym
+        for i in [i for i in self.links if self.owner(i) == op.customer_id]:
+            del self.links[i]
+
 
 def surviving(history: Sequence[Operation], *, now: datetime) -> Survivors:
     """Play ``history``: the events that survive it and whose each one is."""
@@ -122,6 +140,8 @@ def surviving(history: Sequence[Operation], *, now: datetime) -> Survivors:
             out.merge(op)
         elif isinstance(op, Erase):
             out.erase(op)
+        elif isinstance(op, Anonymise):
+            out.anonymise(op)
         else:
             out.arrive(op, now)
     return out
