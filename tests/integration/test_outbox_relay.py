@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_common.db import create_engine
 from clm_common.kafka import make_producer
+from clm_common.replay import RELAY_LOCK_ID
 from clm_common.schema import outbox, outbox_batches
 from clm_common.settings import CommonSettings
 from clm_stage_engine import repository
-from clm_stage_engine.relay import RELAY_LOCK_ID, OutboxGate, OutboxRelay, PayloadCache
+from clm_stage_engine.relay import OutboxGate, OutboxRelay, PayloadCache
 from tests.conftest import Infra, alembic_upgrade
 from tests.integration.conftest import read_topic
 
