@@ -507,14 +507,10 @@ def test_a_wrong_retraction_fails_the_property(
     assert found, f"the property missed a metrics handler that {mutation} on {example!r}"
 
 
-@pytest.mark.xfail(
-    reason="engine: the pseudonym of an id anonymised twice is taken (duplicate key)",
-    strict=False,
-)
 def test_anonymising_an_id_again_is_not_a_server_error(env: dict[str, str]) -> None:
     """Found by the property: a customer anonymised, back with a new event, anonymised
-    again: the second pseudonym is the first's (a keyed hash of the id), and the engine's
-    row update hits its primary key: a 500 rather than an answer."""
+    again: the second pseudonym is the first's (a keyed hash of the id), so the engine says
+    so (409, erase it instead) rather than failing on its primary key (a 500)."""
     plan: list[Step_] = [
         Deliver((event(1, "purchase", cid="c0", anon=None, minute=DAY, variant=0),)),
         Anonymise("c0", "?"),
@@ -538,4 +534,4 @@ def test_anonymising_an_id_again_is_not_a_server_error(env: dict[str, str]) -> N
         finally:
             await db.dispose()
 
-    assert asyncio.run(go()) < 500
+    assert asyncio.run(go()) == 409

@@ -181,6 +181,7 @@ async def get_history(
         401: {},
         403: {"description": "not an admin key"},
         404: {"description": "unknown customer"},
+        409: {"description": "anonymise: the id was anonymised before (erase it instead)"},
     },
 )
 async def erase(
@@ -211,6 +212,14 @@ async def erase(
             pseudonym = None
         else:
             pseudonym = state.pseudonyms.pseudonym(customer_id)
+            if await repository.get_customer(conn, pseudonym) is not None:
+                raise ProblemError(
+                    409,
+                    "Already anonymised",
+                    f"{customer_id} was anonymised before and came back; its pseudonym (a keyed "
+                    "hash of the id) is taken. Erase it instead (mode=erase).",
+                    errors=[{"field": "mode", "message": "anonymised before: use erase"}],
+                )
             await repository.anonymise_customer(conn, customer_id, pseudonym)
         await repository.insert_outbox(
             conn,
