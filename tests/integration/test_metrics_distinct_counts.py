@@ -86,6 +86,7 @@ async def test_distinct_visitors_are_exact_past_the_old_sketch_limit(database_ur
 
 def purchase(n: int, who: str, at: datetime, source: str) -> dict[str, Any]:
     return {
+        "schema": "clm.lifecycle.v1",
         "record_id": f"purchase-{n}",
         "event": {
             "type": "purchase",
@@ -241,6 +242,7 @@ async def test_an_erased_customer_leaves_and_a_merged_profile_moves_to_its_survi
         assert await counts() == truth({})
         leaving = [
             {
+                "schema": "clm.lifecycle.v1",
                 "kind": "identity_merge",
                 "record_id": "identity_merge:anon-1>c1",
                 "customer_id": "anon-1",
@@ -251,6 +253,7 @@ async def test_an_erased_customer_leaves_and_a_merged_profile_moves_to_its_survi
                 "stage_after": None,
             },
             {
+                "schema": "clm.lifecycle.v1",
                 "kind": "erasure",
                 "record_id": "erasure:x",
                 "customer_id": "c2",
@@ -261,6 +264,7 @@ async def test_an_erased_customer_leaves_and_a_merged_profile_moves_to_its_survi
                 "stage_after": None,
             },
             {
+                "schema": "clm.lifecycle.v1",
                 "kind": "erasure",
                 "record_id": "erasure:y",
                 "customer_id": "c3",

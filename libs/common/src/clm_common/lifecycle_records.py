@@ -409,6 +409,19 @@ REQUIRED_KEYS: Final[dict[str, dict[str, frozenset[str]]]] = {
     schema: {_kind(t): frozenset(t.__required_keys__) for t in get_args(union)}
     for schema, union in _VERSIONS.items()
 }
+#: The keys :func:`decode` insists on: what no engine version ever left out and a consumer
+#: cannot count without. The other keys of a kind are required of producers (the JSON
+#: Schema), but v1 records written before some of them existed (``transitions``,
+#: ``stage_before_entered_at``) must still be read, not refused as poison.
+ESSENTIAL: Final[dict[str, frozenset[str]]] = {
+    "event": frozenset({"record_id", "event"}),
+    "time": frozenset({"record_id", "customer_id"}),
+    "identity_merge": frozenset({"record_id", "customer_id", "merged_into"}),
+    "erasure": frozenset({"record_id", "customer_id"}),
+    "customer_merge": frozenset({"record_id", "customer_id"}),
+    "correction": frozenset({"record_id", "corrected"}),
+    "restatement": frozenset({"record_id", "customer_id", "retract", "add"}),
+}
 #: The kinds of each schema.
 KINDS: Final[dict[str, frozenset[str]]] = {s: frozenset(k) for s, k in REQUIRED_KEYS.items()}
 
@@ -441,7 +454,7 @@ def event_json(raw: bytes) -> EventDoc:
 
 def decode(raw: bytes | str) -> LifecycleRecord:
     """Parse a record; check its ``schema`` (v1 or v2), its ``kind`` (one of that schema's)
-    and that the kind's required keys are there. Nothing else is checked (values keep their
+    and that the kind's :data:`ESSENTIAL` keys are there. Nothing else is checked (values keep their
     wire types: read times with :func:`as_datetime`, money with :func:`as_decimal`).
 
     Raises :class:`BadRecord` naming the field."""
@@ -451,14 +464,14 @@ def decode(raw: bytes | str) -> LifecycleRecord:
         raise BadRecord("record", f"not JSON ({exc})") from None
     if type(doc) is not dict:
         raise BadRecord("record", f"not a JSON object but {type(doc).__name__}")
-    schema, kind = doc.get("schema"), doc.get("kind")
+    # the first v1 engines wrote event records without a kind
+    schema, kind = doc.get("schema"), doc.get("kind", "event" if "kind" not in doc else None)
     kinds = REQUIRED_KEYS.get(schema) if type(schema) is str else None
     if kinds is None:
         raise BadRecord("schema", f"{schema!r} is not one of {', '.join(SCHEMAS)}")
-    required = kinds.get(kind) if type(kind) is str else None
-    if required is None:
+    if type(kind) is not str or kind not in kinds:
         raise BadRecord("kind", f"{kind!r} is not a {schema} kind ({', '.join(sorted(kinds))})")
-    missing = required.difference(doc)  # a dict argument: one hashed look-up a key
+    missing = ESSENTIAL[kind].difference(doc)  # a dict argument: one hashed look-up a key
     if missing:
         raise BadRecord(min(missing), f"missing from a {schema} {kind} record")
     return cast(LifecycleRecord, doc)
