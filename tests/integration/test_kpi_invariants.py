@@ -18,8 +18,11 @@ keeps no example database, so CI plays the same examples. ``CLM_PROPERTY_SHRINK=
 failing example (slow: each try replays on Postgres). A failure lists every difference (which
 KPI of which window, expected and got) and the plan played.
 
-The ``xfail`` marks left name bugs these tests found (:data:`KNOWN_BUGS`, anonymised ids
-coming back, an id anonymised twice): drop each with its fix.
+Bugs these tests found, fixed and kept as fixed examples: a merged-away customer's anonymous
+ids still linked to it; an anonymised id coming back counted as its pseudonym (cohort rows
+not renamed; a rename inside a batch numbering the new profile's events as the old one's);
+a second erasure of an id deduplicated away (one record id per id); an id anonymised twice a
+500.
 """
 
 from __future__ import annotations
@@ -327,16 +330,6 @@ def test_records_of_several_partitions_in_any_order_every_kpi_equals_the_truth(
     assert not found, verdict(plan, found, played)
 
 
-#: Found by the property with anonymisations: an anonymised id that comes back with new events
-#: is counted by the metrics as the anonymised customer (one cohort customer for two; its
-#: later erasure leaves a purchaser behind), while the engine starts a new customer.
-ANONYMISED_ID_BACK = pytest.mark.xfail(
-    reason="metrics: an anonymised id's new events count for the anonymised customer",
-    strict=False,
-)
-
-
-@ANONYMISED_ID_BACK
 @pytest.mark.timeout(240)
 @property_settings(10)
 @given(plan=any_order_plans(anonymise=True), extra=EXTRA)
@@ -444,10 +437,6 @@ EXAMPLES: dict[str, list[Step_]] = {
 NET_ZERO = pytest.mark.xfail(
     reason="the identity-merge example's restatement is net zero in its KPIs", strict=True
 )
-KNOWN_BUGS = {
-    "anonymised id back": ANONYMISED_ID_BACK,
-    "anonymised id back, erased": ANONYMISED_ID_BACK,
-}
 
 
 def _drop_kind(kind: str) -> Mutation:
@@ -489,7 +478,7 @@ def _cases() -> Iterator[Any]:
 
 @pytest.mark.parametrize(
     "example",
-    [pytest.param(e, marks=(KNOWN_BUGS[e],) if e in KNOWN_BUGS else ()) for e in EXAMPLES],
+    list(EXAMPLES),
 )
 def test_the_fixed_examples_equal_the_truth(env: dict[str, str], example: str) -> None:
     """The control of the test below: unmutated, each example passes."""

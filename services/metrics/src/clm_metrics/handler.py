@@ -71,6 +71,12 @@ class LifecycleHandler:
             docs.setdefault(record_id, parsed)
         fresh = await repository.claim_records(conn, list(docs))
         new = [docs[r] for r in docs if r in fresh]
+        for segment in segments(new):
+            await self._count(conn, segment)
+        return BatchResult(poison=poison, applied=len(new))
+
+    async def _count(self, conn: AsyncConnection, new: Sequence[Parsed]) -> None:
+        """Count records (in arrival order, none after an anonymisation among them)."""
         gone = [g for _, _, _, doc, _ in new if (g := leaving(doc)) is not None]
         ticket_steps = [
             step
@@ -93,6 +99,21 @@ class LifecycleHandler:
             leaving=gone,
             numbers=self._numbers,
         )
+        await repository.rename_cohort_activity(conn, gone)
         await repository.add_cohort_activity(conn, [row for _, _, rows, *_ in new for row in rows])
         await repository.add_stage_counts(conn, stage_deltas(doc for *_, doc, _ in new))
-        return BatchResult(poison=poison, applied=len(new))
+
+
+def segments(parsed: Sequence[Parsed]) -> list[Sequence[Parsed]]:
+    """The batch cut after each anonymisation: the ids counted before it are the profile's,
+    those after it a new profile's (the id came back), so the rename must fall between."""
+    out: list[Sequence[Parsed]] = []
+    start = 0
+    for n, (*_, doc, _) in enumerate(parsed):
+        gone = leaving(doc)
+        if gone is not None and gone.pseudonym is not None:
+            out.append(parsed[start : n + 1])
+            start = n + 1
+    if start < len(parsed):
+        out.append(parsed[start:])
+    return out

@@ -582,6 +582,23 @@ _ADD_COHORTS = text(
 )
 
 
+_RENAME_COHORT_ACTIVITY = text(
+    """
+    UPDATE metrics_cohort_activity SET customer_id = :pseudonym WHERE customer_id = :who
+    """
+)
+
+
+async def rename_cohort_activity(conn: AsyncConnection, leaving: Sequence[Leaving]) -> None:
+    """An anonymised profile's cohort activity goes on under its pseudonym (so the id, should
+    it come back, starts afresh)."""
+    for gone in leaving:
+        if gone.pseudonym is not None:
+            await conn.execute(
+                _RENAME_COHORT_ACTIVITY, {"who": gone.who, "pseudonym": gone.pseudonym}
+            )
+
+
 async def add_cohort_activity(conn: AsyncConnection, rows: Sequence[CohortRow]) -> None:
     """``(period, customer, period_start, cohort, +1/-1)``: each customer counts once in a
     period while it has purchases there (restatements take purchases back)."""

@@ -190,7 +190,10 @@ async def erase(
     _: Annotated[Principal, Depends(admin)],
     mode: Literal["erase", "anonymise"] = "erase",
 ) -> dict[str, Any]:
-    digest = state.pseudonyms.tombstone(customer_id)
+    # one erasure among the id's (it may come back with new events and be erased again):
+    # its records' ids name it, so a consumer deduping by record id keeps each
+    at = datetime.now(UTC)
+    digest = f"{state.pseudonyms.tombstone(customer_id)}@{at.isoformat()}"
     async with state.engine.begin() as conn:
         current = await repository.get_customer(conn, customer_id)
         if current is None:
@@ -205,7 +208,7 @@ async def erase(
                 reason="erasure",
                 retract=counted([(customer_id, current, events.get(customer_id, []))], state.rules),
                 add=[],
-                at=datetime.now(UTC),
+                at=at,
                 events_too=True,
             )
             await repository.erase_customer(conn, customer_id, state.pseudonyms.tombstone)
