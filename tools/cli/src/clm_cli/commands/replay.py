@@ -18,25 +18,11 @@ from clm_common.settings import CommonSettings
 async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:
     if not args.yes:
         raise CliError("this clears every derived customer row; run again with --yes")
-    try:
-        ends = await log_ends(settings.kafka_bootstrap, settings.topic_events)
-    except Exception as exc:
-        raise CliError(
-            f"cannot read the log's end at {settings.kafka_bootstrap} ({type(exc).__name__}) — "
-            "start Kafka or set CLM_KAFKA_BOOTSTRAP; nothing was cleared",
-            2,
-        ) from exc
+    ends = await _log_end(settings, settings.topic_events)
     if args.with_metrics:
         await _metrics_stopped(settings)
         await replay.hold_relay(conn)  # no lifecycle record in flight from here to the commit
-        try:
-            lifecycle_ends = await log_ends(settings.kafka_bootstrap, settings.topic_lifecycle)
-        except Exception as exc:
-            raise CliError(
-                f"cannot read the lifecycle stream's end ({type(exc).__name__}); nothing was "
-                "cleared",
-                2,
-            ) from exc
+        lifecycle_ends = await _log_end(settings, settings.topic_lifecycle)
         await replay.reset_metrics(
             conn, args.metrics_group, settings.topic_lifecycle, lifecycle_ends
         )
@@ -48,6 +34,19 @@ async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: Asyn
     print(f"replay: cleared; {partitions} partition offsets of {args.group} reset to 0")
     print("running stage engines rebuild every customer now (see /readyz and consumer lag)")
     return 0
+
+
+async def _log_end(settings: CommonSettings, topic: str) -> dict[int, int]:
+    """Each partition's end offset of ``topic`` (nothing is cleared when Kafka cannot say)."""
+    try:
+        return await log_ends(settings.kafka_bootstrap, topic)
+    except Exception as exc:
+        raise CliError(
+            f"cannot read the end of {topic} at {settings.kafka_bootstrap} "
+            f"({type(exc).__name__}) — start Kafka or set CLM_KAFKA_BOOTSTRAP; nothing was "
+            "cleared",
+            2,
+        ) from exc
 
 
 async def _metrics_stopped(settings: CommonSettings) -> None:
