@@ -70,6 +70,7 @@ from clm_cli.simulator import journeys, truth
 from clm_cli.simulator.journeys import generate
 from clm_common.db import create_engine
 from clm_common.keys import store_key
+from clm_common.replay import METRICS_DERIVED
 from clm_devstack.services import ServiceProcess, start_service
 from clm_metrics.settings import MetricsSettings
 from tests import kpi_truth
@@ -268,21 +269,8 @@ async def build(url: str, customers: int, now: datetime) -> tuple[int, float]:
     return sum(done), time.perf_counter() - finishing
 
 
-#: The service's tables a loaded history fills (what the cache keeps).
-TABLES = (
-    "kpi_buckets",
-    "kpi_rollups",
-    "kpi_distinct",
-    "metrics_customer_numbers",
-    "metrics_customer_days",
-    "kpi_cohorts",
-    "stage_counts",
-    "kpi_day_versions",
-    "kpi_hour_versions",
-    "metrics_cohort_activity",
-    "metrics_processed",
-    "metrics_tickets",
-)
+#: The service's tables a loaded history fills (what the cache keeps): all it derives.
+TABLES = METRICS_DERIVED
 #: The code a cached history depends on: the generator, the reducer, the records, the
 #: service's pure counting code, this loader and the schema.
 SOURCES = (
