@@ -33,7 +33,9 @@ WORKDIR /app
 #    pyproject.toml or uv.lock changes. uv needs every workspace member's
 #    pyproject.toml to read the workspace, not just this service's.
 COPY pyproject.toml uv.lock ./
-COPY libs/common/pyproject.toml libs/common/pyproject.toml
+COPY libs/common/domain/pyproject.toml libs/common/domain/pyproject.toml
+COPY libs/common/infra/pyproject.toml libs/common/infra/pyproject.toml
+COPY libs/common/web/pyproject.toml libs/common/web/pyproject.toml
 COPY services/ingest/pyproject.toml services/ingest/pyproject.toml
 COPY services/stage-engine/pyproject.toml services/stage-engine/pyproject.toml
 COPY services/metrics/pyproject.toml services/metrics/pyproject.toml
@@ -44,7 +46,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 # 2) The workspace code this service and the CLI need, installed as regular
 #    (non-editable) packages so the runtime stage needs only the venv.
-COPY libs/common/src libs/common/src
+COPY libs/common/domain/src libs/common/domain/src
+COPY libs/common/infra/src libs/common/infra/src
+COPY libs/common/web/src libs/common/web/src
 COPY tools/cli/src tools/cli/src
 COPY services/${SERVICE}/src services/${SERVICE}/src
 RUN --mount=type=cache,target=/root/.cache/uv \

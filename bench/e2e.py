@@ -45,9 +45,9 @@ from bench.proc import cpu_s
 from bench.reads import FILL_SQL, Reads, customer_get, fill_ids, percentile, read_rounds
 from bench.results import write_section
 from bench.stack import stack_env
-from clm_common.db import create_engine
-from clm_common.keys import store_key
 from clm_devstack.services import ServiceProcess, start_service
+from clm_infra.db import create_engine
+from clm_infra.keys import store_key
 from tests.e2e.conftest import free_port
 
 KEY = "bench-e2e-write"

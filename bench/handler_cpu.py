@@ -35,7 +35,7 @@ import orjson
 from bench.databases import ROOT, create_migrated_database, drop_database
 from bench.results import cpu_gauge_ms, write_section
 from clm_cli.simulator.journeys import generate
-from clm_common.db import create_engine
+from clm_infra.db import create_engine
 from clm_metrics.handler import LifecycleHandler
 from tests.kpi_truth import record, replay
 

@@ -3,7 +3,7 @@
 All four run in one process tree on the same machine and broker, one after the other:
 
 (a) Kafka's own ``ProducerPerformance`` (Java) with our record size and producer settings;
-(b) a bare aiokafka producer loop (``clm_common.kafka.make_producer``, our records);
+(b) a bare aiokafka producer loop (``clm_infra.kafka.make_producer``, our records);
 (c) the ingest (a real ``python -m clm_ingest`` process) with one event per request:
     the most requests/s 64 connections get, and p50/p99 at a fixed offered 2,000 req/s
     (open loop: latency counts from the moment a request was due, so a stall is not hidden);
@@ -33,12 +33,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench.databases import create_migrated_database, drop_database
 from bench.http import Conn
 from bench.results import write_section
-from clm_common.db import create_engine
-from clm_common.kafka import make_producer
-from clm_common.keys import store_key
-from clm_common.settings import CommonSettings
 from clm_devstack.kafka import find_java, jars_dir
 from clm_devstack.services import start_service
+from clm_infra.db import create_engine
+from clm_infra.kafka import make_producer
+from clm_infra.keys import store_key
+from clm_infra.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-write-key"

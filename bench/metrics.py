@@ -41,9 +41,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-import clm_common.events
-import clm_common.lifecycle
-import clm_common.rules
+import clm_domain.events
+import clm_domain.lifecycle
+import clm_domain.rules
 import clm_metrics.buckets
 import clm_metrics.distinct
 import clm_metrics.repository
@@ -68,10 +68,10 @@ from bench.metrics_load import (
 from bench.results import write_section
 from clm_cli.simulator import journeys, truth
 from clm_cli.simulator.journeys import generate
-from clm_common.db import create_engine
-from clm_common.keys import store_key
-from clm_common.replay import METRICS_DERIVED
 from clm_devstack.services import ServiceProcess, start_service
+from clm_infra.db import create_engine
+from clm_infra.keys import store_key
+from clm_infra.replay import METRICS_DERIVED
 from clm_metrics.settings import MetricsSettings
 from tests import kpi_truth
 from tests.e2e.conftest import free_port
@@ -277,9 +277,9 @@ SOURCES = (
     journeys,
     truth,
     kpi_truth,
-    clm_common.events,
-    clm_common.lifecycle,
-    clm_common.rules,
+    clm_domain.events,
+    clm_domain.lifecycle,
+    clm_domain.rules,
     clm_stage_engine.records,
     clm_metrics.buckets,
     clm_metrics.distinct,

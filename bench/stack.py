@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from clm_common.kafka import ensure_topics
+from clm_infra.kafka import ensure_topics
 from tests.e2e.conftest import settings_of
 
 

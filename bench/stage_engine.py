@@ -32,12 +32,12 @@ from bench.proc import cpu_s, listener_pid, tree_cpu_s
 from bench.reads import FILL_SQL, fill_ids, read_rounds
 from bench.results import write_section
 from bench.stack import stack_env
-from clm_common.db import create_engine
-from clm_common.events import dump_event, parse_event
-from clm_common.kafka import log_ends
-from clm_common.keys import store_key
 from clm_devstack.cli import endpoint_of_bootstrap
 from clm_devstack.services import ServiceProcess, start_service
+from clm_domain.events import dump_event, parse_event
+from clm_infra.db import create_engine
+from clm_infra.kafka import log_ends
+from clm_infra.keys import store_key
 from clm_stage_engine.settings import StageEngineSettings
 from tests.e2e.conftest import free_port, settings_of
 

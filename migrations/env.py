@@ -10,8 +10,8 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from clm_common.schema import metadata
-from clm_common.settings import CommonSettings
+from clm_infra.schema import metadata
+from clm_infra.settings import CommonSettings
 
 config = context.config
 if config.config_file_name is not None:

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from clm_common.events import EXAMPLE_PROPERTIES
+from clm_domain.events import EXAMPLE_PROPERTIES
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

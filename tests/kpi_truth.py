@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clm_cli.simulator.truth import Step, Sweep, in_window, rate_str, replay, truth
-from clm_common.lifecycle import Stage
-from clm_common.lifecycle_records import EventRecord, decode
+from clm_domain.lifecycle import Stage
+from clm_domain.lifecycle_records import EventRecord, decode
 from clm_metrics.buckets import stay_bin, stay_bin_middle
 from clm_stage_engine.records import lifecycle_record
 
@@ -20,7 +20,7 @@ __all__ = ["Step", "record", "replay", "truth", "truth_cohorts", "truth_map"]
 
 def record(step: Step) -> EventRecord:
     """The lifecycle record the stage engine publishes for this step, as consumers decode it
-    (:mod:`clm_common.lifecycle_records`)."""
+    (:mod:`clm_domain.lifecycle_records`)."""
     doc = decode(lifecycle_record(step.event, step.before, step.applied))
     assert doc["kind"] == "event"
     return doc

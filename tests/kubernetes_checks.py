@@ -20,8 +20,8 @@ import kubernetes_validate
 import yaml
 from pydantic_settings import BaseSettings
 
-from clm_common.kafka import topic_specs
-from clm_common.settings import CommonSettings
+from clm_infra.kafka import topic_specs
+from clm_infra.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.settings import StageEngineSettings

@@ -1,6 +1,6 @@
 """A record that reaches Postgres and is refused there, for the poison tests (issue 28).
 
-The shared bounds (:mod:`clm_common.bounds`) make the engine's decoder refuse the values
+The shared bounds (:mod:`clm_domain.bounds`) make the engine's decoder refuse the values
 Postgres used to refuse (offsets past ±14:00, year 1), and sums are ``numeric(1000,4)``, so no
 event a producer can write fails inside Postgres any more. To still prove that a batch failing
 there on one record is bisected and only that record dead-lettered, a test installs this
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 #: the prefix of the event ids the trigger refuses
 REFUSED = "refused-by-pg"
-#: the SQLSTATE it raises (a data exception: permanent for ``clm_common.failures``)
+#: the SQLSTATE it raises (a data exception: permanent for ``clm_infra.failures``)
 REFUSED_SQLSTATE = "22003"
 
 _FUNCTION = f"""

@@ -8,9 +8,9 @@ import hashlib
 import hmac
 from typing import Any
 
-from clm_common.db import create_engine
-from clm_common.settings import CommonSettings
-from clm_common.webhook_secrets import Provider, cipher, store_secret
+from clm_infra.db import create_engine
+from clm_infra.settings import CommonSettings
+from clm_infra.webhook_secrets import Provider, cipher, store_secret
 
 SHOPIFY_ORDER: dict[str, Any] = {
     "id": 820982911946154508,

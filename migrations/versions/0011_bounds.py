@@ -6,7 +6,7 @@ revenue overflow: the engine's batch failed, and the lane stalled. ``kpi_buckets
 ``kpi_rollups.value`` (``numeric(28,4)``) sum every customer's events, the all-time rows
 without end. All four become ``numeric(1000,4)``: the widest declared numeric, exact to four
 places, more than 10**980 events of the largest amount from overflowing (see
-``clm_common/bounds.py``). The scale stays 4, so values read back as they did ("59.9000").
+``clm_domain/bounds.py``). The scale stays 4, so values read back as they did ("59.9000").
 
 Raising a numeric's precision at the same scale changes only the catalogue (no table rewrite,
 no index rebuild: a test checks the files stay the same): instant on a live table. Statements a

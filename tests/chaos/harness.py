@@ -31,9 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_cli.simulator.personas import SimConfig, simulate
 from clm_cli.simulator.sender import IngestClient, Outcome, Plan, Progress, post_all
 from clm_cli.simulator.truth import replay, stages_as_of
-from clm_common.db import create_engine
-from clm_common.kafka import topic_partitions
-from clm_common.schema import (
+from clm_devstack.services import ServiceProcess, start_service
+from clm_infra.db import create_engine
+from clm_infra.kafka import topic_partitions
+from clm_infra.schema import (
     consumer_offsets,
     customer_events,
     customers,
@@ -42,7 +43,6 @@ from clm_common.schema import (
     outbox_batches,
     processed_events,
 )
-from clm_devstack.services import ServiceProcess, start_service
 from tests.chaos.invariants import DeadLetter, EventKey, Expected, Observed, assert_invariant
 from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port
 from tests.integration.conftest import eventually

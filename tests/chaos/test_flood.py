@@ -25,9 +25,9 @@ import httpx
 import orjson
 import pytest
 
-from clm_common.db import create_engine
-from clm_common.keys import store_key
 from clm_devstack.services import start_service
+from clm_infra.db import create_engine
+from clm_infra.keys import store_key
 from tests.e2e.conftest import WRITE_KEY, free_port, settings_of
 from tests.factories import event_doc
 

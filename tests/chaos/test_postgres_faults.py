@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from clm_common.db import create_engine
 from clm_devstack.postgres import start_postgres, stop_postgres
+from clm_infra.db import create_engine
 from tests.chaos.conftest import OwnPostgres
 from tests.chaos.harness import (
     BOUND_S,

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from clm_common.db import create_engine
-from clm_common.schema import customers, stage_transitions
+from clm_infra.db import create_engine
+from clm_infra.schema import customers, stage_transitions
 from tests.chaos.harness import ChaosStack, Ledger, check, customer_of, journeys, send
 from tests.conftest import REPO_ROOT
 from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN

@@ -30,9 +30,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import select, text
 
-from clm_common.db import create_engine
-from clm_common.events import EXAMPLE_PROPERTIES
-from clm_common.schema import customer_events, processed_events
+from clm_domain.events import EXAMPLE_PROPERTIES
+from clm_infra.db import create_engine
+from clm_infra.schema import customer_events, processed_events
 from tests.chaos.harness import ChaosStack, lag, read_dead_letters, sample_value, scrape
 from tests.integration.conftest import eventually
 from tests.pg_refusal import REFUSED, REFUSED_SQLSTATE, refuse_marked_events

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from clm_common.db import create_engine
-from clm_common.kafka import ensure_topics
-from clm_common.keys import store_key
-from clm_common.settings import CommonSettings
 from clm_devstack.kafka import KafkaConfig
 from clm_devstack.services import ServiceProcess, start_service
+from clm_infra.db import create_engine
+from clm_infra.kafka import ensure_topics
+from clm_infra.keys import store_key
+from clm_infra.settings import CommonSettings
 from tests.conftest import REPO_ROOT
 
 WRITE_KEY = "e2e-write-key"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from clm_common.kafka import ensure_topics
-from clm_common.settings import CommonSettings
 from clm_devstack.kafka import start_kafka, stop_kafka
 from clm_devstack.services import start_service
+from clm_infra.kafka import ensure_topics
+from clm_infra.settings import CommonSettings
 from tests.e2e.conftest import WRITE_KEY, free_port, own_kafka
 from tests.factories import event_doc
 from tests.integration.conftest import read_topic

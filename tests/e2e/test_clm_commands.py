@@ -21,7 +21,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from clm_common.db import create_engine
+from clm_infra.db import create_engine
 from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port
 from tests.integration.conftest import eventually, produce, read_topic
 

@@ -28,7 +28,7 @@ from clm_cli.simulator.survivors import (
     replay_surviving,
 )
 from clm_cli.simulator.truth import replay, sweeps, truth
-from clm_common.kpis import window_bounds
+from clm_domain.kpis import window_bounds
 from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, running_stack
 from tests.e2e.test_clm_commands import clm
 from tests.integration.conftest import eventually

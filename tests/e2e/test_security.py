@@ -24,10 +24,10 @@ import httpx
 import orjson
 import pytest
 
-from clm_common.db import create_engine
-from clm_common.keys import store_key
-from clm_common.settings import CommonSettings
 from clm_devstack.services import start_service
+from clm_infra.db import create_engine
+from clm_infra.keys import store_key
+from clm_infra.settings import CommonSettings
 from clm_ingest.signatures import sign_timestamped_hex
 from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port, settings_of
 from tests.factories import event_doc

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.db import create_engine
-from clm_common.events import dump_event, parse_event
-from clm_common.schema import customer_events, customers, processed_events, stage_transitions
 from clm_devstack.services import ServiceProcess, start_service
+from clm_domain.events import dump_event, parse_event
+from clm_infra.db import create_engine
+from clm_infra.schema import customer_events, customers, processed_events, stage_transitions
 from tests.e2e.conftest import free_port
 from tests.factories import event_doc
 from tests.integration.conftest import eventually, produce, read_topic

@@ -15,11 +15,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.db import create_engine
-from clm_common.events import dump_event, parse_event
-from clm_common.kafka import ensure_topics, topic_partitions
-from clm_common.keys import store_key
-from clm_common.settings import CommonSettings
+from clm_domain.events import dump_event, parse_event
+from clm_infra.db import create_engine
+from clm_infra.kafka import ensure_topics, topic_partitions
+from clm_infra.keys import store_key
+from clm_infra.settings import CommonSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database

@@ -25,15 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_cli.simulator.survivors import Anonymise, Erase, Merge, Operation, replay_surviving
 from clm_cli.simulator.truth import Step, Sweep, stages_as_of, stages_at, sweeps, truth
-from clm_common import webhook_secrets
-from clm_common.auth import KeyVerifier
-from clm_common.events import EXAMPLE_PROPERTIES
-from clm_common.kpis import window_bounds
-from clm_common.lifecycle import Stage
-from clm_common.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms
-from clm_common.rules import LifecycleRules
-from clm_common.schema import customers, stage_counts
-from clm_common.webhook_urls import UrlPolicy
+from clm_domain.events import EXAMPLE_PROPERTIES
+from clm_domain.kpis import window_bounds
+from clm_domain.lifecycle import Stage
+from clm_domain.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms
+from clm_domain.rules import LifecycleRules
+from clm_infra import webhook_secrets
+from clm_infra.schema import customers, stage_counts
+from clm_infra.webhook_urls import UrlPolicy
 from clm_metrics import service
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
@@ -45,6 +44,7 @@ from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.outbox import unpack_records
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
+from clm_web.auth import KeyVerifier
 from tests.integration.conftest import ADMIN_KEY, READ_TOKEN
 from tests.kpi_truth import truth_cohorts, truth_map
 

@@ -18,10 +18,10 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common import bounds
-from clm_common.db import create_engine
-from clm_common.schema import customer_events, customers, processed_events
-from clm_common.settings import CommonSettings
+from clm_domain import bounds
+from clm_infra.db import create_engine
+from clm_infra.schema import customer_events, customers, processed_events
+from clm_infra.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings

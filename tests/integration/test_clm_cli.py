@@ -7,11 +7,11 @@ import asyncio
 import pytest
 
 from clm_cli import main as cli
-from clm_common.auth import KeyVerifier
-from clm_common.db import create_engine
-from clm_common.schema import webhook_secrets
-from clm_common.settings import CommonSettings
-from clm_common.webhook_secrets import active_secrets, cipher
+from clm_infra.db import create_engine
+from clm_infra.schema import webhook_secrets
+from clm_infra.settings import CommonSettings
+from clm_infra.webhook_secrets import active_secrets, cipher
+from clm_web.auth import KeyVerifier
 
 
 def run(args: list[str]) -> int:

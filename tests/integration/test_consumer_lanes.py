@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.consumer import (
+from clm_infra.consumer import (
     BatchConsumer,
     BatchPolicy,
     BatchResult,
@@ -20,9 +20,9 @@ from clm_common.consumer import (
     Handler,
     run_batch_consumer,
 )
-from clm_common.db import create_engine
-from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
-from clm_common.settings import CommonSettings
+from clm_infra.db import create_engine
+from clm_infra.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
+from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import FRESH_PLANS
 from tests.integration.conftest import eventually, produce
 

@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 from clm_cli.simulator import transactions
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 from clm_stage_engine.records import lifecycle_record
 from tests.conftest import _plain
 from tests.integration.conftest import READ_TOKEN, eventually, produce

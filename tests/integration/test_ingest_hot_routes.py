@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from tests.factories import event_doc
 from tests.integration.conftest import READ_TOKEN, WRITE_KEY, answer_of, read_topic

@@ -16,7 +16,7 @@ import pytest
 import schemathesis
 from schemathesis.checks import positive_data_acceptance
 
-from clm_common.events import EventType
+from clm_domain.events import EventType
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
 from tests.integration.conftest import NO_REQUEST_LIMITS, WRITE_KEY
@@ -82,7 +82,7 @@ def _deep(levels: int) -> Any:
     return value
 
 
-#: The contract's extremes (clm_common.bounds), just outside each bound: what the fuzzing
+#: The contract's extremes (clm_domain.bounds), just outside each bound: what the fuzzing
 #: phases are unlikely to draw, sent to every entry point of the ingest.
 EXTREME_EVENTS: list[dict[str, Any]] = [
     {"occurred_at": "2026-12-07T10:00:00+16:00"},

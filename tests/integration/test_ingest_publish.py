@@ -9,8 +9,8 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 
-from clm_common.events import parse_event_json
-from clm_common.settings import CommonSettings
+from clm_domain.events import parse_event_json
+from clm_infra.settings import CommonSettings
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
 from tests.factories import event_doc

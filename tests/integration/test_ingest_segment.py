@@ -14,7 +14,7 @@ import pytest
 from segment.analytics.client import Client
 from segment.analytics.request import APIError
 
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
 from tests.integration.conftest import READ_TOKEN, WRITE_KEY, read_topic

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 
-from clm_common.db import create_engine
-from clm_common.settings import CommonSettings
-from clm_common.webhook_secrets import (
+from clm_infra.db import create_engine
+from clm_infra.settings import CommonSettings
+from clm_infra.webhook_secrets import (
     list_secrets,
     revoke_secret,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from clm_common.db import create_engine
+from clm_infra.db import create_engine
 from clm_metrics import repository, service
 from clm_metrics.buckets import BucketKey, DistinctKey
 from clm_metrics.closed_days import ClosedDayCache

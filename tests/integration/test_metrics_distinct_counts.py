@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from clm_common.db import create_engine
+from clm_infra.db import create_engine
 from clm_metrics import distinct, repository, service
 from clm_metrics.buckets import DistinctKey
 from clm_metrics.closed_days import ClosedDayCache

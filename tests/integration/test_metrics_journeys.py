@@ -16,9 +16,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from clm_cli.simulator.journeys import generate
-from clm_common.events import dump_event, parse_event
-from clm_common.kpis import WINDOWS
-from clm_common.settings import CommonSettings
+from clm_domain.events import dump_event, parse_event
+from clm_domain.kpis import WINDOWS
+from clm_infra.settings import CommonSettings
 from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app as engine_app
@@ -117,7 +117,7 @@ async def test_every_kpi_of_every_window_equals_the_truth(
 
 
 def bounds(now: datetime, span: timedelta) -> tuple[datetime, datetime]:
-    from clm_common.kpis import window_bounds
+    from clm_domain.kpis import window_bounds
 
     return window_bounds(now, span)
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import orjson
 
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 from tests.integration.conftest import READ_TOKEN, eventually, produce
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}

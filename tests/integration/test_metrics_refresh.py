@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from clm_common.db import create_engine
+from clm_infra.db import create_engine
 from clm_metrics import repository, service, snapshot
 from clm_metrics.buckets import BucketKey
 

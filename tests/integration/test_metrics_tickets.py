@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from clm_common.db import create_engine
+from clm_infra.db import create_engine
 from clm_metrics import service
 from clm_metrics.formulas import compute_kpis
 from clm_metrics.handler import LifecycleHandler

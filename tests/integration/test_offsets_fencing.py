@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.db import create_engine
-from clm_common.lifecycle import Stage, Transition
-from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
-from clm_common.schema import stage_transitions
+from clm_domain.lifecycle import Stage, Transition
+from clm_infra.db import create_engine
+from clm_infra.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
+from clm_infra.schema import stage_transitions
 from clm_stage_engine.repository import insert_transitions
 from tests.factories import NOW
 

@@ -10,11 +10,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.db import create_engine
-from clm_common.kafka import make_producer
-from clm_common.replay import RELAY_LOCK_ID
-from clm_common.schema import outbox, outbox_batches
-from clm_common.settings import CommonSettings
+from clm_infra.db import create_engine
+from clm_infra.kafka import make_producer
+from clm_infra.replay import RELAY_LOCK_ID
+from clm_infra.schema import outbox, outbox_batches
+from clm_infra.settings import CommonSettings
 from clm_stage_engine import repository
 from clm_stage_engine.relay import OutboxGate, OutboxRelay, PayloadCache
 from tests.conftest import Infra, alembic_upgrade

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from clm_common.db import create_engine, unavailable
-from clm_common.settings import CommonSettings
+from clm_infra.db import create_engine, unavailable
+from clm_infra.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from tests.chaos.latency_proxy import LatencyProxy
 from tests.factories import event_doc

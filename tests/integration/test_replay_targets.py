@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
 
-from clm_common.db import create_engine
-from clm_common.events import parse_event
-from clm_common.kafka import log_ends
-from clm_common.lifecycle import apply_event
-from clm_common.replay import replay_behind, reset_for_replay
-from clm_common.rules import LifecycleRules
-from clm_common.schema import consumer_offsets, customers, replay_targets
-from clm_common.settings import CommonSettings
+from clm_domain.events import parse_event
+from clm_domain.lifecycle import apply_event
+from clm_domain.rules import LifecycleRules
+from clm_infra.db import create_engine
+from clm_infra.kafka import log_ends
+from clm_infra.replay import replay_behind, reset_for_replay
+from clm_infra.schema import consumer_offsets, customers, replay_targets
+from clm_infra.settings import CommonSettings
 from clm_stage_engine.repository import upsert_customers
 from clm_stage_engine.sweeper import sweep_forever
 from tests.factories import event_doc

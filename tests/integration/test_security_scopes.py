@@ -21,16 +21,15 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.auth import KeyVerifier
-from clm_common.db import create_engine
-from clm_common.keys import store_key
-from clm_common.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms, legacy_hash
-from clm_common.rules import LifecycleRules
-from clm_common.schema import erasures, webhook_subscriptions
-from clm_common.settings import CommonSettings
-from clm_common.subscription_secrets import open_secret
-from clm_common.webhook_secrets import cipher
-from clm_common.webhook_urls import UrlPolicy
+from clm_domain.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms, legacy_hash
+from clm_domain.rules import LifecycleRules
+from clm_infra.db import create_engine
+from clm_infra.keys import store_key
+from clm_infra.schema import erasures, webhook_subscriptions
+from clm_infra.settings import CommonSettings
+from clm_infra.subscription_secrets import open_secret
+from clm_infra.webhook_secrets import cipher
+from clm_infra.webhook_urls import UrlPolicy
 from clm_ingest.app import create_app as ingest_app
 from clm_ingest.settings import IngestSettings
 from clm_metrics.app import create_app as metrics_app
@@ -40,6 +39,7 @@ from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.webhooks import Dispatcher
+from clm_web.auth import KeyVerifier
 from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.conftest import (

@@ -105,7 +105,7 @@ def test_control_characters_in_ids_are_422_not_a_database_error(
         assert response.headers["content-type"] == "application/problem+json"
 
 
-#: Times just outside the contract's bounds (clm_common.bounds), and beyond the calendar once
+#: Times just outside the contract's bounds (clm_domain.bounds), and beyond the calendar once
 #: in UTC: what the fuzzing phases are unlikely to draw.
 EXTREME_TIMES = (
     "0001-01-01T00:00:00+14:00",

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.lifecycle import CustomerState, Stage, evolve
-from clm_common.rules import LifecycleRules
-from clm_common.schema import customer_events, customers, processed_events
+from clm_domain.lifecycle import CustomerState, Stage, evolve
+from clm_domain.rules import LifecycleRules
+from clm_infra.schema import customer_events, customers, processed_events
 from clm_stage_engine import repository
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.known import LOOKUPS, KnownStates

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc

@@ -11,15 +11,15 @@ import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, update
 
-from clm_common.db import create_engine
-from clm_common.schema import (
+from clm_infra.db import create_engine
+from clm_infra.schema import (
     consumer_offsets,
     customers,
     outbox,
     outbox_batches,
     stage_transitions,
 )
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc

@@ -24,13 +24,14 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.rules import LifecycleRules, RulesError
-from clm_common.schema import metadata
-from clm_common.settings import CommonSettings
+from clm_domain.rules import LifecycleRules, RulesError
+from clm_infra import replay
+from clm_infra.kafka import log_ends
+from clm_infra.schema import metadata
+from clm_infra.settings import CommonSettings
 from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app
-from clm_stage_engine.replay import reset_for_replay
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.webhooks import verify_signature
@@ -254,12 +255,11 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
 
     assert await leftovers() == []
 
-    await reset_for_replay(
-        db,
-        StageEngineSettings().stage_engine_group,
-        common.topic_events,
-        bootstrap=common.kafka_bootstrap,
-    )
+    ends = await log_ends(common.kafka_bootstrap, common.topic_events)
+    async with db.begin() as conn:
+        await replay.reset_for_replay(
+            conn, StageEngineSettings().stage_engine_group, common.topic_events, ends
+        )
     await until_events(client, "keep-me", 1)
     await asyncio.sleep(2)  # let the whole log replay
     assert await get(client, "erase-me") is None

@@ -19,10 +19,10 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.failures import classify
-from clm_common.kafka import topic_partitions
-from clm_common.schema import consumer_offsets, customer_events, customers
-from clm_common.settings import CommonSettings
+from clm_infra.failures import classify
+from clm_infra.kafka import topic_partitions
+from clm_infra.schema import consumer_offsets, customer_events, customers
+from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc

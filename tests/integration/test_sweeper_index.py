@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.schema import customers
+from clm_infra.schema import customers
 from clm_stage_engine.sweeper import due
 
 

@@ -1,4 +1,4 @@
-"""The contract's bounds (clm_common.bounds): each side of each one, and the arithmetic the
+"""The contract's bounds (clm_domain.bounds): each side of each one, and the arithmetic the
 engine and metrics do on values inside them never overflowing."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from clm_common import bounds
-from clm_common.events import (
+from clm_domain import bounds
+from clm_domain.events import (
     ENVELOPE_ID_FIELDS,
     ENVELOPE_LABEL_FIELDS,
     EventBase,
@@ -25,9 +25,9 @@ from clm_common.events import (
     parse_event_json,
     parse_stored_event_json,
 )
-from clm_common.kpis import exact_money, money
-from clm_common.lifecycle import CustomerState, Stage, advance
-from clm_common.rules import MAX_RULE_DAYS, RulesError, parse_rules
+from clm_domain.kpis import exact_money, money
+from clm_domain.lifecycle import CustomerState, Stage, advance
+from clm_domain.rules import MAX_RULE_DAYS, RulesError, parse_rules
 from clm_ingest import webhooks
 from clm_ingest.normalize import field_errors, normalize
 from clm_ingest.segment import DEFAULT_TRACK_EVENTS, SegmentInvalid, to_event

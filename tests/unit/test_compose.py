@@ -261,7 +261,7 @@ def test_dockerfile_shape(services: dict[str, Any], name: str) -> None:
     # the service's package and the CLI; the dependency layer before any source
     deps = 'uv sync --frozen --no-dev --no-install-workspace --package "clm-${SERVICE}"'
     assert f"{deps} --package clm-cli" in builder
-    assert builder.index(deps) < builder.index("COPY libs/common/src")
+    assert builder.index(deps) < builder.index("COPY libs/common/domain/src")
     assert "COPY tools/cli/src tools/cli/src" in builder
     assert re.search(r"--no-editable --package \"clm-\$\{SERVICE\}\" --package clm-cli", builder)
     base, runtime = stages["runtime"]

@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
-from clm_common import consumer as consumer_module
-from clm_common.consumer import BISECTED, BatchConsumer, BatchPolicy, BatchResult
-from clm_common.offsets import OffsetAdvance, OffsetFenced
+from clm_infra import consumer as consumer_module
+from clm_infra.consumer import BISECTED, BatchConsumer, BatchPolicy, BatchResult
+from clm_infra.offsets import OffsetAdvance, OffsetFenced
 
 GROUP = "bisect-test"
 

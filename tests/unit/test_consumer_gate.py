@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from clm_common.consumer import BatchConsumer, BatchPolicy
+from clm_infra.consumer import BatchConsumer, BatchPolicy
 
 
 class _Consumer:

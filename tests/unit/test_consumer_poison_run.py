@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from clm_common.consumer import BatchConsumer, BatchPolicy, Poison, PoisonLimitExceeded
+from clm_infra.consumer import BatchConsumer, BatchPolicy, Poison, PoisonLimitExceeded
 
 
 class _Producer:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from clm_common.events import (
+from clm_domain.events import (
     EventType,
     Purchase,
     dump_event,

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
-from clm_common.failures import KINDS, classify, sqlstate
+from clm_infra.failures import KINDS, classify, sqlstate
 
 DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clm_common.lifecycle import CustomerState, Stage
+from clm_domain.lifecycle import CustomerState, Stage
 from clm_stage_engine.known import KnownStates
 
 T = datetime(2026, 12, 1, tzinfo=UTC)

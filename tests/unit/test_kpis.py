@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clm_common.kpis import exact_money, money, parse_window, ratio, window_bounds
+from clm_domain.kpis import exact_money, money, parse_window, ratio, window_bounds
 from clm_metrics.buckets import (
     aggregate,
     cohort_rows,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clm_common.events import Event, parse_event
-from clm_common.lifecycle import (
+from clm_domain.events import Event, parse_event
+from clm_domain.lifecycle import (
     ARC,
     CAN_LAPSE,
     LAPSED,
@@ -27,8 +27,8 @@ from clm_common.lifecycle import (
     parse_stage,
     rebuild,
 )
-from clm_common.rules import LifecycleRules, load_rules
-from clm_common.schema import LAPSING_STAGES
+from clm_domain.rules import LifecycleRules, load_rules
+from clm_infra.schema import LAPSING_STAGES
 from tests.factories import NOW, event_doc
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The lifecycle record contract (``clm_common.lifecycle_records``): the records the stage
+"""The lifecycle record contract (``clm_domain.lifecycle_records``): the records the stage
 engine's own producers make fit the types and the committed JSON Schemas, survive
 ``decode``/``encode`` unchanged, and ``decode`` refuses what is not a record, naming the field."""
 
@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
 
-from clm_common.events import Event, dump_event, parse_event
-from clm_common.lifecycle import CustomerState, Stage, Transition, advance, apply_event
-from clm_common.lifecycle_records import (
+from clm_domain.events import Event, dump_event, parse_event
+from clm_domain.lifecycle import CustomerState, Stage, Transition, advance, apply_event
+from clm_domain.lifecycle_records import (
     KINDS,
     SCHEMA_V1,
     SCHEMA_V2,
@@ -44,7 +44,7 @@ from clm_common.lifecycle_records import (
     schema_files,
     slim_event,
 )
-from clm_common.rules import LifecycleRules
+from clm_domain.rules import LifecycleRules
 from clm_stage_engine.processor import counted, fold_timeline
 from clm_stage_engine.records import (
     FACT_FIELDS,
@@ -343,7 +343,7 @@ def test_the_examples_cover_every_kind_of_both_versions() -> None:
 
 
 def test_the_committed_schemas_are_what_the_types_make_now() -> None:
-    """Regenerate with ``python -m clm_common.lifecycle_records --schema`` after a change."""
+    """Regenerate with ``python -m clm_domain.lifecycle_records --schema`` after a change."""
     for name, text in schema_files().items():
         assert (ROOT / "deploy/schemas" / name).read_text() == text, name
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import orjson
 
-from clm_common.lifecycle import CustomerState, Stage
+from clm_domain.lifecycle import CustomerState, Stage
 from clm_stage_engine.records import FACT_FIELDS, customer_facts
 
 T = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)

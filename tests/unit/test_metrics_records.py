@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import orjson
 
-from clm_common.events import parse_event
-from clm_common.lifecycle import Stage, Transition, advance, apply_event
-from clm_common.rules import LifecycleRules
+from clm_domain.events import parse_event
+from clm_domain.lifecycle import Stage, Transition, advance, apply_event
+from clm_domain.rules import LifecycleRules
 from clm_metrics.buckets import distinct_items, increments, stage_deltas
 from clm_metrics.formulas import flows, stage_net
 from clm_stage_engine.processor import counted, fold_timeline

@@ -13,8 +13,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clm_common.events import Event, parse_event
-from clm_common.lifecycle import (
+from clm_domain.events import Event, parse_event
+from clm_domain.lifecycle import (
     CustomerState,
     Stage,
     advance,
@@ -23,7 +23,7 @@ from clm_common.lifecycle import (
     event_order,
     rebuild,
 )
-from clm_common.rules import LifecycleRules
+from clm_domain.rules import LifecycleRules
 from clm_metrics.buckets import BucketKey, customer_increments, event_increments, increments
 from clm_stage_engine.processor import Item, first_of_each, fold, fold_timeline, needs_history
 from clm_stage_engine.records import sweep_item

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from clm_common.pseudonyms import (
+from clm_domain.pseudonyms import (
     DEV_PSEUDONYM_KEY,
     PseudonymKeyMissing,
     legacy_hash,

@@ -11,7 +11,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from clm_cli.settings import CliSettings
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.settings import StageEngineSettings

@@ -7,7 +7,7 @@ import logging
 import orjson
 import pytest
 
-from clm_common.logconfig import JsonFormatter
+from clm_infra.logconfig import JsonFormatter
 from clm_ingest.observability import REQUEST_ID, OncePerSecond, install_request_id_logging
 
 

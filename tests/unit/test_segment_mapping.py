@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from clm_common.events import Custom, Identify, Purchase, Refund, Review, SiteVisit
+from clm_domain.events import Custom, Identify, Purchase, Refund, Review, SiteVisit
 from clm_ingest.normalize import normalize
 from clm_ingest.segment import DEFAULT_TRACK_EVENTS, SegmentInvalid, to_event
 from tests.factories import NOW

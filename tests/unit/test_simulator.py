@@ -28,9 +28,9 @@ from clm_cli.simulator.truth import (
     truth,
     truth_document,
 )
-from clm_common.events import parse_event
-from clm_common.lifecycle import Stage
-from clm_common.rules import load_rules
+from clm_domain.events import parse_event
+from clm_domain.lifecycle import Stage
+from clm_domain.rules import load_rules
 
 AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RULES = load_rules()  # the shipped deploy/config/lifecycle.yaml

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clm_common.stall import Progress, Stall, describe, stalled
+from clm_infra.stall import Progress, Stall, describe, stalled
 
 
 def test_behind_and_not_moving_for_the_limit_is_stalled() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet, MultiFernet
 
-from clm_common.subscription_secrets import (
+from clm_infra.subscription_secrets import (
     SecretUnreadable,
     is_clear,
     new_secret,

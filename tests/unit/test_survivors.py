@@ -8,7 +8,7 @@ from typing import Any
 
 from clm_cli.simulator.survivors import Anonymise, Erase, Merge, replay_surviving, surviving
 from clm_cli.simulator.truth import final_states, truth
-from clm_common.lifecycle import Stage
+from clm_domain.lifecycle import Stage
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 NOW = T0 + timedelta(days=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clm_common.webhook_urls import (
+from clm_infra.webhook_urls import (
     Resolver,
     UrlPolicy,
     UrlRefused,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from clm_common.serve import serve
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
+from clm_web.serve import serve
 
 
 def main() -> None:

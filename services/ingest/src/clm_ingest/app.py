@@ -12,16 +12,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from clm_common.auth import KeyVerifier
-from clm_common.db import create_engine, ping
-from clm_common.events import EVENT_ADAPTER
-from clm_common.health import Check, health_router
-from clm_common.kafka import kafka_reachable, make_producer
-from clm_common.problem import document_problems, install_problem_handlers
-from clm_common.prom import instrument, metrics_router
-from clm_common.request_limits import install_request_limits
-from clm_common.serve import telemetry
-from clm_common.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
+from clm_domain.events import EVENT_ADAPTER
+from clm_infra.db import create_engine, ping
+from clm_infra.kafka import kafka_reachable, make_producer
+from clm_infra.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
 from clm_ingest.api import events, segment, webhooks
 from clm_ingest.deps import State
 from clm_ingest.hot_routes import HotRoute, HotRoutesMiddleware
@@ -32,6 +26,12 @@ from clm_ingest.ratelimit import TokenBuckets
 from clm_ingest.refusals import SegmentError, refusal, segment_response
 from clm_ingest.segment import DEFAULT_TRACK_EVENTS
 from clm_ingest.settings import IngestSettings
+from clm_web.auth import KeyVerifier
+from clm_web.health import Check, health_router
+from clm_web.problem import document_problems, install_problem_handlers
+from clm_web.prom import instrument, metrics_router
+from clm_web.request_limits import install_request_limits
+from clm_web.serve import telemetry
 
 log = logging.getLogger(__name__)
 

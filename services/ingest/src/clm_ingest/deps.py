@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.auth import KeyVerifier, Principal, bearer_from_header
-from clm_common.problem import ProblemError
-from clm_common.webhook_secrets import SecretCache
+from clm_infra.webhook_secrets import SecretCache
 from clm_ingest.publisher import Publisher
 from clm_ingest.ratelimit import TokenBuckets, retry_after_header
 from clm_ingest.settings import IngestSettings
+from clm_web.auth import KeyVerifier, Principal, bearer_from_header
+from clm_web.problem import ProblemError
 
 
 @dataclass(slots=True)

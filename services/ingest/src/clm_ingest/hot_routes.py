@@ -17,10 +17,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clm_common.asgi import header, send_json
-from clm_common.db import unavailable
-from clm_common.problem import ProblemError, database_unavailable, raised_problem
+from clm_infra.db import unavailable
 from clm_ingest.deps import Caller, State, authorize_writer
+from clm_web.asgi import header, send_json
+from clm_web.problem import ProblemError, database_unavailable, raised_problem
 
 Accept = Callable[[State, Caller, bytes], Awaitable[bytes]]
 

@@ -12,8 +12,8 @@ import zlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clm_common.asgi import header
 from clm_ingest.refusals import refusal
+from clm_web.asgi import header
 
 
 class BodyTooLarge(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from clm_common.events import Event, error_field, parse_event
+from clm_domain.events import Event, error_field, parse_event
 
 _TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 

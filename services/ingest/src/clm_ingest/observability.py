@@ -2,7 +2,7 @@
 (429s: one a second, with how many more there were).
 
 Request counts and durations by route and status are the shared ``clm_http_requests_total``
-and ``clm_http_request_duration_seconds`` (:func:`clm_common.prom.instrument`).
+and ``clm_http_request_duration_seconds`` (:func:`clm_web.prom.instrument`).
 
 The id comes from the caller's ``X-Request-ID`` (when it is a short, plain token) or is made
 here; it is echoed in the response and added to every log record made while the request runs
@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clm_common.asgi import header
+from clm_web.asgi import header
 
 log = logging.getLogger("clm_ingest.access")
 

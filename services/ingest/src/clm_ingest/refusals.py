@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from fastapi.responses import JSONResponse
 
-from clm_common.problem import problem_response
+from clm_web.problem import problem_response
 
 SEGMENT_PATHS = frozenset(
     f"/v1/{name}"

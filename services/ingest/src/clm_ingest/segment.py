@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from clm_common import bounds
+from clm_domain import bounds
 
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment: 32 KB per message
 MAX_BATCH_BYTES = 500 * 1024  # Segment: 500 KB per batch request

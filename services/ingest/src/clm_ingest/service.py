@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from clm_common.events import (
+from clm_domain.events import (
     EVENT_TYPES,
     Event,
     dump_event,
@@ -23,9 +23,9 @@ from clm_common.events import (
     partition_key,
     record_headers,
 )
-from clm_common.prom import children
 from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
 from clm_ingest.publisher import Publisher, Record
+from clm_web.prom import children
 
 # every label is bounded: event types (or "unknown"), route templates, refusal reasons
 ACCEPTED = children(

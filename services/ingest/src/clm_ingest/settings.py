@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from clm_common.events import EVENT_TYPES
-from clm_common.settings import CommonSettings
+from clm_domain.events import EVENT_TYPES
+from clm_infra.settings import CommonSettings
 
 
 class IngestSettings(CommonSettings):
@@ -36,7 +36,7 @@ class IngestSettings(CommonSettings):
     ingest_rate_limit_burst: int = Field(
         default=40_000, ge=1, description="Events a write key may send at once (bucket size)."
     )
-    # the request limits of every service (clm_common.request_limits): per key, the ingest
+    # the request limits of every service (clm_web.request_limits): per key, the ingest
     # counts events (above) rather than requests
     rate_limit_key_per_s: float = Field(
         default=0.0,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from clm_common.serve import serve
 from clm_metrics.app import create_app
 from clm_metrics.settings import MetricsSettings
+from clm_web.serve import serve
 
 
 def main() -> None:

@@ -8,27 +8,27 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from clm_common.auth import KeyVerifier
-from clm_common.consumer import (
+from clm_infra.consumer import (
     BatchConsumer,
     BatchPolicy,
     PoisonLimitExceeded,
     run_batch_consumer,
     stalled_loops,
 )
-from clm_common.db import create_engine, ping
-from clm_common.health import Check, health_router
-from clm_common.kafka import kafka_reachable
-from clm_common.problem import install_problem_handlers, install_problem_openapi
-from clm_common.prom import instrument, metrics_router
-from clm_common.request_limits import install_request_limits
-from clm_common.serve import telemetry
-from clm_common.worker import Supervisor
+from clm_infra.db import create_engine, ping
+from clm_infra.kafka import kafka_reachable
+from clm_infra.worker import Supervisor
 from clm_metrics.api import kpis
 from clm_metrics.deps import State
 from clm_metrics.handler import LifecycleHandler
 from clm_metrics.settings import MetricsSettings
 from clm_metrics.snapshot import prune_forever, refresh_forever
+from clm_web.auth import KeyVerifier
+from clm_web.health import Check, health_router
+from clm_web.problem import install_problem_handlers, install_problem_openapi
+from clm_web.prom import instrument, metrics_router
+from clm_web.request_limits import install_request_limits
+from clm_web.serve import telemetry
 
 
 def create_app(settings: MetricsSettings | None = None) -> FastAPI:

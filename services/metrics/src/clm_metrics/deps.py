@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.auth import KeyVerifier
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.service import Retention
 from clm_metrics.settings import MetricsSettings
+from clm_web.auth import KeyVerifier
 
 
 @dataclass(slots=True)

@@ -13,8 +13,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from clm_common.kpis import money, ratio
-from clm_common.lifecycle import ARC, Stage
+from clm_domain.kpis import money, ratio
+from clm_domain.lifecycle import ARC, Stage
 from clm_metrics.buckets import ACTIVE_STAGES, STAY_BINS, stay_bin_middle
 
 TotalsKey = tuple[str, str, str, str]

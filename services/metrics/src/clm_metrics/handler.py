@@ -1,5 +1,5 @@
 """One micro-batch of ``clm.lifecycle.v1`` (records of the v1 and v2 contracts,
-:mod:`clm_common.lifecycle_records`), counted inside the consumer's transaction."""
+:mod:`clm_domain.lifecycle_records`), counted inside the consumer's transaction."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.consumer import BatchResult, Poison
-from clm_common.lifecycle_records import LifecycleRecord, decode
+from clm_domain.lifecycle_records import LifecycleRecord, decode
+from clm_infra.consumer import BatchResult, Poison
 from clm_metrics import repository
 from clm_metrics.buckets import (
     BucketKey,

@@ -12,7 +12,7 @@ from pyroaring import BitMap
 from sqlalchemy import Table, and_, func, literal, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.schema import (
+from clm_infra.schema import (
     kpi_buckets,
     kpi_cohorts,
     kpi_day_versions,

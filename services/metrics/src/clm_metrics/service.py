@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.lifecycle import Stage
+from clm_domain.lifecycle import Stage
 from clm_metrics import repository
 from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, version_of
 from clm_metrics.distinct import Distinct, combine

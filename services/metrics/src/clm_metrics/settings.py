@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 
 
 class MetricsSettings(CommonSettings):

@@ -20,8 +20,8 @@ from typing import Any
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.kpis import WINDOWS, floor_minute, window_bounds
-from clm_common.lifecycle import Stage
+from clm_domain.kpis import WINDOWS, floor_minute, window_bounds
+from clm_domain.lifecycle import Stage
 from clm_metrics import repository, service
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis, lifecycle_map

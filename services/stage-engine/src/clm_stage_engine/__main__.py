@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from clm_common.rules import RulesError, load_rules
-from clm_common.serve import serve
+from clm_domain.rules import RulesError, load_rules
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
+from clm_web.serve import serve
 
 
 def main() -> None:

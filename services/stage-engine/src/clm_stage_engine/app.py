@@ -13,26 +13,20 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from clm_common import webhook_secrets
-from clm_common.auth import KeyVerifier
-from clm_common.consumer import (
+from clm_domain.pseudonyms import pseudonyms_from
+from clm_domain.rules import LifecycleRules, load_rules
+from clm_infra import webhook_secrets
+from clm_infra.consumer import (
     BatchConsumer,
     BatchPolicy,
     PoisonLimitExceeded,
     run_batch_consumer,
     stalled_loops,
 )
-from clm_common.db import create_engine, ping
-from clm_common.health import Check, health_router
-from clm_common.kafka import kafka_reachable, make_producer
-from clm_common.problem import install_problem_handlers, install_problem_openapi
-from clm_common.prom import instrument, metrics_router
-from clm_common.pseudonyms import pseudonyms_from
-from clm_common.request_limits import install_request_limits
-from clm_common.rules import LifecycleRules, load_rules
-from clm_common.serve import telemetry
-from clm_common.webhook_urls import UrlPolicy
-from clm_common.worker import Supervisor
+from clm_infra.db import create_engine, ping
+from clm_infra.kafka import kafka_reachable, make_producer
+from clm_infra.webhook_urls import UrlPolicy
+from clm_infra.worker import Supervisor
 from clm_stage_engine import at_rest
 from clm_stage_engine.api import customers, merge, webhooks
 from clm_stage_engine.deps import State
@@ -43,6 +37,12 @@ from clm_stage_engine.relay import OutboxGate, OutboxRelay, PayloadCache
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_forever
 from clm_stage_engine.webhooks import Dispatcher
+from clm_web.auth import KeyVerifier
+from clm_web.health import Check, health_router
+from clm_web.problem import install_problem_handlers, install_problem_openapi
+from clm_web.prom import instrument, metrics_router
+from clm_web.request_limits import install_request_limits
+from clm_web.serve import telemetry
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 stage engine starts (it holds the keys; the migrations do not):
 
 - erasure tombstones holding a bare SHA-256 of the customer id (``keyed`` false) become the
-  keyed hash of :mod:`clm_common.pseudonyms` (computed from that SHA-256: no id needed);
+  keyed hash of :mod:`clm_domain.pseudonyms` (computed from that SHA-256: no id needed);
 - webhook subscription secrets stored in clear (``whsec_…``) are sealed under
-  ``CLM_SECRETS_KEY`` (:mod:`clm_common.subscription_secrets`).
+  ``CLM_SECRETS_KEY`` (:mod:`clm_infra.subscription_secrets`).
 
 Both are idempotent and cheap once done; replicas starting together serialise on the rows.
 Rows an engine of the older version writes during a rolling upgrade are upgraded at the next
@@ -21,9 +21,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common import subscription_secrets
-from clm_common.pseudonyms import Pseudonyms
-from clm_common.schema import erasures, webhook_subscriptions
+from clm_domain.pseudonyms import Pseudonyms
+from clm_infra import subscription_secrets
+from clm_infra.schema import erasures, webhook_subscriptions
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from cryptography.fernet import MultiFernet
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.auth import KeyVerifier
-from clm_common.pseudonyms import Pseudonyms
-from clm_common.rules import LifecycleRules
-from clm_common.webhook_urls import UrlPolicy
+from clm_domain.pseudonyms import Pseudonyms
+from clm_domain.rules import LifecycleRules
+from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine.settings import StageEngineSettings
+from clm_web.auth import KeyVerifier
 
 
 @dataclass(slots=True)

@@ -29,11 +29,11 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.consumer import BatchResult, Poison
-from clm_common.events import Event, parse_event_json
-from clm_common.lifecycle import customer_key, event_order
-from clm_common.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms
-from clm_common.rules import LifecycleRules
+from clm_domain.events import Event, parse_event_json
+from clm_domain.lifecycle import customer_key, event_order
+from clm_domain.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms
+from clm_domain.rules import LifecycleRules
+from clm_infra.consumer import BatchResult, Poison
 from clm_stage_engine import repository
 from clm_stage_engine.known import KnownStates
 from clm_stage_engine.processor import FoldResult, Item, first_of_each, fold, needs_history

@@ -20,14 +20,14 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clm_common.asgi import header, send_json
-from clm_common.auth import bearer_from_header
-from clm_common.db import unavailable
-from clm_common.events import TEXT_PATTERN
-from clm_common.problem import ProblemError, database_unavailable, raised_problem
+from clm_domain.events import TEXT_PATTERN
+from clm_infra.db import unavailable
 from clm_stage_engine import repository
 from clm_stage_engine.api.customers import customer_doc, not_found
 from clm_stage_engine.deps import State
+from clm_web.asgi import header, send_json
+from clm_web.auth import bearer_from_header
+from clm_web.problem import ProblemError, database_unavailable, raised_problem
 
 PREFIX = "/v1/customers/"
 _ID = re.compile(TEXT_PATTERN)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from clm_common.lifecycle import CustomerState, positional
+from clm_domain.lifecycle import CustomerState, positional
 
 LOOKUPS = Counter(
     "clm_stage_engine_known_states_total",

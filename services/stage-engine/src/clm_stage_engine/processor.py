@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from clm_common.events import Event, dump_event, partition_key
-from clm_common.lifecycle import (
+from clm_domain.events import Event, dump_event, partition_key
+from clm_domain.lifecycle import (
     Applied,
     CustomerState,
     Transition,
@@ -30,8 +30,8 @@ from clm_common.lifecycle import (
     is_late,
     positional,
 )
-from clm_common.lifecycle_records import TimelineItem
-from clm_common.rules import LifecycleRules
+from clm_domain.lifecycle_records import TimelineItem
+from clm_domain.rules import LifecycleRules
 from clm_stage_engine.records import (
     Reason,
     Timeline,

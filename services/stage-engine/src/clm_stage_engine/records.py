@@ -29,9 +29,9 @@ from typing import Any, Final, Literal, cast
 
 import orjson
 
-from clm_common.events import Event, dump_event
-from clm_common.lifecycle import Applied, CustomerState, Transition
-from clm_common.lifecycle_records import (
+from clm_domain.events import Event, dump_event
+from clm_domain.lifecycle import Applied, CustomerState, Transition
+from clm_domain.lifecycle_records import (
     SCHEMA_V2,
     CustomerMergeRecord,
     EventRecord,

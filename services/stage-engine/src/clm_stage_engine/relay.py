@@ -31,8 +31,8 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.db import lone_statement
-from clm_common.replay import RELAY_LOCK_ID
+from clm_infra.db import lone_statement
+from clm_infra.replay import RELAY_LOCK_ID
 from clm_stage_engine.outbox import unpack_records
 
 log = logging.getLogger(__name__)

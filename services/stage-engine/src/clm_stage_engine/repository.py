@@ -15,8 +15,11 @@ from sqlalchemy import Text, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.consumer import Conflict
-from clm_common.db import (
+from clm_domain.events import Event, parse_stored_event_json
+from clm_domain.kpis import exact_money
+from clm_domain.lifecycle import CustomerState, Stage, Transition, make_state
+from clm_infra.consumer import Conflict
+from clm_infra.db import (
     any_text,
     binary_positions,
     driver,
@@ -27,10 +30,7 @@ from clm_common.db import (
     lone_statement,
     pg_array,
 )
-from clm_common.events import Event, parse_stored_event_json
-from clm_common.kpis import exact_money
-from clm_common.lifecycle import CustomerState, Stage, Transition, make_state
-from clm_common.schema import (
+from clm_infra.schema import (
     customer_events,
     customers,
     erasures,
@@ -224,7 +224,7 @@ async def lookup_batch(
     subscriptions: four lookups, one statement, on the driver (for a small batch,
     SQLAlchemy's own execution of a statement costs more CPU than the statement's work)."""
     row = await (await driver(conn)).fetchrow(
-        _LOOKUP,  # the values as JSON: see clm_common.db.driver_insert_sql on the driver's arrays
+        _LOOKUP,  # the values as JSON: see clm_infra.db.driver_insert_sql on the driver's arrays
         orjson.dumps(keys).decode(),
         orjson.dumps(sorted(set(hashes))).decode(),
         orjson.dumps(sorted(set(ids))).decode(),
@@ -361,7 +361,7 @@ _ONE = f"SELECT {', '.join(_STATE_COLUMNS)} FROM customers WHERE customer_id = $
 
 
 async def read_customer(engine: AsyncEngine, customer_id: str) -> CustomerState | None:
-    """The hot read: one statement on the driver (:func:`clm_common.db.lone_statement`)."""
+    """The hot read: one statement on the driver (:func:`clm_infra.db.lone_statement`)."""
     async with lone_statement(engine) as drv:
         row = await drv.fetchrow(_ONE, customer_id)
     return None if row is None else _state_from_values(row)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 
 
 class StageEngineSettings(CommonSettings):

@@ -18,11 +18,11 @@ from prometheus_client import Counter
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.lifecycle import CUSTOMER_STAGES, CustomerState, Stage, Transition, advance
-from clm_common.lifecycle_records import TimeRecord, encode
-from clm_common.replay import replay_behind
-from clm_common.rules import LifecycleRules
-from clm_common.schema import customers
+from clm_domain.lifecycle import CUSTOMER_STAGES, CustomerState, Stage, Transition, advance
+from clm_domain.lifecycle_records import TimeRecord, encode
+from clm_domain.rules import LifecycleRules
+from clm_infra.replay import replay_behind
+from clm_infra.schema import customers
 from clm_stage_engine import repository
 from clm_stage_engine.records import SCHEMA, customer_facts, move_doc
 

@@ -34,10 +34,10 @@ from prometheus_client import Counter
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common.lifecycle import Transition
-from clm_common.schema import webhook_deliveries, webhook_subscriptions
-from clm_common.subscription_secrets import SecretUnreadable, open_secret
-from clm_common.webhook_urls import UrlPolicy, UrlRefused, delivery_target
+from clm_domain.lifecycle import Transition
+from clm_infra.schema import webhook_deliveries, webhook_subscriptions
+from clm_infra.subscription_secrets import SecretUnreadable, open_secret
+from clm_infra.webhook_urls import UrlPolicy, UrlRefused, delivery_target
 
 log = logging.getLogger(__name__)
 

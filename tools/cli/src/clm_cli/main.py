@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from clm_cli.settings import CliSettings
-    from clm_common.settings import CommonSettings
+    from clm_infra.settings import CommonSettings
 
 Handler = Callable[[argparse.Namespace, "CommonSettings", "AsyncConnection"], Awaitable[int]]
 Action = Callable[[argparse.Namespace, "CliSettings"], Coroutine[Any, Any, int]]
@@ -79,7 +79,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 async def _in_transaction(handler: Handler, args: argparse.Namespace, s: CommonSettings) -> int:
-    from clm_common.db import create_engine  # only the commands that need Postgres load it
+    from clm_infra.db import create_engine  # only the commands that need Postgres load it
 
     engine = create_engine(s.database_url, pool_size=1, app_name="clm-cli")
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from clm_cli.errors import CliError
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,12 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from clm_common import bounds
-from clm_common.events import EventType, example_event
-from clm_common.problem import ProblemError
+from clm_domain import bounds
+from clm_domain.events import EventType, example_event
 from clm_ingest import service
 from clm_ingest.deps import Caller, State, rate_wait, writer
 from clm_ingest.publisher import PublishUnavailable
+from clm_web.problem import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["events"])
 

@@ -16,11 +16,11 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from clm_common.problem import ProblemError
 from clm_ingest import service, signatures, webhooks
 from clm_ingest.api.events import REFUSALS, publish_checked, too_deep_body
 from clm_ingest.deps import State, app_state
 from clm_ingest.signatures import BadSignature
+from clm_web.problem import ProblemError
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

@@ -9,14 +9,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from clm_common import bounds
-from clm_common.auth import Principal, authenticate
-from clm_common.events import TEXT_PATTERN
-from clm_common.kpis import parse_window, window_bounds
-from clm_common.problem import ProblemError
+from clm_domain import bounds
+from clm_domain.events import TEXT_PATTERN
+from clm_domain.kpis import parse_window, window_bounds
 from clm_metrics import service
 from clm_metrics.deps import State, app_state
 from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
+from clm_web.auth import Principal, authenticate
+from clm_web.problem import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["kpis"])
 

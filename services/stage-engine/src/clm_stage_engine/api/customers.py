@@ -10,14 +10,14 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from clm_common.auth import Principal, authenticate
-from clm_common.events import TEXT_PATTERN
-from clm_common.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
-from clm_common.problem import ProblemError
+from clm_domain.events import TEXT_PATTERN
+from clm_domain.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
 from clm_stage_engine import repository
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.processor import counted
 from clm_stage_engine.records import removal_record, restatement_records
+from clm_web.auth import Principal, authenticate
+from clm_web.problem import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 

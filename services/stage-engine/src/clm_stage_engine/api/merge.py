@@ -9,16 +9,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from clm_common.auth import Principal
-from clm_common.events import TEXT_PATTERN
-from clm_common.lifecycle import Transition
-from clm_common.problem import ProblemError
+from clm_domain.events import TEXT_PATTERN
+from clm_domain.lifecycle import Transition
 from clm_stage_engine import repository
 from clm_stage_engine.api.customers import CustomerId, admin, customer_doc, not_found
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.processor import counted, fold_timeline
 from clm_stage_engine.records import merge_record, removal_record, restatement_records
 from clm_stage_engine.webhooks import stage_change_deliveries
+from clm_web.auth import Principal
+from clm_web.problem import ProblemError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/customers", tags=["customers"])

@@ -1,7 +1,7 @@
 """Webhook subscriptions: stage changes POSTed, signed, to a subscriber's URL (admin key).
 
-The URL must pass the server-side request forgery policy (:mod:`clm_common.webhook_urls`);
-the signing secret is shown once and stored encrypted (:mod:`clm_common.subscription_secrets`).
+The URL must pass the server-side request forgery policy (:mod:`clm_infra.webhook_urls`);
+the signing secret is shown once and stored encrypted (:mod:`clm_infra.subscription_secrets`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import AnyHttpUrl, BaseModel, Field
 from sqlalchemy import func, insert, select, update
 
-from clm_common import subscription_secrets, webhook_urls
-from clm_common.auth import Principal
-from clm_common.lifecycle import STAGE_NAMES, Stage, parse_stage
-from clm_common.problem import ProblemError
-from clm_common.schema import webhook_deliveries, webhook_subscriptions
+from clm_domain.lifecycle import STAGE_NAMES, Stage, parse_stage
+from clm_infra import subscription_secrets, webhook_urls
+from clm_infra.schema import webhook_deliveries, webhook_subscriptions
 from clm_stage_engine.api.customers import admin
 from clm_stage_engine.deps import State, app_state
+from clm_web.auth import Principal
+from clm_web.problem import ProblemError
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

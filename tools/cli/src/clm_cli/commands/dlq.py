@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from clm_cli import output
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
-from clm_common.events import dump_event, parse_event_json, partition_key, record_headers
-from clm_common.kafka import make_producer, topic_partitions
+from clm_domain.events import dump_event, parse_event_json, partition_key, record_headers
+from clm_infra.kafka import make_producer, topic_partitions
 
 PREVIEW = 80
 

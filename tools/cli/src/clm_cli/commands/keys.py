@@ -8,8 +8,8 @@ import argparse
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_cli.errors import CliError
-from clm_common import keys
-from clm_common.settings import CommonSettings
+from clm_infra import keys
+from clm_infra.settings import CommonSettings
 
 
 async def _keys_create(args: argparse.Namespace, _: CommonSettings, conn: AsyncConnection) -> int:

@@ -20,8 +20,8 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
-from clm_common.db import create_engine
-from clm_common.kafka import ensure_topics
+from clm_infra.db import create_engine
+from clm_infra.kafka import ensure_topics
 
 
 def alembic_config(path: str) -> Config:

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
-from clm_common import replay
-from clm_common.kafka import log_ends
-from clm_common.settings import CommonSettings
+from clm_infra import replay
+from clm_infra.kafka import log_ends
+from clm_infra.settings import CommonSettings
 
 
 async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:

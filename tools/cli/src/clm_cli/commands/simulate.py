@@ -22,9 +22,9 @@ from clm_cli.simulator import transactions
 from clm_cli.simulator.personas import SimConfig, simulate
 from clm_cli.simulator.sender import IngestClient, Plan, Progress, post_all
 from clm_cli.simulator.truth import truth_document
-from clm_common.kpis import WINDOWS
-from clm_common.rules import LifecycleRules, RulesError, load_rules
-from clm_common.settings import CommonSettings
+from clm_domain.kpis import WINDOWS
+from clm_domain.rules import LifecycleRules, RulesError, load_rules
+from clm_infra.settings import CommonSettings
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -31,8 +31,8 @@ from clm_cli import output
 from clm_cli.api import NotFound, request
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings, Service
-from clm_common.db import create_engine
-from clm_common.kafka import log_offsets
+from clm_infra.db import create_engine
+from clm_infra.kafka import log_offsets
 
 
 @dataclass(slots=True)

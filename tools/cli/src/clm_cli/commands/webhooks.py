@@ -7,8 +7,8 @@ import argparse
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_cli.errors import CliError
-from clm_common import webhook_secrets
-from clm_common.settings import CommonSettings
+from clm_infra import webhook_secrets
+from clm_infra.settings import CommonSettings
 
 
 async def _webhooks_add(

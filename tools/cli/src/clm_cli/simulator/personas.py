@@ -30,7 +30,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from clm_common.lifecycle import Stage
+from clm_domain.lifecycle import Stage
 
 
 class Persona(StrEnum):

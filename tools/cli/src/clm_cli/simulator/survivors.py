@@ -27,9 +27,9 @@ from datetime import datetime
 from typing import Any
 
 from clm_cli.simulator.truth import RULES, Step, replay
-from clm_common.events import Event, parse_event
-from clm_common.lifecycle import customer_key, event_order
-from clm_common.rules import LifecycleRules
+from clm_domain.events import Event, parse_event
+from clm_domain.lifecycle import customer_key, event_order
+from clm_domain.rules import LifecycleRules
 
 
 @dataclass(frozen=True, slots=True)

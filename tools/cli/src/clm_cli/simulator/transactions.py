@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clm_common.currencies import ISO_4217
+from clm_domain.currencies import ISO_4217
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "customer_id": ("customer_id", "customerid", "customer"),

@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from clm_common.events import Event, MarketingSpend, parse_event
-from clm_common.kpis import window_bounds
-from clm_common.lifecycle import (
+from clm_domain.events import Event, MarketingSpend, parse_event
+from clm_domain.kpis import window_bounds
+from clm_domain.lifecycle import (
     Applied,
     CustomerState,
     Stage,
@@ -31,7 +31,7 @@ from clm_common.lifecycle import (
     customer_key,
     event_order,
 )
-from clm_common.rules import LifecycleRules
+from clm_domain.rules import LifecycleRules
 
 RULES = LifecycleRules()
 #: Customers counted as active (churn and retention rates), as the metrics service does.

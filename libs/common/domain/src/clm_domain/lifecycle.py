@@ -1,4 +1,4 @@
-"""The lifecycle model: stages and the pure stage reducer, driven by :mod:`clm_common.rules`.
+"""The lifecycle model: stages and the pure stage reducer, driven by :mod:`clm_domain.rules`.
 
 Pure and synchronous: no I/O, no clock (time comes from events, or is passed in as ``until``).
 
@@ -29,8 +29,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from clm_common.bounds import add_money
-from clm_common.events import (
+from clm_domain.bounds import add_money
+from clm_domain.events import (
     AdClick,
     EmailEngagement,
     Event,
@@ -46,7 +46,7 @@ from clm_common.events import (
     SubscriptionCancelled,
     SupportTicket,
 )
-from clm_common.rules import LifecycleRules
+from clm_domain.rules import LifecycleRules
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.schema import consumer_offsets, replay_targets
+from clm_infra.schema import consumer_offsets, replay_targets
 
 #: The advisory lock the outbox relay holds while it publishes (one relay at a time).
 RELAY_LOCK_ID = 0x434C4D01  # "CLM" + 1

@@ -1,6 +1,6 @@
 """The signing secrets of stage-change webhook subscriptions, encrypted at rest.
 
-Like the providers' secrets (:mod:`clm_common.webhook_secrets`), a subscription's secret
+Like the providers' secrets (:mod:`clm_infra.webhook_secrets`), a subscription's secret
 signs each delivery, so it must be stored recoverable, never only hashed: it is kept as a
 Fernet token under ``CLM_SECRETS_KEY``. Versions before this one stored it in clear
 (``whsec_…``); such a row still delivers (:func:`open_secret` passes it through) and the

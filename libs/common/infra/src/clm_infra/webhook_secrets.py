@@ -19,8 +19,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.schema import webhook_secrets
-from clm_common.settings import CommonSettings
+from clm_infra.schema import webhook_secrets
+from clm_infra.settings import CommonSettings
 
 Provider = Literal["shopify", "stripe", "zendesk", "generic"]
 PROVIDERS: tuple[Provider, ...] = ("shopify", "stripe", "zendesk", "generic")

@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from clm_common.db import unavailable
+from clm_infra.db import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def document_problems(doc: dict[str, Any], *, bearer: str | None = None) -> dict
 
     ``bearer`` names the HTTP bearer scheme every ``/v1/`` operation that states no security
     of its own requires (our keys and tokens: ``Authorization: Bearer …``). Every ``/v1/``
-    operation may answer 429 (the request limits, :mod:`clm_common.request_limits`).
+    operation may answer 429 (the request limits, :mod:`clm_web.request_limits`).
     """
     schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
     if bearer is not None:

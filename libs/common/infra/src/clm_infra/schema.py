@@ -27,7 +27,7 @@ from sqlalchemy import (
     text,
 )
 
-from clm_common import bounds
+from clm_domain import bounds
 
 metadata = MetaData(
     naming_convention={
@@ -89,7 +89,7 @@ customers = Table(
     Column("recent_visits", ARRAY(TS), nullable=False, server_default="{}"),
     Column("recent_purchases", ARRAY(TS), nullable=False, server_default="{}"),
 )
-#: The stages inactivity moves a customer on from (``clm_common.lifecycle.CAN_LAPSE``): the
+#: The stages inactivity moves a customer on from (``clm_domain.lifecycle.CAN_LAPSE``): the
 #: only rows the sweeper's index holds (migration 0010), so the events of customers in the
 #: other stages, most of them, never write to it.
 LAPSING_STAGES = ("conversion", "retention", "loyalty", "at_risk")
@@ -227,7 +227,7 @@ Index("ix_identity_links_customer", identity_links.c.customer_id)
 erasures = Table(
     "erasures",
     metadata,
-    # HMAC-SHA256 under CLM_PSEUDONYM_KEY of the id's SHA-256 (clm_common.pseudonyms); rows
+    # HMAC-SHA256 under CLM_PSEUDONYM_KEY of the id's SHA-256 (clm_domain.pseudonyms); rows
     # of older versions hold the bare SHA-256 (keyed false) until the engine rehashes them
     Column("customer_hash", Text, primary_key=True),
     Column("erased_at", TS, nullable=False, server_default=func.now()),
@@ -239,7 +239,7 @@ webhook_subscriptions = Table(
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("url", Text, nullable=False),
-    # Fernet token of the signing secret (CLM_SECRETS_KEY, clm_common.subscription_secrets);
+    # Fernet token of the signing secret (CLM_SECRETS_KEY, clm_infra.subscription_secrets);
     # rows of older versions hold it in clear ("whsec_…") until the engine seals them
     Column("secret", Text, nullable=False),
     Column("stages", ARRAY(Text)),

@@ -73,7 +73,7 @@ class CommonSettings(BaseSettings):
     )
     dev_read_token: str = Field(default="dev-read-token", description="Read token seeded in dev.")
     dev_admin_key: str = Field(default="dev-admin-key", description="Admin key seeded in dev.")
-    # Request limits of every HTTP API (clm_common.request_limits): token buckets per key and
+    # Request limits of every HTTP API (clm_web.request_limits): token buckets per key and
     # per client address, in this process (behind N replicas a client gets N times these)
     rate_limit_key_per_s: float = Field(
         default=1_000.0,

@@ -33,8 +33,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from clm_common import bounds
-from clm_common.currencies import ISO_4217
+from clm_domain import bounds
+from clm_domain.currencies import ISO_4217
 
 SCHEMA_VERSION = 1
 MAX_FUTURE_SKEW = timedelta(hours=24)
@@ -77,7 +77,7 @@ def _event_time(value: datetime, info: ValidationInfo) -> datetime:
     return bounds.as_utc(value) if _stored(info) else bounds.utc_time(value)
 
 
-#: Ids and labels: see :mod:`clm_common.bounds` (Postgres text cannot even hold a NUL; an id
+#: Ids and labels: see :mod:`clm_domain.bounds` (Postgres text cannot even hold a NUL; an id
 #: is one path segment of ``/v1/customers/{id}``). The field constraint is what every stored
 #: event meets; the stricter rules of new events (the schema's pattern) are checked by each
 #: model's validator, for the fields it lists in ``ID_FIELDS`` and ``LABEL_FIELDS`` (one

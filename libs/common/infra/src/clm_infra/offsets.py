@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.db import driver, rowcount
-from clm_common.schema import consumer_offsets
+from clm_infra.db import driver, rowcount
+from clm_infra.schema import consumer_offsets
 
 
 class OffsetFenced(Exception):

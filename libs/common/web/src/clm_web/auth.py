@@ -11,9 +11,9 @@ from fastapi import Request
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_common import keys
-from clm_common.db import unavailable
-from clm_common.problem import ProblemError
+from clm_infra import keys
+from clm_infra.db import unavailable
+from clm_web.problem import ProblemError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class KeyVerifier:
     answer, never all of them (a flood of unknown keys would otherwise flush every good key
     and cost each caller a lookup again). Unknown keys are cached too (``None``), so a key
     tried again costs no lookup; keys never seen before do, and the per-address limit on
-    failed authentications (:mod:`clm_common.request_limits`) bounds how many of those one
+    failed authentications (:mod:`clm_web.request_limits`) bounds how many of those one
     client gets. ``lookups`` counts the Postgres lookups made.
     """
 

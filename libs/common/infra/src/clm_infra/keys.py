@@ -5,7 +5,7 @@
 - ``admin`` (``clma_``): erasure, merges, webhook subscriptions (and what the read token can't).
 
 Keys are 256-bit random strings, so a plain SHA-256 is enough to store them safely (no
-password-style stretching needed). ``clm keys`` (or ``python -m clm_common.keys``) creates,
+password-style stretching needed). ``clm keys`` (or ``python -m clm_infra.keys``) creates,
 lists, revokes keys and seeds the well-known dev keys (only with ``CLM_ENV=dev``).
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_common.schema import api_keys
+from clm_infra.schema import api_keys
 
 KeyKind = Literal["write", "read", "admin"]
 KINDS: tuple[KeyKind, ...] = ("write", "read", "admin")

@@ -4,7 +4,7 @@ Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
 
 * fetch up to ``max_records`` or wait ``max_wait_ms``, whichever first;
 * apply the batch in ONE Postgres transaction on the loop's own long-lived connection: the
-  handler's effects and the compare-and-set of the consumed offsets (:mod:`clm_common.offsets`)
+  handler's effects and the compare-and-set of the consumed offsets (:mod:`clm_infra.offsets`)
   commit together, or nothing does. A process may run several loops side by side (the stage
   engine's lanes), each its own member of the consumer group with its own partitions, as Kafka
   Streams runs stream threads: while one loop's statements run in Postgres another folds its
@@ -16,7 +16,7 @@ Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
   for the batch in flight; Kafka's committed offsets are only a hint, sent after the commit
   without the next batch waiting for them;
 * a failing batch is rolled back. If the failure is one retrying cannot fix
-  (:mod:`clm_common.failures`: a value Postgres refuses, a constraint, a program limit, a
+  (:mod:`clm_infra.failures`: a value Postgres refuses, a constraint, a program limit, a
   deterministic Python error), the batch is bisected: its first half, then its second, each
   its own transaction with its own offset advance, until the records that fail alone are
   found; each goes to the dead-letter topic with the failure as its reason, in a transaction
@@ -24,7 +24,7 @@ Commit policy (explicit, as arroyo and aiokafka's local-state example teach):
   rest is applied in order. Any other failure (Postgres down, a serialization failure, a
   deadlock, a lock, an unknown error) is retried after a backoff: nothing is skipped;
 * a partition with lag that has not advanced for ``stall_s`` seconds is stalled
-  (:mod:`clm_common.stall`): the ``clm_consumer_stalled`` gauge says so and the services'
+  (:mod:`clm_infra.stall`): the ``clm_consumer_stalled`` gauge says so and the services'
   readiness fails.
 """
 
@@ -44,11 +44,11 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clm_common.failures import Failure, classify
-from clm_common.kafka import make_consumer, make_producer
-from clm_common.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
-from clm_common.settings import CommonSettings
-from clm_common.stall import Progress, Stall, describe, stalled
+from clm_infra.failures import Failure, classify
+from clm_infra.kafka import make_consumer, make_producer
+from clm_infra.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
+from clm_infra.settings import CommonSettings
+from clm_infra.stall import Progress, Stall, describe, stalled
 
 log = logging.getLogger(__name__)
 

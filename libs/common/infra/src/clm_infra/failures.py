@@ -8,7 +8,7 @@ program limit (class 54), or makes the handler's own code raise a deterministic 
 (a value, arithmetic, recursion or encoding error), or a cardinality violation (class 21: an
 upsert touching one row twice): the same records fail the same way every
 time, and the partition would wait behind them for good. Such a failure is *permanent*: the
-loop bisects the batch to find the records that cause it (:mod:`clm_common.consumer`).
+loop bisects the batch to find the records that cause it (:mod:`clm_infra.consumer`).
 
 Anything not known to be permanent is transient: an unknown failure is retried, as before,
 so a new kind of outage never sends good records to the dead-letter topic.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import exc as sa_exc
 
-from clm_common.db import unavailable
+from clm_infra.db import unavailable
 
 #: SQLSTATE classes no retry fixes, and the label each is counted under
 PERMANENT_CLASSES = {"21": "data", "22": "data", "23": "integrity", "54": "limit"}

@@ -1,7 +1,7 @@
 """The lifecycle record contract: what the stage engine publishes on ``clm.lifecycle.v1`` and
 every downstream consumer (the metrics service first) reads. ``docs/lifecycle-records.md``
 explains each kind and how to count it; the JSON Schemas in ``deploy/schemas/`` are generated
-from these types (``python -m clm_common.lifecycle_records --schema``).
+from these types (``python -m clm_domain.lifecycle_records --schema``).
 
 The types are ``TypedDict``s: a record is the plain ``dict`` ``orjson`` gives, so typing it
 costs nothing at run time. Two versions, named by each record's ``schema`` field (the topic's
@@ -17,7 +17,7 @@ The shared kinds have one type for both versions: a v1 record is a v2 record who
 ``restated`` is absent (false). :func:`decode` checks only what is cheap (the schema, the kind,
 the kind's required keys); times and money stay text as on the wire (:func:`as_datetime`,
 :func:`as_decimal` read them). Events inside records are the event contract's JSON
-(:mod:`clm_common.events`), typed by their common fields only (:class:`EventDoc`).
+(:mod:`clm_domain.events`), typed by their common fields only (:class:`EventDoc`).
 """
 
 # No ``from __future__ import annotations``: the TypedDicts' required keys (which decode
@@ -35,7 +35,7 @@ import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, WithJsonSchema, with_config
 from typing_extensions import TypedDict
 
-from clm_common.lifecycle import Stage
+from clm_domain.lifecycle import Stage
 
 SCHEMA_V1: Final = "clm.lifecycle.v1"
 SCHEMA_V2: Final = "clm.lifecycle.v2"
@@ -51,7 +51,7 @@ Timestamp = Annotated[datetime | str, WithJsonSchema({"type": "string", "format"
 Money = Annotated[
     Decimal | str, WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"})
 ]
-#: A lifecycle stage (:class:`clm_common.lifecycle.Stage`; a ``Stage`` member is one).
+#: A lifecycle stage (:class:`clm_domain.lifecycle.Stage`; a ``Stage`` member is one).
 StageName = Annotated[str, WithJsonSchema({"type": "string", "enum": [s.value for s in Stage]})]
 
 _DOCUMENTED = ConfigDict(use_attribute_docstrings=True)
@@ -99,7 +99,7 @@ class Facts(TypedDict):
 
 @with_config(_DOCUMENTED)
 class EventDoc(TypedDict):
-    """The event as ingested: the event contract's JSON (``clm_common.events``; absent
+    """The event as ingested: the event contract's JSON (``clm_domain.events``; absent
     optional fields are left out). Only the fields every event has are typed here."""
 
     event_id: str
@@ -521,7 +521,7 @@ def json_schema(schema: str) -> dict[str, Any]:
         "title": schema,
         "description": (
             f"A record of the CLM Stream lifecycle stream whose `schema` is {schema} "
-            "(generated from clm_common.lifecycle_records; see docs/lifecycle-records.md)."
+            "(generated from clm_domain.lifecycle_records; see docs/lifecycle-records.md)."
         ),
         **doc,
     }
@@ -536,7 +536,7 @@ def schema_files() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clm_common.lifecycle_records")
+    parser = argparse.ArgumentParser(prog="python -m clm_domain.lifecycle_records")
     parser.add_argument(
         "--schema",
         metavar="DIR",

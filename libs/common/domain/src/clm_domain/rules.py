@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from clm_common import bounds
+from clm_domain import bounds
 
 #: Rules name intervals of at most this many days (the engine adds them to event times).
 MAX_RULE_DAYS = bounds.MAX_RULE_DAYS

@@ -1,5 +1,5 @@
 """Request limits in front of every HTTP API: per key, per client address, and per address
-on refused keys (an ASGI middleware; the buckets are :class:`clm_common.ratelimit.TokenBuckets`).
+on refused keys (an ASGI middleware; the buckets are :class:`clm_web.ratelimit.TokenBuckets`).
 
 - Per key: the ``Authorization`` header's value (hashed: the raw key is not kept), so one
   key's flood answers 429 to that key only, and other keys are unaffected.
@@ -24,10 +24,10 @@ from prometheus_client import Counter
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clm_common.asgi import header
-from clm_common.problem import problem_response
-from clm_common.ratelimit import TokenBuckets, retry_after_header
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
+from clm_web.asgi import header
+from clm_web.problem import problem_response
+from clm_web.ratelimit import TokenBuckets, retry_after_header
 
 REFUSED = Counter(
     "clm_http_rate_limited_total", "Requests refused by a request limit (429)", ["limit"]

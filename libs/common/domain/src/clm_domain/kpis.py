@@ -10,7 +10,7 @@ import re
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from clm_common.bounds import SUM_CONTEXT
+from clm_domain.bounds import SUM_CONTEXT
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),

@@ -8,8 +8,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
-from clm_common.logconfig import configure_logging
-from clm_common.settings import CommonSettings
+from clm_infra.logconfig import configure_logging
+from clm_infra.settings import CommonSettings
 
 
 def telemetry(settings: CommonSettings) -> TelemetryConfig:

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from clm_common.settings import CommonSettings
+from clm_infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
