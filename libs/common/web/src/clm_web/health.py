@@ -8,6 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from clm_infra.consumer import BatchConsumer, stalled_loops
+from clm_infra.worker import Workers
+
 #: a readiness check: True (ok), False (down), or what is wrong (not ready, and why)
 Check = Callable[[], Awaitable[bool | str]]
 
@@ -47,3 +50,17 @@ def health_router(checks: Callable[[], Mapping[str, Check]]) -> APIRouter:
         )
 
     return router
+
+
+def workers_check(workers: Callable[[], Workers]) -> Check:
+    """Readiness of a process's consumer loops: down once a supervisor gave up for good,
+    not ready (naming them) while a loop has stalled partitions."""
+
+    async def check() -> bool | str:
+        current = workers()
+        if current.failed:
+            return False
+        loops = {n: w for n, w in current.running.items() if isinstance(w, BatchConsumer)}
+        return stalled_loops(loops) or True
+
+    return check
