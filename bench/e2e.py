@@ -237,7 +237,7 @@ async def usage(stack: Stack) -> Usage:
 
 async def start_stack() -> Stack:
     db_url = await create_migrated_database("clm_bench_e2e")
-    env = await stack_env(db_url, CLM_INGEST_RATE_LIMIT_PER_S="0", CLM_AUTH_CACHE_SECONDS="60")
+    env = await stack_env(db_url, CLM_INGEST_RATE_LIMIT_PER_S="0", CLM_AUTH_CACHE_S="60")
     engine = create_engine(db_url, pool_size=1)
     async with engine.begin() as c:
         await store_key(c, key=KEY, kind="write", source="bench")

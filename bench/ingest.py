@@ -38,7 +38,7 @@ from clm_devstack.services import start_service
 from clm_infra.db import create_engine
 from clm_infra.kafka import make_producer
 from clm_infra.keys import store_key
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-write-key"
@@ -150,7 +150,7 @@ def kafka_perf(bootstrap: str, topic: str, record_size: int, records: int = 1_00
 
 
 async def aiokafka_loop(bootstrap: str, topic: str, records: int = 200_000) -> Rate:
-    settings = CommonSettings(kafka_bootstrap=bootstrap)
+    settings = CommonSettings(kafka=KafkaSettings(bootstrap=bootstrap))
     producer = make_producer(settings, client_id="bench")
     await producer.start()
     value = wire_record()
@@ -298,7 +298,7 @@ async def run() -> str:
         "CLM_LOG_LEVEL": "WARNING",
         "CLM_INGEST_RATE_LIMIT_PER_S": "0",
         "CLM_RATE_LIMIT_ADDRESS_PER_S": "0",  # the load comes from one address
-        "CLM_AUTH_CACHE_SECONDS": "60",
+        "CLM_AUTH_CACHE_S": "60",
     }
     proc = start_service("ingest", env, logs, port)
     try:

@@ -400,7 +400,7 @@ def serve(url: str, logs: Path) -> ServiceProcess:
         "CLM_TOPIC_LIFECYCLE": f"bench{tag}.lifecycle",
         "CLM_TOPIC_DLQ": f"bench{tag}.dlq",
         "CLM_METRICS_GROUP": f"bench{tag}",
-        "CLM_METRICS_REFRESH_SECONDS": "3600",
+        "CLM_METRICS_REFRESH_S": "3600",
         "CLM_METRICS_MINUTE_RETENTION_DAYS": "1000",  # nothing pruned while measured
         "CLM_METRICS_HOUR_RETENTION_DAYS": "1000",
         "CLM_LOG_LEVEL": "WARNING",

@@ -38,6 +38,7 @@ from clm_domain.events import dump_event, parse_event
 from clm_infra.db import create_engine
 from clm_infra.kafka import log_ends
 from clm_infra.keys import store_key
+from clm_infra.settings import KafkaSettings
 from clm_stage_engine.settings import StageEngineSettings
 from tests.e2e.conftest import free_port, settings_of
 
@@ -142,7 +143,7 @@ async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, byt
     await engine.dispose()
     events = _journey_events(EVENTS)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        bootstrap_servers=settings.kafka.bootstrap,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -150,7 +151,7 @@ async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, byt
     )
     await producer.start()
     try:
-        futures = [await producer.send(settings.topic_events, value=v, key=k) for k, v in events]
+        futures = [await producer.send(settings.topics.events, value=v, key=k) for k, v in events]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -191,7 +192,7 @@ async def _sustain(
     endpoint = endpoint_of_bootstrap(env["CLM_KAFKA_BOOTSTRAP"])
     broker = None if endpoint is None else listener_pid(endpoint[1])
     group, topic = env["CLM_STAGE_ENGINE_GROUP"], env["CLM_TOPIC_EVENTS"]
-    ends = await log_ends(env["CLM_KAFKA_BOOTSTRAP"], topic)
+    ends = await log_ends(KafkaSettings(bootstrap=env["CLM_KAFKA_BOOTSTRAP"]), topic)
     await conn.executemany(
         "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
         "VALUES ($1, $2, $3, $4)",

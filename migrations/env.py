@@ -18,7 +18,7 @@ if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 if not config.get_main_option("sqlalchemy.url"):
-    config.set_main_option("sqlalchemy.url", CommonSettings().database_url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", CommonSettings().database.url.replace("%", "%%"))
 target_metadata = metadata
 
 

@@ -21,7 +21,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from clm_infra.kafka import topic_specs
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, variables
 from clm_ingest.settings import IngestSettings
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.settings import StageEngineSettings
@@ -93,8 +93,7 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def settings_env_names(settings: type[BaseSettings]) -> set[str]:
-    prefix = str(settings.model_config.get("env_prefix", ""))
-    return {f"{prefix}{field}".upper() for field in settings.model_fields}
+    return set(variables(settings))
 
 
 def config_map_data(docs: list[Doc], name: str) -> dict[str, str]:
@@ -253,7 +252,7 @@ def check_secret_refs(docs: list[Doc]) -> list[str]:
 
 
 def events_partitions(docs: list[Doc]) -> int | None:
-    topic = settings_config_map(docs).get("CLM_TOPIC_EVENTS", CommonSettings().topic_events)
+    topic = settings_config_map(docs).get("CLM_TOPIC_EVENTS", CommonSettings().topics.events)
     for doc in of_kind(docs, "KafkaTopic"):
         if doc["spec"].get("topicName", doc["metadata"]["name"]) == topic:
             return int(doc["spec"]["partitions"])
@@ -262,7 +261,7 @@ def events_partitions(docs: list[Doc]) -> int | None:
 
 def check_stage_engine_replicas(docs: list[Doc]) -> list[str]:
     """Stage engines beyond the events topic's partitions would idle: bounded by them."""
-    partitions = events_partitions(docs) or CommonSettings().events_partitions
+    partitions = events_partitions(docs) or CommonSettings().topics.events_partitions
     problems = []
     for doc in of_kind(docs, "HorizontalPodAutoscaler"):
         if doc["spec"]["scaleTargetRef"]["name"] == "clm-stage-engine":

@@ -145,7 +145,7 @@ SECRETS: dict[Provider, bytes] = {
 
 async def store_secrets(settings: CommonSettings) -> None:
     """Store SECRETS for source shop-eu (and one Shopify secret of shop-us) in the database."""
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database.url, pool_size=1)
     async with engine.begin() as conn:
         for provider, secret in SECRETS.items():
             await store_secret(

@@ -40,10 +40,10 @@ def chaos_env(clm_env: dict[str, str]) -> dict[str, str]:
     503 after 2 s without the broker's ack, a sweep every 2 s."""
     return {
         **clm_env,
-        "CLM_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "CLM_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        "CLM_KAFKA_SESSION_TIMEOUT_S": "6",
+        "CLM_KAFKA_HEARTBEAT_INTERVAL_S": "1",
         "CLM_INGEST_PUBLISH_TIMEOUT_S": "2",
-        "CLM_STAGE_ENGINE_SWEEP_SECONDS": "2",
+        "CLM_STAGE_ENGINE_SWEEP_S": "2",
         "CLM_STAGE_ENGINE_BATCH_RECORDS": "100",
         "CLM_STAGE_ENGINE_IDLE_RECHECK_S": "1",
     }

@@ -43,6 +43,7 @@ from clm_infra.schema import (
     outbox_batches,
     processed_events,
 )
+from clm_infra.settings import KafkaSettings
 from tests.chaos.invariants import DeadLetter, EventKey, Expected, Observed, assert_invariant
 from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port
 from tests.integration.conftest import eventually
@@ -275,7 +276,7 @@ async def keep_sending(
 
 # --------------------------------------------------------------------------- reading the end state
 async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[int, int]]:
-    parts = await topic_partitions(bootstrap, topics)
+    parts = await topic_partitions(KafkaSettings(bootstrap=bootstrap), topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -387,7 +388,7 @@ async def kafka_committed(env: Mapping[str, str]) -> dict[str, dict[int, int]]:
 async def settle(env: Mapping[str, str], *, timeout: float = 240.0) -> None:
     """Wait until everything is applied downstream, past one more sweep, and still so."""
     db = create_engine(env["CLM_DATABASE_URL"], pool_size=1)
-    sweep_s = float(env.get("CLM_STAGE_ENGINE_SWEEP_SECONDS", "60"))
+    sweep_s = float(env.get("CLM_STAGE_ENGINE_SWEEP_S", "60"))
     try:
         for _ in range(2):
 

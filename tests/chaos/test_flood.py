@@ -86,7 +86,7 @@ async def test_a_flood_gets_429_and_other_keys_keep_their_latency(
     shared_env: dict[str, str], tmp_path: Path
 ) -> None:
     settings = settings_of(shared_env)
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database.url, pool_size=1)
     async with engine.begin() as conn:
         await store_key(conn, key=FLOOD_KEY, kind="write", source="flood")
     await engine.dispose()

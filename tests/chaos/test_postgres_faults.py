@@ -70,7 +70,7 @@ async def test_postgres_restarted_immediately_mid_batch(
     cfg = own_postgres.cfg
     # keys cached for 1 s only: the ingest meets the outage too, and must answer 2xx (a key
     # it saw recently) or 503, never 500
-    env = {**own_postgres.env, "CLM_AUTH_CACHE_SECONDS": "1"}
+    env = {**own_postgres.env, "CLM_AUTH_CACHE_S": "1"}
     stack = ChaosStack(env, tmp_path / "logs").start_all()
     pids = consumer_pids(stack)
     ledger = Ledger()

@@ -82,7 +82,7 @@ def slow_sweep_stack(shared_env: dict[str, str], tmp_path: Path) -> Iterator[Cha
     arrive makes them late, and the engine then records one correcting move at correction time
     instead of rewriting the published ones; a replay, which waits for the log end before it
     sweeps, writes the history as it should have been, so the two would differ by design."""
-    started = ChaosStack({**shared_env, "CLM_STAGE_ENGINE_SWEEP_SECONDS": "20"}, tmp_path / "logs")
+    started = ChaosStack({**shared_env, "CLM_STAGE_ENGINE_SWEEP_S": "20"}, tmp_path / "logs")
     try:
         yield started.start_all()
     finally:

@@ -20,7 +20,7 @@ async def test_a_replica_stopped_mid_run_and_a_zombie_replica_change_nothing(
     shared_env: dict[str, str], stack: ChaosStack
 ) -> None:
     ledger = Ledger()
-    session_s = int(shared_env["CLM_KAFKA_SESSION_TIMEOUT_MS"]) / 1000
+    session_s = float(shared_env["CLM_KAFKA_SESSION_TIMEOUT_S"])
     async with loaded(stack, ledger) as load:
         await load.grows(by=50)
         await asyncio.to_thread(stack.start, "stage-engine", replica="b")

@@ -219,7 +219,7 @@ async def test_a_stalled_lane_flips_readiness_within_the_stall_limit(
     shared_env: dict[str, str], tmp_path: Path
 ) -> None:
     stall_s = 5.0
-    env = {**shared_env, "CLM_STAGE_ENGINE_STALL_SECONDS": str(stall_s)}
+    env = {**shared_env, "CLM_STAGE_ENGINE_STALL_S": str(stall_s)}
     stack = ChaosStack(env, tmp_path / "logs")
     db = create_engine(env["CLM_DATABASE_URL"], pool_size=2)
     bootstrap, topic = env["CLM_KAFKA_BOOTSTRAP"], env["CLM_TOPIC_EVENTS"]

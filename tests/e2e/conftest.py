@@ -15,7 +15,7 @@ from clm_devstack.services import ServiceProcess, start_service
 from clm_infra.db import create_engine
 from clm_infra.kafka import ensure_topics
 from clm_infra.keys import store_key
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, DatabaseSettings, KafkaSettings, TopicSettings
 from tests.conftest import REPO_ROOT
 
 WRITE_KEY = "e2e-write-key"
@@ -57,13 +57,15 @@ class Stack:
 def settings_of(env: dict[str, str]) -> CommonSettings:
     """The shared settings ``env`` names (broker, database, topics and their partitions)."""
     return CommonSettings(
-        kafka_bootstrap=env["CLM_KAFKA_BOOTSTRAP"],
-        database_url=env["CLM_DATABASE_URL"],
-        topic_events=env["CLM_TOPIC_EVENTS"],
-        topic_lifecycle=env["CLM_TOPIC_LIFECYCLE"],
-        topic_dlq=env["CLM_TOPIC_DLQ"],
-        events_partitions=int(env["CLM_EVENTS_PARTITIONS"]),
-        lifecycle_partitions=int(env["CLM_LIFECYCLE_PARTITIONS"]),
+        kafka=KafkaSettings(bootstrap=env["CLM_KAFKA_BOOTSTRAP"]),
+        database=DatabaseSettings(url=env["CLM_DATABASE_URL"]),
+        topics=TopicSettings(
+            events=env["CLM_TOPIC_EVENTS"],
+            lifecycle=env["CLM_TOPIC_LIFECYCLE"],
+            dlq=env["CLM_TOPIC_DLQ"],
+            events_partitions=int(env["CLM_TOPIC_EVENTS_PARTITIONS"]),
+            lifecycle_partitions=int(env["CLM_TOPIC_LIFECYCLE_PARTITIONS"]),
+        ),
     )
 
 
@@ -71,7 +73,7 @@ async def prepare(env: dict[str, str]) -> None:
     """Create the topics ``env`` names on its broker and store the test keys in its database."""
     settings = settings_of(env)
     await ensure_topics(settings)
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database.url, pool_size=1)
     async with engine.begin() as conn:
         await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
         await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")

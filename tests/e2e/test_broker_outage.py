@@ -15,7 +15,7 @@ import httpx
 from clm_devstack.kafka import start_kafka, stop_kafka
 from clm_devstack.services import start_service
 from clm_infra.kafka import ensure_topics
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, KafkaSettings, TopicSettings
 from tests.e2e.conftest import WRITE_KEY, free_port, own_kafka
 from tests.factories import event_doc
 from tests.integration.conftest import read_topic
@@ -35,11 +35,13 @@ async def test_broker_killed_under_the_ingest(prepared_env: dict[str, str], tmp_
     try:
         await ensure_topics(
             CommonSettings(
-                kafka_bootstrap=cfg.bootstrap,
-                topic_events=env["CLM_TOPIC_EVENTS"],
-                topic_lifecycle=env["CLM_TOPIC_LIFECYCLE"],
-                topic_dlq=env["CLM_TOPIC_DLQ"],
-                events_partitions=3,
+                kafka=KafkaSettings(bootstrap=cfg.bootstrap),
+                topics=TopicSettings(
+                    events=env["CLM_TOPIC_EVENTS"],
+                    lifecycle=env["CLM_TOPIC_LIFECYCLE"],
+                    dlq=env["CLM_TOPIC_DLQ"],
+                    events_partitions=3,
+                ),
             )
         )
         ingest = start_service("ingest", env, tmp_path, free_port())

@@ -232,7 +232,7 @@ async def test_status_reports_health_lag_and_a_service_down(stack: Stack) -> Non
     assert doc["healthy"] is True
     assert [s["state"] for s in doc["services"]] == ["ready", "ready", "ready"]
     engine_rows = [r for r in doc["lag"] if r["group"] == stack.env["CLM_STAGE_ENGINE_GROUP"]]
-    assert len(engine_rows) == int(stack.env["CLM_EVENTS_PARTITIONS"])
+    assert len(engine_rows) == int(stack.env["CLM_TOPIC_EVENTS_PARTITIONS"])
     assert sum(r["end"] for r in engine_rows) == 1
     assert doc["dlq_records"] == 0
     assert doc["outbox"]["records"] == 0

@@ -53,7 +53,7 @@ async def test_a_replay_with_metrics_recounts_under_the_new_rules(
     (tmp_path / "after").mkdir()
     assert new_rules.loyalty.purchases == 2
     # the sweeper moves the simulated inactive customers within a second, not a minute
-    quick = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_SECONDS": "1"}
+    quick = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_S": "1"}
     with running_stack(quick, tmp_path / "before") as stack:
         async with httpx.AsyncClient(base_url=stack.ingest, headers=WRITE) as ingest:
             for n in range(0, len(sim.docs), 50):

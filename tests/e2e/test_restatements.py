@@ -43,7 +43,7 @@ WINDOWS = {"24h": timedelta(hours=24), "30d": timedelta(days=30), "400d": timede
 def busy_sweeper_stack(prepared_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     """The three services, the stage engine sweeping every second (so backdated events
     arrive after the sweeper moved their customer: late events, restatements)."""
-    env = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_SECONDS": "1"}
+    env = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_S": "1"}
     with running_stack(env, tmp_path) as started:
         yield started
 

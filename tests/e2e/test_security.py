@@ -51,7 +51,7 @@ MIB = 1024 * 1024
 async def prepare_sources(settings: CommonSettings) -> None:
     """The providers' secrets (source shop-eu) and a second source's write key."""
     await store_secrets(settings)
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database.url, pool_size=1)
     async with engine.begin() as conn:
         await store_key(conn, key=OTHER_KEY, kind="write", source="other-shop")
     await engine.dispose()
@@ -93,7 +93,8 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 async def nothing_published(settings: CommonSettings) -> None:
     assert (
-        await read_topic(settings.kafka_bootstrap, settings.topic_events, expect=1, timeout=2) == []
+        await read_topic(settings.kafka.bootstrap, settings.topics.events, expect=1, timeout=2)
+        == []
     )
 
 
@@ -187,7 +188,7 @@ async def test_a_replayed_signed_delivery_is_applied_once(
             )
             assert response.json() == {"status": "accepted", "event_ids": [ORDER_EVENT]}
 
-        records = await read_topic(settings.kafka_bootstrap, settings.topic_events, expect=4)
+        records = await read_topic(settings.kafka.bootstrap, settings.topics.events, expect=4)
         ids = sorted(orjson.loads(r.value)["event_id"] for r in records)
         assert ids == [ORDER_EVENT] * 2 + ["stripe:evt_replayed"] * 2
         assert {dict(r.headers)["source"] for r in records} == {b"shop-eu"}
@@ -256,7 +257,7 @@ async def test_a_key_cannot_speak_for_another_source(
             )
             assert response.status_code == 202, response.text
 
-    records = await read_topic(settings.kafka_bootstrap, settings.topic_events, expect=3)
+    records = await read_topic(settings.kafka.bootstrap, settings.topics.events, expect=3)
     published = sorted(
         (dict(r.headers)["source"].decode(), orjson.loads(r.value)["event_id"]) for r in records
     )

@@ -49,7 +49,7 @@ def sweeping_stack(prepared_env: dict[str, str], tmp_path: Path) -> Iterator[Sta
     (``test_restatements.py`` runs that on purpose, with a sweep every second). Here the
     truth's sweeper runs after the events, and so does this one.
     """
-    env = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_SECONDS": "15"}
+    env = {**prepared_env, "CLM_STAGE_ENGINE_SWEEP_S": "15"}
     with running_stack(env, tmp_path) as started:
         yield started
 

@@ -51,9 +51,9 @@ def engine_env(prepared_env: dict[str, str]) -> dict[str, str]:
     return {
         **prepared_env,
         "CLM_STAGE_ENGINE_BATCH_RECORDS": "50",
-        "CLM_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "CLM_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-        "CLM_STAGE_ENGINE_SWEEP_SECONDS": "3600",
+        "CLM_KAFKA_SESSION_TIMEOUT_S": "6",
+        "CLM_KAFKA_HEARTBEAT_INTERVAL_S": "1",
+        "CLM_STAGE_ENGINE_SWEEP_S": "3600",
     }
 
 

@@ -19,7 +19,7 @@ from clm_domain.events import dump_event, parse_event
 from clm_infra.db import create_engine
 from clm_infra.kafka import ensure_topics, topic_partitions
 from clm_infra.keys import store_key
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, KafkaSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
@@ -31,9 +31,7 @@ READ_TOKEN = "it-read-token"
 ADMIN_KEY = "it-admin-key"
 #: Settings that turn every request limit off (a test that is one client sending fast).
 NO_REQUEST_LIMITS: dict[str, Any] = {
-    "rate_limit_key_per_s": 0,
-    "rate_limit_address_per_s": 0,
-    "rate_limit_failed_auth_per_s": 0,
+    "limits": {"key_per_s": 0, "address_per_s": 0, "failed_auth_per_s": 0},
 }
 
 
@@ -52,7 +50,7 @@ def settings_env(clm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
 async def seed(settings: CommonSettings) -> None:
     """Create the topics ``settings`` name and store the test's write, read and admin keys."""
     await ensure_topics(settings)
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database.url, pool_size=1)
     async with engine.begin() as conn:
         await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
         await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
@@ -71,7 +69,7 @@ async def common(settings_env: dict[str, str]) -> AsyncIterator[CommonSettings]:
 @pytest.fixture
 async def db(common: CommonSettings) -> AsyncIterator[AsyncEngine]:
     """An engine on this test's database, disposed after it."""
-    engine = create_engine(common.database_url, pool_size=3)
+    engine = create_engine(common.database.url, pool_size=3)
     yield engine
     await engine.dispose()
 
@@ -123,7 +121,7 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    partitions = (await topic_partitions(bootstrap, [topic]))[topic]
+    partitions = (await topic_partitions(KafkaSettings(bootstrap=bootstrap), [topic]))[topic]
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -149,7 +147,7 @@ def wire(doc: dict[str, Any]) -> tuple[bytes, bytes]:
 
 async def send_events(settings: CommonSettings, *docs: dict[str, Any]) -> None:
     """Publish event documents on the test's events topic, keyed like the ingest does."""
-    await produce(settings.kafka_bootstrap, settings.topic_events, [wire(d) for d in docs])
+    await produce(settings.kafka.bootstrap, settings.topics.events, [wire(d) for d in docs])
 
 
 async def produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:

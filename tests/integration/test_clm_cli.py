@@ -32,7 +32,7 @@ async def test_keys_create_list_revoke(
     assert status == 0
     key = out.strip()
     assert key.startswith("clmw_")
-    engine = create_engine(common.database_url, pool_size=1)
+    engine = create_engine(common.database.url, pool_size=1)
     verifier = KeyVerifier(engine, ttl_s=0)
     principal = await verifier.verify(key)
     assert principal is not None
@@ -67,7 +67,7 @@ async def test_webhook_secrets_are_stored_encrypted_and_usable(
     )
     generic_id, generated = out.strip().split("\t")
     assert generated.startswith("clmwh_")
-    engine = create_engine(common.database_url, pool_size=1)
+    engine = create_engine(common.database.url, pool_size=1)
     async with engine.connect() as conn:
         stored = [r.secret_encrypted for r in await conn.execute(webhook_secrets.select())]
         assert all("whsec_abc" not in s and generated not in s for s in stored)

@@ -110,7 +110,7 @@ async def test_lanes_are_group_members_applying_their_own_partitions_side_by_sid
             common,
             db,
             name=f"it-lane-{n}",
-            topic=common.topic_events,
+            topic=common.topics.events,
             group_id="it-lanes",
             handler=handler,
             policy=BatchPolicy(max_records=50, max_wait_ms=50),
@@ -127,10 +127,10 @@ async def test_lanes_are_group_members_applying_their_own_partitions_side_by_sid
         await eventually(both_assigned, timeout=30)
         owned = [{tp.partition for tp in loops[n].consumer.assignment()} for n in range(2)]
         assert not owned[0] & owned[1]
-        assert owned[0] | owned[1] == set(range(common.events_partitions))
+        assert owned[0] | owned[1] == set(range(common.topics.events_partitions))
         await produce(
-            common.kafka_bootstrap,
-            common.topic_events,
+            common.kafka.bootstrap,
+            common.topics.events,
             [(f"k{i}".encode(), b"v") for i in range(60)],
         )
 
@@ -139,7 +139,7 @@ async def test_lanes_are_group_members_applying_their_own_partitions_side_by_sid
                 stored = await load_offsets(
                     conn,
                     "it-lanes",
-                    [(common.topic_events, p) for p in range(common.events_partitions)],
+                    [(common.topics.events, p) for p in range(common.topics.events_partitions)],
                 )
             done = sum(v or 0 for v in stored.values()) == 60
             return stored if done else None

@@ -240,8 +240,8 @@ async def test_distinct_kpis_of_a_real_size_history_equal_count_distinct(
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     first = today - SPAN
 
-    await produce(common.kafka_bootstrap, common.topic_lifecycle, cdnow.records)
-    truth = await load_truth(common.database_url, docs)
+    await produce(common.kafka.bootstrap, common.topics.lifecycle, cdnow.records)
+    truth = await load_truth(common.database.url, docs)
     try:
         everything = span(first - timedelta(days=1), today + timedelta(days=1))
 

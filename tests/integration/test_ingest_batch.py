@@ -48,7 +48,7 @@ async def test_a_batch_publishes_the_valid_events_and_lists_the_refused_by_index
     ]
     assert body["rejected"][0]["errors"][0]["field"] == "properties.rating"
 
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=3, timeout=5)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=3, timeout=5)
     by_id = {orjson.loads(r.value)["event_id"]: r for r in records}
     assert set(by_id) == {good_a["event_id"], good_b["event_id"]}
     assert by_id[good_a["event_id"]].key == b"cust-a"
@@ -76,7 +76,7 @@ async def test_an_all_invalid_batch_is_422_naming_each_field_and_publishes_nothi
         "events[0].properties.score",
         "events[1].properties.currency",
     }
-    assert await read_topic(common.kafka_bootstrap, common.topic_events, expect=1, timeout=2) == []
+    assert await read_topic(common.kafka.bootstrap, common.topics.events, expect=1, timeout=2) == []
 
 
 async def test_batch_limits(client: httpx.AsyncClient) -> None:
@@ -113,7 +113,7 @@ async def test_gzip_bodies_are_accepted_and_bombs_refused(
         headers={**AUTH, "Content-Encoding": "deflate"},
     )
     assert deflated.status_code == 202, deflated.text
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=2)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=2)
     assert sorted(r.key for r in records) == [b"df", b"gz"]
 
     bomb = gzip.compress(b"[" + b" " * 10_000_000 + b"]")  # ~10 KB that inflates to 10 MB
@@ -146,7 +146,7 @@ async def test_the_rate_limit_answers_429_with_retry_after(common: CommonSetting
             "/v1/events/batch", json={"events": [event_doc("signup")] * 2}, headers=AUTH
         )
         assert batch.status_code == 429
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=4, timeout=3)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=4, timeout=3)
     assert len(records) == 3
 
 

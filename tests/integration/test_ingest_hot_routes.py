@@ -92,7 +92,7 @@ async def test_a_hot_request_is_published_and_counted_under_its_route(
     doc = event_doc("signup", customer_id="cust-hot-2")
     response = await hot.post("/v1/events", content=orjson.dumps(doc), headers=JSON)
     assert response.status_code == 202, response.text
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=1, timeout=5)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=1, timeout=5)
     assert [(r.key, orjson.loads(r.value)["event_id"]) for r in records] == [
         (b"cust-hot-2", doc["event_id"])
     ]

@@ -36,7 +36,7 @@ async def test_an_accepted_event_is_on_the_topic_keyed_by_customer(
     assert response.status_code == 202, response.text
     assert response.json() == {"event_id": doc["event_id"], "status": "accepted"}
 
-    (record,) = await read_topic(common.kafka_bootstrap, common.topic_events, expect=1)
+    (record,) = await read_topic(common.kafka.bootstrap, common.topics.events, expect=1)
     assert record.key == b"cust-7"
     headers = dict(record.headers)
     assert headers["schema_version"] == b"1"
@@ -68,7 +68,7 @@ async def test_an_invalid_event_is_a_problem_naming_the_field_and_nothing_is_pub
     assert {e["field"] for e in body["errors"]} == {"properties.amount", "properties.currency"}
     good = await client.post("/v1/events", json=event_doc("site_visit"), headers=AUTH)
     assert good.status_code == 202
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=2, timeout=3)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=2, timeout=3)
     assert [dict(r.headers)["type"] for r in records] == [b"site_visit"]
 
 

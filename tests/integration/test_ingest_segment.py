@@ -48,7 +48,7 @@ async def test_track_with_basic_auth_answers_success_and_publishes_the_event(
     response = await client.post("/v1/track", json=msg, headers=BASIC)
     assert response.status_code == 200, response.text
     assert response.json() == {"success": True}
-    (record,) = await read_topic(common.kafka_bootstrap, common.topic_events, expect=1)
+    (record,) = await read_topic(common.kafka.bootstrap, common.topics.events, expect=1)
     assert record.key == b"u-1"
     assert dict(record.headers)["type"] == b"purchase"
     event = orjson.loads(record.value)
@@ -85,7 +85,7 @@ async def test_the_browser_short_paths_take_text_plain_with_the_key_in_the_body(
             path, content=orjson.dumps(body), headers={"Content-Type": "text/plain"}
         )
         assert response.status_code == 200, response.text
-    found = values(await read_topic(common.kafka_bootstrap, common.topic_events, expect=3))
+    found = values(await read_topic(common.kafka.bootstrap, common.topics.events, expect=3))
     assert found["m-p"]["type"] == "site_visit"
     assert found["m-i"]["type"] == "identify"
     assert found["m-t"]["type"] == "custom"
@@ -138,7 +138,7 @@ async def test_refusals_are_4xx_with_code_and_message_never_a_silent_200(
     assert "2 of 3 messages refused" in message
     assert "[0] properties.rating" in message
     assert "[2] type" in message
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=2, timeout=3)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=2, timeout=3)
     assert list(values(records)) == ["m-good"]
     too_big = {
         "batch": [{"type": "track", "userId": "u", "event": "E", "properties": {"p": "x" * 30_000}}]
@@ -168,7 +168,7 @@ async def test_a_retried_message_keeps_its_message_id_and_the_clock_is_corrected
     }
     for _ in range(2):
         assert (await client.post("/v1/batch", json=body, headers=BASIC)).status_code == 200
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=2)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=2)
     events = [orjson.loads(r.value) for r in records]
     assert [e["event_id"] for e in events] == ["m-same", "m-same"]  # dedupe key (source, id)
     occurred = datetime.fromisoformat(events[0]["occurred_at"])
@@ -198,7 +198,7 @@ async def test_the_real_segment_python_client_delivers_track_identify_page(
         analytics.flush()
         analytics.join()
     assert errors == []
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=4)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=4)
     by_type = {dict(r.headers)["type"].decode(): orjson.loads(r.value) for r in records}
     assert set(by_type) == {"identify", "purchase", "custom", "site_visit"}
     assert all(r.key == user.encode() for r in records)

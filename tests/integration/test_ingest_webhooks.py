@@ -44,7 +44,7 @@ from tests.webhook_payloads import (
 @pytest.fixture
 async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     await store_secrets(common)
-    async with ingest_client(IngestSettings(auth_cache_seconds=0)) as c:
+    async with ingest_client(IngestSettings(auth_cache_s=0)) as c:
         yield c
 
 
@@ -60,7 +60,7 @@ async def test_shopify_order_is_published_with_the_orders_id(
         response = await client.post("/v1/webhooks/shopify", content=body, headers=headers)
         assert response.status_code == 200, response.text
         assert response.json() == {"status": "accepted", "event_ids": [ORDER_EVENT]}
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=2)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=2)
     assert {orjson.loads(r.value)["event_id"] for r in records} == {ORDER_EVENT}
     record = records[0]
     assert record.key == b"shopify:115310627314723954"
@@ -96,7 +96,7 @@ async def test_a_replayed_shopify_delivery_with_new_headers_is_the_same_event(
     response = await client.post("/v1/webhooks/shopify", content=body, headers=as_refund)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "X-Shopify-Topic"
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=4, timeout=5)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=4, timeout=5)
     assert [orjson.loads(r.value)["event_id"] for r in records] == [ORDER_EVENT] * 3
 
 
@@ -119,7 +119,7 @@ async def test_bad_signatures_are_401_and_publish_nothing(
     assert response.status_code == 401
     unsigned = await client.post("/v1/webhooks/stripe", content=b"{}")
     assert unsigned.status_code == 401
-    assert await read_topic(common.kafka_bootstrap, common.topic_events, expect=1, timeout=2) == []
+    assert await read_topic(common.kafka.bootstrap, common.topics.events, expect=1, timeout=2) == []
 
 
 async def test_stripe_fresh_signature_accepted_replayed_stale_one_refused(
@@ -145,7 +145,7 @@ async def test_stripe_fresh_signature_accepted_replayed_stale_one_refused(
     signed = {"Stripe-Signature": sign_timestamped_hex(SECRETS["stripe"], ignored, now)}
     response = await client.post("/v1/webhooks/stripe", content=ignored, headers=signed)
     assert response.json() == {"status": "ignored"}
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=3, timeout=5)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=3, timeout=5)
     assert [dict(r.headers)["type"] for r in records] == [
         b"purchase",
         b"subscription_cancelled",
@@ -191,7 +191,7 @@ async def test_zendesk_and_generic_webhooks(
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "properties.rating"
 
-    records = await read_topic(common.kafka_bootstrap, common.topic_events, expect=4, timeout=5)
+    records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=4, timeout=5)
     assert len(records) == 3  # the ticket twice (one event id), the review
     found = {dict(r.headers)["type"]: r for r in records}
     assert set(found) == {b"support_ticket", b"review"}
@@ -212,7 +212,7 @@ async def test_a_revoked_secret_no_longer_verifies(
     assert (
         await client.post("/v1/webhooks/stripe", content=charge, headers=headers)
     ).status_code == 200
-    engine = create_engine(common.database_url, pool_size=1)
+    engine = create_engine(common.database.url, pool_size=1)
     async with engine.begin() as conn:
         stripe_ids = [r.id for r in await list_secrets(conn) if r.provider == "stripe"]
         assert stripe_ids

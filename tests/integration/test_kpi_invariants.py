@@ -141,11 +141,11 @@ def play(
 
     async def go() -> tuple[list[str], Played]:
         settings = StageEngineSettings(**NO_REQUEST_LIMITS)
-        db = create_engine(settings.database_url, pool_size=3)
+        db = create_engine(settings.database.url, pool_size=3)
         try:
             await reset(db)
             async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topic_lifecycle, metrics, windows(extra))
+                world = World(db, api, settings.topics.lifecycle, metrics, windows(extra))
                 world.avoid_stale_links = world.avoid_stale_links and not fixed
                 played = await world.play(plan)
                 return await problems(world), played
@@ -160,11 +160,11 @@ def play_engine(plan: Sequence[Step_]) -> tuple[list[str], Played]:
 
     async def go() -> tuple[list[str], Played]:
         settings = StageEngineSettings(**NO_REQUEST_LIMITS)
-        db = create_engine(settings.database_url, pool_size=3)
+        db = create_engine(settings.database.url, pool_size=3)
         try:
             await reset(db)
             async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topic_lifecycle)
+                world = World(db, api, settings.topics.lifecycle)
                 played = await world.play(plan)
                 return await engine_problems(world, truth_steps(world)), played
         finally:
@@ -508,11 +508,11 @@ def test_anonymising_an_id_again_is_not_a_server_error(env: dict[str, str]) -> N
 
     async def go() -> int:
         settings = StageEngineSettings(**NO_REQUEST_LIMITS)
-        db = create_engine(settings.database_url, pool_size=3)
+        db = create_engine(settings.database.url, pool_size=3)
         try:
             await reset(db)
             async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topic_lifecycle)
+                world = World(db, api, settings.topics.lifecycle)
                 await world.play(plan)
                 again = await api.delete(
                     "/v1/customers/c0",

@@ -54,7 +54,7 @@ async def test_every_kpi_of_every_window_equals_the_truth(
     now = datetime.now(UTC)
     docs = generate(20261123, customers=80, now=now, days=100)
     steps = replay(docs, now=now)
-    await produce(common.kafka_bootstrap, common.topic_events, [wire(d, now) for d in docs])
+    await produce(common.kafka.bootstrap, common.topics.events, [wire(d, now) for d in docs])
     everything = {
         "from": (now - timedelta(days=200)).isoformat(),
         "to": (now + timedelta(days=1)).isoformat(),
@@ -187,11 +187,11 @@ async def test_a_late_first_purchase_counts_one_new_customer_and_one_repeat(
         body = (await metrics.get("/v1/kpis", params=window, headers=READ)).json()
         return body if body["events"] == events else None
 
-    await produce(common.kafka_bootstrap, common.topic_events, [wire(purchase("p2", 5), now)])
+    await produce(common.kafka.bootstrap, common.topics.events, [wire(purchase("p2", 5), now)])
     first = await eventually(lambda: counted(1), timeout=60)
     assert (first["new_customers"], first["repeat_purchases"]) == (1, 0)
 
-    await produce(common.kafka_bootstrap, common.topic_events, [wire(purchase("p1", 10), now)])
+    await produce(common.kafka.bootstrap, common.topics.events, [wire(purchase("p1", 10), now)])
 
     async def corrected() -> dict[str, Any] | None:
         body = await counted(2)

@@ -59,7 +59,7 @@ async def test_kpis_count_each_record_once(
         lifecycle("p2", "purchase", amount="5.01", before=None, after="conversion", first=True),
         lifecycle("old", "purchase", minutes_ago=60 * 30, amount="100.00", after="conversion"),
     ]
-    await produce(common.kafka_bootstrap, common.topic_lifecycle, records + records[:2])
+    await produce(common.kafka.bootstrap, common.topics.lifecycle, records + records[:2])
 
     async def kpis() -> dict[str, Any] | None:
         body = (await metrics_app.get("/v1/kpis?window=24h", headers=READ)).json()

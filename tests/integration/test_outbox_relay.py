@@ -48,7 +48,7 @@ async def waiting(db: AsyncEngine) -> list[int]:
 async def test_each_write_is_one_row_published_in_order_after_commit(
     common: CommonSettings, db: AsyncEngine
 ) -> None:
-    topic = common.topic_lifecycle
+    topic = common.topics.lifecycle
     async with db.begin() as conn:
         await legacy_row(conn, topic, "c1", b"c1-0")
     async with db.begin() as conn:
@@ -79,7 +79,7 @@ async def test_each_write_is_one_row_published_in_order_after_commit(
 
     assert await waiting(db) == [0, 0]
     by_key: dict[bytes, list[bytes]] = defaultdict(list)
-    for record in await read_topic(common.kafka_bootstrap, topic, expect=6):
+    for record in await read_topic(common.kafka.bootstrap, topic, expect=6):
         by_key[record.key].append(record.value)
     assert by_key == {
         b"c1": [b"c1-0", b"c1-1", b"c1-2"],
@@ -89,7 +89,7 @@ async def test_each_write_is_one_row_published_in_order_after_commit(
 
 
 async def test_one_relay_at_a_time(common: CommonSettings, db: AsyncEngine) -> None:
-    topic = common.topic_lifecycle
+    topic = common.topics.lifecycle
     async with db.begin() as conn:
         await repository.insert_outbox(conn, topic, [("c1", b"one"), ("c2", b"two")])
     producer = make_producer(common, client_id="test-relay")
@@ -103,7 +103,7 @@ async def test_one_relay_at_a_time(common: CommonSettings, db: AsyncEngine) -> N
         assert await relay_all(relay) == [2, 0]
     finally:
         await producer.stop()
-    records = await read_topic(common.kafka_bootstrap, topic, expect=2)
+    records = await read_topic(common.kafka.bootstrap, topic, expect=2)
     assert sorted((r.key, r.value) for r in records) == [(b"c1", b"one"), (b"c2", b"two")]
 
 
@@ -150,7 +150,7 @@ async def test_rows_kept_in_memory_are_published_without_reading_their_payload(
     """The rows a process's batches committed go out from its memory: what Postgres holds of
     such a row's payload is never read (here it is made unreadable, and still the records go
     out whole and in order); a row not kept is read from Postgres as before."""
-    topic = common.topic_lifecycle
+    topic = common.topics.lifecycle
     cache = PayloadCache()
     async with db.begin() as conn:
         kept = await repository.insert_outbox(conn, topic, [("c1", b"c1-0"), ("c2", b"c2-0")])
@@ -171,7 +171,7 @@ async def test_rows_kept_in_memory_are_published_without_reading_their_payload(
         await producer.stop()
     assert len(cache) == 0
     by_key: dict[bytes, list[bytes]] = defaultdict(list)
-    for record in await read_topic(common.kafka_bootstrap, topic, expect=3):
+    for record in await read_topic(common.kafka.bootstrap, topic, expect=3):
         by_key[record.key].append(record.value)
     assert by_key == {b"c1": [b"c1-0", b"c1-1"], b"c2": [b"c2-0"]}
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from clm_infra.db import create_engine, unavailable
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, DatabaseSettings
 from clm_ingest.settings import IngestSettings
 from tests.chaos.latency_proxy import LatencyProxy
 from tests.factories import event_doc
@@ -21,7 +21,7 @@ from tests.integration.ingest_server import ingest_client
 @pytest.fixture
 async def proxy(common: CommonSettings) -> AsyncIterator[LatencyProxy]:
     """A TCP hop to the test's Postgres; closing it makes Postgres unreachable."""
-    url = make_url(common.database_url)
+    url = make_url(common.database.url)
     hop = await LatencyProxy(url.host or "127.0.0.1", url.port or 5432).start()
     yield hop
     await hop.close()
@@ -47,11 +47,11 @@ async def caught(database_url: str, sql: str) -> BaseException:
 async def test_an_unreachable_or_vanishing_postgres_is_unavailable_a_bad_statement_is_not(
     common: CommonSettings, proxy: LatencyProxy
 ) -> None:
-    assert not unavailable(await caught(common.database_url, "SELECT * FROM no_such_table"))
+    assert not unavailable(await caught(common.database.url, "SELECT * FROM no_such_table"))
     # the server ends our own session mid-statement (what a restart does to every session)
-    killed = await caught(common.database_url, "SELECT pg_terminate_backend(pg_backend_pid())")
+    killed = await caught(common.database.url, "SELECT pg_terminate_backend(pg_backend_pid())")
     assert unavailable(killed), repr(killed)
-    url = via(proxy, common.database_url)
+    url = via(proxy, common.database.url)
     await proxy.close()
     refused = await caught(url, "SELECT 1")
     assert unavailable(refused), repr(refused)
@@ -60,7 +60,9 @@ async def test_an_unreachable_or_vanishing_postgres_is_unavailable_a_bad_stateme
 async def test_the_ingest_answers_503_while_postgres_is_away_but_keeps_a_known_key_working(
     common: CommonSettings, proxy: LatencyProxy
 ) -> None:
-    settings = IngestSettings(database_url=via(proxy, common.database_url), auth_cache_seconds=0)
+    settings = IngestSettings(
+        database=DatabaseSettings(url=via(proxy, common.database.url)), auth_cache_s=0
+    )
     async with ingest_client(settings) as client:
         known = {"Authorization": f"Bearer {WRITE_KEY}"}
         first = await client.post("/v1/events", json=event_doc("signup"), headers=known)

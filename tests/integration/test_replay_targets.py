@@ -31,13 +31,13 @@ async def test_the_sweeper_waits_for_a_replay_to_reach_the_log_end(common: Commo
         event_doc("purchase", customer_id=f"r{i}", occurred_at=old.isoformat()) for i in range(3)
     ]
     await send_events(common, *docs)
-    ends = await log_ends(common.kafka_bootstrap, common.topic_events)
+    ends = await log_ends(common.kafka, common.topics.events)
     assert sum(ends.values()) == 3
 
-    engine = create_engine(common.database_url, pool_size=1)
+    engine = create_engine(common.database.url, pool_size=1)
     try:
         async with engine.begin() as conn:
-            assert await reset_for_replay(conn, GROUP, common.topic_events, ends) == 0
+            assert await reset_for_replay(conn, GROUP, common.topics.events, ends) == 0
             assert await replay_behind(conn, GROUP) == 3  # nothing re-applied yet
         # one partition caught up, the others not: still behind
         async with engine.begin() as conn:
@@ -47,7 +47,7 @@ async def test_the_sweeper_waits_for_a_replay_to_reach_the_log_end(common: Commo
                 [
                     {
                         "group_id": GROUP,
-                        "topic": common.topic_events,
+                        "topic": common.topics.events,
                         "partition": p,
                         "next_offset": 0,
                     }
@@ -84,7 +84,7 @@ async def test_the_sweep_loop_moves_nobody_until_the_replay_is_done(
     old = datetime.now(UTC) - timedelta(days=400)
     event = parse_event(event_doc("purchase", customer_id="quiet", occurred_at=old.isoformat()))
     state = apply_event(None, event, RULES).state  # a customer silent for 400 days
-    engine = create_engine(common.database_url, pool_size=1)
+    engine = create_engine(common.database.url, pool_size=1)
 
     async def sweep_a_while() -> str:
         stopping = asyncio.Event()
@@ -93,7 +93,7 @@ async def test_the_sweep_loop_moves_nobody_until_the_replay_is_done(
                 engine,
                 RULES,
                 lambda: datetime.now(UTC),
-                lifecycle_topic=common.topic_lifecycle,
+                lifecycle_topic=common.topics.lifecycle,
                 group_id=GROUP,
                 every_s=0.05,
                 batch=100,
@@ -112,10 +112,10 @@ async def test_the_sweep_loop_moves_nobody_until_the_replay_is_done(
     try:
         async with engine.begin() as conn:
             await upsert_customers(conn, [state])
-            await reset_for_replay(conn, GROUP, common.topic_events, {0: 5})
+            await reset_for_replay(conn, GROUP, common.topics.events, {0: 5})
             await conn.execute(  # reset_for_replay cleared the customers: store it again
                 insert(consumer_offsets).values(
-                    group_id=GROUP, topic=common.topic_events, partition=0, next_offset=2
+                    group_id=GROUP, topic=common.topics.events, partition=0, next_offset=2
                 )
             )
             await upsert_customers(conn, [state])

@@ -26,18 +26,18 @@ from clm_domain.rules import LifecycleRules
 from clm_infra.db import create_engine
 from clm_infra.keys import store_key
 from clm_infra.schema import erasures, webhook_subscriptions
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, RequestLimits
 from clm_infra.subscription_secrets import open_secret
 from clm_infra.webhook_secrets import cipher
 from clm_infra.webhook_urls import UrlPolicy
 from clm_ingest.app import create_app as ingest_app
-from clm_ingest.settings import IngestSettings
+from clm_ingest.settings import IngestRequestLimits, IngestSettings
 from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine import at_rest
 from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.handler import EventsHandler
-from clm_stage_engine.settings import StageEngineSettings
+from clm_stage_engine.settings import StageEngineSettings, WebhookSettings
 from clm_stage_engine.webhooks import Dispatcher
 from clm_web.auth import KeyVerifier
 from tests.conftest import alembic_upgrade
@@ -59,7 +59,7 @@ OTHER_READ_TOKEN = "it-other-read-token"
 OTHER_READ = {"Authorization": f"Bearer {OTHER_READ_TOKEN}"}
 PUBLIC_HOOK = "https://93.184.215.14/hook"  # an IP literal: resolves to itself, no DNS
 #: the webhook policy of a production engine (the tests' environment allows local receivers)
-STRICT: dict[str, Any] = {"webhook_allow_insecure": False, "webhook_allowed_hosts": ""}
+STRICT: dict[str, Any] = {"webhooks": {"allow_insecure": False, "allowed_hosts": ""}}
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,8 @@ async def test_the_allow_list_and_the_insecure_setting_let_a_local_receiver_in(
     common: CommonSettings,
 ) -> None:
     settings = StageEngineSettings(
-        webhook_allow_insecure=True, webhook_allowed_hosts="127.0.0.1", **NO_REQUEST_LIMITS
+        webhooks=WebhookSettings(allow_insecure=True, allowed_hosts="127.0.0.1"),
+        **NO_REQUEST_LIMITS,
     )
     async with entered(stage_engine_app(settings), "http://engine") as served:
         client = served.client
@@ -241,7 +242,7 @@ async def test_a_key_over_its_limit_gets_429_and_another_key_does_not(
 ) -> None:
     await store_other_read_token(db)
     settings = StageEngineSettings(
-        rate_limit_key_per_s=0.5, rate_limit_key_burst=3, rate_limit_address_per_s=0
+        limits=RequestLimits(key_per_s=0.5, key_burst=3, address_per_s=0)
     )
     async with entered(stage_engine_app(settings), "http://engine") as served:
         client = served.client
@@ -258,7 +259,7 @@ async def test_a_key_over_its_limit_gets_429_and_another_key_does_not(
 
 async def test_the_metrics_api_is_limited_per_key(common: CommonSettings, db: AsyncEngine) -> None:
     await store_other_read_token(db)
-    settings = MetricsSettings(rate_limit_key_per_s=0.5, rate_limit_key_burst=2)
+    settings = MetricsSettings(limits=RequestLimits(key_per_s=0.5, key_burst=2))
     async with entered(metrics_app(settings), "http://metrics") as served:
         client = served.client
         answers = [
@@ -273,7 +274,7 @@ async def test_the_metrics_api_is_limited_per_key(common: CommonSettings, db: As
 
 
 async def test_provider_webhooks_are_limited_per_address(common: CommonSettings) -> None:
-    settings = IngestSettings(rate_limit_address_per_s=0.5, rate_limit_address_burst=2)
+    settings = IngestSettings(limits=IngestRequestLimits(address_per_s=0.5, address_burst=2))
     async with entered(ingest_app(settings), "http://ingest") as served:
         client = served.client
         answers = [await client.post("/v1/webhooks/stripe", content=b"{}") for _ in range(3)]
@@ -287,7 +288,7 @@ async def test_a_flood_of_unknown_keys_costs_no_lookup_past_its_burst(
     common: CommonSettings,
 ) -> None:
     settings = StageEngineSettings(
-        rate_limit_failed_auth_per_s=0.1, rate_limit_failed_auth_burst=5, **STRICT
+        limits=RequestLimits(failed_auth_per_s=0.1, failed_auth_burst=5), **STRICT
     )
     async with entered(stage_engine_app(settings), "http://engine") as served:
         client, state = served.client, served.state

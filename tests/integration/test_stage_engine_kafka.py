@@ -79,7 +79,7 @@ async def test_events_move_customers_and_are_recorded(
         ("reach", "acquisition"),
         ("acquisition", "conversion"),
     ]
-    records = await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+    records = await read_topic(common.kafka.bootstrap, common.topics.lifecycle, expect=4)
     docs = [orjson.loads(r.value) for r in records]
     assert sorted(d["record_id"] for d in docs) == ["shop:m1", "shop:p1", "shop:s1", "shop:v1"]
     purchase = next(d for d in docs if d["record_id"] == "shop:p1")
@@ -100,14 +100,14 @@ async def test_duplicates_and_redelivery_change_nothing(
     engine_app: httpx.AsyncClient, common: CommonSettings
 ) -> None:
     purchase = wire(event_doc("purchase", customer_id="dup", event_id="same"))
-    await produce(common.kafka_bootstrap, common.topic_events, [purchase, purchase])
+    await produce(common.kafka.bootstrap, common.topics.events, [purchase, purchase])
     await eventually(lambda: customer(engine_app, "dup"))
-    await produce(common.kafka_bootstrap, common.topic_events, [purchase])
+    await produce(common.kafka.bootstrap, common.topics.events, [purchase])
     marker = wire(event_doc("site_visit", customer_id="dup-marker", event_id="mk"))
-    await produce(common.kafka_bootstrap, common.topic_events, [marker])
+    await produce(common.kafka.bootstrap, common.topics.events, [marker])
     await eventually(lambda: customer(engine_app, "dup-marker"))
 
-    engine = create_engine(common.database_url, pool_size=1)
+    engine = create_engine(common.database.url, pool_size=1)
     try:
         async with engine.connect() as conn:
             purchases = (
@@ -130,8 +130,8 @@ async def test_a_poison_record_goes_to_the_dlq_and_the_partition_flows_on(
     engine_app: httpx.AsyncClient, common: CommonSettings
 ) -> None:
     await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
+        common.kafka.bootstrap,
+        common.topics.events,
         [
             (b"p", b"{not json"),
             (b"p", orjson.dumps({"type": "teleport", "event_id": "x"})),
@@ -139,7 +139,7 @@ async def test_a_poison_record_goes_to_the_dlq_and_the_partition_flows_on(
         ],
     )
     assert await eventually(lambda: customer(engine_app, "p"))
-    dead = await read_topic(common.kafka_bootstrap, common.topic_dlq, expect=2)
+    dead = await read_topic(common.kafka.bootstrap, common.topics.dlq, expect=2)
     assert len(dead) == 2
     reasons = [dict(r.headers)["reason"].decode() for r in dead]
     assert all(reason.startswith("undecodable") for reason in reasons)
@@ -152,14 +152,14 @@ async def test_a_poison_record_goes_to_the_dlq_and_the_partition_flows_on(
 async def test_stored_offsets_are_the_truth(common: CommonSettings) -> None:
     """Replaying the whole topic (stored offsets reset) counts nothing twice."""
     await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
+        common.kafka.bootstrap,
+        common.topics.events,
         [
             wire(event_doc("purchase", customer_id="r", event_id=f"r{i}", order_id=f"o{i}"))
             for i in range(5)
         ],
     )
-    engine = create_engine(common.database_url, pool_size=1)
+    engine = create_engine(common.database.url, pool_size=1)
 
     async def purchases() -> int | None:
         async with engine.connect() as conn:
@@ -212,10 +212,10 @@ async def test_a_big_batch_of_distinct_customers_is_applied(
 ) -> None:
     """Thousands of customers in one batch: statements stay under Postgres' bind limit."""
     monkeypatch.setenv("CLM_STAGE_ENGINE_BATCH_RECORDS", "3000")
-    monkeypatch.setenv("CLM_STAGE_ENGINE_BATCH_WAIT_MS", "2000")
+    monkeypatch.setenv("CLM_STAGE_ENGINE_BATCH_WAIT_S", "2")
     docs = [event_doc("site_visit", customer_id=f"many-{i}", event_id=f"m{i}") for i in range(2500)]
-    await produce(common.kafka_bootstrap, common.topic_events, [wire(d) for d in docs])
-    engine = create_engine(common.database_url, pool_size=1)
+    await produce(common.kafka.bootstrap, common.topics.events, [wire(d) for d in docs])
+    engine = create_engine(common.database.url, pool_size=1)
 
     async def applied() -> bool:
         async with engine.connect() as conn:

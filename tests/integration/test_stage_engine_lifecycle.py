@@ -166,7 +166,7 @@ async def test_the_sweeper_moves_quiet_customers_with_a_test_clock(
     )
     await until_events(client, "busy", 2)
     rules = LifecycleRules()
-    topic = common.topic_lifecycle
+    topic = common.topics.lifecycle
     assert await sweep_once(db, rules, DAY0 + timedelta(days=59), lifecycle_topic=topic) == 0
     assert await sweep_once(db, rules, DAY0 + timedelta(days=61), lifecycle_topic=topic) == 1
     assert (await get(client, "quiet"))["stage"] == "at_risk"  # type: ignore[index]
@@ -199,7 +199,7 @@ async def test_the_sweeper_moves_quiet_customers_with_a_test_clock(
     back = await until_events(client, "quiet", 2)
     assert back["stage"] == "retention"
     assert back["reactivations"] == 1
-    records = await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=8)
+    records = await read_topic(common.kafka.bootstrap, common.topics.lifecycle, expect=8)
     kinds = [orjson.loads(r.value).get("kind") for r in records]
     assert kinds.count("time") == 3
 
@@ -255,10 +255,10 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
 
     assert await leftovers() == []
 
-    ends = await log_ends(common.kafka_bootstrap, common.topic_events)
+    ends = await log_ends(common.kafka, common.topics.events)
     async with db.begin() as conn:
         await replay.reset_for_replay(
-            conn, StageEngineSettings().stage_engine_group, common.topic_events, ends
+            conn, StageEngineSettings().stage_engine_group, common.topics.events, ends
         )
     await until_events(client, "keep-me", 1)
     await asyncio.sleep(2)  # let the whole log replay
@@ -286,7 +286,7 @@ async def test_a_replay_rebuilds_the_same_states_as_live_processing(
                 )
             )
         )
-    await produce(common.kafka_bootstrap, common.topic_events, docs)
+    await produce(common.kafka.bootstrap, common.topics.events, docs)
     for i in range(4):
         await until_events(client, f"r{i}", 3)
 
@@ -379,7 +379,7 @@ async def test_failing_webhooks_are_retried_then_parked(
     common: CommonSettings, receiver: str, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CLM_WEBHOOK_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("CLM_WEBHOOK_POLL_MS", "50")
+    monkeypatch.setenv("CLM_WEBHOOK_POLL_S", "0.05")
     _Receiver.fail = True
     try:
         app = create_app(StageEngineSettings())
@@ -441,7 +441,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
     timeout_s = 3.0
     monkeypatch.setenv("CLM_WEBHOOK_TIMEOUT_S", str(timeout_s))
     monkeypatch.setenv("CLM_WEBHOOK_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("CLM_WEBHOOK_POLL_MS", "50")
+    monkeypatch.setenv("CLM_WEBHOOK_POLL_S", "0.05")
     app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -512,8 +512,8 @@ async def test_listing_by_stage_with_aliases_and_stable_cursors(
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:
     await produce(
-        common.kafka_bootstrap,
-        common.topic_events,
+        common.kafka.bootstrap,
+        common.topics.events,
         [
             wire(
                 event_doc(
@@ -636,7 +636,7 @@ async def test_merging_two_buyers_restates_the_later_first_purchase(
     assert merged.json()["customer"]["purchases"] == 2
     records = [
         orjson.loads(r.value)
-        for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=5)
+        for r in await read_topic(common.kafka.bootstrap, common.topics.lifecycle, expect=5)
     ]
     assert sorted(r["kind"] for r in records) == [
         "customer_merge",
@@ -731,7 +731,7 @@ async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_e
 
         records = [
             orjson.loads(r.value)
-            for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+            for r in await read_topic(common.kafka.bootstrap, common.topics.lifecycle, expect=4)
         ]
         (survivor,) = [r for r in records if r["kind"] == "customer_merge"]
         assert (survivor["customer_id"], survivor["merged"]) == ("mg-a", "mg-b")
@@ -789,7 +789,7 @@ async def test_an_identity_merge_moves_the_survivor_on_its_event_record(
 
         records = [
             orjson.loads(r.value)
-            for r in await read_topic(common.kafka_bootstrap, common.topic_lifecycle, expect=4)
+            for r in await read_topic(common.kafka.bootstrap, common.topics.lifecycle, expect=4)
         ]
         (survivor,) = [
             r for r in records if r["kind"] == "event" and r["event"]["event_id"] == "ii"

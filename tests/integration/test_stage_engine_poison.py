@@ -24,7 +24,7 @@ from clm_infra.kafka import topic_partitions
 from clm_infra.schema import consumer_offsets, customer_events, customers
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
-from clm_stage_engine.settings import StageEngineSettings
+from clm_stage_engine.settings import StageEngineBatch, StageEngineSettings
 from tests.factories import event_doc
 from tests.integration.conftest import eventually, produce, read_topic
 from tests.pg_refusal import REFUSED, REFUSED_SQLSTATE, refuse_marked_events
@@ -95,7 +95,7 @@ KINDS: dict[str, tuple[Callable[[str], Docs], tuple[str, ...]]] = {
 @pytest.fixture
 async def engine_app(common: CommonSettings, db: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
     await refuse_marked_events(db)  # before the engine starts: every case has it
-    settings = StageEngineSettings(stage_engine_batch_records=50, stage_engine_lanes=1)
+    settings = StageEngineSettings(batch=StageEngineBatch(records=50), stage_engine_lanes=1)
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -104,13 +104,11 @@ async def engine_app(common: CommonSettings, db: AsyncEngine) -> AsyncIterator[h
 
 
 async def log_end(common: CommonSettings) -> int:
-    parts = (await topic_partitions(common.kafka_bootstrap, [common.topic_events]))[
-        common.topic_events
-    ]
-    consumer = AIOKafkaConsumer(bootstrap_servers=common.kafka_bootstrap)
+    parts = (await topic_partitions(common.kafka, [common.topics.events]))[common.topics.events]
+    consumer = AIOKafkaConsumer(bootstrap_servers=common.kafka.bootstrap)
     await consumer.start()
     try:
-        ends = await consumer.end_offsets([TopicPartition(common.topic_events, p) for p in parts])
+        ends = await consumer.end_offsets([TopicPartition(common.topics.events, p) for p in parts])
     finally:
         await consumer.stop()
     return sum(ends.values())
@@ -131,7 +129,7 @@ async def test_a_record_postgres_refuses_goes_to_the_dlq_and_the_rest_is_applied
         for cid in ("bad", "g1", "g2", "g3")
     ]
     items = [raw(d) for d in good[:6]] + [raw(d) for d, _ in theirs] + [raw(d) for d in good[6:]]
-    await produce(common.kafka_bootstrap, common.topic_events, items)
+    await produce(common.kafka.bootstrap, common.topics.events, items)
     end = await log_end(common)
 
     async def caught_up() -> bool:
@@ -150,7 +148,7 @@ async def test_a_record_postgres_refuses_goes_to_the_dlq_and_the_rest_is_applied
     applied = [d["event_id"] for d in good] + [d["event_id"] for d, p in theirs if not p]
     assert sorted(logged) == sorted(applied)
     assert events == {"bad": 3 + len(theirs) - len(bad), "g1": 3, "g2": 3, "g3": 3}
-    dead = await read_topic(common.kafka_bootstrap, common.topic_dlq, expect=len(bad))
+    dead = await read_topic(common.kafka.bootstrap, common.topics.dlq, expect=len(bad))
     assert sorted(r.value for r in dead) == sorted(orjson.dumps(d) for d in bad)
     for record in dead:
         reason = dict(record.headers)["reason"].decode()
@@ -182,14 +180,14 @@ async def test_a_lane_that_cannot_advance_fails_readiness_and_recovers(
 ) -> None:
     """A lock held elsewhere (transient: the batch waits, then is retried) keeps a lane from
     advancing: after the stall limit /readyz answers 503 naming it; released, ready again."""
-    settings = StageEngineSettings(stage_engine_lanes=1, stage_engine_stall_seconds=2)
+    settings = StageEngineSettings(stage_engine_lanes=1, stage_engine_stall_s=2)
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
             await produce(
-                common.kafka_bootstrap,
-                common.topic_events,
+                common.kafka.bootstrap,
+                common.topics.events,
                 [raw(event_doc("site_visit", customer_id="first"))],
             )
 
@@ -205,8 +203,8 @@ async def test_a_lane_that_cannot_advance_fails_readiness_and_recovers(
             async with db.connect() as locker:
                 await locker.execute(text("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"))
                 await produce(
-                    common.kafka_bootstrap,
-                    common.topic_events,
+                    common.kafka.bootstrap,
+                    common.topics.events,
                     [raw(event_doc("site_visit", customer_id="blocked"))],
                 )
 

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings
 
 from clm_cli.settings import CliSettings
 from clm_infra.settings import CommonSettings
+from clm_infra.settings import variables as settings_variables
 from clm_ingest.settings import IngestSettings
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.settings import StageEngineSettings
@@ -29,8 +30,7 @@ def section(title: str) -> str:
 
 
 def variables(cls: type[BaseSettings]) -> list[str]:
-    prefix = str(cls.model_config.get("env_prefix", ""))
-    return [(prefix + name).upper() for name in cls.model_fields]
+    return list(settings_variables(cls))
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,7 @@ def main() -> None:
     settings = IngestSettings()
     serve(
         create_app(settings),
-        host=settings.ingest_host,
-        port=settings.ingest_port,
+        settings.server,
         log_level=settings.log_level,
     )
 

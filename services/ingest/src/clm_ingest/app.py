@@ -44,7 +44,7 @@ def _secret_cache(settings: IngestSettings, engine: Any) -> SecretCache | None:
     except SecretsKeyMissing as exc:
         log.warning("webhooks disabled: %s", exc)
         return None
-    return SecretCache(engine, box, ttl_s=settings.auth_cache_seconds)
+    return SecretCache(engine, box, ttl_s=settings.auth_cache_s)
 
 
 def create_app(settings: IngestSettings | None = None, *, hot_routes: bool = True) -> FastAPI:
@@ -55,7 +55,7 @@ def create_app(settings: IngestSettings | None = None, *, hot_routes: bool = Tru
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(
-            settings.database_url, pool_size=settings.db_pool_size, app_name="clm-ingest"
+            settings.database.url, pool_size=settings.database.pool_size, app_name="clm-ingest"
         )
         publisher = Publisher(
             lambda: make_producer(settings, client_id="clm-ingest"),
@@ -66,7 +66,7 @@ def create_app(settings: IngestSettings | None = None, *, hot_routes: bool = Tru
         app.state.clm = State(
             settings=settings,
             engine=engine,
-            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
+            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_s),
             publisher=publisher,
             limiter=(
                 TokenBuckets(
@@ -118,7 +118,7 @@ def create_app(settings: IngestSettings | None = None, *, hot_routes: bool = Tru
         state: State = app.state.clm
         return {
             "postgres": lambda: ping(state.engine),
-            "kafka": lambda: kafka_reachable(settings.kafka_bootstrap),
+            "kafka": lambda: kafka_reachable(settings.kafka.bootstrap),
         }
 
     app.include_router(health_router(checks))

@@ -5,12 +5,31 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from clm_domain.events import EVENT_TYPES
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, RequestLimits, ServerSettings, group
+
+
+class IngestServer(ServerSettings):
+    """Where the ingest listens (``CLM_INGEST_HOST``, ``CLM_INGEST_PORT``)."""
+
+    model_config = group("CLM_INGEST_")
+
+    port: int = Field(default=8001, ge=1, le=65535, description="Port.")
+
+
+class IngestRequestLimits(RequestLimits):
+    """The request limits of every service; per key, the ingest counts events instead
+    (``CLM_INGEST_RATE_LIMIT_PER_S``), so requests per key are not limited by default."""
+
+    key_per_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Requests a second one key may make (0: none; the ingest counts events).",
+    )
 
 
 class IngestSettings(CommonSettings):
-    ingest_host: str = Field(default="127.0.0.1", description="Ingest bind address.")
-    ingest_port: int = Field(default=8001, ge=1, le=65535, description="Ingest port.")
+    server: IngestServer = Field(default_factory=IngestServer)
+    limits: IngestRequestLimits = Field(default_factory=IngestRequestLimits)
     ingest_publish_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait for the broker's ack before answering 503."
     )
@@ -35,13 +54,6 @@ class IngestSettings(CommonSettings):
     )
     ingest_rate_limit_burst: int = Field(
         default=40_000, ge=1, description="Events a write key may send at once (bucket size)."
-    )
-    # the request limits of every service (clm_web.request_limits): per key, the ingest
-    # counts events (above) rather than requests
-    rate_limit_key_per_s: float = Field(
-        default=0.0,
-        ge=0,
-        description="Requests a second one key may make (0: none; the ingest counts events).",
     )
     ingest_rate_limit_hold_s: float = Field(
         default=0.5,

@@ -11,8 +11,7 @@ def main() -> None:
     settings = MetricsSettings()
     serve(
         create_app(settings),
-        host=settings.metrics_host,
-        port=settings.metrics_port,
+        settings.server,
         log_level=settings.log_level,
     )
 

@@ -37,12 +37,12 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(
-            settings.database_url, pool_size=settings.db_pool_size, app_name="clm-metrics"
+            settings.database.url, pool_size=settings.database.pool_size, app_name="clm-metrics"
         )
         app.state.clm = State(
             settings=settings,
             engine=engine,
-            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
+            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_s),
         )
         current: list[BatchConsumer] = []
 
@@ -56,14 +56,14 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
                 settings,
                 engine,
                 name="clm-metrics",
-                topic=settings.topic_lifecycle,
+                topic=settings.topics.lifecycle,
                 group_id=settings.metrics_group,
                 handler=LifecycleHandler(),
                 policy=BatchPolicy(
-                    max_records=settings.metrics_batch_records,
-                    max_wait_ms=settings.metrics_batch_wait_ms,
-                    fill_ms=settings.metrics_batch_fill_ms,
-                    stall_s=settings.metrics_stall_seconds,
+                    max_records=settings.batch.records,
+                    max_wait_ms=round(settings.batch.wait_s * 1000),
+                    fill_ms=round(settings.batch.fill_s * 1000),
+                    stall_s=settings.metrics_stall_s,
                 ),
                 register=register,
                 stopping=stopping,
@@ -78,7 +78,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
             refresh_forever(
                 engine,
                 settings.reporting_currency,
-                settings.metrics_refresh_seconds,
+                settings.metrics_refresh_s,
                 channels=settings.metrics_gauge_channels,
                 max_sources=settings.metrics_gauge_max_sources,
                 retention=retention,
@@ -87,7 +87,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
             name="kpi-refresher",
         )
         pruner = asyncio.create_task(
-            prune_forever(engine, retention, settings.metrics_prune_seconds), name="kpi-pruner"
+            prune_forever(engine, retention, settings.metrics_prune_s), name="kpi-pruner"
         )
         try:
             yield
@@ -125,7 +125,7 @@ def create_app(settings: MetricsSettings | None = None) -> FastAPI:
 
         return {
             "postgres": lambda: ping(state.engine),
-            "kafka": lambda: kafka_reachable(settings.kafka_bootstrap),
+            "kafka": lambda: kafka_reachable(settings.kafka.bootstrap),
             "consumer": consumer_alive,
         }
 

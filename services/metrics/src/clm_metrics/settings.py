@@ -4,31 +4,45 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import BatchSettings, CommonSettings, ServerSettings, group
 
 
-class MetricsSettings(CommonSettings):
-    metrics_host: str = Field(default="127.0.0.1", description="Metrics bind address.")
-    metrics_port: int = Field(default=8003, ge=1, le=65535, description="Metrics port.")
-    metrics_group: str = Field(
-        default="clm-metrics", description="Kafka consumer group of the metrics service."
-    )
-    metrics_batch_records: int = Field(default=1000, ge=1, description="Max records a batch.")
-    metrics_batch_wait_ms: int = Field(default=200, ge=1, description="Max wait a batch.")
-    metrics_batch_fill_ms: int = Field(
-        default=250,
+class MetricsServer(ServerSettings):
+    """Where the metrics service listens (``CLM_METRICS_HOST``, ``CLM_METRICS_PORT``)."""
+
+    model_config = group("CLM_METRICS_")
+
+    port: int = Field(default=8003, ge=1, le=65535, description="Port.")
+
+
+class MetricsBatch(BatchSettings):
+    """The lifecycle consumer's batches (``CLM_METRICS_BATCH_RECORDS`` …)."""
+
+    model_config = group("CLM_METRICS_BATCH_")
+
+    records: int = Field(default=1000, ge=1, description="Most records in a batch.")
+    fill_s: float = Field(
+        default=0.25,
         ge=0,
-        le=10_000,
+        le=10,
         description="Once a batch has records, how long it waits for more (fewer, fuller "
         "batches: KPIs a fraction of a second later, each batch's fixed cost shared).",
     )
-    metrics_stall_seconds: float = Field(
+
+
+class MetricsSettings(CommonSettings):
+    server: MetricsServer = Field(default_factory=MetricsServer)
+    batch: MetricsBatch = Field(default_factory=MetricsBatch)
+    metrics_group: str = Field(
+        default="clm-metrics", description="Kafka consumer group of the metrics service."
+    )
+    metrics_stall_s: float = Field(
         default=120.0,
         gt=0,
         description="The consumer with lag on a partition whose offset has not advanced for "
         "this long is stalled: /readyz answers 503 naming it (as the stage engine's).",
     )
-    metrics_refresh_seconds: float = Field(
+    metrics_refresh_s: float = Field(
         default=5.0, gt=0, description="How often the Prometheus KPI gauges are recomputed."
     )
     metrics_minute_retention_days: int = Field(
@@ -39,7 +53,7 @@ class MetricsSettings(CommonSettings):
     metrics_hour_retention_days: int = Field(
         default=400, ge=1, description="Hour rollups older than this are pruned (days stay)."
     )
-    metrics_prune_seconds: float = Field(
+    metrics_prune_s: float = Field(
         default=300, gt=0, description="How often the retention policy runs."
     )
     metrics_gauge_channels: list[str] = Field(

@@ -20,8 +20,7 @@ def main() -> None:
     app = create_app(settings, rules)
     serve(
         app,
-        host=settings.stage_engine_host,
-        port=settings.stage_engine_port,
+        settings.server,
         log_level=settings.log_level,
         # a batch of 2,000 events keeps ~30,000 container objects alive until it is written
         # (three lanes, three times that): at the 10,000 default the collector scanned them several

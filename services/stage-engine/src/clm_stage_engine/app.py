@@ -65,7 +65,7 @@ def create_app(
     (:mod:`clm_stage_engine.hot_read`)."""
     settings = settings or StageEngineSettings()
     rules = rules or load_rules(settings.stage_engine_rules_path)
-    url_policy = UrlPolicy.of(settings.webhook_allow_insecure, settings.webhook_allowed_hosts)
+    url_policy = UrlPolicy.of(settings.webhooks.allow_insecure, settings.webhooks.allowed_hosts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,12 +76,14 @@ def create_app(
         )
         secrets_box = webhook_secrets.cipher(settings)
         engine = create_engine(
-            settings.database_url, pool_size=settings.db_pool_size, app_name="clm-stage-engine"
+            settings.database.url,
+            pool_size=settings.database.pool_size,
+            app_name="clm-stage-engine",
         )
         state = State(
             settings=settings,
             engine=engine,
-            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_seconds),
+            verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_s),
             rules=rules,
             pseudonyms=pseudonyms,
             secrets_box=secrets_box,
@@ -98,19 +100,20 @@ def create_app(
         # only with its partition, and every row's version is checked when written back).
         written = PayloadCache()  # the outbox rows the lanes committed, for the relay
         handler = EventsHandler(
-            settings.topic_lifecycle,
+            settings.topics.lifecycle,
             rules,
             KnownStates(settings.stage_engine_known_states),
             written,
             pseudonyms,
         )
         policy = BatchPolicy(
-            max_records=settings.stage_engine_batch_records,
-            max_wait_ms=settings.stage_engine_batch_wait_ms,
+            max_records=settings.batch.records,
+            max_wait_ms=round(settings.batch.wait_s * 1000),
+            fill_ms=round(settings.batch.fill_s * 1000),
             idle_recheck_s=settings.stage_engine_idle_recheck_s,
             session=FRESH_PLANS,
             gate=OutboxGate(engine, settings.stage_engine_outbox_max_backlog),
-            stall_s=settings.stage_engine_stall_seconds,
+            stall_s=settings.stage_engine_stall_s,
         )
 
         # One stop for all the lanes: a lane at its poison limit stops its siblings too (its
@@ -131,7 +134,7 @@ def create_app(
                     settings,
                     engine,
                     name=f"clm-stage-engine-{lane}",  # the client id sorts the group's members
-                    topic=settings.topic_events,
+                    topic=settings.topics.events,
                     group_id=settings.stage_engine_group,
                     handler=handler,
                     policy=policy,
@@ -151,7 +154,7 @@ def create_app(
                 outbox_relay = OutboxRelay(
                     engine,
                     producer,
-                    poll_s=settings.stage_engine_outbox_poll_ms / 1000,
+                    poll_s=settings.stage_engine_outbox_poll_s,
                     cache=written,
                 )
                 current["relay"] = outbox_relay
@@ -168,9 +171,9 @@ def create_app(
                 engine,
                 rules,
                 lambda: datetime.now(UTC),
-                lifecycle_topic=settings.topic_lifecycle,
+                lifecycle_topic=settings.topics.lifecycle,
                 group_id=settings.stage_engine_group,
-                every_s=settings.stage_engine_sweep_seconds,
+                every_s=settings.stage_engine_sweep_s,
                 batch=settings.stage_engine_sweep_batch,
                 stopping=stopping,
             )
@@ -178,10 +181,10 @@ def create_app(
         async def dispatch() -> None:
             dispatcher = Dispatcher(
                 engine,
-                timeout_s=settings.webhook_timeout_s,
-                max_attempts=settings.webhook_max_attempts,
-                poll_s=settings.webhook_poll_ms / 1000,
-                concurrency=settings.webhook_concurrency,
+                timeout_s=settings.webhooks.timeout_s,
+                max_attempts=settings.webhooks.max_attempts,
+                poll_s=settings.webhooks.poll_s,
+                concurrency=settings.webhooks.concurrency,
                 url_policy=url_policy,
                 secrets_box=secrets_box,
             )
@@ -254,7 +257,7 @@ def create_app(
             return {"postgres": lambda: ping(state.engine)}
         return {
             "postgres": lambda: ping(state.engine),
-            "kafka": lambda: kafka_reachable(settings.kafka_bootstrap),
+            "kafka": lambda: kafka_reachable(settings.kafka.bootstrap),
             "consumer": consumer_alive,
         }
 

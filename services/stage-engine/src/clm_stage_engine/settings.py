@@ -6,18 +6,60 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
 
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import BatchSettings, CommonSettings, ServerSettings, group
+
+
+class StageEngineServer(ServerSettings):
+    """Where the read API listens (``CLM_STAGE_ENGINE_HOST``, ``CLM_STAGE_ENGINE_PORT``)."""
+
+    model_config = group("CLM_STAGE_ENGINE_")
+
+    port: int = Field(default=8002, ge=1, le=65535, description="Port.")
+
+
+class StageEngineBatch(BatchSettings):
+    """Each lane's batches of events (``CLM_STAGE_ENGINE_BATCH_RECORDS`` …)."""
+
+    model_config = group("CLM_STAGE_ENGINE_BATCH_")
+
+
+class WebhookSettings(BaseSettings):
+    """Stage-change webhook delivery (``CLM_WEBHOOK_…``)."""
+
+    model_config = group("CLM_WEBHOOK_")
+
+    timeout_s: float = Field(
+        default=5.0, gt=0, description="Webhook POST deadline (the whole exchange)."
+    )
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Subscribers served at once (one worker each, its deliveries in order).",
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, description="Deliveries failing this often are parked."
+    )
+    poll_s: float = Field(default=0.5, ge=0.01, description="How often the dispatcher polls.")
+    allow_insecure: bool = Field(
+        default=False,
+        description="Accept http:// subscription URLs (dev and tests only; https otherwise).",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names or IP addresses a subscription may name even "
+        "though they are (or resolve to) private, loopback or link-local addresses.",
+    )
 
 
 class StageEngineSettings(CommonSettings):
-    stage_engine_host: str = Field(default="127.0.0.1", description="Read API bind address.")
-    stage_engine_port: int = Field(default=8002, ge=1, le=65535, description="Read API port.")
+    server: StageEngineServer = Field(default_factory=StageEngineServer)
+    batch: StageEngineBatch = Field(default_factory=StageEngineBatch)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     stage_engine_group: str = Field(
         default="clm-stage-engine", description="Kafka consumer group of the stage engine."
     )
-    stage_engine_batch_records: int = Field(default=500, ge=1, description="Max records a batch.")
-    stage_engine_batch_wait_ms: int = Field(default=200, ge=1, description="Max wait a batch.")
     stage_engine_lanes: int = Field(
         default=3,
         ge=1,
@@ -40,8 +82,8 @@ class StageEngineSettings(CommonSettings):
         description="Lanes wait before their next fetch while more lifecycle records than "
         "this wait in the outbox, so the relay keeps up with them; 0: no limit.",
     )
-    stage_engine_outbox_poll_ms: int = Field(
-        default=100, ge=10, description="How often the outbox relay looks for new rows."
+    stage_engine_outbox_poll_s: float = Field(
+        default=0.1, ge=0.01, description="How often the outbox relay looks for new rows."
     )
     stage_engine_rules_path: Path | None = Field(
         default=None,
@@ -52,32 +94,11 @@ class StageEngineSettings(CommonSettings):
         description="Stage names in answers: standard (reach…loyalty) or classic "
         "(awareness, consideration, purchase, retention, advocacy). Both are accepted.",
     )
-    stage_engine_sweep_seconds: float = Field(
+    stage_engine_sweep_s: float = Field(
         default=60.0, gt=0, description="How often the sweeper applies inactivity moves."
     )
     stage_engine_sweep_batch: int = Field(
         default=1000, ge=1, description="Customers one sweeper transaction moves at most."
-    )
-    webhook_timeout_s: float = Field(
-        default=5.0, gt=0, description="Webhook POST deadline (the whole exchange)."
-    )
-    webhook_concurrency: int = Field(
-        default=16,
-        ge=1,
-        description="Subscribers served at once (one worker each, its deliveries in order).",
-    )
-    webhook_max_attempts: int = Field(
-        default=8, ge=1, description="Deliveries failing this often are parked."
-    )
-    webhook_poll_ms: int = Field(default=500, ge=10, description="Webhook dispatcher poll.")
-    webhook_allow_insecure: bool = Field(
-        default=False,
-        description="Accept http:// subscription URLs (dev and tests only; https otherwise).",
-    )
-    webhook_allowed_hosts: str = Field(
-        default="",
-        description="Comma-separated host names or IP addresses a subscription may name even "
-        "though they are (or resolve to) private, loopback or link-local addresses.",
     )
     pseudonym_key: SecretStr | None = Field(
         default=None,
@@ -94,7 +115,7 @@ class StageEngineSettings(CommonSettings):
             "reads never wait behind a batch)."
         ),
     )
-    stage_engine_stall_seconds: float = Field(
+    stage_engine_stall_s: float = Field(
         default=120.0,
         gt=0,
         description="A lane with lag on a partition whose offset has not advanced for this "

@@ -81,7 +81,7 @@ def _command_of(argv: list[str]) -> str | None:
 async def _in_transaction(handler: Handler, args: argparse.Namespace, s: CommonSettings) -> int:
     from clm_infra.db import create_engine  # only the commands that need Postgres load it
 
-    engine = create_engine(s.database_url, pool_size=1, app_name="clm-cli")
+    engine = create_engine(s.database.url, pool_size=1, app_name="clm-cli")
     try:
         async with engine.begin() as conn:
             return await handler(args, s, conn)

@@ -643,7 +643,7 @@ async def run_batch_consumer(
             group_id=group_id,
             handler=handler,
             dlq_producer=producer,
-            dlq_topic=settings.topic_dlq,
+            dlq_topic=settings.topics.dlq,
             policy=policy,
             lanes_stop=lanes_stop,
         )

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def make_producer(settings: CommonSettings, *, client_id: str) -> AIOKafkaProducer:
     """An idempotent, acks=all producer: a send resolves only once the broker has the record."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **settings.kafka.client_options(),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -40,15 +40,15 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     """A consumer for our manual-offset pattern: no auto commit, offsets live in Postgres."""
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **settings.kafka.client_options(),
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=max_poll_records,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        session_timeout_ms=round(settings.kafka.session_timeout_s * 1000),
+        heartbeat_interval_ms=round(settings.kafka.heartbeat_interval_s * 1000),
         max_poll_interval_ms=300_000,
         rebalance_timeout_ms=30_000,
     )
@@ -72,21 +72,21 @@ class TopicSpec:
 def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
     """The topics CLM Stream needs, with their partition counts."""
     return [
-        TopicSpec(settings.topic_events, settings.events_partitions, {"retention.ms": "-1"}),
         TopicSpec(
-            settings.topic_lifecycle,
-            settings.lifecycle_partitions,
+            settings.topics.events, settings.topics.events_partitions, {"retention.ms": "-1"}
+        ),
+        TopicSpec(
+            settings.topics.lifecycle,
+            settings.topics.lifecycle_partitions,
             {"retention.ms": str(30 * 24 * 3600 * 1000)},
         ),
-        TopicSpec(settings.topic_dlq, settings.dlq_partitions, {"retention.ms": "-1"}),
+        TopicSpec(settings.topics.dlq, settings.topics.dlq_partitions, {"retention.ms": "-1"}),
     ]
 
 
 async def ensure_topics(settings: CommonSettings, *, timeout_s: float = 30.0) -> list[str]:
     """Create the missing topics (replication factor 1 on a single node); return those created."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
-    )
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options(), request_timeout_ms=10_000)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
@@ -120,9 +120,9 @@ async def ensure_topics(settings: CommonSettings, *, timeout_s: float = 30.0) ->
         await admin.close()
 
 
-async def topic_partitions(bootstrap: str, topics: Iterable[str]) -> dict[str, list[int]]:
+async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, list[int]]:
     """The partition numbers of each topic that exists (absent topics are left out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=10_000)
     await admin.start()
     try:
         present = set(await admin.list_topics())
@@ -134,15 +134,15 @@ async def topic_partitions(bootstrap: str, topics: Iterable[str]) -> dict[str, l
 
 
 async def log_offsets(
-    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 10.0
+    kafka: KafkaSettings, topics: Iterable[str], *, timeout_s: float = 10.0
 ) -> dict[TopicPartition, tuple[int, int]]:
     """(beginning, end) offsets of every partition of the topics that exist."""
-    partitions = await asyncio.wait_for(topic_partitions(bootstrap, topics), timeout_s)
+    partitions = await asyncio.wait_for(topic_partitions(kafka, topics), timeout_s)
     tps = [TopicPartition(t, p) for t, ps in sorted(partitions.items()) for p in ps]
     if not tps:
         return {}
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=5_000
+        **kafka.client_options(), enable_auto_commit=False, request_timeout_ms=5_000
     )
     await asyncio.wait_for(consumer.start(), timeout_s)
     try:
@@ -153,9 +153,9 @@ async def log_offsets(
         await consumer.stop()
 
 
-async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
+async def log_ends(kafka: KafkaSettings, topic: str) -> dict[int, int]:
     """The end offset of each partition of ``topic`` (what a replay must reach)."""
-    return {tp.partition: end for tp, (_, end) in (await log_offsets(bootstrap, [topic])).items()}
+    return {tp.partition: end for tp, (_, end) in (await log_offsets(kafka, [topic])).items()}
 
 
 async def kafka_reachable(bootstrap: str, *, timeout_s: float = 2.0) -> bool:

@@ -24,7 +24,7 @@ from clm_infra.settings import CommonSettings
 async def database(settings: CommonSettings, app_name: str) -> AsyncIterator[AsyncEngine]:
     """The process's connection pool, disposed of when the block ends."""
     engine = create_engine(
-        settings.database_url, pool_size=settings.db_pool_size, app_name=app_name
+        settings.database.url, pool_size=settings.database.pool_size, app_name=app_name
     )
     try:
         yield engine

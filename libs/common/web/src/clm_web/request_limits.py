@@ -118,10 +118,8 @@ def install_request_limits(
     """The limits of ``settings`` (``CLM_RATE_LIMIT_*``) in front of ``app``'s routes."""
     app.add_middleware(
         RequestLimitMiddleware,
-        per_key=buckets(settings.rate_limit_key_per_s, settings.rate_limit_key_burst),
-        per_address=buckets(settings.rate_limit_address_per_s, settings.rate_limit_address_burst),
-        failed_auth=buckets(
-            settings.rate_limit_failed_auth_per_s, settings.rate_limit_failed_auth_burst
-        ),
+        per_key=buckets(settings.limits.key_per_s, settings.limits.key_burst),
+        per_address=buckets(settings.limits.address_per_s, settings.limits.address_burst),
+        failed_auth=buckets(settings.limits.failed_auth_per_s, settings.limits.failed_auth_burst),
         refuse=refuse,
     )

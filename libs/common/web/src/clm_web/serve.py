@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from clm_infra.logconfig import configure_logging
-from clm_infra.settings import CommonSettings
+from clm_infra.settings import CommonSettings, ServerSettings
 
 
 def telemetry(settings: CommonSettings) -> TelemetryConfig:
@@ -18,7 +18,7 @@ def telemetry(settings: CommonSettings) -> TelemetryConfig:
     return {"tracing": on, "metrics": on, "logs": on}
 
 
-def serve(app: FastAPI, *, host: str, port: int, log_level: str, gc_young: int = 10_000) -> None:
+def serve(app: FastAPI, server: ServerSettings, *, log_level: str, gc_young: int = 10_000) -> None:
     """Run ``app``; ``gc_young``: the collector's young-generation threshold (see below)."""
     configure_logging(log_level)
     # A request or a batch allocates a few objects per event, nearly all short-lived: the
@@ -33,8 +33,8 @@ def serve(app: FastAPI, *, host: str, port: int, log_level: str, gc_young: int =
     gc.set_threshold(gc_young, 20, 20)
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=server.host,
+        port=server.port,
         log_config=None,
         access_log=False,
         # nothing reads the client's address or scheme, and uvicorn's X-Forwarded-* middleware

@@ -165,7 +165,7 @@ async def _handle(request: Request, state: State, call: str | None) -> JSONRespo
     checked = service.check(readable, source=caller.source, received_at=received_at, route=route)
     try:
         await service.publish_checked(
-            state.publisher, state.settings.topic_events, checked, route=route
+            state.publisher, state.settings.topics.events, checked, route=route
         )
     except PublishUnavailable as exc:
         raise SegmentError(

@@ -226,7 +226,7 @@ async def erase(
             await repository.anonymise_customer(conn, customer_id, pseudonym)
         await repository.insert_outbox(
             conn,
-            state.settings.topic_lifecycle,
+            state.settings.topics.lifecycle,
             [
                 (
                     customer_id,

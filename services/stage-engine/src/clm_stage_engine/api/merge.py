@@ -104,7 +104,7 @@ async def merge(
         )
         await repository.insert_outbox(
             conn,
-            state.settings.topic_lifecycle,
+            state.settings.topics.lifecycle,
             [
                 (
                     customer_id,

@@ -76,20 +76,20 @@ async def read_dead_letters(settings: CliSettings, timeout_s: float = 15.0) -> l
     """Every record of the DLQ topic, oldest first per partition (no consumer group)."""
     try:
         partitions = await asyncio.wait_for(
-            topic_partitions(settings.kafka_bootstrap, [settings.topic_dlq]), timeout_s
+            topic_partitions(settings.kafka, [settings.topics.dlq]), timeout_s
         )
     except (TimeoutError, KafkaError, OSError) as exc:
         raise CliError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}) — is it "
+            f"cannot reach Kafka at {settings.kafka.bootstrap} ({type(exc).__name__}) — is it "
             "running? "
             "(make run, or set CLM_KAFKA_BOOTSTRAP)",
             2,
         ) from exc
-    if settings.topic_dlq not in partitions:
-        raise CliError(f"no topic {settings.topic_dlq} (run: clm migrate)", 2)
-    tps = [TopicPartition(settings.topic_dlq, p) for p in partitions[settings.topic_dlq]]
+    if settings.topics.dlq not in partitions:
+        raise CliError(f"no topic {settings.topics.dlq} (run: clm migrate)", 2)
+    tps = [TopicPartition(settings.topics.dlq, p) for p in partitions[settings.topics.dlq]]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **settings.kafka.client_options(),
         client_id="clm-cli-dlq",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -110,7 +110,7 @@ async def read_dead_letters(settings: CliSettings, timeout_s: float = 15.0) -> l
         pending = {tp for tp in tps if begins[tp] < ends[tp]}
         while pending:
             if asyncio.get_running_loop().time() > deadline:
-                raise CliError(f"reading {settings.topic_dlq} took over {timeout_s:.0f} s", 1)
+                raise CliError(f"reading {settings.topics.dlq} took over {timeout_s:.0f} s", 1)
             batch = await consumer.getmany(*pending, timeout_ms=500)
             for tp, records in batch.items():
                 letters += [letter_of(rec) for rec in records if rec.offset < ends[tp]]
@@ -151,7 +151,7 @@ async def _list(args: argparse.Namespace, settings: CliSettings) -> int:
     ]
     print(output.table(["record", "at (UTC)", "consumer", "reason", "value"], rows))
     print(
-        f"\n{len(letters)} record(s) in {settings.topic_dlq}"
+        f"\n{len(letters)} record(s) in {settings.topics.dlq}"
         + (f", last {len(shown)} shown" if len(shown) < len(letters) else "")
     )
     return 0
@@ -214,10 +214,10 @@ async def _replay(args: argparse.Namespace, settings: CliSettings) -> int:
         sends = []
         for d in chosen:
             key, value, headers = fix if fix else (d.key, d.value, [])
-            trail = [("dlq_replayed_from", f"{settings.topic_dlq}:{d.ref}".encode())]
+            trail = [("dlq_replayed_from", f"{settings.topics.dlq}:{d.ref}".encode())]
             sends.append(
                 await producer.send(
-                    settings.topic_events, value=value, key=key, headers=[*headers, *trail]
+                    settings.topics.events, value=value, key=key, headers=[*headers, *trail]
                 )
             )
         await asyncio.gather(*sends)
@@ -228,7 +228,7 @@ async def _replay(args: argparse.Namespace, settings: CliSettings) -> int:
     finally:
         await producer.stop()
     what = "corrected record" if fix else "record(s)"
-    print(f"re-submitted {len(chosen)} {what} to {settings.topic_events}")
+    print(f"re-submitted {len(chosen)} {what} to {settings.topics.events}")
     return 0
 
 

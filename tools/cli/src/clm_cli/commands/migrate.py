@@ -36,7 +36,7 @@ def alembic_config(path: str) -> Config:
 
 
 async def current_revision(settings: CliSettings) -> str | None:
-    engine = create_engine(settings.database_url, pool_size=1, app_name="clm-cli")
+    engine = create_engine(settings.database.url, pool_size=1, app_name="clm-cli")
     try:
         async with engine.connect() as conn:
             try:
@@ -74,7 +74,7 @@ async def _migrate(args: argparse.Namespace, settings: CliSettings) -> int:
         created = await ensure_topics(settings)
     except Exception as exc:
         raise CliError(
-            f"cannot create the topics at {settings.kafka_bootstrap} ({exc!r}) — start Kafka "
+            f"cannot create the topics at {settings.kafka.bootstrap} ({exc!r}) — start Kafka "
             "or set CLM_KAFKA_BOOTSTRAP",
             2,
         ) from exc

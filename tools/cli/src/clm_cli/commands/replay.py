@@ -18,19 +18,19 @@ from clm_infra.settings import CommonSettings
 async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:
     if not args.yes:
         raise CliError("this clears every derived customer row; run again with --yes")
-    ends = await _log_end(settings, settings.topic_events)
+    ends = await _log_end(settings, settings.topics.events)
     if args.with_metrics:
         await _metrics_stopped(settings)
         await replay.hold_relay(conn)  # no lifecycle record in flight from here to the commit
-        lifecycle_ends = await _log_end(settings, settings.topic_lifecycle)
+        lifecycle_ends = await _log_end(settings, settings.topics.lifecycle)
         await replay.reset_metrics(
-            conn, args.metrics_group, settings.topic_lifecycle, lifecycle_ends
+            conn, args.metrics_group, settings.topics.lifecycle, lifecycle_ends
         )
         print(
             f"replay: metrics emptied; {args.metrics_group} starts at the lifecycle stream's "
             "end (start the metrics service again)"
         )
-    partitions = await replay.reset_for_replay(conn, args.group, settings.topic_events, ends)
+    partitions = await replay.reset_for_replay(conn, args.group, settings.topics.events, ends)
     print(f"replay: cleared; {partitions} partition offsets of {args.group} reset to 0")
     print("running stage engines rebuild every customer now (see /readyz and consumer lag)")
     return 0
@@ -39,10 +39,10 @@ async def _replay(args: argparse.Namespace, settings: CommonSettings, conn: Asyn
 async def _log_end(settings: CommonSettings, topic: str) -> dict[int, int]:
     """Each partition's end offset of ``topic`` (nothing is cleared when Kafka cannot say)."""
     try:
-        return await log_ends(settings.kafka_bootstrap, topic)
+        return await log_ends(settings.kafka, topic)
     except Exception as exc:
         raise CliError(
-            f"cannot read the end of {topic} at {settings.kafka_bootstrap} "
+            f"cannot read the end of {topic} at {settings.kafka.bootstrap} "
             f"({type(exc).__name__}) — start Kafka or set CLM_KAFKA_BOOTSTRAP; nothing was "
             "cleared",
             2,

@@ -145,7 +145,7 @@ async def database_facts(
     settings: CliSettings,
 ) -> tuple[dict[tuple[str, str, int], int], dict[str, Any], dict[str, int]]:
     """Stored offsets, outbox backlog and webhook delivery counts."""
-    engine = create_engine(settings.database_url, pool_size=1, app_name="clm-cli")
+    engine = create_engine(settings.database.url, pool_size=1, app_name="clm-cli")
     try:
         async with engine.connect() as conn:
             offsets = {
@@ -221,14 +221,14 @@ async def collect(settings: CliSettings) -> Status:
         offsets, status.outbox, status.webhooks = await database_facts(settings)
     except (OSError, DBAPIError) as exc:
         status.postgres = f"unreachable ({type(exc).__name__})"
-    topics = {t for _, t, _ in offsets} | {settings.topic_events, settings.topic_dlq}
+    topics = {t for _, t, _ in offsets} | {settings.topics.events, settings.topics.dlq}
     try:
-        log = await log_offsets(settings.kafka_bootstrap, topics)
+        log = await log_offsets(settings.kafka, topics)
     except Exception as exc:  # any client failure means "unreachable" here
         status.kafka = f"unreachable ({type(exc).__name__})"
         return status
     status.lag = lag_rows(offsets, log)
-    status.dlq_records = sum(e - b for tp, (b, e) in log.items() if tp.topic == settings.topic_dlq)
+    status.dlq_records = sum(e - b for tp, (b, e) in log.items() if tp.topic == settings.topics.dlq)
     await compare_stages(settings, status)
     return status
 
