@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen
 DEMO ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install run demo down status test lint fmt test-unit chaos compose-config bench prometheus-tools \
+.PHONY: help install run demo down status test lint docs fmt test-unit chaos compose-config bench prometheus-tools \
 	deploy-tools compose-tool kustomize-tool
 
 # Go tools for the deployment tests, built from the Go module proxy into .tools/ (git-ignored)
@@ -50,6 +50,10 @@ lint: install ## ruff format --check, ruff check, mypy --strict
 	@$(RUN) ruff check .
 	@$(RUN) mypy
 
+# not --quiet: it hides the warnings from --strict too, and a broken link would pass
+docs: install ## build the documentation site into site/, strictly: a broken link or anchor fails
+	@NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict --site-dir site
+
 fmt: install ## format and autofix
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
@@ -70,7 +74,7 @@ prometheus-tools: ## Debian's prometheus package (prometheus, promtool) for the 
 	  fi; \
 	fi
 
-test: lint prometheus-tools deploy-tools ## lint, then the whole suite on real Kafka and Postgres (started here if needed)
+test: lint docs prometheus-tools deploy-tools ## lint and docs, then the whole suite on real Kafka and Postgres (started here if needed)
 	@$(RUN) python -m clm_devstack with-infra -- $(UV) run --frozen pytest $(PYTEST_ARGS)
 
 chaos: install ## every fault-injection scenario (tests/chaos, ~11 min) on real Kafka and Postgres

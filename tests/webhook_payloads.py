@@ -124,7 +124,7 @@ ZENDESK_SOLVED: dict[str, Any] = {
     "type": "zen:event-type:ticket.status_changed",
     "event": {"current": "SOLVED", "previous": "OPEN"},
 }
-# the body of a trigger webhook as the README gives it (Zendesk placeholders filled in)
+# the body of a trigger webhook as docs/api.md gives it (Zendesk placeholders filled in)
 ZENDESK_TRIGGER: dict[str, Any] = {
     "ticket_id": "5158",
     "status": "Solved",

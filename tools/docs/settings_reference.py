@@ -23,7 +23,7 @@ from clm_ingest.settings import IngestSettings
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.settings import StageEngineSettings
 
-PAGE = Path(__file__).resolve().parents[2] / "README.md"  # docs/configuration.md once it exists
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
 #: (heading, model): a service's table lists what it reads beyond every process's settings
