@@ -48,7 +48,7 @@ status: ## what of the local stack is running
 lint: install ## ruff format --check, ruff check, mypy --strict
 	@$(RUN) ruff format --check .
 	@$(RUN) ruff check .
-	@$(RUN) mypy libs/common/domain/src libs/common/infra/src libs/common/web/src services/ingest/src services/stage-engine/src services/metrics/src tools/devstack/src tools/cli/src tests bench
+	@$(RUN) mypy libs/common/domain/src libs/common/infra/src libs/common/web/src services/ingest/src services/stage-engine/src services/metrics/src tools/devstack/src tools/cli/src tools/simulator/src tests bench
 
 fmt: install ## format and autofix
 	@$(RUN) ruff format .

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 
 from clm_cli.errors import CliError
-from clm_cli.simulator import transactions
-from clm_cli.simulator.personas import SimConfig, simulate
-from clm_cli.simulator.sender import IngestClient, Plan, Progress, post_all
-from clm_cli.simulator.truth import truth_document
+from clm_cli.sender import IngestClient, Plan, Progress, post_all
 from clm_domain.kpis import WINDOWS
 from clm_domain.rules import LifecycleRules, RulesError, load_rules
 from clm_infra.settings import CommonSettings
+from clm_simulator import transactions
+from clm_simulator.personas import SimConfig, simulate
+from clm_simulator.truth import truth_document
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
