@@ -42,7 +42,7 @@ from clm_infra.schema import (
     processed_events,
 )
 from clm_simulator.personas import SimConfig, simulate
-from clm_simulator.truth import replay, stages_as_of
+from clm_simulator.replay import replay, stages_as_of
 from tests.chaos.invariants import DeadLetter, EventKey, Expected, Observed, assert_invariant
 from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port
 from tests.integration.conftest import eventually

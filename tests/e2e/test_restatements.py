@@ -21,6 +21,7 @@ import pytest
 
 from clm_domain.kpis import window_bounds
 from clm_simulator.personas import SimConfig, iso, simulate
+from clm_simulator.replay import replay, sweeps
 from clm_simulator.survivors import (
     Anonymise,
     Erase,
@@ -28,7 +29,7 @@ from clm_simulator.survivors import (
     Operation,
     replay_surviving,
 )
-from clm_simulator.truth import replay, sweeps, truth
+from clm_simulator.truth import truth
 from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, running_stack
 from tests.e2e.test_clm_commands import clm
 from tests.integration.conftest import eventually

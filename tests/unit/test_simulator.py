@@ -23,14 +23,8 @@ from clm_domain.lifecycle import Stage
 from clm_domain.rules import load_rules
 from clm_simulator import transactions
 from clm_simulator.personas import INTENDED, Persona, SimConfig, simulate
-from clm_simulator.truth import (
-    next_inactivity_move,
-    replay,
-    stages_as_of,
-    sweeps,
-    truth,
-    truth_document,
-)
+from clm_simulator.replay import next_inactivity_move, replay, stages_as_of, sweeps
+from clm_simulator.truth import truth, truth_document
 
 AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RULES = load_rules()  # the shipped deploy/config/lifecycle.yaml

@@ -11,7 +11,7 @@ referrals, email engagement, and daily marketing spend per paid channel and camp
 Time: every journey lies before ``as_of``; its latest activity falls in ``[as_of - recent,
 as_of]`` (the quiet ones' inactivity moves too), older history is backdated up to
 ``history_days``. No customer is within ``margin`` of an inactivity threshold at ``as_of``, so
-the stages hold for a while after it (see :func:`clm_simulator.truth.next_inactivity_move`).
+the stages hold for a while after it (see :func:`clm_simulator.replay.next_inactivity_move`).
 Quiet customers either show up again without buying (a win-back email opened: the stage engine
 applies the inactivity moves when that event comes) or stay silent (its sweeper moves them).
 
