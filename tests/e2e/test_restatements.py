@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from clm_domain.kpis import window_bounds
-from clm_simulator.personas import SimConfig, iso, simulate
+from clm_simulator.customer_events import iso
+from clm_simulator.personas import SimConfig, simulate
 from clm_simulator.replay import replay, sweeps
 from clm_simulator.survivors import (
     Anonymise,
