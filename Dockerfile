@@ -41,6 +41,7 @@ COPY services/stage-engine/pyproject.toml services/stage-engine/pyproject.toml
 COPY services/metrics/pyproject.toml services/metrics/pyproject.toml
 COPY tools/devstack/pyproject.toml tools/devstack/pyproject.toml
 COPY tools/cli/pyproject.toml tools/cli/pyproject.toml
+COPY tools/simulator/pyproject.toml tools/simulator/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-workspace --package "clm-${SERVICE}" --package clm-cli
 
@@ -50,6 +51,7 @@ COPY libs/common/domain/src libs/common/domain/src
 COPY libs/common/infra/src libs/common/infra/src
 COPY libs/common/web/src libs/common/web/src
 COPY tools/cli/src tools/cli/src
+COPY tools/simulator/src tools/simulator/src
 COPY services/${SERVICE}/src services/${SERVICE}/src
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable --package "clm-${SERVICE}" --package clm-cli

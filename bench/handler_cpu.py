@@ -34,9 +34,9 @@ import orjson
 
 from bench.databases import ROOT, create_migrated_database, drop_database
 from bench.results import cpu_gauge_ms, write_section
-from clm_cli.simulator.journeys import generate
 from clm_infra.db import create_engine
 from clm_metrics.handler import LifecycleHandler
+from clm_simulator.journeys import generate
 from tests.kpi_truth import record, replay
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)

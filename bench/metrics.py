@@ -66,13 +66,14 @@ from bench.metrics_load import (
     write_part,
 )
 from bench.results import write_section
-from clm_cli.simulator import journeys, truth
-from clm_cli.simulator.journeys import generate
 from clm_devstack.services import ServiceProcess, start_service
 from clm_infra.db import create_engine
 from clm_infra.keys import store_key
 from clm_infra.replay import METRICS_DERIVED
 from clm_metrics.settings import MetricsSettings
+from clm_simulator import journeys, kpi_acquisition, kpi_customers, truth, window
+from clm_simulator import replay as replaying
+from clm_simulator.journeys import generate
 from tests import kpi_truth
 from tests.e2e.conftest import free_port
 from tests.kpi_truth import record, replay
@@ -275,6 +276,10 @@ TABLES = METRICS_DERIVED
 #: service's pure counting code, this loader and the schema.
 SOURCES = (
     journeys,
+    replaying,
+    window,
+    kpi_acquisition,
+    kpi_customers,
     truth,
     kpi_truth,
     clm_domain.events,

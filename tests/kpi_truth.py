@@ -1,4 +1,4 @@
-"""Brute-force KPI truth for the tests: the KPIs come from :mod:`clm_cli.simulator.truth`
+"""Brute-force KPI truth for the tests: the KPIs come from :mod:`clm_simulator.truth`
 (what ``clm simulate --truth`` writes); here the pieces that need the services' own code — the
 lifecycle record the stage engine publishes for a step, the lifecycle map (stay histogram bins)
 and retention cohorts.
@@ -9,10 +9,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from clm_cli.simulator.truth import Step, Sweep, in_window, rate_str, replay, truth
 from clm_domain.lifecycle import Stage
 from clm_domain.lifecycle_records import EventRecord, decode
 from clm_metrics.buckets import stay_bin, stay_bin_middle
+from clm_simulator.replay import Step, Sweep, replay
+from clm_simulator.truth import truth
+from clm_simulator.window import in_window, rate_str
 from clm_stage_engine.records import lifecycle_record
 
 __all__ = ["Step", "record", "replay", "truth", "truth_cohorts", "truth_map"]
@@ -36,7 +38,7 @@ def truth_map(
     swept: list[Sweep] | tuple[()] = (),
 ) -> dict[str, Any]:
     """The lifecycle map of ``[start, end)`` from the steps and the sweeper's moves
-    (``swept``, see :func:`~clm_cli.simulator.truth.sweeps`; medians as histogram bins)."""
+    (``swept``, see :func:`~clm_simulator.replay.sweeps`; medians as histogram bins)."""
     moves: dict[tuple[str, str], int] = {}
     stays: dict[str, list[timedelta]] = {}
     runs = [

@@ -28,9 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_cli.simulator.personas import SimConfig, simulate
-from clm_cli.simulator.sender import IngestClient, Outcome, Plan, Progress, post_all
-from clm_cli.simulator.truth import replay, stages_as_of
+from clm_cli.sender import IngestClient, Outcome, Plan, Progress, post_all
 from clm_devstack.services import ServiceProcess, start_service
 from clm_infra.db import create_engine
 from clm_infra.kafka import topic_partitions
@@ -44,6 +42,8 @@ from clm_infra.schema import (
     processed_events,
 )
 from clm_infra.settings import KafkaSettings
+from clm_simulator.personas import SimConfig, simulate
+from clm_simulator.replay import replay, stages_as_of
 from tests.chaos.invariants import DeadLetter, EventKey, Expected, Observed, assert_invariant
 from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port
 from tests.integration.conftest import eventually

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from clm_cli.simulator.journeys import generate
+from clm_simulator.journeys import generate
 from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, Stack, free_port
 from tests.integration.conftest import eventually
 from tests.kpi_truth import replay, truth

@@ -15,11 +15,12 @@ from typing import Any
 
 import httpx
 
-from clm_cli.simulator.personas import SimConfig, simulate
-from clm_cli.simulator.truth import replay, sweeps, truth
 from clm_devstack.services import start_service
 from clm_domain.kpis import window_bounds
 from clm_domain.rules import LifecycleRules, load_rules
+from clm_simulator.personas import SimConfig, simulate
+from clm_simulator.replay import replay, sweeps
+from clm_simulator.truth import truth
 from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port, running_stack
 from tests.integration.conftest import eventually
 

@@ -19,16 +19,18 @@ from typing import Any
 import httpx
 import pytest
 
-from clm_cli.simulator.personas import SimConfig, iso, simulate
-from clm_cli.simulator.survivors import (
+from clm_domain.kpis import window_bounds
+from clm_simulator.customer_events import iso
+from clm_simulator.personas import SimConfig, simulate
+from clm_simulator.replay import replay, sweeps
+from clm_simulator.survivors import (
     Anonymise,
     Erase,
     Merge,
     Operation,
     replay_surviving,
 )
-from clm_cli.simulator.truth import replay, sweeps, truth
-from clm_domain.kpis import window_bounds
+from clm_simulator.truth import truth
 from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, running_stack
 from tests.e2e.test_clm_commands import clm
 from tests.integration.conftest import eventually

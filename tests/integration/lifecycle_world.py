@@ -23,8 +23,6 @@ import orjson
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_cli.simulator.survivors import Anonymise, Erase, Merge, Operation, replay_surviving
-from clm_cli.simulator.truth import Step, Sweep, stages_as_of, stages_at, sweeps, truth
 from clm_domain.events import EXAMPLE_PROPERTIES
 from clm_domain.kpis import window_bounds
 from clm_domain.lifecycle import Stage
@@ -37,6 +35,9 @@ from clm_metrics import service
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
 from clm_metrics.handler import LifecycleHandler
+from clm_simulator.replay import Step, Sweep, stages_as_of, stages_at, sweeps
+from clm_simulator.survivors import Anonymise, Erase, Merge, Operation, replay_surviving
+from clm_simulator.truth import truth
 from clm_stage_engine import repository
 from clm_stage_engine.app import create_app
 from clm_stage_engine.deps import State

@@ -9,7 +9,7 @@ day rows and a day of minute rows, ranges whose edges cut through customers' ord
 and at hour grain), each unfiltered, by source and by channel.
 
 The orders are a generated CSV of transactions read by ``clm simulate --csv``'s own parser and
-turned into events by it (:mod:`clm_cli.simulator.transactions`), dated like CDNOW's log: a
+turned into events by it (:mod:`clm_simulator.transactions`), dated like CDNOW's log: a
 first-purchase cohort of twelve weeks, half the customers ordering again over the following
 months, four rows in five a date without a time (so a day's midnight bucket holds hundreds of
 orders and customers ordering twice in it), the others at a second of the day.
@@ -34,8 +34,8 @@ import asyncpg
 import httpx
 import pytest
 
-from clm_cli.simulator import transactions
 from clm_infra.settings import CommonSettings
+from clm_simulator import transactions
 from clm_stage_engine.records import lifecycle_record
 from tests.conftest import _plain
 from tests.integration.conftest import READ_TOKEN, eventually, produce

@@ -38,11 +38,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from clm_cli.simulator.survivors import Anonymise, Erase, Merge
 from clm_domain.events import parse_event
 from clm_domain.lifecycle import event_order
 from clm_infra.db import create_engine
 from clm_metrics.handler import LifecycleHandler
+from clm_simulator.survivors import Anonymise, Erase, Merge
 from clm_stage_engine.settings import StageEngineSettings
 from tests.integration.conftest import ADMIN_KEY, NO_REQUEST_LIMITS
 from tests.integration.lifecycle_world import (

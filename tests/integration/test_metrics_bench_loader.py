@@ -14,10 +14,10 @@ import orjson
 
 from bench.databases import plain_url
 from bench.metrics_load import History, finish_all, prepare, write_part
-from clm_cli.simulator.journeys import generate
 from clm_infra.db import create_engine
 from clm_metrics import distinct
 from clm_metrics.handler import LifecycleHandler
+from clm_simulator.journeys import generate
 from tests.kpi_truth import record, replay
 
 TABLES = {

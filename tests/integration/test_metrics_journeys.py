@@ -15,12 +15,12 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from clm_cli.simulator.journeys import generate
 from clm_domain.events import dump_event, parse_event
 from clm_domain.kpis import WINDOWS
 from clm_infra.settings import CommonSettings
 from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
+from clm_simulator.journeys import generate
 from clm_stage_engine.app import create_app as engine_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.integration.conftest import READ_TOKEN, eventually, produce

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyroaring import BitMap
 
-from clm_cli.simulator.journeys import CHANNELS, SOURCES, generate
 from clm_metrics import distinct
 from clm_metrics.buckets import (
     BucketKey,
@@ -33,6 +32,7 @@ from clm_metrics.repository import ANY, DistinctRow, distinct_rows, rollup
 from clm_metrics.service import FUTURE, level_at, stages_at
 from clm_metrics.tickets import LEVEL, TicketKey, TicketState, advance, ticket_event
 from clm_metrics.windows import GRAINS, plan
+from clm_simulator.journeys import CHANNELS, SOURCES, generate
 from tests.kpi_truth import Step, record, replay, truth, truth_map
 
 NOW = datetime(2026, 11, 23, 12, 34, 56, tzinfo=UTC)

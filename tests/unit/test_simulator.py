@@ -17,20 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clm_cli.errors import CliError
-from clm_cli.simulator import transactions
-from clm_cli.simulator.personas import INTENDED, Persona, SimConfig, simulate
-from clm_cli.simulator.sender import IngestClient, Pacer, Plan, Progress, post_all, retry_after
-from clm_cli.simulator.truth import (
-    next_inactivity_move,
-    replay,
-    stages_as_of,
-    sweeps,
-    truth,
-    truth_document,
-)
+from clm_cli.sender import IngestClient, Pacer, Plan, Progress, post_all, retry_after
 from clm_domain.events import parse_event
 from clm_domain.lifecycle import Stage
 from clm_domain.rules import load_rules
+from clm_simulator import transactions
+from clm_simulator.personas import INTENDED, Persona, SimConfig, simulate
+from clm_simulator.replay import next_inactivity_move, replay, stages_as_of, sweeps
+from clm_simulator.truth import truth, truth_document
 
 AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RULES = load_rules()  # the shipped deploy/config/lifecycle.yaml

@@ -1,4 +1,4 @@
-"""The surviving-events truth (``clm_cli.simulator.survivors``) on small hand-made histories:
+"""The surviving-events truth (``clm_simulator.survivors``) on small hand-made histories:
 identity merges, first link wins, explicit merges, erasures, repeats."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clm_cli.simulator.survivors import Anonymise, Erase, Merge, replay_surviving, surviving
-from clm_cli.simulator.truth import final_states, truth
 from clm_domain.lifecycle import Stage
+from clm_simulator.replay import final_states
+from clm_simulator.survivors import Anonymise, Erase, Merge, replay_surviving, surviving
+from clm_simulator.truth import truth
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 NOW = T0 + timedelta(days=3)
@@ -75,7 +76,7 @@ def test_an_anonymous_profile_folds_into_the_customer_that_identifies_it() -> No
 
 def test_without_the_fold_the_same_events_are_two_profiles() -> None:
     """The control: the plain replay keys events by their own ids."""
-    from clm_cli.simulator.truth import replay
+    from clm_simulator.replay import replay
 
     docs = [ev(1, "site_visit", anon="a1"), ev(2, "identify", cid="c1", anon="a1")]
     assert len(final_states(replay(docs, now=NOW))) == 2

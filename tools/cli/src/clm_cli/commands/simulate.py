@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 
 from clm_cli.errors import CliError
-from clm_cli.simulator import transactions
-from clm_cli.simulator.personas import SimConfig, simulate
-from clm_cli.simulator.sender import IngestClient, Plan, Progress, post_all
-from clm_cli.simulator.truth import truth_document
+from clm_cli.sender import IngestClient, Plan, Progress, post_all
 from clm_domain.kpis import WINDOWS
 from clm_domain.rules import LifecycleRules, RulesError, load_rules
 from clm_infra.settings import CommonSettings
+from clm_simulator import transactions
+from clm_simulator.personas import SimConfig, simulate
+from clm_simulator.truth import truth_document
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -258,7 +258,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "same events) or replay a CSV of transactions; POST them to the ingest (default) or "
         "write JSON lines (--out); optionally write the expected stages and KPIs (--truth).",
     )
-    what = cmd.add_argument_group("what to send")
+    _what_arguments(cmd.add_argument_group("what to send"))
+    _how_arguments(cmd.add_argument_group("where and how"))
+    _truth_arguments(cmd.add_argument_group("truth"))
+    cmd.set_defaults(action_fn=_simulate)
+
+
+def _what_arguments(what: argparse._ArgumentGroup) -> None:
     what.add_argument("--customers", type=int, default=200, help="journeys (per wave: --duration)")
     what.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     what.add_argument("--as-of", type=instant, help="journeys end by this time (default now)")
@@ -281,7 +287,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     what.add_argument(
         "--shift-to-now", action="store_true", help="CSV: move dates so the last one is now"
     )
-    how = cmd.add_argument_group("where and how")
+
+
+def _how_arguments(how: argparse._ArgumentGroup) -> None:
     how.add_argument("--url", help="ingest URL (default CLM_INGEST_URL or http://127.0.0.1:8001)")
     how.add_argument("--key", help="write key (default CLM_WRITE_KEY, else CLM_DEV_WRITE_KEY)")
     how.add_argument("--out", help="write JSON lines to this file ('-': stdout) instead")
@@ -297,7 +305,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=duration,
         help="keep sending new journeys for this long (0: until stopped)",
     )
-    truth = cmd.add_argument_group("truth")
+
+
+def _truth_arguments(truth: argparse._ArgumentGroup) -> None:
     truth.add_argument("--truth", type=Path, help="write expected stages and KPIs (JSON) here")
     truth.add_argument(
         "--windows",
@@ -313,4 +323,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         else None,
         help="lifecycle rule file (default CLM_STAGE_ENGINE_RULES_PATH or the shipped one)",
     )
-    cmd.set_defaults(action_fn=_simulate)

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from clm_cli.simulator.truth import RULES, Step, replay
 from clm_domain.events import Event, parse_event
 from clm_domain.lifecycle import customer_key, event_order
 from clm_domain.rules import LifecycleRules
+from clm_simulator.replay import RULES, Step, replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +151,6 @@ def replay_surviving(
     history: Sequence[Operation], *, now: datetime, rules: LifecycleRules = RULES
 ) -> list[Step]:
     """The steps of the surviving events, each counted for its customer (see
-    :func:`~clm_cli.simulator.truth.replay`; then ``sweeps``, ``truth`` … as usual)."""
+    :func:`~clm_simulator.replay.replay`; then ``sweeps``, ``truth`` … as usual)."""
     survivors = surviving(history, now=now)
     return replay(survivors.docs, now=now, rules=rules, keys=survivors.key_of)

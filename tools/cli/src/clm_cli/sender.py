@@ -291,6 +291,9 @@ class Plan:
     show_refused: int = 20
 
 
+Chunk = list[dict[str, Any]]
+
+
 async def post_all(
     docs: Sequence[dict[str, Any]],
     client: IngestClient,
@@ -307,63 +310,87 @@ async def post_all(
     them in the order given. ``due(i)``, when given, is the ``clock()`` time doc ``i`` may be
     sent at (a replay in compressed time); otherwise the pace is ``plan.rate``.
     """
-    pacer = Pacer(plan.rate, now=clock())
-    queues: list[asyncio.Queue[list[dict[str, Any]] | None]] = [
-        asyncio.Queue(maxsize=4) for _ in range(plan.workers)
-    ]
-    shown = 0
+    delivery = _Delivery(client, plan, progress, clock)
+    workers = [asyncio.create_task(delivery.work(q)) for q in delivery.queues]
+    feeder = asyncio.create_task(delivery.feed(docs, due, stop))
+    await _until_done_or_failed([feeder, *workers])
+    return progress.accepted, progress.rejected
 
-    async def work(queue: asyncio.Queue[list[dict[str, Any]] | None]) -> None:
-        nonlocal shown
+
+class _Delivery:
+    """One :func:`post_all` run: a feeder cuts the docs into paced chunks and hands each
+    customer's part to its worker's queue; the workers post them and count the outcomes."""
+
+    def __init__(
+        self, client: IngestClient, plan: Plan, progress: Progress, clock: Callable[[], float]
+    ) -> None:
+        self.client, self.plan, self.progress, self.clock = client, plan, progress, clock
+        self.pacer = Pacer(plan.rate, now=clock())
+        self.queues: list[asyncio.Queue[Chunk | None]] = [
+            asyncio.Queue(maxsize=4) for _ in range(plan.workers)
+        ]
+        self.shown = 0
+
+    async def work(self, queue: asyncio.Queue[Chunk | None]) -> None:
+        """Post the chunks of one queue until its end marker; report the first refusals."""
         while (chunk := await queue.get()) is not None:
-            outcome = await client.send(chunk, batch=plan.batch > 1)
+            outcome = await self.client.send(chunk, batch=self.plan.batch > 1)
             for event_id, why in outcome.rejected:
-                if shown < plan.show_refused:
+                if self.shown < self.plan.show_refused:
                     print(f"simulate: refused {event_id}: {why}", file=sys.stderr)
-                shown += 1
-            progress.add(outcome)
+                self.shown += 1
+            self.progress.add(outcome)
 
-    async def flush(chunk: list[dict[str, Any]]) -> None:
-        if not chunk:
-            return
-        wait = pacer.wait_for(len(chunk), clock())
-        if wait > 0:
-            await asyncio.sleep(wait)
-        parts: dict[int, list[dict[str, Any]]] = {}
-        for doc in chunk:
-            parts.setdefault(zlib.crc32(customer_of(doc).encode()) % plan.workers, []).append(doc)
-        for index, part in parts.items():
-            await queues[index].put(part)
-
-    async def feed() -> None:
-        chunk: list[dict[str, Any]] = []
+    async def feed(
+        self,
+        docs: Sequence[dict[str, Any]],
+        due: Callable[[int], float | None] | None,
+        stop: asyncio.Event | None,
+    ) -> None:
+        """Cut the docs into chunks of ``plan.batch`` (earlier when one is not due yet), then
+        tell every worker the end."""
+        chunk: Chunk = []
         for i, doc in enumerate(docs):
             if stop is not None and stop.is_set():
                 break
             when = due(i) if due is not None else None
-            if when is not None and when > clock():
-                await flush(chunk)
+            if when is not None and when > self.clock():
+                await self.flush(chunk)
                 chunk = []
-                await asyncio.sleep(when - clock())
+                await asyncio.sleep(when - self.clock())
             chunk.append(doc)
-            if len(chunk) >= plan.batch:
-                await flush(chunk)
+            if len(chunk) >= self.plan.batch:
+                await self.flush(chunk)
                 chunk = []
-        await flush(chunk)
-        for queue in queues:
+        await self.flush(chunk)
+        for queue in self.queues:
             await queue.put(None)
 
-    tasks = [asyncio.create_task(work(q)) for q in queues]
-    feeder = asyncio.create_task(feed())
+    async def flush(self, chunk: Chunk) -> None:
+        """Wait for the pace, then queue each customer's part of the chunk to its worker."""
+        if not chunk:
+            return
+        wait = self.pacer.wait_for(len(chunk), self.clock())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        parts: dict[int, Chunk] = {}
+        for doc in chunk:
+            worker = zlib.crc32(customer_of(doc).encode()) % self.plan.workers
+            parts.setdefault(worker, []).append(doc)
+        for index, part in parts.items():
+            await self.queues[index].put(part)
+
+
+async def _until_done_or_failed(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; the first failure cancels the others and is raised."""
     try:
-        pending = {feeder, *tasks}
+        pending = set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
     finally:
-        for task in (feeder, *tasks):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(feeder, *tasks, return_exceptions=True)
-    return progress.accepted, progress.rejected
+        await asyncio.gather(*tasks, return_exceptions=True)
