@@ -22,7 +22,7 @@ from clm_infra.consumer.positions import Positions
 log = logging.getLogger(__name__)
 
 
-def key_of(tp: TopicPartition) -> tuple[str, int]:
+def partition_key(tp: TopicPartition) -> tuple[str, int]:
     return (tp.topic, tp.partition)
 
 
@@ -46,13 +46,13 @@ class Assignment:
 
     async def seek_to_stored(self, partitions: set[TopicPartition]) -> None:
         """Point each partition at the offset stored in Postgres (retrying while it is down)."""
-        keys = sorted(key_of(tp) for tp in partitions)
+        keys = sorted(partition_key(tp) for tp in partitions)
         stored = await stored_offsets.read_until_up(
             self._engine, self._group_id, keys, self._backoff_s
         )
         self._positions.assigned(stored, keys, time.monotonic())
         for tp in partitions:
-            offset = stored.get(key_of(tp))
+            offset = stored.get(partition_key(tp))
             if offset is not None:
                 self._consumer.seek(tp, offset)
         log.info(
@@ -67,20 +67,24 @@ class Assignment:
             return
         try:
             stored = await stored_offsets.read(
-                self._engine, self._group_id, (key_of(tp) for tp in assigned)
+                self._engine, self._group_id, (partition_key(tp) for tp in assigned)
             )
         except Exception:
             log.warning("cannot re-read stored offsets", exc_info=True)
             return
         expected = self._positions.expected
-        moved = {tp for tp in assigned if stored.get(key_of(tp)) != expected.get(key_of(tp))}
+        moved = {
+            tp
+            for tp in assigned
+            if stored.get(partition_key(tp)) != expected.get(partition_key(tp))
+        }
         if moved:
             log.info("stored offsets moved; following them", extra={"partitions": len(moved)})
             await self.seek_to_stored(moved)
 
     def forget(self, tp: TopicPartition) -> None:
         """A partition revoked: nothing of it is this loop's any more."""
-        self._positions.forget(key_of(tp))
+        self._positions.forget(partition_key(tp))
         STALLED.labels(self._group_id, str(tp.partition)).set(0)
 
 
