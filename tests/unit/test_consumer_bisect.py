@@ -19,7 +19,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from clm_infra import consumer as consumer_module
-from clm_infra.consumer import BISECTED, BatchConsumer, BatchPolicy, BatchResult
+from clm_infra.consumer import BISECTED, BatchConsumer, BatchPolicy, BatchResult, stored_offsets
 from clm_infra.offsets import OffsetAdvance, OffsetFenced
 
 GROUP = "bisect-test"
@@ -198,8 +198,8 @@ def make_loop(
 
 @pytest.fixture(autouse=True)
 def _offsets_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumer_module, "advance_offsets", fake_advance)
-    monkeypatch.setattr(consumer_module, "load_offsets", fake_load)
+    monkeypatch.setattr(stored_offsets, "advance_offsets", fake_advance)
+    monkeypatch.setattr(stored_offsets, "load_offsets", fake_load)
 
 
 def overflow() -> Exception:
