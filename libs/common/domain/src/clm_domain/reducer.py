@@ -23,7 +23,6 @@ from clm_domain.customer_state import (
     Transition,
     customer_key,
     event_order,
-    evolve,
 )
 from clm_domain.events import (
     AdClick,
@@ -84,7 +83,6 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
         before = _new_state(key, event)
     else:
         before, moves = advance(state, at, rules)
-    # the new state is made once, from the changes the event brings (a field name each)
     changes, target = _fact_changes(before, event, rules)
     purchases: int = changes.get("purchases", before.purchases)
     if state is None:
@@ -101,7 +99,7 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
         moves.append(Transition(before.customer_id, from_stage, stage, at, event.event_id, reason))
     is_purchase = isinstance(event, Purchase)
     return Applied(
-        state=evolve(before, changes),
+        state=replace(before, **changes),
         transitions=tuple(moves),
         first_purchase=is_purchase and purchases == 1,
         repeat_purchase=is_purchase and purchases >= 2,
