@@ -41,9 +41,14 @@ from typing import Any
 import asyncpg
 import httpx
 
+import clm_domain.customer_state
+import clm_domain.event_fields
+import clm_domain.event_properties
 import clm_domain.events
 import clm_domain.lifecycle
+import clm_domain.reducer
 import clm_domain.rules
+import clm_domain.stages
 import clm_metrics.buckets
 import clm_metrics.distinct
 import clm_metrics.repository
@@ -283,7 +288,12 @@ SOURCES = (
     truth,
     kpi_truth,
     clm_domain.events,
+    clm_domain.event_fields,
+    clm_domain.event_properties,
     clm_domain.lifecycle,
+    clm_domain.stages,
+    clm_domain.customer_state,
+    clm_domain.reducer,
     clm_domain.rules,
     clm_stage_engine.records,
     clm_metrics.buckets,

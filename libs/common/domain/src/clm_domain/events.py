@@ -1,7 +1,8 @@
 """Event contract v1: the touchpoints websites and shops send, as validated pydantic models.
 
 An inbound event is an envelope (``event_id``, ``type``, ids, ``occurred_at``, ``source``,
-``channel``) plus ``properties`` typed per ``type``. :func:`parse_event` validates a JSON-like
+``channel``) plus ``properties`` typed per ``type`` (:mod:`clm_domain.event_properties`, over
+the field types of :mod:`clm_domain.event_fields`). :func:`parse_event` validates a JSON-like
 mapping and raises :class:`pydantic.ValidationError` whose locations name the offending field
 (``properties.amount``). Unknown properties are kept. Money is a decimal string on the wire.
 
@@ -11,21 +12,14 @@ Published on ``clm.events.v1`` as :class:`Event` JSON (``model_dump(mode="json")
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from decimal import Decimal
-from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
-    PlainSerializer,
     TypeAdapter,
     ValidationInfo,
     field_validator,
@@ -34,269 +28,106 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from clm_domain import bounds
-from clm_domain.currencies import ISO_4217
+from clm_domain.event_examples import EXAMPLE_PROPERTIES, example_event
+from clm_domain.event_fields import (
+    BOUNDS_ERROR,
+    MAX_EXTRA_PROPERTIES_BYTES,
+    MAX_ITEMS_BYTES,
+    MAX_TRAITS_BYTES,
+    TEXT_PATTERN,
+    EventTime,
+    Id,
+    Label,
+    Money,
+    check_text,
+    event_time,
+    is_stored,
+)
+from clm_domain.event_properties import (
+    AdClickProperties,
+    CustomProperties,
+    EmailEngagementProperties,
+    EventType,
+    IdentifyProperties,
+    MarketingSpendProperties,
+    NpsResponseProperties,
+    Properties,
+    PurchaseProperties,
+    ReferralProperties,
+    RefundProperties,
+    ReviewProperties,
+    SignupProperties,
+    SiteVisitProperties,
+    SubscriptionCancelledProperties,
+    SupportTicketProperties,
+)
+
+__all__ = [
+    "BOUNDS_ERROR",
+    "ENVELOPE_ID_FIELDS",
+    "ENVELOPE_LABEL_FIELDS",
+    "EVENTS_ADAPTER",
+    "EVENT_ADAPTER",
+    "EVENT_TYPES",
+    "EXAMPLE_PROPERTIES",
+    "MAX_EXTRA_PROPERTIES_BYTES",
+    "MAX_FUTURE_SKEW",
+    "MAX_ITEMS_BYTES",
+    "MAX_TRAITS_BYTES",
+    "MISSING_CUSTOMER_KEY",
+    "SCHEMA_VERSION",
+    "TEXT_PATTERN",
+    "AdClick",
+    "AdClickProperties",
+    "Custom",
+    "CustomProperties",
+    "EmailEngagement",
+    "EmailEngagementProperties",
+    "Event",
+    "EventBase",
+    "EventTime",
+    "EventType",
+    "Id",
+    "Identify",
+    "IdentifyProperties",
+    "Label",
+    "MarketingSpend",
+    "MarketingSpendProperties",
+    "Money",
+    "NpsResponse",
+    "NpsResponseProperties",
+    "Properties",
+    "Purchase",
+    "PurchaseProperties",
+    "Referral",
+    "ReferralProperties",
+    "Refund",
+    "RefundProperties",
+    "Review",
+    "ReviewProperties",
+    "Signup",
+    "SignupProperties",
+    "SiteVisit",
+    "SiteVisitProperties",
+    "SubscriptionCancelled",
+    "SubscriptionCancelledProperties",
+    "SupportTicket",
+    "SupportTicketProperties",
+    "dump_event",
+    "error_field",
+    "example_event",
+    "json_schema",
+    "parse_event",
+    "parse_event_json",
+    "parse_events",
+    "parse_stored_event_json",
+    "partition_key",
+    "record_headers",
+]
 
 SCHEMA_VERSION = 1
 MAX_FUTURE_SKEW = timedelta(hours=24)
 MISSING_CUSTOMER_KEY = "missing_customer_key"
-MAX_EXTRA_PROPERTIES_BYTES = 16 * 1024  # unknown properties are kept, up to this much JSON
-MAX_TRAITS_BYTES = 16 * 1024  # an identify's traits, as JSON
-MAX_ITEMS_BYTES = 64 * 1024  # a purchase's items, as JSON
-
-
-def _stored(info: ValidationInfo) -> bool:
-    """Whether this is an event read back from the engine's store (see bounds.STORED)."""
-    context = info.context
-    return context is not None and context.get(bounds.STORED) is True
-
-
-#: The error type of a new event's id or label breaking the bounds; ``ctx["field"]`` names it.
-BOUNDS_ERROR = "bounds"
-
-
-def _check_text(model: BaseModel, ids: tuple[str, ...], labels: tuple[str, ...]) -> None:
-    """The bounds of new events on the listed id and label fields of ``model``."""
-    for name in ids:
-        value = getattr(model, name)
-        if value is not None and not bounds.is_id(value):
-            _refuse(name, bounds.check_id, value)
-    for name in labels:
-        value = getattr(model, name)
-        if value is not None and not bounds.is_label(value):
-            _refuse(name, bounds.check_label, value)
-
-
-def _refuse(name: str, check: Callable[[str], str], value: str) -> None:
-    try:
-        check(value)
-    except ValueError as exc:
-        raise PydanticCustomError(BOUNDS_ERROR, "{field}: " + str(exc), {"field": name}) from None
-
-
-def _event_time(value: datetime, info: ValidationInfo) -> datetime:
-    return bounds.as_utc(value) if _stored(info) else bounds.utc_time(value)
-
-
-#: Ids and labels: see :mod:`clm_domain.bounds` (Postgres text cannot even hold a NUL; an id
-#: is one path segment of ``/v1/customers/{id}``). The field constraint is what every stored
-#: event meets; the stricter rules of new events (the schema's pattern) are checked by each
-#: model's validator, for the fields it lists in ``ID_FIELDS`` and ``LABEL_FIELDS`` (one
-#: Python call a model, not one a field: the engine decodes every event).
-TEXT_PATTERN = bounds.TEXT_PATTERN
-Id = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=bounds.MAX_ID_LENGTH,
-        pattern=bounds.STORED_TEXT_PATTERN,
-        json_schema_extra={"pattern": bounds.ID_PATTERN},
-    ),
-]
-Label = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=bounds.MAX_LABEL_LENGTH,
-        pattern=bounds.STORED_TEXT_PATTERN,
-        json_schema_extra={"pattern": TEXT_PATTERN},
-    ),
-]
-Money = Annotated[
-    Decimal,
-    Field(
-        ge=0,
-        le=bounds.MONEY_MAX,
-        max_digits=bounds.MONEY_DIGITS,
-        decimal_places=bounds.MONEY_PLACES,
-        allow_inf_nan=False,
-    ),
-    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
-]
-#: A timestamp with its offset, normalised to UTC, within the bounds (see bounds.utc_time).
-EventTime = Annotated[AwareDatetime, AfterValidator(_event_time)]
-
-
-class EventType(StrEnum):
-    """The touchpoint types of contract v1."""
-
-    AD_CLICK = "ad_click"
-    SITE_VISIT = "site_visit"
-    SIGNUP = "signup"
-    IDENTIFY = "identify"
-    PURCHASE = "purchase"
-    REFUND = "refund"
-    SUBSCRIPTION_CANCELLED = "subscription_cancelled"
-    SUPPORT_TICKET = "support_ticket"
-    REVIEW = "review"
-    NPS_RESPONSE = "nps_response"
-    REFERRAL = "referral"
-    EMAIL_ENGAGEMENT = "email_engagement"
-    MARKETING_SPEND = "marketing_spend"
-    CUSTOM = "custom"
-
-
-class Properties(BaseModel):
-    """Base of every properties model: unknown keys are kept as they came."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    ID_FIELDS: ClassVar[tuple[str, ...]] = ()  # its Id fields (see Id)
-    LABEL_FIELDS: ClassVar[tuple[str, ...]] = ()  # its Label fields
-
-    @model_validator(mode="after")
-    def _extras_bounded(self, info: ValidationInfo) -> Properties:
-        if _stored(info):
-            return self
-        _check_text(self, self.ID_FIELDS, self.LABEL_FIELDS)
-        extra = self.__pydantic_extra__
-        # properties are level 2 of the event object: the engine's decoder and the wire's
-        # serializer have nesting limits of their own (see bounds.MAX_JSON_DEPTH)
-        deep = bounds.too_deep({**self.__dict__, **extra} if extra else self.__dict__, 2)
-        if deep is not None:
-            raise ValueError(
-                f"nested more than {bounds.MAX_JSON_DEPTH} levels deep at properties{deep}"
-            )
-        if not extra:
-            return self
-        if _json_size(extra) > MAX_EXTRA_PROPERTIES_BYTES:
-            raise ValueError(
-                f"unknown properties take more than {MAX_EXTRA_PROPERTIES_BYTES} bytes of JSON"
-            )
-        return self
-
-
-def _json_size(value: Any) -> int:
-    try:
-        return len(orjson.dumps(value, default=str))
-    except TypeError as exc:  # an integer beyond 64 bits: refused, not a crash (a 500)
-        raise ValueError(f"is not plain JSON: {exc}") from exc
-
-
-def _at_most(limit: int) -> AfterValidator:
-    """A free-form property (level 3 of the event object) of at most ``limit`` bytes of JSON."""
-
-    def check(value: Any, info: ValidationInfo) -> Any:
-        if _stored(info):
-            return value
-        deep = bounds.too_deep(value, 3)
-        if deep is not None:
-            raise ValueError(
-                f"nested more than {bounds.MAX_JSON_DEPTH} levels deep at "
-                f"properties.{info.field_name}{deep}"
-            )
-        if value and _json_size(value) > limit:
-            raise ValueError(f"takes more than {limit} bytes of JSON")
-        return value
-
-    return AfterValidator(check)
-
-
-def _currency(value: str) -> str:
-    if value not in ISO_4217:
-        raise ValueError("unknown ISO 4217 currency code")
-    return value
-
-
-Currency = Annotated[str, Field(min_length=3, max_length=3, pattern=r"^[A-Z]{3}$")]
-
-
-class AdClickProperties(Properties):
-    LABEL_FIELDS = ("campaign", "ad", "creative")
-    campaign: Label
-    ad: Label | None = None
-    creative: Label | None = None
-
-
-class SiteVisitProperties(Properties):
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
-    referrer: Annotated[str, Field(max_length=2048)] | None = None
-
-
-class SignupProperties(Properties):
-    LABEL_FIELDS = ("plan",)
-    email_hash: Annotated[str, Field(max_length=128)] | None = None
-    plan: Label | None = None
-
-
-class IdentifyProperties(Properties):
-    traits: Annotated[dict[str, Any], _at_most(MAX_TRAITS_BYTES)] = Field(default_factory=dict)
-
-
-class PurchaseProperties(Properties):
-    ID_FIELDS = ("order_id",)
-    order_id: Id
-    amount: Money
-    currency: Currency
-    items: Annotated[list[dict[str, Any]], _at_most(MAX_ITEMS_BYTES)] | None = None
-
-    _check_currency = field_validator("currency")(_currency)
-
-
-class RefundProperties(Properties):
-    ID_FIELDS = ("order_id",)
-    order_id: Id
-    amount: Money
-    currency: Currency | None = None
-
-    _check_currency = field_validator("currency")(lambda v: None if v is None else _currency(v))
-
-
-class SubscriptionCancelledProperties(Properties):
-    ID_FIELDS = ("subscription_id",)
-    subscription_id: Id | None = None
-    reason: Annotated[str, Field(max_length=500)] | None = None
-
-
-class SupportTicketProperties(Properties):
-    ID_FIELDS = ("ticket_id",)
-    ticket_id: Id
-    status: Literal["opened", "solved"]
-    csat: Annotated[int, Field(ge=1, le=5, strict=True)] | None = None
-
-
-class ReviewProperties(Properties):
-    rating: Annotated[int, Field(ge=1, le=5, strict=True)]
-    text: Annotated[str, Field(max_length=10_000)] | None = None
-
-
-class NpsResponseProperties(Properties):
-    score: Annotated[int, Field(ge=0, le=10, strict=True)]
-
-
-class ReferralProperties(Properties):
-    ID_FIELDS = ("referred_id",)
-    referred_id: Id
-
-
-class EmailEngagementProperties(Properties):
-    LABEL_FIELDS = ("campaign",)
-    action: Literal["opened", "clicked"]
-    campaign: Label
-
-
-class MarketingSpendProperties(Properties):
-    LABEL_FIELDS = ("channel", "campaign")
-    channel: Label
-    campaign: Label
-    amount: Money
-    currency: Currency
-    period_start: EventTime
-    period_end: EventTime
-
-    _check_currency = field_validator("currency")(_currency)
-
-    @model_validator(mode="after")
-    def _period_ordered(self) -> MarketingSpendProperties:
-        if self.period_end < self.period_start:
-            raise ValueError("period_end is before period_start")
-        return self
-
-
-class CustomProperties(Properties):
-    """A touchpoint outside the contract's types (e.g. an unmapped Segment track event)."""
-
-    LABEL_FIELDS = ("name",)
-
-    name: Label
 
 
 ENVELOPE_ID_FIELDS = ("event_id", "customer_id", "anonymous_id")
@@ -322,7 +153,7 @@ class EventBase(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _not_far_future(cls, value: datetime, info: ValidationInfo) -> datetime:
-        value = _event_time(value, info)  # in UTC, within the bounds
+        value = event_time(value, info)  # in UTC, within the bounds
         now = (info.context or {}).get("now")
         if isinstance(now, datetime) and value > now + MAX_FUTURE_SKEW:
             raise ValueError("is more than 24h in the future")
@@ -331,8 +162,8 @@ class EventBase(BaseModel):
     @model_validator(mode="after")
     def _customer_key_present(self, info: ValidationInfo) -> EventBase:
         """A customer key, and (new events) the bounds of the envelope's ids and labels."""
-        if not _stored(info):
-            _check_text(self, ENVELOPE_ID_FIELDS, ENVELOPE_LABEL_FIELDS)
+        if not is_stored(info):
+            check_text(self, ENVELOPE_ID_FIELDS, ENVELOPE_LABEL_FIELDS)
         if (
             self.customer_id is None
             and self.anonymous_id is None
@@ -467,8 +298,8 @@ def parse_stored_event_json(raw: bytes) -> Event:
 def dump_event(event: Event) -> bytes:
     """The wire form of an event on the events topic (JSON, decimals as strings).
 
-    Serialized by the event's own model (what the union's serializer picks anyway), which
-    skips the union dispatch: about twice as fast on the ingest's hot path.
+    Serialized by the event's own model: what the union's serializer picks anyway, without
+    its dispatch (see docs/performance.md).
     """
     return event.__pydantic_serializer__.to_json(event, exclude_none=True)
 
@@ -519,42 +350,3 @@ EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the event contract (for the docs)."""
     return EVENT_ADAPTER.json_schema()
-
-
-EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
-    "ad_click": {"campaign": "black-friday", "ad": "banner-1"},
-    "site_visit": {"url": "https://shop.example/", "referrer": "https://search.example/"},
-    "signup": {"plan": "free"},
-    "identify": {"traits": {"plan": "pro"}},
-    "purchase": {"order_id": "o-1", "amount": "59.90", "currency": "EUR"},
-    "refund": {"order_id": "o-1", "amount": "59.90", "currency": "EUR"},
-    "subscription_cancelled": {"subscription_id": "sub-1"},
-    "support_ticket": {"ticket_id": "t-1", "status": "solved", "csat": 5},
-    "review": {"rating": 5, "text": "great"},
-    "nps_response": {"score": 9},
-    "referral": {"referred_id": "friend-1"},
-    "email_engagement": {"action": "clicked", "campaign": "welcome"},
-    "marketing_spend": {
-        "channel": "paid_search",
-        "campaign": "black-friday",
-        "amount": "1000.00",
-        "currency": "EUR",
-        "period_start": "2026-11-01T00:00:00Z",
-        "period_end": "2026-11-30T23:59:59Z",
-    },
-    "custom": {"name": "Wishlist Shared"},
-}
-
-
-def example_event(type_: str) -> dict[str, Any]:
-    """A valid request body of this type, as a client sends it (for the docs and tests)."""
-    doc: dict[str, Any] = {
-        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"clm-example:{type_}")),
-        "type": type_,
-        "occurred_at": "2026-11-23T10:15:00Z",
-        "channel": "email",
-        "properties": EXAMPLE_PROPERTIES[type_],
-    }
-    if type_ != EventType.MARKETING_SPEND:
-        doc["customer_id"] = "cust-42"
-    return doc
