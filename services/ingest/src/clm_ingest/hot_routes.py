@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clm_infra.db import unavailable
@@ -33,6 +35,18 @@ class HotRoute:
     def __init__(self, accept: Accept, route: Any) -> None:
         self.accept = accept
         self.route = route
+
+
+def hot_routes_of(router: APIRouter, accepts: Mapping[str, Accept]) -> dict[str, HotRoute]:
+    """``accepts`` (path → handler) paired with the router's FastAPI routes of those paths."""
+    found = {
+        route.path: HotRoute(accepts[route.path], route)
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path in accepts
+    }
+    if found.keys() != accepts.keys():
+        raise RuntimeError(f"hot routes without their FastAPI route: {accepts.keys() - found}")
+    return found
 
 
 class HotRoutesMiddleware:
