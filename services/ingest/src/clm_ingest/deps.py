@@ -31,7 +31,7 @@ class State:
 
 async def app_state(request: Request) -> State:
     """Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
-    hop per request (it halved the single-event throughput)."""
+    hop per request (``docs/performance.md``, "The ingest")."""
     state: State = request.app.state.clm
     return state
 
@@ -63,8 +63,8 @@ async def verify_write_key(state: State, key: str) -> Caller | None:
 async def writer(request: Request) -> Caller:
     """Bearer write key → caller, or a 401/403 problem.
 
-    The state is read here, not injected: each dependency FastAPI resolves costs the hot path
-    measurably (see bench/RESULTS.md), so the write routes have this one only.
+    The state is read here, not injected: the write routes resolve this one dependency only
+    (``docs/performance.md``, "The ingest").
     """
     state: State = request.app.state.clm
     return await authorize_writer(state, request.headers.get("authorization", ""))
