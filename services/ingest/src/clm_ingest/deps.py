@@ -6,8 +6,9 @@ import asyncio
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_infra.webhook_secrets import SecretCache
@@ -34,6 +35,10 @@ async def app_state(request: Request) -> State:
     hop per request (``docs/performance.md``, "The ingest")."""
     state: State = request.app.state.clm
     return state
+
+
+#: The running app's state, as a route's parameter.
+AppState = Annotated[State, Depends(app_state)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from clm_ingest import service
-from clm_ingest.deps import Caller, State, app_state, rate_wait, verify_write_key
+from clm_ingest.deps import AppState, Caller, State, rate_wait, verify_write_key
 from clm_ingest.publisher import PublishUnavailable
 from clm_ingest.refusals import SegmentError
 from clm_ingest.segment import MAX_BATCH_BYTES, SegmentInvalid, to_event
@@ -204,9 +204,7 @@ async def _publish(state: State, checked: service.Checked, route: str) -> None:
 
 
 def _add(path: str, call: str | None, summary: str, *, short: bool = False) -> None:
-    async def endpoint(
-        request: Request, state: Annotated[State, Depends(app_state)]
-    ) -> JSONResponse:
+    async def endpoint(request: Request, state: AppState) -> JSONResponse:
         return await _handle(request, state, call)
 
     schema = BATCH_SCHEMA if call is None else MESSAGE_SCHEMA
