@@ -6,8 +6,9 @@ import asyncio
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_infra.webhook_secrets import SecretCache
@@ -31,9 +32,13 @@ class State:
 
 async def app_state(request: Request) -> State:
     """Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
-    hop per request (it halved the single-event throughput)."""
+    hop per request (``docs/performance.md``, "The ingest")."""
     state: State = request.app.state.clm
     return state
+
+
+#: The running app's state, as a route's parameter.
+AppState = Annotated[State, Depends(app_state)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +68,8 @@ async def verify_write_key(state: State, key: str) -> Caller | None:
 async def writer(request: Request) -> Caller:
     """Bearer write key → caller, or a 401/403 problem.
 
-    The state is read here, not injected: each dependency FastAPI resolves costs the hot path
-    measurably (see bench/RESULTS.md), so the write routes have this one only.
+    The state is read here, not injected: the write routes resolve this one dependency only
+    (``docs/performance.md``, "The ingest").
     """
     state: State = request.app.state.clm
     return await authorize_writer(state, request.headers.get("authorization", ""))

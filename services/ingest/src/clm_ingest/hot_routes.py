@@ -1,13 +1,12 @@
 """The busiest routes served without FastAPI's router: ``POST /v1/events`` and ``/v1/events/batch``.
 
-A profile of single-event requests (bench/RESULTS.md, issue 3) put well over a third of the
-ingest's CPU in FastAPI's routing, dependency solving, its exception and exit-stack middlewares
-and the request wrapper — more than validating and publishing the event. This ASGI middleware
-sits inside our own middlewares (metrics, request id, body limit, gzip, so they all still
-apply) and answers those two routes itself with the very functions their FastAPI endpoints
-call (:func:`clm_ingest.api.events.accept_one` / ``accept_batch``). The FastAPI routes stay:
-they document the API (OpenAPI) and serve when the app is built with ``hot_routes=False``.
-Anything else — another method, another path — goes on to FastAPI untouched.
+FastAPI's routing and dependency machinery cost these routes more than their own work
+(``docs/performance.md``, "The ingest"). This ASGI middleware sits inside our own middlewares
+(metrics, request id, body limit, gzip, so they all still apply) and answers those two routes
+itself with the very functions their FastAPI endpoints call
+(:func:`clm_ingest.api.events.accept_one` / ``accept_batch``). The FastAPI routes stay: they
+document the API (OpenAPI) and serve when the app is built with ``hot_routes=False``. Anything
+else — another method, another path — goes on to FastAPI untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clm_infra.db import unavailable
@@ -33,6 +34,18 @@ class HotRoute:
     def __init__(self, accept: Accept, route: Any) -> None:
         self.accept = accept
         self.route = route
+
+
+def hot_routes_of(router: APIRouter, accepts: Mapping[str, Accept]) -> dict[str, HotRoute]:
+    """``accepts`` (path → handler) paired with the router's FastAPI routes of those paths."""
+    found = {
+        route.path: HotRoute(accepts[route.path], route)
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path in accepts
+    }
+    if found.keys() != accepts.keys():
+        raise RuntimeError(f"hot routes without their FastAPI route: {accepts.keys() - found}")
+    return found
 
 
 class HotRoutesMiddleware:

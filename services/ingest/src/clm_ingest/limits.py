@@ -36,6 +36,11 @@ class _BodyMiddleware:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
 
+    async def too_large(self, scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        """Answer 413 (Content Too Large), saying why."""
+        response = refusal(scope["path"], 413, "body_too_large", "Content Too Large", detail)
+        await response(scope, receive, send)
+
 
 class BodyLimitMiddleware(_BodyMiddleware):
     """Refuses bodies over ``max_bytes``, by Content-Length and while streaming."""
@@ -75,14 +80,7 @@ class BodyLimitMiddleware(_BodyMiddleware):
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = refusal(
-            scope["path"],
-            413,
-            "body_too_large",
-            "Content Too Large",
-            f"request body over {self.max_bytes} bytes",
-        )
-        await response(scope, receive, send)
+        await self.too_large(scope, receive, send, f"request body over {self.max_bytes} bytes")
 
 
 class GzipRequestMiddleware(_BodyMiddleware):
@@ -93,58 +91,74 @@ class GzipRequestMiddleware(_BodyMiddleware):
         if encoding in {b"", b"identity"}:
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
         if encoding not in {b"gzip", b"x-gzip", b"deflate"}:
             await refusal(
-                path,
+                scope["path"],
                 415,
                 "unsupported_encoding",
                 "Unsupported Media Type",
                 "Content-Encoding must be gzip, deflate or identity",
             )(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        # wbits 47: gzip or zlib header, detected; max_length bounds what we allocate
-        inflater = zlib.decompressobj(wbits=47 if encoding != b"deflate" else 15)
-        try:
-            body = inflater.decompress(b"".join(chunks), self.max_bytes + 1)
-        except zlib.error as exc:
-            await refusal(
-                path,
-                400,
-                "bad_encoding",
-                "Bad Request",
-                f"body is not valid {encoding.decode()}: {exc}",
-            )(scope, receive, send)
-            return
-        if len(body) > self.max_bytes or inflater.unconsumed_tail:
-            await refusal(
-                path,
-                413,
-                "body_too_large",
-                "Content Too Large",
-                f"request body inflates past {self.max_bytes} bytes",
-            )(scope, receive, send)
+        sent = await _whole_body(receive)
+        if sent is None:
+            return  # the client went away
+        body = await self._inflated(scope, receive, send, sent, encoding)
+        if body is None:
             return
         headers = [
             (k, v) for k, v in scope["headers"] if k not in {b"content-encoding", b"content-length"}
         ]
         headers.append((b"content-length", str(len(body)).encode()))
-        delivered = False
-
-        async def inflated() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         scope["headers"] = headers  # in place: outer middleware sees the matched route
-        await self.app(scope, inflated, send)
+        await self.app(scope, _replaying(body, receive), send)
+
+    async def _inflated(
+        self, scope: Scope, receive: Receive, send: Send, sent: bytes, encoding: bytes
+    ) -> bytes | None:
+        """The inflated body; None once a refusal was sent (not valid, or inflates too far)."""
+        # wbits 47: gzip or zlib header, detected; max_length bounds what we allocate
+        inflater = zlib.decompressobj(wbits=47 if encoding != b"deflate" else 15)
+        try:
+            body = inflater.decompress(sent, self.max_bytes + 1)
+        except zlib.error as exc:
+            await refusal(
+                scope["path"],
+                400,
+                "bad_encoding",
+                "Bad Request",
+                f"body is not valid {encoding.decode()}: {exc}",
+            )(scope, receive, send)
+            return None
+        if len(body) > self.max_bytes or inflater.unconsumed_tail:
+            detail = f"request body inflates past {self.max_bytes} bytes"
+            await self.too_large(scope, receive, send, detail)
+            return None
+        return body
+
+
+async def _whole_body(receive: Receive) -> bytes | None:
+    """The request body as sent; None when the client went away first."""
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` whole, then whatever ``receive`` gives next."""
+    delivered = False
+
+    async def inflated() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return inflated

@@ -1,20 +1,20 @@
 """Publishing to Kafka from request handlers through ONE pump task, in whole batches.
 
 Request handlers never call ``producer.send()`` themselves (many concurrent sends make aiokafka
-spin, its issue #528): a request enqueues its records as one *ticket* (a future and a count)
-and waits for it, bounded by a timeout. The pump takes every ticket waiting, groups their
-records by topic-partition (the same murmur2 partitioner as ``send()``, so a customer's events
-keep their partition and order), fills aiokafka ``BatchBuilder``s and hands each, closed, to
+spin): a request enqueues its records as one *ticket* (a future and a count) and waits for it,
+bounded by a timeout. The pump takes every ticket waiting, groups their records by
+topic-partition (the same murmur2 partitioner as ``send()``, so a customer's events keep their
+partition and order), fills aiokafka ``BatchBuilder``s and hands each, closed, to
 ``send_batch()``: a few Python calls per batch instead of a ``send()`` per record, and no
 linger (a closed batch is ready at once; batching comes from the records that arrive while the
-previous produce request is in flight). When the
-broker acknowledged a batch (acks=all, idempotent producer) its records count down their
-tickets; a ticket resolves when all its records are acknowledged, or fails with the first
-error. The producer is (re)built lazily: when the broker is away, or after a failed delivery
-(aiokafka's idempotent producer can stick on ``OutOfOrderSequenceNumber`` after a broker blip,
-its issue #1017), the pump drops it, fails what it holds and builds a new one. A caller that
-times out gets :class:`PublishUnavailable`; its records may still reach the broker later,
-which is why events carry an idempotency key.
+previous produce request is in flight). When the broker acknowledged a batch (acks=all,
+idempotent producer) its records count down their tickets; a ticket resolves when all its
+records are acknowledged, or fails with the first error. The producer is (re)built lazily:
+when the broker is away, or after a failed delivery (aiokafka's idempotent producer can stick
+on ``OutOfOrderSequenceNumber`` after a broker blip), the pump drops it, fails what it holds
+and builds a new one. A caller that times out gets :class:`PublishUnavailable`; its records
+may still reach the broker later, which is why events carry an idempotency key. Why this
+shape: ``docs/performance.md``, "The ingest".
 """
 
 from __future__ import annotations

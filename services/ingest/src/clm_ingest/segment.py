@@ -217,6 +217,27 @@ def to_event(
     ``call`` is the call type of the path (``track`` for ``/v1/track``), or the message's own
     ``type`` in a batch. ``sentAt`` is carried as ``sent_at`` for the clock-skew correction.
     """
+    message = _readable(msg, call)
+    context = _object(message, "context")
+    properties = _object(message, "properties")
+    traits = _object(message, "traits")
+    doc = _ids_and_times(message, context)
+    if call == "track":
+        doc.update(_track(message, properties, track_events, default_currency))
+    elif call in {"page", "screen"}:
+        doc.update(_page_or_screen(message, call, context, properties))
+    elif call == "identify":
+        doc["type"] = "identify"
+        doc["properties"] = {"traits": traits or _object(context, "traits")}
+    elif call == "alias":
+        doc.update(_alias(message))
+    else:
+        doc.update(_group(message, traits))
+    return doc
+
+
+def _readable(msg: Any, call: str) -> dict[str, Any]:
+    """``msg`` when it is a message of a known call type within Segment's bounds."""
     if not isinstance(msg, dict):
         raise SegmentInvalid("body", "a message must be a JSON object")
     deep = bounds.too_deep(msg, 1)  # before dumps, whose own limit is a crash (a 500)
@@ -228,9 +249,11 @@ def to_event(
         raise SegmentInvalid("type", f"unknown call type {call!r}")
     if "event" in msg and not isinstance(msg["event"], str):
         raise SegmentInvalid("event", "must be a string")
-    context = _object(msg, "context")
-    properties = _object(msg, "properties")
-    traits = _object(msg, "traits")
+    return msg
+
+
+def _ids_and_times(msg: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """What every call carries: its ids, its times and the channel (those it has)."""
     doc: dict[str, Any] = {}
     for target, value in (
         ("event_id", _id(msg.get("messageId"), "messageId")),
@@ -242,49 +265,63 @@ def to_event(
     ):
         if value is not None:
             doc[target] = value
+    return doc
 
-    if call == "track":
-        name = msg.get("event")
-        if not isinstance(name, str) or not name.strip():
-            raise SegmentInvalid("event", "a track call needs the event name")
-        kind = track_events.get(name, "custom")
-        mapper = PROPERTY_MAPPERS.get(kind)
-        if kind == "custom" or mapper is None:
-            doc["type"] = kind
-            doc["properties"] = {**properties, "name": name} if kind == "custom" else properties
-        else:
-            doc["type"] = kind
-            doc["properties"] = mapper(properties, name, default_currency)
-    elif call in {"page", "screen"}:
-        page = _object(context, "page")
-        name = msg.get("name")
-        url = _first(properties, "url") or page.get("url")
-        if url is None and call == "screen" and isinstance(name, str) and name:
-            url = f"app://screen/{name}"
-        referrer = _first(properties, "referrer") or page.get("referrer")
-        doc["type"] = "site_visit"
-        doc["properties"] = _pick(
-            {k: v for k, v in properties.items() if k not in {"url", "referrer"}},
-            url=url,
-            referrer=referrer or None,
-            name=name,
-        )
-    elif call == "identify":
-        doc["type"] = "identify"
-        doc["properties"] = {"traits": traits or _object(context, "traits")}
-    elif call == "alias":
-        # alias links the previous id (an anonymous or older id) to userId
-        previous = _id(msg.get("previousId"), "previousId")
-        if previous is None:
-            raise SegmentInvalid("previousId", "an alias call needs previousId")
-        doc["type"] = "identify"
-        doc["anonymous_id"] = previous
-        doc["properties"] = {"traits": {}, "alias": True}
-    else:  # group
-        doc["type"] = "custom"
-        doc["properties"] = {
+
+def _track(
+    msg: Mapping[str, Any],
+    properties: dict[str, Any],
+    track_events: Mapping[str, str],
+    default_currency: str,
+) -> dict[str, Any]:
+    """A track call: the touchpoint its event name maps to, else a ``custom`` one."""
+    name = msg.get("event")
+    if not isinstance(name, str) or not name.strip():
+        raise SegmentInvalid("event", "a track call needs the event name")
+    kind = track_events.get(name, "custom")
+    mapper = PROPERTY_MAPPERS.get(kind)
+    if kind == "custom":
+        return {"type": kind, "properties": {**properties, "name": name}}
+    if mapper is None:
+        return {"type": kind, "properties": properties}
+    return {"type": kind, "properties": mapper(properties, name, default_currency)}
+
+
+def _page_or_screen(
+    msg: Mapping[str, Any], call: str, context: Mapping[str, Any], properties: dict[str, Any]
+) -> dict[str, Any]:
+    """A page or screen call: a site visit (a screen without a URL gets an ``app://`` one)."""
+    page = _object(context, "page")
+    name = msg.get("name")
+    url = _first(properties, "url") or page.get("url")
+    if url is None and call == "screen" and isinstance(name, str) and name:
+        url = f"app://screen/{name}"
+    referrer = _first(properties, "referrer") or page.get("referrer")
+    rest = {k: v for k, v in properties.items() if k not in {"url", "referrer"}}
+    return {
+        "type": "site_visit",
+        "properties": _pick(rest, url=url, referrer=referrer or None, name=name),
+    }
+
+
+def _alias(msg: Mapping[str, Any]) -> dict[str, Any]:
+    """An alias call links the previous id (an anonymous or older id) to ``userId``."""
+    previous = _id(msg.get("previousId"), "previousId")
+    if previous is None:
+        raise SegmentInvalid("previousId", "an alias call needs previousId")
+    return {
+        "type": "identify",
+        "anonymous_id": previous,
+        "properties": {"traits": {}, "alias": True},
+    }
+
+
+def _group(msg: Mapping[str, Any], traits: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "custom",
+        "properties": {
             "name": "group",
             "group_id": _id(msg.get("groupId"), "groupId"),
             "traits": traits,
-        }
-    return doc
+        },
+    }

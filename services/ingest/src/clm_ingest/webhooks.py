@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 # Stripe amounts are in the currency's minor unit; most have 2 decimals, these 0 or 3.
 ZERO_DECIMAL = frozenset(
@@ -110,30 +110,52 @@ def shopify(topic: str, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     if _shopify_kind(payload) != topic:
         raise PayloadInvalid("X-Shopify-Topic", f"the body is not a {topic} payload")
     if topic == "orders/create":
-        order_id = _str(_need(payload, "id"))
-        customer = _str(_get(payload, "customer.id"))
-        doc: dict[str, Any] = {
-            "event_id": f"shopify:order:{order_id}",
-            "type": "purchase",
-            "occurred_at": _need(payload, "created_at"),
-            "properties": {
-                "order_id": f"shopify:{order_id}",
-                "amount": str(_need(payload, "total_price")),
-                "currency": _need(payload, "currency"),
-                "items": [
-                    {k: i.get(k) for k in ("sku", "title", "quantity", "price") if k in i}
-                    for i in payload.get("line_items") or []
-                    if isinstance(i, dict)
-                ],
-            },
-        }
-        if customer:
-            doc["customer_id"] = f"shopify:{customer}"
-        else:  # a guest checkout: the order itself is the best key we have
-            doc["anonymous_id"] = f"shopify-order:{order_id}"
-        return [doc]
+        return [_shopify_order(payload)]
+    return [_shopify_refund(payload)]
+
+
+def _shopify_order(payload: Mapping[str, Any]) -> dict[str, Any]:
+    order_id = _str(_need(payload, "id"))
+    customer = _str(_get(payload, "customer.id"))
+    doc: dict[str, Any] = {
+        "event_id": f"shopify:order:{order_id}",
+        "type": "purchase",
+        "occurred_at": _need(payload, "created_at"),
+        "properties": {
+            "order_id": f"shopify:{order_id}",
+            "amount": str(_need(payload, "total_price")),
+            "currency": _need(payload, "currency"),
+            "items": [
+                {k: i.get(k) for k in ("sku", "title", "quantity", "price") if k in i}
+                for i in payload.get("line_items") or []
+                if isinstance(i, dict)
+            ],
+        },
+    }
+    # a guest checkout: the order itself is the best key we have
+    return doc | _shopify_customer(customer, order_id)
+
+
+def _shopify_refund(payload: Mapping[str, Any]) -> dict[str, Any]:
     refund_id = _str(_need(payload, "id"))
     order_id = _str(_need(payload, "order_id"))
+    amount, currency = _refunded(payload)
+    properties: dict[str, Any] = {"order_id": f"shopify:{order_id}", "amount": format(amount, "f")}
+    if currency:
+        properties["currency"] = currency
+    customer = _str(_get(payload, "customer.id")) or _str(payload.get("customer_id"))
+    doc = {
+        "event_id": f"shopify:refund:{refund_id}",
+        "type": "refund",
+        "occurred_at": _need(payload, "created_at"),
+        "properties": properties,
+    }
+    # Shopify's refund payload names the order, not the customer
+    return doc | _shopify_customer(customer, order_id)
+
+
+def _refunded(payload: Mapping[str, Any]) -> tuple[Decimal, Any]:
+    """The amount of a refund's successful refund transactions, and their currency."""
     transactions = [
         t
         for t in payload.get("transactions") or []
@@ -145,22 +167,14 @@ def shopify(topic: str, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
         amount = sum((Decimal(str(t.get("amount", "0"))) for t in transactions), Decimal(0))
     except ArithmeticError:  # not a number, or beyond Decimal's range: not a 500
         raise PayloadInvalid("transactions", "amount is not a decimal number") from None
-    currency = transactions[0].get("currency") or payload.get("currency")
-    properties: dict[str, Any] = {"order_id": f"shopify:{order_id}", "amount": format(amount, "f")}
-    if currency:
-        properties["currency"] = currency
-    customer = _str(_get(payload, "customer.id")) or _str(payload.get("customer_id"))
-    doc = {
-        "event_id": f"shopify:refund:{refund_id}",
-        "type": "refund",
-        "occurred_at": _need(payload, "created_at"),
-        "properties": properties,
-    }
+    return amount, transactions[0].get("currency") or payload.get("currency")
+
+
+def _shopify_customer(customer: str | None, order_id: str | None) -> dict[str, str]:
+    """The customer's id; without a customer, the order's (as an anonymous id)."""
     if customer:
-        doc["customer_id"] = f"shopify:{customer}"
-    else:  # Shopify's refund payload names the order, not the customer
-        doc["anonymous_id"] = f"shopify-order:{order_id}"
-    return [doc]
+        return {"customer_id": f"shopify:{customer}"}
+    return {"anonymous_id": f"shopify-order:{order_id}"}
 
 
 # --- Stripe -----------------------------------------------------------------------------------
@@ -199,6 +213,16 @@ def _stripe_money(
     }
 
 
+def _stripe_time(created: Any) -> str:
+    """A Stripe ``created`` (unix seconds) as an ISO 8601 time."""
+    if isinstance(created, bool) or not isinstance(created, int):
+        raise PayloadInvalid("created", "must be a unix timestamp")
+    try:
+        return datetime.fromtimestamp(created, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # beyond the calendar: not a 500
+        raise PayloadInvalid("created", "is not a unix timestamp in range") from None
+
+
 def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``charge.succeeded`` / ``invoice.paid`` → purchase, ``charge.refunded`` → refund,
     ``customer.subscription.deleted`` → subscription_cancelled. A charge that pays an invoice
@@ -211,13 +235,7 @@ def stripe(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     obj = _get(payload, "data.object")
     if not isinstance(obj, dict):
         raise PayloadInvalid("data.object", "is required")
-    created = _need(payload, "created")
-    if isinstance(created, bool) or not isinstance(created, int):
-        raise PayloadInvalid("created", "must be a unix timestamp")
-    try:
-        occurred_at = datetime.fromtimestamp(created, UTC).isoformat()
-    except (OverflowError, OSError, ValueError):  # beyond the calendar: not a 500
-        raise PayloadInvalid("created", "is not a unix timestamp in range") from None
+    occurred_at = _stripe_time(_need(payload, "created"))
     base = {"event_id": event_id, "occurred_at": occurred_at, **_stripe_customer(obj)}
     if kind == "charge.succeeded":
         if obj.get("invoice"):
@@ -279,51 +297,76 @@ def zendesk(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
     kind = payload.get("type")
     if isinstance(kind, str) and kind.startswith("zen:event-type:"):
-        detail = _get(payload, "detail")
-        if not isinstance(detail, dict):
-            raise PayloadInvalid("detail", "is required")
-        if kind == "zen:event-type:ticket.created":
-            status = "opened"
-        elif kind == "zen:event-type:ticket.status_changed":
-            current = str(_get(payload, "event.current") or "").lower()
-            if current not in SOLVED:
-                return []
-            status = "solved"
-        else:
-            return []
-        ticket = _str(_need(detail, "id"))
-        requester = _str(_need(detail, "requester_id"))
-        event_id = f"zendesk:{_need(payload, 'id')}"
-        occurred_at = _need(payload, "time")
-        csat = None
+        ticket = _zendesk_event(payload, kind)
     else:
-        ticket = _str(_need(payload, "ticket_id"))
-        requester = _str(payload.get("requester_external_id")) or _str(
-            _need(payload, "requester_id")
-        )
-        raw_status = str(_need(payload, "status")).strip().lower()
-        if raw_status in SOLVED:
-            status = "solved"
-        elif raw_status in OPENED:
-            status = "opened"
-        else:
-            return []  # pending, hold: not a touchpoint
-        csat = _csat(payload.get("satisfaction"))
-        occurred_at = payload.get("updated_at")
-        # the content is the identity: retries and replays of one body are one event
-        identity = hashlib.sha256(f"{ticket}|{status}|{csat}|{occurred_at}".encode())
-        event_id = f"zendesk:{identity.hexdigest()[:32]}"
-    properties: dict[str, Any] = {"ticket_id": f"zendesk:{ticket}", "status": status}
-    if csat is not None:
-        properties["csat"] = csat
+        ticket = _zendesk_trigger(payload)
+    if ticket is None:
+        return []
+    properties: dict[str, Any] = {"ticket_id": f"zendesk:{ticket.id}", "status": ticket.status}
+    if ticket.csat is not None:
+        properties["csat"] = ticket.csat
     doc: dict[str, Any] = {
-        "event_id": event_id,
+        "event_id": ticket.event_id,
         "type": "support_ticket",
-        "customer_id": requester
+        "customer_id": ticket.requester
         if payload.get("requester_external_id")
-        else f"zendesk:{requester}",
+        else f"zendesk:{ticket.requester}",
         "properties": properties,
     }
-    if occurred_at:
-        doc["occurred_at"] = occurred_at
+    if ticket.occurred_at:
+        doc["occurred_at"] = ticket.occurred_at
     return [doc]
+
+
+class _TicketChange(NamedTuple):
+    """What a Zendesk payload says happened to a ticket."""
+
+    id: str | None
+    requester: str | None
+    status: str  # opened, solved
+    event_id: str
+    occurred_at: Any
+    csat: int | None
+
+
+def _zendesk_event(payload: Mapping[str, Any], kind: str) -> _TicketChange | None:
+    """An event webhook's ticket created or solved; None for any other event."""
+    detail = _get(payload, "detail")
+    if not isinstance(detail, dict):
+        raise PayloadInvalid("detail", "is required")
+    if kind == "zen:event-type:ticket.created":
+        status = "opened"
+    elif kind == "zen:event-type:ticket.status_changed":
+        current = str(_get(payload, "event.current") or "").lower()
+        if current not in SOLVED:
+            return None
+        status = "solved"
+    else:
+        return None
+    return _TicketChange(
+        id=_str(_need(detail, "id")),
+        requester=_str(_need(detail, "requester_id")),
+        status=status,
+        event_id=f"zendesk:{_need(payload, 'id')}",
+        occurred_at=_need(payload, "time"),
+        csat=None,
+    )
+
+
+def _zendesk_trigger(payload: Mapping[str, Any]) -> _TicketChange | None:
+    """A trigger body's ticket opened or solved; None for another status (pending, hold)."""
+    ticket = _str(_need(payload, "ticket_id"))
+    requester = _str(payload.get("requester_external_id")) or _str(_need(payload, "requester_id"))
+    raw_status = str(_need(payload, "status")).strip().lower()
+    if raw_status in SOLVED:
+        status = "solved"
+    elif raw_status in OPENED:
+        status = "opened"
+    else:
+        return None  # not a touchpoint
+    csat = _csat(payload.get("satisfaction"))
+    occurred_at = payload.get("updated_at")
+    # the content is the identity: retries and replays of one body are one event
+    identity = hashlib.sha256(f"{ticket}|{status}|{csat}|{occurred_at}".encode())
+    event_id = f"zendesk:{identity.hexdigest()[:32]}"
+    return _TicketChange(ticket, requester, status, event_id, occurred_at, csat)

@@ -86,51 +86,55 @@ def _field_of(loc: Sequence[int | str]) -> str:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Every error path of the app answers problem+json; nothing leaks a stack trace."""
-
-    @app.exception_handler(ProblemError)
-    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return raised_problem(exc, request.url.path)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": _field_of(e.get("loc", ())), "message": e.get("msg", "invalid")}
-            for e in exc.errors()
-        ]
-        return problem_response(
-            422,
-            "Invalid request",
-            "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-            errors=errors,
-            instance=request.url.path,
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request))
-        return problem_response(
-            exc.status_code,
-            _title(exc.status_code),
-            str(exc.detail) if exc.detail else None,
-            headers=headers,
-            instance=request.url.path,
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return problem_response(500, "Internal Server Error", instance=request.url.path)
-
-    async def _database(request: Request, exc: Exception) -> JSONResponse:
-        if not unavailable(exc):
-            return await _unexpected(request, exc)
-        return database_unavailable(exc, request.url.path)
-
+    app.exception_handler(ProblemError)(_problem)
+    app.exception_handler(RequestValidationError)(_validation)
+    app.exception_handler(StarletteHTTPException)(_http)
+    app.exception_handler(Exception)(_unexpected)
     # the types a database outage is raised as (``unavailable`` tells it from other errors)
     for kind in (OSError, TimeoutError, sa_exc.SQLAlchemyError, asyncpg.PostgresError):
         app.add_exception_handler(kind, _database)
+
+
+async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+    return raised_problem(exc, request.url.path)
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"field": _field_of(e.get("loc", ())), "message": e.get("msg", "invalid")}
+        for e in exc.errors()
+    ]
+    return problem_response(
+        422,
+        "Invalid request",
+        "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+        errors=errors,
+        instance=request.url.path,
+    )
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(
+        exc.status_code,
+        _title(exc.status_code),
+        str(exc.detail) if exc.detail else None,
+        headers=headers,
+        instance=request.url.path,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem_response(500, "Internal Server Error", instance=request.url.path)
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    if not unavailable(exc):
+        return await _unexpected(request, exc)
+    return database_unavailable(exc, request.url.path)
 
 
 def database_unavailable(exc: BaseException, path: str) -> JSONResponse:

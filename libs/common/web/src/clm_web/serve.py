@@ -13,22 +13,18 @@ from clm_infra.settings import CommonSettings, ServerSettings
 
 
 def telemetry(settings: CommonSettings) -> TelemetryConfig:
-    """FastAPI's ``telemetry=`` argument: all of it on or off with ``CLM_OTEL_ENABLED``."""
+    """FastAPI's ``telemetry=`` argument: all of it on or off with ``CLM_OTEL_ENABLED`` (off by
+    default: ``docs/performance.md``, "The ingest")."""
     on = settings.otel_enabled
     return {"tracing": on, "metrics": on, "logs": on}
 
 
 def serve(app: FastAPI, server: ServerSettings, *, log_level: str, gc_young: int = 10_000) -> None:
-    """Run ``app``; ``gc_young``: the collector's young-generation threshold (see below)."""
+    """Run ``app``; ``gc_young``: the collector's young-generation threshold (a collection
+    runs once this many more container objects are alive than after the last one)."""
     configure_logging(log_level)
-    # A request or a batch allocates a few objects per event, nearly all short-lived: the
-    # collector's default thresholds collect every ~700 allocations, and its full collections
-    # rescan everything imported at start. Freeze that start-up heap and collect young objects
-    # less often (profiles of the stage engine and the ingest showed collections inside the
-    # hot paths' allocation sites, and as latency spikes). A collection runs once this many
-    # more container objects are alive than after the last one, and scans them all: a
-    # service whose batches keep tens of thousands alive until the batch ends passes a
-    # threshold above that, so a batch's objects are freed before any collection sees them.
+    # the start-up heap frozen, young objects collected less often (docs/performance.md,
+    # "The ingest": the garbage collector)
     gc.freeze()
     gc.set_threshold(gc_young, 20, 20)
     config = uvicorn.Config(
@@ -37,8 +33,7 @@ def serve(app: FastAPI, server: ServerSettings, *, log_level: str, gc_young: int
         port=server.port,
         log_config=None,
         access_log=False,
-        # nothing reads the client's address or scheme, and uvicorn's X-Forwarded-* middleware
-        # costs every request (an address check against the trusted hosts, a header scan)
+        # nothing reads the client's address or scheme (docs/performance.md, "The ingest")
         proxy_headers=False,
         timeout_graceful_shutdown=10,
         # Idle keep-alive connections stay open longer than any Retry-After we send (5 s) and

@@ -6,6 +6,7 @@ and lists the refused ones by index.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -92,6 +93,14 @@ async def publish_checked(state: State, checked: service.Checked, route: str) ->
         raise unavailable(state, exc) from None
 
 
+async def _accepted(
+    accept: Callable[[State, Caller, bytes], Awaitable[bytes]], request: Request, caller: Caller
+) -> Response:
+    """The routed endpoints' answer: what ``accept`` (also the hot routes' handler) answers."""
+    answer = await accept(request.app.state.clm, caller, await request.body())
+    return Response(answer, status_code=202, media_type="application/json")
+
+
 @router.post(
     "/events",
     status_code=202,
@@ -111,8 +120,7 @@ async def publish_checked(state: State, checked: service.Checked, route: str) ->
     },
 )
 async def post_event(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
-    answer = await accept_one(request.app.state.clm, caller, await request.body())
-    return Response(answer, status_code=202, media_type="application/json")
+    return await _accepted(accept_one, request, caller)
 
 
 async def accept_one(state: State, caller: Caller, body: bytes) -> bytes:
@@ -174,8 +182,7 @@ BATCH_SCHEMA = {
     },
 )
 async def post_batch(request: Request, caller: Annotated[Caller, Depends(writer)]) -> Response:
-    answer = await accept_batch(request.app.state.clm, caller, await request.body())
-    return Response(answer, status_code=202, media_type="application/json")
+    return await _accepted(accept_batch, request, caller)
 
 
 async def accept_batch(state: State, caller: Caller, body: bytes) -> bytes:
@@ -183,6 +190,38 @@ async def accept_batch(state: State, caller: Caller, body: bytes) -> bytes:
     route = "/v1/events/batch"
     received_at = datetime.now(UTC)
     doc = parse_json(body, route)
+    events = _batch_events(state, doc, route)
+    await limit_rate(state, caller, len(events), route)
+    checked = service.check(
+        events,
+        source=caller.source,
+        received_at=received_at,
+        route=route,
+        sent_at=doc.get("sent_at"),
+    )
+    if not checked.events:
+        errors = [
+            {"field": f"events[{r.index}].{e['field']}", "message": e["message"]}
+            for r in checked.rejected
+            for e in r.errors
+        ]
+        raise ProblemError(
+            422, "Invalid events", f"all {len(events)} events were refused", errors=errors
+        )
+    await publish_checked(state, checked, route)
+    return orjson.dumps(
+        {
+            "accepted": len(checked.events),
+            "events": [{"index": i, "event_id": e.event_id} for i, e in checked.events],
+            "rejected": [
+                {"index": r.index, "reason": r.reason, "errors": r.errors} for r in checked.rejected
+            ],
+        }
+    )
+
+
+def _batch_events(state: State, doc: Any, route: str) -> list[Any]:
+    """The batch's ``events``: a non-empty array (422) of at most the limit's events (413)."""
     events = doc.get("events") if isinstance(doc, dict) else None
     if not isinstance(events, list) or not events:
         service.reject("unknown", "not_a_batch", route)
@@ -201,31 +240,4 @@ async def accept_batch(state: State, caller: Caller, body: bytes) -> bytes:
             f"{len(events)} events in one batch; at most {limit}",
             errors=[{"field": "events", "message": f"at most {limit} events"}],
         )
-    await limit_rate(state, caller, len(events), route)
-    checked = service.check(
-        events,
-        source=caller.source,
-        received_at=received_at,
-        route=route,
-        sent_at=doc.get("sent_at"),
-    )
-    rejected = [
-        {"index": r.index, "reason": r.reason, "errors": r.errors} for r in checked.rejected
-    ]
-    if not checked.events:
-        errors = [
-            {"field": f"events[{r.index}].{e['field']}", "message": e["message"]}
-            for r in checked.rejected
-            for e in r.errors
-        ]
-        raise ProblemError(
-            422, "Invalid events", f"all {len(events)} events were refused", errors=errors
-        )
-    await publish_checked(state, checked, route)
-    return orjson.dumps(
-        {
-            "accepted": len(checked.events),
-            "events": [{"index": i, "event_id": e.event_id} for i, e in checked.events],
-            "rejected": rejected,
-        }
-    )
+    return events

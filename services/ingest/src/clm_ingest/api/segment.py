@@ -12,14 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from clm_ingest import service
-from clm_ingest.deps import Caller, State, app_state, rate_wait, verify_write_key
+from clm_ingest.deps import AppState, Caller, State, rate_wait, verify_write_key
 from clm_ingest.publisher import PublishUnavailable
 from clm_ingest.refusals import SegmentError
 from clm_ingest.segment import MAX_BATCH_BYTES, SegmentInvalid, to_event
@@ -109,40 +109,66 @@ async def _handle(request: Request, state: State, call: str | None) -> JSONRespo
     route = request.url.path
     received_at = datetime.now(UTC)
     raw = await request.body()
+    body = _json(raw, route)
+    caller = await _caller(request, state, body)
+    messages, batch_sent_at = _messages(body, raw, call, route)
+    await _within_limits(state, caller, len(messages), route)
+    docs, unreadable = _events_of(state, messages, call, batch_sent_at, route)
+    readable = [d for d in docs if d is not None]
+    positions = [i for i, d in enumerate(docs) if d is not None]
+    checked = service.check(readable, source=caller.source, received_at=received_at, route=route)
+    await _publish(state, checked, route)
+    refused = dict(unreadable)
+    for r in checked.rejected:
+        refused[positions[r.index]] = r.message()
+    if refused:
+        detail = "; ".join(f"[{i}] {why}" for i, why in sorted(refused.items()))
+        what = "message" if call is not None else f"{len(refused)} of {len(messages)} messages"
+        raise SegmentError(400, "invalid_message", f"{what} refused: {detail}")
+    return JSONResponse(SUCCESS)
+
+
+def _json(raw: bytes, route: str) -> Any:
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         service.reject("unknown", "bad_json", route)
         raise SegmentError(400, "invalid_json", f"body is not JSON: {exc}") from None
-    caller = await _caller(request, state, body)
-    if call is None:
-        if len(raw) > MAX_BATCH_BYTES:
-            service.reject("unknown", "batch_too_large", route)
-            raise SegmentError(
-                400, "batch_too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes"
-            )
-        messages = body.get("batch") if isinstance(body, dict) else None
-        if not isinstance(messages, list):
-            service.reject("unknown", "not_a_batch", route)
-            raise SegmentError(400, "invalid_batch", "the body needs a `batch` array")
-        batch_sent_at = body.get("sentAt")
-    else:
-        messages, batch_sent_at = [body], None
-    if len(messages) > state.settings.ingest_max_batch_events:
-        service.reject("unknown", "batch_too_large", route, len(messages))
-        raise SegmentError(
-            400,
-            "batch_too_large",
-            f"at most {state.settings.ingest_max_batch_events} messages in a batch",
-        )
-    retry = await rate_wait(state, caller.limit_key, len(messages))
+
+
+def _messages(body: Any, raw: bytes, call: str | None, route: str) -> tuple[list[Any], Any]:
+    """The messages of a call (one) or of a batch, and the batch's ``sentAt``."""
+    if call is not None:
+        return [body], None
+    if len(raw) > MAX_BATCH_BYTES:
+        service.reject("unknown", "batch_too_large", route)
+        raise SegmentError(400, "batch_too_large", f"a batch is at most {MAX_BATCH_BYTES} bytes")
+    messages = body.get("batch") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        service.reject("unknown", "not_a_batch", route)
+        raise SegmentError(400, "invalid_batch", "the body needs a `batch` array")
+    return messages, body.get("sentAt")
+
+
+async def _within_limits(state: State, caller: Caller, count: int, route: str) -> None:
+    """Refuse a batch of too many messages (400), or one over the key's rate limit (429)."""
+    limit = state.settings.ingest_max_batch_events
+    if count > limit:
+        service.reject("unknown", "batch_too_large", route, count)
+        raise SegmentError(400, "batch_too_large", f"at most {limit} messages in a batch")
+    retry = await rate_wait(state, caller.limit_key, count)
     if retry is not None:
-        service.reject("unknown", "rate_limited", route, len(messages))
+        service.reject("unknown", "rate_limited", route, count)
         raise SegmentError(
             429, "rate_limited", f"retry after {retry}s", headers={"Retry-After": retry}
         )
 
-    docs: list[Any] = []
+
+def _events_of(
+    state: State, messages: list[Any], call: str | None, batch_sent_at: Any, route: str
+) -> tuple[list[dict[str, Any] | None], dict[int, str]]:
+    """Each message as an event body (None where unreadable), and why each unreadable one is."""
+    docs: list[dict[str, Any] | None] = []
     unreadable: dict[int, str] = {}
     for index, msg in enumerate(messages):
         try:
@@ -160,9 +186,10 @@ async def _handle(request: Request, state: State, call: str | None) -> JSONRespo
             unreadable[index] = f"{exc.field}: {exc.message}"
             service.reject("unknown", "unreadable", route)
             docs.append(None)
-    readable = [d for d in docs if d is not None]
-    positions = [i for i, d in enumerate(docs) if d is not None]
-    checked = service.check(readable, source=caller.source, received_at=received_at, route=route)
+    return docs, unreadable
+
+
+async def _publish(state: State, checked: service.Checked, route: str) -> None:
     try:
         await service.publish_checked(
             state.publisher, state.settings.topics.events, checked, route=route
@@ -174,20 +201,10 @@ async def _handle(request: Request, state: State, call: str | None) -> JSONRespo
             f"not stored: {exc}; retry",
             headers={"Retry-After": str(state.settings.ingest_retry_after_s)},
         ) from None
-    refused = dict(unreadable)
-    for r in checked.rejected:
-        refused[positions[r.index]] = r.message()
-    if refused:
-        detail = "; ".join(f"[{i}] {why}" for i, why in sorted(refused.items()))
-        what = "message" if call is not None else f"{len(refused)} of {len(messages)} messages"
-        raise SegmentError(400, "invalid_message", f"{what} refused: {detail}")
-    return JSONResponse(SUCCESS)
 
 
 def _add(path: str, call: str | None, summary: str, *, short: bool = False) -> None:
-    async def endpoint(
-        request: Request, state: Annotated[State, Depends(app_state)]
-    ) -> JSONResponse:
+    async def endpoint(request: Request, state: AppState) -> JSONResponse:
         return await _handle(request, state, call)
 
     schema = BATCH_SCHEMA if call is None else MESSAGE_SCHEMA

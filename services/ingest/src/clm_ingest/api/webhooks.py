@@ -13,18 +13,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from clm_ingest import service, signatures, webhooks
 from clm_ingest.api.events import REFUSALS, publish_checked, too_deep_body
-from clm_ingest.deps import State, app_state
+from clm_ingest.deps import AppState, State
 from clm_ingest.signatures import BadSignature
 from clm_web.problem import ProblemError
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 Verify = Callable[[bytes], None]  # raises BadSignature for one secret
+Adapter = Callable[[Any], list[dict[str, Any]]]  # a provider's payload → its event bodies
 SourceParam = Annotated[
     str | None,
     Query(description="Only this source's secrets are tried (default: all of the provider's)"),
@@ -39,9 +40,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _verified_source(
-    state: State, provider: str, only: str | None, verify: Callable[[bytes], None]
-) -> str:
+async def _verified_source(state: State, provider: str, only: str | None, verify: Verify) -> str:
     if state.secrets is None:
         raise ProblemError(
             503,
@@ -87,6 +86,22 @@ async def _timestamped_hex(
     return raw, found
 
 
+async def _zendesk_signed(request: Request, state: State, only: str | None) -> tuple[bytes, str]:
+    """The raw body and its source, for Zendesk's signed timestamp and body."""
+    raw = await request.body()
+    signature = request.headers.get("x-zendesk-webhook-signature")
+    timestamp = request.headers.get("x-zendesk-webhook-signature-timestamp")
+    now = datetime.now(UTC)
+    tolerance = state.settings.ingest_webhook_tolerance_s
+    found = await _verified_source(
+        state,
+        "zendesk",
+        only,
+        lambda s: signatures.zendesk(s, raw, signature, timestamp, now, tolerance_s=tolerance),
+    )
+    return raw, found
+
+
 def _json(raw: bytes, route: str) -> Any:
     try:
         doc = orjson.loads(raw)
@@ -123,9 +138,14 @@ async def _accept(
     )
 
 
-def _adapted(adapt: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+async def _adapt_and_accept(
+    state: State, provider: str, source: str, raw: bytes, adapt: Adapter
+) -> JSONResponse:
+    """A verified delivery's body, read as the provider's payload, published as its events."""
+    route = f"/v1/webhooks/{provider}"
+    payload = _json(raw, route)
     try:
-        return adapt()
+        docs = adapt(payload)
     except webhooks.PayloadInvalid as exc:
         raise ProblemError(
             422,
@@ -133,6 +153,7 @@ def _adapted(adapt: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
             f"{exc.field}: {exc.message}",
             errors=[{"field": exc.field, "message": exc.message}],
         ) from None
+    return await _accept(state, source, docs, route)
 
 
 def _body_doc(description: str) -> dict[str, Any]:
@@ -151,20 +172,18 @@ def _body_doc(description: str) -> dict[str, Any]:
     responses=RESPONSES,
     openapi_extra=_body_doc("Shopify's order or refund payload"),
 )
-async def shopify(
-    request: Request, state: Annotated[State, Depends(app_state)], source: SourceParam = None
-) -> JSONResponse:
+async def shopify(request: Request, state: AppState, source: SourceParam = None) -> JSONResponse:
     raw = await request.body()
     header = request.headers.get("x-shopify-hmac-sha256")
     found = await _verified_source(
         state, "shopify", source, lambda s: signatures.shopify(s, raw, header)
     )
-    payload = _json(raw, "/v1/webhooks/shopify")
     # X-Shopify-Event-Id / X-Shopify-Webhook-Id are not signed: the event id comes from the
     # body (see webhooks.shopify); the topic header only picks among the topics we map
     topic = request.headers.get("x-shopify-topic", "")
-    docs = _adapted(lambda: webhooks.shopify(topic, payload))
-    return await _accept(state, found, docs, "/v1/webhooks/shopify")
+    return await _adapt_and_accept(
+        state, "shopify", found, raw, lambda payload: webhooks.shopify(topic, payload)
+    )
 
 
 @router.post(
@@ -176,13 +195,9 @@ async def shopify(
     responses=RESPONSES,
     openapi_extra=_body_doc("Stripe's event object"),
 )
-async def stripe(
-    request: Request, state: Annotated[State, Depends(app_state)], source: SourceParam = None
-) -> JSONResponse:
+async def stripe(request: Request, state: AppState, source: SourceParam = None) -> JSONResponse:
     raw, found = await _timestamped_hex(request, state, "stripe", source, "Stripe-Signature")
-    payload = _json(raw, "/v1/webhooks/stripe")
-    docs = _adapted(lambda: webhooks.stripe(payload))
-    return await _accept(state, found, docs, "/v1/webhooks/stripe")
+    return await _adapt_and_accept(state, "stripe", found, raw, webhooks.stripe)
 
 
 @router.post(
@@ -191,24 +206,10 @@ async def stripe(
     responses=RESPONSES,
     openapi_extra=_body_doc("Zendesk event webhook, or the trigger body the README gives"),
 )
-async def zendesk(
-    request: Request, state: Annotated[State, Depends(app_state)], source: SourceParam = None
-) -> JSONResponse:
-    raw = await request.body()
-    signature = request.headers.get("x-zendesk-webhook-signature")
-    timestamp = request.headers.get("x-zendesk-webhook-signature-timestamp")
-    now = datetime.now(UTC)
-    tolerance = state.settings.ingest_webhook_tolerance_s
-    found = await _verified_source(
-        state,
-        "zendesk",
-        source,
-        lambda s: signatures.zendesk(s, raw, signature, timestamp, now, tolerance_s=tolerance),
-    )
-    payload = _json(raw, "/v1/webhooks/zendesk")
+async def zendesk(request: Request, state: AppState, source: SourceParam = None) -> JSONResponse:
+    raw, found = await _zendesk_signed(request, state, source)
     # the event id comes from the signed body, never X-Zendesk-Webhook-Invocation-Id
-    docs = _adapted(lambda: webhooks.zendesk(payload))
-    return await _accept(state, found, docs, "/v1/webhooks/zendesk")
+    return await _adapt_and_accept(state, "zendesk", found, raw, webhooks.zendesk)
 
 
 @router.post(
@@ -227,9 +228,6 @@ async def zendesk(
         }
     },
 )
-async def generic(
-    request: Request, state: Annotated[State, Depends(app_state)], source: SourceParam = None
-) -> JSONResponse:
+async def generic(request: Request, state: AppState, source: SourceParam = None) -> JSONResponse:
     raw, found = await _timestamped_hex(request, state, "generic", source, "X-CLM-Signature")
-    payload = _json(raw, "/v1/webhooks/generic")
-    return await _accept(state, found, [payload], "/v1/webhooks/generic")
+    return await _adapt_and_accept(state, "generic", found, raw, lambda payload: [payload])
