@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from clm_infra.db import create_engine
-from clm_metrics import repository, service, snapshot
+from clm_metrics import service, snapshot
 from clm_metrics.buckets import BucketKey
+from clm_metrics.repository import bucket_writes
 
 
 async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -48,7 +49,7 @@ async def test_gauges_are_recomputed_only_after_a_write(
     async def write(n: int) -> None:
         at = datetime.now(UTC).replace(second=0, microsecond=0)
         async with engine.begin() as conn:
-            await repository.add_counts(
+            await bucket_writes.add_counts(
                 conn, {BucketKey(at, "events", "shop", "email", ""): Decimal(n)}
             )
 

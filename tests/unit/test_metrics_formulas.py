@@ -29,7 +29,7 @@ from clm_metrics.buckets import (
     stay_bin_middle,
 )
 from clm_metrics.formulas import MetricSums, WindowInputs, compute_kpis, lifecycle_map
-from clm_metrics.repository import ANY, DistinctRow, distinct_rows, rollup
+from clm_metrics.repository.rows import ANY, DistinctRow, distinct_rows, rollup
 from clm_metrics.service import FUTURE, level_at, stages_at
 from clm_metrics.tickets import LEVEL, TicketKey, TicketState, advance, ticket_event
 from clm_metrics.windows import GRAINS, plan

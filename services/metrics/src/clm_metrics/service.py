@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_domain.lifecycle import Stage
-from clm_metrics import repository
 from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, version_of
 from clm_metrics.distinct import Distinct, combine
 from clm_metrics.formulas import MetricSums, Totals, WindowInputs, compute_kpis, stage_net
-from clm_metrics.repository import TotalsKey
+from clm_metrics.repository import reads
+from clm_metrics.repository.rows import TotalsKey, is_all_time_metric, is_level_metric
 from clm_metrics.tickets import LEVEL
 from clm_metrics.windows import Segment, floor_to, plan
 
@@ -70,10 +70,8 @@ async def segment_counters(conn: AsyncConnection, segments: Sequence[Segment]) -
     if day_segments:
         first = min(days_of(s)[0] for s in day_segments)
         last = max(days_of(s)[1] for s in day_segments)
-        days = await repository.day_versions(conn, first, last)
-    hours = await repository.hour_versions(
-        conn, [hours_of(s) for s in segments if s.grain != "day"]
-    )
+        days = await reads.day_versions(conn, first, last)
+    hours = await reads.hour_versions(conn, [hours_of(s) for s in segments if s.grain != "day"])
     return days, hours
 
 
@@ -111,17 +109,13 @@ async def window_inputs(
         conn: AsyncConnection,
     ) -> tuple[Distinct, Counters]:
         counters = await segment_counters(conn, kept)
-        sets = await repository.merged_distinct(
-            conn, fresh, metrics, source=source, channel=channel
-        )
+        sets = await reads.merged_distinct(conn, fresh, metrics, source=source, channel=channel)
         return sets, counters
 
     (totals, since_end, all_time), (sets, counters) = await asyncio.gather(
         _on_own_connection(
             engine,
-            lambda c: repository.window_totals(
-                c, fresh, plan(end, far), source=source, channel=channel
-            ),
+            lambda c: reads.window_totals(c, fresh, plan(end, far), source=source, channel=channel),
         ),
         _on_own_connection(engine, sets_and_counters),
     )
@@ -196,10 +190,10 @@ async def _rolling_inputs(
     ) -> tuple[tuple[int, int], Distinct]:
         # the days wholly read afresh ([today, far) but today's closed hours, which have their
         # own counters) are left out; a day only partly before ``far`` stays counted
-        version = await repository.closed_version(
+        version = await reads.closed_version(
             conn, (today.date(), floor_to(far, "day").date()), (today, hour)
         )
-        sets = await repository.merged_distinct(
+        sets = await reads.merged_distinct(
             conn, open_window, metrics, source=source, channel=channel
         )
         return version, sets
@@ -207,7 +201,7 @@ async def _rolling_inputs(
     (sums, later), (version, sets) = await asyncio.gather(
         _on_own_connection(
             engine,
-            lambda c: repository.open_totals(c, open_window, after, source=source, channel=channel),
+            lambda c: reads.open_totals(c, open_window, after, source=source, channel=channel),
         ),
         _on_own_connection(engine, counters_and_sets),
     )
@@ -224,12 +218,10 @@ async def _rolling_inputs(
             metrics=metrics,
         )
         cache.windows.put(key, version, part)
-    open_all_time = {
-        k: v for k, v in _added([sums, later]).items() if repository.is_all_time_metric(k[0])
-    }
+    open_all_time = {k: v for k, v in _added([sums, later]).items() if is_all_time_metric(k[0])}
     return _inputs(
         _added([part.totals, sums]),
-        {k: v for k, v in later.items() if repository.is_level_metric(k[0])},
+        {k: v for k, v in later.items() if is_level_metric(k[0])},
         _added([part.all_time, open_all_time]),
         combine([part.sets, sets]),
         metrics,
@@ -256,7 +248,7 @@ async def _closed_window(
         engine, cache, segments, counters, source=source, channel=channel, metrics=metrics
     )
     async with engine.connect() as conn:
-        all_time, later = await repository.all_time_and_since(
+        all_time, later = await reads.all_time_and_since(
             conn, since, source=source, channel=channel
         )
     before = dict(all_time)
@@ -310,12 +302,12 @@ async def _closed_reads(
             for i in misses:
                 version, sums_key, sets_key = keys[i]
                 if sums[i] is None:
-                    sums[i] = await repository.range_totals(
+                    sums[i] = await reads.range_totals(
                         conn, [segments[i]], source=source, channel=channel
                     )
                     cache.put(sums_key, version, sums[i])
                 if sets[i] is None:
-                    sets[i] = await repository.merged_distinct(
+                    sets[i] = await reads.merged_distinct(
                         conn, [segments[i]], metrics, source=source, channel=channel
                     )
                     cache.put(sets_key, version, sets[i])
@@ -370,7 +362,7 @@ DISTINCT_KPIS = frozenset(
 
 
 async def cohort_table(conn: AsyncConnection, period: str) -> list[dict[str, Any]]:
-    rows = await repository.cohorts(conn, period)
+    rows = await reads.cohorts(conn, period)
     out: dict[Any, dict[str, Any]] = {}
     for cohort, since, customers in rows:
         entry = out.setdefault(

@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.kpis import WINDOWS, floor_minute, window_bounds
 from clm_domain.lifecycle import Stage
-from clm_metrics import repository, service
+from clm_metrics import service
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis, lifecycle_map
+from clm_metrics.repository import pruning, reads
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ async def refresh_forever(
     """Every ``every_s``: recompute the gauges when something changed since the last time.
 
     The gauges are a function of the counted writes and the current minute (windows are whole
-    minutes), so when no write was counted (:func:`repository.change_count`) and the minute
+    minutes), so when no write was counted (:func:`reads.change_count`) and the minute
     is the same, they are still right and only their timestamp moves: an idle service reads
     one number instead of every window."""
     current: tuple[int, datetime] | None = None
@@ -199,7 +200,7 @@ async def refresh_forever(
         try:
             now = datetime.now(UTC)
             async with engine.connect() as conn:
-                seen = (await repository.change_count(conn), floor_minute(now))
+                seen = (await reads.change_count(conn), floor_minute(now))
             if seen != current:
                 # read before refreshing: a write counted meanwhile changes the next ``seen``
                 await refresh_gauges(
@@ -225,7 +226,7 @@ async def prune_forever(engine: AsyncEngine, retention: service.Retention, every
         try:
             now = datetime.now(UTC)
             async with engine.begin() as conn:
-                n = await repository.prune(
+                n = await pruning.prune(
                     conn,
                     minutes_before=now - timedelta(days=retention.minute_days, hours=1),
                     hours_before=now - timedelta(days=retention.hour_days + 1),
