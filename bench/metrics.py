@@ -45,7 +45,9 @@ import clm_domain.events
 import clm_domain.lifecycle
 import clm_domain.rules
 import clm_metrics.buckets
+import clm_metrics.cohorts
 import clm_metrics.distinct
+import clm_metrics.members
 import clm_metrics.repository.activity_writes
 import clm_metrics.repository.bucket_writes
 import clm_metrics.repository.distinct_writes
@@ -285,6 +287,8 @@ SOURCES = (
     clm_domain.rules,
     clm_stage_engine.records,
     clm_metrics.buckets,
+    clm_metrics.members,
+    clm_metrics.cohorts,
     clm_metrics.distinct,
     clm_metrics.repository.rows,
     clm_metrics.repository.bucket_writes,

@@ -48,8 +48,9 @@ import asyncpg
 from pyroaring import BitMap
 
 from clm_metrics import distinct
-from clm_metrics.buckets import cohort_rows, distinct_items, increments, leaving, stage_deltas
-from clm_metrics.cohorts import periods_between
+from clm_metrics.buckets import increments, stage_deltas
+from clm_metrics.cohorts import cohort_rows, periods_between
+from clm_metrics.members import distinct_items, leaving
 from clm_metrics.repository.rows import ANY
 from clm_metrics.tickets import TicketKey, TicketState, advance, ticket_event
 

@@ -8,9 +8,10 @@ from decimal import Decimal
 
 from clm_infra.db import create_engine
 from clm_metrics import service
-from clm_metrics.buckets import BucketKey, DistinctKey
+from clm_metrics.buckets import BucketKey
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis
+from clm_metrics.members import DistinctKey
 from clm_metrics.repository import bucket_writes
 
 

@@ -17,10 +17,10 @@ from sqlalchemy import text
 
 from clm_infra.db import create_engine
 from clm_metrics import distinct, service
-from clm_metrics.buckets import DistinctKey
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis
 from clm_metrics.handler import LifecycleHandler
+from clm_metrics.members import DistinctKey
 from clm_metrics.repository import bucket_writes, rows
 
 NOW = datetime(2026, 11, 23, 12, 34, tzinfo=UTC)

@@ -13,9 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from clm_infra.db import create_engine
-from clm_metrics import service, snapshot
+from clm_metrics import snapshot
 from clm_metrics.buckets import BucketKey
 from clm_metrics.repository import bucket_writes
+from clm_metrics.windows import Retention
 
 
 async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -61,7 +62,7 @@ async def test_gauges_are_recomputed_only_after_a_write(
             0.05,
             channels=["email"],
             max_sources=10,
-            retention=service.Retention(minute_days=92, hour_days=400),
+            retention=Retention(minute_days=92, hour_days=400),
         )
     )
     try:

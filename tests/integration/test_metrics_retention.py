@@ -9,8 +9,7 @@ from decimal import Decimal
 from clm_infra.db import create_engine
 from clm_metrics.buckets import BucketKey
 from clm_metrics.repository import bucket_writes, pruning, reads
-from clm_metrics.service import Retention
-from clm_metrics.windows import plan
+from clm_metrics.windows import Retention, plan
 
 
 async def test_pruned_minutes_leave_exact_hour_aligned_ranges(database_url: str) -> None:

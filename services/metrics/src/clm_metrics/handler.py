@@ -11,18 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.lifecycle_records import LifecycleRecord, decode
 from clm_infra.consumer import BatchResult, Poison
-from clm_metrics.buckets import (
-    BucketKey,
-    CohortRow,
-    DistinctKey,
-    aggregate,
-    cohort_rows,
-    distinct_items,
-    increments,
-    leaving,
-    stage_deltas,
-)
+from clm_metrics.buckets import BucketKey, aggregate, increments, stage_deltas
+from clm_metrics.cohorts import CohortRow, cohort_rows
 from clm_metrics.distinct import NumberCache
+from clm_metrics.members import DistinctKey, distinct_items, leaving
 from clm_metrics.repository import activity_writes, bucket_writes
 from clm_metrics.tickets import TicketEvent, advance, ticket_event
 

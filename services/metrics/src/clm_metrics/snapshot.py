@@ -26,6 +26,7 @@ from clm_metrics import service
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis, lifecycle_map
 from clm_metrics.repository import pruning, reads
+from clm_metrics.windows import Retention
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ async def refresh_gauges(
     *,
     channels: Sequence[str],
     max_sources: int,
-    retention: service.Retention,
+    retention: Retention,
     cache: ClosedDayCache | None = None,
     now: datetime | None = None,
 ) -> None:
@@ -186,7 +187,7 @@ async def refresh_forever(
     *,
     channels: Sequence[str],
     max_sources: int,
-    retention: service.Retention,
+    retention: Retention,
     cache: ClosedDayCache | None = None,
 ) -> None:
     """Every ``every_s``: recompute the gauges when something changed since the last time.
@@ -220,7 +221,7 @@ async def refresh_forever(
         await asyncio.sleep(every_s)
 
 
-async def prune_forever(engine: AsyncEngine, retention: service.Retention, every_s: float) -> None:
+async def prune_forever(engine: AsyncEngine, retention: Retention, every_s: float) -> None:
     """The retention policy: minute rows after ``minute_days``, hour rows after ``hour_days``."""
     while True:
         try:

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_metrics.buckets import CohortRow, Leaving
-from clm_metrics.cohorts import Activity, ActivityKey, cohort_changes
+from clm_metrics.cohorts import Activity, ActivityKey, CohortRow, cohort_changes
+from clm_metrics.members import Leaving
 from clm_metrics.tickets import TicketKey, TicketState
 
 _LOCK_TICKETS = text(

@@ -10,8 +10,9 @@ from decimal import Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_metrics.buckets import BucketKey, DistinctKey, Leaving
+from clm_metrics.buckets import BucketKey
 from clm_metrics.distinct import NumberCache
+from clm_metrics.members import DistinctKey, Leaving
 from clm_metrics.repository.distinct_writes import (
     Leavers,
     add_members,

@@ -13,8 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_metrics import distinct
-from clm_metrics.buckets import DistinctKey, Leaving
 from clm_metrics.distinct import NumberCache
+from clm_metrics.members import DistinctKey, Leaving
 from clm_metrics.repository.rows import DistinctRow, distinct_rows, repeat_row, row_columns
 from clm_metrics.windows import floor_to
 

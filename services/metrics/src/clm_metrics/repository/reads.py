@@ -21,7 +21,8 @@ from clm_infra.schema import (
 )
 from clm_metrics import distinct
 from clm_metrics.distinct import Distinct
-from clm_metrics.repository.rows import ALL_TIME_METRICS, ANY, LEVEL_METRICS, TotalsKey
+from clm_metrics.repository.rows import ANY
+from clm_metrics.sums import ALL_TIME_METRICS, LEVEL_METRICS, TotalsKey
 from clm_metrics.windows import EPOCH, Segment
 
 #: ``levels``: the flows and the level metrics (what a window's end is read with).

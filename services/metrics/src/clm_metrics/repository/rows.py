@@ -9,30 +9,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from clm_metrics.buckets import BucketKey, DistinctKey
-from clm_metrics.tickets import LEVEL
+from clm_metrics.buckets import BucketKey
+from clm_metrics.members import DistinctKey
 from clm_metrics.windows import EPOCH, Grain, floor_to
 
-TotalsKey = tuple[str, str, str, str]
 ROLLUP_GRAINS: tuple[Grain, ...] = ("hour", "day")
 #: The source/channel of the distinct sets merged over every source or channel (a control
 #: character no event's source or channel can contain), so a query reads one row a bucket.
 ANY = "\x1fany"
 #: ``(grain, start, metric, source, channel)`` of a ``kpi_distinct`` row.
 DistinctRow = tuple[str, datetime, str, str, str]
-
-#: What the all-time totals are read for: current stages, open tickets, historical CLV.
-ALL_TIME_METRICS = ("customer_revenue", "new_customers", LEVEL)
-#: Metrics summed up to an instant for a level there (besides the flows: stage counts).
-LEVEL_METRICS = (LEVEL,)
-
-
-def is_all_time_metric(metric: str) -> bool:
-    return metric.startswith("flow:") or metric in ALL_TIME_METRICS
-
-
-def is_level_metric(metric: str) -> bool:
-    return metric.startswith("flow:") or metric in LEVEL_METRICS
 
 
 def rollup(increments: Mapping[BucketKey, Decimal]) -> dict[tuple[str, BucketKey], Decimal]:
