@@ -35,12 +35,8 @@ _CLAIM = text(
 
 
 async def claim_records(conn: AsyncConnection, record_ids: Sequence[str]) -> set[str]:
-    """Mark lifecycle records as counted; return those not counted before.
-
-    Array parameters, not a multi-row VALUES: the statement's text is the same for any number
-    of records, so it is compiled and prepared once (a VALUES list of each length is a new
-    statement to compile, parse and plan on every micro-batch).
-    """
+    """Mark lifecycle records as counted; return those not counted before (array parameters:
+    one prepared statement for any batch size, see ``docs/performance.md``)."""
     if not record_ids:
         return set()
     result = await conn.execute(_CLAIM, {"ids": list(record_ids)})
