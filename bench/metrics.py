@@ -50,8 +50,13 @@ import clm_domain.reducer
 import clm_domain.rules
 import clm_domain.stages
 import clm_metrics.buckets
+import clm_metrics.cohorts
 import clm_metrics.distinct
-import clm_metrics.repository
+import clm_metrics.members
+import clm_metrics.repository.activity_writes
+import clm_metrics.repository.bucket_writes
+import clm_metrics.repository.distinct_writes
+import clm_metrics.repository.rows
 import clm_metrics.tickets
 import clm_metrics.windows
 import clm_stage_engine.records
@@ -297,8 +302,13 @@ SOURCES = (
     clm_domain.rules,
     clm_stage_engine.records,
     clm_metrics.buckets,
+    clm_metrics.members,
+    clm_metrics.cohorts,
     clm_metrics.distinct,
-    clm_metrics.repository,
+    clm_metrics.repository.rows,
+    clm_metrics.repository.bucket_writes,
+    clm_metrics.repository.distinct_writes,
+    clm_metrics.repository.activity_writes,
     clm_metrics.tickets,
     clm_metrics.windows,
     metrics_load,

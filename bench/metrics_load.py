@@ -12,10 +12,10 @@ and what that code yields is summed in two steps:
    its record ids, cohort activity and customer ids (numbered by the identity sequence, as the
    write path numbers them) straight into the service's tables;
 2. Postgres sums the parts month by month (:func:`sum_buckets`: one ``GROUP BY`` the minutes
-   of a month, and their hours and UTC days — the keys ``repository.rollup`` gives a minute;
+   of a month, and their hours and UTC days — the keys ``repository.rows.rollup`` gives a minute;
    :func:`finish`: the all-time totals at the epoch), and :func:`write_distinct` builds every
    distinct row of a month — each minute key's members also go to its hour and day, each also
-   merged over every source, every channel and both, the rows ``repository.distinct_rows``
+   merged over every source, every channel and both, the rows ``repository.rows.distinct_rows``
    spreads a minute's members to — the numbers of each row (and each purchaser's orders in
    it) gathered in Postgres, made a Roaring bitmap (and the row's ``repeat_purchasers``: who
    has two or more orders in it) and encoded by ``distinct.dumps`` (months side by side in
@@ -48,9 +48,10 @@ import asyncpg
 from pyroaring import BitMap
 
 from clm_metrics import distinct
-from clm_metrics.buckets import cohort_rows, distinct_items, increments, leaving, stage_deltas
-from clm_metrics.cohorts import periods_between
-from clm_metrics.repository import ANY
+from clm_metrics.buckets import increments, stage_deltas
+from clm_metrics.cohorts import cohort_rows, periods_between
+from clm_metrics.members import distinct_items, leaving
+from clm_metrics.repository.rows import ANY
 from clm_metrics.tickets import TicketKey, TicketState, advance, ticket_event
 
 #: Staging tables: their shape. The first two are partitioned by month (see :func:`prepare`).
@@ -247,7 +248,7 @@ async def write_part(conn: asyncpg.Connection, part: History) -> None:
 
 async def sum_buckets(conn: asyncpg.Connection, partition: str) -> None:
     """One month's minutes summed over the parts, and their hours and UTC days: the keys of
-    ``repository.rollup`` (the all-time totals: :func:`finish`)."""
+    ``repository.rows.rollup`` (the all-time totals: :func:`finish`)."""
     await tune(conn)
     staged = f"load_buckets_{partition}"
     await conn.execute(

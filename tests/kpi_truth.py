@@ -78,8 +78,7 @@ def truth_map(
 
 def truth_cohorts(steps: list[Step], period: str) -> list[dict[str, Any]]:
     """Cohorts by the period of the first purchase: distinct purchasers per period since."""
-    from clm_metrics.buckets import period_start
-    from clm_metrics.cohorts import periods_between
+    from clm_metrics.cohorts import period_start, periods_between
 
     active: dict[Any, set[tuple[int, str]]] = {}
     for s in steps:

@@ -113,7 +113,7 @@ async def test_lanes_are_group_members_applying_their_own_partitions_side_by_sid
             topic=common.topics.events,
             group_id="it-lanes",
             handler=handler,
-            policy=BatchPolicy(max_records=50, max_wait_ms=50),
+            policy=BatchPolicy(max_records=50, max_wait_s=0.05),
             register=register,
             stopping=stopping,
         )

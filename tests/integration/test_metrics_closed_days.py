@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from clm_infra.db import create_engine
-from clm_metrics import repository, service
-from clm_metrics.buckets import BucketKey, DistinctKey
+from clm_metrics import service
+from clm_metrics.buckets import BucketKey
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis
+from clm_metrics.members import DistinctKey
+from clm_metrics.repository import bucket_writes
 
 
 async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -> None:
@@ -23,7 +25,7 @@ async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -
     cache = ClosedDayCache()
     try:
         async with engine.begin() as conn:
-            await repository.add_counts(
+            await bucket_writes.add_counts(
                 conn,
                 {
                     BucketKey(old, "events", "shop", "email", ""): Decimal(3),
@@ -31,7 +33,7 @@ async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -
                     BucketKey(today, "events", "shop", "email", ""): Decimal(1),
                 },
             )
-            await repository.add_counts(
+            await bucket_writes.add_counts(
                 conn, {}, [(DistinctKey(old, "visitors", "shop", "email"), w) for w in "ab"]
             )
 
@@ -42,10 +44,10 @@ async def test_a_late_write_into_a_cached_day_is_read_again(database_url: str) -
         assert await read() == (Decimal(6), 2)
         assert await read() == (Decimal(6), 2)  # from the cache: the same
         async with engine.begin() as conn:  # late events for the cached day
-            await repository.add_counts(
+            await bucket_writes.add_counts(
                 conn, {BucketKey(old, "events", "shop", "email", ""): Decimal(10)}
             )
-            await repository.add_counts(
+            await bucket_writes.add_counts(
                 conn, {}, [(DistinctKey(old, "visitors", "shop", "email"), "c")]
             )
         assert await read() == (Decimal(16), 3)
@@ -76,11 +78,11 @@ async def test_late_writes_into_cached_hours_and_outside_the_window_are_read_aga
         at: datetime, metric: str, value: int, ids: set[str] | None = None, currency: str = ""
     ) -> None:
         async with engine.begin() as conn:
-            await repository.add_counts(
+            await bucket_writes.add_counts(
                 conn, {BucketKey(at, metric, "shop", "email", currency): Decimal(value)}
             )
             if ids:
-                await repository.add_counts(
+                await bucket_writes.add_counts(
                     conn, {}, [(DistinctKey(at, "visitors", "shop", "email"), w) for w in ids]
                 )
 

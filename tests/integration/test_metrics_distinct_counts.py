@@ -16,11 +16,12 @@ import orjson
 from sqlalchemy import text
 
 from clm_infra.db import create_engine
-from clm_metrics import distinct, repository, service
-from clm_metrics.buckets import DistinctKey
+from clm_metrics import distinct, service
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis
 from clm_metrics.handler import LifecycleHandler
+from clm_metrics.members import DistinctKey
+from clm_metrics.repository import bucket_writes, rows
 
 NOW = datetime(2026, 11, 23, 12, 34, tzinfo=UTC)
 DAY_1 = datetime(2026, 11, 20, 9, 15, tzinfo=UTC)
@@ -38,7 +39,7 @@ async def test_distinct_visitors_are_exact_past_the_old_sketch_limit(database_ur
     async def visit(at: datetime, ids: set[str], source: str = "shop") -> None:
         async with engine.begin() as conn:
             key = DistinctKey(at, "visitors", source, "email")
-            await repository.add_counts(conn, {}, [(key, who) for who in sorted(ids)])
+            await bucket_writes.add_counts(conn, {}, [(key, who) for who in sorted(ids)])
 
     async def visitors(start: datetime, end: datetime, source: str | None = None) -> int:
         inputs = await service.window_inputs(engine, start, end, NOW, source=source)
@@ -53,7 +54,7 @@ async def test_distinct_visitors_are_exact_past_the_old_sketch_limit(database_ur
                     "date_trunc('day', CAST(:b AS timestamptz)) AND metric = 'visitors' "
                     "AND source = :any AND channel = :any"
                 ),
-                {"b": at, "any": repository.ANY},
+                {"b": at, "any": rows.ANY},
             )
             numbered = await conn.execute(
                 text("SELECT customer_id, number FROM metrics_customer_numbers")

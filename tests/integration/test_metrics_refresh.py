@@ -13,8 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from clm_infra.db import create_engine
-from clm_metrics import repository, service, snapshot
+from clm_metrics import snapshot
 from clm_metrics.buckets import BucketKey
+from clm_metrics.repository import bucket_writes
+from clm_metrics.windows import Retention
 
 
 async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -48,7 +50,7 @@ async def test_gauges_are_recomputed_only_after_a_write(
     async def write(n: int) -> None:
         at = datetime.now(UTC).replace(second=0, microsecond=0)
         async with engine.begin() as conn:
-            await repository.add_counts(
+            await bucket_writes.add_counts(
                 conn, {BucketKey(at, "events", "shop", "email", ""): Decimal(n)}
             )
 
@@ -60,7 +62,7 @@ async def test_gauges_are_recomputed_only_after_a_write(
             0.05,
             channels=["email"],
             max_sources=10,
-            retention=service.Retention(minute_days=92, hour_days=400),
+            retention=Retention(minute_days=92, hour_days=400),
         )
     )
     try:

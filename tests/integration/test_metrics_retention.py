@@ -7,10 +7,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from clm_infra.db import create_engine
-from clm_metrics import repository
 from clm_metrics.buckets import BucketKey
-from clm_metrics.service import Retention
-from clm_metrics.windows import plan
+from clm_metrics.repository import bucket_writes, pruning, reads
+from clm_metrics.windows import Retention, plan
 
 
 async def test_pruned_minutes_leave_exact_hour_aligned_ranges(database_url: str) -> None:
@@ -25,10 +24,10 @@ async def test_pruned_minutes_leave_exact_hour_aligned_ranges(database_url: str)
     engine = create_engine(database_url, pool_size=1)
     try:
         async with engine.begin() as conn:
-            await repository.add_counts(conn, incs)
+            await bucket_writes.add_counts(conn, incs)
         retention = Retention(minute_days=92, hour_days=400)
         async with engine.begin() as conn:
-            removed = await repository.prune(
+            removed = await pruning.prune(
                 conn,
                 minutes_before=now - timedelta(days=92, hours=1),
                 hours_before=now - timedelta(days=401),
@@ -38,8 +37,8 @@ async def test_pruned_minutes_leave_exact_hour_aligned_ranges(database_url: str)
         assert start == datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
         end = now.replace(second=0) + timedelta(minutes=1)
         async with engine.connect() as conn:
-            totals = await repository.range_totals(conn, plan(start, end))
-            recent_only = await repository.range_totals(conn, plan(recent, end))
+            totals = await reads.range_totals(conn, plan(start, end))
+            recent_only = await reads.range_totals(conn, plan(recent, end))
         assert totals == {("events", "shop", "email", ""): Decimal(12)}
         assert recent_only == {("events", "shop", "email", ""): Decimal(5)}
         assert retention.align(recent, now) == recent

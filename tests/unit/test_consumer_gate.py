@@ -41,7 +41,7 @@ async def test_no_fetch_while_the_gate_is_shut() -> None:
         handler=cast(Any, None),
         dlq_producer=None,
         dlq_topic="dlq",
-        policy=BatchPolicy(max_wait_ms=1, idle_recheck_s=3600, gate=gate),
+        policy=BatchPolicy(max_wait_s=0.001, idle_recheck_s=3600, gate=gate),
     )
     task = asyncio.create_task(loop._run())
     await asyncio.sleep(0.05)

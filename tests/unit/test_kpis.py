@@ -11,15 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clm_domain.kpis import exact_money, money, parse_window, ratio, window_bounds
-from clm_metrics.buckets import (
-    aggregate,
-    cohort_rows,
-    distinct_items,
-    increments,
-    stage_deltas,
-)
+from clm_metrics.buckets import aggregate, increments, stage_deltas
+from clm_metrics.cohorts import cohort_rows
 from clm_metrics.formulas import WindowInputs
 from clm_metrics.formulas import compute_kpis as compute
+from clm_metrics.members import distinct_items
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

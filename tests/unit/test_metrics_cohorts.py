@@ -8,8 +8,7 @@ from datetime import date
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clm_metrics.buckets import CohortRow
-from clm_metrics.cohorts import Activity, ActivityKey, cohort_changes, periods_between
+from clm_metrics.cohorts import Activity, ActivityKey, CohortRow, cohort_changes, periods_between
 
 JAN, FEB, MAR = date(2026, 1, 1), date(2026, 2, 1), date(2026, 3, 1)
 

@@ -18,18 +18,13 @@ from hypothesis import strategies as st
 from pyroaring import BitMap
 
 from clm_metrics import distinct
-from clm_metrics.buckets import (
-    BucketKey,
-    aggregate,
-    distinct_items,
-    increments,
-    leaving,
-    stay_bin,
-    stay_bin_middle,
-)
-from clm_metrics.formulas import MetricSums, WindowInputs, compute_kpis, lifecycle_map
-from clm_metrics.repository import ANY, DistinctRow, distinct_rows, rollup
-from clm_metrics.service import FUTURE, level_at, stages_at
+from clm_metrics.buckets import BucketKey, aggregate, increments, stay_bin, stay_bin_middle
+from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
+from clm_metrics.inputs import level_at, stages_at
+from clm_metrics.members import distinct_items, leaving
+from clm_metrics.repository.rows import ANY, DistinctRow, distinct_rows, rollup
+from clm_metrics.service import FUTURE
+from clm_metrics.sums import MetricSums
 from clm_metrics.tickets import LEVEL, TicketKey, TicketState, advance, ticket_event
 from clm_metrics.windows import GRAINS, plan
 from clm_simulator.journeys import CHANNELS, SOURCES, generate

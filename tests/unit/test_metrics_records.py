@@ -11,8 +11,9 @@ import orjson
 from clm_domain.events import parse_event
 from clm_domain.lifecycle import Stage, Transition, advance, apply_event
 from clm_domain.rules import LifecycleRules
-from clm_metrics.buckets import distinct_items, increments, stage_deltas
+from clm_metrics.buckets import increments, stage_deltas
 from clm_metrics.formulas import flows, stage_net
+from clm_metrics.members import distinct_items
 from clm_stage_engine.processor import counted, fold_timeline
 from clm_stage_engine.records import (
     lifecycle_record,

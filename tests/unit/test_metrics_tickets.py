@@ -14,8 +14,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clm_metrics.buckets import BucketKey, Leaving
+from clm_metrics.buckets import BucketKey
 from clm_metrics.formulas import WindowInputs, compute_kpis
+from clm_metrics.members import Leaving
 from clm_metrics.tickets import (
     TicketEvent,
     TicketKey,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +39,7 @@ STAY_RATIO = 1.25
 STAY_BINS = 80
 #: Customers who count as active (a paying relationship not yet ended).
 ACTIVE_STAGES = ("conversion", "retention", "loyalty", "at_risk")
+ONE = Decimal(1)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -68,7 +69,7 @@ def stay_bin_middle(b: int) -> timedelta:
     return timedelta(minutes=STAY_RATIO ** (b - 0.5))
 
 
-def _when(value: Any) -> datetime:
+def instant(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
@@ -76,14 +77,14 @@ def _entered_before(record: Mapping[str, Any]) -> datetime | None:
     """When the customer entered ``stage_before`` (None when the record cannot say)."""
     explicit = record.get("stage_before_entered_at")
     if explicit:
-        return _when(explicit)
+        return instant(explicit)
     facts = record.get("customer") or {}
     derived = {
         "reach": facts.get("first_seen_at"),
         "acquisition": facts.get("acquired_at"),
         "conversion": facts.get("converted_at"),
     }.get(str(record.get("stage_before")))
-    return _when(derived) if derived else None
+    return instant(derived) if derived else None
 
 
 def _count_moves(
@@ -96,7 +97,7 @@ def _count_moves(
     the stage it left), and a lead when it reached acquisition from nowhere or reach."""
     campaign = facts.get("first_campaign")
     for move in moves:
-        at, origin, target = _when(move["at"]), move["from"] or "", move["to"]
+        at, origin, target = instant(move["at"]), move["from"] or "", move["to"]
         add(f"flow:{origin}:{target}", at)
         if target == "acquisition" and origin in ("", "reach"):
             add("leads", at)
@@ -122,7 +123,7 @@ def _no_event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Dec
     before, after = record.get("stage_before"), record.get("stage_after")
     if before is not None and before != after and record.get("at"):
         flow = f"flow:{before}:{after or ''}"
-        out.append((BucketKey(floor_minute(_when(record["at"])), flow, src, ch, ""), Decimal(1)))
+        out.append((BucketKey(floor_minute(instant(record["at"])), flow, src, ch, ""), Decimal(1)))
     return out
 
 
@@ -165,54 +166,50 @@ def event_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal
     """An event's own figures, by its source, channel and minute (the spend: its period's)."""
     event = record["event"]
     type_ = str(event["type"])
-    at = floor_minute(_when(event["occurred_at"]))
+    at = floor_minute(instant(event["occurred_at"]))
     ev_src = str(event.get("source") or "")
     ev_ch = str(event.get("channel") or "")
     props = event.get("properties") or {}
-    one = Decimal(1)
-    out: list[tuple[BucketKey, Decimal]] = []
-
-    def ev(metric: str, value: Decimal = one, currency: str = "") -> None:
-        out.append((BucketKey(at, metric, ev_src, ev_ch, currency), value))
-
-    ev("events")
-    ev(f"events:{type_}")
-    if type_ == "purchase":
-        currency, amount = str(props["currency"]), Decimal(str(props["amount"]))
-        ev("orders", one, currency)
-        ev("revenue", amount, currency)
-    elif type_ == "refund":
-        ev("refunds")
-        ev("refund_amount", Decimal(str(props["amount"])), str(props.get("currency") or ""))
-    elif type_ == "support_ticket":
-        ev("tickets_opened" if props["status"] == "opened" else "tickets_solved")
-        csat = props.get("csat")
-        if csat is not None:
-            ev("csat_answers")
-            if int(csat) >= 4:
-                ev("csat_satisfied")
-    elif type_ == "review":
-        ev("reviews")
-        ev("rating_sum", Decimal(int(props["rating"])))
-    elif type_ == "nps_response":
-        score = int(props["score"])
-        ev("nps_responses")
-        if score >= 9:
-            ev("nps_promoters")
-        elif score <= 6:
-            ev("nps_detractors")
-    elif type_ == "marketing_spend":
-        when = floor_minute(_when(props["period_start"]))
+    figures = [("events", ONE, ""), (f"events:{type_}", ONE, ""), *_event_figures(type_, props)]
+    out = [(BucketKey(at, m, ev_src, ev_ch, currency), v) for m, v, currency in figures]
+    if type_ == "marketing_spend":
+        when = floor_minute(instant(props["period_start"]))
         channel, currency = str(props["channel"]), str(props["currency"])
         amount = Decimal(str(props["amount"]))
+        campaign = f"campaign_spend:{props['campaign']}"
         out.append((BucketKey(when, "spend", ev_src, channel, currency), amount))
-        out.append(
-            (
-                BucketKey(when, f"campaign_spend:{props['campaign']}", ev_src, channel, currency),
-                amount,
-            )
-        )
+        out.append((BucketKey(when, campaign, ev_src, channel, currency), amount))
     return out
+
+
+def _event_figures(type_: str, props: Mapping[str, Any]) -> list[tuple[str, Decimal, str]]:
+    """``(metric, value, currency)`` an event of ``type_`` adds besides its count."""
+    if type_ == "purchase":
+        currency = str(props["currency"])
+        return [("orders", ONE, currency), ("revenue", Decimal(str(props["amount"])), currency)]
+    if type_ == "refund":
+        amount = Decimal(str(props["amount"]))
+        return [("refunds", ONE, ""), ("refund_amount", amount, str(props.get("currency") or ""))]
+    if type_ == "support_ticket":
+        opened = props["status"] == "opened"
+        out = [("tickets_opened" if opened else "tickets_solved", ONE, "")]
+        csat = props.get("csat")
+        if csat is not None:
+            out.append(("csat_answers", ONE, ""))
+            if int(csat) >= 4:
+                out.append(("csat_satisfied", ONE, ""))
+        return out
+    if type_ == "review":
+        return [("reviews", ONE, ""), ("rating_sum", Decimal(int(props["rating"])), "")]
+    if type_ == "nps_response":
+        score = int(props["score"])
+        out = [("nps_responses", ONE, "")]
+        if score >= 9:
+            out.append(("nps_promoters", ONE, ""))
+        elif score <= 6:
+            out.append(("nps_detractors", ONE, ""))
+        return out
+    return []
 
 
 def customer_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Decimal]]:
@@ -222,22 +219,14 @@ def customer_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Deci
     event = record.get("event")
     facts = record.get("customer") or {}
     if event is None:
-        src, ch = str(facts.get("first_source") or ""), str(facts.get("first_channel") or "")
-        out: list[tuple[BucketKey, Decimal]] = []
-
-        def add(metric: str, when: datetime) -> None:
-            out.append((BucketKey(floor_minute(when), metric, src, ch, ""), Decimal(1)))
-
-        _count_moves(record.get("transitions") or [], _entered_before(record), facts, add)
-        return out
-    at = floor_minute(_when(event["occurred_at"]))
+        return _sweep_increments(record, facts)
+    at = floor_minute(instant(event["occurred_at"]))
     ev_src = str(event.get("source") or "")
     ft_src = str(facts.get("first_source") or ev_src)
     ft_ch = str(facts.get("first_channel") or "")
-    one = Decimal(1)
-    out = []
+    out: list[tuple[BucketKey, Decimal]] = []
 
-    def cu(metric: str, value: Decimal = one, currency: str = "", when: datetime = at) -> None:
+    def cu(metric: str, value: Decimal = ONE, currency: str = "", when: datetime = at) -> None:
         out.append((BucketKey(floor_minute(when), metric, ft_src, ft_ch, currency), value))
 
     if event["type"] == "purchase":
@@ -249,13 +238,23 @@ def customer_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, Deci
         last = record.get("transition") or {}
         net = after is not None and before != after
         moves = [{"from": before, "to": after, "at": last.get("at") or at}] if net else []
-    _count_moves(
-        moves,
-        _entered_before(record) if before is not None else None,
-        facts,
-        lambda metric, when: cu(metric, when=when),
-    )
-    out.extend(_flag_increments(record, facts, at, ev_src, one))
+    entered = _entered_before(record) if before is not None else None
+    _count_moves(moves, entered, facts, lambda metric, when: cu(metric, when=when))
+    out.extend(_flag_increments(record, facts, at, ev_src, ONE))
+    return out
+
+
+def _sweep_increments(
+    record: Mapping[str, Any], facts: Mapping[str, Any]
+) -> list[tuple[BucketKey, Decimal]]:
+    """A record without an event: its moves, by the customer's first touch."""
+    src, ch = str(facts.get("first_source") or ""), str(facts.get("first_channel") or "")
+    out: list[tuple[BucketKey, Decimal]] = []
+
+    def add(metric: str, when: datetime) -> None:
+        out.append((BucketKey(floor_minute(when), metric, src, ch, ""), ONE))
+
+    _count_moves(record.get("transitions") or [], _entered_before(record), facts, add)
     return out
 
 
@@ -277,7 +276,7 @@ def _flag_increments(
         if campaign:
             cu(f"campaign_customers:{campaign}")
         if facts.get("acquired_at"):
-            cu("converted_leads", when=_when(facts["acquired_at"]))
+            cu("converted_leads", when=instant(facts["acquired_at"]))
     if flags.get("repeat_purchase"):
         cu("repeat_purchases")
     if flags.get("reactivation"):
@@ -290,7 +289,7 @@ def _correction_increments(record: Mapping[str, Any]) -> list[tuple[BucketKey, D
     facts they were counted by), and its flags now, added."""
     corrected = record["corrected"]
     event = corrected["event"]
-    at = floor_minute(_when(event["occurred_at"]))
+    at = floor_minute(instant(event["occurred_at"]))
     src = str(event.get("source") or "")
     return [
         *_flag_increments(corrected, corrected.get("customer") or {}, at, src, Decimal(-1)),
@@ -327,105 +326,3 @@ def stage_deltas(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         if after is not None:  # None: the profile left (merged into another, or erased)
             out[after] = out.get(after, 0) + 1
     return {s: d for s, d in out.items() if d != 0}
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class DistinctKey:
-    """A distinct-count bucket (minute; rolled up to hours and days when written)."""
-
-    bucket_start: datetime
-    metric: str
-    source: str
-    channel: str
-
-
-def customer_id_of(record: Mapping[str, Any]) -> str | None:
-    facts = record.get("customer") or {}
-    event = record.get("event") or {}
-    key = facts.get("customer_id") or event.get("customer_id") or event.get("anonymous_id")
-    return None if key is None else str(key)
-
-
-def distinct_items(record: Mapping[str, Any]) -> list[tuple[DistinctKey, str]]:
-    """Ids for the exact distinct counts, by the event's minute, source and channel:
-    ``visitors`` (a site visit) and ``purchasers`` (an order: one item per order, so the writer
-    knows who ordered twice in a bucket — the ``repeat_purchasers`` rows). Other records
-    (corrections, sweeps, removals) count no one."""
-    event = record.get("event")
-    if event is None or record.get("kind") == "correction":
-        return []
-    who = customer_id_of(record)
-    if who is None:
-        return []
-    metric = {"site_visit": "visitors", "purchase": "purchasers"}.get(str(event["type"]))
-    if metric is None:
-        return []
-    at = floor_minute(_when(event["occurred_at"]))
-    src, ch = str(event.get("source") or ""), str(event.get("channel") or "")
-    return [(DistinctKey(at, metric, src, ch), who)]
-
-
-@dataclass(frozen=True, slots=True)
-class Leaving:
-    """A profile leaving the distinct sets: erased (``into`` None: its bits cleared), merged
-    into ``into`` (its bits moved to the survivor), or anonymised (``pseudonym``: its bits stay,
-    its id is replaced by the pseudonym)."""
-
-    who: str
-    into: str | None = None
-    pseudonym: str | None = None
-
-
-def leaving(record: Mapping[str, Any]) -> Leaving | None:
-    """The profile an ``erasure`` or ``identity_merge`` record takes out (``customer_merge``
-    records need nothing: the merged-away profile has its own ``identity_merge``)."""
-    kind, who = record.get("kind"), record.get("customer_id")
-    if who is None:
-        return None
-    if kind == "erasure":
-        pseudonym = record.get("pseudonym") if record.get("mode") == "anonymise" else None
-        return Leaving(str(who), pseudonym=None if pseudonym is None else str(pseudonym))
-    if kind == "identity_merge" and record.get("merged_into"):
-        return Leaving(str(who), into=str(record["merged_into"]))
-    return None
-
-
-def period_start(period: str, at: datetime) -> date:
-    day = at.astimezone(UTC).date()
-    if period == "month":
-        return day.replace(day=1)
-    return day - timedelta(days=day.weekday())
-
-
-CohortRow = tuple[str, str, date, date, int]
-
-
-def cohort_rows(record: Mapping[str, Any]) -> list[CohortRow]:
-    """``(period, customer, period of the purchase, cohort, +1/-1)`` for monthly and weekly
-    cohorts: a purchase counts its customer active in its period, in the cohort of the
-    period of the customer's first purchase (``converted_at``); a restatement takes its
-    ``retract`` purchases back and adds its ``add`` ones."""
-    if record.get("kind") == "restatement":
-        out: list[CohortRow] = []
-        for side, sign in (("retract", -1), ("add", 1)):
-            for timeline in record.get(side) or ():
-                who = str(timeline["customer_id"])
-                for item in timeline["items"]:
-                    out.extend(_cohort_rows(item, who, sign))
-        return out
-    if record.get("restated"):
-        return []
-    customer = customer_id_of(record)
-    return [] if customer is None else _cohort_rows(record, customer, 1)
-
-
-def _cohort_rows(record: Mapping[str, Any], who: str, sign: int) -> list[CohortRow]:
-    event = record.get("event")
-    facts = record.get("customer") or {}
-    if event is None or event["type"] != "purchase" or not facts.get("converted_at"):
-        return []
-    at, converted = _when(event["occurred_at"]), _when(facts["converted_at"])
-    return [
-        (period, who, period_start(period, at), period_start(period, converted), sign)
-        for period in ("month", "week")
-    ]

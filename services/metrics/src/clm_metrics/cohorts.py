@@ -10,11 +10,64 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
-from clm_metrics.buckets import CohortRow
+from clm_metrics.buckets import instant
+from clm_metrics.members import customer_id_of
 
-__all__ = ["Activity", "ActivityKey", "cohort_changes", "periods_between"]
+__all__ = [
+    "Activity",
+    "ActivityKey",
+    "CohortRow",
+    "cohort_changes",
+    "cohort_rows",
+    "period_start",
+    "periods_between",
+    "retention_table",
+]
+
+
+def period_start(period: str, at: datetime) -> date:
+    day = at.astimezone(UTC).date()
+    if period == "month":
+        return day.replace(day=1)
+    return day - timedelta(days=day.weekday())
+
+
+CohortRow = tuple[str, str, date, date, int]
+
+
+def cohort_rows(record: Mapping[str, Any]) -> list[CohortRow]:
+    """``(period, customer, period of the purchase, cohort, +1/-1)`` for monthly and weekly
+    cohorts: a purchase counts its customer active in its period, in the cohort of the
+    period of the customer's first purchase (``converted_at``); a restatement takes its
+    ``retract`` purchases back and adds its ``add`` ones."""
+    if record.get("kind") == "restatement":
+        out: list[CohortRow] = []
+        for side, sign in (("retract", -1), ("add", 1)):
+            for timeline in record.get(side) or ():
+                who = str(timeline["customer_id"])
+                for item in timeline["items"]:
+                    out.extend(_cohort_rows(item, who, sign))
+        return out
+    if record.get("restated"):
+        return []
+    customer = customer_id_of(record)
+    return [] if customer is None else _cohort_rows(record, customer, 1)
+
+
+def _cohort_rows(record: Mapping[str, Any], who: str, sign: int) -> list[CohortRow]:
+    event = record.get("event")
+    facts = record.get("customer") or {}
+    if event is None or event["type"] != "purchase" or not facts.get("converted_at"):
+        return []
+    at, converted = instant(event["occurred_at"]), instant(facts["converted_at"])
+    return [
+        (period, who, period_start(period, at), period_start(period, converted), sign)
+        for period in ("month", "week")
+    ]
 
 
 def periods_between(period: str, cohort: date, start: date) -> int:
@@ -69,3 +122,28 @@ def cohort_changes(
             count(key, new_cohort, 1)
         states[key] = Activity(new_n, new_cohort) if new_n > 0 else None
     return states, {k: n for k, n in counts.items() if n != 0}
+
+
+def retention_table(rows: Sequence[tuple[date, int, int]]) -> list[dict[str, Any]]:
+    """``(cohort, periods since, purchasing customers)`` rows (by cohort, then period) as the
+    retention table: each cohort's size (its customers in period 0) and each period's share."""
+    out: dict[date, dict[str, Any]] = {}
+    for cohort, since, customers in rows:
+        entry = out.setdefault(
+            cohort, {"cohort": cohort.isoformat(), "customers": 0, "periods": []}
+        )
+        if since == 0:
+            entry["customers"] = customers
+    for cohort, since, customers in rows:
+        entry = out[cohort]
+        size = entry["customers"]
+        entry["periods"].append(
+            {
+                "periods_since": since,
+                "purchasing_customers": customers,
+                "share": None
+                if not size
+                else str((Decimal(customers) / size).quantize(Decimal("0.0001"))),
+            }
+        )
+    return list(out.values())

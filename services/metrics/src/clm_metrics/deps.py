@@ -8,8 +8,8 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_metrics.closed_days import ClosedDayCache
-from clm_metrics.service import Retention
 from clm_metrics.settings import MetricsSettings
+from clm_metrics.windows import Retention
 from clm_web.auth import KeyVerifier
 
 

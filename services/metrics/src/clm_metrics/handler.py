@@ -11,19 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.lifecycle_records import LifecycleRecord, decode
 from clm_infra.consumer import BatchResult, Poison
-from clm_metrics import repository
-from clm_metrics.buckets import (
-    BucketKey,
-    CohortRow,
-    DistinctKey,
-    aggregate,
-    cohort_rows,
-    distinct_items,
-    increments,
-    leaving,
-    stage_deltas,
-)
+from clm_metrics.buckets import BucketKey, aggregate, increments, stage_deltas
+from clm_metrics.cohorts import CohortRow, cohort_rows
 from clm_metrics.distinct import NumberCache
+from clm_metrics.members import DistinctKey, distinct_items, leaving
+from clm_metrics.repository import activity_writes, bucket_writes
 from clm_metrics.tickets import TicketEvent, advance, ticket_event
 
 Parsed = tuple[
@@ -69,7 +61,7 @@ class LifecycleHandler:
                 poison.append(Poison(record, f"bad lifecycle record: {exc!r}"[:500]))
                 continue
             docs.setdefault(record_id, parsed)
-        fresh = await repository.claim_records(conn, list(docs))
+        fresh = await bucket_writes.claim_records(conn, list(docs))
         new = [docs[r] for r in docs if r in fresh]
         for segment in segments(new):
             await self._count(conn, segment)
@@ -84,24 +76,26 @@ class LifecycleHandler:
             if (step := ticket if ticket is not None else leaving(doc)) is not None
         ]
         tickets = advance(
-            await repository.lock_tickets(
+            await activity_writes.lock_tickets(
                 conn,
                 [t.key for _, _, _, _, t in new if t is not None],
                 [who for g in gone for who in (g.who, g.into, g.pseudonym) if who is not None],
             ),
             ticket_steps,
         )
-        await repository.write_tickets(conn, tickets.states)
-        await repository.add_counts(
+        await activity_writes.write_tickets(conn, tickets.states)
+        await bucket_writes.add_counts(
             conn,
             aggregate([*(p for incs, *_ in new for p in incs), *tickets.increments]),
             [item for _, items, *_ in new for item in items],
             leaving=gone,
             numbers=self._numbers,
         )
-        await repository.rename_cohort_activity(conn, gone)
-        await repository.add_cohort_activity(conn, [row for _, _, rows, *_ in new for row in rows])
-        await repository.add_stage_counts(conn, stage_deltas(doc for *_, doc, _ in new))
+        await activity_writes.rename_cohort_activity(conn, gone)
+        await activity_writes.add_cohort_activity(
+            conn, [row for _, _, rows, *_ in new for row in rows]
+        )
+        await bucket_writes.add_stage_counts(conn, stage_deltas(doc for *_, doc, _ in new))
 
 
 def segments(parsed: Sequence[Parsed]) -> list[Sequence[Parsed]]:

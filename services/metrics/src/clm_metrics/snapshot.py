@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,9 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.kpis import WINDOWS, floor_minute, window_bounds
 from clm_domain.lifecycle import Stage
-from clm_metrics import repository, service
+from clm_metrics import service
 from clm_metrics.closed_days import ClosedDayCache
 from clm_metrics.formulas import compute_kpis, lifecycle_map
+from clm_metrics.repository import reads
+from clm_metrics.windows import Retention
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ async def refresh_gauges(
     *,
     channels: Sequence[str],
     max_sources: int,
-    retention: service.Retention,
+    retention: Retention,
     cache: ClosedDayCache | None = None,
     now: datetime | None = None,
 ) -> None:
@@ -153,22 +155,7 @@ async def refresh_gauges(
         computed.append((window, inputs))
     for window, inputs in computed:
         kpis = compute_kpis(inputs, reporting_currency=reporting_currency)
-        for name, gauge in _WINDOWED_GAUGES.items():
-            _set(gauge, [window], kpis[name])
-        for ch, n in bounded(kpis["visits_by_channel"], channels, 0).items():
-            VISITS_BY_CHANNEL.labels(window, ch).set(n)
-        for src, n in bounded(kpis["visits_by_source"], None, max_sources).items():
-            VISITS_BY_SOURCE.labels(window, src).set(n)
-        for ch in channels:
-            _set(CAC_BY_CHANNEL, [window, ch], (kpis["cac_by_channel"].get(ch) or {}).get("cac"))
-        lmap = lifecycle_map(inputs)
-        for before in [*(s.value for s in Stage), "none"]:
-            for after in (s.value for s in Stage):
-                TRANSITIONS.labels(window, before, after).set(0)
-        for move in lmap["transitions"]:
-            TRANSITIONS.labels(window, move["from"] or "none", move["to"]).set(move["customers"])
-        for stage, seconds in lmap["median_seconds_in_stage"].items():
-            _set(STAY, [window, stage], seconds)
+        _set_window(window, kpis, lifecycle_map(inputs), channels, max_sources)
     for stage, n in kpis["customers_by_stage"].items():
         CUSTOMERS.labels(stage).set(n)
     _set(OPEN_TICKETS, [], kpis["open_support_tickets"])
@@ -178,6 +165,31 @@ async def refresh_gauges(
     REFRESHED.set(now.timestamp())
 
 
+def _set_window(
+    window: str,
+    kpis: Mapping[str, Any],
+    lmap: Mapping[str, Any],
+    channels: Sequence[str],
+    max_sources: int,
+) -> None:
+    """The gauges of one window from its KPIs and lifecycle map."""
+    for name, gauge in _WINDOWED_GAUGES.items():
+        _set(gauge, [window], kpis[name])
+    for ch, n in bounded(kpis["visits_by_channel"], channels, 0).items():
+        VISITS_BY_CHANNEL.labels(window, ch).set(n)
+    for src, n in bounded(kpis["visits_by_source"], None, max_sources).items():
+        VISITS_BY_SOURCE.labels(window, src).set(n)
+    for ch in channels:
+        _set(CAC_BY_CHANNEL, [window, ch], (kpis["cac_by_channel"].get(ch) or {}).get("cac"))
+    for before in [*(s.value for s in Stage), "none"]:
+        for after in (s.value for s in Stage):
+            TRANSITIONS.labels(window, before, after).set(0)
+    for move in lmap["transitions"]:
+        TRANSITIONS.labels(window, move["from"] or "none", move["to"]).set(move["customers"])
+    for stage, seconds in lmap["median_seconds_in_stage"].items():
+        _set(STAY, [window, stage], seconds)
+
+
 async def refresh_forever(
     engine: AsyncEngine,
     reporting_currency: str,
@@ -185,13 +197,13 @@ async def refresh_forever(
     *,
     channels: Sequence[str],
     max_sources: int,
-    retention: service.Retention,
+    retention: Retention,
     cache: ClosedDayCache | None = None,
 ) -> None:
     """Every ``every_s``: recompute the gauges when something changed since the last time.
 
     The gauges are a function of the counted writes and the current minute (windows are whole
-    minutes), so when no write was counted (:func:`repository.change_count`) and the minute
+    minutes), so when no write was counted (:func:`reads.change_count`) and the minute
     is the same, they are still right and only their timestamp moves: an idle service reads
     one number instead of every window."""
     current: tuple[int, datetime] | None = None
@@ -199,7 +211,7 @@ async def refresh_forever(
         try:
             now = datetime.now(UTC)
             async with engine.connect() as conn:
-                seen = (await repository.change_count(conn), floor_minute(now))
+                seen = (await reads.change_count(conn), floor_minute(now))
             if seen != current:
                 # read before refreshing: a write counted meanwhile changes the next ``seen``
                 await refresh_gauges(
@@ -216,21 +228,4 @@ async def refresh_forever(
                 REFRESHED.set(now.timestamp())
         except Exception:
             log.warning("KPI gauge refresh failed", exc_info=True)
-        await asyncio.sleep(every_s)
-
-
-async def prune_forever(engine: AsyncEngine, retention: service.Retention, every_s: float) -> None:
-    """The retention policy: minute rows after ``minute_days``, hour rows after ``hour_days``."""
-    while True:
-        try:
-            now = datetime.now(UTC)
-            async with engine.begin() as conn:
-                n = await repository.prune(
-                    conn,
-                    minutes_before=now - timedelta(days=retention.minute_days, hours=1),
-                    hours_before=now - timedelta(days=retention.hour_days + 1),
-                )
-            PRUNED.set(n)
-        except Exception:
-            log.warning("KPI retention run failed", exc_info=True)
         await asyncio.sleep(every_s)

@@ -20,7 +20,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from clm_metrics.buckets import BucketKey, Leaving, customer_id_of, floor_minute
+from clm_metrics.buckets import BucketKey, floor_minute
+from clm_metrics.members import Leaving, customer_id_of
 
 LEVEL = "tickets_open"
 TicketKey = tuple[str, str]  # (customer id, ticket id)

@@ -66,3 +66,19 @@ def _plan(start: datetime, end: datetime, grain: Grain) -> list[Segment]:
 def max_rows_per_key(start: datetime, end: datetime) -> int:
     """Buckets a range reads for one (metric, source, channel, currency)."""
     return sum(int((s.end - s.start) / GRAINS[s.grain]) for s in plan(start, end))
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long minute and hour rows are kept (days and all-time totals: always)."""
+
+    minute_days: int
+    hour_days: int
+
+    def align(self, at: datetime, now: datetime) -> datetime:
+        """``at`` rounded down to the finest grain still kept at that age."""
+        if at < now - timedelta(days=self.hour_days):
+            return floor_to(at, "day")
+        if at < now - timedelta(days=self.minute_days):
+            return floor_to(at, "hour")
+        return floor_to(at, "minute")

@@ -108,8 +108,8 @@ def create_app(
         )
         policy = BatchPolicy(
             max_records=settings.batch.records,
-            max_wait_ms=round(settings.batch.wait_s * 1000),
-            fill_ms=round(settings.batch.fill_s * 1000),
+            max_wait_s=settings.batch.wait_s,
+            fill_s=settings.batch.fill_s,
             idle_recheck_s=settings.stage_engine_idle_recheck_s,
             session=FRESH_PLANS,
             gate=OutboxGate(engine, settings.stage_engine_outbox_max_backlog),

@@ -3,7 +3,7 @@
 Commit policy (explicit, as arroyo and aiokafka's local-state example teach; the knobs are
 :class:`BatchPolicy`):
 
-* fetch up to ``max_records`` or wait ``max_wait_ms``, whichever first (:mod:`.batching`);
+* fetch up to ``max_records`` or wait ``max_wait_s``, whichever first (:mod:`.batching`);
 * apply the batch in ONE Postgres transaction on the loop's own long-lived connection: the
   handler's effects and the compare-and-set of the consumed offsets (:mod:`clm_infra.offsets`)
   commit together, or nothing does (:mod:`.transactions`). A process may run several loops side

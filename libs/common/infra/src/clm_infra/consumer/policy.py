@@ -13,12 +13,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
     max_records: int = 500
-    max_wait_ms: int = 200
+    max_wait_s: float = 0.2
     retry_backoff_s: float = 1.0
     max_consecutive_poison: int = 1000
     idle_recheck_s: float = 5.0
     hint_interval_s: float = 1.0
-    fill_ms: int = 0  # once a batch has records, wait up to this long for more
+    fill_s: float = 0.0  # once a batch has records, wait up to this long for more
     # statements run once on the loop's connection (its session settings)
     session: tuple[str, ...] = ()
     # awaited before each fetch: what the batches feed (the stage engine's outbox relay)
