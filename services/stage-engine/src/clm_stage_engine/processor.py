@@ -131,11 +131,7 @@ def fold(
     for item in items:
         by_key.setdefault(item.key, []).append(item)
 
-    for item in by_key.pop(None, []):
-        result.outbox.append(
-            (partition_key(item.event), lifecycle_record(item.event, None, None, wire=item.wire))
-        )
-        result.applied.append(item)
+    _without_customer(result, by_key.pop(None, []))
 
     for key in sorted(k for k in by_key if k is not None):
         batch = by_key[key]
@@ -149,6 +145,15 @@ def fold(
         else:
             _incremental(result, key, before, batch, rules)
     return result
+
+
+def _without_customer(result: FoldResult[T], batch: Sequence[Item[T]]) -> None:
+    """Events of no customer (marketing spend): a record each, no state."""
+    for item in batch:
+        result.outbox.append(
+            (partition_key(item.event), lifecycle_record(item.event, None, None, wire=item.wire))
+        )
+        result.applied.append(item)
 
 
 def _incremental(
