@@ -13,7 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from clm_domain.lifecycle import CustomerState, Transition
 from clm_domain.rules import LifecycleRules
 from clm_stage_engine.processor import counted, fold_timeline
-from clm_stage_engine.records import merge_record, removal_record, restatement_records
+from clm_stage_engine.records import (
+    Timeline,
+    merge_record,
+    removal_record,
+    restatement_records,
+)
 from clm_stage_engine.repository import customers, events, outbox, webhooks
 from clm_stage_engine.usecases.errors import UnknownCustomer
 from clm_stage_engine.webhooks import stage_change_deliveries
@@ -67,11 +72,7 @@ async def merge_customers(
     missing = [c for c in (into, other) if c not in rows]
     if missing:
         raise UnknownCustomer(missing[0])
-    stored = await events.load_events(conn, [into, other])
-    before_merge = counted([(c, rows[c], stored.get(c, [])) for c in (into, other)], rules)
-    timeline, _ = fold_timeline(
-        into, [*stored.get(into, []), *stored.get(other, [])], rules, until=now
-    )
+    before_merge, timeline = await _refold(conn, into, other, rows, rules, now)
     merged = timeline.state
     assert merged is not None
     before = rows[into]
@@ -93,6 +94,23 @@ async def merge_customers(
     records.extend((into, r) for r in restatements)
     await outbox.insert_outbox(conn, topic, records)
     return Merged(before, merged, move)
+
+
+async def _refold(
+    conn: AsyncConnection,
+    into: str,
+    other: str,
+    rows: Mapping[str, CustomerState],
+    rules: LifecycleRules,
+    now: datetime,
+) -> tuple[list[Timeline], Timeline]:
+    """What was counted of each profile, and the survivor's timeline from both's events."""
+    stored = await events.load_events(conn, [into, other])
+    before_merge = counted([(c, rows[c], stored.get(c, [])) for c in (into, other)], rules)
+    timeline, _ = fold_timeline(
+        into, [*stored.get(into, []), *stored.get(other, [])], rules, until=now
+    )
+    return before_merge, timeline
 
 
 async def _record_move(
