@@ -23,7 +23,7 @@ from clm_infra.consumer import (
 from clm_infra.db import create_engine
 from clm_infra.offsets import OffsetAdvance, OffsetFenced, advance_offsets, load_offsets
 from clm_infra.settings import CommonSettings
-from clm_stage_engine.app import FRESH_PLANS
+from clm_stage_engine.workers import FRESH_PLANS
 from tests.integration.conftest import eventually, produce
 
 PARTITIONS = 4

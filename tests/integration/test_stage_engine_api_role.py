@@ -38,7 +38,7 @@ async def test_an_api_replica_serves_what_the_workers_applied_and_consumes_nothi
 ) -> None:
     await send_events(common, event_doc("purchase", customer_id="replica-1", event_id="p1"))
     async with _serving("api") as (api, api_app):
-        assert api_app.state.supervisors == []  # type: ignore[attr-defined]
+        assert list(api_app.state.workers.supervisors) == []  # type: ignore[attr-defined]
         ready = await api.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert set(ready.json()["checks"]) == {"postgres"}

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_infra.schema import customers
-from clm_stage_engine.sweeper import due
+from clm_stage_engine.repository.customers import due
 
 
 def _indexes(plan: object) -> set[str]:

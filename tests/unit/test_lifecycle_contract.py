@@ -55,7 +55,7 @@ from clm_stage_engine.records import (
     removal_record,
     restatement_records,
 )
-from clm_stage_engine.sweeper import time_record as sweeper_time_record
+from clm_stage_engine.usecases.sweep import time_record as sweeper_time_record
 from tests.factories import event_doc
 
 ROOT = Path(__file__).resolve().parents[2]

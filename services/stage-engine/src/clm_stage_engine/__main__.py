@@ -22,11 +22,8 @@ def main() -> None:
         app,
         settings.server,
         log_level=settings.log_level,
-        # a batch of 2,000 events keeps ~30,000 container objects alive until it is written
-        # (three lanes, three times that): at the 10,000 default the collector scanned them several
-        # times a batch, ~7 % of the engine's CPU (1.36 s of 15.8 over 200,000 events; 0.11 s
-        # at 200,000); above it, a collection comes only as the remembered rows grow. API-only
-        # processes keep the default: their requests are small, their pauses short.
+        # a batch's objects stay alive until it is written: a higher threshold keeps the
+        # collector from scanning them several times a batch (docs/performance.md)
         gc_young=200_000 if settings.stage_engine_role == "all" else 10_000,
     )
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 import logging
 
 from cryptography.fernet import MultiFernet
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.pseudonyms import Pseudonyms
 from clm_infra import subscription_secrets
-from clm_infra.schema import erasures, webhook_subscriptions
+from clm_stage_engine.repository import erasure, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -31,45 +29,13 @@ log = logging.getLogger(__name__)
 async def upgrade(engine: AsyncEngine, pseudonyms: Pseudonyms, box: MultiFernet) -> tuple[int, int]:
     """(tombstones rehashed, secrets sealed)."""
     async with engine.begin() as conn:
-        legacy = (
-            await conn.execute(
-                select(erasures.c.customer_hash, erasures.c.erased_at)
-                .where(erasures.c.keyed.is_(False))
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        if legacy:
-            # the keyed row may exist already (erased again by a newer engine): keep it
-            await conn.execute(
-                insert(erasures).on_conflict_do_nothing(index_elements=["customer_hash"]),
-                [
-                    {"customer_hash": pseudonyms.rehash(old), "erased_at": at, "keyed": True}
-                    for old, at in legacy
-                ],
-            )
-            await conn.execute(
-                delete(erasures).where(
-                    erasures.c.keyed.is_(False),
-                    erasures.c.customer_hash.in_([old for old, _ in legacy]),
-                )
-            )
-        clear = (
-            await conn.execute(
-                select(webhook_subscriptions.c.id, webhook_subscriptions.c.secret)
-                .where(
-                    webhook_subscriptions.c.secret.startswith(
-                        subscription_secrets.CLEAR_PREFIX, autoescape=True
-                    )
-                )
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+        legacy = await erasure.lock_bare_tombstones(conn)
+        await erasure.rekey_tombstones(
+            conn, [(old, pseudonyms.rehash(old), at) for old, at in legacy]
+        )
+        clear = await webhooks.lock_clear_secrets(conn)
         for sid, secret in clear:
-            await conn.execute(
-                update(webhook_subscriptions)
-                .where(webhook_subscriptions.c.id == sid)
-                .values(secret=subscription_secrets.seal(box, secret))
-            )
+            await webhooks.store_secret(conn, sid, subscription_secrets.seal(box, secret))
     if legacy or clear:
         log.info(
             "upgraded at rest",

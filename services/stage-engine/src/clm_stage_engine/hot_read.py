@@ -1,15 +1,14 @@
 """``GET /v1/customers/{id}`` answered without FastAPI's router, when the request is plain.
 
-The stage-by-customer read is the API's hot path (the e2e bench polls it, downstream services
-ask it per customer). A profile of it put about half of the process's CPU in FastAPI's and
-Starlette's layers (routing, dependency solving, exception and exit-stack middlewares, the
-request wrapper) rather than in reading and serializing the customer. This ASGI middleware sits
-inside the app's own middlewares (request metrics still count it, under the route's template)
-and answers the read itself with the functions the FastAPI endpoint calls, but only when the
-request is plain: a well-formed id and a cached read key. Anything else — a bad id, a missing,
-unknown or wrong-kind key, another path or method — goes on to FastAPI untouched, which answers
-with its own validation and problem documents; so the two paths cannot disagree on an error.
-The FastAPI route stays: it documents the API and serves with ``hot_read=False``.
+The stage-by-customer read is the API's hot path, and most of its cost was FastAPI's and
+Starlette's layers rather than reading and serializing the customer (``docs/performance.md``,
+*The hot read*). This ASGI middleware sits inside the app's own middlewares (request metrics
+still count it, under the route's template) and answers the read itself with the functions the
+FastAPI endpoint calls, but only when the request is plain: a well-formed id and a cached read
+key. Anything else — a bad id, a missing, unknown or wrong-kind key, another path or method —
+goes on to FastAPI untouched, which answers with its own validation and problem documents; so
+the two paths cannot disagree on an error. The FastAPI route stays: it documents the API and
+serves with ``hot_read=False``.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clm_domain.events import TEXT_PATTERN
 from clm_infra.db import unavailable
-from clm_stage_engine import repository
 from clm_stage_engine.api.customers import customer_doc, not_found
 from clm_stage_engine.deps import State
+from clm_stage_engine.repository import customers
 from clm_web.asgi import header, send_json
 from clm_web.auth import bearer_from_header
 from clm_web.problem import ProblemError, database_unavailable, raised_problem
@@ -54,7 +53,7 @@ class HotReadMiddleware:
             return
         scope["route"] = self.route[0]  # the label clm_http_requests_total counts it under
         try:
-            customer = await repository.read_customer(state.engine, customer_id)
+            customer = await customers.read_customer(state.engine, customer_id)
         except Exception as exc:
             if not unavailable(exc):  # as the app's handlers: anything else is a 500
                 raise

@@ -7,7 +7,7 @@ batch's write checks each row's version — its ``xmin``, the id of the transact
 wrote it — and a row someone else changed since (the sweeper, the API's merge or erasure,
 another replica after a rebalance, an anonymous event landing here from another partition)
 fails the batch, which forgets its customers here and is retried, reading them again
-(:class:`clm_stage_engine.repository.StaleRows`). So an entry is a hint that is checked,
+(:class:`clm_stage_engine.repository.batch.StaleRows`). So an entry is a hint that is checked,
 never trusted: a stale one costs a retry, not a wrong state.
 
 Entries are added only once their batch committed (:attr:`BatchResult.committed`), with the

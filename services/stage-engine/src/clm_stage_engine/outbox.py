@@ -1,7 +1,7 @@
 """The outbox's row format: all the lifecycle records of one write, as one row.
 
 Every writer (the batch, the sweeper, the erasure and merge endpoints) queues its records with
-:func:`clm_stage_engine.repository.insert_outbox`, in its own transaction: ONE
+:func:`clm_stage_engine.repository.outbox.insert_outbox`, in its own transaction: ONE
 ``outbox_batches`` row holding the topic, the number of records and a blob of the records in
 publish order. A batch of thousands of events costs Postgres one row (and its TOAST chunks,
 compressed with lz4) instead of a row per record to insert, read back and delete.

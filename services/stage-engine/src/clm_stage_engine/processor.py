@@ -131,11 +131,7 @@ def fold(
     for item in items:
         by_key.setdefault(item.key, []).append(item)
 
-    for item in by_key.pop(None, []):
-        result.outbox.append(
-            (partition_key(item.event), lifecycle_record(item.event, None, None, wire=item.wire))
-        )
-        result.applied.append(item)
+    _without_customer(result, by_key.pop(None, []))
 
     for key in sorted(k for k in by_key if k is not None):
         batch = by_key[key]
@@ -149,6 +145,15 @@ def fold(
         else:
             _incremental(result, key, before, batch, rules)
     return result
+
+
+def _without_customer(result: FoldResult[T], batch: Sequence[Item[T]]) -> None:
+    """Events of no customer (marketing spend): a record each, no state."""
+    for item in batch:
+        result.outbox.append(
+            (partition_key(item.event), lifecycle_record(item.event, None, None, wire=item.wire))
+        )
+        result.applied.append(item)
 
 
 def _incremental(
@@ -192,49 +197,17 @@ def _rebuild(
     rebuilt one (the new events' customer part included: their records say ``restated``).
     """
     try:
-        old = counted([(key, before, groups[0] if groups else ())], rules)
-        old += counted(
-            [
-                (source, state, group)
-                for (source, state), group in zip(sources, groups[1:], strict=True)
-            ],
-            rules,
-        )
-        done, applied_new = fold_timeline(
-            key, [*(e for g in groups for e in g), *(i.event for i in batch)], rules, until=now
-        )
-        state = done.state
-        assert state is not None
+        old, done, applied_new = _refold(key, before, groups, batch, sources, rules, now)
     except Exception as exc:
         result.failed.extend((i.tag, f"reducer (rebuild): {exc!r}") for i in batch)
         return
+    state = done.state
+    assert state is not None  # _refold checked it
     reason: Reason = "identity merge" if sources else "late event"
-    moved = before is None or before.stage != state.stage
-    correction = Transition(
-        key,
-        None if before is None else before.stage,
-        state.stage,
-        state.stage_entered_at if before is None else max(now, state.stage_entered_at),
-        batch[-1].event.event_id if batch else "",
-        reason,
-    )
-    if moved:
-        result.transitions.append(correction)
-    previous = before
-    for n, item in enumerate(batch):
-        flags = applied_new[(item.event.source, item.event.event_id)]
-        last = n == len(batch) - 1
-        applied = Applied(
-            state=state,
-            transitions=(correction,) if last and moved else (),
-            first_purchase=flags.first_purchase,
-            repeat_purchase=flags.repeat_purchase,
-            reactivation=flags.reactivation,
-        )
-        record = lifecycle_record(item.event, previous, applied, wire=item.wire, restated=True)
-        result.outbox.append((key, record))
-        result.applied.append(item)
-        previous = state
+    move = _correction(key, before, state, batch, reason, now)
+    if move is not None:
+        result.transitions.append(move)
+    _restated_records(result, key, before, state, batch, applied_new, move)
     cause = record_id(batch[0].event) if batch else ""
     result.outbox.extend(
         (key, r)
@@ -243,6 +216,81 @@ def _rebuild(
         )
     )
     result.states[key] = state
+
+
+def _refold(
+    key: str,
+    before: CustomerState | None,
+    groups: Sequence[Sequence[Event]],
+    batch: Sequence[Item[T]],
+    sources: Sequence[tuple[str, CustomerState | None]],
+    rules: LifecycleRules,
+    now: datetime,
+) -> tuple[list[Timeline], Timeline, dict[tuple[str, str], Applied]]:
+    """What was counted of the customer and of each absorbed profile, the rebuilt timeline,
+    and what applying each event gave in it."""
+    old = counted([(key, before, groups[0] if groups else ())], rules)
+    old += counted(
+        [
+            (source, state, group)
+            for (source, state), group in zip(sources, groups[1:], strict=True)
+        ],
+        rules,
+    )
+    done, applied_new = fold_timeline(
+        key, [*(e for g in groups for e in g), *(i.event for i in batch)], rules, until=now
+    )
+    assert done.state is not None
+    return old, done, applied_new
+
+
+def _correction(
+    key: str,
+    before: CustomerState | None,
+    state: CustomerState,
+    batch: Sequence[Item[T]],
+    reason: Reason,
+    now: datetime,
+) -> Transition | None:
+    """The one move a rebuild records (old stage → rebuilt stage); None: the stage held."""
+    if before is not None and before.stage == state.stage:
+        return None
+    return Transition(
+        key,
+        None if before is None else before.stage,
+        state.stage,
+        state.stage_entered_at if before is None else max(now, state.stage_entered_at),
+        batch[-1].event.event_id if batch else "",
+        reason,
+    )
+
+
+def _restated_records(
+    result: FoldResult[T],
+    key: str,
+    before: CustomerState | None,
+    state: CustomerState,
+    batch: Sequence[Item[T]],
+    applied_new: Mapping[tuple[str, str], Applied],
+    move: Transition | None,
+) -> None:
+    """Each new event's record, with its flags at its place in event time (the last one
+    carries the correcting move)."""
+    previous = before
+    for n, item in enumerate(batch):
+        flags = applied_new[(item.event.source, item.event.event_id)]
+        last = n == len(batch) - 1
+        applied = Applied(
+            state=state,
+            transitions=(move,) if last and move is not None else (),
+            first_purchase=flags.first_purchase,
+            repeat_purchase=flags.repeat_purchase,
+            reactivation=flags.reactivation,
+        )
+        record = lifecycle_record(item.event, previous, applied, wire=item.wire, restated=True)
+        result.outbox.append((key, record))
+        result.applied.append(item)
+        previous = state
 
 
 def fold_timeline(

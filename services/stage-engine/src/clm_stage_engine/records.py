@@ -263,6 +263,33 @@ def restatement_records(
 ) -> list[bytes]:
     """The ``restatement`` record(s) taking ``retract`` back and adding ``add``, in parts of at
     most :data:`RESTATEMENT_ITEMS` items (a profile's stage goes with its first part)."""
+    parts = _restatement_parts(retract, add)
+    records: list[RestatementRecord] = [
+        {
+            "schema": SCHEMA,
+            "kind": "restatement",
+            "record_id": f"restatement:{customer_id}@{cause}#{n}",
+            "customer_id": customer_id,
+            "reason": reason,
+            "cause": cause,
+            "part": n,
+            "parts": len(parts),
+            "events_too": events_too,
+            "retract": part["retract"],
+            "add": part["add"],
+            "event": None,
+            "at": at,
+        }
+        for n, part in enumerate(parts)
+    ]
+    return [encode(r) for r in records]
+
+
+def _restatement_parts(
+    retract: Sequence[Timeline], add: Sequence[Timeline]
+) -> list[dict[str, list[ProfileTimeline]]]:
+    """The timelines cut in pieces of at most :data:`RESTATEMENT_ITEMS` items, the pieces
+    packed in order into parts of at most that many items."""
     pieces: list[tuple[str, str, str | None, list[TimelineItem]]] = []
     for side, timelines in (("retract", retract), ("add", add)):
         for t in timelines:
@@ -285,22 +312,4 @@ def restatement_records(
             size = 0
         parts[-1][side].append({"customer_id": who, "stage": stage, "items": items})
         size += len(items)
-    records: list[RestatementRecord] = [
-        {
-            "schema": SCHEMA,
-            "kind": "restatement",
-            "record_id": f"restatement:{customer_id}@{cause}#{n}",
-            "customer_id": customer_id,
-            "reason": reason,
-            "cause": cause,
-            "part": n,
-            "parts": len(parts),
-            "events_too": events_too,
-            "retract": part["retract"],
-            "add": part["add"],
-            "event": None,
-            "at": at,
-        }
-        for n, part in enumerate(parts)
-    ]
-    return [encode(r) for r in records]
+    return parts

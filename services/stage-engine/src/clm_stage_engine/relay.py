@@ -28,12 +28,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_infra.db import lone_statement
-from clm_infra.replay import RELAY_LOCK_ID
 from clm_stage_engine.outbox import unpack_records
+from clm_stage_engine.repository import outbox
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +87,13 @@ class PayloadCache:
 
 class OutboxGate:
     """Holds the lanes before their next fetch while more than ``limit`` lifecycle records
-    wait in the outbox (0: never): the relay shares the event loop with the lanes, and at full
-    speed they folded batches faster than it got turns to publish them (160,000 of 200,000
-    records behind at the end of a bench run), a backlog that would only grow under a
-    sustained load. A waiting lane also leaves the loop to the relay.
+    wait in the outbox (0: never): the relay shares the event loop with the lanes, which can
+    fold batches faster than it gets turns to publish them. A waiting lane also leaves the
+    loop to the relay.
 
     The process's lanes share one gate, and it asks Postgres at most once every ``every_s``
     (one round trip, outside a transaction): a lane in front of it takes the answer another
-    lane got less than that ago. Asked in a transaction by each lane before each fetch and
-    every 20 ms while it waited, the count was ~900 statements a 2-process bench run of
-    200,000 events (17 lane-seconds of waiting), and 12 % of the run's CPU an event."""
+    lane got less than that ago (``docs/performance.md``, *The outbox gate*)."""
 
     def __init__(self, engine: AsyncEngine, limit: int, *, every_s: float = 0.1) -> None:
         self.engine = engine
@@ -108,8 +103,7 @@ class OutboxGate:
         self._known: tuple[float, int] | None = None  # (when, backlog) of the last answer
 
     async def backlog(self) -> int:
-        async with lone_statement(self.engine) as conn:
-            return int(await conn.fetchval(_BACKLOG_SQL))
+        return await outbox.backlog_alone(self.engine)
 
     async def _backlog_or_zero(self) -> int:
         """The backlog; 0 when Postgres cannot say (down, slow to answer): the gate does not
@@ -182,31 +176,23 @@ class OutboxRelay:
         """Publish the oldest rows, up to ``batch`` records (at least one row whatever its
         size); return how many records went out."""
         async with self.engine.begin() as conn:
-            locked = (
-                await conn.execute(
-                    text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": RELAY_LOCK_ID}
-                )
-            ).scalar_one()
-            if not locked:
+            if not await outbox.take_relay_lock(conn):
                 return 0
             kept = self.cache.snapshot()
-            rows = (await conn.execute(_PENDING, {"n": self.batch, "cached": sorted(kept)})).all()
+            rows = await outbox.pending_rows(conn, self.batch, kept)
             if not rows:
                 BACKLOG.set(0)
                 self.cache.forget_older(None)
                 return 0
             self.cache.forget_older(rows[0].id)
             await self._publish(rows, kept)
-            if batches := [r.id for r in rows if r.key is None]:
-                await conn.execute(_DELETE, {"ids": batches})
-            if legacy := [r.id for r in rows if r.key is not None]:
-                await conn.execute(_DELETE_LEGACY, {"ids": legacy})
+            await outbox.delete_published(conn, rows)
             sent = int(sum(r.records for r in rows))
             self.cache.forget(r.id for r in rows)
             now = time.monotonic()
             if now - self._backlog_at >= self.backlog_every_s:  # a count is a scan: not per batch
                 self._backlog_at = now
-                BACKLOG.set((await conn.execute(_BACKLOG)).scalar_one())
+                BACKLOG.set(await outbox.backlog(conn))
         PUBLISHED.inc(sent)
         return sent
 
@@ -251,30 +237,5 @@ class OutboxRelay:
 def key_hash(key: bytes) -> int:
     """The default partitioner's hash of a record key (Kafka's murmur2, positive): the
     partition is ``partitions[key_hash(key) % len(partitions)]``. aiokafka's murmur2 is pure
-    Python, a few microseconds a key; customers recur, so it is cached."""
+    Python; customers recur, so it is cached."""
     return int(murmur2(key)) & 0x7FFFFFFF
-
-
-# The oldest rows of both tables (ids from one sequence), as many as hold ``n`` records (and
-# always the first): the window sums the records before each row over at most ``n`` rows (a
-# row holds at least one record). ``key`` is set on the one-record rows of ``outbox``. The
-# payload of a row in ``cached`` stays in Postgres (not even read from its TOAST chunks).
-_PENDING = text(
-    "SELECT id, topic, records, key,"
-    " CASE WHEN key IS NULL AND id = ANY(CAST(:cached AS BIGINT[])) THEN NULL ELSE payload END"
-    " AS payload FROM ("
-    " SELECT *, sum(records) OVER (ORDER BY id) - records AS before FROM ("
-    "  (SELECT id, topic, records, NULL::text AS key, payload FROM outbox_batches"
-    "   ORDER BY id LIMIT :n)"
-    "  UNION ALL"
-    "  (SELECT id, topic, 1, key, payload FROM outbox ORDER BY id LIMIT :n)"
-    "  ORDER BY id LIMIT :n"
-    " ) AS oldest"
-    ") AS placed WHERE before < :n ORDER BY id"
-)
-_DELETE = text("DELETE FROM outbox_batches WHERE id = ANY(CAST(:ids AS BIGINT[]))")
-_DELETE_LEGACY = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS BIGINT[]))")
-_BACKLOG_SQL = (
-    "SELECT (SELECT coalesce(sum(records), 0) FROM outbox_batches) + (SELECT count(*) FROM outbox)"
-)
-_BACKLOG = text(_BACKLOG_SQL)

@@ -31,13 +31,12 @@ import httpx
 import orjson
 from cryptography.fernet import MultiFernet
 from prometheus_client import Counter
-from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.lifecycle import Transition
-from clm_infra.schema import webhook_deliveries, webhook_subscriptions
 from clm_infra.subscription_secrets import SecretUnreadable, open_secret
 from clm_infra.webhook_urls import UrlPolicy, UrlRefused, delivery_target
+from clm_stage_engine.repository import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +140,7 @@ class Dispatcher:
     async def due_subscriptions(self) -> list[int]:
         """Subscriptions with a due delivery, oldest delivery first."""
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(webhook_deliveries.c.subscription_id)
-                .where(
-                    webhook_deliveries.c.status == "pending",
-                    webhook_deliveries.c.next_attempt_at <= datetime.now(UTC),
-                )
-                .group_by(webhook_deliveries.c.subscription_id)
-                .order_by(func.min(webhook_deliveries.c.id))
-            )
-            return [int(sid) for (sid,) in rows]
+            return await webhooks.due_subscriptions(conn, datetime.now(UTC))
 
     def start_workers(self, http: httpx.AsyncClient, subscriptions: Sequence[int]) -> None:
         """A worker for each subscription that has none, while fewer than ``concurrency``
@@ -185,35 +175,9 @@ class Dispatcher:
         id order; returns how many were claimed."""
         lease = datetime.now(UTC) + timedelta(seconds=self.timeout_s * self.batch + 60)
         async with self.engine.begin() as conn:
-            due = (
-                await conn.execute(
-                    select(
-                        webhook_deliveries.c.id,
-                        webhook_deliveries.c.payload,
-                        webhook_deliveries.c.attempts,
-                        webhook_subscriptions.c.url,
-                        webhook_subscriptions.c.secret,
-                    )
-                    .join(
-                        webhook_subscriptions,
-                        webhook_subscriptions.c.id == webhook_deliveries.c.subscription_id,
-                    )
-                    .where(
-                        webhook_deliveries.c.subscription_id == subscription_id,
-                        webhook_deliveries.c.status == "pending",
-                        webhook_deliveries.c.next_attempt_at <= datetime.now(UTC),
-                    )
-                    .order_by(webhook_deliveries.c.id)
-                    .limit(self.batch)
-                    .with_for_update(of=webhook_deliveries, skip_locked=True)
-                )
-            ).all()
-            if due:  # leased: other replicas (and this one's next poll) leave them alone
-                await conn.execute(
-                    update(webhook_deliveries)
-                    .where(webhook_deliveries.c.id.in_([row.id for row in due]))
-                    .values(next_attempt_at=lease)
-                )
+            due = await webhooks.lease_due(
+                conn, subscription_id, datetime.now(UTC), self.batch, lease
+            )
         for row in due:
             error = await self._post(http, row.url, row.secret, row.payload)
             await self._record(row.id, row.attempts + 1, error)
@@ -235,11 +199,7 @@ class Dispatcher:
             }
             DELIVERIES.labels("retry").inc()
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == delivery_id)
-                .values(**values)
-            )
+            await webhooks.record_attempt(conn, delivery_id, values)
 
     async def _post(
         self, http: httpx.AsyncClient, url: str, secret: str, body: bytes

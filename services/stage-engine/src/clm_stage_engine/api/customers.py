@@ -5,17 +5,20 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from clm_domain.events import TEXT_PATTERN
+from clm_domain.kpis import exact_money
 from clm_domain.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
-from clm_stage_engine import repository
 from clm_stage_engine.deps import State, app_state
-from clm_stage_engine.processor import counted
-from clm_stage_engine.records import removal_record, restatement_records
+from clm_stage_engine.repository import customers
+from clm_stage_engine.repository.rows import row_from_state
+from clm_stage_engine.usecases.erasure import erase_customer
+from clm_stage_engine.usecases.errors import AlreadyAnonymised, UnknownCustomer
 from clm_web.auth import Principal, authenticate
 from clm_web.problem import ProblemError
 
@@ -40,12 +43,20 @@ def display(state: State, stage: Stage | str | None) -> str | None:
 
 
 def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
-    row = repository.row_from_state(customer)
+    row = row_from_state(customer)
     for private in ("last_event_source", "last_event_id", "recent_visits", "recent_purchases"):
         row.pop(private)
-    doc = {k: repository.jsonable(v) for k, v in row.items()}
+    doc = {k: jsonable(v) for k, v in row.items()}
     doc["stage"] = display(state, customer.stage)
     return doc
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return exact_money(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
 
 
 def not_found(customer_id: str) -> ProblemError:
@@ -96,7 +107,7 @@ async def list_customers(
                 errors=[{"field": "cursor", "message": "bad cursor"}],
             ) from None
     async with state.engine.connect() as conn:
-        page = await repository.list_customers(
+        page = await customers.list_customers(
             conn, stage=wanted.value if wanted else None, after=after, limit=limit
         )
     next_cursor = (
@@ -114,7 +125,7 @@ async def stages(
     state: Annotated[State, Depends(app_state)], _: Annotated[Principal, Depends(reader)]
 ) -> dict[str, Any]:
     async with state.engine.connect() as conn:
-        counts = await repository.count_by_stage(conn)
+        counts = await customers.count_by_stage(conn)
     return {
         "vocabulary": state.settings.stage_vocabulary,
         "stages": {display(state, s): counts.get(s.value, 0) for s in Stage},
@@ -138,7 +149,7 @@ async def get_customer(
     _: Annotated[Principal, Depends(reader)],
 ) -> Response:
     """The hot read: serialized straight to JSON bytes (no response-model pass)."""
-    customer = await repository.read_customer(state.engine, customer_id)
+    customer = await customers.read_customer(state.engine, customer_id)
     if customer is None:
         raise not_found(customer_id)
     return Response(orjson.dumps(customer_doc(state, customer)), media_type="application/json")
@@ -155,13 +166,13 @@ async def get_history(
     _: Annotated[Principal, Depends(reader)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    if await repository.read_customer(state.engine, customer_id) is None:
+    if await customers.read_customer(state.engine, customer_id) is None:
         raise not_found(customer_id)
     async with state.engine.connect() as conn:
-        history = await repository.get_history(conn, customer_id, limit)
+        history = await customers.get_history(conn, customer_id, limit)
     transitions = []
     for t in history:
-        doc = {k: repository.jsonable(v) for k, v in t.items()}
+        doc = {k: jsonable(v) for k, v in t.items()}
         doc["from_stage"] = display(state, t["from_stage"])
         doc["to_stage"] = display(state, t["to_stage"])
         transitions.append(doc)
@@ -190,59 +201,25 @@ async def erase(
     _: Annotated[Principal, Depends(admin)],
     mode: Literal["erase", "anonymise"] = "erase",
 ) -> dict[str, Any]:
-    # one erasure among the id's (it may come back with new events and be erased again):
-    # its records' ids name it, so a consumer deduping by record id keeps each
-    at = datetime.now(UTC)
-    digest = f"{state.pseudonyms.tombstone(customer_id)}@{at.isoformat()}"
-    async with state.engine.begin() as conn:
-        current = await repository.get_customer(conn, customer_id)
-        if current is None:
-            raise not_found(customer_id)
-        taken_back: list[bytes] = []
-        if mode == "erase":
-            # everything counted of the customer goes: its events' own figures too
-            events = await repository.load_events(conn, [customer_id])
-            taken_back = restatement_records(
+    try:
+        async with state.engine.begin() as conn:
+            pseudonym = await erase_customer(
+                conn,
                 customer_id,
-                cause=f"erasure:{digest}",
-                reason="erasure",
-                retract=counted([(customer_id, current, events.get(customer_id, []))], state.rules),
-                add=[],
-                at=at,
-                events_too=True,
+                mode,
+                rules=state.rules,
+                pseudonyms=state.pseudonyms,
+                topic=state.settings.topics.lifecycle,
+                at=datetime.now(UTC),
             )
-            await repository.erase_customer(conn, customer_id, state.pseudonyms.tombstone)
-            pseudonym = None
-        else:
-            pseudonym = state.pseudonyms.pseudonym(customer_id)
-            if await repository.get_customer(conn, pseudonym) is not None:
-                raise ProblemError(
-                    409,
-                    "Already anonymised",
-                    f"{customer_id} was anonymised before and came back; its pseudonym (a keyed "
-                    "hash of the id) is taken. Erase it instead (mode=erase).",
-                    errors=[{"field": "mode", "message": "anonymised before: use erase"}],
-                )
-            await repository.anonymise_customer(conn, customer_id, pseudonym)
-        await repository.insert_outbox(
-            conn,
-            state.settings.topics.lifecycle,
-            [
-                (
-                    customer_id,
-                    removal_record(
-                        "erasure",
-                        digest,
-                        customer_id,
-                        current.stage.value,
-                        mode=mode,
-                        pseudonym=pseudonym,
-                        # anonymised customers stay counted in their stage
-                        stage_after=current.stage.value if pseudonym else None,
-                        restated=mode == "erase",
-                    ),
-                ),
-                *((customer_id, r) for r in taken_back),
-            ],
-        )
+    except UnknownCustomer:
+        raise not_found(customer_id) from None
+    except AlreadyAnonymised:
+        raise ProblemError(
+            409,
+            "Already anonymised",
+            f"{customer_id} was anonymised before and came back; its pseudonym (a keyed "
+            "hash of the id) is taken. Erase it instead (mode=erase).",
+            errors=[{"field": "mode", "message": "anonymised before: use erase"}],
+        ) from None
     return {"customer_id": customer_id, "mode": mode, "pseudonym": pseudonym}

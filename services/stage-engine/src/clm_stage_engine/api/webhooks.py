@@ -10,13 +10,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import AnyHttpUrl, BaseModel, Field
-from sqlalchemy import func, insert, select, update
 
 from clm_domain.lifecycle import STAGE_NAMES, Stage, parse_stage
 from clm_infra import subscription_secrets, webhook_urls
-from clm_infra.schema import webhook_deliveries, webhook_subscriptions
 from clm_stage_engine.api.customers import admin
 from clm_stage_engine.deps import State, app_state
+from clm_stage_engine.repository import webhooks
 from clm_web.auth import Principal
 from clm_web.problem import ProblemError
 
@@ -61,17 +60,12 @@ async def subscribe(
         )
     secret = subscription_secrets.new_secret()
     async with state.engine.begin() as conn:
-        sid = (
-            await conn.execute(
-                insert(webhook_subscriptions)
-                .values(
-                    url=str(body.url),
-                    secret=subscription_secrets.seal(state.secrets_box, secret),
-                    stages=[s.value for s in stages] if stages else None,
-                )
-                .returning(webhook_subscriptions.c.id)
-            )
-        ).scalar_one()
+        sid = await webhooks.add_subscription(
+            conn,
+            str(body.url),
+            subscription_secrets.seal(state.secrets_box, secret),
+            [s.value for s in stages] if stages else None,
+        )
     return {"id": sid, "url": str(body.url), "stages": stages, "secret": secret}
 
 
@@ -84,36 +78,15 @@ async def list_subscriptions(
     state: Annotated[State, Depends(app_state)], _: Annotated[Principal, Depends(admin)]
 ) -> dict[str, Any]:
     async with state.engine.connect() as conn:
-        subs = (
-            await conn.execute(
-                select(
-                    webhook_subscriptions.c.id,
-                    webhook_subscriptions.c.url,
-                    webhook_subscriptions.c.stages,
-                    webhook_subscriptions.c.created_at,
-                )
-                .where(webhook_subscriptions.c.active.is_(True))
-                .order_by(webhook_subscriptions.c.id)
-            )
-        ).all()
-        counts = await conn.execute(
-            select(
-                webhook_deliveries.c.subscription_id,
-                webhook_deliveries.c.status,
-                func.count(),
-            ).group_by(webhook_deliveries.c.subscription_id, webhook_deliveries.c.status)
-        )
-        by_sub: dict[int, dict[str, int]] = {}
-        for sid, status, n in counts:
-            by_sub.setdefault(sid, {})[status] = int(n)
+        subs = await webhooks.list_subscriptions(conn)
     return {
         "subscriptions": [
             {
-                "id": s.id,
-                "url": s.url,
-                "stages": s.stages,
-                "created_at": s.created_at.isoformat(),
-                "deliveries": by_sub.get(s.id, {}),
+                "id": s["id"],
+                "url": s["url"],
+                "stages": s["stages"],
+                "created_at": s["created_at"].isoformat(),
+                "deliveries": s["deliveries"],
             }
             for s in subs
         ]
@@ -131,14 +104,7 @@ async def unsubscribe(
     _: Annotated[Principal, Depends(admin)],
 ) -> dict[str, Any]:
     async with state.engine.begin() as conn:
-        result = await conn.execute(
-            update(webhook_subscriptions)
-            .where(
-                webhook_subscriptions.c.id == subscription_id,
-                webhook_subscriptions.c.active.is_(True),
-            )
-            .values(active=False)
-        )
-    if not result.rowcount:
+        found = await webhooks.deactivate_subscription(conn, subscription_id)
+    if not found:
         raise ProblemError(404, "Not Found", f"no active subscription {subscription_id}")
     return {"id": subscription_id, "active": False}

@@ -144,42 +144,33 @@ async def service_status(client: httpx.AsyncClient, service: Service) -> Service
 async def database_facts(
     settings: CliSettings,
 ) -> tuple[dict[tuple[str, str, int], int], dict[str, Any], dict[str, int]]:
-    """Stored offsets, outbox backlog and webhook delivery counts."""
+    """Stored offsets, outbox backlog and webhook delivery counts, from the operators' read
+    model (the ``status_*`` views, ``docs/read-model.md``), never the services' own tables."""
     engine = create_engine(settings.database.url, pool_size=1, app_name="clm-cli")
     try:
         async with engine.connect() as conn:
             offsets = {
                 (r.group_id, r.topic, r.partition): r.next_offset
-                for r in await conn.execute(
-                    text("SELECT group_id, topic, partition, next_offset FROM consumer_offsets")
-                )
+                for r in await conn.execute(_OFFSETS)
             }
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT coalesce(sum(records), 0) AS n, "
-                        "extract(epoch FROM now() - min(created_at)) AS age FROM ("
-                        " SELECT records, created_at FROM outbox_batches"
-                        " UNION ALL SELECT 1, created_at FROM outbox) AS waiting"
-                    )
-                )
-            ).one()
+            row = (await conn.execute(_BACKLOG)).one()
             outbox = {
-                "records": int(row.n),
-                "oldest_age_s": round(float(row.age), 1) if row.age is not None else None,
+                "records": int(row.records),
+                "oldest_age_s": (
+                    round(float(row.oldest_age_s), 1) if row.oldest_age_s is not None else None
+                ),
             }
-            webhooks = {
-                r.status: int(r.n)
-                for r in await conn.execute(
-                    text(
-                        "SELECT status, count(*) AS n FROM webhook_deliveries "
-                        "WHERE status <> 'delivered' GROUP BY status"
-                    )
-                )
-            }
+            webhooks = {r.status: int(r.deliveries) for r in await conn.execute(_WEBHOOKS)}
             return offsets, outbox, webhooks
     finally:
         await engine.dispose()
+
+
+_OFFSETS = text("SELECT group_id, topic, partition, next_offset FROM status_consumer_offsets")
+_BACKLOG = text("SELECT records, oldest_age_s FROM status_outbox_backlog")
+_WEBHOOKS = text(
+    "SELECT status, deliveries FROM status_webhook_deliveries WHERE status <> 'delivered'"
+)
 
 
 def lag_rows(

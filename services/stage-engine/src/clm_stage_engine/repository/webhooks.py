@@ -1,0 +1,172 @@
+"""Webhook subscriptions and their deliveries (rows the dispatcher works through)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clm_infra import subscription_secrets
+from clm_infra.schema import webhook_deliveries, webhook_subscriptions
+
+
+async def active_subscriptions(conn: AsyncConnection) -> list[tuple[int, list[str] | None]]:
+    """The active webhook subscriptions (id, stages wanted), as
+    :func:`~clm_stage_engine.repository.batch.lookup_batch` reads them, for writers outside a
+    batch (an explicit merge)."""
+    rows = await conn.execute(
+        select(webhook_subscriptions.c.id, webhook_subscriptions.c.stages).where(
+            webhook_subscriptions.c.active
+        )
+    )
+    return [(int(sid), list(stages) if stages else None) for sid, stages in rows]
+
+
+async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        insert(webhook_deliveries).values(
+            [{"subscription_id": sid, "payload": payload} for sid, payload in rows]
+        )
+    )
+
+
+async def add_subscription(
+    conn: AsyncConnection, url: str, sealed_secret: str, stages: list[str] | None
+) -> int:
+    """A new active subscription; its id."""
+    sid = await conn.execute(
+        insert(webhook_subscriptions)
+        .values(url=url, secret=sealed_secret, stages=stages)
+        .returning(webhook_subscriptions.c.id)
+    )
+    return int(sid.scalar_one())
+
+
+async def list_subscriptions(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """The active subscriptions by id (id, url, stages, created_at) with their delivery
+    counts by status (``deliveries``)."""
+    subs = (
+        await conn.execute(
+            select(
+                webhook_subscriptions.c.id,
+                webhook_subscriptions.c.url,
+                webhook_subscriptions.c.stages,
+                webhook_subscriptions.c.created_at,
+            )
+            .where(webhook_subscriptions.c.active.is_(True))
+            .order_by(webhook_subscriptions.c.id)
+        )
+    ).all()
+    counts = await conn.execute(
+        select(
+            webhook_deliveries.c.subscription_id,
+            webhook_deliveries.c.status,
+            func.count(),
+        ).group_by(webhook_deliveries.c.subscription_id, webhook_deliveries.c.status)
+    )
+    by_sub: dict[int, dict[str, int]] = {}
+    for sid, status, n in counts:
+        by_sub.setdefault(sid, {})[status] = int(n)
+    return [{**s._mapping, "deliveries": by_sub.get(s.id, {})} for s in subs]
+
+
+async def deactivate_subscription(conn: AsyncConnection, subscription_id: int) -> bool:
+    """Whether an active subscription of that id was there (and is now inactive)."""
+    result = await conn.execute(
+        update(webhook_subscriptions)
+        .where(
+            webhook_subscriptions.c.id == subscription_id,
+            webhook_subscriptions.c.active.is_(True),
+        )
+        .values(active=False)
+    )
+    return bool(result.rowcount)
+
+
+async def due_subscriptions(conn: AsyncConnection, now: datetime) -> list[int]:
+    """Subscriptions with a delivery due by ``now``, oldest delivery first."""
+    rows = await conn.execute(
+        select(webhook_deliveries.c.subscription_id)
+        .where(
+            webhook_deliveries.c.status == "pending",
+            webhook_deliveries.c.next_attempt_at <= now,
+        )
+        .group_by(webhook_deliveries.c.subscription_id)
+        .order_by(func.min(webhook_deliveries.c.id))
+    )
+    return [int(sid) for (sid,) in rows]
+
+
+async def lease_due(
+    conn: AsyncConnection, subscription_id: int, now: datetime, limit: int, lease: datetime
+) -> list[Any]:
+    """Up to ``limit`` of the subscription's deliveries due by ``now``, in id order (``id,
+    payload, attempts, url, secret``), leased until ``lease``: other replicas (and this one's
+    next poll) leave them alone; rows another transaction holds are skipped."""
+    due = (
+        await conn.execute(
+            select(
+                webhook_deliveries.c.id,
+                webhook_deliveries.c.payload,
+                webhook_deliveries.c.attempts,
+                webhook_subscriptions.c.url,
+                webhook_subscriptions.c.secret,
+            )
+            .join(
+                webhook_subscriptions,
+                webhook_subscriptions.c.id == webhook_deliveries.c.subscription_id,
+            )
+            .where(
+                webhook_deliveries.c.subscription_id == subscription_id,
+                webhook_deliveries.c.status == "pending",
+                webhook_deliveries.c.next_attempt_at <= now,
+            )
+            .order_by(webhook_deliveries.c.id)
+            .limit(limit)
+            .with_for_update(of=webhook_deliveries, skip_locked=True)
+        )
+    ).all()
+    if due:
+        await conn.execute(
+            update(webhook_deliveries)
+            .where(webhook_deliveries.c.id.in_([row.id for row in due]))
+            .values(next_attempt_at=lease)
+        )
+    return list(due)
+
+
+async def record_attempt(
+    conn: AsyncConnection, delivery_id: int, values: dict[str, object]
+) -> None:
+    """A delivery's attempt recorded (its status, attempts, error, next attempt)."""
+    await conn.execute(
+        update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(**values)
+    )
+
+
+async def lock_clear_secrets(conn: AsyncConnection) -> list[tuple[int, str]]:
+    """Subscriptions whose secret older versions stored in clear (id, secret), locked."""
+    rows = await conn.execute(
+        select(webhook_subscriptions.c.id, webhook_subscriptions.c.secret)
+        .where(
+            webhook_subscriptions.c.secret.startswith(
+                subscription_secrets.CLEAR_PREFIX, autoescape=True
+            )
+        )
+        .with_for_update(skip_locked=True)
+    )
+    return [(int(sid), secret) for sid, secret in rows.all()]
+
+
+async def store_secret(conn: AsyncConnection, subscription_id: int, sealed: str) -> None:
+    await conn.execute(
+        update(webhook_subscriptions)
+        .where(webhook_subscriptions.c.id == subscription_id)
+        .values(secret=sealed)
+    )
