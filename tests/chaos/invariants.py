@@ -86,11 +86,15 @@ def record_id(key: EventKey) -> str:
 
 def violations(expected: Expected, observed: Observed) -> list[str]:
     """Every way ``observed`` breaks the invariant (empty when it holds)."""
-    out: list[str] = []
-    erased = expected.erased
-    processed = set(observed.processed)
-    wanted = {k for k in expected.acked if expected.sent.get(k) not in erased}
+    checks = (_claims, _customer_logs, _stages, _offsets, _dead_letters, _metrics)
+    return [found for check in checks for found in check(expected, observed)]
 
+
+def _claims(expected: Expected, observed: Observed) -> list[str]:
+    """Every acknowledged event applied once, nothing else, no erased customer's again."""
+    out: list[str] = []
+    processed = set(observed.processed)
+    wanted = {k for k in expected.acked if expected.sent.get(k) not in expected.erased}
     if doubled := _doubles(observed.processed):
         out.append(
             f"doubled: events claimed more than once (event log, processed_events): {_some(doubled)}"
@@ -99,9 +103,14 @@ def violations(expected: Expected, observed: Observed) -> list[str]:
         out.append(f"lost: acknowledged events never applied: {_some(lost)}")
     if phantom := processed - set(expected.sent):
         out.append(f"phantom: applied events nobody sent: {_some(phantom)}")
-    if unacked_erased := {k for k in processed if expected.sent.get(k) in erased}:
+    if unacked_erased := {k for k in processed if expected.sent.get(k) in expected.erased}:
         out.append(f"erased customers' events applied again: {_some(unacked_erased)}")
+    return out
 
+
+def _customer_logs(expected: Expected, observed: Observed) -> list[str]:
+    """Each applied event once in its own customer's log, and each customer's count right."""
+    out: list[str] = []
     logged = [key for key, _ in observed.logged]
     if doubled := _doubles(logged):
         out.append(f"doubled: events in a customer's log more than once: {_some(doubled)}")
@@ -110,10 +119,10 @@ def violations(expected: Expected, observed: Observed) -> list[str]:
     }
     if misfiled:
         out.append(f"events logged under another customer: {_some(misfiled)}")
+    processed = set(observed.processed)
     with_customer = {k for k in processed if expected.sent.get(k) is not None}
     if unlogged := with_customer - set(logged):
         out.append(f"applied events missing from the customer's log: {_some(unlogged)}")
-
     per_customer = Counter(c for k in with_customer if (c := expected.sent[k]) is not None)
     miscounted: set[tuple[str, int, int]] = {
         (c, observed.customer_events.get(c, 0), n)
@@ -128,9 +137,14 @@ def violations(expected: Expected, observed: Observed) -> list[str]:
             "customers counting another number of events than were applied "
             f"(customer, counted, applied): {_some(miscounted)}"
         )
-    if left := set(observed.stages) & set(erased):
-        out.append(f"erased customers are back: {_some(left)}")
+    return out
 
+
+def _stages(expected: Expected, observed: Observed) -> list[str]:
+    """No erased customer back; every stage as the truth has it."""
+    out: list[str] = []
+    if left := set(observed.stages) & set(expected.erased):
+        out.append(f"erased customers are back: {_some(left)}")
     wrong: set[tuple[str, str | None, str | None]] = {
         (c, observed.stages.get(c), stage)
         for c, stage in expected.stages.items()
@@ -139,7 +153,12 @@ def violations(expected: Expected, observed: Observed) -> list[str]:
     wrong |= {(c, s, None) for c, s in observed.stages.items() if c not in expected.stages}
     if wrong:
         out.append(f"stages differ from the truth (customer, got, want): {_some(wrong)}")
+    return out
 
+
+def _offsets(_: Expected, observed: Observed) -> list[str]:
+    """Every stored offset at its log's end."""
+    out: list[str] = []
     for topic, ends in sorted(observed.log_end.items()):
         stored = observed.offsets.get(topic, {})
         behind: set[tuple[int, int, int | None]] = {
@@ -151,7 +170,12 @@ def violations(expected: Expected, observed: Observed) -> list[str]:
                 f"stored offsets of {topic} not at the log end (partition, stored, end): "
                 f"{_some(behind)}"
             )
+    return out
 
+
+def _dead_letters(expected: Expected, observed: Observed) -> list[str]:
+    """The DLQ holds exactly the poison, each saying why."""
+    out: list[str] = []
     dead = {(d.partition, d.offset): d.reason for d in observed.dlq}
     if missing := set(expected.poison) - set(dead):
         out.append(f"poison records missing from the DLQ: {_some(missing)}")
@@ -164,7 +188,13 @@ def violations(expected: Expected, observed: Observed) -> list[str]:
     }
     if unexplained:
         out.append(f"DLQ reasons not saying why (position, reason): {_some(unexplained)}")
+    return out
 
+
+def _metrics(_: Expected, observed: Observed) -> list[str]:
+    """The metrics counted every applied event's record once."""
+    out: list[str] = []
+    processed = set(observed.processed)
     if observed.metrics_records is not None:
         if doubled := _doubles(observed.metrics_records):
             out.append(f"doubled: lifecycle records counted twice by metrics: {_some(doubled)}")
