@@ -12,7 +12,6 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.events import dump_event, parse_event
@@ -23,6 +22,7 @@ from clm_infra.settings import CommonSettings, KafkaSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
+from tests.integration.apps import app_client
 
 T = TypeVar("T")
 
@@ -79,10 +79,8 @@ async def metrics_app(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient
     """The metrics service of this test, running (its consumer on the test's lifecycle topic):
     a client of its API."""
     app = create_metrics_app(MetricsSettings())
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as c:
-            yield c
+    async with app_client(app, "http://metrics") as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -7,25 +7,21 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_domain.events import parse_event_json
 from clm_infra.settings import CommonSettings
-from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
 from tests.factories import event_doc
 from tests.integration.conftest import READ_TOKEN, WRITE_KEY, read_topic
+from tests.integration.ingest_server import ingest_client
 
 AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
 
 
 @pytest.fixture
 async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(IngestSettings(ingest_max_body_bytes=4096))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as c:
-            yield c
+    async with ingest_client(IngestSettings(ingest_max_body_bytes=4096)) as c:
+        yield c
 
 
 async def test_an_accepted_event_is_on_the_topic_keyed_by_customer(

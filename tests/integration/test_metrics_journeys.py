@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_cli.simulator.journeys import generate
 from clm_domain.events import dump_event, parse_event
@@ -23,6 +22,7 @@ from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app as engine_app
 from clm_stage_engine.settings import StageEngineSettings
+from tests.integration.apps import app_client, running
 from tests.integration.conftest import READ_TOKEN, eventually, produce
 from tests.kpi_truth import replay, truth, truth_cohorts, truth_map
 
@@ -33,13 +33,8 @@ READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 async def metrics(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     engine = engine_app(StageEngineSettings())
     app = metrics_app(MetricsSettings())
-    async with (
-        LifespanManager(engine, startup_timeout=30, shutdown_timeout=30),
-        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
-    ):
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as c:
-            yield c
+    async with running(engine), app_client(app, "http://metrics") as c:
+        yield c
 
 
 def wire(doc: dict[str, Any], now: datetime) -> tuple[bytes, bytes]:

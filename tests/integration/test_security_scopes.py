@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +41,7 @@ from clm_stage_engine.webhooks import Dispatcher
 from clm_web.auth import KeyVerifier
 from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
+from tests.integration.apps import running
 from tests.integration.conftest import (
     ADMIN_KEY,
     NO_REQUEST_LIMITS,
@@ -73,10 +73,10 @@ class Served:
 
 @asynccontextmanager
 async def entered(app: FastAPI, base_url: str) -> AsyncIterator[Served]:
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+    async with running(app) as asgi:
+        transport = httpx.ASGITransport(app=asgi)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
-            yield Served(client, app.state.clm, manager.app)
+            yield Served(client, app.state.clm, asgi)
 
 
 @pytest.fixture

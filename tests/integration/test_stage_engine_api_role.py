@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from asgi_lifespan import LifespanManager
 
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
+from tests.integration.apps import app_client
 from tests.integration.conftest import READ_TOKEN, eventually, send_events
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -27,10 +27,8 @@ async def _customer(client: httpx.AsyncClient, cid: str) -> dict[str, object] | 
 @asynccontextmanager
 async def _serving(role: str) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
     app = create_app(StageEngineSettings(stage_engine_role=role, stage_engine_idle_recheck_s=0.5))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c, app
+    async with app_client(app, "http://engine") as c:
+        yield c, app
 
 
 async def test_an_api_replica_serves_what_the_workers_applied_and_consumes_nothing(

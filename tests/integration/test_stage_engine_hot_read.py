@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
+from tests.integration.apps import app_client
 from tests.integration.conftest import READ_TOKEN, WRITE_KEY, answer_of, eventually, send_events
 
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -39,10 +39,8 @@ CASES: list[tuple[str, str, str, dict[str, str]]] = [
 @asynccontextmanager
 async def _client(*, hot_read: bool) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings(), hot_read=hot_read)
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, update
 
 from clm_infra.db import create_engine
@@ -23,6 +22,7 @@ from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
+from tests.integration.apps import app_client, running
 from tests.integration.conftest import (
     READ_TOKEN,
     eventually,
@@ -38,10 +38,8 @@ READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 @pytest.fixture
 async def engine_app(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings())
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 async def customer(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None:
@@ -180,7 +178,7 @@ async def test_stored_offsets_are_the_truth(common: CommonSettings) -> None:
                 async with engine.begin() as conn:
                     await conn.execute(update(consumer_offsets).values(next_offset=0))
             app = create_app(StageEngineSettings())
-            async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+            async with running(app):
                 await eventually(lambda: _equals(stored_offsets, 5))
                 await eventually(lambda: _outbox_empty(engine))
             assert await purchases() == 5
@@ -224,7 +222,7 @@ async def test_a_big_batch_of_distinct_customers_is_applied(
 
     try:
         app = create_app(StageEngineSettings())
-        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+        async with running(app):
             await eventually(applied, timeout=60)
     finally:
         await engine.dispose()

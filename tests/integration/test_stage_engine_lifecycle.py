@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,6 +35,7 @@ from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
+from tests.integration.apps import app_client
 from tests.integration.conftest import (
     ADMIN_KEY,
     READ_TOKEN,
@@ -61,10 +61,8 @@ def at(days: float) -> str:
 @pytest.fixture
 async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 async def get(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None:
@@ -383,20 +381,18 @@ async def test_failing_webhooks_are_retried_then_parked(
     _Receiver.fail = True
     try:
         app = create_app(StageEngineSettings())
-        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
-                await c.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
-                await send_events(
-                    common,
-                    event_doc("purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)),
-                )
+        async with app_client(app, "http://e") as c:
+            await c.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
+            await send_events(
+                common,
+                event_doc("purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)),
+            )
 
-                async def parked() -> dict[str, int] | None:
-                    subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
-                    return subs[0]["deliveries"] if subs[0]["deliveries"].get("parked") else None
+            async def parked() -> dict[str, int] | None:
+                subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
+                return subs[0]["deliveries"] if subs[0]["deliveries"].get("parked") else None
 
-                assert await eventually(parked, timeout=30) == {"parked": 1}
+            assert await eventually(parked, timeout=30) == {"parked": 1}
         assert len(_Receiver.received) == 2
     finally:
         _Receiver.fail = False
@@ -443,42 +439,38 @@ async def test_a_hanging_subscriber_does_not_delay_another(
     monkeypatch.setenv("CLM_WEBHOOK_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("CLM_WEBHOOK_POLL_S", "0.05")
     app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
-            # the hanging one subscribed first: its deliveries come first in id order
-            for url in (hanging, receiver):
-                created = await c.post("/v1/webhooks", json={"url": url}, headers=ADMIN)
-                assert created.status_code == 201, created.text
-            await send_events(
-                common,
-                *(
-                    event_doc(
-                        "purchase", customer_id=f"hk-{n}", event_id=f"hk{n}", occurred_at=at(0)
-                    )
-                    for n in range(3)
-                ),
-            )
-            for n in range(3):
-                await eventually(functools.partial(get, c, f"hk-{n}"), every=0.02)
-            queued = time.monotonic()  # the deliveries commit with the customers' rows
+    async with app_client(app, "http://e") as c:
+        # the hanging one subscribed first: its deliveries come first in id order
+        for url in (hanging, receiver):
+            created = await c.post("/v1/webhooks", json={"url": url}, headers=ADMIN)
+            assert created.status_code == 201, created.text
+        await send_events(
+            common,
+            *(
+                event_doc("purchase", customer_id=f"hk-{n}", event_id=f"hk{n}", occurred_at=at(0))
+                for n in range(3)
+            ),
+        )
+        for n in range(3):
+            await eventually(functools.partial(get, c, f"hk-{n}"), every=0.02)
+        queued = time.monotonic()  # the deliveries commit with the customers' rows
 
-            async def all_delivered() -> bool:
-                return len(_Receiver.received) >= 3
+        async def all_delivered() -> bool:
+            return len(_Receiver.received) >= 3
 
-            await eventually(all_delivered, every=0.02)
-            took = time.monotonic() - queued
-            assert took < timeout_s / 2, f"the healthy subscriber waited {took:.1f}s"
-            assert _Hanging.requests >= 1  # it was being tried meanwhile
+        await eventually(all_delivered, every=0.02)
+        took = time.monotonic() - queued
+        assert took < timeout_s / 2, f"the healthy subscriber waited {took:.1f}s"
+        assert _Hanging.requests >= 1  # it was being tried meanwhile
 
-            async def parked() -> dict[str, dict[str, int]] | None:
-                subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
-                by_url = {s["url"]: s["deliveries"] for s in subs}
-                return by_url if by_url[hanging] == {"parked": 3} else None
+        async def parked() -> dict[str, dict[str, int]] | None:
+            subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
+            by_url = {s["url"]: s["deliveries"] for s in subs}
+            return by_url if by_url[hanging] == {"parked": 3} else None
 
-            by_url = await eventually(parked, timeout=60)
-            assert by_url[receiver] == {"delivered": 3}
-            assert _Hanging.requests == 6  # each delivery tried max_attempts times
+        by_url = await eventually(parked, timeout=60)
+        assert by_url[receiver] == {"delivered": 3}
+        assert _Hanging.requests == 6  # each delivery tried max_attempts times
     async with db.connect() as conn:
         errors = (
             (
@@ -552,12 +544,10 @@ async def test_the_classic_vocabulary_is_a_setting(common: CommonSettings) -> No
         common, event_doc("site_visit", customer_id="classic", event_id="c1", occurred_at=at(0))
     )
     app = create_app(StageEngineSettings(stage_vocabulary="classic"))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
-            customer = await until_events(c, "classic", 1)
-            assert customer["stage"] == "awareness"
-            assert "advocacy" in (await c.get("/v1/stages", headers=READ)).json()["stages"]
+    async with app_client(app, "http://e") as c:
+        customer = await until_events(c, "classic", 1)
+        assert customer["stage"] == "awareness"
+        assert "advocacy" in (await c.get("/v1/stages", headers=READ)).json()["stages"]
 
 
 def test_a_bad_rule_file_stops_the_engine_naming_the_line(tmp_path: Path) -> None:
@@ -671,16 +661,10 @@ async def engine_and_metrics(
     stage changes subscribed to by ``receiver``."""
     engine = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
     metrics = metrics_app(MetricsSettings())
-    async with (
-        LifespanManager(engine, startup_timeout=30, shutdown_timeout=30) as em,
-        LifespanManager(metrics, startup_timeout=30, shutdown_timeout=30) as mm,
-    ):
-        e = httpx.AsyncClient(transport=httpx.ASGITransport(app=em.app), base_url="http://e")
-        m = httpx.AsyncClient(transport=httpx.ASGITransport(app=mm.app), base_url="http://m")
-        async with e, m:
-            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
-            assert created.status_code == 201, created.text
-            yield e, m
+    async with app_client(engine, "http://e") as e, app_client(metrics, "http://m") as m:
+        created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        yield e, m
 
 
 async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_equal(
