@@ -20,11 +20,9 @@ from clm_cli.simulator.truth import replay, sweeps, truth
 from clm_devstack.services import start_service
 from clm_domain.kpis import window_bounds
 from clm_domain.rules import LifecycleRules, load_rules
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port, running_stack
+from tests.e2e.conftest import READ, WRITE, free_port, running_stack
 from tests.integration.conftest import eventually
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -29,13 +29,10 @@ from clm_cli.simulator.survivors import (
 )
 from clm_cli.simulator.truth import replay, sweeps, truth
 from clm_domain.kpis import window_bounds
-from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, running_stack
+from tests.e2e.conftest import ADMIN, READ, WRITE, Stack, running_stack
 from tests.e2e.test_clm_commands import clm
 from tests.integration.conftest import eventually
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 WINDOWS = {"24h": timedelta(hours=24), "30d": timedelta(days=30), "400d": timedelta(days=400)}
 
 

@@ -29,7 +29,7 @@ from clm_infra.db import create_engine
 from clm_infra.keys import store_key
 from clm_infra.settings import CommonSettings
 from clm_ingest.signatures import sign_timestamped_hex
-from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port, settings_of
+from tests.e2e.conftest import ADMIN_KEY, READ, WRITE, WRITE_KEY, Stack, free_port, settings_of
 from tests.factories import event_doc
 from tests.integration.conftest import eventually, read_topic
 from tests.webhook_payloads import (
@@ -41,8 +41,6 @@ from tests.webhook_payloads import (
     stripe_event,
 )
 
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
 OTHER_KEY = "e2e-other-shop-key"  # a write key of source "other-shop"
 MIB = 1024 * 1024

@@ -16,19 +16,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.events import dump_event, parse_event
 from clm_infra.db import create_engine
-from clm_infra.kafka import ensure_topics, topic_partitions
-from clm_infra.keys import store_key
+from clm_infra.kafka import topic_partitions
 from clm_infra.settings import CommonSettings, KafkaSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
 from tests.integration.apps import app_client
+from tests.keys import bearer
+from tests.keys import seed as seed_keys
 
 T = TypeVar("T")
 
 WRITE_KEY = "it-write-key"
 READ_TOKEN = "it-read-token"
 ADMIN_KEY = "it-admin-key"
+WRITE = bearer(WRITE_KEY)
+READ = bearer(READ_TOKEN)
+ADMIN = bearer(ADMIN_KEY)
 #: Settings that turn every request limit off (a test that is one client sending fast).
 NO_REQUEST_LIMITS: dict[str, Any] = {
     "limits": {"key_per_s": 0, "address_per_s": 0, "failed_auth_per_s": 0},
@@ -49,13 +53,7 @@ def settings_env(clm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
 
 async def seed(settings: CommonSettings) -> None:
     """Create the topics ``settings`` name and store the test's write, read and admin keys."""
-    await ensure_topics(settings)
-    engine = create_engine(settings.database.url, pool_size=1)
-    async with engine.begin() as conn:
-        await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
-        await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
-        await store_key(conn, key=ADMIN_KEY, kind="admin", source="ops")
-    await engine.dispose()
+    await seed_keys(settings, write=WRITE_KEY, read=READ_TOKEN, admin=ADMIN_KEY)
 
 
 @pytest.fixture

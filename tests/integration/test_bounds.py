@@ -29,12 +29,9 @@ from clm_stage_engine.settings import StageEngineSettings
 from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.apps import app_client
-from tests.integration.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, eventually
+from tests.integration.conftest import ADMIN, READ, WRITE, WRITE_KEY, eventually
 from tests.integration.ingest_server import ingest_client
 
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 MAX = format(bounds.MONEY_MAX, "f")  # 99999999999999.9999
 
 

@@ -38,10 +38,9 @@ from clm_cli.simulator import transactions
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.records import lifecycle_record
 from tests.conftest import _plain
-from tests.integration.conftest import READ_TOKEN, eventually, produce
+from tests.integration.conftest import READ, eventually, produce
 from tests.kpi_truth import replay
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 CUSTOMERS = 21_000
 ANONYMOUS = 2_500
 SPAN = timedelta(days=546)  # CDNOW: January 1997 to June 1998

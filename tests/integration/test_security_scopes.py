@@ -43,18 +43,18 @@ from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.apps import running
 from tests.integration.conftest import (
+    ADMIN,
     ADMIN_KEY,
     NO_REQUEST_LIMITS,
+    READ,
     READ_TOKEN,
+    WRITE,
     WRITE_KEY,
     eventually,
     send_events,
 )
 from tests.integration.test_stage_engine_claims import records
 
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 OTHER_READ_TOKEN = "it-other-read-token"
 OTHER_READ = {"Authorization": f"Bearer {OTHER_READ_TOKEN}"}
 PUBLIC_HOOK = "https://93.184.215.14/hook"  # an IP literal: resolves to itself, no DNS

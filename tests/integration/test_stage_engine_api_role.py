@@ -14,9 +14,7 @@ from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
 from tests.integration.apps import app_client
-from tests.integration.conftest import READ_TOKEN, eventually, send_events
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+from tests.integration.conftest import READ, eventually, send_events
 
 
 async def _customer(client: httpx.AsyncClient, cid: str) -> dict[str, object] | None:

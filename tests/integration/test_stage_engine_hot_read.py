@@ -15,9 +15,7 @@ from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
 from tests.integration.apps import app_client
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, answer_of, eventually, send_events
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+from tests.integration.conftest import READ, WRITE_KEY, answer_of, eventually, send_events
 
 # (name, method, path, headers)
 CASES: list[tuple[str, str, str, dict[str, str]]] = [

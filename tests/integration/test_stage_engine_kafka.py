@@ -23,16 +23,7 @@ from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
 from tests.integration.apps import app_client, running
-from tests.integration.conftest import (
-    READ_TOKEN,
-    eventually,
-    produce,
-    read_topic,
-    send_events,
-    wire,
-)
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+from tests.integration.conftest import READ, eventually, produce, read_topic, send_events, wire
 
 
 @pytest.fixture

@@ -37,9 +37,9 @@ from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
 from tests.integration.apps import app_client
 from tests.integration.conftest import (
-    ADMIN_KEY,
-    READ_TOKEN,
-    WRITE_KEY,
+    ADMIN,
+    READ,
+    WRITE,
     eventually,
     produce,
     read_topic,
@@ -47,9 +47,6 @@ from tests.integration.conftest import (
     wire,
 )
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
 DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
 
