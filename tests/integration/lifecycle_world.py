@@ -47,6 +47,7 @@ from clm_stage_engine.sweeper import sweep_once
 from clm_web.auth import KeyVerifier
 from tests.integration.conftest import ADMIN_KEY, READ_TOKEN
 from tests.kpi_truth import truth_cohorts, truth_map
+from tests.records import Record
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 SPAN_MINUTES = 10 * 24 * 60  # events are dated in [T0, T0 + 10 days]
@@ -201,17 +202,6 @@ def engine_clock() -> Iterator[SimClock]:
 
 
 # --- playing a plan -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    """What both handlers read of a Kafka record."""
-
-    key: bytes
-    value: bytes
-    topic: str = "t"
-    partition: int = 0
-    offset: int = 0
 
 
 @dataclass
@@ -436,7 +426,7 @@ def interleaved(records: Sequence[Record], rng: random.Random) -> list[Record]:
     """``records`` as partitions may deliver them: each key's in order, keys interleaved."""
     queues: dict[bytes, list[Record]] = {}
     for record in records:
-        queues.setdefault(record.key, []).append(record)
+        queues.setdefault(record.key or b"", []).append(record)
     out: list[Record] = []
     while queues:
         key = rng.choice(sorted(queues))
