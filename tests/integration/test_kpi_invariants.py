@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_cli.simulator.survivors import Anonymise, Erase, Merge
 from clm_domain.events import parse_event
@@ -129,6 +131,20 @@ class Mutated:
         return await self.inner(conn, kept)
 
 
+@asynccontextmanager
+async def fresh_engine() -> AsyncIterator[tuple[AsyncEngine, Any, str]]:
+    """An emptied database and a stage engine on it: (database, the engine's API, its
+    lifecycle topic)."""
+    settings = StageEngineSettings(**NO_REQUEST_LIMITS)
+    db = create_engine(settings.database.url, pool_size=3)
+    try:
+        await reset(db)
+        async with engine_api(settings, db) as api:
+            yield db, api, settings.topics.lifecycle
+    finally:
+        await db.dispose()
+
+
 def play(
     plan: Sequence[Step_],
     extra: Sequence[tuple[int, int]] = (),
@@ -140,17 +156,11 @@ def play(
     (``fixed``: a hand-made plan, played as it is)."""
 
     async def go() -> tuple[list[str], Played]:
-        settings = StageEngineSettings(**NO_REQUEST_LIMITS)
-        db = create_engine(settings.database.url, pool_size=3)
-        try:
-            await reset(db)
-            async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topics.lifecycle, metrics, windows(extra))
-                world.avoid_stale_links = world.avoid_stale_links and not fixed
-                played = await world.play(plan)
-                return await problems(world), played
-        finally:
-            await db.dispose()
+        async with fresh_engine() as (db, api, topic):
+            world = World(db, api, topic, metrics, windows(extra))
+            world.avoid_stale_links = world.avoid_stale_links and not fixed
+            played = await world.play(plan)
+            return await problems(world), played
 
     return asyncio.run(go())
 
@@ -159,16 +169,10 @@ def play_engine(plan: Sequence[Step_]) -> tuple[list[str], Played]:
     """Play ``plan`` and list how the engine's customers differ from the truth's."""
 
     async def go() -> tuple[list[str], Played]:
-        settings = StageEngineSettings(**NO_REQUEST_LIMITS)
-        db = create_engine(settings.database.url, pool_size=3)
-        try:
-            await reset(db)
-            async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topics.lifecycle)
-                played = await world.play(plan)
-                return await engine_problems(world, truth_steps(world)), played
-        finally:
-            await db.dispose()
+        async with fresh_engine() as (db, api, topic):
+            world = World(db, api, topic)
+            played = await world.play(plan)
+            return await engine_problems(world, truth_steps(world)), played
 
     return asyncio.run(go())
 
