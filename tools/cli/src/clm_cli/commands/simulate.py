@@ -250,15 +250,8 @@ async def _simulate(args: argparse.Namespace, settings: CommonSettings) -> int:
     return 1 if run.progress.rejected else 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cmd = sub.add_parser(
-        "simulate",
-        help="send generated customer journeys (or a CSV of transactions) to the ingest",
-        description="Generate realistic journeys (seeded: the same seed and --as-of give the "
-        "same events) or replay a CSV of transactions; POST them to the ingest (default) or "
-        "write JSON lines (--out); optionally write the expected stages and KPIs (--truth).",
-    )
-    what = cmd.add_argument_group("what to send")
+def _what_to_send(what: argparse._ArgumentGroup) -> None:
+    """Journeys (how many, how far back, which ids) or a CSV to replay."""
     what.add_argument("--customers", type=int, default=200, help="journeys (per wave: --duration)")
     what.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     what.add_argument("--as-of", type=instant, help="journeys end by this time (default now)")
@@ -281,7 +274,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     what.add_argument(
         "--shift-to-now", action="store_true", help="CSV: move dates so the last one is now"
     )
-    how = cmd.add_argument_group("where and how")
+
+
+def _where_and_how(how: argparse._ArgumentGroup) -> None:
+    """The ingest (or a file), the key, and the pace."""
     how.add_argument("--url", help="ingest URL (default CLM_INGEST_URL or http://127.0.0.1:8001)")
     how.add_argument("--key", help="write key (default CLM_WRITE_KEY, else CLM_DEV_WRITE_KEY)")
     how.add_argument("--out", help="write JSON lines to this file ('-': stdout) instead")
@@ -297,7 +293,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=duration,
         help="keep sending new journeys for this long (0: until stopped)",
     )
-    truth = cmd.add_argument_group("truth")
+
+
+def _truth_options(truth: argparse._ArgumentGroup) -> None:
+    """The expected stages and KPIs: where, over which windows, by which rules."""
     truth.add_argument("--truth", type=Path, help="write expected stages and KPIs (JSON) here")
     truth.add_argument(
         "--windows",
@@ -313,4 +312,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         else None,
         help="lifecycle rule file (default CLM_STAGE_ENGINE_RULES_PATH or the shipped one)",
     )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser(
+        "simulate",
+        help="send generated customer journeys (or a CSV of transactions) to the ingest",
+        description="Generate realistic journeys (seeded: the same seed and --as-of give the "
+        "same events) or replay a CSV of transactions; POST them to the ingest (default) or "
+        "write JSON lines (--out); optionally write the expected stages and KPIs (--truth).",
+    )
+    _what_to_send(cmd.add_argument_group("what to send"))
+    _where_and_how(cmd.add_argument_group("where and how"))
+    _truth_options(cmd.add_argument_group("truth"))
     cmd.set_defaults(action_fn=_simulate)
