@@ -14,14 +14,7 @@ from clm_devstack.kafka import KafkaConfig
 from clm_devstack.services import ServiceProcess, start_service
 from clm_infra.settings import CommonSettings, DatabaseSettings, KafkaSettings, TopicSettings
 from tests.conftest import REPO_ROOT
-from tests.keys import bearer, seed
-
-WRITE_KEY = "e2e-write-key"
-READ_TOKEN = "e2e-read-token"
-ADMIN_KEY = "e2e-admin-key"
-WRITE = bearer(WRITE_KEY)
-READ = bearer(READ_TOKEN)
-ADMIN = bearer(ADMIN_KEY)
+from tests.keys import seed
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +65,7 @@ def settings_of(env: dict[str, str]) -> CommonSettings:
 
 async def prepare(env: dict[str, str]) -> None:
     """Create the topics ``env`` names on its broker and store the test keys in its database."""
-    await seed(settings_of(env), write=WRITE_KEY, read=READ_TOKEN, admin=ADMIN_KEY)
+    await seed(settings_of(env))
 
 
 @pytest.fixture

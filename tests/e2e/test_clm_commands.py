@@ -22,8 +22,9 @@ import pytest
 from sqlalchemy import text
 
 from clm_infra.db import create_engine
-from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port
+from tests.e2e.conftest import Stack, free_port
 from tests.integration.conftest import eventually, produce, read_topic
+from tests.keys import ADMIN_KEY, READ, READ_TOKEN, WRITE, WRITE_KEY
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ async def post(stack: Stack, *events: dict[str, Any]) -> None:
         response = await client.post(
             "/v1/events/batch",
             json={"events": list(events)},
-            headers={"Authorization": f"Bearer {WRITE_KEY}"},
+            headers=WRITE,
         )
     assert response.status_code == 202, response.text
 
@@ -91,17 +92,13 @@ async def post(stack: Stack, *events: dict[str, Any]) -> None:
 async def stage_of(stack: Stack, customer: str) -> str | None:
     """The stage over HTTP (polling through the CLI would pay its start-up every time)."""
     async with httpx.AsyncClient(base_url=stack.stage_engine) as client:
-        response = await client.get(
-            f"/v1/customers/{customer}", headers={"Authorization": f"Bearer {READ_TOKEN}"}
-        )
+        response = await client.get(f"/v1/customers/{customer}", headers=READ)
     return str(response.json()["stage"]) if response.status_code == 200 else None
 
 
 async def purchases_counted(stack: Stack) -> int:
     async with httpx.AsyncClient(base_url=stack.metrics) as client:
-        response = await client.get(
-            "/v1/kpis", params={"window": "7d"}, headers={"Authorization": f"Bearer {READ_TOKEN}"}
-        )
+        response = await client.get("/v1/kpis", params={"window": "7d"}, headers=READ)
     return int(response.json()["purchases"])
 
 

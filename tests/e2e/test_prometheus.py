@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from clm_cli.simulator.journeys import generate
-from tests.e2e.conftest import WRITE, Stack, free_port
+from tests.e2e.conftest import Stack, free_port
 from tests.integration.conftest import eventually
+from tests.keys import WRITE
 from tests.kpi_truth import replay, truth
 from tests.promql_names import RULES, panel_exprs, service_metric_names
 

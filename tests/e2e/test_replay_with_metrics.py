@@ -20,8 +20,9 @@ from clm_cli.simulator.truth import replay, sweeps, truth
 from clm_devstack.services import start_service
 from clm_domain.kpis import window_bounds
 from clm_domain.rules import LifecycleRules, load_rules
-from tests.e2e.conftest import READ, WRITE, free_port, running_stack
+from tests.e2e.conftest import free_port, running_stack
 from tests.integration.conftest import eventually
+from tests.keys import READ, WRITE
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -29,9 +29,10 @@ from clm_cli.simulator.survivors import (
 )
 from clm_cli.simulator.truth import replay, sweeps, truth
 from clm_domain.kpis import window_bounds
-from tests.e2e.conftest import ADMIN, READ, WRITE, Stack, running_stack
+from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.test_clm_commands import clm
 from tests.integration.conftest import eventually
+from tests.keys import ADMIN, READ, WRITE
 
 WINDOWS = {"24h": timedelta(hours=24), "30d": timedelta(days=30), "400d": timedelta(days=400)}
 

@@ -20,8 +20,9 @@ import orjson
 import pytest
 
 from clm_devstack import demo
-from tests.e2e.conftest import READ, WRITE_KEY, Stack, free_port, running_stack
+from tests.e2e.conftest import Stack, free_port, running_stack
 from tests.integration.conftest import eventually
+from tests.keys import READ, WRITE_KEY
 
 #: A KPI of each stage that the demo must light up within a minute (24 h window).
 DEMO_KPIS = (

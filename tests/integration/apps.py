@@ -1,4 +1,5 @@
-"""A service app in process for integration tests: its lifespan entered, a client on it."""
+"""A service app in process for integration tests: its lifespan entered, a client on it
+(and what reading a customer from the stage engine's takes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+
+from tests.keys import READ
 
 
 @asynccontextmanager
@@ -26,3 +29,9 @@ async def app_client(app: FastAPI, base_url: str) -> AsyncIterator[httpx.AsyncCl
         transport = httpx.ASGITransport(app=asgi)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client
+
+
+async def read_customer(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None:
+    """Customer ``cid`` from the stage engine's read API, or None while it has none."""
+    response = await client.get(f"/v1/customers/{cid}", headers=READ)
+    return response.json() if response.status_code == 200 else None

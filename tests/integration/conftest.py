@@ -22,17 +22,10 @@ from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
 from tests.integration.apps import app_client
-from tests.keys import bearer
-from tests.keys import seed as seed_keys
+from tests.keys import seed
 
 T = TypeVar("T")
 
-WRITE_KEY = "it-write-key"
-READ_TOKEN = "it-read-token"
-ADMIN_KEY = "it-admin-key"
-WRITE = bearer(WRITE_KEY)
-READ = bearer(READ_TOKEN)
-ADMIN = bearer(ADMIN_KEY)
 #: Settings that turn every request limit off (a test that is one client sending fast).
 NO_REQUEST_LIMITS: dict[str, Any] = {
     "limits": {"key_per_s": 0, "address_per_s": 0, "failed_auth_per_s": 0},
@@ -49,11 +42,6 @@ def settings_env(clm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
     for key, value in clm_env.items():
         monkeypatch.setenv(key, value)
     return clm_env
-
-
-async def seed(settings: CommonSettings) -> None:
-    """Create the topics ``settings`` name and store the test's write, read and admin keys."""
-    await seed_keys(settings, write=WRITE_KEY, read=READ_TOKEN, admin=ADMIN_KEY)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ from clm_stage_engine.outbox import unpack_records
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_web.auth import KeyVerifier
-from tests.integration.conftest import ADMIN_KEY, READ_TOKEN
+from tests.keys import ADMIN, READ
 from tests.kpi_truth import truth_cohorts, truth_map
 from tests.records import Record
 
@@ -343,7 +343,7 @@ class World:
         answer = await self.api.post(
             f"/v1/customers/{op.into}/merge",
             json={"from": op.source},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=ADMIN,
         )
         assert answer.status_code == 200, answer.text
         self.merged[op.source] = op.into
@@ -357,7 +357,7 @@ class World:
         answer = await self.api.delete(
             f"/v1/customers/{op.customer_id}",
             params={"mode": "erase"},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=ADMIN,
         )
         assert answer.status_code == 200, answer.text
         gone = {op.customer_id}
@@ -379,7 +379,7 @@ class World:
         answer = await self.api.delete(
             f"/v1/customers/{cid}",
             params={"mode": "anonymise"},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=ADMIN,
         )
         assert answer.status_code == 200, answer.text
         gone = {cid}
@@ -545,7 +545,7 @@ async def engine_problems(world: World, steps: list[Step]) -> list[str]:
 async def _engine_counts(world: World) -> dict[str, int]:
     """The engine's customers per stage, as ``GET /v1/stages`` answers (its
     ``repository.count_by_stage``)."""
-    answer = await world.api.get("/v1/stages", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    answer = await world.api.get("/v1/stages", headers=READ)
     assert answer.status_code == 200, answer.text
     return {str(k): int(v) for k, v in answer.json()["stages"].items()}
 

@@ -29,8 +29,9 @@ from clm_stage_engine.settings import StageEngineSettings
 from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.apps import app_client
-from tests.integration.conftest import ADMIN, READ, WRITE, WRITE_KEY, eventually
+from tests.integration.conftest import eventually
 from tests.integration.ingest_server import ingest_client
+from tests.keys import ADMIN, READ, WRITE, WRITE_KEY
 
 MAX = format(bounds.MONEY_MAX, "f")  # 99999999999999.9999
 

@@ -38,7 +38,8 @@ from clm_cli.simulator import transactions
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.records import lifecycle_record
 from tests.conftest import _plain
-from tests.integration.conftest import READ, eventually, produce
+from tests.integration.conftest import eventually, produce
+from tests.keys import READ
 from tests.kpi_truth import replay
 
 CUSTOMERS = 21_000

@@ -27,8 +27,9 @@ from clm_stage_engine.app import create_app as create_engine_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
 from tests.integration.apps import app_client
-from tests.integration.conftest import READ_TOKEN, eventually, read_topic, send_events
+from tests.integration.conftest import eventually, read_topic, send_events
 from tests.integration.ingest_server import ingest_client
+from tests.keys import READ
 from tests.webhook_payloads import (
     SECRETS,
     SHOPIFY_ORDER,
@@ -261,11 +262,10 @@ async def test_replayed_deliveries_count_once_in_the_stage_engine(
     )
     engine_app = create_engine_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
     async with app_client(engine_app, "http://engine") as engine:
-        read = {"Authorization": f"Bearer {READ_TOKEN}"}
 
         async def after_the_sentinels() -> tuple[dict[str, Any], dict[str, Any]] | None:
             found = [
-                await engine.get(f"/v1/customers/{cid}", headers=read)
+                await engine.get(f"/v1/customers/{cid}", headers=READ)
                 for cid in ("shopify:115310627314723954", "cust-42")
             ]
             if any(r.status_code != 200 or r.json()["events"] < 2 for r in found):

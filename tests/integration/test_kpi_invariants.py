@@ -46,7 +46,7 @@ from clm_domain.lifecycle import event_order
 from clm_infra.db import create_engine
 from clm_metrics.handler import LifecycleHandler
 from clm_stage_engine.settings import StageEngineSettings
-from tests.integration.conftest import ADMIN_KEY, NO_REQUEST_LIMITS
+from tests.integration.conftest import NO_REQUEST_LIMITS
 from tests.integration.lifecycle_world import (
     ANONYMOUS,
     CUSTOMERS,
@@ -67,6 +67,7 @@ from tests.integration.lifecycle_world import (
     truth_steps,
     windows,
 )
+from tests.keys import ADMIN
 
 KINDS = (
     "site_visit",
@@ -521,7 +522,7 @@ def test_anonymising_an_id_again_is_not_a_server_error(env: dict[str, str]) -> N
                 again = await api.delete(
                     "/v1/customers/c0",
                     params={"mode": "anonymise"},
-                    headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                    headers=ADMIN,
                 )
                 return again.status_code
         finally:

@@ -23,7 +23,8 @@ from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app as engine_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.integration.apps import app_client, running
-from tests.integration.conftest import READ, eventually, produce
+from tests.integration.conftest import eventually, produce
+from tests.keys import READ
 from tests.kpi_truth import replay, truth, truth_cohorts, truth_map
 
 

@@ -9,7 +9,8 @@ import httpx
 import orjson
 
 from clm_infra.settings import CommonSettings
-from tests.integration.conftest import READ, eventually, produce
+from tests.integration.conftest import eventually, produce
+from tests.keys import READ
 
 
 def lifecycle(

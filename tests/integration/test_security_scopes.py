@@ -42,18 +42,9 @@ from clm_web.auth import KeyVerifier
 from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.apps import running
-from tests.integration.conftest import (
-    ADMIN,
-    ADMIN_KEY,
-    NO_REQUEST_LIMITS,
-    READ,
-    READ_TOKEN,
-    WRITE,
-    WRITE_KEY,
-    eventually,
-    send_events,
-)
+from tests.integration.conftest import NO_REQUEST_LIMITS, eventually, send_events
 from tests.integration.test_stage_engine_claims import records
+from tests.keys import ADMIN, ADMIN_KEY, READ, READ_TOKEN, WRITE, WRITE_KEY
 
 OTHER_READ_TOKEN = "it-other-read-token"
 OTHER_READ = {"Authorization": f"Bearer {OTHER_READ_TOKEN}"}

@@ -15,7 +15,8 @@ from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
 from tests.integration.apps import app_client
-from tests.integration.conftest import READ, WRITE_KEY, answer_of, eventually, send_events
+from tests.integration.conftest import answer_of, eventually, send_events
+from tests.keys import READ, WRITE
 
 # (name, method, path, headers)
 CASES: list[tuple[str, str, str, dict[str, str]]] = [
@@ -27,7 +28,7 @@ CASES: list[tuple[str, str, str, dict[str, str]]] = [
     ("no key", "GET", "/v1/customers/hot-1", {}),
     ("not bearer", "GET", "/v1/customers/hot-1", {"Authorization": "Basic eDp5"}),
     ("unknown key", "GET", "/v1/customers/hot-1", {"Authorization": "Bearer nope"}),
-    ("a write key", "GET", "/v1/customers/hot-1", {"Authorization": f"Bearer {WRITE_KEY}"}),
+    ("a write key", "GET", "/v1/customers/hot-1", WRITE),
     ("history", "GET", "/v1/customers/hot-1/history", READ),
     ("the list", "GET", "/v1/customers/", READ),
     ("POST", "POST", "/v1/customers/hot-1", READ),

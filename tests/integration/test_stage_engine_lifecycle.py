@@ -35,17 +35,9 @@ from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
-from tests.integration.apps import app_client
-from tests.integration.conftest import (
-    ADMIN,
-    READ,
-    WRITE,
-    eventually,
-    produce,
-    read_topic,
-    send_events,
-    wire,
-)
+from tests.integration.apps import app_client, read_customer
+from tests.integration.conftest import eventually, produce, read_topic, send_events, wire
+from tests.keys import ADMIN, READ, WRITE
 
 # recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
 DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
@@ -62,14 +54,9 @@ async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def get(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None:
-    r = await client.get(f"/v1/customers/{cid}", headers=READ)
-    return r.json() if r.status_code == 200 else None
-
-
 async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
-        c = await get(client, cid)
+        c = await read_customer(client, cid)
         return c if c and c["events"] == n else None
 
     return await eventually(probe)
@@ -132,7 +119,7 @@ async def test_identity_merge_keeps_first_touch_and_later_anonymous_events_land_
     assert c["first_channel"] == "social"
     assert c["first_seen_at"] == at(0)
     assert c["stage"] == "acquisition"
-    assert await get(client, "anon-7") is None
+    assert await read_customer(client, "anon-7") is None
 
     later = event_doc("purchase", customer_id=None, event_id="p1", occurred_at=at(2))
     later["anonymous_id"] = "anon-7"
@@ -164,14 +151,14 @@ async def test_the_sweeper_moves_quiet_customers_with_a_test_clock(
     topic = common.topics.lifecycle
     assert await sweep_once(db, rules, DAY0 + timedelta(days=59), lifecycle_topic=topic) == 0
     assert await sweep_once(db, rules, DAY0 + timedelta(days=61), lifecycle_topic=topic) == 1
-    assert (await get(client, "quiet"))["stage"] == "at_risk"  # type: ignore[index]
-    assert (await get(client, "busy"))["stage"] == "conversion"  # type: ignore[index]
+    assert (await read_customer(client, "quiet"))["stage"] == "at_risk"  # type: ignore[index]
+    assert (await read_customer(client, "busy"))["stage"] == "conversion"  # type: ignore[index]
     assert await sweep_once(db, rules, DAY0 + timedelta(days=181), lifecycle_topic=topic) == 2
-    quiet = await get(client, "quiet")
+    quiet = await read_customer(client, "quiet")
     assert quiet is not None
     assert quiet["stage"] == "churned"
     assert quiet["stage_entered_at"] == at(180)
-    assert (await get(client, "busy"))["stage"] == "at_risk"  # type: ignore[index]
+    assert (await read_customer(client, "busy"))["stage"] == "at_risk"  # type: ignore[index]
     history = (await client.get("/v1/customers/quiet/history", headers=READ)).json()
     assert [(t["to_stage"], t["reason"]) for t in history["transitions"]] == [
         ("conversion", "first purchase"),
@@ -225,7 +212,7 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
     assert (await client.delete("/v1/customers/erase-me", headers=WRITE)).status_code == 403
     erased = await client.delete("/v1/customers/erase-me", headers=ADMIN)
     assert erased.status_code == 200, erased.text
-    assert await get(client, "erase-me") is None
+    assert await read_customer(client, "erase-me") is None
     assert (await client.delete("/v1/customers/erase-me", headers=ADMIN)).status_code == 404
 
     async def leftovers() -> list[str]:
@@ -257,7 +244,7 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
         )
     await until_events(client, "keep-me", 1)
     await asyncio.sleep(2)  # let the whole log replay
-    assert await get(client, "erase-me") is None
+    assert await read_customer(client, "erase-me") is None
     assert await leftovers() == []
 
 
@@ -449,7 +436,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
             ),
         )
         for n in range(3):
-            await eventually(functools.partial(get, c, f"hk-{n}"), every=0.02)
+            await eventually(functools.partial(read_customer, c, f"hk-{n}"), every=0.02)
         queued = time.monotonic()  # the deliveries commit with the customers' rows
 
         async def all_delivered() -> bool:
@@ -587,7 +574,7 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
         1,
         "social",
     )
-    assert await get(client, "dup-b") is None
+    assert await read_customer(client, "dup-b") is None
     await send_events(
         common,
         event_doc(
@@ -600,7 +587,7 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
     )
     after = await until_events(client, "dup-a", 3)
     assert (after["stage"], after["purchases"]) == ("retention", 2)
-    assert await get(client, "dup-b") is None
+    assert await read_customer(client, "dup-b") is None
 
 
 async def test_merging_two_buyers_restates_the_later_first_purchase(

@@ -1,4 +1,5 @@
-"""clm_devstack.cli and errors: one-line errors, settings from the environment, with-infra."""
+"""clm_devstack.cli, stacks, with_infra and errors: one-line errors, settings from the
+environment, with-infra."""
 
 from __future__ import annotations
 
