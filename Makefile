@@ -90,34 +90,40 @@ deploy-tools: compose-tool kustomize-tool ## the Go tools the deployment tests n
 
 compose-tool: $(COMPOSE_BIN) ## the docker compose CLI (COMPOSE_VERSION) built into .tools/ (~1.5 min, once)
 
+# A Go tool built into .tools/ once and linked as .tools/bin/NAME; where there is no Go
+# toolchain only a warning (the tests that need it skip):
+#   $(call go_tool,WHAT IS BUILT,NAME,WARNING,COMMANDS THAT WRITE $@)
+define go_tool
+	@if ! command -v "$(GO)" >/dev/null 2>&1; then \
+	  echo "make: warning: $(3)" >&2; \
+	else \
+	  echo "building $(1) from the Go module proxy into .tools/ (once)"; \
+	  mkdir -p "$(TOOLS)/bin" && \
+	  $(4) && \
+	  ln -sfn "../$(notdir $@)" "$(TOOLS)/bin/$(2)"; \
+	fi
+endef
+
 # `go install …@version` refuses compose (its go.mod has exclude directives), so build it
 # inside its own module, as downloaded from the proxy, where those directives apply.
+COMPOSE_MODULE := github.com/docker/compose/v5
+build_compose = $(GO_ENV) $(GO) mod download $(COMPOSE_MODULE)@$(COMPOSE_VERSION) && \
+	cd "$$($(GO) env GOMODCACHE)/$(COMPOSE_MODULE)@$(COMPOSE_VERSION)" && \
+	$(GO_ENV) $(GO) build -trimpath -o "$@.tmp" \
+	  -ldflags "-X $(COMPOSE_MODULE)/internal.Version=$(COMPOSE_VERSION)" ./cmd && \
+	mv "$@.tmp" "$@"
+build_kustomize = GOBIN="$(TOOLS)/kustomize.tmp" $(GO_ENV) $(GO) install \
+	  sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) && \
+	mv "$(TOOLS)/kustomize.tmp/kustomize" "$@" && rmdir "$(TOOLS)/kustomize.tmp"
+
 $(COMPOSE_BIN):
-	@if ! command -v "$(GO)" >/dev/null 2>&1; then \
-	  echo "make: warning: no Go toolchain: the docker compose config test cannot run" >&2; \
-	else \
-	  echo "building docker compose $(COMPOSE_VERSION) from the Go module proxy into .tools/ (once)"; \
-	  mkdir -p "$(TOOLS)/bin" && \
-	  $(GO_ENV) $(GO) mod download github.com/docker/compose/v5@$(COMPOSE_VERSION) && \
-	  cd "$$($(GO) env GOMODCACHE)/github.com/docker/compose/v5@$(COMPOSE_VERSION)" && \
-	  $(GO_ENV) $(GO) build -trimpath -o "$@.tmp" \
-	    -ldflags "-X github.com/docker/compose/v5/internal.Version=$(COMPOSE_VERSION)" ./cmd && \
-	  mv "$@.tmp" "$@" && ln -sfn "../$(notdir $@)" "$(TOOLS)/bin/docker-compose"; \
-	fi
+	$(call go_tool,docker compose $(COMPOSE_VERSION),docker-compose,no Go toolchain: the docker compose config test cannot run,$(build_compose))
 
 kustomize-tool: ## kustomize: `kubectl kustomize` when kubectl is there, else KUSTOMIZE_VERSION built into .tools/
 	@if ! kubectl kustomize --help >/dev/null 2>&1; then $(MAKE) --no-print-directory $(KUSTOMIZE_BIN); fi
 
 $(KUSTOMIZE_BIN):
-	@if ! command -v "$(GO)" >/dev/null 2>&1; then \
-	  echo "make: warning: no Go toolchain and no kubectl: the Kubernetes tests cannot render" >&2; \
-	else \
-	  echo "building kustomize $(KUSTOMIZE_VERSION) from the Go module proxy into .tools/ (once)"; \
-	  mkdir -p "$(TOOLS)/bin" && \
-	  GOBIN="$(TOOLS)/kustomize.tmp" $(GO_ENV) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) && \
-	  mv "$(TOOLS)/kustomize.tmp/kustomize" "$@" && rmdir "$(TOOLS)/kustomize.tmp" && \
-	  ln -sfn "../$(notdir $@)" "$(TOOLS)/bin/kustomize"; \
-	fi
+	$(call go_tool,kustomize $(KUSTOMIZE_VERSION),kustomize,no Go toolchain and no kubectl: the Kubernetes tests cannot render,$(build_kustomize))
 
 compose-config: compose-tool ## check docker-compose.yml with .env.example (secrets filled with placeholders)
 	@env_file=$$(mktemp) && trap 'rm -f "$$env_file"' EXIT && \

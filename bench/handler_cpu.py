@@ -38,18 +38,11 @@ from clm_infra.db import create_engine
 from clm_metrics.handler import LifecycleHandler
 from clm_simulator.journeys import generate
 from tests.kpi_truth import record, replay
+from tests.records import Record
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 BATCH = 200
 TARGET = 1.15  # issue 29: CPU per event at most 15 % over the sketch version
-
-
-@dataclass(frozen=True)
-class Record:
-    value: bytes
-    topic: str = "clm.lifecycle.v1"
-    partition: int = 0
-    offset: int = 0
 
 
 async def measure(seeds: int) -> tuple[int, float, float]:
@@ -66,7 +59,7 @@ async def measure(seeds: int) -> tuple[int, float, float]:
         cpu, wall = time.process_time(), time.perf_counter()
         for i in range(0, len(values), BATCH):
             async with engine.begin() as conn:
-                await handler(conn, [Record(v) for v in values[i : i + BATCH]])
+                await handler(conn, [Record(None, v) for v in values[i : i + BATCH]])
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         await engine.dispose()

@@ -32,8 +32,8 @@ from bench.proc import cpu_s, listener_pid, tree_cpu_s
 from bench.reads import FILL_SQL, fill_ids, read_rounds
 from bench.results import write_section
 from bench.stack import stack_env
-from clm_devstack.cli import endpoint_of_bootstrap
 from clm_devstack.services import ServiceProcess, start_service
+from clm_devstack.with_infra import endpoint_of_bootstrap
 from clm_domain.events import dump_event, parse_event
 from clm_infra.db import create_engine
 from clm_infra.kafka import log_ends

@@ -72,8 +72,8 @@ def infra() -> Iterator[Infra]:
         ):
             yield Infra(k.get_bootstrap_server(), pg.get_connection_url())
         return
-    from clm_devstack.cli import start_infra, stop_infra, testing_stack
-    from clm_devstack.postgres import database_url
+    from clm_devstack.postgres_config import database_url
+    from clm_devstack.stacks import start_infra, stop_infra, testing_stack
 
     stack = testing_stack(REPO_ROOT)
     start_infra(stack)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from clm_devstack.kafka import KafkaConfig, start_kafka, stop_kafka
-from clm_devstack.postgres import PostgresConfig, database_url, start_postgres, stop_postgres
+from clm_devstack.postgres import start_postgres, stop_postgres
+from clm_devstack.postgres_config import PostgresConfig, database_url
 from tests.chaos.harness import ChaosStack
 from tests.conftest import alembic_upgrade
 from tests.e2e.conftest import free_port, own_kafka, prepare

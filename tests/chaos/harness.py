@@ -45,8 +45,9 @@ from clm_infra.settings import KafkaSettings
 from clm_simulator.personas import SimConfig, simulate
 from clm_simulator.replay import replay, stages_as_of
 from tests.chaos.invariants import DeadLetter, EventKey, Expected, Observed, assert_invariant
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port
+from tests.e2e.conftest import free_port
 from tests.integration.conftest import eventually
+from tests.keys import READ, WRITE_KEY
 
 SOURCE = "shop"  # the write key's source
 SERVICES = ("ingest", "stage-engine", "metrics")
@@ -409,7 +410,7 @@ async def _kpi_events(metrics_url: str) -> int:
         answer = await http.get(
             f"{metrics_url}/v1/kpis",
             params=query,
-            headers={"Authorization": f"Bearer {READ_TOKEN}"},
+            headers=READ,
         )
     assert answer.status_code == 200, answer.text
     return int(answer.json()["events"])

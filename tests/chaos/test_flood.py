@@ -28,8 +28,9 @@ import pytest
 from clm_devstack.services import start_service
 from clm_infra.db import create_engine
 from clm_infra.keys import store_key
-from tests.e2e.conftest import WRITE_KEY, free_port, settings_of
+from tests.e2e.conftest import free_port, settings_of
 from tests.factories import event_doc
+from tests.keys import WRITE
 
 FLOOD_KEY = "chaos-flood-key"
 LIMIT = 30  # events a second per key
@@ -47,7 +48,6 @@ async def victim(url: str, seconds: float) -> list[float]:
     """Latencies (s) of one single-event request every 1/RATE s, each answered 202."""
     latencies: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        headers = {"Authorization": f"Bearer {WRITE_KEY}"}
         await http.get("/healthz")  # the connection is open before we time anything
         next_at = time.monotonic()
         for _ in range(int(seconds * RATE)):
@@ -57,7 +57,7 @@ async def victim(url: str, seconds: float) -> list[float]:
             doc = event_doc("site_visit", customer_id=f"v-{uuid.uuid4().hex[:8]}", source=None)
             doc.pop("occurred_at")
             began = time.perf_counter()
-            response = await http.post("/v1/events", content=orjson.dumps(doc), headers=headers)
+            response = await http.post("/v1/events", content=orjson.dumps(doc), headers=WRITE)
             latencies.append(time.perf_counter() - began)
             assert response.status_code == 202, response.text
     return latencies

@@ -32,8 +32,8 @@ from tests.chaos.harness import (
     scrape,
 )
 from tests.chaos.latency_proxy import LatencyProxy
-from tests.e2e.conftest import READ_TOKEN
 from tests.integration.conftest import eventually
+from tests.keys import READ
 
 CONSUMERS = ("stage-engine", "metrics")
 DOWN_S = 8.0  # Postgres away for longer than a batch retry backoff, several times over
@@ -57,9 +57,7 @@ async def batches(stack: ChaosStack, outcome: str) -> float:
 
 async def kpis_status(metrics_url: str) -> int:
     async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.get(
-            f"{metrics_url}/v1/kpis", headers={"Authorization": f"Bearer {READ_TOKEN}"}
-        )
+        answer = await http.get(f"{metrics_url}/v1/kpis", headers=READ)
     return answer.status_code
 
 

@@ -27,7 +27,7 @@ from clm_infra.db import create_engine
 from clm_infra.schema import customers, stage_transitions
 from tests.chaos.harness import ChaosStack, Ledger, check, customer_of, journeys, send
 from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN
+from tests.keys import ADMIN, READ
 
 
 def clm_replay(env: Mapping[str, str]) -> None:
@@ -60,7 +60,7 @@ async def snapshot(env: Mapping[str, str], metrics_url: str) -> dict[str, Any]:
                 "from": (now - timedelta(days=800)).isoformat(),
                 "to": (now + timedelta(days=2)).isoformat(),
             },
-            headers={"Authorization": f"Bearer {READ_TOKEN}"},
+            headers=READ,
         )
     body = kpis.json()
     return {
@@ -148,14 +148,12 @@ async def test_erased_customers_do_not_come_back_after_a_replay(
     await check(shared_env, ledger, metrics_url=None)
     people = sorted({c for d in ledger.sent.values() if (c := customer_of(d))})
     erased = frozenset(random.Random(10).sample(people, 4))
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    read = {"Authorization": f"Bearer {READ_TOKEN}"}
     async with httpx.AsyncClient(base_url=stack.url("stage-engine"), timeout=30) as api:
         for cid in sorted(erased):
-            gone = await api.delete(f"/v1/customers/{cid}", headers=admin)
+            gone = await api.delete(f"/v1/customers/{cid}", headers=ADMIN)
             assert gone.status_code in (200, 202, 204), gone.text
         await asyncio.to_thread(clm_replay, shared_env)
         await check(shared_env, ledger, metrics_url=None, erased=erased)
         for cid in sorted(erased):
-            answer = await api.get(f"/v1/customers/{cid}", headers=read)
+            answer = await api.get(f"/v1/customers/{cid}", headers=READ)
             assert answer.status_code == 404, answer.text

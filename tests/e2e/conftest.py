@@ -12,15 +12,9 @@ import pytest
 
 from clm_devstack.kafka import KafkaConfig
 from clm_devstack.services import ServiceProcess, start_service
-from clm_infra.db import create_engine
-from clm_infra.kafka import ensure_topics
-from clm_infra.keys import store_key
 from clm_infra.settings import CommonSettings, DatabaseSettings, KafkaSettings, TopicSettings
 from tests.conftest import REPO_ROOT
-
-WRITE_KEY = "e2e-write-key"
-READ_TOKEN = "e2e-read-token"
-ADMIN_KEY = "e2e-admin-key"
+from tests.keys import seed
 
 
 @pytest.fixture(autouse=True)
@@ -71,14 +65,7 @@ def settings_of(env: dict[str, str]) -> CommonSettings:
 
 async def prepare(env: dict[str, str]) -> None:
     """Create the topics ``env`` names on its broker and store the test keys in its database."""
-    settings = settings_of(env)
-    await ensure_topics(settings)
-    engine = create_engine(settings.database.url, pool_size=1)
-    async with engine.begin() as conn:
-        await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
-        await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
-        await store_key(conn, key=ADMIN_KEY, kind="admin", source="ops")
-    await engine.dispose()
+    await seed(settings_of(env))
 
 
 @pytest.fixture

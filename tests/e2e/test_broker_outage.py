@@ -16,11 +16,10 @@ from clm_devstack.kafka import start_kafka, stop_kafka
 from clm_devstack.services import start_service
 from clm_infra.kafka import ensure_topics
 from clm_infra.settings import CommonSettings, KafkaSettings, TopicSettings
-from tests.e2e.conftest import WRITE_KEY, free_port, own_kafka
+from tests.e2e.conftest import free_port, own_kafka
 from tests.factories import event_doc
 from tests.integration.conftest import read_topic
-
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
+from tests.keys import WRITE
 
 
 async def test_broker_killed_under_the_ingest(prepared_env: dict[str, str], tmp_path: Path) -> None:

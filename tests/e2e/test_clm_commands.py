@@ -22,8 +22,9 @@ import pytest
 from sqlalchemy import text
 
 from clm_infra.db import create_engine
-from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port
+from tests.e2e.conftest import Stack, free_port
 from tests.integration.conftest import eventually, produce, read_topic
+from tests.keys import ADMIN_KEY, READ, READ_TOKEN, WRITE, WRITE_KEY
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class Run:
 
     def json(self) -> Any:
         return orjson.loads(self.out)
+
+    def failed(self, status: int, message: str) -> None:
+        """Assert the command exited with ``status`` and said ``message`` on stderr."""
+        assert self.status == status, self.err
+        assert message in self.err
 
 
 async def clm(stack: Stack, *args: str, **env: str) -> Run:
@@ -78,7 +84,7 @@ async def post(stack: Stack, *events: dict[str, Any]) -> None:
         response = await client.post(
             "/v1/events/batch",
             json={"events": list(events)},
-            headers={"Authorization": f"Bearer {WRITE_KEY}"},
+            headers=WRITE,
         )
     assert response.status_code == 202, response.text
 
@@ -86,17 +92,13 @@ async def post(stack: Stack, *events: dict[str, Any]) -> None:
 async def stage_of(stack: Stack, customer: str) -> str | None:
     """The stage over HTTP (polling through the CLI would pay its start-up every time)."""
     async with httpx.AsyncClient(base_url=stack.stage_engine) as client:
-        response = await client.get(
-            f"/v1/customers/{customer}", headers={"Authorization": f"Bearer {READ_TOKEN}"}
-        )
+        response = await client.get(f"/v1/customers/{customer}", headers=READ)
     return str(response.json()["stage"]) if response.status_code == 200 else None
 
 
 async def purchases_counted(stack: Stack) -> int:
     async with httpx.AsyncClient(base_url=stack.metrics) as client:
-        response = await client.get(
-            "/v1/kpis", params={"window": "7d"}, headers={"Authorization": f"Bearer {READ_TOKEN}"}
-        )
+        response = await client.get("/v1/kpis", params={"window": "7d"}, headers=READ)
     return int(response.json()["purchases"])
 
 
@@ -159,30 +161,25 @@ async def test_customer_stages_and_kpis_commands(stack: Stack) -> None:
     assert "25.00" in people.out
 
     unknown = await clm(stack, "customer", "show", "nobody")
-    assert unknown.status == 1
-    assert "unknown customer 'nobody'" in unknown.err
+    unknown.failed(1, "unknown customer 'nobody'")
 
     bad_window = await clm(stack, "kpis", "--window", "forever")
-    assert bad_window.status == 1
-    assert "window" in bad_window.err
+    bad_window.failed(1, "window")
 
     await bad_key_and_services_down(stack)  # one stack for both: starting one costs seconds
 
 
 async def bad_key_and_services_down(stack: Stack) -> None:
     refused = await clm(stack, "stages", "--token", "not-a-key")
-    assert refused.status == 2
-    assert "refused the read key (401" in refused.err
+    refused.failed(2, "refused the read key (401")
     assert "CLM_READ_TOKEN" in refused.err
 
     down = await clm(stack, "kpis", CLM_METRICS_URL=f"http://127.0.0.1:{free_port()}")
-    assert down.status == 2
-    assert "cannot reach the metrics service" in down.err
+    down.failed(2, "cannot reach the metrics service")
     assert "Traceback" not in down.err
 
     no_kafka = await clm(stack, "dlq", "list", CLM_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
-    assert no_kafka.status == 2
-    assert "cannot reach Kafka" in no_kafka.err
+    no_kafka.failed(2, "cannot reach Kafka")
 
     no_db = await clm(
         stack,
@@ -190,8 +187,7 @@ async def bad_key_and_services_down(stack: Stack) -> None:
         "list",
         CLM_DATABASE_URL=f"postgresql+asyncpg://clm:clm@127.0.0.1:{free_port()}/clm",
     )
-    assert no_db.status == 2
-    assert "cannot reach Postgres" in no_db.err
+    no_db.failed(2, "cannot reach Postgres")
 
 
 async def test_erase_needs_yes_and_an_admin_key(stack: Stack) -> None:
@@ -199,19 +195,16 @@ async def test_erase_needs_yes_and_an_admin_key(stack: Stack) -> None:
     await eventually(lambda: stage_of(stack, "gone"), timeout=30, every=0.5)
 
     unsure = await clm(stack, "customer", "erase", "gone")
-    assert unsure.status == 1
-    assert "--yes" in unsure.err
+    unsure.failed(1, "--yes")
     read_only = await clm(stack, "customer", "erase", "gone", "--yes", CLM_ADMIN_KEY=READ_TOKEN)
     assert read_only.status == 2
     write_only = await clm(stack, "customer", "erase", "gone", "--yes", CLM_ADMIN_KEY=WRITE_KEY)
-    assert write_only.status == 2
-    assert "CLM_ADMIN_KEY" in write_only.err
+    write_only.failed(2, "CLM_ADMIN_KEY")
     erased = await clm(stack, "customer", "erase", "gone", "--yes")
     assert erased.status == 0, erased.err
     assert (await clm(stack, "customer", "show", "gone")).status == 1
     again = await clm(stack, "customer", "erase", "gone", "--yes")
-    assert again.status == 1
-    assert "unknown customer" in again.err
+    again.failed(1, "unknown customer")
 
 
 async def test_status_reports_health_lag_and_a_service_down(stack: Stack) -> None:
@@ -320,8 +313,7 @@ async def test_dlq_list_show_and_replay_a_fixed_record(stack: Stack, tmp_path: P
         orjson.dumps({**event("purchase", "late", datetime.now(UTC)), "source": "shop"})
     )
     refused = await clm(stack, "dlq", "replay", ref, "--fixed", str(invalid))
-    assert refused.status == 2
-    assert "properties" in refused.err  # names the field that is wrong
+    refused.failed(2, "properties")  # names the field that is wrong
 
     fixed = tmp_path / "fixed.json"
     fixed.write_bytes(
@@ -332,11 +324,9 @@ async def test_dlq_list_show_and_replay_a_fixed_record(stack: Stack, tmp_path: P
     assert await eventually(lambda: stage_of(stack, "late"), timeout=30, every=0.5) == "acquisition"
 
     missing = await clm(stack, "dlq", "replay", "0:999")
-    assert missing.status == 1
-    assert "no record 0:999" in missing.err
+    missing.failed(1, "no record 0:999")
     malformed = await clm(stack, "dlq", "show", "zero")
-    assert malformed.status == 2
-    assert "PARTITION:OFFSET" in malformed.err
+    malformed.failed(2, "PARTITION:OFFSET")
 
     # as they are (after a consumer fix): still poison, so both come back to the DLQ
     again = await clm(stack, "dlq", "replay", "--all")
@@ -373,8 +363,7 @@ async def test_migrate_builds_an_empty_database_and_reports_status(stack: Stack)
         assert current.status == 0
         assert "up to date" in current.out
         elsewhere = await clm(stack, "migrate", "--config", "/nonexistent/alembic.ini")
-        assert elsewhere.status == 2
-        assert "--config" in elsewhere.err
+        elsewhere.failed(2, "--config")
     finally:
         async with admin.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")

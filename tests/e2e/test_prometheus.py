@@ -21,13 +21,12 @@ import pytest
 import yaml
 
 from clm_simulator.journeys import generate
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, Stack, free_port
+from tests.e2e.conftest import Stack, free_port
 from tests.integration.conftest import eventually
+from tests.keys import WRITE
 from tests.kpi_truth import replay, truth
 from tests.promql_names import RULES, panel_exprs, service_metric_names
 
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 _TYPE = re.compile(r"^# TYPE (\S+) (\w+)$", re.M)
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)[{ ]", re.M)
 

@@ -21,11 +21,10 @@ from clm_domain.rules import LifecycleRules, load_rules
 from clm_simulator.personas import SimConfig, simulate
 from clm_simulator.replay import replay, sweeps
 from clm_simulator.truth import truth
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, free_port, running_stack
+from tests.e2e.conftest import free_port, running_stack
 from tests.integration.conftest import eventually
+from tests.keys import READ, WRITE
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
 ROOT = Path(__file__).resolve().parents[2]
 
 

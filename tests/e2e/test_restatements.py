@@ -31,13 +31,11 @@ from clm_simulator.survivors import (
     replay_surviving,
 )
 from clm_simulator.truth import truth
-from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, running_stack
+from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.test_clm_commands import clm
 from tests.integration.conftest import eventually
+from tests.keys import ADMIN, READ, WRITE
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 WINDOWS = {"24h": timedelta(hours=24), "30d": timedelta(days=30), "400d": timedelta(days=400)}
 
 

@@ -29,9 +29,10 @@ from clm_infra.db import create_engine
 from clm_infra.keys import store_key
 from clm_infra.settings import CommonSettings
 from clm_ingest.signatures import sign_timestamped_hex
-from tests.e2e.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, Stack, free_port, settings_of
+from tests.e2e.conftest import Stack, free_port, settings_of
 from tests.factories import event_doc
 from tests.integration.conftest import eventually, read_topic
+from tests.keys import ADMIN, READ, WRITE, WRITE_KEY
 from tests.webhook_payloads import (
     SECRETS,
     SHOPIFY_ORDER,
@@ -41,8 +42,6 @@ from tests.webhook_payloads import (
     stripe_event,
 )
 
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
 OTHER_KEY = "e2e-other-shop-key"  # a write key of source "other-shop"
 MIB = 1024 * 1024
@@ -339,7 +338,6 @@ async def test_a_write_key_changes_and_reads_nothing_and_urls_inside_are_refused
 ) -> None:
     """The attacker's session of issue 28, replayed against the running processes."""
     stack, _ = secured
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(timeout=10) as http:
         posted = await http.post(
             f"{stack.ingest}/v1/events",
@@ -372,10 +370,10 @@ async def test_a_write_key_changes_and_reads_nothing_and_urls_inside_are_refused
             "https://[::ffff:169.254.169.254]/hook",
         ):
             refused = problem(
-                await http.post(f"{engine}/v1/webhooks", json={"url": url}, headers=admin), 422
+                await http.post(f"{engine}/v1/webhooks", json={"url": url}, headers=ADMIN), 422
             )
             assert refused["errors"][0]["field"] == "url", url
-        erased = await http.delete(f"{engine}/v1/customers/target", headers=admin)
+        erased = await http.delete(f"{engine}/v1/customers/target", headers=ADMIN)
         assert erased.status_code == 200, erased.text
 
         flood = [

@@ -20,10 +20,10 @@ import orjson
 import pytest
 
 from clm_devstack import demo
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, Stack, free_port, running_stack
+from tests.e2e.conftest import Stack, free_port, running_stack
 from tests.integration.conftest import eventually
+from tests.keys import READ, WRITE_KEY
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 #: A KPI of each stage that the demo must light up within a minute (24 h window).
 DEMO_KPIS = (
     "site_visits",

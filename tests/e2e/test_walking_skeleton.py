@@ -14,12 +14,10 @@ from typing import Any
 import httpx
 
 from clm_devstack.services import start_service
-from tests.e2e.conftest import READ_TOKEN, WRITE_KEY, Stack, free_port
+from tests.e2e.conftest import Stack, free_port
 from tests.factories import event_doc
 from tests.integration.conftest import eventually
-
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+from tests.keys import READ, WRITE
 
 
 async def test_a_purchase_travels_the_whole_way_and_counts_once(stack: Stack) -> None:

@@ -12,23 +12,20 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.events import dump_event, parse_event
 from clm_infra.db import create_engine
-from clm_infra.kafka import ensure_topics, topic_partitions
-from clm_infra.keys import store_key
+from clm_infra.kafka import topic_partitions
 from clm_infra.settings import CommonSettings, KafkaSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
+from tests.integration.apps import app_client
+from tests.keys import seed
 
 T = TypeVar("T")
 
-WRITE_KEY = "it-write-key"
-READ_TOKEN = "it-read-token"
-ADMIN_KEY = "it-admin-key"
 #: Settings that turn every request limit off (a test that is one client sending fast).
 NO_REQUEST_LIMITS: dict[str, Any] = {
     "limits": {"key_per_s": 0, "address_per_s": 0, "failed_auth_per_s": 0},
@@ -45,17 +42,6 @@ def settings_env(clm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
     for key, value in clm_env.items():
         monkeypatch.setenv(key, value)
     return clm_env
-
-
-async def seed(settings: CommonSettings) -> None:
-    """Create the topics ``settings`` name and store the test's write, read and admin keys."""
-    await ensure_topics(settings)
-    engine = create_engine(settings.database.url, pool_size=1)
-    async with engine.begin() as conn:
-        await store_key(conn, key=WRITE_KEY, kind="write", source="shop")
-        await store_key(conn, key=READ_TOKEN, kind="read", source="analytics")
-        await store_key(conn, key=ADMIN_KEY, kind="admin", source="ops")
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -79,10 +65,8 @@ async def metrics_app(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient
     """The metrics service of this test, running (its consumer on the test's lifecycle topic):
     a client of its API."""
     app = create_metrics_app(MetricsSettings())
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as c:
-            yield c
+    async with app_client(app, "http://metrics") as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import uvicorn
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
+from tests.integration.apps import app_client
 
 
 @asynccontextmanager
@@ -22,11 +22,8 @@ async def ingest_client(
     settings: IngestSettings, *, hot_routes: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client on the app, its lifespan entered (real Kafka, real Postgres)."""
-    app = create_app(settings, hot_routes=hot_routes)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
-            yield client
+    async with app_client(create_app(settings, hot_routes=hot_routes), "http://ingest") as client:
+        yield client
 
 
 @contextmanager

@@ -46,8 +46,9 @@ from clm_stage_engine.outbox import unpack_records
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_web.auth import KeyVerifier
-from tests.integration.conftest import ADMIN_KEY, READ_TOKEN
+from tests.keys import ADMIN, READ
 from tests.kpi_truth import truth_cohorts, truth_map
+from tests.records import Record
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 SPAN_MINUTES = 10 * 24 * 60  # events are dated in [T0, T0 + 10 days]
@@ -204,17 +205,6 @@ def engine_clock() -> Iterator[SimClock]:
 # --- playing a plan -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Record:
-    """What both handlers read of a Kafka record."""
-
-    key: bytes
-    value: bytes
-    topic: str = "t"
-    partition: int = 0
-    offset: int = 0
-
-
 @dataclass
 class Played:
     """What playing a plan did: its history as the truth needs it (batches as they arrived,
@@ -354,7 +344,7 @@ class World:
         answer = await self.api.post(
             f"/v1/customers/{op.into}/merge",
             json={"from": op.source},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=ADMIN,
         )
         assert answer.status_code == 200, answer.text
         self.merged[op.source] = op.into
@@ -368,7 +358,7 @@ class World:
         answer = await self.api.delete(
             f"/v1/customers/{op.customer_id}",
             params={"mode": "erase"},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=ADMIN,
         )
         assert answer.status_code == 200, answer.text
         gone = {op.customer_id}
@@ -390,7 +380,7 @@ class World:
         answer = await self.api.delete(
             f"/v1/customers/{cid}",
             params={"mode": "anonymise"},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=ADMIN,
         )
         assert answer.status_code == 200, answer.text
         gone = {cid}
@@ -437,7 +427,7 @@ def interleaved(records: Sequence[Record], rng: random.Random) -> list[Record]:
     """``records`` as partitions may deliver them: each key's in order, keys interleaved."""
     queues: dict[bytes, list[Record]] = {}
     for record in records:
-        queues.setdefault(record.key, []).append(record)
+        queues.setdefault(record.key or b"", []).append(record)
     out: list[Record] = []
     while queues:
         key = rng.choice(sorted(queues))
@@ -556,7 +546,7 @@ async def engine_problems(world: World, steps: list[Step]) -> list[str]:
 async def _engine_counts(world: World) -> dict[str, int]:
     """The engine's customers per stage, as ``GET /v1/stages`` answers (its
     ``repository.count_by_stage``)."""
-    answer = await world.api.get("/v1/stages", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    answer = await world.api.get("/v1/stages", headers=READ)
     assert answer.status_code == 200, answer.text
     return {str(k): int(v) for k, v in answer.json()["stages"].items()}
 

@@ -14,7 +14,6 @@ from urllib.parse import quote
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,12 +28,11 @@ from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
-from tests.integration.conftest import ADMIN_KEY, READ_TOKEN, WRITE_KEY, eventually
+from tests.integration.apps import app_client
+from tests.integration.conftest import eventually
 from tests.integration.ingest_server import ingest_client
+from tests.keys import ADMIN, READ, WRITE, WRITE_KEY
 
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 MAX = format(bounds.MONEY_MAX, "f")  # 99999999999999.9999
 
 
@@ -47,10 +45,8 @@ async def ingest(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def engine(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = stage_engine_app(StageEngineSettings())
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
-            yield client
+    async with app_client(app, "http://engine") as client:
+        yield client
 
 
 def nested(levels: int) -> Any:
@@ -254,27 +250,25 @@ async def test_segment_and_webhook_entry_points_keep_the_same_bounds(
 
 async def test_the_metrics_service_refuses_times_beyond_the_bounds(common: CommonSettings) -> None:
     app = metrics_app(MetricsSettings())
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as client:
-            for name, value in (
-                ("from", "0001-01-01T00:00:00+14:00"),
-                ("from", "2026-11-23T00:00:00+16:00"),
-                ("to", "9999-12-31T23:59:59Z"),
-                ("to", "9999-12-31T23:59:59-14:00"),
-            ):
-                params = {
-                    "from": "2026-11-22T00:00:00Z",
-                    "to": "2026-11-23T00:00:00Z",
-                    name: value,
-                }
-                for path in ("/v1/kpis", "/v1/lifecycle/map", "/v1/kpis/revenue/series"):
-                    answer = await client.get(path, params=params, headers=READ)
-                    assert answer.status_code == 422, (path, params, answer.text)
-                    assert [e["field"] for e in answer.json()["errors"]] == [name]
-            edge = {"from": "1970-01-01T00:00:00Z", "to": "1970-01-02T00:00:00Z"}
-            answer = await client.get("/v1/kpis", params=edge, headers=READ)
-            assert answer.status_code == 200, answer.text
+    async with app_client(app, "http://metrics") as client:
+        for name, value in (
+            ("from", "0001-01-01T00:00:00+14:00"),
+            ("from", "2026-11-23T00:00:00+16:00"),
+            ("to", "9999-12-31T23:59:59Z"),
+            ("to", "9999-12-31T23:59:59-14:00"),
+        ):
+            params = {
+                "from": "2026-11-22T00:00:00Z",
+                "to": "2026-11-23T00:00:00Z",
+                name: value,
+            }
+            for path in ("/v1/kpis", "/v1/lifecycle/map", "/v1/kpis/revenue/series"):
+                answer = await client.get(path, params=params, headers=READ)
+                assert answer.status_code == 422, (path, params, answer.text)
+                assert [e["field"] for e in answer.json()["errors"]] == [name]
+        edge = {"from": "1970-01-01T00:00:00Z", "to": "1970-01-02T00:00:00Z"}
+        answer = await client.get("/v1/kpis", params=edge, headers=READ)
+        assert answer.status_code == 200, answer.text
 
 
 async def test_a_history_stored_before_the_bounds_is_still_refolded(

@@ -38,10 +38,10 @@ from clm_infra.settings import CommonSettings
 from clm_simulator import transactions
 from clm_stage_engine.records import lifecycle_record
 from tests.conftest import _plain
-from tests.integration.conftest import READ_TOKEN, eventually, produce
+from tests.integration.conftest import eventually, produce
+from tests.keys import READ
 from tests.kpi_truth import replay
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 CUSTOMERS = 21_000
 ANONYMOUS = 2_500
 SPAN = timedelta(days=546)  # CDNOW: January 1997 to June 1998

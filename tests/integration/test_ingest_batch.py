@@ -13,10 +13,9 @@ import pytest
 from clm_infra.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from tests.factories import event_doc
-from tests.integration.conftest import WRITE_KEY, read_topic
+from tests.integration.conftest import read_topic
 from tests.integration.ingest_server import ingest_client
-
-AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
+from tests.keys import WRITE
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ async def test_a_batch_publishes_the_valid_events_and_lists_the_refused_by_index
     good_b = {**event_doc("site_visit", customer_id=None), "anonymous_id": "anon-b"}
     foreign = event_doc("signup", source="elsewhere")
     response = await client.post(
-        "/v1/events/batch", json={"events": [good_a, bad, good_b, foreign]}, headers=AUTH
+        "/v1/events/batch", json={"events": [good_a, bad, good_b, foreign]}, headers=WRITE
     )
     assert response.status_code == 202, response.text
     body = response.json()
@@ -68,7 +67,7 @@ async def test_an_all_invalid_batch_is_422_naming_each_field_and_publishes_nothi
         json={
             "events": [event_doc("nps_response", score=11), event_doc("purchase", currency="XYZ")]
         },
-        headers=AUTH,
+        headers=WRITE,
     )
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
@@ -81,17 +80,17 @@ async def test_an_all_invalid_batch_is_422_naming_each_field_and_publishes_nothi
 
 async def test_batch_limits(client: httpx.AsyncClient) -> None:
     small = {"customer_id": "c", "type": "signup", "properties": {}}
-    too_many = await client.post("/v1/events/batch", json={"events": [small] * 501}, headers=AUTH)
+    too_many = await client.post("/v1/events/batch", json={"events": [small] * 501}, headers=WRITE)
     assert too_many.status_code == 413
     assert too_many.json()["errors"][0]["field"] == "events"
-    empty = await client.post("/v1/events/batch", json={"events": []}, headers=AUTH)
+    empty = await client.post("/v1/events/batch", json={"events": []}, headers=WRITE)
     assert empty.status_code == 422
-    not_batch = await client.post("/v1/events/batch", json=[small], headers=AUTH)
+    not_batch = await client.post("/v1/events/batch", json=[small], headers=WRITE)
     assert not_batch.status_code == 422
     huge = await client.post(
         "/v1/events/batch",
         json={"events": [event_doc("custom", blob="x" * 10_000) for _ in range(7)]},
-        headers=AUTH,
+        headers=WRITE,
     )
     assert huge.status_code == 413
 
@@ -104,13 +103,13 @@ async def test_gzip_bodies_are_accepted_and_bombs_refused(
     response = await client.post(
         "/v1/events",
         content=zipped,
-        headers={**AUTH, "Content-Encoding": "gzip", "Content-Type": "application/json"},
+        headers={**WRITE, "Content-Encoding": "gzip", "Content-Type": "application/json"},
     )
     assert response.status_code == 202, response.text
     deflated = await client.post(
         "/v1/events",
         content=zlib.compress(orjson.dumps(event_doc("signup", customer_id="df"))),
-        headers={**AUTH, "Content-Encoding": "deflate"},
+        headers={**WRITE, "Content-Encoding": "deflate"},
     )
     assert deflated.status_code == 202, deflated.text
     records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=2)
@@ -119,15 +118,15 @@ async def test_gzip_bodies_are_accepted_and_bombs_refused(
     bomb = gzip.compress(b"[" + b" " * 10_000_000 + b"]")  # ~10 KB that inflates to 10 MB
     assert len(bomb) < 64 * 1024
     refused = await client.post(
-        "/v1/events", content=bomb, headers={**AUTH, "Content-Encoding": "gzip"}
+        "/v1/events", content=bomb, headers={**WRITE, "Content-Encoding": "gzip"}
     )
     assert refused.status_code == 413
     broken = await client.post(
-        "/v1/events", content=b"not gzip", headers={**AUTH, "Content-Encoding": "gzip"}
+        "/v1/events", content=b"not gzip", headers={**WRITE, "Content-Encoding": "gzip"}
     )
     assert broken.status_code == 400
     brotli = await client.post(
-        "/v1/events", content=b"{}", headers={**AUTH, "Content-Encoding": "br"}
+        "/v1/events", content=b"{}", headers={**WRITE, "Content-Encoding": "br"}
     )
     assert brotli.status_code == 415
 
@@ -137,13 +136,13 @@ async def test_the_rate_limit_answers_429_with_retry_after(common: CommonSetting
     async with ingest_client(settings) as client:
         statuses = []
         for _ in range(4):
-            response = await client.post("/v1/events", json=event_doc("signup"), headers=AUTH)
+            response = await client.post("/v1/events", json=event_doc("signup"), headers=WRITE)
             statuses.append(response.status_code)
         assert statuses == [202, 202, 202, 429]
         assert response.headers["retry-after"] == "1"
         assert response.headers["content-type"] == "application/problem+json"
         batch = await client.post(
-            "/v1/events/batch", json={"events": [event_doc("signup")] * 2}, headers=AUTH
+            "/v1/events/batch", json={"events": [event_doc("signup")] * 2}, headers=WRITE
         )
         assert batch.status_code == 429
     records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=4, timeout=3)
@@ -152,12 +151,12 @@ async def test_the_rate_limit_answers_429_with_retry_after(common: CommonSetting
 
 async def test_metrics_and_request_ids(client: httpx.AsyncClient) -> None:
     ok = await client.post(
-        "/v1/events", json=event_doc("review"), headers={**AUTH, "X-Request-ID": "req-123"}
+        "/v1/events", json=event_doc("review"), headers={**WRITE, "X-Request-ID": "req-123"}
     )
     assert ok.headers["x-request-id"] == "req-123"
-    bad = await client.post("/v1/events", json=event_doc("review", rating=0), headers=AUTH)
+    bad = await client.post("/v1/events", json=event_doc("review", rating=0), headers=WRITE)
     assert len(bad.headers["x-request-id"]) == 32
-    await client.post("/v1/events/batch", json={"events": [event_doc("review")] * 3}, headers=AUTH)
+    await client.post("/v1/events/batch", json={"events": [event_doc("review")] * 3}, headers=WRITE)
     text = (await client.get("/metrics")).text
     assert 'clm_http_requests_total{method="POST",route="/v1/events",status="202"}' in text
     assert 'clm_http_requests_total{method="POST",route="/v1/events",status="422"}' in text

@@ -14,11 +14,11 @@ import pytest
 from clm_infra.settings import CommonSettings
 from clm_ingest.settings import IngestSettings
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, answer_of, read_topic
+from tests.integration.conftest import answer_of, read_topic
 from tests.integration.ingest_server import ingest_client
+from tests.keys import READ, WRITE
 
-AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
-JSON = {**AUTH, "Content-Type": "application/json"}
+JSON = {**WRITE, "Content-Type": "application/json"}
 
 GOOD = event_doc("purchase", customer_id="cust-hot", amount="12.50")
 BATCH = {"events": [event_doc("site_visit", customer_id="cust-hot"), event_doc("review", rating=9)]}
@@ -36,7 +36,7 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes]] = [
     ("not JSON", "POST", "/v1/events", JSON, b"{nope"),
     ("no key", "POST", "/v1/events", {"Content-Type": "application/json"}, orjson.dumps(GOOD)),
     ("unknown key", "POST", "/v1/events", {"Authorization": "Bearer nope"}, orjson.dumps(GOOD)),
-    ("a read key", "POST", "/v1/events", {"Authorization": f"Bearer {READ_TOKEN}"}, b"{}"),
+    ("a read key", "POST", "/v1/events", READ, b"{}"),
     ("invalid", "POST", "/v1/events", JSON, orjson.dumps(event_doc("nps_response", score=11))),
     ("other source", "POST", "/v1/events", JSON, orjson.dumps(event_doc(source="elsewhere"))),
     ("too big", "POST", "/v1/events", JSON, b" " * 70_000),
@@ -49,7 +49,7 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes]] = [
         JSON,
         orjson.dumps({"events": [GOOD] * 501}),
     ),
-    ("GET", "GET", "/v1/events", AUTH, b""),
+    ("GET", "GET", "/v1/events", WRITE, b""),
 ]
 
 

@@ -19,9 +19,10 @@ from schemathesis.checks import positive_data_acceptance
 from clm_domain.events import EventType
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
-from tests.integration.conftest import NO_REQUEST_LIMITS, WRITE_KEY
+from tests.integration.conftest import NO_REQUEST_LIMITS
 from tests.integration.ingest_server import serving
 from tests.integration.openapi_fuzz import bounded, load, with_credentials
+from tests.keys import WRITE_KEY
 
 schema = load(create_app(IngestSettings()))
 # the operations whose body is an event of contract v1 (a union of 14 types)

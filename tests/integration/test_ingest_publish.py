@@ -7,32 +7,27 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_domain.events import parse_event_json
 from clm_infra.settings import CommonSettings
-from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, read_topic
-
-AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
+from tests.integration.conftest import read_topic
+from tests.integration.ingest_server import ingest_client
+from tests.keys import READ, WRITE, WRITE_KEY
 
 
 @pytest.fixture
 async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(IngestSettings(ingest_max_body_bytes=4096))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as c:
-            yield c
+    async with ingest_client(IngestSettings(ingest_max_body_bytes=4096)) as c:
+        yield c
 
 
 async def test_an_accepted_event_is_on_the_topic_keyed_by_customer(
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:
     doc = event_doc("purchase", customer_id="cust-7", source=None, amount="12.50")
-    response = await client.post("/v1/events", json=doc, headers=AUTH)
+    response = await client.post("/v1/events", json=doc, headers=WRITE)
     assert response.status_code == 202, response.text
     assert response.json() == {"event_id": doc["event_id"], "status": "accepted"}
 
@@ -51,7 +46,7 @@ async def test_an_accepted_event_is_on_the_topic_keyed_by_customer(
 async def test_generated_event_id_is_returned(client: httpx.AsyncClient) -> None:
     doc = event_doc("site_visit")
     del doc["event_id"]
-    response = await client.post("/v1/events", json=doc, headers=AUTH)
+    response = await client.post("/v1/events", json=doc, headers=WRITE)
     assert response.status_code == 202
     assert len(response.json()["event_id"]) == 36
 
@@ -60,13 +55,13 @@ async def test_an_invalid_event_is_a_problem_naming_the_field_and_nothing_is_pub
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:
     doc = event_doc("purchase", amount="-5", currency="XXQ")
-    response = await client.post("/v1/events", json=doc, headers=AUTH)
+    response = await client.post("/v1/events", json=doc, headers=WRITE)
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["status"] == 422
     assert {e["field"] for e in body["errors"]} == {"properties.amount", "properties.currency"}
-    good = await client.post("/v1/events", json=event_doc("site_visit"), headers=AUTH)
+    good = await client.post("/v1/events", json=event_doc("site_visit"), headers=WRITE)
     assert good.status_code == 202
     records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=2, timeout=3)
     assert [dict(r.headers)["type"] for r in records] == [b"site_visit"]
@@ -78,7 +73,7 @@ async def test_an_invalid_event_is_a_problem_naming_the_field_and_nothing_is_pub
         ({}, 401),
         ({"Authorization": "Bearer nope"}, 401),
         ({"Authorization": f"Basic {WRITE_KEY}"}, 401),
-        ({"Authorization": f"Bearer {READ_TOKEN}"}, 403),
+        (READ, 403),
     ],
 )
 async def test_keys_are_required(
@@ -92,13 +87,13 @@ async def test_keys_are_required(
 async def test_bad_json_oversized_bodies_and_foreign_sources_are_refused(
     client: httpx.AsyncClient,
 ) -> None:
-    bad = await client.post("/v1/events", content=b"{not json", headers=AUTH)
+    bad = await client.post("/v1/events", content=b"{not json", headers=WRITE)
     assert bad.status_code == 400
     assert bad.json()["errors"][0]["field"] == "body"
     big = event_doc("review", text="x" * 5000)
-    too_big = await client.post("/v1/events", json=big, headers=AUTH)
+    too_big = await client.post("/v1/events", json=big, headers=WRITE)
     assert too_big.status_code == 413
-    foreign = await client.post("/v1/events", json=event_doc(source="other"), headers=AUTH)
+    foreign = await client.post("/v1/events", json=event_doc(source="other"), headers=WRITE)
     assert foreign.status_code == 403
     assert foreign.json()["errors"][0]["field"] == "source"
 

@@ -17,8 +17,9 @@ from segment.analytics.request import APIError
 from clm_infra.settings import CommonSettings
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, read_topic
+from tests.integration.conftest import read_topic
 from tests.integration.ingest_server import ingest_client, serving
+from tests.keys import READ_TOKEN, WRITE_KEY
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
 

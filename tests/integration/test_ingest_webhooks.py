@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_infra.db import create_engine
 from clm_infra.settings import CommonSettings
@@ -27,8 +26,10 @@ from clm_ingest.signatures import sign_timestamped_hex
 from clm_stage_engine.app import create_app as create_engine_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, eventually, read_topic, send_events
+from tests.integration.apps import app_client
+from tests.integration.conftest import eventually, read_topic, send_events
 from tests.integration.ingest_server import ingest_client
+from tests.keys import READ
 from tests.webhook_payloads import (
     SECRETS,
     SHOPIFY_ORDER,
@@ -260,21 +261,18 @@ async def test_replayed_deliveries_count_once_in_the_stage_engine(
         event_doc("site_visit", customer_id="cust-42", event_id="after-2"),
     )
     engine_app = create_engine_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with LifespanManager(engine_app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as engine:
-            read = {"Authorization": f"Bearer {READ_TOKEN}"}
+    async with app_client(engine_app, "http://engine") as engine:
 
-            async def after_the_sentinels() -> tuple[dict[str, Any], dict[str, Any]] | None:
-                found = [
-                    await engine.get(f"/v1/customers/{cid}", headers=read)
-                    for cid in ("shopify:115310627314723954", "cust-42")
-                ]
-                if any(r.status_code != 200 or r.json()["events"] < 2 for r in found):
-                    return None
-                return found[0].json(), found[1].json()
+        async def after_the_sentinels() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            found = [
+                await engine.get(f"/v1/customers/{cid}", headers=READ)
+                for cid in ("shopify:115310627314723954", "cust-42")
+            ]
+            if any(r.status_code != 200 or r.json()["events"] < 2 for r in found):
+                return None
+            return found[0].json(), found[1].json()
 
-            buyer, requester = await eventually(after_the_sentinels)
+        buyer, requester = await eventually(after_the_sentinels)
     assert (buyer["purchases"], Decimal(buyer["revenue"]), buyer["events"]) == (
         1,
         Decimal("42.00"),

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.events import parse_event
 from clm_domain.lifecycle import event_order
@@ -44,7 +46,7 @@ from clm_infra.db import create_engine
 from clm_metrics.handler import LifecycleHandler
 from clm_simulator.survivors import Anonymise, Erase, Merge
 from clm_stage_engine.settings import StageEngineSettings
-from tests.integration.conftest import ADMIN_KEY, NO_REQUEST_LIMITS
+from tests.integration.conftest import NO_REQUEST_LIMITS
 from tests.integration.lifecycle_world import (
     ANONYMOUS,
     CUSTOMERS,
@@ -65,6 +67,7 @@ from tests.integration.lifecycle_world import (
     truth_steps,
     windows,
 )
+from tests.keys import ADMIN
 
 KINDS = (
     "site_visit",
@@ -129,6 +132,20 @@ class Mutated:
         return await self.inner(conn, kept)
 
 
+@asynccontextmanager
+async def fresh_engine() -> AsyncIterator[tuple[AsyncEngine, Any, str]]:
+    """An emptied database and a stage engine on it: (database, the engine's API, its
+    lifecycle topic)."""
+    settings = StageEngineSettings(**NO_REQUEST_LIMITS)
+    db = create_engine(settings.database.url, pool_size=3)
+    try:
+        await reset(db)
+        async with engine_api(settings, db) as api:
+            yield db, api, settings.topics.lifecycle
+    finally:
+        await db.dispose()
+
+
 def play(
     plan: Sequence[Step_],
     extra: Sequence[tuple[int, int]] = (),
@@ -140,17 +157,11 @@ def play(
     (``fixed``: a hand-made plan, played as it is)."""
 
     async def go() -> tuple[list[str], Played]:
-        settings = StageEngineSettings(**NO_REQUEST_LIMITS)
-        db = create_engine(settings.database.url, pool_size=3)
-        try:
-            await reset(db)
-            async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topics.lifecycle, metrics, windows(extra))
-                world.avoid_stale_links = world.avoid_stale_links and not fixed
-                played = await world.play(plan)
-                return await problems(world), played
-        finally:
-            await db.dispose()
+        async with fresh_engine() as (db, api, topic):
+            world = World(db, api, topic, metrics, windows(extra))
+            world.avoid_stale_links = world.avoid_stale_links and not fixed
+            played = await world.play(plan)
+            return await problems(world), played
 
     return asyncio.run(go())
 
@@ -159,16 +170,10 @@ def play_engine(plan: Sequence[Step_]) -> tuple[list[str], Played]:
     """Play ``plan`` and list how the engine's customers differ from the truth's."""
 
     async def go() -> tuple[list[str], Played]:
-        settings = StageEngineSettings(**NO_REQUEST_LIMITS)
-        db = create_engine(settings.database.url, pool_size=3)
-        try:
-            await reset(db)
-            async with engine_api(settings, db) as api:
-                world = World(db, api, settings.topics.lifecycle)
-                played = await world.play(plan)
-                return await engine_problems(world, truth_steps(world)), played
-        finally:
-            await db.dispose()
+        async with fresh_engine() as (db, api, topic):
+            world = World(db, api, topic)
+            played = await world.play(plan)
+            return await engine_problems(world, truth_steps(world)), played
 
     return asyncio.run(go())
 
@@ -517,7 +522,7 @@ def test_anonymising_an_id_again_is_not_a_server_error(env: dict[str, str]) -> N
                 again = await api.delete(
                     "/v1/customers/c0",
                     params={"mode": "anonymise"},
-                    headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                    headers=ADMIN,
                 )
                 return again.status_code
         finally:

@@ -5,12 +5,10 @@ and hours: they count writes, not contents)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import orjson
 
 from bench.databases import plain_url
 from bench.metrics_load import History, finish_all, prepare, write_part
@@ -19,6 +17,7 @@ from clm_metrics import distinct
 from clm_metrics.handler import LifecycleHandler
 from clm_simulator.journeys import generate
 from tests.kpi_truth import record, replay
+from tests.records import unkeyed
 
 TABLES = {
     "kpi_buckets": "bucket_start, metric, source, channel, currency, value",
@@ -34,14 +33,6 @@ TABLES = {
     "kpi_day_versions": "day",
     "kpi_hour_versions": "hour",
 }
-
-
-@dataclass(frozen=True)
-class Record:
-    value: bytes
-    topic: str = "t"
-    partition: int = 0
-    offset: int = 0
 
 
 async def tables(conn: asyncpg.Connection) -> dict[str, list[Any]]:
@@ -79,7 +70,7 @@ async def test_the_fast_loader_writes_what_the_write_path_writes(database_url: s
         handler = LifecycleHandler()
         for i in range(0, len(docs), 37):  # many small batches, as a consumer commits them
             async with engine.begin() as conn:
-                await handler(conn, [Record(orjson.dumps(d)) for d in docs[i : i + 37]])
+                await handler(conn, unkeyed(docs[i : i + 37]))
     finally:
         await engine.dispose()
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from sqlalchemy import text
 
 from clm_infra.db import create_engine
@@ -22,15 +20,11 @@ from clm_metrics.formulas import compute_kpis
 from clm_metrics.handler import LifecycleHandler
 from clm_metrics.members import DistinctKey
 from clm_metrics.repository import bucket_writes, rows
+from tests.records import unkeyed
 
 NOW = datetime(2026, 11, 23, 12, 34, tzinfo=UTC)
 DAY_1 = datetime(2026, 11, 20, 9, 15, tzinfo=UTC)
 DAY_2 = datetime(2026, 11, 21, 16, 40, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Record:
-    value: bytes
 
 
 async def test_distinct_visitors_are_exact_past_the_old_sketch_limit(database_url: str) -> None:
@@ -131,12 +125,12 @@ async def test_purchase_kpis_of_1500_customers_equal_the_exact_computation(
         async def consume(handler: LifecycleHandler, part: list[dict[str, Any]]) -> None:
             for i in range(0, len(part), 200):
                 async with engine.begin() as conn:
-                    await handler(conn, [Record(orjson.dumps(d)) for d in part[i : i + 200]])
+                    await handler(conn, unkeyed(part[i : i + 200]))
 
         await asyncio.gather(*(consume(h, docs[i::2]) for i, h in enumerate(replicas)))
         # a redelivered batch is not counted twice
         async with engine.begin() as conn:
-            await replicas[0](conn, [Record(orjson.dumps(d)) for d in docs[:50]])
+            await replicas[0](conn, unkeyed(docs[:50]))
 
         async with engine.connect() as conn:
             numbers = [
@@ -239,7 +233,7 @@ async def test_an_erased_customer_leaves_and_a_merged_profile_moves_to_its_survi
     try:
         handler = LifecycleHandler()
         async with engine.begin() as conn:
-            await handler(conn, [Record(orjson.dumps(d)) for d in docs])
+            await handler(conn, unkeyed(docs))
         assert await counts() == truth({})
         leaving = [
             {
@@ -278,7 +272,7 @@ async def test_an_erased_customer_leaves_and_a_merged_profile_moves_to_its_survi
             },
         ]
         async with engine.begin() as conn:
-            await handler(conn, [Record(orjson.dumps(d)) for d in leaving])
+            await handler(conn, unkeyed(leaving))
         want = truth({"anon-1": "c1", "c2": None})
         assert want != truth({})  # the relabelling changes every window's counts
         assert await counts() == want
@@ -292,7 +286,7 @@ async def test_an_erased_customer_leaves_and_a_merged_profile_moves_to_its_survi
         assert ids == {"c1", "p-3"}
         # the same records redelivered change nothing
         async with engine.begin() as conn:
-            await handler(conn, [Record(orjson.dumps(d)) for d in leaving])
+            await handler(conn, unkeyed(leaving))
         assert await counts() == want
     finally:
         await engine.dispose()

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_domain.events import dump_event, parse_event
 from clm_domain.kpis import WINDOWS
@@ -23,23 +22,18 @@ from clm_metrics.settings import MetricsSettings
 from clm_simulator.journeys import generate
 from clm_stage_engine.app import create_app as engine_app
 from clm_stage_engine.settings import StageEngineSettings
-from tests.integration.conftest import READ_TOKEN, eventually, produce
+from tests.integration.apps import app_client, running
+from tests.integration.conftest import eventually, produce
+from tests.keys import READ
 from tests.kpi_truth import replay, truth, truth_cohorts, truth_map
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 @pytest.fixture
 async def metrics(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     engine = engine_app(StageEngineSettings())
     app = metrics_app(MetricsSettings())
-    async with (
-        LifespanManager(engine, startup_timeout=30, shutdown_timeout=30),
-        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
-    ):
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as c:
-            yield c
+    async with running(engine), app_client(app, "http://metrics") as c:
+        yield c
 
 
 def wire(doc: dict[str, Any], now: datetime) -> tuple[bytes, bytes]:

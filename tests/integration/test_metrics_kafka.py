@@ -9,9 +9,8 @@ import httpx
 import orjson
 
 from clm_infra.settings import CommonSettings
-from tests.integration.conftest import READ_TOKEN, eventually, produce
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+from tests.integration.conftest import eventually, produce
+from tests.keys import READ
 
 
 def lifecycle(

@@ -4,24 +4,18 @@ delivered before its open and twice, a repeated open, a merge and an erasure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import text
 
 from clm_infra.db import create_engine
 from clm_metrics import service
 from clm_metrics.formulas import compute_kpis
 from clm_metrics.handler import LifecycleHandler
+from tests.records import unkeyed
 
 NOW = datetime(2026, 11, 23, 12, 34, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Record:
-    value: bytes
 
 
 def ticket(record_id: str, who: str, tid: str, status: str, minutes_ago: int) -> dict[str, Any]:
@@ -69,7 +63,7 @@ async def test_open_tickets_are_counted_per_ticket_and_never_below_zero(
 
     async def consume(*docs: dict[str, Any]) -> None:
         async with engine.begin() as conn:
-            await handler(conn, [Record(orjson.dumps(d)) for d in docs])
+            await handler(conn, unkeyed(docs))
 
     async def kpis(
         minutes_ago: int, source: str | None = None, channel: str | None = None

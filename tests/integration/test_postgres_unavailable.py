@@ -14,8 +14,8 @@ from clm_infra.settings import CommonSettings, DatabaseSettings
 from clm_ingest.settings import IngestSettings
 from tests.chaos.latency_proxy import LatencyProxy
 from tests.factories import event_doc
-from tests.integration.conftest import WRITE_KEY
 from tests.integration.ingest_server import ingest_client
+from tests.keys import WRITE
 
 
 @pytest.fixture
@@ -64,12 +64,11 @@ async def test_the_ingest_answers_503_while_postgres_is_away_but_keeps_a_known_k
         database=DatabaseSettings(url=via(proxy, common.database.url)), auth_cache_s=0
     )
     async with ingest_client(settings) as client:
-        known = {"Authorization": f"Bearer {WRITE_KEY}"}
-        first = await client.post("/v1/events", json=event_doc("signup"), headers=known)
+        first = await client.post("/v1/events", json=event_doc("signup"), headers=WRITE)
         assert first.status_code == 202, first.text
         await proxy.close()  # Postgres unreachable from here on
 
-        again = await client.post("/v1/events", json=event_doc("signup"), headers=known)
+        again = await client.post("/v1/events", json=event_doc("signup"), headers=WRITE)
         assert again.status_code == 202, again.text  # its expired answer still stands
 
         stranger = {"Authorization": "Bearer never-seen-key"}

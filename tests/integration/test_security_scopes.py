@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
@@ -42,19 +41,11 @@ from clm_stage_engine.webhooks import Dispatcher
 from clm_web.auth import KeyVerifier
 from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
-from tests.integration.conftest import (
-    ADMIN_KEY,
-    NO_REQUEST_LIMITS,
-    READ_TOKEN,
-    WRITE_KEY,
-    eventually,
-    send_events,
-)
+from tests.integration.apps import running
+from tests.integration.conftest import NO_REQUEST_LIMITS, eventually, send_events
 from tests.integration.test_stage_engine_claims import records
+from tests.keys import ADMIN, ADMIN_KEY, READ, READ_TOKEN, WRITE, WRITE_KEY
 
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 OTHER_READ_TOKEN = "it-other-read-token"
 OTHER_READ = {"Authorization": f"Bearer {OTHER_READ_TOKEN}"}
 PUBLIC_HOOK = "https://93.184.215.14/hook"  # an IP literal: resolves to itself, no DNS
@@ -73,10 +64,10 @@ class Served:
 
 @asynccontextmanager
 async def entered(app: FastAPI, base_url: str) -> AsyncIterator[Served]:
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+    async with running(app) as asgi:
+        transport = httpx.ASGITransport(app=asgi)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
-            yield Served(client, app.state.clm, manager.app)
+            yield Served(client, app.state.clm, asgi)
 
 
 @pytest.fixture

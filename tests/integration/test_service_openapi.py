@@ -20,9 +20,10 @@ from clm_metrics.app import create_app as metrics_app
 from clm_metrics.settings import MetricsSettings
 from clm_stage_engine.app import create_app as stage_engine_app
 from clm_stage_engine.settings import StageEngineSettings
-from tests.integration.conftest import ADMIN_KEY, NO_REQUEST_LIMITS, READ_TOKEN
+from tests.integration.conftest import NO_REQUEST_LIMITS
 from tests.integration.ingest_server import serving
 from tests.integration.openapi_fuzz import bounded, load, with_credentials
+from tests.keys import ADMIN, ADMIN_KEY, READ, READ_TOKEN
 
 stage_engine_schema = load(stage_engine_app(StageEngineSettings()))
 metrics_schema = load(metrics_app(MetricsSettings()))
@@ -86,19 +87,17 @@ def test_control_characters_in_ids_are_422_not_a_database_error(
 ) -> None:
     """Found by the fuzzing: a NUL in an id reached Postgres (whose text cannot hold one) and
     came back as a 500."""
-    read = {"Authorization": f"Bearer {READ_TOKEN}"}
-    write = {"Authorization": f"Bearer {ADMIN_KEY}"}
     nul_cursor = base64.urlsafe_b64encode(b"a\x00b").decode()
     with httpx.Client(timeout=10) as http:
         answers = [
-            http.get(f"{stage_engine_url}/v1/customers/a%00b", headers=read),
-            http.get(f"{stage_engine_url}/v1/customers/a%00b/history", headers=read),
-            http.get(f"{stage_engine_url}/v1/customers?cursor={nul_cursor}", headers=read),
+            http.get(f"{stage_engine_url}/v1/customers/a%00b", headers=READ),
+            http.get(f"{stage_engine_url}/v1/customers/a%00b/history", headers=READ),
+            http.get(f"{stage_engine_url}/v1/customers?cursor={nul_cursor}", headers=READ),
             http.post(
-                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x00b"}, headers=write
+                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x00b"}, headers=ADMIN
             ),
-            http.get(f"{metrics_url}/v1/kpis?source=a%00b", headers=read),
-            http.get(f"{metrics_url}/v1/lifecycle/map?channel=a%01b", headers=read),
+            http.get(f"{metrics_url}/v1/kpis?source=a%00b", headers=READ),
+            http.get(f"{metrics_url}/v1/lifecycle/map?channel=a%01b", headers=READ),
         ]
     for response in answers:
         assert response.status_code == 422, (response.request.url, response.text)
@@ -120,24 +119,22 @@ FAIR = {"from": "2026-11-22T00:00:00Z", "to": "2026-11-23T00:00:00Z"}
 def test_the_contracts_extremes_are_422_never_a_5xx(
     stage_engine_url: str, metrics_url: str
 ) -> None:
-    read = {"Authorization": f"Bearer {READ_TOKEN}"}
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     with httpx.Client(timeout=10) as http:
         for at in EXTREME_TIMES:
             for name in ("from", "to"):
                 params = {**FAIR, name: at}
                 for path in ("/v1/kpis", "/v1/lifecycle/map", "/v1/kpis/revenue/series"):
-                    answer = http.get(f"{metrics_url}{path}", params=params, headers=read)
+                    answer = http.get(f"{metrics_url}{path}", params=params, headers=READ)
                     assert answer.status_code == 422, (path, params, answer.text)
                     assert [e["field"] for e in answer.json()["errors"]] == [name]
         answers = [
-            http.get(f"{stage_engine_url}/v1/customers/{'i' * 201}", headers=read),
-            http.get(f"{stage_engine_url}/v1/customers/a%7Fb", headers=read),
-            http.get(f"{stage_engine_url}/v1/customers/a%C2%85b/history", headers=read),
+            http.get(f"{stage_engine_url}/v1/customers/{'i' * 201}", headers=READ),
+            http.get(f"{stage_engine_url}/v1/customers/a%7Fb", headers=READ),
+            http.get(f"{stage_engine_url}/v1/customers/a%C2%85b/history", headers=READ),
             http.post(
-                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x9fb"}, headers=admin
+                f"{stage_engine_url}/v1/customers/c-1/merge", json={"from": "a\x9fb"}, headers=ADMIN
             ),
-            http.get(f"{metrics_url}/v1/kpis", params={"source": "a\x7f"}, headers=read),
+            http.get(f"{metrics_url}/v1/kpis", params={"source": "a\x7f"}, headers=READ),
         ]
     for response in answers:
         assert response.status_code == 422, (response.request.url, response.text)

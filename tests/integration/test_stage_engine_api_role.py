@@ -8,29 +8,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from asgi_lifespan import LifespanManager
 
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, eventually, send_events
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-
-
-async def _customer(client: httpx.AsyncClient, cid: str) -> dict[str, object] | None:
-    r = await client.get(f"/v1/customers/{cid}", headers=READ)
-    return r.json() if r.status_code == 200 else None
+from tests.integration.apps import app_client, read_customer
+from tests.integration.conftest import eventually, send_events
 
 
 @asynccontextmanager
 async def _serving(role: str) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
     app = create_app(StageEngineSettings(stage_engine_role=role, stage_engine_idle_recheck_s=0.5))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c, app
+    async with app_client(app, "http://engine") as c:
+        yield c, app
 
 
 async def test_an_api_replica_serves_what_the_workers_applied_and_consumes_nothing(
@@ -43,13 +34,13 @@ async def test_an_api_replica_serves_what_the_workers_applied_and_consumes_nothi
         assert ready.status_code == 200, ready.text
         assert set(ready.json()["checks"]) == {"postgres"}
         await asyncio.sleep(2)  # a consumer would have applied the purchase by now
-        assert await _customer(api, "replica-1") is None
+        assert await read_customer(api, "replica-1") is None
         async with _serving("all") as (worker, _):
 
             async def applied() -> dict[str, object] | None:
-                return await _customer(api, "replica-1")
+                return await read_customer(api, "replica-1")
 
             found = await eventually(applied)
             assert found is not None
             assert found["stage"] == "conversion"
-            assert await _customer(worker, "replica-1") == found
+            assert await read_customer(worker, "replica-1") == found

@@ -7,7 +7,6 @@ remembered)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -25,19 +24,9 @@ from clm_stage_engine.known import LOOKUPS, KnownStates
 from clm_stage_engine.repository import ClaimLost, StaleRows
 from tests.factories import event_doc
 from tests.integration.conftest import wire
+from tests.records import Record
 
 HANDLER = EventsHandler("lifecycle", LifecycleRules())
-
-
-@dataclass(frozen=True)
-class Record:
-    """What the handler reads of a Kafka record."""
-
-    key: bytes
-    value: bytes
-    topic: str = "events"
-    partition: int = 0
-    offset: int = 0
 
 
 def records(*docs: dict[str, Any]) -> list[Record]:

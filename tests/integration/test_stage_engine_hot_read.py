@@ -9,15 +9,14 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
-from tests.integration.conftest import READ_TOKEN, WRITE_KEY, answer_of, eventually, send_events
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+from tests.integration.apps import app_client
+from tests.integration.conftest import answer_of, eventually, send_events
+from tests.keys import READ, WRITE
 
 # (name, method, path, headers)
 CASES: list[tuple[str, str, str, dict[str, str]]] = [
@@ -29,7 +28,7 @@ CASES: list[tuple[str, str, str, dict[str, str]]] = [
     ("no key", "GET", "/v1/customers/hot-1", {}),
     ("not bearer", "GET", "/v1/customers/hot-1", {"Authorization": "Basic eDp5"}),
     ("unknown key", "GET", "/v1/customers/hot-1", {"Authorization": "Bearer nope"}),
-    ("a write key", "GET", "/v1/customers/hot-1", {"Authorization": f"Bearer {WRITE_KEY}"}),
+    ("a write key", "GET", "/v1/customers/hot-1", WRITE),
     ("history", "GET", "/v1/customers/hot-1/history", READ),
     ("the list", "GET", "/v1/customers/", READ),
     ("POST", "POST", "/v1/customers/hot-1", READ),
@@ -39,10 +38,8 @@ CASES: list[tuple[str, str, str, dict[str, str]]] = [
 @asynccontextmanager
 async def _client(*, hot_read: bool) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings(), hot_read=hot_read)
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 @pytest.fixture

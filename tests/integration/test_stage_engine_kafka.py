@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, update
 
 from clm_infra.db import create_engine
@@ -23,30 +22,16 @@ from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
-from tests.integration.conftest import (
-    READ_TOKEN,
-    eventually,
-    produce,
-    read_topic,
-    send_events,
-    wire,
-)
-
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+from tests.integration.apps import app_client, read_customer, running
+from tests.integration.conftest import eventually, produce, read_topic, send_events, wire
+from tests.keys import READ
 
 
 @pytest.fixture
 async def engine_app(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings())
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c
-
-
-async def customer(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None:
-    response = await client.get(f"/v1/customers/{cid}", headers=READ)
-    return response.json() if response.status_code == 200 else None
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 async def test_events_move_customers_and_are_recorded(
@@ -66,7 +51,7 @@ async def test_events_move_customers_and_are_recorded(
     )
 
     async def converted() -> dict[str, Any] | None:
-        c = await customer(engine_app, "c1")
+        c = await read_customer(engine_app, "c1")
         return c if c and c["stage"] == "conversion" else None
 
     c1 = await eventually(converted)
@@ -101,11 +86,11 @@ async def test_duplicates_and_redelivery_change_nothing(
 ) -> None:
     purchase = wire(event_doc("purchase", customer_id="dup", event_id="same"))
     await produce(common.kafka.bootstrap, common.topics.events, [purchase, purchase])
-    await eventually(lambda: customer(engine_app, "dup"))
+    await eventually(lambda: read_customer(engine_app, "dup"))
     await produce(common.kafka.bootstrap, common.topics.events, [purchase])
     marker = wire(event_doc("site_visit", customer_id="dup-marker", event_id="mk"))
     await produce(common.kafka.bootstrap, common.topics.events, [marker])
-    await eventually(lambda: customer(engine_app, "dup-marker"))
+    await eventually(lambda: read_customer(engine_app, "dup-marker"))
 
     engine = create_engine(common.database.url, pool_size=1)
     try:
@@ -138,7 +123,7 @@ async def test_a_poison_record_goes_to_the_dlq_and_the_partition_flows_on(
             wire(event_doc("site_visit", customer_id="p", event_id="after-poison")),
         ],
     )
-    assert await eventually(lambda: customer(engine_app, "p"))
+    assert await eventually(lambda: read_customer(engine_app, "p"))
     dead = await read_topic(common.kafka.bootstrap, common.topics.dlq, expect=2)
     assert len(dead) == 2
     reasons = [dict(r.headers)["reason"].decode() for r in dead]
@@ -180,7 +165,7 @@ async def test_stored_offsets_are_the_truth(common: CommonSettings) -> None:
                 async with engine.begin() as conn:
                     await conn.execute(update(consumer_offsets).values(next_offset=0))
             app = create_app(StageEngineSettings())
-            async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+            async with running(app):
                 await eventually(lambda: _equals(stored_offsets, 5))
                 await eventually(lambda: _outbox_empty(engine))
             assert await purchases() == 5
@@ -224,7 +209,7 @@ async def test_a_big_batch_of_distinct_customers_is_applied(
 
     try:
         app = create_app(StageEngineSettings())
-        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+        async with running(app):
             await eventually(applied, timeout=60)
     finally:
         await engine.dispose()

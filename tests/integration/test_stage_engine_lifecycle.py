@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,20 +35,10 @@ from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
-from tests.integration.conftest import (
-    ADMIN_KEY,
-    READ_TOKEN,
-    WRITE_KEY,
-    eventually,
-    produce,
-    read_topic,
-    send_events,
-    wire,
-)
+from tests.integration.apps import app_client, read_customer
+from tests.integration.conftest import eventually, produce, read_topic, send_events, wire
+from tests.keys import ADMIN, READ, WRITE
 
-READ = {"Authorization": f"Bearer {READ_TOKEN}"}
-WRITE = {"Authorization": f"Bearer {WRITE_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
 DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
 
@@ -61,20 +50,13 @@ def at(days: float) -> str:
 @pytest.fixture
 async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c
-
-
-async def get(client: httpx.AsyncClient, cid: str) -> dict[str, Any] | None:
-    r = await client.get(f"/v1/customers/{cid}", headers=READ)
-    return r.json() if r.status_code == 200 else None
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
-        c = await get(client, cid)
+        c = await read_customer(client, cid)
         return c if c and c["events"] == n else None
 
     return await eventually(probe)
@@ -137,7 +119,7 @@ async def test_identity_merge_keeps_first_touch_and_later_anonymous_events_land_
     assert c["first_channel"] == "social"
     assert c["first_seen_at"] == at(0)
     assert c["stage"] == "acquisition"
-    assert await get(client, "anon-7") is None
+    assert await read_customer(client, "anon-7") is None
 
     later = event_doc("purchase", customer_id=None, event_id="p1", occurred_at=at(2))
     later["anonymous_id"] = "anon-7"
@@ -169,14 +151,14 @@ async def test_the_sweeper_moves_quiet_customers_with_a_test_clock(
     topic = common.topics.lifecycle
     assert await sweep_once(db, rules, DAY0 + timedelta(days=59), lifecycle_topic=topic) == 0
     assert await sweep_once(db, rules, DAY0 + timedelta(days=61), lifecycle_topic=topic) == 1
-    assert (await get(client, "quiet"))["stage"] == "at_risk"  # type: ignore[index]
-    assert (await get(client, "busy"))["stage"] == "conversion"  # type: ignore[index]
+    assert (await read_customer(client, "quiet"))["stage"] == "at_risk"  # type: ignore[index]
+    assert (await read_customer(client, "busy"))["stage"] == "conversion"  # type: ignore[index]
     assert await sweep_once(db, rules, DAY0 + timedelta(days=181), lifecycle_topic=topic) == 2
-    quiet = await get(client, "quiet")
+    quiet = await read_customer(client, "quiet")
     assert quiet is not None
     assert quiet["stage"] == "churned"
     assert quiet["stage_entered_at"] == at(180)
-    assert (await get(client, "busy"))["stage"] == "at_risk"  # type: ignore[index]
+    assert (await read_customer(client, "busy"))["stage"] == "at_risk"  # type: ignore[index]
     history = (await client.get("/v1/customers/quiet/history", headers=READ)).json()
     assert [(t["to_stage"], t["reason"]) for t in history["transitions"]] == [
         ("conversion", "first purchase"),
@@ -230,7 +212,7 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
     assert (await client.delete("/v1/customers/erase-me", headers=WRITE)).status_code == 403
     erased = await client.delete("/v1/customers/erase-me", headers=ADMIN)
     assert erased.status_code == 200, erased.text
-    assert await get(client, "erase-me") is None
+    assert await read_customer(client, "erase-me") is None
     assert (await client.delete("/v1/customers/erase-me", headers=ADMIN)).status_code == 404
 
     async def leftovers() -> list[str]:
@@ -262,7 +244,7 @@ async def test_erasure_leaves_nothing_and_a_replay_does_not_bring_the_customer_b
         )
     await until_events(client, "keep-me", 1)
     await asyncio.sleep(2)  # let the whole log replay
-    assert await get(client, "erase-me") is None
+    assert await read_customer(client, "erase-me") is None
     assert await leftovers() == []
 
 
@@ -383,20 +365,18 @@ async def test_failing_webhooks_are_retried_then_parked(
     _Receiver.fail = True
     try:
         app = create_app(StageEngineSettings())
-        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
-                await c.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
-                await send_events(
-                    common,
-                    event_doc("purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)),
-                )
+        async with app_client(app, "http://e") as c:
+            await c.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
+            await send_events(
+                common,
+                event_doc("purchase", customer_id="unlucky", event_id="u1", occurred_at=at(0)),
+            )
 
-                async def parked() -> dict[str, int] | None:
-                    subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
-                    return subs[0]["deliveries"] if subs[0]["deliveries"].get("parked") else None
+            async def parked() -> dict[str, int] | None:
+                subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
+                return subs[0]["deliveries"] if subs[0]["deliveries"].get("parked") else None
 
-                assert await eventually(parked, timeout=30) == {"parked": 1}
+            assert await eventually(parked, timeout=30) == {"parked": 1}
         assert len(_Receiver.received) == 2
     finally:
         _Receiver.fail = False
@@ -443,42 +423,38 @@ async def test_a_hanging_subscriber_does_not_delay_another(
     monkeypatch.setenv("CLM_WEBHOOK_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("CLM_WEBHOOK_POLL_S", "0.05")
     app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
-            # the hanging one subscribed first: its deliveries come first in id order
-            for url in (hanging, receiver):
-                created = await c.post("/v1/webhooks", json={"url": url}, headers=ADMIN)
-                assert created.status_code == 201, created.text
-            await send_events(
-                common,
-                *(
-                    event_doc(
-                        "purchase", customer_id=f"hk-{n}", event_id=f"hk{n}", occurred_at=at(0)
-                    )
-                    for n in range(3)
-                ),
-            )
-            for n in range(3):
-                await eventually(functools.partial(get, c, f"hk-{n}"), every=0.02)
-            queued = time.monotonic()  # the deliveries commit with the customers' rows
+    async with app_client(app, "http://e") as c:
+        # the hanging one subscribed first: its deliveries come first in id order
+        for url in (hanging, receiver):
+            created = await c.post("/v1/webhooks", json={"url": url}, headers=ADMIN)
+            assert created.status_code == 201, created.text
+        await send_events(
+            common,
+            *(
+                event_doc("purchase", customer_id=f"hk-{n}", event_id=f"hk{n}", occurred_at=at(0))
+                for n in range(3)
+            ),
+        )
+        for n in range(3):
+            await eventually(functools.partial(read_customer, c, f"hk-{n}"), every=0.02)
+        queued = time.monotonic()  # the deliveries commit with the customers' rows
 
-            async def all_delivered() -> bool:
-                return len(_Receiver.received) >= 3
+        async def all_delivered() -> bool:
+            return len(_Receiver.received) >= 3
 
-            await eventually(all_delivered, every=0.02)
-            took = time.monotonic() - queued
-            assert took < timeout_s / 2, f"the healthy subscriber waited {took:.1f}s"
-            assert _Hanging.requests >= 1  # it was being tried meanwhile
+        await eventually(all_delivered, every=0.02)
+        took = time.monotonic() - queued
+        assert took < timeout_s / 2, f"the healthy subscriber waited {took:.1f}s"
+        assert _Hanging.requests >= 1  # it was being tried meanwhile
 
-            async def parked() -> dict[str, dict[str, int]] | None:
-                subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
-                by_url = {s["url"]: s["deliveries"] for s in subs}
-                return by_url if by_url[hanging] == {"parked": 3} else None
+        async def parked() -> dict[str, dict[str, int]] | None:
+            subs = (await c.get("/v1/webhooks", headers=ADMIN)).json()["subscriptions"]
+            by_url = {s["url"]: s["deliveries"] for s in subs}
+            return by_url if by_url[hanging] == {"parked": 3} else None
 
-            by_url = await eventually(parked, timeout=60)
-            assert by_url[receiver] == {"delivered": 3}
-            assert _Hanging.requests == 6  # each delivery tried max_attempts times
+        by_url = await eventually(parked, timeout=60)
+        assert by_url[receiver] == {"delivered": 3}
+        assert _Hanging.requests == 6  # each delivery tried max_attempts times
     async with db.connect() as conn:
         errors = (
             (
@@ -552,12 +528,10 @@ async def test_the_classic_vocabulary_is_a_setting(common: CommonSettings) -> No
         common, event_doc("site_visit", customer_id="classic", event_id="c1", occurred_at=at(0))
     )
     app = create_app(StageEngineSettings(stage_vocabulary="classic"))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://e") as c:
-            customer = await until_events(c, "classic", 1)
-            assert customer["stage"] == "awareness"
-            assert "advocacy" in (await c.get("/v1/stages", headers=READ)).json()["stages"]
+    async with app_client(app, "http://e") as c:
+        customer = await until_events(c, "classic", 1)
+        assert customer["stage"] == "awareness"
+        assert "advocacy" in (await c.get("/v1/stages", headers=READ)).json()["stages"]
 
 
 def test_a_bad_rule_file_stops_the_engine_naming_the_line(tmp_path: Path) -> None:
@@ -600,7 +574,7 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
         1,
         "social",
     )
-    assert await get(client, "dup-b") is None
+    assert await read_customer(client, "dup-b") is None
     await send_events(
         common,
         event_doc(
@@ -613,7 +587,7 @@ async def test_merging_two_known_customers_is_explicit_and_later_events_follow(
     )
     after = await until_events(client, "dup-a", 3)
     assert (after["stage"], after["purchases"]) == ("retention", 2)
-    assert await get(client, "dup-b") is None
+    assert await read_customer(client, "dup-b") is None
 
 
 async def test_merging_two_buyers_restates_the_later_first_purchase(
@@ -671,16 +645,10 @@ async def engine_and_metrics(
     stage changes subscribed to by ``receiver``."""
     engine = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
     metrics = metrics_app(MetricsSettings())
-    async with (
-        LifespanManager(engine, startup_timeout=30, shutdown_timeout=30) as em,
-        LifespanManager(metrics, startup_timeout=30, shutdown_timeout=30) as mm,
-    ):
-        e = httpx.AsyncClient(transport=httpx.ASGITransport(app=em.app), base_url="http://e")
-        m = httpx.AsyncClient(transport=httpx.ASGITransport(app=mm.app), base_url="http://m")
-        async with e, m:
-            created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
-            assert created.status_code == 201, created.text
-            yield e, m
+    async with app_client(engine, "http://e") as e, app_client(metrics, "http://m") as m:
+        created = await e.post("/v1/webhooks", json={"url": receiver}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        yield e, m
 
 
 async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_equal(

@@ -15,7 +15,6 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +25,7 @@ from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineBatch, StageEngineSettings
 from tests.factories import event_doc
+from tests.integration.apps import app_client
 from tests.integration.conftest import eventually, produce, read_topic
 from tests.pg_refusal import REFUSED, REFUSED_SQLSTATE, refuse_marked_events
 
@@ -97,10 +97,8 @@ async def engine_app(common: CommonSettings, db: AsyncEngine) -> AsyncIterator[h
     await refuse_marked_events(db)  # before the engine starts: every case has it
     settings = StageEngineSettings(batch=StageEngineBatch(records=50), stage_engine_lanes=1)
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
-            yield c
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 async def log_end(common: CommonSettings) -> int:
@@ -182,44 +180,42 @@ async def test_a_lane_that_cannot_advance_fails_readiness_and_recovers(
     advancing: after the stall limit /readyz answers 503 naming it; released, ready again."""
     settings = StageEngineSettings(stage_engine_lanes=1, stage_engine_stall_s=2)
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+    async with app_client(app, "http://engine") as http:
+        await produce(
+            common.kafka.bootstrap,
+            common.topics.events,
+            [raw(event_doc("site_visit", customer_id="first"))],
+        )
+
+        async def applied() -> bool:
+            async with db.connect() as conn:
+                row = await conn.execute(
+                    select(customers.c.events).where(customers.c.customer_id == "first")
+                )
+                return row.scalar_one_or_none() == 1
+
+        await eventually(applied, timeout=30)
+        assert (await http.get("/readyz")).status_code == 200
+        async with db.connect() as locker:
+            await locker.execute(text("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"))
             await produce(
                 common.kafka.bootstrap,
                 common.topics.events,
-                [raw(event_doc("site_visit", customer_id="first"))],
+                [raw(event_doc("site_visit", customer_id="blocked"))],
             )
 
-            async def applied() -> bool:
-                async with db.connect() as conn:
-                    row = await conn.execute(
-                        select(customers.c.events).where(customers.c.customer_id == "first")
-                    )
-                    return row.scalar_one_or_none() == 1
+            async def stalled() -> dict[str, Any] | None:
+                answer = await http.get("/readyz")
+                body: dict[str, Any] = answer.json()
+                return body if answer.status_code == 503 else None
 
-            await eventually(applied, timeout=30)
-            assert (await http.get("/readyz")).status_code == 200
-            async with db.connect() as locker:
-                await locker.execute(text("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"))
-                await produce(
-                    common.kafka.bootstrap,
-                    common.topics.events,
-                    [raw(event_doc("site_visit", customer_id="blocked"))],
-                )
+            body = await eventually(stalled, timeout=30, every=0.2)
+            said = body["checks"]["consumer"]
+            assert said.startswith("stalled: consumer 0 partition "), said
+            assert "(lag 1) since " in said
+            await locker.rollback()  # the lock goes: the lane moves on
 
-                async def stalled() -> dict[str, Any] | None:
-                    answer = await http.get("/readyz")
-                    body: dict[str, Any] = answer.json()
-                    return body if answer.status_code == 503 else None
+        async def ready() -> bool:
+            return (await http.get("/readyz")).status_code == 200
 
-                body = await eventually(stalled, timeout=30, every=0.2)
-                said = body["checks"]["consumer"]
-                assert said.startswith("stalled: consumer 0 partition "), said
-                assert "(lag 1) since " in said
-                await locker.rollback()  # the lock goes: the lane moves on
-
-            async def ready() -> bool:
-                return (await http.get("/readyz")).status_code == 200
-
-            await eventually(ready, timeout=30, every=0.2)
+        await eventually(ready, timeout=30, every=0.2)

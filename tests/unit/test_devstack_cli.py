@@ -1,4 +1,5 @@
-"""clm_devstack.cli and errors: one-line errors, settings from the environment, with-infra."""
+"""clm_devstack.cli, stacks, with_infra and errors: one-line errors, settings from the
+environment, with-infra."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clm_devstack import cli, services
+from clm_devstack import cli, services, stacks, with_infra
 from clm_devstack.errors import DevstackError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,21 +53,21 @@ def test_with_infra_uses_reachable_external_infra(
 
 
 def test_external_infra_needs_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not cli.external_infra_reachable({})
-    assert not cli.external_infra_reachable({"CLM_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
-    assert not cli.external_infra_reachable(
+    assert not with_infra.external_infra_reachable({})
+    assert not with_infra.external_infra_reachable({"CLM_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert not with_infra.external_infra_reachable(
         {"CLM_KAFKA_BOOTSTRAP": "127.0.0.1:1", "CLM_DATABASE_URL": "postgresql://h:1/x"}
     )
 
 
 def test_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLM_PG_PORT", raising=False)
-    assert cli.env_port("CLM_PG_PORT", 55432) == 55432
+    assert stacks.env_port("CLM_PG_PORT", 55432) == 55432
     monkeypatch.setenv("CLM_PG_PORT", "6543")
-    assert cli.env_port("CLM_PG_PORT", 55432) == 6543
+    assert stacks.env_port("CLM_PG_PORT", 55432) == 6543
     monkeypatch.setenv("CLM_PG_PORT", "70000")
     with pytest.raises(DevstackError, match="CLM_PG_PORT"):
-        cli.env_port("CLM_PG_PORT", 55432)
+        stacks.env_port("CLM_PG_PORT", 55432)
 
 
 def test_stacks_use_separate_state_and_ports(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,8 +82,8 @@ def test_stacks_use_separate_state_and_ports(monkeypatch: pytest.MonkeyPatch) ->
         "CLM_TEST_PG_PORT",
     ):
         monkeypatch.delenv(name, raising=False)
-    dev = cli.dev_stack(REPO_ROOT)
-    test = cli.testing_stack(REPO_ROOT)
+    dev = stacks.dev_stack(REPO_ROOT)
+    test = stacks.testing_stack(REPO_ROOT)
     assert dev.kafka.state_dir == REPO_ROOT / ".run" / "dev" / "kafka"
     assert test.kafka.state_dir == REPO_ROOT / ".run" / "test" / "kafka"
     assert (dev.kafka.port, dev.kafka.controller_port, dev.postgres.port) == (9092, 9093, 55432)
@@ -101,7 +102,7 @@ def test_test_stacks_on_other_ports_keep_their_own_state(monkeypatch: pytest.Mon
     monkeypatch.setenv("CLM_TEST_KAFKA_PORT", "19492")
     monkeypatch.setenv("CLM_TEST_KAFKA_CONTROLLER_PORT", "19493")
     monkeypatch.setenv("CLM_TEST_PG_PORT", "55733")
-    other = cli.testing_stack(REPO_ROOT)
+    other = stacks.testing_stack(REPO_ROOT)
     assert other.state_dir == REPO_ROOT / ".run" / "test-19492-19493-55733"
     assert (other.kafka.port, other.postgres.port) == (19492, 55733)
     assert other.postgres.state_dir == other.state_dir / "postgres"
@@ -110,7 +111,7 @@ def test_test_stacks_on_other_ports_keep_their_own_state(monkeypatch: pytest.Mon
 def test_child_env_for_up(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CLM_DEV_WRITE_KEY", "CLM_DEV_READ_TOKEN", "CLM_DEV_ADMIN_KEY", "CLM_INGEST_PORT"):
         monkeypatch.delenv(name, raising=False)
-    env = cli.child_env(cli.dev_stack(REPO_ROOT), cli.service_addresses())
+    env = stacks.child_env(stacks.dev_stack(REPO_ROOT), stacks.service_addresses())
     assert env["CLM_ENV"] == "dev"
     assert env["CLM_KAFKA_BOOTSTRAP"] == "127.0.0.1:9092"
     assert env["CLM_DATABASE_URL"] == "postgresql+asyncpg://clm:clm@127.0.0.1:55432/clm"

@@ -1,13 +1,12 @@
-"""clm_devstack.postgres: the pure parts (settings, URLs, SQL quoting, directory access)."""
+"""clm_devstack.postgres_config and postgres_host: the pure parts (settings, URLs, SQL quoting, directory access)."""
 
 from __future__ import annotations
 
 import stat
 from pathlib import Path
 
-from clm_devstack.postgres import (
+from clm_devstack.postgres_config import (
     PostgresConfig,
-    can_traverse,
     database_url,
     render_settings,
     role_sql,
@@ -15,6 +14,7 @@ from clm_devstack.postgres import (
     sql_ident,
     sql_literal,
 )
+from clm_devstack.postgres_host import can_traverse
 
 
 def _settings(text: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The one error type of the devstack: a cause and a fix, printed as one line."""
+"""What the devstack tells the developer: progress lines, and its one error type (a cause
+and a fix, printed as one line)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,8 @@ class DevstackError(Exception):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def say(message: str) -> None:
+    """A progress line on stdout, flushed at once (the services' output may interleave)."""
+    print(f"devstack: {message}", flush=True)

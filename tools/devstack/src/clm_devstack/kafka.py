@@ -21,7 +21,7 @@ from pathlib import Path
 
 from clm_devstack import processes
 from clm_devstack.errors import DevstackError
-from clm_devstack.paths import find_repo_root
+from clm_devstack.paths import ServerDirs, find_repo_root
 
 STARTED_MARKER = "Kafka Server started"
 START_TIMEOUT = 90.0
@@ -29,8 +29,7 @@ STOP_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
-class KafkaConfig:
-    state_dir: Path
+class KafkaConfig(ServerDirs):
     host: str = "127.0.0.1"
     port: int = 9092
     controller_port: int = 9093
@@ -43,14 +42,6 @@ class KafkaConfig:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.state_dir / "data"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.state_dir / "logs"
 
     @property
     def properties_path(self) -> Path:
@@ -74,13 +65,6 @@ class KafkaConfig:
     def markers(self) -> list[str]:
         """What the broker's command line contains: its main class and our state dir."""
         return ["kafka.Kafka", str(self.state_dir.resolve())]
-
-
-@dataclass(frozen=True)
-class KafkaStarted:
-    pid: int
-    reused: bool
-    seconds: float
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -289,13 +273,13 @@ def _format_storage(cfg: KafkaConfig, java: str, libs: Path, log4j: Path) -> Non
     shutil.copytree(cfg.data_dir, pristine)
 
 
-def start_kafka(cfg: KafkaConfig) -> KafkaStarted:
+def start_kafka(cfg: KafkaConfig) -> processes.Started:
     """Start the broker (or reuse ours if it already runs) and wait until it serves."""
     began = time.monotonic()
     pid = running_pid(cfg)
     if pid is not None:
         if processes.wait_until(lambda: processes.port_open(cfg.host, cfg.port), START_TIMEOUT):
-            return KafkaStarted(pid, reused=True, seconds=time.monotonic() - began)
+            return processes.Started(pid, reused=True, seconds=time.monotonic() - began)
         stop_kafka(cfg)
     processes.remove_file(cfg.pidfile)
 
@@ -335,7 +319,7 @@ def start_kafka(cfg: KafkaConfig) -> KafkaStarted:
             f"Kafka did not start within {START_TIMEOUT:.0f}s: {_failure_line(cfg)}",
             f"see {cfg.server_log}",
         )
-    return KafkaStarted(proc.pid, reused=False, seconds=time.monotonic() - began)
+    return processes.Started(proc.pid, reused=False, seconds=time.monotonic() - began)
 
 
 def stop_kafka(cfg: KafkaConfig, *, sweep: bool = False) -> bool:

@@ -1,8 +1,9 @@
-"""Where the repository, the jar cache and the state directories are."""
+"""Where the repository, the state directories and a server's data and logs are."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from clm_devstack.errors import DevstackError
@@ -30,6 +31,21 @@ def find_repo_root(start: Path | None = None) -> Path:
         f"cannot find the repository root (no {_MARKER} above {Path.cwd()})",
         "run the command from inside the clm-stream checkout",
     )
+
+
+@dataclass(frozen=True)
+class ServerDirs:
+    """Where a local server keeps its state: ``data/`` and ``logs/`` under ``state_dir``."""
+
+    state_dir: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
 
 
 def dev_state_dir(repo_root: Path) -> Path:

@@ -10,9 +10,19 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from clm_devstack.errors import DevstackError
+
+
+@dataclass(frozen=True)
+class Started:
+    """A server process we started, or found running and reused, and how long that took."""
+
+    pid: int
+    reused: bool
+    seconds: float
 
 
 # --------------------------------------------------------------------------- pidfiles

@@ -8,14 +8,9 @@ from urllib.parse import quote
 
 from clm_cli import output
 from clm_cli.api import NotFound, request
+from clm_cli.commands.read_api import read, token_parent
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
-
-
-def token_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--token", help="the key to present (default: CLM_READ_TOKEN)")
-    return parent
 
 
 def _path(customer_id: str) -> str:
@@ -24,9 +19,7 @@ def _path(customer_id: str) -> str:
 
 async def _customer(settings: CliSettings, customer_id: str, token: str | None) -> Any:
     try:
-        return await request(
-            settings.stage_engine(), "GET", _path(customer_id), token=settings.token("read", token)
-        )
+        return await read(settings, settings.stage_engine(), _path(customer_id), token)
     except NotFound as exc:
         raise CliError(f"unknown customer {customer_id!r} ({exc.detail})") from exc
 
@@ -34,12 +27,8 @@ async def _customer(settings: CliSettings, customer_id: str, token: str | None) 
 async def _show(args: argparse.Namespace, settings: CliSettings) -> int:
     doc = await _customer(settings, args.customer_id, args.token)
     if args.history:
-        history = await request(
-            settings.stage_engine(),
-            "GET",
-            _path(args.customer_id) + "/history",
-            token=settings.token("read", args.token),
-        )
+        path = _path(args.customer_id) + "/history"
+        history = await read(settings, settings.stage_engine(), path, args.token)
         doc = {**doc, "transitions": history["transitions"]}
     if args.json:
         output.print_json(doc)
@@ -59,13 +48,7 @@ async def _list(args: argparse.Namespace, settings: CliSettings) -> int:
         params["stage"] = args.stage
     if args.cursor:
         params["cursor"] = args.cursor
-    page = await request(
-        settings.stage_engine(),
-        "GET",
-        "/v1/customers",
-        token=settings.token("read", args.token),
-        params=params,
-    )
+    page = await read(settings, settings.stage_engine(), "/v1/customers", args.token, params)
     if args.json:
         output.print_json(page)
         return 0
@@ -104,9 +87,7 @@ async def _erase(args: argparse.Namespace, settings: CliSettings) -> int:
 
 
 async def _stages(args: argparse.Namespace, settings: CliSettings) -> int:
-    doc = await request(
-        settings.stage_engine(), "GET", "/v1/stages", token=settings.token("read", args.token)
-    )
+    doc = await read(settings, settings.stage_engine(), "/v1/stages", args.token)
     if args.json:
         output.print_json(doc)
         return 0

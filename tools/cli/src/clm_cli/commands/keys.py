@@ -7,6 +7,7 @@ import argparse
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_cli.commands.stored_credentials import print_stored, report_revoked
 from clm_cli.errors import CliError
 from clm_infra import keys
 from clm_infra.settings import CommonSettings
@@ -20,17 +21,12 @@ async def _keys_create(args: argparse.Namespace, _: CommonSettings, conn: AsyncC
 
 
 async def _keys_list(_: argparse.Namespace, __: CommonSettings, conn: AsyncConnection) -> int:
-    for row in await keys.list_keys(conn):
-        state = "revoked" if row.revoked_at else "active"
-        print(f"{row.id}\t{row.kind}\t{row.source}\t{state}\t{row.label}")
+    print_stored(await keys.list_keys(conn), "kind")
     return 0
 
 
 async def _keys_revoke(args: argparse.Namespace, _: CommonSettings, conn: AsyncConnection) -> int:
-    if not await keys.revoke(conn, args.id):
-        raise CliError(f"no active key with id {args.id}")
-    print(f"revoked key {args.id}")
-    return 0
+    return report_revoked(await keys.revoke(conn, args.id), "key", args.id)
 
 
 async def _keys_seed_dev(

@@ -6,8 +6,7 @@ import argparse
 from typing import Any
 
 from clm_cli import output
-from clm_cli.api import request
-from clm_cli.commands.customers import token_parent
+from clm_cli.commands.read_api import read, token_parent
 from clm_cli.settings import CliSettings
 
 # What a person reads first; everything else follows in the service's order.
@@ -42,13 +41,7 @@ async def _kpis(args: argparse.Namespace, settings: CliSettings) -> int:
     for name in ("source", "channel"):
         if getattr(args, name):
             params[name] = getattr(args, name)
-    doc = await request(
-        settings.metrics(),
-        "GET",
-        "/v1/kpis",
-        token=settings.token("read", args.token),
-        params=params,
-    )
+    doc = await read(settings, settings.metrics(), "/v1/kpis", args.token, params)
     if args.json:
         output.print_json(doc)
         return 0

@@ -6,6 +6,7 @@ import argparse
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_cli.commands.stored_credentials import print_stored, report_revoked
 from clm_cli.errors import CliError
 from clm_infra import webhook_secrets
 from clm_infra.settings import CommonSettings
@@ -27,19 +28,15 @@ async def _webhooks_add(
 
 
 async def _webhooks_list(_: argparse.Namespace, __: CommonSettings, conn: AsyncConnection) -> int:
-    for row in await webhook_secrets.list_secrets(conn):
-        state = "revoked" if row.revoked_at else "active"
-        print(f"{row.id}\t{row.provider}\t{row.source}\t{state}\t{row.label}")
+    print_stored(await webhook_secrets.list_secrets(conn), "provider")
     return 0
 
 
 async def _webhooks_revoke(
     args: argparse.Namespace, _: CommonSettings, conn: AsyncConnection
 ) -> int:
-    if not await webhook_secrets.revoke_secret(conn, args.id):
-        raise CliError(f"no active webhook secret with id {args.id}")
-    print(f"revoked webhook secret {args.id}")
-    return 0
+    revoked = await webhook_secrets.revoke_secret(conn, args.id)
+    return report_revoked(revoked, "webhook secret", args.id)
 
 
 async def _webhooks_new_key(_: argparse.Namespace, __: CommonSettings) -> int:
