@@ -9,11 +9,7 @@ from clm_web.serve import serve
 
 def main() -> None:
     settings = IngestSettings()
-    serve(
-        create_app(settings),
-        settings.server,
-        log_level=settings.log_level,
-    )
+    serve(create_app(settings), settings.server, log_level=settings.log_level)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def fold(
         if key in histories:
             groups = histories[key]
             sources = [(s, merged_states.get(s)) for s in merges.get(key, ())]
-            _rebuild(result, key, before, groups, batch, sources, rules, now)
+            _rebuild(result, Rebuild(key, before, groups, batch, sources), rules, now)
         else:
             _incremental(result, key, before, batch, rules)
     return result
@@ -179,16 +179,20 @@ def _incremental(
         result.states[key] = state
 
 
-def _rebuild(
-    result: FoldResult[T],
-    key: str,
-    before: CustomerState | None,
-    groups: Sequence[Sequence[Event]],
-    batch: Sequence[Item[T]],
-    sources: Sequence[tuple[str, CustomerState | None]],
-    rules: LifecycleRules,
-    now: datetime,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Rebuild(Generic[T]):
+    """A customer refolded from everything it ever had: its state before the batch, its
+    stored events in groups (its own, then each absorbed profile's), the batch's new events
+    and the absorbed profiles with their states before the batch."""
+
+    key: str
+    before: CustomerState | None
+    groups: Sequence[Sequence[Event]]
+    batch: Sequence[Item[T]]
+    sources: Sequence[tuple[str, CustomerState | None]]
+
+
+def _rebuild(result: FoldResult[T], job: Rebuild[T], rules: LifecycleRules, now: datetime) -> None:
     """Refold the customer from everything it ever had, in event-time order.
 
     The history records one correcting move (old stage → rebuilt stage) rather than rewriting
@@ -196,14 +200,15 @@ def _rebuild(
     and a restatement takes back each profile's timeline as counted before and adds the
     rebuilt one (the new events' customer part included: their records say ``restated``).
     """
+    key, before, batch = job.key, job.before, job.batch
     try:
-        old, done, applied_new = _refold(key, before, groups, batch, sources, rules, now)
+        old, done, applied_new = _refold(job, rules, now)
     except Exception as exc:
         result.failed.extend((i.tag, f"reducer (rebuild): {exc!r}") for i in batch)
         return
     state = done.state
     assert state is not None  # _refold checked it
-    reason: Reason = "identity merge" if sources else "late event"
+    reason: Reason = "identity merge" if job.sources else "late event"
     move = _correction(key, before, state, batch, reason, now)
     if move is not None:
         result.transitions.append(move)
@@ -219,26 +224,21 @@ def _rebuild(
 
 
 def _refold(
-    key: str,
-    before: CustomerState | None,
-    groups: Sequence[Sequence[Event]],
-    batch: Sequence[Item[T]],
-    sources: Sequence[tuple[str, CustomerState | None]],
-    rules: LifecycleRules,
-    now: datetime,
+    job: Rebuild[T], rules: LifecycleRules, now: datetime
 ) -> tuple[list[Timeline], Timeline, dict[tuple[str, str], Applied]]:
     """What was counted of the customer and of each absorbed profile, the rebuilt timeline,
     and what applying each event gave in it."""
-    old = counted([(key, before, groups[0] if groups else ())], rules)
+    key, groups = job.key, job.groups
+    old = counted([(key, job.before, groups[0] if groups else ())], rules)
     old += counted(
         [
             (source, state, group)
-            for (source, state), group in zip(sources, groups[1:], strict=True)
+            for (source, state), group in zip(job.sources, groups[1:], strict=True)
         ],
         rules,
     )
     done, applied_new = fold_timeline(
-        key, [*(e for g in groups for e in g), *(i.event for i in batch)], rules, until=now
+        key, [*(e for g in groups for e in g), *(i.event for i in job.batch)], rules, until=now
     )
     assert done.state is not None
     return old, done, applied_new
