@@ -7,6 +7,7 @@ remembered)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_domain.lifecycle import CustomerState, Stage, evolve
+from clm_domain.lifecycle import CustomerState, Stage
 from clm_domain.rules import LifecycleRules
 from clm_infra.schema import customer_events, customers, processed_events
 from clm_stage_engine import repository
@@ -264,7 +265,7 @@ async def test_a_state_goes_through_postgres_unchanged(db: AsyncEngine) -> None:
                 transitions=[],
             )
         assert await repository.read_customer(db, "rt-1") == state
-    swept = evolve(full, {"stage": Stage.AT_RISK, "recent_purchases": (at,)})
+    swept = replace(full, stage=Stage.AT_RISK, recent_purchases=(at,))
     async with db.begin() as conn:
         await repository.upsert_customers(conn, [swept])
     assert await repository.read_customer(db, "rt-1") == swept

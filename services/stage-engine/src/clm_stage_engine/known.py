@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from clm_domain.lifecycle import CustomerState, positional
+from clm_domain.lifecycle import CustomerState
 
 LOOKUPS = Counter(
     "clm_stage_engine_known_states_total",
@@ -40,9 +40,6 @@ class Stored:
 
     state: CustomerState
     version: int
-
-
-_stored = positional(Stored)  # Stored(...) for the one made per customer written
 
 
 class KnownStates:
@@ -84,7 +81,7 @@ class KnownStates:
                 if known[1] > xid:
                     continue
                 entries.move_to_end(key)  # a new key goes in last anyway
-            entries[key] = (_stored(state, version), xid)
+            entries[key] = (Stored(state, version), xid)
         while len(entries) > self.size:
             entries.popitem(last=False)
 

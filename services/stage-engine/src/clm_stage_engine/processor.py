@@ -14,7 +14,7 @@ reducer cannot apply come back as failures with the reason.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -26,9 +26,7 @@ from clm_domain.lifecycle import (
     advance,
     apply_event,
     event_order,
-    evolve,
     is_late,
-    positional,
 )
 from clm_domain.lifecycle_records import TimelineItem
 from clm_domain.rules import LifecycleRules
@@ -59,10 +57,7 @@ class Item(Generic[T]):
         """``wire``: the JSON the event was decoded from, when there is one (a Kafka
         record's value, which the ingest wrote as :func:`dump_event`): stored and published
         as it came, rather than serialized again."""
-        return _item(tag, event, key, dump_event(event) if wire is None else wire)
-
-
-_item = positional(Item)  # Item(...) for the one made per event (see positional)
+        return Item(tag, event, key, dump_event(event) if wire is None else wire)
 
 
 @dataclass(slots=True)
@@ -333,7 +328,7 @@ def counted(
 
 
 def _keyed(state: CustomerState, key: str) -> CustomerState:
-    return state if state.customer_id == key else evolve(state, {"customer_id": key})
+    return state if state.customer_id == key else replace(state, customer_id=key)
 
 
 def _rekeyed(applied: Applied, key: str) -> Applied:

@@ -3,11 +3,10 @@ applying one event gave (all frozen dataclasses)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from clm_domain.events import Event, MarketingSpend
 from clm_domain.stages import Stage
@@ -90,20 +89,3 @@ class Applied:
     def transition(self) -> Transition | None:
         """The last move, if any."""
         return self.transitions[-1] if self.transitions else None
-
-
-def make_state(*values: Any) -> CustomerState:
-    """A state from every field's value, in field order (a stored row's columns)."""
-    return CustomerState(*values)
-
-
-def evolve(state: CustomerState, changes: Mapping[str, Any]) -> CustomerState:
-    """``state`` with ``changes`` (field name → value): ``dataclasses.replace``."""
-    return replace(state, **changes)
-
-
-def positional(cls: type[T]) -> type[T]:
-    """``cls`` itself: a dataclass's constructor takes every field positionally, in order.
-
-    Kept for the callers that ask for a positional constructor by this name."""
-    return cls

@@ -26,9 +26,6 @@ from clm_domain.customer_state import (
     Transition,
     customer_key,
     event_order,
-    evolve,
-    make_state,
-    positional,
 )
 from clm_domain.reducer import advance, apply_event, is_late, rebuild
 from clm_domain.stages import (
@@ -59,10 +56,7 @@ __all__ = [
     "apply_event",
     "customer_key",
     "event_order",
-    "evolve",
     "is_late",
-    "make_state",
     "parse_stage",
-    "positional",
     "rebuild",
 ]

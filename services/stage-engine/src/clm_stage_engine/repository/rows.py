@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from clm_domain.lifecycle import CustomerState, Stage, Transition, make_state
+from clm_domain.lifecycle import CustomerState, Stage, Transition
 from clm_infra.db import pg_array
 
 #: A customer row's state columns: CustomerState's fields, in their order.
@@ -32,7 +32,7 @@ def state_from_values(values: Sequence[Any]) -> CustomerState:
     v[_STAGE] = _STAGES[v[_STAGE]]
     for i in _TUPLES:
         v[i] = tuple(v[i] or ())
-    return make_state(*v)
+    return CustomerState(*v)
 
 
 def row_from_state(state: CustomerState) -> dict[str, Any]:
