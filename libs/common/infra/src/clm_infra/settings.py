@@ -6,7 +6,7 @@ Settings are grouped: where Kafka is and how to reach it (:class:`KafkaSettings`
 Every group reads its own variables (``CLM_KAFKA_BOOTSTRAP``, ``CLM_DATABASE_URL`` …).
 Durations are seconds, named ``…_s``. Values are validated at start and refused with a message
 naming the variable; a variable under a name an older version used is refused with its new name.
-``docs/configuration.md`` is generated from these models (``python -m clm_infra.settings_doc``).
+``docs/configuration.md`` is generated from these models (``tools/docs/settings_reference.py``).
 """
 
 from __future__ import annotations
