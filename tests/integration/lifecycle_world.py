@@ -41,6 +41,7 @@ from clm_simulator.truth import truth
 from clm_stage_engine import repository
 from clm_stage_engine.app import create_app
 from clm_stage_engine.deps import State
+from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.outbox import unpack_records
 from clm_stage_engine.settings import StageEngineSettings
@@ -243,6 +244,7 @@ def engine_api(settings: StageEngineSettings, db: AsyncEngine) -> httpx.AsyncCli
         pseudonyms=Pseudonyms(DEV_PSEUDONYM_KEY),
         secrets_box=webhook_secrets.cipher(settings),
         url_policy=UrlPolicy.of(True, "127.0.0.1"),
+        models=ModelCache(db, settings.model.reload_s),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://engine")
 

@@ -18,9 +18,10 @@ from clm_infra.db import ping
 from clm_infra.kafka import kafka_reachable
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine import at_rest
-from clm_stage_engine.api import customers, merge, webhooks
+from clm_stage_engine.api import customers, merge, models, webhooks
 from clm_stage_engine.deps import State
 from clm_stage_engine.hot_read import HotReadMiddleware
+from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.workers import build_workers
 from clm_web.auth import KeyVerifier
@@ -74,6 +75,7 @@ def create_app(
         raise RuntimeError("the hot read without its FastAPI route")
     app.include_router(merge.router)
     app.include_router(webhooks.router)
+    app.include_router(models.router)
     return app
 
 
@@ -95,6 +97,7 @@ def _lifespan(settings: StageEngineSettings, rules: LifecycleRules, url_policy: 
                 pseudonyms=pseudonyms,
                 secrets_box=secrets_box,
                 url_policy=url_policy,
+                models=ModelCache(engine, settings.model.reload_s),
             )
             app.state.clm = state
             if settings.stage_engine_role == "all":

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
 from clm_infra.webhook_urls import UrlPolicy
+from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.settings import StageEngineSettings
 from clm_web.auth import KeyVerifier
 
@@ -24,6 +25,7 @@ class State:
     pseudonyms: Pseudonyms  # keyed hashes of erased and anonymised customers
     secrets_box: MultiFernet  # seals webhook subscription secrets
     url_policy: UrlPolicy  # where webhooks may go
+    models: ModelCache  # the predictive models' current version
 
 
 async def app_state(request: Request) -> State:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clm_domain.events import TEXT_PATTERN
 from clm_infra.db import unavailable
-from clm_stage_engine.api.customers import customer_doc, not_found
+from clm_stage_engine.api.customers import customer_body, not_found
 from clm_stage_engine.deps import State
 from clm_stage_engine.repository import customers
 from clm_web.asgi import header, send_json
@@ -62,7 +62,7 @@ class HotReadMiddleware:
         if customer is None:
             await raised_problem(not_found(customer_id), path)(scope, receive, send)
             return
-        body = orjson.dumps(customer_doc(state, customer))
+        body = orjson.dumps(await customer_body(state, customer))
         await send_json(send, 200, body)
 
 

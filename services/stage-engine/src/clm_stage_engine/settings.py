@@ -53,10 +53,46 @@ class WebhookSettings(BaseSettings):
     )
 
 
+class ModelSettings(BaseSettings):
+    """The predictive models: BG/NBD and Gamma-Gamma (``CLM_MODEL_…``)."""
+
+    model_config = group("CLM_MODEL_")
+
+    refit_interval_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="How often one replica (an advisory lock elects it) refits the models "
+        "from every customer's purchase facts; 0 is not allowed: a fit also runs on demand "
+        "(clm model fit).",
+    )
+    min_repeat_customers: int = Field(
+        default=100,
+        ge=10,
+        description="A fit needs at least this many customers with a repeat purchase (and a "
+        "currency's spend model this many in that currency); with fewer, the previous "
+        "parameters stay and clm status says why.",
+    )
+    horizon_months: int = Field(
+        default=12, ge=1, le=120, description="The horizon of predicted CLV, in months."
+    )
+    monthly_discount: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="The monthly discount rate of predicted CLV (0.01: 1 % a month).",
+    )
+    reload_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often a replica looks for newer parameters than the ones it scores with.",
+    )
+
+
 class StageEngineSettings(CommonSettings):
     server: StageEngineServer = Field(default_factory=StageEngineServer)
     batch: StageEngineBatch = Field(default_factory=StageEngineBatch)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
     stage_engine_group: str = Field(
         default="clm-stage-engine", description="Kafka consumer group of the stage engine."
     )

@@ -1,5 +1,6 @@
 """The stage engine's background work, run in the ``all`` role: the consumer lanes, the
-outbox relay, the sweeper and the webhook dispatcher, each under a :class:`Supervisor`.
+outbox relay, the sweeper, the webhook dispatcher and the models' refit, each under a
+:class:`Supervisor`.
 
 The lanes are consumer loops side by side, each a member of the group with partitions of its
 own, sharing the rows this process wrote (a customer moves between lanes only with its
@@ -24,6 +25,7 @@ from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.known import KnownStates
 from clm_stage_engine.relay import OutboxGate, OutboxRelay, PayloadCache
 from clm_stage_engine.sweeper import sweep_forever
+from clm_stage_engine.usecases.refit import refit_forever
 from clm_stage_engine.webhooks import Dispatcher
 
 #: The lanes' connections plan every statement for its arguments and the tables' current
@@ -49,6 +51,7 @@ def build_workers(state: State) -> Workers:
         Supervisor("outbox relay", functools.partial(_relay, state, workers, written)),
         Supervisor("sweeper", functools.partial(_sweep, state, workers)),
         Supervisor("webhook dispatcher", functools.partial(_dispatch, state, workers)),
+        Supervisor("model refit", functools.partial(_refit, state, workers)),
     ]
     return workers
 
@@ -134,6 +137,18 @@ async def _sweep(state: State, workers: Workers) -> None:
         group_id=settings.stage_engine_group,
         every_s=settings.stage_engine_sweep_s,
         batch=settings.stage_engine_sweep_batch,
+        stopping=workers.stopping,
+    )
+
+
+async def _refit(state: State, workers: Workers) -> None:
+    settings = state.settings.model
+    await refit_forever(
+        state.engine,
+        lambda: datetime.now(UTC),
+        every_s=settings.refit_interval_s,
+        min_repeat_customers=settings.min_repeat_customers,
+        fitted=state.models.fitted,
         stopping=workers.stopping,
     )
 

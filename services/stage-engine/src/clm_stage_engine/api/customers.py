@@ -15,7 +15,8 @@ from clm_domain.events import TEXT_PATTERN
 from clm_domain.kpis import exact_money
 from clm_domain.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
 from clm_stage_engine.deps import State, app_state
-from clm_stage_engine.repository import customers
+from clm_stage_engine.predictions import Horizon, p_alive_of, scores
+from clm_stage_engine.repository import customers, models
 from clm_stage_engine.repository.rows import row_from_state
 from clm_stage_engine.usecases.erasure import erase_customer
 from clm_stage_engine.usecases.errors import AlreadyAnonymised, UnknownCustomer
@@ -23,6 +24,9 @@ from clm_web.auth import Principal, authenticate
 from clm_web.problem import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["customers"])
+
+#: Customers the ``p_alive_lt`` listing reads a request at most.
+SCAN_ROWS = 2000
 
 CustomerId = Annotated[str, Path(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
 
@@ -48,6 +52,25 @@ def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
         row.pop(private)
     doc = {k: jsonable(v) for k, v in row.items()}
     doc["stage"] = display(state, customer.stage)
+    return doc
+
+
+async def customer_body(state: State, customer: CustomerState) -> dict[str, Any]:
+    """The customer's document with its live ``predictions`` (null: no model fitted yet, or
+    the customer never purchased)."""
+    doc = customer_doc(state, customer)
+    model = await state.models.current()
+    settings = state.settings.model
+    doc["predictions"] = (
+        None
+        if model is None
+        else scores(
+            model,
+            customer,
+            datetime.now(UTC).date(),
+            Horizon(settings.horizon_months, settings.monthly_discount),
+        )
+    )
     return doc
 
 
@@ -79,8 +102,19 @@ def stage_param(name: str | None) -> Stage | None:
 
 @router.get(
     "/customers",
-    summary="Customers, optionally in one stage, by id (keyset pagination)",
-    responses={401: {}, 403: {}, 422: {"description": "unknown stage or bad cursor"}},
+    summary="Customers, optionally in one stage or under a P(alive), by id (keyset pagination)",
+    description=(
+        "With `p_alive_lt`, only customers who purchased and whose P(alive) under the current "
+        "model is below it, each with its `predictions`. That listing walks customers by id "
+        f"{SCAN_ROWS} at a time (a bounded scan): a page can hold fewer than `limit` customers, "
+        "even none, and still have a `next_cursor`; the listing ends when `next_cursor` is null."
+    ),
+    responses={
+        401: {},
+        403: {},
+        409: {"description": "p_alive_lt: no model fitted yet"},
+        422: {"description": "unknown stage or bad cursor"},
+    },
 )
 async def list_customers(
     state: Annotated[State, Depends(app_state)],
@@ -89,33 +123,67 @@ async def list_customers(
         str | None,
         Query(description="a stage or its alias", json_schema_extra={"enum": list(STAGE_NAMES)}),
     ] = None,
+    p_alive_lt: Annotated[
+        float | None, Query(gt=0, le=1, description="only customers with P(alive) below this")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> dict[str, Any]:
     wanted = stage_param(stage)
-    after = None
-    if cursor is not None:
-        try:
-            after = base64.urlsafe_b64decode(cursor.encode()).decode()
-            if "\x00" in after:
-                raise ValueError("not a customer id")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise ProblemError(
-                422,
-                "Invalid request",
-                "bad cursor",
-                errors=[{"field": "cursor", "message": "bad cursor"}],
-            ) from None
+    after = _cursor_id(cursor)
+    stage_value = wanted.value if wanted else None
+    if p_alive_lt is not None:
+        return await _below_p_alive(state, stage_value, after, p_alive_lt, limit)
     async with state.engine.connect() as conn:
-        page = await customers.list_customers(
-            conn, stage=wanted.value if wanted else None, after=after, limit=limit
-        )
-    next_cursor = (
-        base64.urlsafe_b64encode(page[-1].customer_id.encode()).decode()
-        if len(page) == limit
-        else None
-    )
-    return {"customers": [customer_doc(state, c) for c in page], "next_cursor": next_cursor}
+        page = await customers.list_customers(conn, stage=stage_value, after=after, limit=limit)
+    last = page[-1].customer_id if len(page) == limit else None
+    return {"customers": [customer_doc(state, c) for c in page], "next_cursor": _cursor(last)}
+
+
+async def _below_p_alive(
+    state: State, stage: str | None, after: str | None, below: float, limit: int
+) -> dict[str, Any]:
+    """A page of the bounded scan behind ``p_alive_lt``."""
+    model = await state.models.current()
+    if model is None:
+        raise ProblemError(409, "Conflict", "no model fitted yet: clm model fit")
+    async with state.engine.connect() as conn:
+        scanned = await models.scan_purchasers(conn, stage=stage, after=after, limit=SCAN_ROWS)
+    settings = state.settings.model
+    horizon = Horizon(settings.horizon_months, settings.monthly_discount)
+    today = datetime.now(UTC).date()
+    page: list[dict[str, Any]] = []
+    last = scanned[-1].customer_id if len(scanned) == SCAN_ROWS else None
+    for customer in scanned:
+        if p_alive_of(model, customer, today) < below:
+            doc = customer_doc(state, customer)
+            doc["predictions"] = scores(model, customer, today, horizon)
+            page.append(doc)
+            if len(page) == limit:
+                last = customer.customer_id
+                break
+    return {"customers": page, "next_cursor": _cursor(last)}
+
+
+def _cursor(last: str | None) -> str | None:
+    return None if last is None else base64.urlsafe_b64encode(last.encode()).decode()
+
+
+def _cursor_id(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        after = base64.urlsafe_b64decode(cursor.encode()).decode()
+        if "\x00" in after:
+            raise ValueError("not a customer id")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ProblemError(
+            422,
+            "Invalid request",
+            "bad cursor",
+            errors=[{"field": "cursor", "message": "bad cursor"}],
+        ) from None
+    return after
 
 
 @router.get(
@@ -152,7 +220,8 @@ async def get_customer(
     customer = await customers.read_customer(state.engine, customer_id)
     if customer is None:
         raise not_found(customer_id)
-    return Response(orjson.dumps(customer_doc(state, customer)), media_type="application/json")
+    body = await customer_body(state, customer)
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get(

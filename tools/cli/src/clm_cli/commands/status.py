@@ -20,6 +20,7 @@ import argparse
 import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -66,6 +67,8 @@ class Status:
     #: they were not compared (the pipeline busy, no read token …).
     stages: dict[str, Any] = field(default_factory=dict)
     stage_problems: list[str] = field(default_factory=list)
+    #: The predictive models: the version scored with and the last fit attempt.
+    model: dict[str, Any] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[str]:
@@ -143,7 +146,7 @@ async def service_status(client: httpx.AsyncClient, service: Service) -> Service
 
 async def database_facts(
     settings: CliSettings,
-) -> tuple[dict[tuple[str, str, int], int], dict[str, Any], dict[str, int]]:
+) -> tuple[dict[tuple[str, str, int], int], dict[str, Any], dict[str, int], dict[str, Any]]:
     """Stored offsets, outbox backlog and webhook delivery counts, from the operators' read
     model (the ``status_*`` views, ``docs/read-model.md``), never the services' own tables."""
     engine = create_engine(settings.database.url, pool_size=1, app_name="clm-cli")
@@ -161,13 +164,21 @@ async def database_facts(
                 ),
             }
             webhooks = {r.status: int(r.deliveries) for r in await conn.execute(_WEBHOOKS)}
-            return offsets, outbox, webhooks
+            model = {
+                k: (v.isoformat() if isinstance(v, datetime) else v)
+                for k, v in (await conn.execute(_MODEL)).one()._mapping.items()
+            }
+            return offsets, outbox, webhooks, model
     finally:
         await engine.dispose()
 
 
 _OFFSETS = text("SELECT group_id, topic, partition, next_offset FROM status_consumer_offsets")
 _BACKLOG = text("SELECT records, oldest_age_s FROM status_outbox_backlog")
+_MODEL = text(
+    "SELECT version, fitted_at, customers, repeat_customers, last_attempt_at, last_outcome,"
+    " last_reason FROM status_model"
+)
 _WEBHOOKS = text(
     "SELECT status, deliveries FROM status_webhook_deliveries WHERE status <> 'delivered'"
 )
@@ -209,7 +220,7 @@ async def collect(settings: CliSettings) -> Status:
     status = Status(services=services, kafka="ok", postgres="ok")
     offsets: dict[tuple[str, str, int], int] = {}
     try:
-        offsets, status.outbox, status.webhooks = await database_facts(settings)
+        offsets, status.outbox, status.webhooks, status.model = await database_facts(settings)
     except (OSError, DBAPIError) as exc:
         status.postgres = f"unreachable ({type(exc).__name__})"
     topics = {t for _, t, _ in offsets} | {settings.topics.events, settings.topics.dlq}
@@ -299,6 +310,8 @@ def render(status: Status) -> str:
         parts.append(f"webhook deliveries: {pending} pending, {parked} parked")
     if status.dlq_records is not None:
         parts.append(f"dead-letter records: {status.dlq_records}")
+    if status.model:
+        parts.append(model_line(status.model))
     if status.stages:
         note = status.stages.get("note")
         parts.append(
@@ -309,6 +322,20 @@ def render(status: Status) -> str:
         )
     parts.append("healthy" if status.healthy else "\n".join(["NOT HEALTHY", *status.problems]))
     return "\n\n".join(parts)
+
+
+def model_line(model: dict[str, Any]) -> str:
+    """The predictive models in one line: the version scored with, and a refused refit."""
+    if model.get("version") is None:
+        line = "predictions: no model fitted yet"
+    else:
+        line = (
+            f"predictions: model version {model['version']} fitted {model['fitted_at']} "
+            f"({model['repeat_customers']} of {model['customers']} customers repeat buyers)"
+        )
+    if model.get("last_outcome") == "refused":
+        line += f"; last refit refused at {model['last_attempt_at']}: {model['last_reason']}"
+    return line
 
 
 async def _status(args: argparse.Namespace, settings: CliSettings) -> int:
