@@ -6,10 +6,32 @@ import asyncio
 import time
 from typing import Any
 
+from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_stage_engine.predictions import ModelVersion, version_from_row
 from clm_stage_engine.repository import models
+
+
+VERSION = Gauge("clm_model_version", "The predictive model version this replica scores with")
+FITTED = Gauge("clm_model_fitted_timestamp_seconds", "When the scored model version was fitted")
+PARAMETER = Gauge(
+    "clm_model_parameter",
+    "The scored BG/NBD parameters (r, alpha, a, b) and Gamma-Gamma's (p, q, v) per currency",
+    ["model", "name", "currency"],
+)
+
+
+def _expose(model: ModelVersion | None) -> None:
+    if model is None:
+        return
+    VERSION.set(model.version)
+    FITTED.set(model.fitted_at.timestamp())
+    for name in ("r", "alpha", "a", "b"):
+        PARAMETER.labels("bgnbd", name, "").set(getattr(model.bgnbd, name))
+    for currency, gg in model.gamma_gamma.items():
+        for name in ("p", "q", "v"):
+            PARAMETER.labels("gamma_gamma", name, currency).set(getattr(gg, name))
 
 
 class ModelCache:
@@ -30,6 +52,7 @@ class ModelCache:
                     row = await models.latest_fitted(conn)
                 self._model = None if row is None else version_from_row(row)
                 self._loaded_at = time.monotonic()
+                _expose(self._model)
         return self._model
 
     def fitted(self, row: dict[str, Any]) -> None:
@@ -37,3 +60,4 @@ class ModelCache:
         if row.get("outcome") == "fitted":
             self._model = version_from_row(row)
             self._loaded_at = time.monotonic()
+            _expose(self._model)

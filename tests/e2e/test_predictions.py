@@ -1,0 +1,133 @@
+"""Predictions on the real stack: purchases in through the ingest, ``clm model fit``, and the
+scores on the read API, checked against the model library fitted on the same transactions.
+
+The engine derives each customer's repeat-purchase summary from its running facts and one SQL
+query; the oracle derives it from the raw transactions (``clm_predict.rfm``). Equal parameters
+and equal scores show the facts, the query and the day arithmetic are exact.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from clm_predict import bgnbd
+from clm_predict.rfm import summary_from_transactions
+from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.test_clm_commands import clm, event, post
+from tests.integration.conftest import eventually
+from tests.keys import READ
+
+CUSTOMERS = 80
+MIN_REPEAT = 20
+
+
+def transactions(now: datetime) -> list[tuple[str, datetime, Decimal]]:
+    """Seeded purchase histories over the last 40 weeks: some customers buy on, some stop,
+    some buy twice on one day (one transaction by the model's rule)."""
+    rng = random.Random(31)
+    out: list[tuple[str, datetime, Decimal]] = []
+    for i in range(CUSTOMERS):
+        customer = f"p-{i:03d}"
+        first = now - timedelta(days=rng.randint(30, 280), hours=rng.randint(0, 23))
+        out.append((customer, first, Decimal(rng.randint(10, 90))))
+        at, stops = first, first + timedelta(days=rng.expovariate(1 / 120))
+        while True:
+            at += timedelta(days=rng.expovariate(1 / 25), hours=rng.randint(0, 5))
+            if at >= min(stops, now - timedelta(hours=2)):
+                break
+            out.append((customer, at, Decimal(rng.randint(10, 90))))
+            if rng.random() < 0.1:  # a second order the same day
+                out.append((customer, at + timedelta(minutes=3), Decimal(5)))
+    return out
+
+
+async def get(stack: Stack, path: str, **params: Any) -> Any:
+    async with httpx.AsyncClient(base_url=stack.stage_engine) as client:
+        response = await client.get(path, headers=READ, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def predicting_stack(prepared_env: dict[str, str], tmp_path: Any) -> Any:
+    env = {**prepared_env, "CLM_MODEL_MIN_REPEAT_CUSTOMERS": str(MIN_REPEAT)}
+    with running_stack(env, tmp_path) as started:
+        yield started
+
+
+async def test_fit_on_the_stack_scores_customers_as_the_library_does(
+    predicting_stack: Stack,
+) -> None:
+    stack = predicting_stack
+    refused = await clm(stack, "model", "fit", "--json")
+    assert refused.status == 1, refused.err  # no repeat customers yet: nothing to fit
+    assert refused.json()["outcome"] == "refused"
+    assert "repeat purchase" in refused.json()["reason"]
+    status = await clm(stack, "status")
+    assert "no model fitted yet" in status.out and "last refit refused" in status.out
+
+    now = datetime.now(UTC)
+    bought = transactions(now)
+    docs = [
+        event("purchase", c, at, order_id=f"o-{n}", amount=str(amount), currency="EUR")
+        for n, (c, at, amount) in enumerate(bought)
+    ]
+    for start in range(0, len(docs), 200):
+        await post(stack, *docs[start : start + 200])
+
+    async def all_counted() -> bool:
+        page = await get(stack, "/v1/customers", limit=1000)
+        return sum(c["purchases"] for c in page["customers"]) == len(bought)
+
+    await eventually(all_counted, timeout=60)
+
+    fitted = await clm(stack, "model", "fit", "--json")
+    assert fitted.status == 0, fitted.err
+    model = fitted.json()
+    assert model["outcome"] == "fitted"
+    today = datetime.now(UTC).date()
+    oracle = summary_from_transactions(bought, calibration_end=today)
+    assert model["customers"] == CUSTOMERS
+    assert model["repeat_customers"] == oracle.repeat_customers >= MIN_REPEAT
+    expected = bgnbd.fit(oracle)
+    for name in ("r", "alpha", "a", "b"):
+        assert model["bgnbd"][name] == pytest.approx(getattr(expected.params, name), rel=1e-3)
+    assert model["log_likelihood"] == pytest.approx(expected.log_likelihood, rel=1e-6)
+    assert set(model["gamma_gamma"]) == {"EUR"}
+
+    p_alive = bgnbd.p_alive(expected.params, oracle.frequency, oracle.recency, oracle.age)
+    by_id = dict(zip(oracle.customer_ids, np.atleast_1d(p_alive), strict=True))
+    for customer in ("p-000", "p-017", "p-042"):
+        doc = await get(stack, f"/v1/customers/{customer}")
+        predictions = doc["predictions"]
+        assert predictions["model_version"] == model["version"]
+        assert predictions["p_alive"] == pytest.approx(by_id[customer], rel=1e-3)
+        assert predictions["expected_purchases_90d"] >= 0
+        assert predictions["currency"] == "EUR"
+        assert Decimal(predictions["predicted_clv"]) >= 0
+
+    listed: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = {"p_alive_lt": 0.5, "limit": 7, **({"cursor": cursor} if cursor else {})}
+        page = await get(stack, "/v1/customers", **params)
+        listed += [c["customer_id"] for c in page["customers"]]
+        assert all(c["predictions"]["p_alive"] < 0.5 for c in page["customers"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert listed == sorted(c for c, p in by_id.items() if p < 0.5)
+    assert listed, "the seeded histories have customers who stopped buying"
+
+    shown = await clm(stack, "model", "show", "--json")
+    assert shown.status == 0, shown.err
+    assert shown.json()["current"]["version"] == model["version"]
+    status = await clm(stack, "status")
+    assert f"model version {model['version']}" in status.out
