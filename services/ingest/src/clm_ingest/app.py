@@ -14,8 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_infra.db import ping
-from clm_infra.kafka import kafka_reachable, make_producer
+from clm_infra.kafka import make_producer
 from clm_infra.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
 from clm_ingest.api import events, segment, webhooks
 from clm_ingest.deps import State
@@ -29,7 +28,7 @@ from clm_ingest.refusals import SegmentError, refusal, segment_response
 from clm_ingest.segment import DEFAULT_TRACK_EVENTS
 from clm_ingest.settings import IngestSettings
 from clm_web.auth import KeyVerifier
-from clm_web.health import Check, health_router
+from clm_web.health import Check, health_router, service_checks
 from clm_web.lifespan import database
 from clm_web.problem import install_problem_handlers
 from clm_web.prom import instrument, metrics_router
@@ -142,10 +141,7 @@ def _install_middleware(app: FastAPI, settings: IngestSettings, *, hot_routes: b
 def _readiness_checks(app: FastAPI, settings: IngestSettings) -> Callable[[], Mapping[str, Check]]:
     def checks() -> Mapping[str, Check]:
         state: State = app.state.clm
-        return {
-            "postgres": lambda: ping(state.engine),
-            "kafka": lambda: kafka_reachable(settings.kafka.bootstrap),
-        }
+        return service_checks(state.engine, settings)
 
     return checks
 

@@ -8,15 +8,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from clm_infra.db import ping
-from clm_infra.kafka import kafka_reachable
 from clm_metrics.api import kpis
 from clm_metrics.deps import State
 from clm_metrics.settings import MetricsSettings
 from clm_metrics.workers import build_workers
 from clm_web.auth import KeyVerifier
-from clm_web.health import Check, health_router, workers_check
-from clm_web.lifespan import database
+from clm_web.health import Check, health_router, service_checks
+from clm_web.lifespan import database, workers_running
 from clm_web.problem import install_problem_handlers, install_problem_openapi
 from clm_web.prom import instrument, metrics_router
 from clm_web.request_limits import install_request_limits
@@ -54,8 +52,7 @@ def _lifespan(settings: MetricsSettings) -> Lifespan:
                 verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_s),
             )
             app.state.clm = state
-            async with build_workers(state).started() as workers:
-                app.state.workers = workers
+            async with workers_running(app, build_workers(state)):
                 yield
 
     return lifespan
@@ -64,8 +61,4 @@ def _lifespan(settings: MetricsSettings) -> Lifespan:
 def _checks(app: FastAPI, settings: MetricsSettings) -> Mapping[str, Check]:
     """Readiness: Postgres and Kafka answer, the consumer neither gave up nor stalled."""
     state: State = app.state.clm
-    return {
-        "postgres": lambda: ping(state.engine),
-        "kafka": lambda: kafka_reachable(settings.kafka.bootstrap),
-        "consumer": workers_check(lambda: app.state.workers),
-    }
+    return service_checks(state.engine, settings, lambda: app.state.workers)

@@ -47,6 +47,13 @@ async def _on_own_connection(
         return await read(conn)
 
 
+async def _distinct(conn: AsyncConnection, segments: Sequence[Segment], scope: _Scope) -> Distinct:
+    """The scope's distinct sets over ``segments``, filtered as the scope is."""
+    return await reads.merged_distinct(
+        conn, segments, scope.metrics, source=scope.source, channel=scope.channel
+    )
+
+
 async def segment_counters(conn: AsyncConnection, segments: Sequence[Segment]) -> Counters:
     """The day counters of the day segments and the hour counters of the others."""
     day_segments = [s for s in segments if s.grain == "day"]
@@ -105,10 +112,7 @@ async def _sets_and_counters(
 ) -> tuple[Distinct, Counters]:
     """The counters of the ``kept`` (closed) segments, then the ``fresh`` ones' distinct sets."""
     counters = await segment_counters(conn, kept)
-    sets = await reads.merged_distinct(
-        conn, fresh, scope.metrics, source=scope.source, channel=scope.channel
-    )
-    return sets, counters
+    return await _distinct(conn, fresh, scope), counters
 
 
 async def _rolling_inputs(
@@ -157,10 +161,7 @@ async def _version_and_sets(
     version = await reads.closed_version(
         conn, (today.date(), floor_to(far, "day").date()), (today, hour)
     )
-    sets = await reads.merged_distinct(
-        conn, open_window, scope.metrics, source=scope.source, channel=scope.channel
-    )
-    return version, sets
+    return version, await _distinct(conn, open_window, scope)
 
 
 async def _closed_window(
@@ -230,9 +231,7 @@ async def _read_closed(
         sums = await reads.range_totals(conn, [segment], source=scope.source, channel=scope.channel)
         cache.put(sums_key, version, sums)
     if sets is None:
-        sets = await reads.merged_distinct(
-            conn, [segment], scope.metrics, source=scope.source, channel=scope.channel
-        )
+        sets = await _distinct(conn, [segment], scope)
         cache.put(sets_key, version, sets)
     return sums, sets
 

@@ -15,7 +15,6 @@ from clm_domain.pseudonyms import pseudonyms_from
 from clm_domain.rules import LifecycleRules, load_rules
 from clm_infra import webhook_secrets
 from clm_infra.db import ping
-from clm_infra.kafka import kafka_reachable
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine import at_rest
 from clm_stage_engine.api import customers, merge, models, webhooks
@@ -25,8 +24,8 @@ from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.workers import build_workers
 from clm_web.auth import KeyVerifier
-from clm_web.health import Check, health_router, workers_check
-from clm_web.lifespan import database
+from clm_web.health import Check, health_router, service_checks
+from clm_web.lifespan import database, workers_running
 from clm_web.problem import install_problem_handlers, install_problem_openapi
 from clm_web.prom import instrument, metrics_router
 from clm_web.request_limits import install_request_limits
@@ -102,8 +101,7 @@ def _lifespan(settings: StageEngineSettings, rules: LifecycleRules, url_policy: 
             app.state.clm = state
             if settings.stage_engine_role == "all":
                 await _upgrade_at_rest(state)
-            async with build_workers(state).started() as workers:
-                app.state.workers = workers
+            async with workers_running(app, build_workers(state)):
                 yield
 
     return lifespan
@@ -113,11 +111,7 @@ def _checks(app: FastAPI, settings: StageEngineSettings) -> Mapping[str, Check]:
     state: State = app.state.clm
     if settings.stage_engine_role == "api":  # answers from Postgres alone
         return {"postgres": lambda: ping(state.engine)}
-    return {
-        "postgres": lambda: ping(state.engine),
-        "kafka": lambda: kafka_reachable(settings.kafka.bootstrap),
-        "consumer": workers_check(lambda: app.state.workers),
-    }
+    return service_checks(state.engine, settings, lambda: app.state.workers)
 
 
 async def _upgrade_at_rest(state: State) -> None:

@@ -66,24 +66,21 @@ def event_time(value: datetime, info: ValidationInfo) -> datetime:
 #: model's validator, for the fields it lists in ``ID_FIELDS`` and ``LABEL_FIELDS`` (one
 #: Python call a model, not one a field: the engine decodes every event).
 TEXT_PATTERN = bounds.TEXT_PATTERN
-Id = Annotated[
-    str,
-    Field(
+
+
+def _text(max_length: int, new_pattern: str) -> Any:
+    """A text field: constrained as every stored event meets it, its schema showing the
+    ``new_pattern`` a new event's value must match."""
+    return Field(
         min_length=1,
-        max_length=bounds.MAX_ID_LENGTH,
+        max_length=max_length,
         pattern=bounds.STORED_TEXT_PATTERN,
-        json_schema_extra={"pattern": bounds.ID_PATTERN},
-    ),
-]
-Label = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=bounds.MAX_LABEL_LENGTH,
-        pattern=bounds.STORED_TEXT_PATTERN,
-        json_schema_extra={"pattern": TEXT_PATTERN},
-    ),
-]
+        json_schema_extra={"pattern": new_pattern},
+    )
+
+
+Id = Annotated[str, _text(bounds.MAX_ID_LENGTH, bounds.ID_PATTERN)]
+Label = Annotated[str, _text(bounds.MAX_LABEL_LENGTH, TEXT_PATTERN)]
 Money = Annotated[
     Decimal,
     Field(

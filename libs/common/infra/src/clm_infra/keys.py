@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_infra.revocable import list_rows, revoke_row
 from clm_infra.schema import api_keys
 
 KeyKind = Literal["write", "read", "admin"]
@@ -71,23 +72,8 @@ async def lookup(conn: AsyncConnection, key: str) -> tuple[str, str] | None:
 
 
 async def list_keys(conn: AsyncConnection) -> list[KeyRow]:
-    rows = await conn.execute(
-        select(
-            api_keys.c.id,
-            api_keys.c.kind,
-            api_keys.c.source,
-            api_keys.c.label,
-            api_keys.c.created_at,
-            api_keys.c.revoked_at,
-        ).order_by(api_keys.c.id)
-    )
-    return [KeyRow(*r) for r in rows]
+    return await list_rows(conn, api_keys, KeyRow)
 
 
 async def revoke(conn: AsyncConnection, key_id: int) -> bool:
-    result = await conn.execute(
-        update(api_keys)
-        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        .values(revoked_at=func.now())
-    )
-    return bool(result.rowcount)
+    return await revoke_row(conn, api_keys, key_id)

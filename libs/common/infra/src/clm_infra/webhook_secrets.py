@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Literal
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clm_infra.revocable import list_rows, revoke_row
 from clm_infra.schema import webhook_secrets
 from clm_infra.settings import CommonSettings
 
@@ -90,26 +91,11 @@ async def store_secret(
 
 
 async def list_secrets(conn: AsyncConnection) -> list[SecretRow]:
-    rows = await conn.execute(
-        select(
-            webhook_secrets.c.id,
-            webhook_secrets.c.source,
-            webhook_secrets.c.provider,
-            webhook_secrets.c.label,
-            webhook_secrets.c.created_at,
-            webhook_secrets.c.revoked_at,
-        ).order_by(webhook_secrets.c.id)
-    )
-    return [SecretRow(*r) for r in rows]
+    return await list_rows(conn, webhook_secrets, SecretRow)
 
 
 async def revoke_secret(conn: AsyncConnection, secret_id: int) -> bool:
-    result = await conn.execute(
-        update(webhook_secrets)
-        .where(webhook_secrets.c.id == secret_id, webhook_secrets.c.revoked_at.is_(None))
-        .values(revoked_at=func.now())
-    )
-    return bool(result.rowcount)
+    return await revoke_row(conn, webhook_secrets, secret_id)
 
 
 async def active_secrets(

@@ -7,8 +7,12 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_infra.consumer import BatchConsumer, stalled_loops
+from clm_infra.db import ping
+from clm_infra.kafka import kafka_reachable
+from clm_infra.settings import CommonSettings
 from clm_infra.worker import Workers
 
 #: a readiness check: True (ok), False (down), or what is wrong (not ready, and why)
@@ -64,3 +68,17 @@ def workers_check(workers: Callable[[], Workers]) -> Check:
         return stalled_loops(loops) or True
 
     return check
+
+
+def service_checks(
+    engine: AsyncEngine, settings: CommonSettings, workers: Callable[[], Workers] | None = None
+) -> dict[str, Check]:
+    """A service's readiness: Postgres and Kafka answer and, with ``workers``, its consumer
+    loops neither gave up nor stalled (:func:`workers_check`)."""
+    checks: dict[str, Check] = {
+        "postgres": lambda: ping(engine),
+        "kafka": lambda: kafka_reachable(settings.kafka.bootstrap),
+    }
+    if workers is not None:
+        checks["consumer"] = workers_check(workers)
+    return checks

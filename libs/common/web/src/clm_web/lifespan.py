@@ -4,8 +4,7 @@ A service's ``app.py`` composes them::
 
     async with database(settings, "clm-metrics") as engine:
         app.state.clm = State(...)
-        async with build_workers(state).started() as workers:
-            app.state.workers = workers
+        async with workers_running(app, build_workers(state)):
             yield
 """
 
@@ -14,10 +13,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_infra.db import create_engine
 from clm_infra.settings import CommonSettings
+from clm_infra.worker import Workers
 
 
 @asynccontextmanager
@@ -30,3 +31,12 @@ async def database(settings: CommonSettings, app_name: str) -> AsyncIterator[Asy
         yield engine
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def workers_running(app: FastAPI, workers: Workers) -> AsyncIterator[None]:
+    """``workers`` started for the block and stopped when it ends; meanwhile on
+    ``app.state.workers``, where readiness looks at them."""
+    async with workers.started() as started:
+        app.state.workers = started
+        yield

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.events import TEXT_PATTERN
 from clm_domain.kpis import exact_money
@@ -84,6 +87,17 @@ def jsonable(value: Any) -> Any:
 
 def not_found(customer_id: str) -> ProblemError:
     return ProblemError(404, "Not Found", f"no customer {customer_id!r}")
+
+
+@asynccontextmanager
+async def changing_customers(state: State) -> AsyncIterator[AsyncConnection]:
+    """The transaction of a use case that changes customers (an erasure, a merge); a
+    customer it does not know is a 404."""
+    try:
+        async with state.engine.begin() as conn:
+            yield conn
+    except UnknownCustomer as exc:
+        raise not_found(exc.customer_id) from None
 
 
 def stage_param(name: str | None) -> Stage | None:
@@ -271,7 +285,7 @@ async def erase(
     mode: Literal["erase", "anonymise"] = "erase",
 ) -> dict[str, Any]:
     try:
-        async with state.engine.begin() as conn:
+        async with changing_customers(state) as conn:
             pseudonym = await erase_customer(
                 conn,
                 customer_id,
@@ -281,8 +295,6 @@ async def erase(
                 topic=state.settings.topics.lifecycle,
                 at=datetime.now(UTC),
             )
-    except UnknownCustomer:
-        raise not_found(customer_id) from None
     except AlreadyAnonymised:
         raise ProblemError(
             409,

@@ -10,9 +10,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from clm_domain.events import TEXT_PATTERN
-from clm_stage_engine.api.customers import CustomerId, admin, customer_doc, not_found
+from clm_stage_engine.api.customers import CustomerId, admin, changing_customers, customer_doc
 from clm_stage_engine.deps import State, app_state
-from clm_stage_engine.usecases.errors import UnknownCustomer
 from clm_stage_engine.usecases.merge import merge_customers
 from clm_web.auth import Principal
 from clm_web.problem import ProblemError
@@ -58,18 +57,15 @@ async def merge(
             "cannot merge a customer into itself",
             errors=[{"field": "from", "message": "same as the target customer"}],
         )
-    try:
-        async with state.engine.begin() as conn:
-            merged = await merge_customers(
-                conn,
-                customer_id,
-                other,
-                rules=state.rules,
-                topic=state.settings.topics.lifecycle,
-                now=datetime.now(UTC),
-            )
-    except UnknownCustomer as exc:
-        raise not_found(exc.customer_id) from None
+    async with changing_customers(state) as conn:
+        merged = await merge_customers(
+            conn,
+            customer_id,
+            other,
+            rules=state.rules,
+            topic=state.settings.topics.lifecycle,
+            now=datetime.now(UTC),
+        )
     log.info(
         "customers merged",
         extra={"into": customer_id, "merged": other, "by_source": principal.source},

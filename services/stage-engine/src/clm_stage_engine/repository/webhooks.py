@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -89,14 +89,18 @@ async def deactivate_subscription(conn: AsyncConnection, subscription_id: int) -
     return bool(result.rowcount)
 
 
+def _due(now: datetime) -> ColumnElement[bool]:
+    """A delivery still pending whose next attempt is due by ``now``."""
+    return and_(
+        webhook_deliveries.c.status == "pending", webhook_deliveries.c.next_attempt_at <= now
+    )
+
+
 async def due_subscriptions(conn: AsyncConnection, now: datetime) -> list[int]:
     """Subscriptions with a delivery due by ``now``, oldest delivery first."""
     rows = await conn.execute(
         select(webhook_deliveries.c.subscription_id)
-        .where(
-            webhook_deliveries.c.status == "pending",
-            webhook_deliveries.c.next_attempt_at <= now,
-        )
+        .where(_due(now))
         .group_by(webhook_deliveries.c.subscription_id)
         .order_by(func.min(webhook_deliveries.c.id))
     )
@@ -122,11 +126,7 @@ async def lease_due(
                 webhook_subscriptions,
                 webhook_subscriptions.c.id == webhook_deliveries.c.subscription_id,
             )
-            .where(
-                webhook_deliveries.c.subscription_id == subscription_id,
-                webhook_deliveries.c.status == "pending",
-                webhook_deliveries.c.next_attempt_at <= now,
-            )
+            .where(webhook_deliveries.c.subscription_id == subscription_id, _due(now))
             .order_by(webhook_deliveries.c.id)
             .limit(limit)
             .with_for_update(of=webhook_deliveries, skip_locked=True)
