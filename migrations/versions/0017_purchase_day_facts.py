@@ -45,15 +45,18 @@ CHECKS = {
     "purchase_currency": "purchase_currency ~ '^[A-Z]{3}$' OR purchase_currency = '*'",
 }
 
-# ``json``, not ``jsonb``: it takes any JSON text (jsonb refuses a \u0000 an event's free
-# properties may hold), and only the fields read are unescaped
+# Postgres refuses the escape \u0000 (which an event's free properties may hold) when it reads
+# a JSON text's strings: it becomes \u0020 first. That leaves the text valid JSON whatever
+# precedes it (after an escaped backslash, "u0000" becomes the text "u0020"), and changes no
+# field read here (a type, an amount, a currency never hold it).
 FROM_THE_LOG = """
 WITH bought AS (
     SELECT customer_id, (occurred_at AT TIME ZONE 'UTC')::date AS day,
         CAST(doc -> 'properties' ->> 'amount' AS numeric) AS amount,
         doc -> 'properties' ->> 'currency' AS currency
     FROM (
-        SELECT customer_id, occurred_at, CAST(convert_from(payload, 'UTF8') AS json) AS doc
+        SELECT customer_id, occurred_at,
+            CAST(replace(convert_from(payload, 'UTF8'), '\\u0000', '\\u0020') AS json) AS doc
         FROM customer_events
     ) AS logged
     WHERE doc ->> 'type' = 'purchase'
