@@ -242,6 +242,9 @@ async def test_a_state_goes_through_postgres_unchanged(db: AsyncEngine) -> None:
         Decimal("1234.5600"),
         1,
         Decimal("0.01"),
+        purchase_days=2,
+        repeat_spend=Decimal("1000.0001"),
+        purchase_currency="*",
         reviews=2,
         review_sum=9,
         last_nps=10,
@@ -265,7 +268,9 @@ async def test_a_state_goes_through_postgres_unchanged(db: AsyncEngine) -> None:
                 transitions=[],
             )
         assert await repository.read_customer(db, "rt-1") == state
-    swept = replace(full, stage=Stage.AT_RISK, recent_purchases=(at,))
+    swept = replace(
+        full, stage=Stage.AT_RISK, recent_purchases=(at,), purchase_days=3, purchase_currency="EUR"
+    )
     async with db.begin() as conn:
         await repository.upsert_customers(conn, [swept])
     assert await repository.read_customer(db, "rt-1") == swept

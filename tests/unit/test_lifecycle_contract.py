@@ -368,6 +368,9 @@ def test_the_types_follow_the_reducer_and_the_stages() -> None:
         "last_event_id",
         "recent_visits",
         "recent_purchases",
+        "purchase_days",
+        "repeat_spend",
+        "purchase_currency",
     }
     stages = V2.schema["$defs"]["Move"]["properties"]["to"]["enum"]
     assert stages == [s.value for s in Stage]

@@ -55,11 +55,14 @@ def record_id(event: Event) -> str:
     return f"{event.source}:{event.event_id}"
 
 
-#: The facts a record carries (the reducer's bookkeeping fields stay inside).
+#: The reducer's bookkeeping: kept in the customer's row, never shown.
+BOOKKEEPING_FIELDS = ("last_event_source", "last_event_id", "recent_visits", "recent_purchases")
+#: Facts the read API shows that records do not carry (yet): the purchase-day facts the
+#: predictive models read. Adding them to records is a change of the record contract.
+UNPUBLISHED_FACTS = ("purchase_days", "repeat_spend", "purchase_currency")
+#: The facts a record carries.
 FACT_FIELDS: tuple[str, ...] = tuple(
-    f.name
-    for f in fields(CustomerState)
-    if f.name not in {"last_event_source", "last_event_id", "recent_visits", "recent_purchases"}
+    f.name for f in fields(CustomerState) if f.name not in {*BOOKKEEPING_FIELDS, *UNPUBLISHED_FACTS}
 )
 
 

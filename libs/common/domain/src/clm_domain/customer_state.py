@@ -13,6 +13,9 @@ from clm_domain.stages import Stage
 
 T = TypeVar("T")
 
+#: A customer's ``purchase_currency`` once its purchases came in more than one currency.
+MIXED_CURRENCY = "*"
+
 
 def event_order(event: Event) -> tuple[datetime, str, str]:
     """The total order events are applied in: event time, then source and id (ties)."""
@@ -45,6 +48,12 @@ class CustomerState:
     revenue: Decimal = Decimal(0)
     refunds: int = 0
     refunded: Decimal = Decimal(0)
+    # the purchase-day facts (one transaction per UTC calendar day, the day's sum its value):
+    # distinct days with a purchase, the sum of the purchases on days after the first one,
+    # and the purchases' currency (MIXED_CURRENCY when more than one)
+    purchase_days: int = 0
+    repeat_spend: Decimal = Decimal(0)
+    purchase_currency: str | None = None
     tickets_opened: int = 0
     tickets_solved: int = 0
     reviews: int = 0

@@ -21,6 +21,7 @@ only order (→ ``acquisition``), and a correction when a late event rewrites th
 from __future__ import annotations
 
 from clm_domain.customer_state import (
+    MIXED_CURRENCY,
     Applied,
     CustomerState,
     Transition,
@@ -45,6 +46,7 @@ __all__ = [
     "CAN_LAPSE",
     "CUSTOMER_STAGES",
     "LAPSED",
+    "MIXED_CURRENCY",
     "STAGE_ALIASES",
     "STAGE_NAMES",
     "VOCABULARIES",

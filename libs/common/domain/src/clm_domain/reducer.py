@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from clm_domain.bounds import add_money
 from clm_domain.customer_state import (
+    MIXED_CURRENCY,
     Applied,
     CustomerState,
     Transition,
@@ -168,6 +169,7 @@ def _tally(state: CustomerState, event: Event, rules: LifecycleRules) -> dict[st
                 "recent_purchases": _keep_recent(
                     state.recent_purchases, at, rules.loyalty.purchases
                 ),
+                **_purchase_days(state, event),
             }
         case Refund():
             return {
@@ -191,6 +193,31 @@ def _tally(state: CustomerState, event: Event, rules: LifecycleRules) -> dict[st
             visits = _keep_recent(state.recent_visits, at, rules.acquisition.visits)
             return {"recent_visits": visits}
     return {}
+
+
+def _purchase_days(state: CustomerState, event: Purchase) -> dict[str, Any]:
+    """The purchase-day facts after a purchase applied in event-time order (one transaction
+    per UTC calendar day): a day other than the last purchase's is a new one, and a day other
+    than the first purchase's is a repeat day, whose amount is repeat spend. Out of order
+    (before the first purchase, or on a day between purchase days) they cannot be told from
+    these facts: :func:`rebuild` refolds in order."""
+    amount = event.properties.amount
+    currency = event.properties.currency
+    day = _utc_day(event.occurred_at)
+    if state.converted_at is None or state.last_purchase_at is None:
+        return {"purchase_days": 1, "purchase_currency": currency}
+    changes: dict[str, Any] = {}
+    if day != _utc_day(state.last_purchase_at):
+        changes["purchase_days"] = state.purchase_days + 1
+    if day != _utc_day(state.converted_at):
+        changes["repeat_spend"] = add_money(state.repeat_spend, amount)
+    if currency != state.purchase_currency and state.purchase_currency != MIXED_CURRENCY:
+        changes["purchase_currency"] = MIXED_CURRENCY
+    return changes
+
+
+def _utc_day(at: datetime) -> date:
+    return at.astimezone(UTC).date()
 
 
 def _campaign(event: Event) -> str | None:

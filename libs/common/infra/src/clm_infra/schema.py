@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_domain import bounds
+from clm_domain.customer_state import MIXED_CURRENCY
 
 metadata = MetaData(
     naming_convention={
@@ -91,6 +92,18 @@ customers = Table(
     Column("last_event_id", Text, nullable=False, server_default=""),
     Column("recent_visits", ARRAY(TS), nullable=False, server_default="{}"),
     Column("recent_purchases", ARRAY(TS), nullable=False, server_default="{}"),
+    # the purchase-day facts (clm_domain.customer_state; migration 0017)
+    Column("purchase_days", Integer, nullable=False, server_default="0"),
+    Column("repeat_spend", MONEY, nullable=False, server_default="0"),
+    Column("purchase_currency", Text),
+    CheckConstraint(
+        "purchase_days >= 0 AND purchase_days <= purchases", name="purchase_days_within_purchases"
+    ),
+    CheckConstraint("repeat_spend >= 0", name="repeat_spend_not_negative"),
+    CheckConstraint(
+        f"purchase_currency ~ '^[A-Z]{{3}}$' OR purchase_currency = '{MIXED_CURRENCY}'",
+        name="purchase_currency",
+    ),
 )
 #: The stages inactivity moves a customer on from (``clm_domain.lifecycle.CAN_LAPSE``): the
 #: only rows the sweeper's index holds (migration 0010), so the events of customers in the

@@ -19,6 +19,7 @@ from clm_domain.kpis import exact_money
 from clm_domain.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.predictions import Horizon, p_alive_of, scores
+from clm_stage_engine.records import BOOKKEEPING_FIELDS
 from clm_stage_engine.repository import customers, models
 from clm_stage_engine.repository.rows import row_from_state
 from clm_stage_engine.usecases.erasure import erase_customer
@@ -51,7 +52,7 @@ def display(state: State, stage: Stage | str | None) -> str | None:
 
 def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
     row = row_from_state(customer)
-    for private in ("last_event_source", "last_event_id", "recent_visits", "recent_purchases"):
+    for private in BOOKKEEPING_FIELDS:
         row.pop(private)
     doc = {k: jsonable(v) for k, v in row.items()}
     doc["stage"] = display(state, customer.stage)

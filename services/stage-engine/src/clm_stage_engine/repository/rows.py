@@ -48,7 +48,7 @@ def customer_rows(states: Sequence[CustomerState]) -> list[Any]:
     return [customer_row(s) for s in sorted(states, key=lambda s: s.customer_id)]
 
 
-_MONEY = (STATE_COLUMNS.index("revenue"), STATE_COLUMNS.index("refunded"))
+_MONEY = tuple(STATE_COLUMNS.index(name) for name in ("revenue", "refunded", "repeat_spend"))
 
 
 def customer_row(state: CustomerState) -> list[Any]:
