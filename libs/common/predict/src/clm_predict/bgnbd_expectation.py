@@ -8,7 +8,8 @@ are E_p[(1 - ((α+T)/(α+T+pt))^(r+x)) / p]. Equation 10 of the paper writes thi
 
 Euler's transformation 2F1(A, B; C; z) = (1-z)^(C-A-B) 2F1(C-A, C-B; C; z) turns the bracket
 into 1 - (1-z)^(a-1) · 2F1(a+b-1-r, a-1; a+b+x-1; z), whose terms stay bounded for large x
-and T (the original form multiplies a huge 2F1 by a tiny power). Two places remain
+and T (the original form multiplies a huge 2F1 by a tiny power); where a is large and the
+transformed series overflows instead, the original form is used. Two places remain
 ill-conditioned, both removable singularities of a smooth function: a = 1 (0/0 in the
 prefactor) and a+b+x-1 = 0 (a pole of 2F1 cancelled by the prefactor, only for x = 0). Near
 them the value is the mean of the two values a step either side (exact to second order). Any
@@ -44,9 +45,15 @@ def _closed_form(
     c = a + b + x - 1
     z = t / (alpha + age + t)
     with np.errstate(all="ignore"):
-        series = hyp2f1(a + b - 1 - r, a - 1, c, z)
-        bracket = 1 - np.exp((a - 1) * np.log1p(-z)) * series
-        return np.asarray(c / (a - 1) * bracket, dtype=np.float64)
+        log_rest = np.log1p(-z)
+        term = np.exp((a - 1) * log_rest) * hyp2f1(a + b - 1 - r, a - 1, c, z)
+        # for large a the transformed series overflows where the paper's own form does not
+        first_form = ~np.isfinite(term)
+        if np.any(first_form):
+            term = np.where(
+                first_form, np.exp((r + x) * log_rest) * hyp2f1(r + x, b + x, c, z), term
+            )
+        return np.asarray(c / (a - 1) * (1 - term), dtype=np.float64)
 
 
 def _guarded_in_b(
@@ -111,10 +118,11 @@ def by_quadrature(
             return shape * scale
         return -math.expm1(-shape * math.log1p(p * scale)) / p
 
-    def weight(p: float, power: float) -> float:
-        if p >= 1:
-            return 0.0 if beta - 1 > 0 else math.inf
-        return math.exp(log_norm + power * math.log(p) + (beta - 1) * math.log1p(-p))
+    def weight(p: float, power: float) -> float:  # the density without p^(a-1-power)
+        if p >= 1 or (p <= 0 and power > 0):
+            return 0.0  # the end points carry no mass
+        log_p = power * math.log(p) if power else 0.0
+        return math.exp(min(log_norm + log_p + (beta - 1) * math.log1p(-p), 700.0))
 
     if a < 1:
         value, _ = quad(

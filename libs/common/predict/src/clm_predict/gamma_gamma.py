@@ -79,6 +79,8 @@ def fit(summary: RfmSummary) -> GammaGammaFit:
     n = len(xs)
     if n < 2:
         raise FitError("the Gamma-Gamma fit needs at least 2 repeat customers with a spend > 0")
+    if float(np.ptp(ms)) == 0:
+        raise FitError("the Gamma-Gamma fit needs repeat customers whose mean spends differ")
     distinct, index = np.unique(xs, return_inverse=True)
     log_m, log_x = np.log(ms), np.log(xs)
 

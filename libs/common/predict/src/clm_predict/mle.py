@@ -13,7 +13,8 @@ FloatArray = npt.NDArray[np.float64]
 # log-parameters -> (negative mean log-likelihood, its gradient in the log-parameters)
 Objective = Callable[[FloatArray], tuple[float, FloatArray]]
 
-LOG_BOUND = 25.0  # parameters between e^-25 and e^25: far beyond any fitted value
+LOG_BOUND = 25.0  # the search stays between e^-25 and e^25
+RUNAWAY = 20.0  # a maximum beyond e^±20 is a parameter running to 0 or ∞: no interior one
 GRADIENT_TOLERANCE = 1e-5
 
 
@@ -38,9 +39,13 @@ def maximise(objective: Objective, starts: Sequence[Sequence[float]], what: str)
         value = float(result.fun)
         gradient = np.asarray(result.jac, dtype=np.float64)
         converged = bool(result.success) or float(np.max(np.abs(gradient))) < GRADIENT_TOLERANCE
-        at_bound = bool(np.any(np.abs(result.x) >= LOG_BOUND - 1e-6))
+        at_bound = bool(np.any(np.abs(result.x) >= RUNAWAY))
         if not np.isfinite(value) or not converged or at_bound:
-            reasons.append(str(result.message) if not at_bound else "a parameter ran to 0 or ∞")
+            reasons.append(
+                str(result.message)
+                if not at_bound
+                else "a parameter ran to 0 or ∞: too few or too uniform customers"
+            )
             continue
         return np.asarray(np.exp(result.x), dtype=np.float64)
     raise FitError(f"the {what} fit did not converge ({'; '.join(reasons)})")
