@@ -36,6 +36,7 @@ COPY pyproject.toml uv.lock ./
 COPY libs/common/domain/pyproject.toml libs/common/domain/pyproject.toml
 COPY libs/common/infra/pyproject.toml libs/common/infra/pyproject.toml
 COPY libs/common/web/pyproject.toml libs/common/web/pyproject.toml
+COPY libs/common/predict/pyproject.toml libs/common/predict/pyproject.toml
 COPY services/ingest/pyproject.toml services/ingest/pyproject.toml
 COPY services/stage-engine/pyproject.toml services/stage-engine/pyproject.toml
 COPY services/metrics/pyproject.toml services/metrics/pyproject.toml
@@ -50,6 +51,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY libs/common/domain/src libs/common/domain/src
 COPY libs/common/infra/src libs/common/infra/src
 COPY libs/common/web/src libs/common/web/src
+COPY libs/common/predict/src libs/common/predict/src
 COPY tools/cli/src tools/cli/src
 COPY tools/simulator/src tools/simulator/src
 COPY services/${SERVICE}/src services/${SERVICE}/src

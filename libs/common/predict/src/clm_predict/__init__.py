@@ -1,0 +1,1 @@
+"""Predictive lifecycle models (BG/NBD, Gamma-Gamma, CLV), pure and vectorised."""
