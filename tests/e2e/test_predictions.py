@@ -62,19 +62,8 @@ def predicting_stack(prepared_env: dict[str, str], tmp_path: Any) -> Any:
         yield started
 
 
-async def test_fit_on_the_stack_scores_customers_as_the_library_does(
-    predicting_stack: Stack,
-) -> None:
-    stack = predicting_stack
-    refused = await clm(stack, "model", "fit", "--json")
-    assert refused.status == 1, refused.err  # no repeat customers yet: nothing to fit
-    assert refused.json()["outcome"] == "refused"
-    assert "repeat purchase" in refused.json()["reason"]
-    status = await clm(stack, "status")
-    assert "no model fitted yet" in status.out and "last refit refused" in status.out
-
-    now = datetime.now(UTC)
-    bought = transactions(now)
+async def post_all(stack: Stack, bought: list[tuple[str, datetime, Decimal]]) -> None:
+    """Every transaction as a purchase through the ingest; back when the engine has them all."""
     docs = [
         event("purchase", c, at, order_id=f"o-{n}", amount=str(amount), currency="EUR")
         for n, (c, at, amount) in enumerate(bought)
@@ -84,18 +73,49 @@ async def test_fit_on_the_stack_scores_customers_as_the_library_does(
 
     async def all_counted() -> bool:
         page = await get(stack, "/v1/customers", limit=1000)
-        return sum(c["purchases"] for c in page["customers"]) == len(bought)
+        return sum(int(c["purchases"]) for c in page["customers"]) == len(bought)
 
     await eventually(all_counted, timeout=60)
 
+
+async def listed_below(stack: Stack, bound: float) -> list[str]:
+    """Every page of ``p_alive_lt=bound``, small pages to walk the cursor."""
+    listed: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = {"p_alive_lt": bound, "limit": 7, **({"cursor": cursor} if cursor else {})}
+        page = await get(stack, "/v1/customers", **params)
+        listed += [c["customer_id"] for c in page["customers"]]
+        assert all(c["predictions"]["p_alive"] < bound for c in page["customers"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return listed
+
+
+async def test_a_fit_with_too_few_repeat_customers_is_refused(predicting_stack: Stack) -> None:
+    refused = await clm(predicting_stack, "model", "fit", "--json")
+    assert refused.status == 1, refused.err
+    assert refused.json()["outcome"] == "refused"
+    assert "repeat purchase" in refused.json()["reason"]
+    status = await clm(predicting_stack, "status")
+    assert "no model fitted yet" in status.out
+    assert "last refit refused" in status.out
+
+
+async def test_fit_on_the_stack_scores_customers_as_the_library_does(
+    predicting_stack: Stack,
+) -> None:
+    stack = predicting_stack
+    bought = transactions(datetime.now(UTC))
+    await post_all(stack, bought)
     fitted = await clm(stack, "model", "fit", "--json")
     assert fitted.status == 0, fitted.err
     model = fitted.json()
     assert model["outcome"] == "fitted"
-    today = datetime.now(UTC).date()
-    oracle = summary_from_transactions(bought, calibration_end=today)
+    oracle = summary_from_transactions(bought, calibration_end=datetime.now(UTC).date())
     assert model["customers"] == CUSTOMERS
-    assert model["repeat_customers"] == oracle.repeat_customers >= MIN_REPEAT
+    assert model["repeat_customers"] == oracle.repeat_customers
+    assert oracle.repeat_customers >= MIN_REPEAT
     expected = bgnbd.fit(oracle)
     for name in ("r", "alpha", "a", "b"):
         assert model["bgnbd"][name] == pytest.approx(getattr(expected.params, name), rel=1e-3)
@@ -105,24 +125,14 @@ async def test_fit_on_the_stack_scores_customers_as_the_library_does(
     p_alive = bgnbd.p_alive(expected.params, oracle.frequency, oracle.recency, oracle.age)
     by_id = dict(zip(oracle.customer_ids, np.atleast_1d(p_alive), strict=True))
     for customer in ("p-000", "p-017", "p-042"):
-        doc = await get(stack, f"/v1/customers/{customer}")
-        predictions = doc["predictions"]
+        predictions = (await get(stack, f"/v1/customers/{customer}"))["predictions"]
         assert predictions["model_version"] == model["version"]
         assert predictions["p_alive"] == pytest.approx(by_id[customer], rel=1e-3)
         assert predictions["expected_purchases_90d"] >= 0
         assert predictions["currency"] == "EUR"
         assert Decimal(predictions["predicted_clv"]) >= 0
 
-    listed: list[str] = []
-    cursor: str | None = None
-    while True:
-        params = {"p_alive_lt": 0.5, "limit": 7, **({"cursor": cursor} if cursor else {})}
-        page = await get(stack, "/v1/customers", **params)
-        listed += [c["customer_id"] for c in page["customers"]]
-        assert all(c["predictions"]["p_alive"] < 0.5 for c in page["customers"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    listed = await listed_below(stack, 0.5)
     assert listed == sorted(c for c, p in by_id.items() if p < 0.5)
     assert listed, "the seeded histories have customers who stopped buying"
 

@@ -41,8 +41,8 @@ from clm_simulator.truth import truth
 from clm_stage_engine import repository
 from clm_stage_engine.app import create_app
 from clm_stage_engine.deps import State
-from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.handler import EventsHandler
+from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.outbox import unpack_records
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_stage_engine.predictions import ModelVersion, version_from_row
 from clm_stage_engine.repository import models
 
-
 VERSION = Gauge("clm_model_version", "The predictive model version this replica scores with")
 FITTED = Gauge("clm_model_fitted_timestamp_seconds", "When the scored model version was fitted")
 PARAMETER = Gauge(

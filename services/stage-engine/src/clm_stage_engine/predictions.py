@@ -11,22 +11,20 @@ are live after every event without a row being rewritten.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from clm_predict.bgnbd import BgNbdParams, expected_purchases, p_alive
-from clm_predict.clv import predicted_clv
-from clm_predict.gamma_gamma import GammaGammaParams, expected_spend
-
 from clm_domain.customer_state import CustomerState
+from clm_predict.bgnbd import BgNbdParams, expected_purchases, p_alive
+from clm_predict.clv import MONTH_DAYS, clv
+from clm_predict.gamma_gamma import GammaGammaParams
 
 DAYS_PER_WEEK = 7.0
 #: The horizon of ``expected_purchases_90d``, in weeks.
 NINETY_DAYS = 90 / DAYS_PER_WEEK
-#: ``purchase_currency`` of a customer who bought in more than one currency.
-MIXED_CURRENCY = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +102,22 @@ def scores(
     }
     gg = model.gamma_gamma.get(rfm.currency or "")
     if gg is not None:
-        spend = float(expected_spend(gg, rfm.x, rfm.m))
-        clv = predicted_clv(
-            bg,
-            spend,
-            rfm.x,
-            rfm.t_x,
-            rfm.T,
-            months=horizon.months,
-            monthly_discount=horizon.monthly_discount,
+        value = float(
+            clv(
+                bg,
+                gg,
+                rfm.x,
+                rfm.t_x,
+                rfm.T,
+                rfm.m,
+                horizon=horizon.months * MONTH_DAYS / DAYS_PER_WEEK,
+                month=MONTH_DAYS / DAYS_PER_WEEK,
+                monthly_discount=horizon.monthly_discount,
+            )
         )
-        doc["predicted_clv"] = str(Decimal(float(clv)).quantize(Decimal("0.01")))
-        doc["currency"] = rfm.currency
+        if math.isfinite(value):  # infinite when the spend model's population mean is
+            doc["predicted_clv"] = str(Decimal(value).quantize(Decimal("0.01")))
+            doc["currency"] = rfm.currency
     return doc
 
 

@@ -25,7 +25,9 @@ def fit_doc(row: dict[str, Any]) -> dict[str, Any]:
     return {"version": row["id"], **doc}
 
 
-def model_doc(state: State, current: dict[str, Any] | None, last: dict[str, Any] | None) -> Any:
+def model_doc(
+    state: State, current: dict[str, Any] | None, last: dict[str, Any] | None
+) -> dict[str, Any]:
     settings = state.settings.model
     return {
         "current": None if current is None else fit_doc(current),

@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from clm_predict import bgnbd, gamma_gamma
-from clm_predict.rfm import RfmSummary
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_predict import bgnbd, gamma_gamma
+from clm_predict.rfm import RfmSummary
 from clm_stage_engine.predictions import DAYS_PER_WEEK
 from clm_stage_engine.repository import models
 from clm_stage_engine.repository.models import PurchaseGroup
@@ -81,7 +81,9 @@ def _spend_models(
             left.append(f"{currency} ({len(rows)} repeat customers)")
             continue
         xs, ms = np.array(rows, dtype=np.float64).T
-        params = gamma_gamma.fit(xs, ms).params
+        zeros = np.zeros(len(rows))
+        summary = RfmSummary(customer_ids=(), frequency=xs, recency=zeros, age=zeros, monetary=ms)
+        params = gamma_gamma.fit(summary).params
         out[currency] = {**{k: float(v) for k, v in asdict(params).items()}, "customers": len(rows)}
     reason = f"no spend model for {', '.join(left)}: too few repeat customers" if left else ""
     return out, reason
