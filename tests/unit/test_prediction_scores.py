@@ -79,7 +79,7 @@ def test_the_summary_from_the_facts_is_the_librarys_from_the_purchases(
     )
     assert rfm.x == library.frequency[0]
     assert rfm.t_x == pytest.approx(library.recency[0])
-    assert rfm.T == pytest.approx(library.age[0])
+    assert pytest.approx(library.age[0]) == rfm.T
     assert rfm.m == pytest.approx(library.monetary[0])
     doc = scores(MODEL, customer, TODAY, Horizon())
     assert doc is not None
