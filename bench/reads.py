@@ -8,6 +8,7 @@ round's p99 is kept, to show the spread).
 
 from __future__ import annotations
 
+import base64
 import random
 import statistics
 import time
@@ -56,12 +57,36 @@ def fill_ids(customers: int) -> Callable[[], str]:
     return lambda: f"fill-{random.randint(1, customers)}"
 
 
+#: Customers who bought twice (on two days) at various times over the last year, so that
+#: every read scores them under the model :data:`MODEL_SQL` stores.
 FILL_SQL = """
 INSERT INTO customers (customer_id, stage, stage_entered_at, first_seen_at,
-                       last_seen_at, first_source, purchases, revenue)
-SELECT 'fill-' || g, 'retention', now(), now(), now(), 'bench', 2, 85.00
+                       last_seen_at, first_source, purchases, revenue, converted_at,
+                       last_purchase_at, purchase_days, repeat_spend, purchase_currency)
+SELECT 'fill-' || g, 'retention', now(), now(), now(), 'bench', 2, 85.00,
+       now() - make_interval(days => 30 + g % 300),
+       now() - make_interval(days => 30 + g % 300) + make_interval(days => 1 + g % 29),
+       2, 40.00, 'EUR'
 FROM generate_series(1, $1) AS g
 """
+
+#: A fitted model version (the CDNOW parameters) for the reads to score with.
+MODEL_SQL = """
+INSERT INTO model_fits (outcome, trigger, as_of, customers, repeat_customers, log_likelihood,
+                        bgnbd, gamma_gamma)
+VALUES ('fitted', 'manual', now(), 2357, 946, -9582.4,
+        '{"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}',
+        '{"EUR": {"p": 6.25, "q": 3.74, "v": 15.44, "customers": 946}}')
+"""
+
+
+def listing_get(after: str, token: str) -> bytes:
+    """A page of ``p_alive_lt`` among retention customers, from ``after`` on."""
+    cursor = base64.urlsafe_b64encode(after.encode()).decode()
+    return (
+        f"GET /v1/customers?p_alive_lt=0.3&stage=retention&limit=100&cursor={cursor} HTTP/1.1\r\n"
+        f"Host: engine\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
 
 
 async def read_rounds(
@@ -73,6 +98,7 @@ async def read_rounds(
     reads: int,
     warmup: int = 200,
     round_s: float | None = None,
+    request: Callable[[str, str], bytes] = customer_get,
 ) -> Reads:
     """``rounds`` rounds of ``reads`` sequential reads of existing customers (each must be 200);
     a round ends early after ``round_s`` seconds (when given: a bench part on a saturated box
@@ -81,12 +107,12 @@ async def read_rounds(
     p50s, p99s, counts = [], [], []
     try:
         for _ in range(warmup):
-            await conn.request(customer_get(ids(), token))
+            await conn.request(request(ids(), token))
         for _ in range(rounds):
             took: list[float] = []
             deadline = time.perf_counter() + (round_s or float("inf"))
             while len(took) < reads and time.perf_counter() < deadline:
-                raw = customer_get(ids(), token)
+                raw = request(ids(), token)
                 started = time.perf_counter()
                 status = await conn.request(raw)
                 took.append((time.perf_counter() - started) * 1000)
