@@ -41,6 +41,7 @@ def test_every_operator_command_is_there() -> None:
         "dlq replay",
         "replay",
         "migrate",
+        "model fit",
     ):
         assert expected in leaves
 

@@ -8,6 +8,8 @@
     clm dlq list | clm dlq replay P:O [--fixed FILE] | clm replay --yes | clm migrate
     clm simulate [--customers N] [--seed S] [--csv FILE] [--out FILE] [--truth FILE] …
                                                   journeys (or transactions) to the ingest
+    clm model fit --csv FILE [--calibration-end DATE] [--currency C] [--json]
+                  [--predictions OUT.csv --horizon-weeks N]   fit P(alive) and CLV models
 
 Each module in :mod:`clm_cli.commands` has ``register(sub)``, which adds its parser and sets
 one of two defaults on every leaf command:
@@ -56,6 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulate",
         "simulated customer journeys (or a CSV of transactions) to the ingest",
     ),
+    "model": ("model", "predictive models: P(alive), expected purchases, predicted CLV"),
 }
 ALL = "*"
 
