@@ -67,11 +67,12 @@ async def request(
     token: str | None,
     key_kind: str = "read",
     params: dict[str, Any] | None = None,
+    timeout_s: float = TIMEOUT_S,
 ) -> Any:
     """One call; the decoded JSON body of a 2xx answer."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=TIMEOUT_S) as client:
+        async with httpx.AsyncClient(base_url=service.url, timeout=timeout_s) as client:
             response = await client.request(method, path, params=params, headers=headers)
     except httpx.TimeoutException as exc:
         raise CliError(

@@ -1,8 +1,14 @@
 """``clm model``: the predictive models (BG/NBD for P(alive) and expected purchases,
 Gamma-Gamma for spend, hence predicted CLV).
 
+    clm model fit [--json]                       refit the live models now (the stage engine)
+    clm model show [--json]                      the model version scored with, the last attempt
     clm model fit --csv FILE [--calibration-end DATE] [--currency C] [--json]
                   [--predictions OUT.csv --horizon-weeks N] [--monthly-discount D]
+
+``fit`` without ``--csv`` asks the stage engine to refit from every customer's facts
+(``POST /v1/model/fit``, admin key) and prints the stored version, or the refusal and why
+(exit status 1); ``show`` prints ``GET /v1/model`` (read token).
 
 ``fit --csv`` fits both models on a file of transactions (the columns of ``clm simulate
 --csv``) without touching the services or the database: the file's rows become the
@@ -25,6 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clm_cli import output
+from clm_cli.api import request
+from clm_cli.commands.read_api import read, token_parent
 from clm_cli.errors import CliError
 from clm_predict import bgnbd, gamma_gamma
 from clm_predict.clv import predicted_clv
@@ -166,12 +175,62 @@ def _fit_csv(args: argparse.Namespace) -> str:
     return json.dumps(doc) if args.json else report_text(doc)
 
 
+#: How long ``clm model fit`` waits for the stage engine's fit (a large history takes seconds).
+LIVE_FIT_TIMEOUT_S = 600.0
+
+
 async def _fit(args: argparse.Namespace, settings: CliSettings) -> int:
+    if args.csv is None:
+        return await _fit_live(args, settings)
     if args.monthly_discount < 0:
         raise CliError("--monthly-discount must be >= 0 (e.g. 0.01 for 1 % a month)", 2)
     if args.horizon_weeks <= 0:
         raise CliError("--horizon-weeks must be > 0", 2)
     print(await asyncio.to_thread(_fit_csv, args))
+    return 0
+
+
+async def _fit_live(args: argparse.Namespace, settings: CliSettings) -> int:
+    doc = await request(
+        settings.stage_engine(),
+        "POST",
+        "/v1/model/fit",
+        token=settings.token("admin", args.token),
+        key_kind="admin",
+        timeout_s=LIVE_FIT_TIMEOUT_S,
+    )
+    if args.json:
+        output.print_json(doc)
+    elif doc["outcome"] == "fitted":
+        bg = doc["bgnbd"]
+        spend = ", ".join(sorted(doc["gamma_gamma"])) or "none"
+        print(
+            f"model version {doc['version']}: {doc['customers']} customers "
+            f"({doc['repeat_customers']} repeat), BG/NBD r = {bg['r']:.4f} alpha = "
+            f"{bg['alpha']:.4f} a = {bg['a']:.4f} b = {bg['b']:.4f}; spend models: {spend}"
+            + (f" ({doc['reason']})" if doc["reason"] else "")
+        )
+    else:
+        print(f"not refitted: {doc['reason']}")
+    return 0 if doc["outcome"] == "fitted" else 1
+
+
+async def _show(args: argparse.Namespace, settings: CliSettings) -> int:
+    doc = await read(settings, settings.stage_engine(), "/v1/model", args.token)
+    if args.json:
+        output.print_json(doc)
+        return 0
+    current, last = doc["current"], doc["last_attempt"]
+    if current is None:
+        print("no model fitted yet (clm model fit)")
+    else:
+        print(
+            f"model version {current['version']} fitted {current['attempted_at']} on "
+            f"{current['customers']} customers; BG/NBD {current['bgnbd']}; "
+            f"spend models {current['gamma_gamma']}"
+        )
+    if last is not None and last["outcome"] == "refused":
+        print(f"last refit refused at {last['attempted_at']}: {last['reason']}")
     return 0
 
 
@@ -193,12 +252,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     fit = actions.add_parser(
         "fit",
-        help="fit both models on a CSV of transactions (no service, no database)",
-        description="Fit BG/NBD and Gamma-Gamma on a CSV of transactions (the columns of "
-        "`clm simulate --csv`: customer_id, date, amount, optionally currency), one "
-        "transaction a UTC day, time in weeks; print the parameters.",
+        parents=[token_parent()],
+        help="refit the live models now, or (--csv) fit a file of transactions offline",
+        description="Without --csv: the stage engine refits BG/NBD and Gamma-Gamma from "
+        "every customer's facts and stores the new version (admin key). With --csv: fit "
+        "both on a CSV of transactions (the columns of `clm simulate --csv`: customer_id, "
+        "date, amount, optionally currency), one transaction a UTC day, time in weeks, "
+        "without touching the services or the database; print the parameters.",
     )
-    fit.add_argument("--csv", type=Path, required=True, help="the transactions (CSV)")
+    fit.add_argument("--csv", type=Path, help="fit offline on these transactions (CSV)")
     fit.add_argument(
         "--calibration-end",
         type=iso_date,
@@ -225,3 +287,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="monthly discount rate of the predicted CLV (default 0)",
     )
     fit.set_defaults(action_fn=_fit)
+    show = actions.add_parser(
+        "show",
+        parents=[output.json_parent(), token_parent()],
+        help="the model version the scores use, and the last fit attempt",
+    )
+    show.set_defaults(action_fn=_show)
