@@ -11,7 +11,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL: list[str] = ["ingest", "stage_engine", "e2e", "metrics"]  # benchmark modules, in run order
+ALL: list[str] = [
+    "ingest",
+    "stage_engine",
+    "e2e",
+    "metrics",
+    "model_fit",
+]  # benchmark modules, in run order
 
 
 def main(argv: list[str]) -> int:

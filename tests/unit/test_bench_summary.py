@@ -139,3 +139,18 @@ def test_the_run_column_names_the_commit_of_a_run_from_a_working_tree() -> None:
         "(run from its working tree before it was committed on f4d0063)_"
     )
     assert when(section) == "2026-11-23 22:33, bc60e95"
+
+
+MODEL_FIT = """## Predictive models: fit and scoring at the bench history
+
+| step | seconds |
+|---|---:|
+| model fit, total | **5.04** |
+| scoring every customer (P(alive), 90-day purchases, 12-month CLV) | 1.87 |
+
+Model fit 5.04 s (target < 60 s: yes)."""
+
+
+def test_the_model_fit_time_is_read_from_its_section() -> None:
+    got = by_target({"model-fit": MODEL_FIT})
+    assert got["model fit of 1.65M customers < 60 s"] == ("5.04 s", "scoring them: 1.87 s", True)
