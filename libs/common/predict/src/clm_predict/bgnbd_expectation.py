@@ -19,10 +19,11 @@ entry still not finite is integrated numerically.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import numpy.typing as npt
-from scipy.integrate import quad
+from scipy.integrate import IntegrationWarning, quad
 from scipy.special import betaln, hyp2f1
 
 from clm_predict.grouping import distinct_rows
@@ -124,17 +125,20 @@ def by_quadrature(
         log_p = power * math.log(p) if power else 0.0
         return math.exp(min(log_norm + log_p + (beta - 1) * math.log1p(-p), 700.0))
 
-    if a < 1:
-        value, _ = quad(
-            lambda u: weight(u ** (1 / a), 0.0) / a * bracket(u ** (1 / a)), 0.0, 1.0, limit=200
-        )
-    else:
-        mean = a / (a + beta)
-        value, _ = quad(
-            lambda p: weight(p, a - 1) * bracket(p) if p > 0 else 0.0,
-            0.0,
-            1.0,
-            points=[mean / 4, mean, min(4 * mean, 0.99)],
-            limit=400,
-        )
+    with warnings.catch_warnings():
+        # the last resort's accuracy is the best quad can do; its warnings would reach users
+        warnings.simplefilter("ignore", IntegrationWarning)
+        if a < 1:
+            value, _ = quad(
+                lambda u: weight(u ** (1 / a), 0.0) / a * bracket(u ** (1 / a)), 0.0, 1.0, limit=200
+            )
+        else:
+            mean = a / (a + beta)
+            value, _ = quad(
+                lambda p: weight(p, a - 1) * bracket(p) if p > 0 else 0.0,
+                0.0,
+                1.0,
+                points=[mean / 4, mean, min(4 * mean, 0.99)],
+                limit=400,
+            )
     return float(value)
