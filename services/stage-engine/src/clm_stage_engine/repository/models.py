@@ -12,7 +12,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.lifecycle import CustomerState
-from clm_infra.schema import customers, model_fits
+from clm_infra.model_schema import model_fits
+from clm_infra.schema import customers
 from clm_stage_engine.repository.rows import state_from_row
 
 #: The session-level advisory lock a refit holds (one fit at a time over all replicas).
