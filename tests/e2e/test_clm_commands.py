@@ -79,6 +79,11 @@ def event(type_: str, customer: str, at: datetime, **properties: Any) -> dict[st
     }
 
 
+def purchase(customer: str, at: datetime, order_id: str, amount: str) -> dict[str, Any]:
+    """An order in US dollars."""
+    return event("purchase", customer, at, order_id=order_id, amount=amount, currency="USD")
+
+
 async def post(stack: Stack, *events: dict[str, Any]) -> None:
     async with httpx.AsyncClient(base_url=stack.ingest) as client:
         response = await client.post(
@@ -107,22 +112,8 @@ async def test_customer_stages_and_kpis_commands(stack: Stack) -> None:
     await post(
         stack,
         event("signup", "c-1", now - timedelta(minutes=30), plan="free"),
-        event(
-            "purchase",
-            "c-1",
-            now - timedelta(minutes=20),
-            order_id="o1",
-            amount="20.00",
-            currency="USD",
-        ),
-        event(
-            "purchase",
-            "c-1",
-            now - timedelta(minutes=10),
-            order_id="o2",
-            amount="30.00",
-            currency="USD",
-        ),
+        purchase("c-1", now - timedelta(minutes=20), "o1", "20.00"),
+        purchase("c-1", now - timedelta(minutes=10), "o2", "30.00"),
         event("signup", "c-2", now, plan="free"),
     )
 

@@ -22,6 +22,7 @@ from clm_simulator.personas import SimConfig, simulate
 from clm_simulator.replay import replay, sweeps
 from clm_simulator.truth import truth
 from tests.e2e.conftest import free_port, running_stack
+from tests.e2e.kpi_checks import until_kpis_equal
 from tests.integration.conftest import eventually
 from tests.keys import READ, WRITE
 
@@ -117,18 +118,9 @@ async def _equal_the_new_truth(
         httpx.AsyncClient(base_url=metrics_url, headers=READ) as metrics,
         httpx.AsyncClient(base_url=engine_url, headers=READ) as engine,
     ):
-
-        async def recounted() -> Any:
-            body: dict[str, Any] = (await metrics.get("/v1/kpis", params=query)).json()
-            got = {k: v for k, v in body.items() if k not in ("window", "from", "to")}
-            return got if got == want else None
-
-        try:
-            await eventually(recounted, timeout=120, every=1.0)
-        except AssertionError:
-            body = (await metrics.get("/v1/kpis", params=query)).json()
-            wrong = {k: (body.get(k), v) for k, v in want.items() if body.get(k) != v}
-            raise AssertionError(f"KPIs differ from the new rules' truth: {wrong}") from None
+        await until_kpis_equal(
+            metrics, query, want, timeout=120, failure="KPIs differ from the new rules' truth"
+        )
         stages = (await engine.get("/v1/stages")).json()["stages"]
         assert {k: int(v) for k, v in stages.items()} == want["customers_by_stage"]
 

@@ -32,6 +32,7 @@ from clm_simulator.survivors import (
 )
 from clm_simulator.truth import truth
 from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.kpi_checks import until_kpis_equal
 from tests.e2e.test_clm_commands import clm
 from tests.integration.conftest import eventually
 from tests.keys import ADMIN, READ, WRITE
@@ -124,20 +125,13 @@ async def test_every_kpi_equals_the_truth_of_the_surviving_events(
         for name, span in WINDOWS.items():
             start, end = window_bounds(as_of, span)
             query = {"from": _z(start), "to": _z(end)}
-            want = expected[name]
-
-            async def counted(query: dict[str, str] = query, want: dict[str, Any] = want) -> Any:
-                body: dict[str, Any] = (await metrics.get("/v1/kpis", params=query)).json()
-                got = {k: v for k, v in body.items() if k not in ("window", "from", "to")}
-                return got if got == want else None
-
-            try:
-                await eventually(counted, timeout=90, every=1.0)
-            except AssertionError:
-                body = (await metrics.get("/v1/kpis", params=query)).json()
-                got = {k: v for k, v in body.items() if k not in ("window", "from", "to")}
-                wrong = {k: (got.get(k), want.get(k)) for k in want if got.get(k) != want.get(k)}
-                raise AssertionError(f"{name}: KPIs differ from the truth: {wrong}") from None
+            await until_kpis_equal(
+                metrics,
+                query,
+                expected[name],
+                timeout=90,
+                failure=f"{name}: KPIs differ from the truth",
+            )
 
         # the one invariant: customers per stage now, as both services count them
         stages = (await engine.get("/v1/stages")).json()["stages"]

@@ -273,6 +273,7 @@ class World:
         self.outbox_seen = 0
         self.offset = 0
         self.known: set[str] = set()  # customer ids with a row, as far as the plan knows
+        self.delivered: set[tuple[str | None, str]] = set()  # (source, event id) sent
         self.merged: dict[str, str] = {}  # merged-away id → survivor
         self.erased: set[str] = set()
         self.anonymised: set[str] = set()
@@ -327,7 +328,10 @@ class World:
         self.played.history.append(list(docs))
         for doc in docs:
             cid = doc.get("customer_id")
-            if cid is not None and not {cid, doc.get("anonymous_id")} & self.erased:
+            ident = (doc.get("source"), doc["event_id"])
+            new = ident not in self.delivered  # a redelivery brings no row back
+            self.delivered.add(ident)
+            if new and cid is not None and not {cid, doc.get("anonymous_id")} & self.erased:
                 self.known.add(cid)
 
     def usable(self, *ids: str) -> bool:

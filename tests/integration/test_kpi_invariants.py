@@ -415,6 +415,13 @@ EXAMPLES: dict[str, list[Step_]] = {
         Drain(),
         Deliver((event(2, "purchase", cid="c1", anon=None, minute=DAY, variant=0),)),
     ],
+    # a redelivered event of an anonymised id is not a new one: no row comes back to erase
+    "anonymised id redelivered": [
+        Deliver((event(1, "purchase", cid="c1", anon=None, minute=60, variant=0),)),
+        Anonymise("c1", "?"),
+        Deliver((event(1, "purchase", cid="c1", anon=None, minute=60, variant=0),)),
+        Erase("c1"),
+    ],
     # ... and erasing the new one takes back only its own
     "anonymised id back, erased": [
         Deliver((event(1, "site_visit", cid="c1", anon=None, minute=60, variant=0),)),

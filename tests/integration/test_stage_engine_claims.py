@@ -2,7 +2,7 @@
 event-log row is its claim, events without a customer (or that failed) are claimed in
 ``processed_events``, a batch that loses a claim to a concurrent transaction rolls back, and
 so does one that would write back a customer row someone else wrote since it was read (or
-remembered)."""
+remembered); a visitor's profile and the link that merges it never end up side by side."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.lifecycle import CustomerState, Stage
 from clm_domain.rules import LifecycleRules
+from clm_infra.consumer import Conflict
 from clm_infra.schema import customer_events, customers, processed_events
 from clm_stage_engine import repository
 from clm_stage_engine.handler import EventsHandler
@@ -302,3 +303,80 @@ async def test_timestamps_far_from_1970_and_other_offsets_come_back_exactly(
             conn, events=[], claims=[], links=[], states=[(state, None)], transitions=[]
         )
     assert await repository.read_customer(db, "far-1") == state
+
+
+# An anonymous visitor's profile and the identify that merges it, applied by two lanes at once
+# (they are keyed apart, so on different partitions): whichever commits first, the visit ends
+# up on the customer, never on a profile of its own beside it.
+
+
+def anonymous(doc: dict[str, Any], anonymous_id: str) -> dict[str, Any]:
+    return {**doc, "anonymous_id": anonymous_id}
+
+
+async def race(db: AsyncEngine, first: list[Record], second: list[Record]) -> None:
+    """``first`` applied and held uncommitted while ``second`` runs; then both commit (a
+    batch that has to wait for the other, or retry after it, does)."""
+    held = await db.connect()
+    await held.begin()
+    await HANDLER(held, first)
+
+    async def other() -> None:
+        while True:  # as the consumer retries a batch that conflicted with another
+            try:
+                async with db.begin() as conn:
+                    await HANDLER(conn, second)
+                return
+            except Conflict:
+                await asyncio.sleep(0.05)
+
+    racing = asyncio.create_task(other())
+    await asyncio.sleep(0.5)
+    await held.commit()
+    await held.close()
+    await asyncio.wait_for(racing, timeout=10)
+
+
+async def stages(db: AsyncEngine, *ids: str) -> dict[str, str]:
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            select(customers.c.customer_id, customers.c.stage).where(
+                customers.c.customer_id.in_(ids)
+            )
+        )
+        return {r.customer_id: r.stage for r in rows}
+
+
+@pytest.mark.parametrize("visit_first", [True, False], ids=["visit held", "identify held"])
+async def test_a_visit_racing_the_identify_of_its_visitor_lands_on_the_customer(
+    db: AsyncEngine, visit_first: bool
+) -> None:
+    visit = records(anonymous(event_doc("site_visit", customer_id=None), "race-anon"))
+    identify = records(
+        anonymous(
+            event_doc("identify", customer_id="race-cust", occurred_at="2026-11-23T11:30:00Z"),
+            "race-anon",
+        )
+    )
+    await race(db, *((visit, identify) if visit_first else (identify, visit)))
+    assert await stages(db, "race-anon", "race-cust") == {"race-cust": "reach"}
+    assert await count(db, customer_events, customer_id="race-cust") == 2
+
+
+async def test_no_profile_is_inserted_for_an_id_linked_meanwhile(db: AsyncEngine) -> None:
+    """A link committed between a batch's lookup and its write (after the batch took the id's
+    lock) is seen by the write: no profile beside the customer, the batch retries."""
+    async with db.begin() as conn:
+        await repository.insert_links(conn, [("late-anon", "late-cust", "e-identify")])
+    at = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+    with pytest.raises(StaleRows):
+        async with db.begin() as conn:
+            await repository.write_batch(
+                conn,
+                events=[],
+                claims=[],
+                links=[],
+                states=[(CustomerState("late-anon", Stage.REACH, at, at, at, "web"), None)],
+                transitions=[],
+            )
+    assert await stages(db, "late-anon") == {}

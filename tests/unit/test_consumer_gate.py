@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
-from clm_infra.consumer import BatchConsumer, BatchPolicy
+from clm_infra.consumer import BatchPolicy
+from tests.consumer_loops import bare_loop
 
 
 class _Consumer:
@@ -33,16 +34,8 @@ async def test_no_fetch_while_the_gate_is_shut() -> None:
         await opened.wait()
 
     consumer = _Consumer()
-    loop = BatchConsumer(
-        consumer=cast(Any, consumer),
-        engine=cast(Any, None),
-        topic="events",
-        group_id="g",
-        handler=cast(Any, None),
-        dlq_producer=None,
-        dlq_topic="dlq",
-        policy=BatchPolicy(max_wait_s=0.001, idle_recheck_s=3600, gate=gate),
-    )
+    policy = BatchPolicy(max_wait_s=0.001, idle_recheck_s=3600, gate=gate)
+    loop = bare_loop(policy, consumer=consumer)
     task = asyncio.create_task(loop._run())
     await asyncio.sleep(0.05)
     assert (waits, consumer.fetches) == (1, 0)  # held at the gate, nothing fetched

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from clm_infra.consumer import BatchConsumer, BatchPolicy, Poison, PoisonLimitExceeded
+from tests.consumer_loops import bare_loop
 
 
 class _Producer:
@@ -25,17 +26,7 @@ class _Producer:
 
 def _loop(limit: int) -> tuple[BatchConsumer, _Producer]:
     producer = _Producer()
-    loop = BatchConsumer(
-        consumer=cast(Any, None),
-        engine=cast(Any, None),
-        topic="events",
-        group_id="g",
-        handler=cast(Any, None),
-        dlq_producer=cast(Any, producer),
-        dlq_topic="dlq",
-        policy=BatchPolicy(max_consecutive_poison=limit),
-    )
-    return loop, producer
+    return bare_loop(BatchPolicy(max_consecutive_poison=limit), dlq_producer=producer), producer
 
 
 def _poison(n: int) -> list[Poison]:

@@ -25,24 +25,36 @@ def fixed(*addresses: str) -> Resolver:
     return resolver
 
 
+#: Non-public addresses, each named literally as a URL's host.
+LITERAL = (
+    "127.0.0.1",
+    "::1",
+    "10.0.0.1",
+    "192.168.1.9",
+    "172.16.0.1",
+    "100.64.0.1",  # shared address space (CGNAT)
+    "0.0.0.0",  # noqa: S104 - an address under test
+    "::",
+    "224.0.0.1",
+    "240.0.0.1",
+    "fe80::1",
+    "fc00::1",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+)
+
+
+def hook_url(address: str) -> str:
+    """``https://<address>/hook`` (an IPv6 address in brackets)."""
+    host = f"[{address}]" if ":" in address else address
+    return f"https://{host}/hook"
+
+
 @pytest.mark.parametrize(
     ("url", "addresses"),
     [
-        ("https://127.0.0.1/hook", ["127.0.0.1"]),
+        *((hook_url(a), [a]) for a in LITERAL),
         ("https://169.254.169.254/latest/meta-data", ["169.254.169.254"]),
-        ("https://[::1]/hook", ["::1"]),
-        ("https://10.0.0.1/hook", ["10.0.0.1"]),
-        ("https://192.168.1.9/hook", ["192.168.1.9"]),
-        ("https://172.16.0.1/hook", ["172.16.0.1"]),
-        ("https://100.64.0.1/hook", ["100.64.0.1"]),  # shared address space (CGNAT)
-        ("https://0.0.0.0/hook", ["0.0.0.0"]),  # noqa: S104 - a URL under test
-        ("https://[::]/hook", ["::"]),
-        ("https://224.0.0.1/hook", ["224.0.0.1"]),
-        ("https://240.0.0.1/hook", ["240.0.0.1"]),
-        ("https://[fe80::1]/hook", ["fe80::1"]),
-        ("https://[fc00::1]/hook", ["fc00::1"]),
-        ("https://[::ffff:127.0.0.1]/hook", ["::ffff:127.0.0.1"]),
-        ("https://[::ffff:169.254.169.254]/hook", ["::ffff:169.254.169.254"]),
         ("https://rebound.example/hook", [PUBLIC, "127.0.0.1"]),  # any bad address refuses
         ("https://internal.example/hook", ["10.1.2.3"]),
     ],

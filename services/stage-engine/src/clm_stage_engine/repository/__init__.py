@@ -12,6 +12,7 @@ the request that calls them owns the transaction.
 """
 
 from clm_stage_engine.repository.batch import (
+    AnonymousIdBusy,
     BatchLookup,
     ClaimLost,
     StaleRows,
@@ -38,6 +39,7 @@ from clm_stage_engine.repository.rows import row_from_state, state_from_row
 from clm_stage_engine.repository.webhooks import active_subscriptions, enqueue_deliveries
 
 __all__ = [
+    "AnonymousIdBusy",
     "BatchLookup",
     "ClaimLost",
     "StaleRows",

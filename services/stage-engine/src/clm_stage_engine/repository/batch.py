@@ -46,10 +46,17 @@ class BatchLookup:
     subscriptions: list[tuple[int, list[str] | None]]  # active webhook subscriptions
 
 
+#: The advisory lock space (the first of two int4 keys) of anonymous ids: a batch holds each of
+#: its anonymous ids' lock, exclusive where it links the id to a customer, shared where it
+#: applies the id's own events, so a new profile and a new link of one id are never written
+#: side by side by two lanes that cannot see each other's rows (the profile would stay beside
+#: its customer, unmerged).
+ANONYMOUS_ID_LOCKS = 0x636C6D61
+
 # Joins, not ``EXISTS … OR EXISTS``: an OR of subqueries cannot become a semi-join, and
 # Postgres ran them as hashed subplans that read the whole event log on every batch.
-_LOOKUP = """
-SELECT a.applied, e.hashes, e.times, l.anons, l.customers, s.subscriptions
+_LOOKUP = f"""
+SELECT a.applied, e.hashes, e.times, l.anons, l.customers, s.subscriptions, k.held
 FROM (
     SELECT array_agg(n) AS applied FROM (
         SELECT u.n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(k, n)
@@ -67,7 +74,15 @@ FROM (
 ) l, (
     SELECT jsonb_agg(jsonb_build_array(id, stages))::text AS subscriptions
     FROM webhook_subscriptions WHERE active
-) s
+) s, (
+    SELECT coalesce(bool_and(held), true) AS held FROM (
+        SELECT pg_try_advisory_xact_lock({ANONYMOUS_ID_LOCKS}, hashtext(x)) AS held
+        FROM jsonb_array_elements_text($4::jsonb) AS x
+        UNION ALL
+        SELECT pg_try_advisory_xact_lock_shared({ANONYMOUS_ID_LOCKS}, hashtext(x))
+        FROM jsonb_array_elements_text($5::jsonb) AS x
+    ) locks
+) k
 """
 
 
@@ -76,20 +91,30 @@ async def lookup_batch(
     keys: Sequence[tuple[str, str]],
     hashes: Sequence[str],
     ids: Sequence[str],
+    anonymous: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> BatchLookup:
     """Which of ``keys`` (source, event_id) were applied before — in a customer's event log,
     or claimed in ``processed_events`` (events without a customer, events that failed) —,
     which ``hashes`` are of erased customers, the links of ``ids`` and the active webhook
     subscriptions: four lookups, one statement, on the driver (for a small batch,
-    SQLAlchemy's own execution of a statement costs more CPU than the statement's work)."""
+    SQLAlchemy's own execution of a statement costs more CPU than the statement's work).
+
+    ``anonymous`` is the anonymous ids the batch links, then those whose own events it
+    applies: it takes their locks (:data:`ANONYMOUS_ID_LOCKS`) without waiting, and raises
+    :class:`AnonymousIdBusy` when another transaction holds one that conflicts."""
+    linking, visiting = anonymous
     row = await (await driver(conn)).fetchrow(
         _LOOKUP,  # the values as JSON: see clm_infra.db.driver_insert_sql on the driver's arrays
         orjson.dumps(keys).decode(),
         orjson.dumps(sorted(set(hashes))).decode(),
         orjson.dumps(sorted(set(ids))).decode(),
+        orjson.dumps(sorted(set(linking))).decode(),
+        orjson.dumps(sorted(set(visiting))).decode(),
     )
     assert row is not None
-    applied, hashes_, times, anons, linked, subscriptions = row
+    applied, hashes_, times, anons, linked, subscriptions, held = row
+    if not held:
+        raise AnonymousIdBusy("another batch is linking or applying one of its anonymous ids")
     return BatchLookup(
         applied={keys[n - 1] for n in applied or ()},
         erased=dict(zip(hashes_ or (), times or (), strict=True)),
@@ -116,6 +141,15 @@ _UPDATE = (
     + json_rows_sql(customers, _STATE_TUPLE, 5, f"CAST(r->>{len(STATE_COLUMNS)} AS xid) AS seen")
     + ") AS s WHERE c.customer_id = s.customer_id AND c.xmin = s.seen RETURNING 1"
 )
+# A new profile is inserted only if its id is linked to no customer. The batch holds the id's
+# lock since its lookup, so a link committed after that lookup was committed before this
+# statement began, and is seen here: the batch retries (StaleRows) and lands on the customer.
+_INSERT = (
+    f"INSERT INTO customers ({', '.join(STATE_COLUMNS)}) SELECT * FROM ("
+    + json_rows_sql(customers, _STATE_TUPLE, 6)
+    + ") AS s WHERE NOT EXISTS (SELECT 1 FROM identity_links AS l"
+    + f" WHERE l.anonymous_id = s.customer_id) {_NEW}"
+)
 # The event log is a plain INSERT: a key already taken (a concurrent transaction applied the
 # event after this batch's dedupe read) is a unique violation that fails the batch, which is
 # what a lost claim must do anyway; ``ON CONFLICT`` is a speculative insertion per row.
@@ -129,7 +163,7 @@ WITH logged AS (
 ), updated AS (
     {_UPDATE}
 ), inserted AS (
-    {driver_insert_sql(customers, _STATE_TUPLE, _NEW, via_json=True, first=6)}
+    {_INSERT}
 ), moved AS (
     {driver_insert_sql(stage_transitions, TRANSITION_COLUMNS, via_json=True, first=7)}
 )
@@ -142,6 +176,11 @@ _EVENT_LOG_KEY = "pk_customer_events"
 class ClaimLost(Conflict):
     """A concurrent transaction applied one of the batch's events first (the batch retries,
     and the retry sees it as a duplicate)."""
+
+
+class AnonymousIdBusy(Conflict):
+    """Another transaction holds the lock of one of the batch's anonymous ids (it links the
+    id, or applies its events): the batch retries once that one is done, and sees its rows."""
 
 
 class StaleRows(Conflict):

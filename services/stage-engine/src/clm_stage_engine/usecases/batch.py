@@ -6,7 +6,9 @@
    (no customer, or failed) are claimed in ``processed_events``; the claims are written with
    the batch, and one that finds its key taken (a concurrent transaction got there first)
    rolls the batch back for a retry;
-2. resolve identities (:mod:`.identity`);
+2. resolve identities (:mod:`.identity`); the lookup took the locks of the batch's anonymous
+   ids, so a visitor's new profile and the link that merges it are never written side by side
+   by two lanes (the second retries, and sees the first's rows);
 3. take the customers' rows this process wrote last from memory (:mod:`~clm_stage_engine.known`)
    and read the others (with a merge, read and lock them all); rebuild the customers with late
    events or merges from their stored events, fold the rest incrementally (pure
@@ -25,7 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -145,6 +147,7 @@ class BatchApplier:
             [(e.source, e.event_id) for _, e, _ in fresh],
             [self.pseudonyms.tombstone(i) for i in ids],
             list(ids),
+            _anonymous_ids(e for _, e, _ in fresh),
         )
         kept = self._drop_erased(found.erased, fresh)
         new = [n for n in kept if (n[1].source, n[1].event_id) not in found.applied]
@@ -245,6 +248,21 @@ class BatchApplier:
                 MERGES.inc()
                 log.info("identity merge", extra={"anonymous_id": anon, "customer_id": cid})
         return records
+
+
+def _anonymous_ids(events: Iterable[Event]) -> tuple[list[str], list[str]]:
+    """The anonymous ids the events link to a customer, and those whose own events they are
+    (the batch locks both: see :func:`~clm_stage_engine.repository.batch.lookup_batch`)."""
+    linking: list[str] = []
+    visiting: list[str] = []
+    for e in events:
+        if e.anonymous_id is None:
+            continue
+        if e.customer_id is None:
+            visiting.append(e.anonymous_id)
+        elif e.customer_id != e.anonymous_id:
+            linking.append(e.anonymous_id)
+    return linking, visiting
 
 
 def _version(loaded: Loaded, key: str) -> int | None:
