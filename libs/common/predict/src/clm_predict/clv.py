@@ -59,12 +59,12 @@ def clv(
     shape = np.broadcast(np.asarray(x), np.asarray(t_x), np.asarray(age)).shape
     # E[Y(t)] = P(alive) × E[Y(t) | alive], and the latter depends on x and T only
     (x_d, age_d), inverse, _ = distinct_rows(xs, ages)
-    discounted = np.zeros(len(x_d))
-    before = np.zeros(len(x_d))
-    for i, end in enumerate(month_boundaries(horizon, month), start=1):
-        by_then = alive_expectation(bg.r, bg.alpha, bg.a, bg.b, float(end), x_d, age_d)
-        discounted += np.maximum(by_then - before, 0.0) / (1 + monthly_discount) ** i
-        before = by_then
+    # every month end of every distinct (x, T) in one call: months × customers
+    ends = month_boundaries(horizon, month)[:, None]
+    by_then = alive_expectation(bg.r, bg.alpha, bg.a, bg.b, ends, x_d[None, :], age_d[None, :])
+    each_month = np.maximum(np.diff(by_then, axis=0, prepend=0.0), 0.0)
+    discount = (1 + monthly_discount) ** np.arange(1, len(ends) + 1, dtype=np.float64)
+    discounted = (each_month / discount[:, None]).sum(axis=0)
     value = p_alive(bg, xs, ts, ages) * discounted[inverse] * expected_spend(gg, xs, m)
     return np.asarray(value.reshape(shape))
 
