@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.p_alive import lapse_reason, p_alive
-from clm_domain.rules import LifecycleRules
+from clm_domain.rules import LifecycleRules, RulesError
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.model_cache import ModelCache
@@ -159,3 +159,10 @@ async def test_the_batch_path_makes_the_same_move_before_a_later_event(
         assert customer["stage_entered_at"] == crossing
         reason = f"p_alive 0.2989 < 0.3 (model {version})"
         assert (await history(client, "batch"))[-1] == ("at_risk", crossing, reason)
+
+
+def test_a_threshold_outside_0_to_1_stops_the_engine_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "lifecycle.yaml"
+    bad.write_text("version: 1\nat_risk:\n  inactive_days: 60\n  p_alive_below: 30\n")
+    with pytest.raises(RulesError, match=r"lifecycle.yaml:4: at_risk.p_alive_below"):
+        create_app(StageEngineSettings(stage_engine_rules_path=bad))

@@ -14,7 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from clm_domain.events import Event, parse_event
-from clm_domain.lifecycle import CustomerState, Stage, advance, apply_event, rebuild
+from clm_domain.lifecycle import CustomerState, Stage, Transition, advance, apply_event, rebuild
 from clm_domain.p_alive import (
     AliveModel,
     crossing_age,
@@ -56,7 +56,7 @@ def ev(type_: str, day: float, n: int = 0, **kw: Any) -> Event:
 
 def fold(events: list[Event], rules: LifecycleRules = ON, model: AliveModel | None = CDNOW) -> Any:
     state: CustomerState | None = None
-    moves = []
+    moves: list[Transition] = []
     for e in events:
         applied = apply_event(state, e, rules, model)
         state = applied.state
