@@ -20,6 +20,7 @@ from clm_domain.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms
 from clm_domain.rules import LifecycleRules
 from clm_infra.consumer import BatchResult, Poison
 from clm_stage_engine.known import KnownStates
+from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.processor import first_of_each
 from clm_stage_engine.relay import PayloadCache
 from clm_stage_engine.usecases.batch import DUPLICATES, BatchApplier, Outcome, Phases
@@ -41,8 +42,11 @@ class EventsHandler:
         known: KnownStates | None = None,
         outbox: PayloadCache | None = None,
         pseudonyms: Pseudonyms | None = None,
+        models: ModelCache | None = None,
     ) -> None:
         self.lifecycle_topic = lifecycle_topic
+        # the model version the P(alive) rule reads (the sweeper's too); None: rule never on
+        self.models = models
         # how an erased customer is remembered: never its id, only its keyed hash (the app
         # passes CLM_PSEUDONYM_KEY's; tests that drive the handler directly get the dev key)
         self.pseudonyms = pseudonyms if pseudonyms is not None else Pseudonyms(DEV_PSEUDONYM_KEY)
@@ -71,7 +75,10 @@ class EventsHandler:
         DUPLICATES.inc(len(decoded) - len(unique))
         phases.lap("decode")
         fresh = [(record, event, record.value) for record, event in unique]
-        outcome = await self.applier.apply(conn, fresh, now=now, wanted=wanted, phases=phases)
+        model = None if self.models is None else await self.models.for_rules(self.rules)
+        outcome = await self.applier.apply(
+            conn, fresh, now=now, wanted=wanted, phases=phases, model=model
+        )
         poison.extend(Poison(record, reason) for record, reason in outcome.result.failed)
         return BatchResult(
             poison=poison,

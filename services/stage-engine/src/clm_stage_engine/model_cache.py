@@ -9,7 +9,9 @@ from typing import Any
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_stage_engine.predictions import ModelVersion, version_from_row
+from clm_domain.p_alive import AliveModel
+from clm_domain.rules import LifecycleRules
+from clm_stage_engine.predictions import ModelVersion, alive_model, version_from_row
 from clm_stage_engine.repository import models
 
 VERSION = Gauge("clm_model_version", "The predictive model version this replica scores with")
@@ -53,6 +55,13 @@ class ModelCache:
                 self._loaded_at = time.monotonic()
                 _expose(self._model)
         return self._model
+
+    async def for_rules(self, rules: LifecycleRules) -> AliveModel | None:
+        """The model the lifecycle's P(alive) rule reads: None with the rule off (then no
+        query at all) or before the first fit."""
+        if rules.at_risk.p_alive_below is None:
+            return None
+        return alive_model(await self.current())
 
     def fitted(self, row: dict[str, Any]) -> None:
         """A fit this replica just stored: score with it at once."""

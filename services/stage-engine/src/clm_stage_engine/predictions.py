@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from clm_domain.customer_state import CustomerState
+from clm_domain.p_alive import AliveModel
 from clm_predict.bgnbd import BgNbdParams, expected_purchases, p_alive
 from clm_predict.clv import MONTH_DAYS, clv
 from clm_predict.gamma_gamma import GammaGammaParams
@@ -119,6 +120,14 @@ def scores(
             doc["predicted_clv"] = str(Decimal(value).quantize(Decimal("0.01")))
             doc["currency"] = rfm.currency
     return doc
+
+
+def alive_model(model: ModelVersion | None) -> AliveModel | None:
+    """The version's BG/NBD parameters as the lifecycle's P(alive) rule reads them."""
+    if model is None:
+        return None
+    bg = model.bgnbd
+    return AliveModel(version=model.version, r=bg.r, alpha=bg.alpha, a=bg.a, b=bg.b)
 
 
 def version_from_row(row: dict[str, Any]) -> ModelVersion:

@@ -29,6 +29,7 @@ from clm_domain.lifecycle import (
     is_late,
 )
 from clm_domain.lifecycle_records import TimelineItem
+from clm_domain.p_alive import AliveModel
 from clm_domain.rules import LifecycleRules
 from clm_stage_engine.records import (
     Reason,
@@ -58,6 +59,14 @@ class Item(Generic[T]):
         record's value, which the ingest wrote as :func:`dump_event`): stored and published
         as it came, rather than serialized again."""
         return Item(tag, event, key, dump_event(event) if wire is None else wire)
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """How the batch folds: the rules, and the model the P(alive) rule reads (None: off)."""
+
+    rules: LifecycleRules
+    model: AliveModel | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +118,7 @@ def fold(
     histories: Mapping[str, Sequence[Sequence[Event]]] | None = None,
     merges: Mapping[str, Sequence[str]] | None = None,
     merged_states: Mapping[str, CustomerState] | None = None,
+    model: AliveModel | None = None,
 ) -> FoldResult[T]:
     """Apply the batch.
 
@@ -116,7 +126,7 @@ def fold(
     groups, one per profile they were applied on: the customer's own, then those of each
     profile merged into it in this batch (``merges`` maps a customer to them; their states
     before the batch are in ``merged_states``). A group is folded alone to know what was
-    counted of it.
+    counted of it. ``model``: the predictive model the P(alive) rule reads (None: off).
     """
     histories = histories or {}
     merges = merges or {}
@@ -136,9 +146,10 @@ def fold(
         if key in histories:
             groups = histories[key]
             sources = [(s, merged_states.get(s)) for s in merges.get(key, ())]
-            _rebuild(result, Rebuild(key, before, groups, batch, sources), rules, now)
+            job = Rebuild(key, before, groups, batch, sources)
+            _rebuild(result, job, Fold(rules, model), now)
         else:
-            _incremental(result, key, before, batch, rules)
+            _incremental(result, key, before, batch, Fold(rules, model))
     return result
 
 
@@ -156,11 +167,11 @@ def _incremental(
     key: str,
     state: CustomerState | None,
     batch: Sequence[Item[T]],
-    rules: LifecycleRules,
+    how: Fold,
 ) -> None:
     for item in batch:
         try:
-            applied = apply_event(state, item.event, rules)
+            applied = apply_event(state, item.event, how.rules, how.model)
         except Exception as exc:
             result.failed.append((item.tag, f"reducer: {exc!r}"))
             continue
@@ -187,7 +198,7 @@ class Rebuild(Generic[T]):
     sources: Sequence[tuple[str, CustomerState | None]]
 
 
-def _rebuild(result: FoldResult[T], job: Rebuild[T], rules: LifecycleRules, now: datetime) -> None:
+def _rebuild(result: FoldResult[T], job: Rebuild[T], how: Fold, now: datetime) -> None:
     """Refold the customer from everything it ever had, in event-time order.
 
     The history records one correcting move (old stage → rebuilt stage) rather than rewriting
@@ -197,7 +208,7 @@ def _rebuild(result: FoldResult[T], job: Rebuild[T], rules: LifecycleRules, now:
     """
     key, before, batch = job.key, job.before, job.batch
     try:
-        old, done, applied_new = _refold(job, rules, now)
+        old, done, applied_new = _refold(job, how, now)
     except Exception as exc:
         result.failed.extend((i.tag, f"reducer (rebuild): {exc!r}") for i in batch)
         return
@@ -219,22 +230,22 @@ def _rebuild(result: FoldResult[T], job: Rebuild[T], rules: LifecycleRules, now:
 
 
 def _refold(
-    job: Rebuild[T], rules: LifecycleRules, now: datetime
+    job: Rebuild[T], how: Fold, now: datetime
 ) -> tuple[list[Timeline], Timeline, dict[tuple[str, str], Applied]]:
     """What was counted of the customer and of each absorbed profile, the rebuilt timeline,
     and what applying each event gave in it."""
     key, groups = job.key, job.groups
-    old = counted([(key, job.before, groups[0] if groups else ())], rules)
+    old = counted([(key, job.before, groups[0] if groups else ())], how.rules, how.model)
     old += counted(
         [
             (source, state, group)
             for (source, state), group in zip(job.sources, groups[1:], strict=True)
         ],
-        rules,
+        how.rules,
+        how.model,
     )
-    done, applied_new = fold_timeline(
-        key, [*(e for g in groups for e in g), *(i.event for i in job.batch)], rules, until=now
-    )
+    events = [*(e for g in groups for e in g), *(i.event for i in job.batch)]
+    done, applied_new = fold_timeline(key, events, how.rules, until=now, model=how.model)
     assert done.state is not None
     return old, done, applied_new
 
@@ -289,22 +300,27 @@ def _restated_records(
 
 
 def fold_timeline(
-    key: str, events: Iterable[Event], rules: LifecycleRules, *, until: datetime | None
+    key: str,
+    events: Iterable[Event],
+    rules: LifecycleRules,
+    *,
+    until: datetime | None,
+    model: AliveModel | None = None,
 ) -> tuple[Timeline, dict[tuple[str, str], Applied]]:
     """A profile's timeline: ``events`` folded in event-time order (each one's item), then
-    the inactivity moves due by ``until`` (None: none); and what applying each event gave."""
+    the time-based moves due by ``until`` (None: none); and what applying each event gave."""
     state: CustomerState | None = None
     items: list[TimelineItem] = []
     applied_by_id: dict[tuple[str, str], Applied] = {}
     for event in sorted(events, key=event_order):
-        applied = apply_event(state, event, rules)
+        applied = apply_event(state, event, rules, model)
         if applied.state.customer_id != key:
             applied = _rekeyed(applied, key)
         items.append(timeline_item(event, state, applied))
         applied_by_id[(event.source, event.event_id)] = applied
         state = applied.state
     if state is not None and until is not None:
-        after, moves = advance(state, until, rules)
+        after, moves = advance(state, until, rules, model)
         if moves:
             items.append(sweep_item(state, after, moves))
             state = after
@@ -312,7 +328,9 @@ def fold_timeline(
 
 
 def counted(
-    profiles: Iterable[tuple[str, CustomerState | None, Sequence[Event]]], rules: LifecycleRules
+    profiles: Iterable[tuple[str, CustomerState | None, Sequence[Event]]],
+    rules: LifecycleRules,
+    model: AliveModel | None = None,
 ) -> list[Timeline]:
     """What was counted of each profile before (its id, its stored state, its stored events):
     its events folded alone, then the inactivity moves that brought it to its stored stage
@@ -322,7 +340,7 @@ def counted(
     for who, state, events in profiles:
         if state is None or not events:
             continue
-        timeline, _ = fold_timeline(who, events, rules, until=state.stage_entered_at)
+        timeline, _ = fold_timeline(who, events, rules, until=state.stage_entered_at, model=model)
         out.append(timeline)
     return out
 

@@ -1,4 +1,5 @@
-"""The sweeper: time-based moves (inactivity → ``at_risk`` → ``churned``) from a given clock.
+"""The sweeper: time-based moves (inactivity → ``at_risk`` → ``churned``, and P(alive) below
+``at_risk.p_alive_below`` → ``at_risk`` with the rule on) from a given clock.
 
 Safe with several replicas: each pass takes the candidates with ``FOR UPDATE SKIP LOCKED``, so
 two sweepers never move the same customer, and a consumer batch holding a customer's row is
@@ -16,9 +17,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_domain.p_alive import AliveModel
 from clm_domain.rules import LifecycleRules
 from clm_infra.replay import replay_behind
-from clm_stage_engine.usecases.sweep import sweep_batch
+from clm_stage_engine.model_cache import ModelCache
+from clm_stage_engine.usecases.sweep import sweep_batch, sweep_predicted
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +33,46 @@ async def sweep_once(
     *,
     lifecycle_topic: str,
     batch: int = 1000,
+    model: AliveModel | None = None,
 ) -> int:
-    """Move every customer whose inactivity crossed a threshold by ``now``; return moves."""
+    """Move every customer whose inactivity crossed a threshold by ``now``, and with
+    ``at_risk.p_alive_below`` set and a ``model``, every one whose P(alive) fell below it;
+    return moves."""
     at_risk_before = now - timedelta(days=rules.at_risk.inactive_days)
     churn_before = now - timedelta(days=rules.churned.inactive_days)
     total = 0
     while True:
         async with engine.begin() as conn:
             seen, moved = await sweep_batch(
-                conn, rules, now, (at_risk_before, churn_before), lifecycle_topic, batch
+                conn, rules, now, (at_risk_before, churn_before), lifecycle_topic, batch, model
             )
             total += moved
             if seen < batch:
-                return total
+                break
+    if model is not None and rules.at_risk.p_alive_below is not None:
+        total += await _sweep_predicted(engine, rules, model, now, lifecycle_topic, batch)
+    return total
+
+
+async def _sweep_predicted(
+    engine: AsyncEngine,
+    rules: LifecycleRules,
+    model: AliveModel,
+    now: datetime,
+    topic: str,
+    batch: int,
+) -> int:
+    """The P(alive) pass: one walk over the customer stages by id, a page a transaction
+    (keyset, so a candidate that does not move is never looked at twice in a pass)."""
+    total, after = 0, ""
+    while True:
+        async with engine.begin() as conn:
+            seen, moved, after = await sweep_predicted(
+                conn, rules, model, now, topic, after=after, limit=batch
+            )
+            total += moved
+        if seen < batch:
+            return total
 
 
 async def sweep_forever(
@@ -55,9 +85,11 @@ async def sweep_forever(
     every_s: float,
     batch: int,
     stopping: asyncio.Event,
+    models: ModelCache | None = None,
 ) -> None:
     """Sweep every ``every_s`` seconds; not while a replay of ``group_id`` is under way (a
-    customer rebuilt from part of its events would look inactive and be moved for nothing)."""
+    customer rebuilt from part of its events would look inactive and be moved for nothing).
+    ``models``: the current model version, for the P(alive) rule (None: never on)."""
     while not stopping.is_set():
         try:
             async with engine.begin() as conn:
@@ -65,8 +97,14 @@ async def sweep_forever(
             if behind:
                 log.info("sweeper waits for the replay", extra={"behind": behind})
             else:
+                model = None if models is None else await models.for_rules(rules)
                 moved = await sweep_once(
-                    engine, rules, clock(), lifecycle_topic=lifecycle_topic, batch=batch
+                    engine,
+                    rules,
+                    clock(),
+                    lifecycle_topic=lifecycle_topic,
+                    batch=batch,
+                    model=model,
                 )
                 if moved:
                     log.info("sweeper moved customers", extra={"moved": moved})

@@ -69,6 +69,7 @@ class _Lanes:
             KnownStates(settings.stage_engine_known_states),
             written,
             state.pseudonyms,
+            state.models,
         )
         self.policy = BatchPolicy(
             max_records=settings.batch.records,
@@ -138,6 +139,7 @@ async def _sweep(state: State, workers: Workers) -> None:
         every_s=settings.stage_engine_sweep_s,
         batch=settings.stage_engine_sweep_batch,
         stopping=workers.stopping,
+        models=state.models,
     )
 
 

@@ -3,7 +3,8 @@
 Pure and synchronous: no I/O, no clock (time comes from events, or is passed in as ``until``).
 
 * :func:`advance` applies the time-based moves (``at_risk``, ``churned``) a customer went
-  through between its last activity and a given time.
+  through between its last activity and a given time: inactivity, and (with the rule on and
+  a model given) P(alive) falling below ``at_risk.p_alive_below`` (:mod:`clm_domain.p_alive`).
 * :func:`apply_event` advances to the event's time, then applies the event's facts and rules.
 * :func:`rebuild` folds a customer's whole event set in event-time order: the state is a
   function of the SET of events (and of ``until``), whatever order they arrived in.
@@ -40,27 +41,48 @@ from clm_domain.events import (
     SubscriptionCancelled,
     SupportTicket,
 )
+from clm_domain.p_alive import AliveModel, predicted_lapse
 from clm_domain.rules import LifecycleRules
 from clm_domain.stages import ARC_RANK, CAN_LAPSE, CUSTOMER_STAGES, LAPSED, Stage
 
 
 def advance(
-    state: CustomerState, until: datetime, rules: LifecycleRules
+    state: CustomerState,
+    until: datetime,
+    rules: LifecycleRules,
+    model: AliveModel | None = None,
 ) -> tuple[CustomerState, list[Transition]]:
-    """The inactivity moves between the last activity and ``until`` (pure, idempotent)."""
+    """The time-based moves between the last activity and ``until`` (pure, idempotent):
+    inactivity, and with ``at_risk.p_alive_below`` set and a ``model``, P(alive) falling
+    below it (whichever comes first moves the customer to at_risk)."""
     moves: list[Transition] = []
     if state.stage not in CAN_LAPSE:
         return state, moves
     quiet_since = state.last_seen_at
-    at_risk_at = quiet_since + timedelta(days=rules.at_risk.inactive_days)
     churned_at = quiet_since + timedelta(days=rules.churned.inactive_days)
-    if state.stage in CUSTOMER_STAGES and until >= at_risk_at:
-        state, t = _move(state, Stage.AT_RISK, at_risk_at, "", "inactive")
-        moves.append(t)
+    if state.stage in CUSTOMER_STAGES:
+        at_risk_at, reason = _at_risk_time(state, rules, model)
+        if until >= at_risk_at:
+            state, t = _move(state, Stage.AT_RISK, at_risk_at, "", reason)
+            moves.append(t)
     if state.stage is Stage.AT_RISK and until >= churned_at:
         state, t = _move(state, Stage.CHURNED, churned_at, "", "inactive")
         moves.append(t)
     return state, moves
+
+
+def _at_risk_time(
+    state: CustomerState, rules: LifecycleRules, model: AliveModel | None
+) -> tuple[datetime, str]:
+    """When a customer in a customer stage goes at risk, and why."""
+    inactive_at = state.last_seen_at + timedelta(days=rules.at_risk.inactive_days)
+    threshold = rules.at_risk.p_alive_below
+    if model is None or threshold is None:
+        return inactive_at, "inactive"
+    lapse = predicted_lapse(state, model, threshold, inactive_at)
+    if lapse is None:
+        return inactive_at, "inactive"
+    return lapse.at, lapse.reason
 
 
 def _move(
@@ -70,8 +92,14 @@ def _move(
     return moved, Transition(state.customer_id, state.stage, to, at, event_id, reason)
 
 
-def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules) -> Applied:
-    """Fold one event into a customer's state (pure): advance to its time, then its rules.
+def apply_event(
+    state: CustomerState | None,
+    event: Event,
+    rules: LifecycleRules,
+    model: AliveModel | None = None,
+) -> Applied:
+    """Fold one event into a customer's state (pure): advance to its time (``model``: the
+    predictive model the P(alive) rule reads, if any), then its rules.
 
     Apply events in :func:`event_order`; a late event needs :func:`rebuild` instead.
     """
@@ -83,7 +111,7 @@ def apply_event(state: CustomerState | None, event: Event, rules: LifecycleRules
     if state is None:
         before = _new_state(key, event)
     else:
-        before, moves = advance(state, at, rules)
+        before, moves = advance(state, at, rules, model)
     changes, target = _fact_changes(before, event, rules)
     purchases: int = changes.get("purchases", before.purchases)
     if state is None:
@@ -342,14 +370,19 @@ def is_late(state: CustomerState | None, event: Event) -> bool:
 
 
 def rebuild(
-    key: str, events: Sequence[Event], rules: LifecycleRules, until: datetime | None = None
+    key: str,
+    events: Sequence[Event],
+    rules: LifecycleRules,
+    until: datetime | None = None,
+    model: AliveModel | None = None,
 ) -> CustomerState | None:
-    """A customer's state from its whole event set (any order), advanced to ``until``."""
+    """A customer's state from its whole event set (any order), advanced to ``until``, under
+    ``model`` (the P(alive) rule's: another model version can move the customer otherwise)."""
     state: CustomerState | None = None
     for event in sorted(events, key=event_order):
-        state = apply_event(state, event, rules).state
+        state = apply_event(state, event, rules, model).state
     if state is not None:
         state = replace(state, customer_id=key)
         if until is not None:
-            state, _ = advance(state, until, rules)
+            state, _ = advance(state, until, rules, model)
     return state

@@ -49,6 +49,9 @@ class LoyaltyRules(_Strict):
 
 class AtRiskRules(_Strict):
     inactive_days: int = Field(default=60, ge=1, le=MAX_RULE_DAYS)
+    # off (None) by default; with a fitted model, a customer whose P(alive) falls below it
+    # moves to at_risk too (clm_domain.p_alive)
+    p_alive_below: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
 
 
 class ChurnedRules(_Strict):

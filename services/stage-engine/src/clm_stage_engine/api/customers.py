@@ -285,6 +285,7 @@ async def erase(
     _: Annotated[Principal, Depends(admin)],
     mode: Literal["erase", "anonymise"] = "erase",
 ) -> dict[str, Any]:
+    model = await state.models.for_rules(state.rules)
     try:
         async with changing_customers(state) as conn:
             pseudonym = await erase_customer(
@@ -295,6 +296,7 @@ async def erase(
                 pseudonyms=state.pseudonyms,
                 topic=state.settings.topics.lifecycle,
                 at=datetime.now(UTC),
+                model=model,
             )
     except AlreadyAnonymised:
         raise ProblemError(

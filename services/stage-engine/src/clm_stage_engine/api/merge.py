@@ -57,6 +57,7 @@ async def merge(
             "cannot merge a customer into itself",
             errors=[{"field": "from", "message": "same as the target customer"}],
         )
+    model = await state.models.for_rules(state.rules)
     async with changing_customers(state) as conn:
         merged = await merge_customers(
             conn,
@@ -65,6 +66,7 @@ async def merge(
             rules=state.rules,
             topic=state.settings.topics.lifecycle,
             now=datetime.now(UTC),
+            model=model,
         )
     log.info(
         "customers merged",

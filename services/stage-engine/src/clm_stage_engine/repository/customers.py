@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_domain.lifecycle import CUSTOMER_STAGES, CustomerState, Stage, Transition
+from clm_domain.p_alive import AliveModel, threshold_log_odds
 from clm_infra.db import driver, driver_insert, lone_statement
 from clm_infra.schema import customer_events, customers, identity_links, stage_transitions
 from clm_stage_engine.known import Stored
@@ -193,6 +205,60 @@ async def lock_lapsing(
     rows = await conn.execute(
         select(customers)
         .where(due(at_risk_before, churn_before))
+        .order_by(customers.c.customer_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [state_from_row(row) for row in rows.all()]
+
+
+#: P(alive) below the threshold today, and not already on the last purchase day: the log-odds
+#: of inactivity (``clm_domain.p_alive.log_odds_inactive``, the same expression in the same
+#: order) against log(1/θ - 1). Logarithms of positive finite numbers only: no overflow.
+_X = "(purchase_days - 1)::float8"
+_SPAN = "((last_purchase_at AT TIME ZONE 'UTC')::date - (converted_at AT TIME ZONE 'UTC')::date)"
+_AGE = f"GREATEST(CAST(:today AS date) - (converted_at AT TIME ZONE 'UTC')::date, {_SPAN})"
+_BASE = f"ln(CAST(:a AS float8)) - ln(CAST(:b AS float8) + {_X} - 1.0::float8)"
+_BELOW_P_ALIVE = text(
+    f"{_BASE} <= CAST(:limit AS float8)"
+    f" AND {_BASE} + (CAST(:r AS float8) + {_X}) * ("
+    f"ln(CAST(:alpha AS float8) + {_AGE}::float8 / 7.0::float8)"
+    f" - ln(CAST(:alpha AS float8) + {_SPAN}::float8 / 7.0::float8)"
+    ") > CAST(:limit AS float8)"
+).bindparams(*(bindparam(name, type_=Float) for name in ("a", "b", "r", "alpha", "limit")))
+
+
+async def lock_below_p_alive(
+    conn: AsyncConnection,
+    model: AliveModel,
+    threshold: float,
+    today: date,
+    *,
+    after: str,
+    limit: int,
+) -> list[CustomerState]:
+    """Up to ``limit`` customers in a customer stage, with repeat purchase days, whose
+    P(alive) is below ``threshold`` on ``today`` (a UTC day) under ``model``, by id after
+    ``after``, locked; rows another transaction holds are skipped. A keyset page of a scan
+    of the customer stages: its cost is one pass over them per sweep."""
+    below = _BELOW_P_ALIVE.bindparams(
+        a=model.a,
+        b=model.b,
+        r=model.r,
+        alpha=model.alpha,
+        limit=threshold_log_odds(threshold),
+        today=today,
+    )
+    rows = await conn.execute(
+        select(customers)
+        .where(
+            customers.c.stage.in_([s.value for s in CUSTOMER_STAGES]),
+            customers.c.purchase_days >= 2,
+            customers.c.converted_at.is_not(None),
+            customers.c.last_purchase_at.is_not(None),
+            customers.c.customer_id > after,
+            below,
+        )
         .order_by(customers.c.customer_id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.events import Event
 from clm_domain.lifecycle import CustomerState, customer_key
+from clm_domain.p_alive import AliveModel
 from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
 from clm_stage_engine.known import KnownStates, Stored
@@ -121,9 +122,11 @@ class BatchApplier:
         now: datetime,
         wanted: set[str],
         phases: Phases,
+        model: AliveModel | None = None,
     ) -> Outcome:
         """Apply ``fresh`` (decoded, each (source, event id) once) as of ``now``; ``wanted``
-        collects the customers taken from memory (to forget if the batch fails)."""
+        collects the customers taken from memory (to forget if the batch fails); ``model``:
+        the one the P(alive) rule reads (None: off), the sweeper's too."""
         new, found = await self._unseen(conn, fresh)
         phases.lap("dedupe")
         identities = resolve_identities((e for _, e, _ in new), found.links)
@@ -131,7 +134,7 @@ class BatchApplier:
         phases.lap("identities")
         loaded = await self._load(conn, items, identities, wanted)
         phases.lap("load")
-        result = self._fold(items, loaded, now)
+        result = self._fold(items, loaded, now, model)
         phases.lap("fold")
         xid, queued = await self._write(conn, items, result, loaded, identities, found)
         phases.lap("write")
@@ -197,7 +200,9 @@ class BatchApplier:
         }
         return Loaded(rows, states, merges, histories)
 
-    def _fold(self, items: Sequence[Item[Any]], loaded: Loaded, now: datetime) -> FoldResult[Any]:
+    def _fold(
+        self, items: Sequence[Item[Any]], loaded: Loaded, now: datetime, model: AliveModel | None
+    ) -> FoldResult[Any]:
         keys = {i.key for i in items if i.key is not None}
         return fold(
             items,
@@ -207,6 +212,7 @@ class BatchApplier:
             histories=loaded.histories,
             merges=loaded.merges,
             merged_states={a: loaded.states[a] for anons in loaded.merges.values() for a in anons},
+            model=model,
         )
 
     async def _write(

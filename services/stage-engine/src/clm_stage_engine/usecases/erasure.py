@@ -10,9 +10,10 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.lifecycle import CustomerState
+from clm_domain.p_alive import AliveModel
 from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
-from clm_stage_engine.processor import counted
+from clm_stage_engine.processor import Fold, counted
 from clm_stage_engine.records import removal_record, restatement_records
 from clm_stage_engine.repository import customers, erasure, events, outbox
 from clm_stage_engine.usecases.errors import AlreadyAnonymised, UnknownCustomer
@@ -29,9 +30,11 @@ async def erase_customer(
     pseudonyms: Pseudonyms,
     topic: str,
     at: datetime,
+    model: AliveModel | None = None,
 ) -> str | None:
     """Erase or anonymise the customer; returns its pseudonym (None: erased).
-    :class:`UnknownCustomer`, or :class:`AlreadyAnonymised` when its pseudonym is taken."""
+    :class:`UnknownCustomer`, or :class:`AlreadyAnonymised` when its pseudonym is taken.
+    ``model``: the one the P(alive) rule reads (None: off), to tell what was counted."""
     # one erasure among the id's (it may come back with new events and be erased again):
     # its records' ids name it, so a consumer deduping by record id keeps each
     digest = f"{pseudonyms.tombstone(customer_id)}@{at.isoformat()}"
@@ -41,7 +44,9 @@ async def erase_customer(
     taken_back: list[bytes] = []
     pseudonym = None
     if mode == "erase":
-        taken_back = await _erase(conn, customer_id, current, digest, rules, pseudonyms, at)
+        taken_back = await _erase(
+            conn, customer_id, current, digest, Fold(rules, model), pseudonyms, at
+        )
     else:
         pseudonym = pseudonyms.pseudonym(customer_id)
         await _anonymise(conn, customer_id, pseudonym)
@@ -67,7 +72,7 @@ async def _erase(
     customer_id: str,
     current: CustomerState,
     digest: str,
-    rules: LifecycleRules,
+    how: Fold,
     pseudonyms: Pseudonyms,
     at: datetime,
 ) -> list[bytes]:
@@ -78,7 +83,9 @@ async def _erase(
         customer_id,
         cause=f"erasure:{digest}",
         reason="erasure",
-        retract=counted([(customer_id, current, stored.get(customer_id, []))], rules),
+        retract=counted(
+            [(customer_id, current, stored.get(customer_id, []))], how.rules, how.model
+        ),
         add=[],
         at=at,
         events_too=True,

@@ -11,8 +11,9 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.lifecycle import CustomerState, Transition
+from clm_domain.p_alive import AliveModel
 from clm_domain.rules import LifecycleRules
-from clm_stage_engine.processor import counted, fold_timeline
+from clm_stage_engine.processor import Fold, counted, fold_timeline
 from clm_stage_engine.records import (
     Timeline,
     merge_record,
@@ -62,17 +63,18 @@ async def merge_customers(
     rules: LifecycleRules,
     topic: str,
     now: datetime,
+    model: AliveModel | None = None,
 ) -> Merged:
     """Merge the known customer ``other`` into ``into``: rebuilt from both profiles' events,
     ``other`` linked to it, the move (if any) recorded and announced to the webhook
     subscribers, and the records published: ``other``'s ``identity_merge``, ``into``'s
     ``customer_merge`` and the restatement of both timelines. :class:`UnknownCustomer` if
-    either is unknown."""
+    either is unknown. ``model``: the one the P(alive) rule reads (None: off)."""
     rows = await customers.lock_customers(conn, sorted({into, other}))
     missing = [c for c in (into, other) if c not in rows]
     if missing:
         raise UnknownCustomer(missing[0])
-    before_merge, timeline = await _refold(conn, into, other, rows, rules, now)
+    before_merge, timeline = await _refold(conn, into, other, rows, Fold(rules, model), now)
     merged = timeline.state
     assert merged is not None
     before = rows[into]
@@ -101,15 +103,15 @@ async def _refold(
     into: str,
     other: str,
     rows: Mapping[str, CustomerState],
-    rules: LifecycleRules,
+    how: Fold,
     now: datetime,
 ) -> tuple[list[Timeline], Timeline]:
     """What was counted of each profile, and the survivor's timeline from both's events."""
     stored = await events.load_events(conn, [into, other])
-    before_merge = counted([(c, rows[c], stored.get(c, [])) for c in (into, other)], rules)
-    timeline, _ = fold_timeline(
-        into, [*stored.get(into, []), *stored.get(other, [])], rules, until=now
-    )
+    profiles = [(c, rows[c], stored.get(c, [])) for c in (into, other)]
+    before_merge = counted(profiles, how.rules, how.model)
+    both = [*stored.get(into, []), *stored.get(other, [])]
+    timeline, _ = fold_timeline(into, both, how.rules, until=now, model=how.model)
     return before_merge, timeline
 
 

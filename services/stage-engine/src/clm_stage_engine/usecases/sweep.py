@@ -1,16 +1,18 @@
-"""One sweep batch: the customers whose inactivity crossed a threshold moved on, their moves
-recorded and published like any other (the caller owns the transaction)."""
+"""One sweep batch: the customers whose inactivity (or P(alive), with the rule on) crossed a
+threshold moved on, their moves recorded and published like any other (the caller owns the
+transaction)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.lifecycle import CustomerState, Transition, advance
 from clm_domain.lifecycle_records import TimeRecord, encode
+from clm_domain.p_alive import AliveModel
 from clm_domain.rules import LifecycleRules
 from clm_stage_engine.records import SCHEMA, customer_facts, move_doc
 from clm_stage_engine.repository import customers
@@ -26,15 +28,50 @@ async def sweep_batch(
     quiet_since: tuple[datetime, datetime],
     topic: str,
     limit: int,
+    model: AliveModel | None = None,
 ) -> tuple[int, int]:
     """Move up to ``limit`` of the customers quiet since ``quiet_since`` (at risk before,
     churn before), by id, skipping rows others hold. Returns (customers looked at, moved)."""
     rows = await customers.lock_lapsing(conn, *quiet_since, limit)
-    if not rows:
-        return 0, 0
+    return len(rows), await _move(conn, rows, rules, now, topic, model)
+
+
+async def sweep_predicted(
+    conn: AsyncConnection,
+    rules: LifecycleRules,
+    model: AliveModel,
+    now: datetime,
+    topic: str,
+    *,
+    after: str,
+    limit: int,
+) -> tuple[int, int, str]:
+    """Move up to ``limit`` of the customers whose P(alive) under ``model`` is below
+    ``at_risk.p_alive_below`` by ``now``, by id after ``after``, skipping rows others hold.
+    Returns (customers looked at, moved, the last id looked at)."""
+    threshold = rules.at_risk.p_alive_below
+    if threshold is None:
+        return 0, 0, after
+    today = now.astimezone(UTC).date()
+    rows = await customers.lock_below_p_alive(
+        conn, model, threshold, today, after=after, limit=limit
+    )
+    last = rows[-1].customer_id if rows else after
+    return len(rows), await _move(conn, rows, rules, now, topic, model), last
+
+
+async def _move(
+    conn: AsyncConnection,
+    rows: Sequence[CustomerState],
+    rules: LifecycleRules,
+    now: datetime,
+    topic: str,
+    model: AliveModel | None,
+) -> int:
+    """Apply the time-based moves due by ``now`` to ``rows``; return how many moved."""
     states, transitions, outbox = [], [], []
     for before in rows:
-        after, moves = advance(before, now, rules)
+        after, moves = advance(before, now, rules, model)
         if not moves:
             continue
         states.append(after)
@@ -42,10 +79,11 @@ async def sweep_batch(
         for move in moves:
             SWEPT.labels(move.to_stage.value).inc()
         outbox.append((after.customer_id, encode(time_record(before, after, moves))))
-    await customers.upsert_customers(conn, states)
-    await customers.insert_transitions(conn, transitions)
-    await insert_outbox(conn, topic, outbox)
-    return len(rows), len(states)
+    if states:
+        await customers.upsert_customers(conn, states)
+        await customers.insert_transitions(conn, transitions)
+        await insert_outbox(conn, topic, outbox)
+    return len(states)
 
 
 def time_record(
