@@ -215,22 +215,27 @@ async def test_figures_are_kept_per_version_day_and_window_for_their_ttl(
     clock = [0.0]
     forecasts = Forecasts("EUR", Horizon(), ttl_s=60, clock=lambda: clock[0])
 
-    async def figures(window: str) -> tuple[Any, Any]:
-        got = await forecasts.predicted(db, everyone, today, window)
+    async def figures(purchasers: BitMap = everyone) -> tuple[Any, Any]:
+        got = await forecasts.predicted(db, purchasers, today)
         return got.clv, got.expected_purchases_90d
 
-    first = await figures("w")
+    first = await figures()
     await buys_again(db, "c-02", now)
     clock[0] = 59.0
-    assert await figures("w") == first
+    assert await figures() == first
     clock[0] = 61.0
-    later = await figures("w")
+    later = await figures()
     assert later[0] != first[0]
     assert later[1] != first[1]
-    assert await figures("another window") == later
+    # facts change; another set of purchasers is scored at once, the kept one stays
     await buys_again(db, "c-04", now)
-    await fit(db, {"EUR": GG})  # a new version is scored at once
     clock[0] = 62.0
-    newest = await figures("w")
+    fewer = BitMap(list(everyone)[1:])
+    unkept = await Forecasts("EUR", Horizon(), ttl_s=0).predicted(db, fewer, today)
+    assert await figures(fewer) == (unkept.clv, later[1])
+    assert unkept.clv != later[0]  # c-04 is in both sets
+    assert await figures() == later
+    await fit(db, {"EUR": GG})  # a new version is scored at once
+    newest = await figures()
     assert newest[0] != later[0]
     assert newest[1] != later[1]

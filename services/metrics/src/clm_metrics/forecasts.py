@@ -3,10 +3,11 @@
 Every read looks up the current model version (one row), so a new fit shows at once. The
 figures depend on the model version, today's UTC day and the customers' facts, and scoring
 means reading every customer concerned, so each is kept ``kpi_cache_s`` seconds under its
-(version, day) — the customer base's expected purchases once, a window's mean predicted CLV
-per window (its bounds and filters; at most ``WINDOWS_KEPT`` of them): a KPI request or a gauge
-refresh does not rescore a large base or a 90-day window's purchasers each time, and a figure
-is at most that old.
+(version, day) — the customer base's expected purchases once, the mean predicted CLV per set
+of purchasers (at most ``SETS_KEPT`` of them): a KPI request or a gauge refresh does not
+rescore a large base or a 90-day window's purchasers each time. A new purchaser makes a new
+set, so it is scored at once; the facts of customers already counted (a repeat purchase) are
+at most that old.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from datetime import date
 from decimal import Decimal
 
-from pyroaring import BitMap
+from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_metrics.predicted import Predicted, base_expected_purchases, mean_clv
@@ -25,8 +26,8 @@ from clm_metrics.repository import predictions
 from clm_predict.live import Horizon, ModelVersion, version_from_row
 from clm_predict.rfm import day_number
 
-#: Windows whose mean predicted CLV is kept (the gauges' five and recent requests).
-WINDOWS_KEPT = 64
+#: Purchaser sets whose mean predicted CLV is kept (the gauges' windows, recent requests).
+SETS_KEPT = 64
 
 
 class Forecasts:
@@ -51,11 +52,9 @@ class Forecasts:
         engine: AsyncEngine,
         purchasers: BitMap | None,
         today: date,
-        window: Hashable = None,
     ) -> Predicted:
-        """The KPIs on ``today`` (UTC) of the window ``window`` (its bounds and filters) whose
-        purchasers are ``purchasers`` (metrics customer numbers; None: its CLV is not asked
-        for)."""
+        """The KPIs on ``today`` (UTC) of a window whose purchasers are ``purchasers`` (metrics
+        customer numbers; None: its CLV is not asked for)."""
         async with engine.connect() as conn:
             row = await predictions.current_model(conn)
             if row is None:
@@ -66,7 +65,7 @@ class Forecasts:
             )
             clv = None
             if purchasers is not None and self.currency in model.gamma_gamma:
-                key = ("clv", model.version, day, window)
+                key = ("clv", model.version, day, FrozenBitMap(purchasers))
                 clv = await self._kept_or(key, lambda: self._clv(conn, model, day, purchasers))
         return Predicted(None if clv is None else Decimal(repr(clv)), base)
 
@@ -82,7 +81,7 @@ class Forecasts:
         value = await compute()
         self._kept[key] = (value, now)
         self._kept.move_to_end(key)
-        while len(self._kept) > WINDOWS_KEPT + 1:
+        while len(self._kept) > SETS_KEPT + 1:
             self._kept.popitem(last=False)
         return value
 

@@ -93,9 +93,7 @@ async def window_inputs(
     inputs = await _window_inputs(engine, start, end, now, scope, cache)
     if forecasts is None:
         return inputs
-    predicted = await forecasts.predicted(
-        engine, inputs.purchasers, now.astimezone(UTC).date(), (start, end, source, channel)
-    )
+    predicted = await forecasts.predicted(engine, inputs.purchasers, now.astimezone(UTC).date())
     return replace(inputs, predicted=predicted)
 
 

@@ -44,9 +44,9 @@ class MetricsModelSettings(ModelSettings):
     kpi_cache_s: float = Field(
         default=60.0,
         ge=0,
-        description="How long the predictive KPIs are kept per model version, UTC day and "
-        "window (the base's expected purchases score every purchasing customer, a window's "
-        "predicted CLV all its purchasers); 0: scored on every read.",
+        description="How long the predictive KPIs are kept per model version and UTC day (and "
+        "set of purchasers): the base's expected purchases score every purchasing customer, "
+        "a window's predicted CLV all its purchasers; 0: scored on every read.",
     )
 
 
