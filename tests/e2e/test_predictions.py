@@ -57,7 +57,11 @@ async def get(stack: Stack, path: str, **params: Any) -> Any:
 
 @pytest.fixture
 def predicting_stack(prepared_env: dict[str, str], tmp_path: Any) -> Any:
-    env = {**prepared_env, "CLM_MODEL_MIN_REPEAT_CUSTOMERS": str(MIN_REPEAT)}
+    env = {
+        **prepared_env,
+        "CLM_MODEL_MIN_REPEAT_CUSTOMERS": str(MIN_REPEAT),
+        "CLM_REPORTING_CURRENCY": "EUR",
+    }
     with running_stack(env, tmp_path) as started:
         yield started
 
@@ -112,6 +116,7 @@ async def test_fit_on_the_stack_scores_customers_as_the_library_does(
     assert fitted.status == 0, fitted.err
     model = fitted.json()
     assert model["outcome"] == "fitted"
+    await kpis_agree_with_the_scores(stack, {c for c, _, _ in bought}, len(bought))
     oracle = summary_from_transactions(bought, calibration_end=datetime.now(UTC).date())
     assert model["customers"] == CUSTOMERS
     assert model["repeat_customers"] == oracle.repeat_customers
@@ -141,3 +146,36 @@ async def test_fit_on_the_stack_scores_customers_as_the_library_does(
     assert shown.json()["current"]["version"] == model["version"]
     status = await clm(stack, "status")
     assert f"model version {model['version']}" in status.out
+
+
+async def kpis_agree_with_the_scores(stack: Stack, ids: set[str], purchases: int) -> None:
+    """The metrics service's predictive KPIs over a window holding every purchase: the mean
+    of the customers' predicted CLV and the sum of their expected purchases, as the engine's
+    read API gives them; and its Prometheus gauges show them."""
+    async with httpx.AsyncClient(base_url=stack.metrics) as client:
+
+        async def counted() -> dict[str, Any] | None:
+            answer = await client.get("/v1/kpis", params={"window": "365d"}, headers=READ)
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            return body if body["purchases"] == purchases else None
+
+        kpis = await eventually(counted, timeout=60)
+        scores = [(await get(stack, f"/v1/customers/{c}"))["predictions"] for c in sorted(ids)]
+        assert kpis["purchasing_customers"] == len(ids)
+        assert {s["currency"] for s in scores} == {"EUR"}
+        mean = sum((Decimal(s["predicted_clv"]) for s in scores), Decimal(0)) / len(scores)
+        assert abs(Decimal(kpis["clv_predicted"]) - mean) <= Decimal("0.01")
+        expected = sum(s["expected_purchases_90d"] for s in scores)
+        assert kpis["expected_purchases_90d"] == pytest.approx(expected, rel=1e-6)
+
+        async def gauges() -> str | None:
+            text = (await client.get("/metrics")).text
+            line = next(
+                (s for s in text.splitlines() if s.startswith("clm_kpi_expected_purchases_90d ")),
+                "",
+            )
+            shown = line and float(line.split()[1]) == pytest.approx(expected, rel=1e-6)
+            return text if shown and 'clm_kpi_clv_predicted{window="90d"}' in text else None
+
+        await eventually(gauges, timeout=30)

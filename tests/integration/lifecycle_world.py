@@ -33,8 +33,10 @@ from clm_infra.schema import customers, stage_counts
 from clm_infra.webhook_urls import UrlPolicy
 from clm_metrics import service
 from clm_metrics.closed_days import ClosedDayCache
+from clm_metrics.forecasts import Forecasts
 from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
 from clm_metrics.handler import LifecycleHandler
+from clm_predict.live import Horizon
 from clm_simulator.replay import Step, Sweep, stages_as_of, stages_at, sweeps
 from clm_simulator.survivors import Anonymise, Erase, Merge, Operation, replay_surviving
 from clm_simulator.truth import truth
@@ -471,9 +473,17 @@ class Window:
         return f"[{m(self.start)}, {m(self.end)}){f}"
 
     async def inputs(self, db: AsyncEngine, cache: ClosedDayCache | None = None) -> WindowInputs:
-        """The window's inputs as the metrics API reads them (``now``: the end of the play)."""
+        """The window's inputs as the metrics API reads them (``now``: the end of the play),
+        the predictive KPIs included (the world has no fitted model: they are null)."""
         return await service.window_inputs(
-            db, self.start, self.end, END, source=self.source, channel=self.channel, cache=cache
+            db,
+            self.start,
+            self.end,
+            END,
+            source=self.source,
+            channel=self.channel,
+            cache=cache,
+            forecasts=Forecasts(CURRENCY, Horizon(), 0),
         )
 
 

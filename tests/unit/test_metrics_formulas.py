@@ -223,6 +223,7 @@ def test_a_zero_denominator_is_null_not_zero() -> None:
         "average_rating",
         "clv_historical",
         "clv_predicted",
+        "expected_purchases_90d",
     ):
         assert kpis[name] is None, name
     assert kpis["revenue"] == "0.00"

@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from clm_predict import bgnbd, gamma_gamma
-from clm_predict.bgnbd_expectation import alive_expectation, by_quadrature
+from clm_predict.bgnbd_expectation import GROUP_FROM, alive_expectation, by_quadrature
 from clm_predict.clv import clv
 
 positive = st.floats(-9.0, 9.0).map(math.exp)  # e^-9 .. e^9: tiny to huge
@@ -148,3 +148,23 @@ def test_bad_parameters_are_refused() -> None:
         gamma_gamma.GammaGammaParams(1.0, math.nan, 1.0)
     with pytest.raises(ValueError, match="recency"):
         bgnbd.log_likelihood(bgnbd.BgNbdParams(1, 1, 1, 1), 1, 5.0, 4.0)
+
+
+def test_many_distinct_customers_are_scored_at_one_horizon() -> None:
+    """More distinct (x, T) than the grouping threshold: scored once each, not recursed
+    into forever, and equal to scoring them in small slices."""
+    n = GROUP_FROM + 500
+    x = np.arange(n, dtype=np.float64) % 40
+    age = 40 + np.arange(n, dtype=np.float64) / 7
+    t_x = age / 2
+    params = bgnbd.BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
+    together = bgnbd.expected_purchases(params, 90 / 7, x, t_x, age)
+    sliced = np.concatenate(
+        [
+            bgnbd.expected_purchases(
+                params, 90 / 7, x[i : i + 1000], t_x[i : i + 1000], age[i : i + 1000]
+            )
+            for i in range(0, n, 1000)
+        ]
+    )
+    np.testing.assert_allclose(together, sliced, rtol=1e-12)

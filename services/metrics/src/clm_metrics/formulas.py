@@ -13,9 +13,12 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from pyroaring import BitMap
+
 from clm_domain.kpis import money, ratio
 from clm_domain.lifecycle import ARC, Stage
 from clm_metrics.buckets import ACTIVE_STAGES, STAY_BINS, stay_bin_middle
+from clm_metrics.predicted import Predicted
 from clm_metrics.sums import ZERO, MetricSums, Totals, prefixed
 
 Stages = Mapping[str, int]
@@ -36,6 +39,10 @@ class WindowInputs:
     open_tickets_at_end: int = 0
     #: ``totals`` indexed by metric, when the reader has it at hand (else built from them).
     sums: MetricSums | None = field(default=None, compare=False, repr=False)
+    #: The window's purchasing customers (metrics customer numbers), when counted.
+    purchasers: BitMap | None = field(default=None, compare=False, repr=False)
+    #: The predictive KPIs (:mod:`clm_metrics.predicted`), when read.
+    predicted: Predicted = field(default_factory=Predicted)
 
 
 def rate(numerator: Decimal | int, denominator: Decimal | int) -> str | None:
@@ -96,7 +103,7 @@ def compute_kpis(inputs: WindowInputs, *, reporting_currency: str) -> dict[str, 
         **_conversion(sums, inputs, rc),
         **_retention(sums, inputs, churned),
         **_loyalty(sums),
-        **_value(sums, inputs, rc, churned),
+        **_value(sums, inputs, rc),
         "customers_by_stage": _by_stage(inputs.stages_at_end),
     }
 
@@ -243,16 +250,13 @@ def _loyalty(sums: MetricSums) -> dict[str, Any]:
     }
 
 
-def _value(sums: MetricSums, inputs: WindowInputs, rc: str, churned: int) -> dict[str, Any]:
+def _value(sums: MetricSums, inputs: WindowInputs, rc: str) -> dict[str, Any]:
     life = MetricSums(inputs.all_time)
-    aov = ratio(sums("revenue", rc), sums("orders", rc))
-    frequency, churn = _frequency(sums, inputs), _churn(churned, inputs)
-    predicted = None
-    if aov is not None and frequency is not None and churn:
-        predicted = aov * frequency / churn
+    expected = inputs.predicted.expected_purchases_90d
     return {
         "clv_historical": money(ratio(life("customer_revenue", rc), life("new_customers"))),
-        "clv_predicted": money(predicted),
+        "clv_predicted": money(inputs.predicted.clv),
+        "expected_purchases_90d": None if expected is None else round(expected, 6),
         "clv_by_channel": _clv_by_channel(sums, life, rc),
     }
 

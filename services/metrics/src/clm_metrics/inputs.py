@@ -55,6 +55,7 @@ def assemble(
         all_time=all_time,
         distinct={m: n for m, n in sets.counts().items() if m in metrics},
         sums=sums,
+        purchasers=sets.purchasers if "purchasers" in metrics else None,
     )
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clm_metrics.closed_days import ClosedDayCache, closed, days_of, hours_of, version_of
 from clm_metrics.cohorts import retention_table
 from clm_metrics.distinct import Distinct, combine
+from clm_metrics.forecasts import Forecasts
 from clm_metrics.formulas import WindowInputs, compute_kpis
 from clm_metrics.inputs import ClosedWindow, assemble, closed_window, rolling
 from clm_metrics.repository import reads
@@ -76,8 +77,10 @@ async def window_inputs(
     channel: str | None = None,
     distinct: bool = True,
     cache: ClosedDayCache | None = None,
+    forecasts: Forecasts | None = None,
 ) -> WindowInputs:
-    """The window's sums, all-time sums, stage counts at both ends and distinct counts.
+    """The window's sums, all-time sums, stage counts at both ends and distinct counts, and
+    with ``forecasts`` the predictive KPIs (today's, for the window's purchasers).
 
     Two connections side by side: one statement for the sums (window, flows after it, all
     time), the distinct sets and counters on the other. With a ``cache``, a window that reaches the
@@ -87,6 +90,22 @@ async def window_inputs(
     window takes its closed segments from the cache while their own counters are unchanged.
     """
     scope = _Scope(source, channel, DISTINCT if distinct else ())
+    inputs = await _window_inputs(engine, start, end, now, scope, cache)
+    if forecasts is None:
+        return inputs
+    predicted = await forecasts.predicted(engine, inputs.purchasers, now.astimezone(UTC).date())
+    return replace(inputs, predicted=predicted)
+
+
+async def _window_inputs(
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    scope: _Scope,
+    cache: ClosedDayCache | None,
+) -> WindowInputs:
+    source, channel = scope.source, scope.channel
     if cache is not None and start <= floor_to(now, "hour") <= end:
         return await _rolling_inputs(engine, cache, start, end, now, scope)
     window = plan(start, end)
@@ -248,8 +267,10 @@ async def series(
     source: str | None = None,
     channel: str | None = None,
     cache: ClosedDayCache | None = None,
+    forecasts: Forecasts | None = None,
 ) -> list[dict[str, Any]]:
-    """``name`` over ``[start, end)`` in steps (each point is that step's own KPI)."""
+    """``name`` over ``[start, end)`` in steps (each point is that step's own KPI; a
+    predictive one is today's prediction for the step's customers)."""
     points = []
     t = start
     while t < end:
@@ -263,6 +284,7 @@ async def series(
             channel=channel,
             distinct=name in DISTINCT_KPIS,
             cache=cache,
+            forecasts=forecasts if name in PREDICTED_KPIS else None,
         )
         value = compute_kpis(inputs, reporting_currency=reporting_currency)[name]
         points.append({"from": t.isoformat(), "to": upper.isoformat(), "value": value})
@@ -281,6 +303,8 @@ DISTINCT_KPIS = frozenset(
         "clv_predicted",
     }
 )
+#: KPIs that need the current model.
+PREDICTED_KPIS = frozenset({"clv_predicted", "expected_purchases_90d"})
 
 
 async def cohort_table(conn: AsyncConnection, period: str) -> list[dict[str, Any]]:

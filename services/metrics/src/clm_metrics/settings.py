@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clm_infra.settings import BatchSettings, CommonSettings, ServerSettings, group
+from clm_infra.settings import (
+    BatchSettings,
+    CommonSettings,
+    ModelSettings,
+    ServerSettings,
+    group,
+)
 
 
 class MetricsServer(ServerSettings):
@@ -30,9 +36,24 @@ class MetricsBatch(BatchSettings):
     )
 
 
+class MetricsModelSettings(ModelSettings):
+    """The predictive KPIs (``CLM_MODEL_…``; the horizon and discount are the stage engine's)."""
+
+    model_config = group("CLM_MODEL_")
+
+    kpi_cache_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long the predictive KPIs are kept per model version and UTC day (and "
+        "set of purchasers): the base's expected purchases score every purchasing customer, "
+        "a window's predicted CLV all its purchasers; 0: scored on every read.",
+    )
+
+
 class MetricsSettings(CommonSettings):
     server: MetricsServer = Field(default_factory=MetricsServer)
     batch: MetricsBatch = Field(default_factory=MetricsBatch)
+    model: MetricsModelSettings = Field(default_factory=MetricsModelSettings)
     metrics_group: str = Field(
         default="clm-metrics", description="Kafka consumer group of the metrics service."
     )

@@ -24,8 +24,9 @@ from clm_domain.kpis import WINDOWS, floor_minute, window_bounds
 from clm_domain.lifecycle import Stage
 from clm_metrics import service
 from clm_metrics.closed_days import ClosedDayCache
+from clm_metrics.forecasts import Forecasts
 from clm_metrics.formulas import compute_kpis, lifecycle_map
-from clm_metrics.repository import reads
+from clm_metrics.repository import predictions, reads
 from clm_metrics.windows import Retention
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,20 @@ WINDOWED: dict[str, tuple[str, str]] = {
     "reviews": ("clm_kpi_reviews", "Reviews in the window"),
     "average_rating": ("clm_kpi_average_rating", "Average review rating (1-5)"),
     "referrals": ("clm_kpi_referrals", "Referrals in the window"),
-    "clv_predicted": ("clm_kpi_clv_predicted", "AOV x purchase frequency / churn rate"),
+    "clv_predicted": (
+        "clm_kpi_clv_predicted",
+        "Mean predicted CLV (BG/NBD x Gamma-Gamma, the model's horizon) of the window's "
+        "purchasing customers in the reporting currency",
+    ),
 }
 _WINDOWED_GAUGES = {k: Gauge(name, text, ["window"]) for k, (name, text) in WINDOWED.items()}
 OPEN_TICKETS = Gauge("clm_kpi_open_support_tickets", "Support tickets open now")
 CLV = Gauge("clm_kpi_clv_historical", "Lifetime revenue per customer (reporting currency)")
+EXPECTED_PURCHASES = Gauge(
+    "clm_kpi_expected_purchases_90d",
+    "Purchases the customers who ever purchased are expected to make in the next 90 days "
+    "(BG/NBD, the current model)",
+)
 CUSTOMERS = Gauge("clm_kpi_customers", "Customers in each lifecycle stage now", ["stage"])
 VISITS_BY_CHANNEL = Gauge(
     "clm_kpi_site_visits_by_channel", "Site visits by channel", ["window", "channel"]
@@ -145,13 +155,16 @@ async def refresh_gauges(
     retention: Retention,
     cache: ClosedDayCache | None = None,
     now: datetime | None = None,
+    forecasts: Forecasts | None = None,
 ) -> None:
     now = now or datetime.now(UTC)
     computed = []  # every window read before any gauge is set: a scrape sees one refresh
     for window, span in WINDOWS.items():
         start, end = window_bounds(now, span)
         start = retention.align(start, now)
-        inputs = await service.window_inputs(engine, start, end, now, cache=cache)
+        inputs = await service.window_inputs(
+            engine, start, end, now, cache=cache, forecasts=forecasts
+        )
         computed.append((window, inputs))
     for window, inputs in computed:
         kpis = compute_kpis(inputs, reporting_currency=reporting_currency)
@@ -160,6 +173,7 @@ async def refresh_gauges(
         CUSTOMERS.labels(stage).set(n)
     _set(OPEN_TICKETS, [], kpis["open_support_tickets"])
     _set(CLV, [], kpis["clv_historical"])
+    _set(EXPECTED_PURCHASES, [], kpis["expected_purchases_90d"])
     for ch in channels:
         _set(CLV_BY_CHANNEL, [ch], (kpis["clv_by_channel"].get(ch) or {}).get("clv_historical"))
     REFRESHED.set(now.timestamp())
@@ -199,19 +213,25 @@ async def refresh_forever(
     max_sources: int,
     retention: Retention,
     cache: ClosedDayCache | None = None,
+    forecasts: Forecasts | None = None,
 ) -> None:
     """Every ``every_s``: recompute the gauges when something changed since the last time.
 
-    The gauges are a function of the counted writes and the current minute (windows are whole
-    minutes), so when no write was counted (:func:`reads.change_count`) and the minute
-    is the same, they are still right and only their timestamp moves: an idle service reads
-    one number instead of every window."""
-    current: tuple[int, datetime] | None = None
+    The gauges are a function of the counted writes, the current minute (windows are whole
+    minutes) and the model version, so when no write was counted (:func:`reads.change_count`),
+    the minute is the same and no model was fitted, they are still right and only their
+    timestamp moves: an idle service reads two numbers instead of every window. (The
+    predictive gauges also follow the stage engine's facts, which change with the writes.)"""
+    current: tuple[int, datetime, int | None] | None = None
     while True:
         try:
             now = datetime.now(UTC)
             async with engine.connect() as conn:
-                seen = (await reads.change_count(conn), floor_minute(now))
+                seen = (
+                    await reads.change_count(conn),
+                    floor_minute(now),
+                    await predictions.current_version(conn),
+                )
             if seen != current:
                 # read before refreshing: a write counted meanwhile changes the next ``seen``
                 await refresh_gauges(
@@ -222,6 +242,7 @@ async def refresh_forever(
                     retention=retention,
                     cache=cache,
                     now=now,
+                    forecasts=forecasts,
                 )
                 current = seen
             else:

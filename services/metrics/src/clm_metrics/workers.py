@@ -52,6 +52,7 @@ def build_workers(state: State) -> Workers:
             max_sources=settings.metrics_gauge_max_sources,
             retention=state.retention,
             cache=state.closed_days,
+            forecasts=state.forecasts,
         )
 
     async def prune() -> None:

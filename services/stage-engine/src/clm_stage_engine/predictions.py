@@ -12,38 +12,37 @@ are live after every event without a row being rewritten.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from clm_domain.customer_state import CustomerState
 from clm_domain.p_alive import AliveModel
-from clm_predict.bgnbd import BgNbdParams, expected_purchases, p_alive
-from clm_predict.clv import MONTH_DAYS, clv
-from clm_predict.gamma_gamma import GammaGammaParams
+from clm_predict.bgnbd import expected_purchases, p_alive
+from clm_predict.live import (
+    DAYS_PER_WEEK,
+    NINETY_DAYS,
+    Horizon,
+    ModelVersion,
+    horizon_clv,
+    summary_of_facts,
+    version_from_row,
+)
+from clm_predict.rfm import day_number
 
-DAYS_PER_WEEK = 7.0
-#: The horizon of ``expected_purchases_90d``, in weeks.
-NINETY_DAYS = 90 / DAYS_PER_WEEK
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersion:
-    """One fitted row of ``model_fits``: what the scores are computed with."""
-
-    version: int
-    fitted_at: datetime
-    bgnbd: BgNbdParams
-    gamma_gamma: dict[str, GammaGammaParams] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Horizon:
-    """What predicted CLV sums over (the ``CLM_MODEL_…`` settings)."""
-
-    months: int = 12
-    monthly_discount: float = 0.0
+__all__ = [
+    "DAYS_PER_WEEK",
+    "NINETY_DAYS",
+    "Horizon",
+    "ModelVersion",
+    "Rfm",
+    "alive_model",
+    "p_alive_of",
+    "rfm_of",
+    "scores",
+    "version_from_row",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,23 +56,22 @@ class Rfm:
     currency: str | None
 
 
-def utc_day(at: datetime) -> date:
-    return at.astimezone(UTC).date()
-
-
 def rfm_of(customer: CustomerState, today: date) -> Rfm | None:
     """The summary the models read, on ``today`` (a UTC date); None: never purchased."""
     if customer.converted_at is None or customer.last_purchase_at is None:
         return None
-    first = utc_day(customer.converted_at)
-    last = utc_day(customer.last_purchase_at)
-    x = max(customer.purchase_days - 1, 0)
-    m = float(customer.repeat_spend / x) if x else 0.0
+    summary = summary_of_facts(
+        day_number(customer.converted_at),
+        day_number(customer.last_purchase_at),
+        customer.purchase_days,
+        float(customer.repeat_spend),
+        day_number(today),
+    )
     return Rfm(
-        x=x,
-        t_x=(last - first).days / DAYS_PER_WEEK,
-        T=max((today - first).days, (last - first).days) / DAYS_PER_WEEK,
-        m=m,
+        x=int(summary.x),
+        t_x=float(summary.t_x),
+        T=float(summary.T),
+        m=float(summary.m),
         currency=customer.purchase_currency,
     )
 
@@ -103,19 +101,7 @@ def scores(
     }
     gg = model.gamma_gamma.get(rfm.currency or "")
     if gg is not None:
-        value = float(
-            clv(
-                bg,
-                gg,
-                rfm.x,
-                rfm.t_x,
-                rfm.T,
-                rfm.m,
-                horizon=horizon.months * MONTH_DAYS / DAYS_PER_WEEK,
-                month=MONTH_DAYS / DAYS_PER_WEEK,
-                monthly_discount=horizon.monthly_discount,
-            )
-        )
+        value = float(horizon_clv(bg, gg, rfm.x, rfm.t_x, rfm.T, rfm.m, horizon))
         if math.isfinite(value):  # infinite when the spend model's population mean is
             doc["predicted_clv"] = str(Decimal(value).quantize(Decimal("0.01")))
             doc["currency"] = rfm.currency
@@ -128,17 +114,3 @@ def alive_model(model: ModelVersion | None) -> AliveModel | None:
         return None
     bg = model.bgnbd
     return AliveModel(version=model.version, r=bg.r, alpha=bg.alpha, a=bg.a, b=bg.b)
-
-
-def version_from_row(row: dict[str, Any]) -> ModelVersion:
-    """A fitted ``model_fits`` row as the version the scores use."""
-    bg = row["bgnbd"]
-    return ModelVersion(
-        version=int(row["id"]),
-        fitted_at=row["attempted_at"],
-        bgnbd=BgNbdParams(r=bg["r"], alpha=bg["alpha"], a=bg["a"], b=bg["b"]),
-        gamma_gamma={
-            currency: GammaGammaParams(p=gg["p"], q=gg["q"], v=gg["v"])
-            for currency, gg in (row["gamma_gamma"] or {}).items()
-        },
-    )

@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
-from clm_infra.settings import BatchSettings, CommonSettings, ServerSettings, group
+from clm_infra.settings import (
+    BatchSettings,
+    CommonSettings,
+    ModelSettings,
+    ServerSettings,
+    group,
+)
 
 
 class StageEngineServer(ServerSettings):
@@ -53,8 +59,9 @@ class WebhookSettings(BaseSettings):
     )
 
 
-class ModelSettings(BaseSettings):
-    """The predictive models: BG/NBD and Gamma-Gamma (``CLM_MODEL_…``)."""
+class EngineModelSettings(ModelSettings):
+    """The predictive models: fitting BG/NBD and Gamma-Gamma, and scoring with them
+    (``CLM_MODEL_…``; the horizon and discount are shared with the metrics service)."""
 
     model_config = group("CLM_MODEL_")
 
@@ -72,15 +79,6 @@ class ModelSettings(BaseSettings):
         "currency's spend model this many in that currency); with fewer, the previous "
         "parameters stay and clm status says why.",
     )
-    horizon_months: int = Field(
-        default=12, ge=1, le=120, description="The horizon of predicted CLV, in months."
-    )
-    monthly_discount: float = Field(
-        default=0.0,
-        ge=0,
-        lt=1,
-        description="The monthly discount rate of predicted CLV (0.01: 1 % a month).",
-    )
     reload_s: float = Field(
         default=30.0,
         gt=0,
@@ -92,7 +90,7 @@ class StageEngineSettings(CommonSettings):
     server: StageEngineServer = Field(default_factory=StageEngineServer)
     batch: StageEngineBatch = Field(default_factory=StageEngineBatch)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
+    model: EngineModelSettings = Field(default_factory=EngineModelSettings)
     stage_engine_group: str = Field(
         default="clm-stage-engine", description="Kafka consumer group of the stage engine."
     )

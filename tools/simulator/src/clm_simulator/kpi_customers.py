@@ -135,15 +135,15 @@ def open_tickets(w: Window) -> int:
 
 
 def lifetime_value(w: Window) -> dict[str, Any]:
+    """Historical lifetime value, and the predictive KPIs: the simulated world has no fitted
+    model, so predicted CLV and expected purchases are unknown (null), as the metrics service
+    answers before the stage engine's first fit."""
     buyers = [s for s in w.customer_steps if s.applied and s.applied.first_purchase]
     paid = w.in_currency(s for s in w.customer_steps if s.event.type == "purchase")
-    aov, frequency, churn = w.average_order_value, w.purchase_frequency, w.churn
-    predicted = None
-    if aov is not None and frequency is not None and churn:
-        predicted = aov * frequency / churn
     return {
         "clv_historical": money_str(amount_of(paid) / len(buyers)) if buyers else None,
-        "clv_predicted": money_str(predicted),
+        "clv_predicted": None,
+        "expected_purchases_90d": None,
         "clv_by_channel": clv_by_channel(w, buyers, paid),
     }
 

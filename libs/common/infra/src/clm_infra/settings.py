@@ -203,6 +203,23 @@ class BatchSettings(BaseSettings):
     )
 
 
+class ModelSettings(BaseSettings):
+    """The predictive models' scores, read alike by the stage engine (each customer's) and
+    the metrics service (the KPIs): ``CLM_MODEL_…``."""
+
+    model_config = group("CLM_MODEL_")
+
+    horizon_months: int = Field(
+        default=12, ge=1, le=120, description="The horizon of predicted CLV, in months."
+    )
+    monthly_discount: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="The monthly discount rate of predicted CLV (0.01: 1 % a month).",
+    )
+
+
 class CommonSettings(BaseSettings):
     """What every CLM Stream process needs: Kafka, topics, Postgres, keys, limits, logging."""
 

@@ -85,10 +85,11 @@ def alive_expectation(
     shape = ts.shape
     ts, xs, ages = ts.ravel(), xs.ravel(), ages.ravel()
     if np.ndim(t) == 0 and len(xs) > GROUP_FROM:
-        # one horizon for many customers: once per distinct (x, T)
-        (xs, ages), inverse, _ = distinct_rows(xs, ages)
-        value = alive_expectation(r, alpha, a, b, float(np.asarray(t)), xs, ages)
-        return value[inverse].reshape(shape)
+        # one horizon for many customers: once per distinct (x, T), when some repeat
+        (x_d, age_d), inverse, _ = distinct_rows(xs, ages)
+        if len(x_d) < len(xs):
+            value = alive_expectation(r, alpha, a, b, float(np.asarray(t)), x_d, age_d)
+            return value[inverse].reshape(shape)
     if abs(a - 1) < STEP / 2:
         value = (
             _guarded_in_b(r, alpha, a + STEP, b, ts, xs, ages)

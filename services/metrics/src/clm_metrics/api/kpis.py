@@ -123,6 +123,7 @@ class Selection:
             channel=self.channel,
             distinct=distinct,
             cache=state.closed_days,
+            forecasts=state.forecasts if distinct else None,
         )
 
     def bounds(self) -> dict[str, Any]:
@@ -195,6 +196,7 @@ async def get_series(
         source=sel.source,
         channel=sel.channel,
         cache=state.closed_days,
+        forecasts=state.forecasts,
     )
     return {"kpi": name, "step": step, **sel.bounds(), "points": points}
 

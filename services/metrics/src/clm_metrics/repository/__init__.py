@@ -6,5 +6,7 @@ caller (the consumer's micro-batch, a request, the pruner) owns the transaction.
 * :mod:`.distinct_writes`: customer numbers and the distinct sets (and profiles leaving them);
 * :mod:`.activity_writes`: per-ticket states and cohort activity;
 * :mod:`.pruning`: the retention policy;
-* :mod:`.reads`: sums, distinct sets, write counters and cohorts, for the KPIs.
+* :mod:`.reads`: sums, distinct sets, write counters and cohorts, for the KPIs;
+* :mod:`.predictions`: the current model and customers' purchase facts, through the
+  prediction read model, for the predictive KPIs.
 """
