@@ -37,6 +37,7 @@ def own_kafka(state_dir: Path) -> KafkaConfig:
         controller_port=free_port(),
         heap="256m",
         repo_root=REPO_ROOT,
+        short_lived=True,
     )
 
 
