@@ -32,6 +32,11 @@ install: ## install uv (if missing) and every package of the workspace from uv.l
 	    { echo "make: error: cannot install uv with pip — install uv $(UV_VERSION) yourself" >&2; exit 2; }; \
 	fi
 	@$(UV) sync --frozen --quiet
+	@# bytecode for the installed packages, once (later runs find it fresh and write nothing):
+	@# where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile FastAPI,
+	@# SQLAlchemy, aiokafka... again on each start, and the e2e tests start dozens of them
+	@$(RUN) python -c 'import compileall, sys, sysconfig; \
+	  sys.exit(not compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2))'
 
 run: install ## start Kafka, Postgres and the three services in the background (DEMO=1: demo traffic)
 	@$(RUN) python -m clm_devstack up $(if $(DEMO),--demo,)

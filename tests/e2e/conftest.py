@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ def own_kafka(state_dir: Path) -> KafkaConfig:
         controller_port=free_port(),
         heap="256m",
         repo_root=REPO_ROOT,
+        short_lived=True,
     )
 
 
@@ -75,13 +77,36 @@ async def prepared_env(clm_env: dict[str, str]) -> AsyncIterator[dict[str, str]]
     yield clm_env
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (each is free when asked; nothing holds it)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @contextmanager
 def running_stack(env: dict[str, str], logs_dir: Path) -> Iterator[Stack]:
-    """The three services as processes on free ports with ``env``; stopped on exit."""
+    """The three services as processes on free ports with ``env``; stopped on exit.
+
+    They start side by side: each waits for its own imports and lifespan, none needs
+    another to answer its health check."""
+    names = ("ingest", "stage-engine", "metrics")
     started: dict[str, ServiceProcess] = {}
     try:
-        for name in ("ingest", "stage-engine", "metrics"):
-            started[name] = start_service(name, env, logs_dir, free_port())
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            starting = {
+                name: pool.submit(start_service, name, env, logs_dir, port)
+                for name, port in zip(names, free_ports(len(names)), strict=True)
+            }
+            wait(starting.values())
+        for name, future in starting.items():
+            if future.exception() is None:
+                started[name] = future.result()
+        for future in starting.values():
+            future.result()  # the first start-up that failed, raised (the others stopped below)
         yield Stack(
             ingest=started["ingest"].base_url,
             stage_engine=started["stage-engine"].base_url,
@@ -90,8 +115,8 @@ def running_stack(env: dict[str, str], logs_dir: Path) -> Iterator[Stack]:
             processes=started,
         )
     finally:
-        for proc in started.values():
-            proc.stop()
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            list(pool.map(ServiceProcess.stop, started.values()))
 
 
 @pytest.fixture

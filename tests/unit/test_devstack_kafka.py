@@ -9,6 +9,7 @@ import pytest
 
 from clm_devstack.errors import DevstackError
 from clm_devstack.kafka import (
+    QUICK_START_JIT,
     KafkaConfig,
     jars_dir,
     java_argv,
@@ -82,6 +83,14 @@ def test_java_argv_runs_the_broker_with_a_bounded_heap(tmp_path: Path) -> None:
     assert "-Dlog4j2.configurationFile=/cfg/log4j2.properties" in argv
     # The ownership check finds the state dir in the command line.
     assert all(any(marker in arg for arg in argv) for marker in cfg.markers())
+    assert QUICK_START_JIT not in argv  # a broker that serves for long compiles fully
+
+
+def test_a_short_lived_broker_starts_with_the_quick_compiler_only(tmp_path: Path) -> None:
+    cfg = KafkaConfig(state_dir=tmp_path, short_lived=True)
+    argv = java_argv(cfg, "/usr/bin/java", Path("/jars"), Path("/cfg/log4j2.properties"))
+    assert QUICK_START_JIT in argv
+    assert argv.index(QUICK_START_JIT) < argv.index("kafka.Kafka")
 
 
 @pytest.mark.parametrize("heap", ["384m", "1g", "512M"])

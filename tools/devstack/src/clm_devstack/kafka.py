@@ -26,6 +26,7 @@ from clm_devstack.paths import ServerDirs, find_repo_root
 STARTED_MARKER = "Kafka Server started"
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
+QUICK_START_JIT = "-XX:TieredStopAtLevel=1"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class KafkaConfig(ServerDirs):
     repo_root: Path | None = None
     port_env: str = "CLM_KAFKA_PORT"
     controller_port_env: str = "CLM_KAFKA_CONTROLLER_PORT"
+    # a broker that lives for one test: the JVM's quick compiler only (C1), which starts it in
+    # about half the time and would slow a broker that serves for long
+    short_lived: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -113,6 +117,7 @@ def java_argv(cfg: KafkaConfig, java: str, libs_dir: Path, log4j_config: Path) -
         java,
         "-Xms128m",
         f"-Xmx{heap}",
+        *([QUICK_START_JIT] if cfg.short_lived else []),
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",
         "-XX:+ExplicitGCInvokesConcurrent",
@@ -250,6 +255,7 @@ def _format_storage(cfg: KafkaConfig, java: str, libs: Path, log4j: Path) -> Non
     argv = [
         java,
         "-Xmx256m",
+        QUICK_START_JIT,  # a one-shot tool
         f"-Dkafka.logs.dir={cfg.logs_dir.resolve()}",
         f"-Dlog4j2.configurationFile={log4j}",
         "-cp",

@@ -10,10 +10,11 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from clm_infra.settings import CommonSettings, KafkaSettings
 
@@ -99,25 +100,34 @@ async def ensure_topics(settings: CommonSettings, *, timeout_s: float = 30.0) ->
     try:
         existing = set(await admin.list_topics())
         wanted = [t for t in topic_specs(settings) if t.name not in existing]
-        created: list[str] = []
-        for spec in wanted:
-            try:
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            name=spec.name,
-                            num_partitions=spec.partitions,
-                            replication_factor=1,
-                            topic_configs=spec.config,
-                        )
-                    ]
+        if not wanted:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=1,
+                    topic_configs=spec.config,
                 )
-                created.append(spec.name)
-            except TopicAlreadyExistsError:
-                pass
-        return created
+                for spec in wanted
+            ]
+        )
+        return _created(response.topic_errors)
     finally:
         await admin.close()
+
+
+def _created(topic_errors: Iterable[tuple[Any, ...]]) -> list[str]:
+    """The topics a CreateTopics answer created; one that exists already (made meanwhile by
+    another process) is fine, any other refusal raises."""
+    created: list[str] = []
+    for name, code, *message in topic_errors:
+        if code == 0:
+            created.append(name)
+        elif code != TopicAlreadyExistsError.errno:
+            raise for_code(code)(f"creating topic {name}: {message[0] if message else code}")
+    return created
 
 
 async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, list[int]]:
