@@ -14,8 +14,16 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import numpy as np
 
 from bench.http import Conn
+from clm_predict.bgnbd import BgNbdParams
+from clm_predict.gamma_gamma import GammaGammaParams
+from clm_predict.simulate import simulate, summary
 
 
 @dataclass(frozen=True)
@@ -57,18 +65,44 @@ def fill_ids(customers: int) -> Callable[[], str]:
     return lambda: f"fill-{random.randint(1, customers)}"
 
 
-#: Customers who bought twice (on two days) at various times over the last year, so that
-#: every read scores them under the model :data:`MODEL_SQL` stores.
 FILL_SQL = """
 INSERT INTO customers (customer_id, stage, stage_entered_at, first_seen_at,
-                       last_seen_at, first_source, purchases, revenue, converted_at,
-                       last_purchase_at, purchase_days, repeat_spend, purchase_currency)
-SELECT 'fill-' || g, 'retention', now(), now(), now(), 'bench', 2, 85.00,
-       now() - make_interval(days => 30 + g % 300),
-       now() - make_interval(days => 30 + g % 300) + make_interval(days => 1 + g % 29),
-       2, 40.00, 'EUR'
+                       last_seen_at, first_source, purchases, revenue)
+SELECT 'fill-' || g, 'retention', now(), now(), now(), 'bench', 2, 85.00
 FROM generate_series(1, $1) AS g
 """
+
+FILL_COLUMNS = (
+    "customer_id", "stage", "stage_entered_at", "first_seen_at", "last_seen_at", "first_source",
+    "purchases", "revenue", "converted_at", "last_purchase_at", "purchase_days", "repeat_spend",
+    "purchase_currency",
+)  # fmt: skip
+
+
+async def fill_purchasers(conn: asyncpg.Connection, customers: int, seed: int = 7) -> None:
+    """``fill-1`` … ``fill-<customers>``: purchase histories drawn from the models (the CDNOW
+    parameters, first purchases 1 to 78 weeks ago), as the engine's purchase-day facts: what
+    a refit reads and every read scores under :data:`MODEL_SQL`'s version."""
+    ages = np.random.default_rng(seed).uniform(1, 78, customers)
+    sim = simulate(
+        BgNbdParams(0.243, 4.414, 0.793, 2.426), GammaGammaParams(6.25, 3.74, 15.44), ages, seed
+    )
+    facts = summary(sim)
+    x = facts.frequency.astype(np.int64)
+    age_days = np.floor(facts.age * 7).astype(np.int64)
+    span_days = np.minimum(np.maximum(np.floor(facts.recency * 7).astype(np.int64), x), age_days)
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(customers):
+        first = now - timedelta(days=int(age_days[i]))
+        spend = Decimal(float(facts.monetary[i] * x[i])).quantize(Decimal("0.01"))
+        rows.append(
+            (f"fill-{i + 1}", "retention", now, first, now, "bench", int(x[i]) + 1,
+             Decimal("85.00"), first, first + timedelta(days=int(span_days[i])),
+             int(x[i]) + 1, spend, "EUR")
+        )  # fmt: skip
+    await conn.copy_records_to_table("customers", records=rows, columns=FILL_COLUMNS)
+
 
 #: A fitted model version (the CDNOW parameters) for the reads to score with.
 MODEL_SQL = """
