@@ -165,6 +165,8 @@ def clm_env_for(infra: Infra, database_url: str) -> dict[str, str]:
         "CLM_TOPIC_EVENTS": f"t{tag}.events",
         "CLM_TOPIC_LIFECYCLE": f"t{tag}.lifecycle",
         "CLM_TOPIC_DLQ": f"t{tag}.dlq",
+        "CLM_TOPIC_SEGMENTS": f"t{tag}.segments",
+        "CLM_TOPIC_SEGMENTS_PARTITIONS": "3",
         "CLM_TOPIC_EVENTS_PARTITIONS": "3",
         "CLM_TOPIC_LIFECYCLE_PARTITIONS": "3",
         "CLM_STAGE_ENGINE_GROUP": f"t{tag}.stage-engine",

@@ -59,6 +59,8 @@ def settings_of(env: dict[str, str]) -> CommonSettings:
             events=env["CLM_TOPIC_EVENTS"],
             lifecycle=env["CLM_TOPIC_LIFECYCLE"],
             dlq=env["CLM_TOPIC_DLQ"],
+            segments=env["CLM_TOPIC_SEGMENTS"],
+            segments_partitions=int(env["CLM_TOPIC_SEGMENTS_PARTITIONS"]),
             events_partitions=int(env["CLM_TOPIC_EVENTS_PARTITIONS"]),
             lifecycle_partitions=int(env["CLM_TOPIC_LIFECYCLE_PARTITIONS"]),
         ),

@@ -82,6 +82,11 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
             {"retention.ms": str(30 * 24 * 3600 * 1000)},
         ),
         TopicSpec(settings.topics.dlq, settings.topics.dlq_partitions, {"retention.ms": "-1"}),
+        TopicSpec(
+            settings.topics.segments,
+            settings.topics.segments_partitions,
+            {"retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
     ]
 
 

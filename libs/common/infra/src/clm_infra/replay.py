@@ -52,6 +52,8 @@ DERIVED = (
     "processed_events",
     "outbox",
     "outbox_batches",
+    "segment_memberships",
+    "segment_clock",
 )
 
 

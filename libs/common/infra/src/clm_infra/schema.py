@@ -256,6 +256,7 @@ webhook_subscriptions = Table(
     # rows of older versions hold it in clear ("whsec_…") until the engine seals them
     Column("secret", Text, nullable=False),
     Column("stages", ARRAY(Text)),
+    Column("segments", ARRAY(BigInteger)),  # set: segment entries and exits, no stage changes
     Column("active", Boolean, nullable=False, server_default="true"),
     Column("created_at", TS, nullable=False, server_default=func.now()),
 )

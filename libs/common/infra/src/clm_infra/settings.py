@@ -131,6 +131,10 @@ class TopicSettings(BaseSettings):
         default=6, ge=1, description="Partitions of the lifecycle topic."
     )
     dlq_partitions: int = Field(default=1, ge=1, description="Partitions of the DLQ topic.")
+    segments: str = Field(default="clm.segments.v1", description="Segment entries and exits topic.")
+    segments_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the segments topic."
+    )
 
 
 class DatabaseSettings(BaseSettings):
@@ -220,6 +224,21 @@ class ModelSettings(BaseSettings):
     )
 
 
+class SegmentSettings(BaseSettings):
+    """Segments: how many may be active (the stage engine refuses more, and the metrics
+    service's Prometheus labels are bounded by it) and how a backfill walks the customers
+    (``CLM_SEGMENTS_…``)."""
+
+    model_config = group("CLM_SEGMENTS_")
+
+    max_active: int = Field(
+        default=100, ge=1, le=1000, description="Segments that may be defined at once."
+    )
+    backfill_chunk: int = Field(
+        default=1000, ge=1, le=100_000, description="Customers a backfill step evaluates."
+    )
+
+
 class CommonSettings(BaseSettings):
     """What every CLM Stream process needs: Kafka, topics, Postgres, keys, limits, logging."""
 
@@ -232,6 +251,7 @@ class CommonSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    segments: SegmentSettings = Field(default_factory=SegmentSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     log_level: str = Field(default="INFO", description="Log level of our loggers.")
     otel_enabled: bool = Field(
