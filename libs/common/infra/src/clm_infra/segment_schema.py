@@ -126,7 +126,8 @@ Index("ix_segment_clock_due_at", segment_clock.c.due_at)
 
 #: The advisory lock (one int8 key) of the segment definitions: every writer of customer rows
 #: holds it shared for its transaction and evaluates the definitions of the catalog version
-#: it reads; a definition change holds it exclusive while it bumps ``segment_catalog``. So
+#: it reads (the SQL function ``clm_segment_catalog()`` takes it and then reads the version);
+#: a definition change holds it exclusive while it bumps ``segment_catalog``. So
 #: once a change commits, every later write of a customer evaluates the new definitions, and
 #: a backfill may skip the rows such writes hold.
 CATALOG_LOCK = 0x636C6D5347  # "clmSG"
