@@ -142,6 +142,7 @@ async def read_customer_with_segments(
     ids, names, entered = values[-3:]
     state = state_from_values(values[:-3])
     memberships = [
-        Membership(int(i), n, e) for i, n, e in zip(ids or (), names or (), entered or (), strict=True)
+        Membership(int(i), n, e)
+        for i, n, e in zip(ids or (), names or (), entered or (), strict=True)
     ]
     return state, memberships
