@@ -10,7 +10,7 @@ at its start plus its entries minus its exits, exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, text
@@ -23,7 +23,7 @@ from clm_stage_engine.repository.rows import STATE_COLUMNS, state_from_values
 
 Bucket = Literal["hour", "day"]
 #: A bucket's length, in absolute hours (an interval of days would follow the session's zone).
-STEPS: dict[str, str] = {"hour": "1 hour", "day": "24 hours"}
+STEPS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(hours=24)}
 
 
 @dataclass(frozen=True, slots=True)
