@@ -29,7 +29,12 @@ from tests.integration.conftest import NO_REQUEST_LIMITS, eventually, send_event
 from tests.keys import ADMIN, READ, WRITE
 
 BUYERS = {"fact": "purchases", "op": "ge", "value": 1}
-REPEAT = {"all": [{"fact": "purchases", "op": "ge", "value": 2}, {"days_since": "last_seen_at", "op": "le", "value": 30}]}  # fmt: skip
+REPEAT = {
+    "all": [
+        {"fact": "purchases", "op": "ge", "value": 2},
+        {"days_since": "last_seen_at", "op": "le", "value": 30},
+    ]
+}
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 
 
