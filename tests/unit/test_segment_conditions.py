@@ -271,9 +271,9 @@ def test_any_document_parses_or_is_refused_with_a_path(doc: object) -> None:
         parse_condition(doc)
     except ConditionError as err:
         errors.append(err)
-    for err in errors:
-        assert re.fullmatch(r"\$(\.[a-z_]+|\[\d+\])*", err.path), err.path
-        assert err.message
+    for found in errors:
+        assert re.fullmatch(r"\$(\.[a-z_]+|\[\d+\])*", found.path), found.path
+        assert found.message
 
 
 @pytest.mark.parametrize(
