@@ -272,7 +272,7 @@ def test_any_document_parses_or_is_refused_with_a_path(doc: object) -> None:
     except ConditionError as err:
         errors.append(err)
     for found in errors:
-        assert re.fullmatch(r"\$(\.[a-z_]+|\[\d+\])*", found.path), found.path
+        assert re.fullmatch(r"\$(\.[a-z_0-9]+|\[\d+\])*", found.path), found.path
         assert found.message
 
 
