@@ -69,9 +69,10 @@ def test_matches_agrees_with_the_slow_interpreter(
 ) -> None:
     node = parse_condition(doc)
     compiled = compile_condition(node)
-    scores = score_source(seed)
-    expected = interpret(doc, state, now, scores)
+    scores, asked = counting(score_source(seed))
+    expected = interpret(doc, state, now, score_source(seed))
     assert compiled.matches(state, now, scores) is expected
+    assert len(asked) <= (1 if compiled.uses_scores else 0)
     assert interpret(dump_condition(node), state, now, scores) is expected
     without = interpret(doc, state, now, None)
     assert compiled.matches(state, now, None) is without
