@@ -17,6 +17,7 @@ ALL: list[str] = [
     "e2e",
     "metrics",
     "model_fit",
+    "segments",
 ]  # benchmark modules, in run order
 
 

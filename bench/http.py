@@ -18,15 +18,18 @@ class Conn:
         return cls(reader, writer)
 
     async def request(self, raw: bytes) -> int:
+        return (await self.fetch(raw))[0]
+
+    async def fetch(self, raw: bytes) -> tuple[int, bytes]:
+        """The status and the body of one request."""
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         lower = head.lower()
         at = lower.find(b"content-length:")
         length = int(lower[at + 15 : lower.find(b"\r\n", at)]) if at >= 0 else 0
-        if length:
-            await self.reader.readexactly(length)
-        return status
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
 
     def close(self) -> None:
         self.writer.close()

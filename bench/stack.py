@@ -20,6 +20,8 @@ async def stack_env(db_url: str, **overrides: str) -> dict[str, str]:
         "CLM_TOPIC_EVENTS": f"bench{tag}.events",
         "CLM_TOPIC_LIFECYCLE": f"bench{tag}.lifecycle",
         "CLM_TOPIC_DLQ": f"bench{tag}.dlq",
+        "CLM_TOPIC_SEGMENTS": f"bench{tag}.segments",
+        "CLM_TOPIC_SEGMENTS_PARTITIONS": "6",
         "CLM_TOPIC_EVENTS_PARTITIONS": "6",
         "CLM_TOPIC_LIFECYCLE_PARTITIONS": "6",
         "CLM_STAGE_ENGINE_GROUP": f"bench{tag}.stage-engine",

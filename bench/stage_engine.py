@@ -133,8 +133,10 @@ class Sustained:
         return 2e6 / (self.engine_us + self.pg_us + self.broker_us)
 
 
-async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, bytes]]]:
-    """A fresh topic holding the journeys, and the stage engine's settings for it."""
+async def _prefilled(
+    db_url: str, n: int = EVENTS
+) -> tuple[dict[str, str], list[tuple[bytes, bytes]]]:
+    """A fresh topic holding ``n`` journey events, and the stage engine's settings for it."""
     env = await stack_env(
         db_url, CLM_STAGE_ENGINE_BATCH_RECORDS="2000", CLM_STAGE_ENGINE_IDLE_RECHECK_S="0.1"
     )
@@ -143,7 +145,7 @@ async def _prefilled(db_url: str) -> tuple[dict[str, str], list[tuple[bytes, byt
     async with engine.begin() as c:
         await store_key(c, key="bench-read", kind="read", source="bench")
     await engine.dispose()
-    events = _journey_events(EVENTS)
+    events = _journey_events(n)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
         acks="all",

@@ -1,4 +1,4 @@
-"""The summary at the top of RESULTS.md: every target of issues 7, 29 and 31, its measured value,
+"""The summary at the top of RESULTS.md: every target of issues 7, 29, 31 and 32, its measured value,
 its ratio where it has one, met or missed, and the section with the details.
 
 Read from the sections as the benchmarks wrote them (``make bench`` rewrites it after every
@@ -163,6 +163,33 @@ FIGURES = [
         ),
     ),
     Figure(
+        "stage engine with 10 segments ≥ 0.85 × none",
+        "segments",
+        lambda t: _found(_search(r"ratio 10 segments ÷ none \|\s*\**([\d.]+)", t)),
+        "{:.3f} × the rate without segments",
+        lambda v: v >= 0.85,
+        lambda t: (
+            f"50 segments: {m[1]} × none"
+            if (m := _search(r"ratio 50 segments ÷ none \|\s*\**([\d.]+)", t))
+            else ""
+        ),
+    ),
+    Figure(
+        "segment backfill rate",
+        "segments",
+        lambda t: _cell(table_row(t, "backfill rate"), 1),
+        "{:,.0f} customers/s",
+        lambda _: None,
+    ),
+    Figure(
+        "segment members page p99 (1M customers)",
+        "segments",
+        lambda t: _cell(table_row(t, "`limit=100`"), 2),
+        "{:.2f} ms",
+        lambda _: None,
+        lambda t: f"p50 {cells[1]}" if (cells := table_row(t, "`limit=100`")) else "",
+    ),
+    Figure(
         "distinct bitmap storage a day (large history)",
         "metrics",
         lambda t: _found(_search(r"Bitmap storage: \**([\d,.]+) kB a day", t)),
@@ -210,6 +237,9 @@ ORDER = [
     "metrics CPU per event ≤ 1.15 × the sketch version",
     "distinct bitmap storage a day (large history)",
     "model fit of 1.65M customers < 60 s",
+    "stage engine with 10 segments ≥ 0.85 × none",
+    "segment backfill rate",
+    "segment members page p99 (1M customers)",
 ]
 
 
@@ -232,7 +262,7 @@ def when(text: str) -> str:
 
 
 def rows(sections: dict[str, str]) -> list[Row]:
-    """Every target of issues 7, 29 and 31, in the issues' order."""
+    """Every target of issues 7, 29, 31 and 32, in the issues' order."""
     found = {f.target: f.row(sections[f.section]) for f in FIGURES if f.section in sections}
     if "e2e" in sections:
         found.update({r.target: r for r in _e2e(sections["e2e"])})
@@ -242,7 +272,7 @@ def rows(sections: dict[str, str]) -> list[Row]:
 
 def report(sections: dict[str, str]) -> str:
     lines = [
-        "## Summary: the targets of issues 7, 29 and 31",
+        "## Summary: the targets of issues 7, 29, 31 and 32",
         "",
         "Written from the sections below after every `make bench`; the last column is the "
         "section with the details and the time and commit of its run (a section not rerun "
