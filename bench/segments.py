@@ -73,6 +73,7 @@ class Live:
     phases: dict[str, float]
     open_spans: int
     clocks: int
+    changes: int = 0  # entries and exits recorded (each one record on clm.segments.v1)
 
 
 async def _metrics(port: int) -> str:
@@ -108,10 +109,13 @@ async def _live_run(base: dict[str, str], total: int, count: int, db_url: str | 
             await conn.fetchval("SELECT count(*) FROM segment_memberships WHERE left_at IS NULL")
         )
         clocks = int(await conn.fetchval("SELECT count(*) FROM segment_clock"))
+        changes = int(
+            await conn.fetchval("SELECT count(*) + count(left_at) FROM segment_memberships")
+        )
     finally:
         await conn.close()
     await drop_database(db_url)
-    return Live(count, run, phases, open_spans, clocks)
+    return Live(count, run, phases, open_spans, clocks, changes)
 
 
 def median_live(runs: list[Live]) -> Live:
@@ -132,6 +136,7 @@ def median_live(runs: list[Live]) -> Live:
         middle.phases,
         middle.open_spans,
         middle.clocks,
+        middle.changes,
     )
 
 
@@ -339,7 +344,7 @@ def _phase_row(r: Live, events: int) -> str:
     return f"| {r.segments} | {cells} | {sum(r.phases.values()) / events * 1e6:.1f} |"
 
 
-def _live_rows(runs: list[Live]) -> str:
+def _live_rows(runs: list[Live], events: int) -> str:
     rows = []
     for r in runs:
         share = ratio(runs, r.segments)
@@ -347,7 +352,8 @@ def _live_rows(runs: list[Live]) -> str:
         rows.append(
             f"| {r.segments} | **{r.run.rate:,.0f} events/s** | {each} "
             f"| {'-' if share is None else f'{share:.3f}'} | {r.run.engine_us:.0f} µs "
-            f"| {r.run.pg_us:.0f} µs | {r.open_spans:,} | {r.clocks:,} |"
+            f"| {r.run.pg_us:.0f} µs | {r.changes / events:.2f} | {r.open_spans:,} "
+            f"| {r.clocks:,} |"
         )
     return "\n".join(rows)
 
@@ -372,9 +378,9 @@ run(s); the table gives each count's run of median rate. Timed as the stage-engi
 times (first applied batch to the last event applied and the outbox empty: the segment
 records are published too).
 
-| segments | median rate | each run's rate (events/s) | ratio to 0 segments | engine CPU / event | Postgres CPU / event | open spans after | segment clocks after |
-|---:|---:|---|---:|---:|---:|---:|---:|
-{_live_rows(runs)}
+| segments | median rate | each run's rate (events/s) | ratio to 0 segments | engine CPU / event | Postgres CPU / event | entries + exits / event | open spans after | segment clocks after |
+|---:|---:|---|---:|---:|---:|---:|---:|---:|
+{_live_rows(runs, EVENTS)}
 
 | measure | value |
 |---|---|
