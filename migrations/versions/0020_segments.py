@@ -3,6 +3,8 @@
 - ``segments``: a definition (name, description, condition, version) and its backfill's
   progress; ``segment_versions``: every version as written; ``segment_catalog``: one row, the
   definitions' version, bumped by every definition change;
+  (``paused`` while a replay rebuilds the customers: memberships are re-evaluated by a
+  backfill once it is done);
 - ``segment_memberships``: one row a span (a customer entered a segment, and left it or not);
   the open spans are the members;
 - ``segment_clock``: when time alone may next change a customer's memberships;
@@ -91,6 +93,7 @@ def upgrade() -> None:
         "segment_catalog",
         sa.Column("id", sa.SmallInteger(), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segment_catalog")),
         sa.CheckConstraint("id = 1", name=op.f("ck_segment_catalog_one_row")),
     )

@@ -18,6 +18,7 @@ from clm_domain.lifecycle import CustomerState
 from clm_infra.consumer import Conflict
 from clm_infra.db import driver
 from clm_infra.schema import customers
+from clm_infra.segment_schema import CATALOG_LOCK
 from clm_stage_engine.repository.rows import state_from_row
 
 
@@ -60,9 +61,34 @@ _DEFINITIONS = (
 )
 
 
-async def active_definitions(conn: AsyncConnection) -> list[Definition]:
-    rows = await (await driver(conn)).fetch(_DEFINITIONS)
-    return [Definition(int(i), int(v), n, orjson.loads(c)) for i, v, n, c in rows]
+async def active_definitions(conn: AsyncConnection) -> tuple[list[Definition], bool]:
+    """The active definitions, and whether memberships are paused (a replay runs)."""
+    drv = await driver(conn)
+    rows = await drv.fetch(_DEFINITIONS)
+    paused = bool(await drv.fetchval("SELECT paused FROM segment_catalog WHERE id = 1"))
+    return [Definition(int(i), int(v), n, orjson.loads(c)) for i, v, n, c in rows], paused
+
+
+async def resume(conn: AsyncConnection) -> None:
+    """End a replay's pause: the catalog's lock taken exclusive (every writer after this
+    evaluates memberships again), the version bumped."""
+    drv = await driver(conn)
+    await drv.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+    await drv.execute(
+        "UPDATE segment_catalog SET paused = false, version = version + 1 WHERE id = 1"
+    )
+
+
+_ORPHANS = (
+    "SELECT m.customer_id FROM segment_memberships AS m WHERE m.segment_id = $1"
+    " AND m.left_at IS NULL AND NOT EXISTS"
+    " (SELECT 1 FROM customers AS c WHERE c.customer_id = m.customer_id) ORDER BY 1"
+)
+
+
+async def orphans(conn: AsyncConnection, segment_id: int) -> list[str]:
+    """Members of the segment without a customer row (gone during a replay)."""
+    return [r[0] for r in await (await driver(conn)).fetch(_ORPHANS, segment_id)]
 
 
 _OPEN = (
