@@ -45,7 +45,9 @@ class Span:
 
 @pytest.fixture
 async def metrics(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    settings = MetricsSettings(metrics_refresh_s=0.05, segments=SegmentSettings(max_active=BOUND))
+    settings = MetricsSettings(
+        metrics_segment_refresh_s=0.05, segments=SegmentSettings(max_active=BOUND)
+    )
     async with app_client(create_app(settings), "http://metrics") as client:
         yield client
 

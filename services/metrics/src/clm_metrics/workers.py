@@ -58,7 +58,7 @@ def build_workers(state: State) -> Workers:
 
     async def refresh_segments() -> None:
         bound = settings.segments.max_active
-        await refresh_segments_forever(engine, bound, settings.metrics_refresh_s)
+        await refresh_segments_forever(engine, bound, settings.metrics_segment_refresh_s)
 
     async def prune() -> None:
         await prune_forever(engine, state.retention, settings.metrics_prune_s)
