@@ -106,7 +106,7 @@ def brute_force(
     }
 
 
-async def kpis(client: httpx.AsyncClient, status: int = 200, **params: str) -> dict[str, Any]:
+async def kpis(client: httpx.AsyncClient, status: int = 200, /, **params: str) -> dict[str, Any]:
     answer = await client.get("/v1/kpis", params=params, headers=READ)
     assert answer.status_code == status, answer.text
     body: dict[str, Any] = answer.json()
