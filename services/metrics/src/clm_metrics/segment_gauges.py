@@ -1,4 +1,5 @@
-"""The segments' Prometheus series, read from the database into memory every few seconds.
+"""The segments' Prometheus series, read from the database into memory every
+``CLM_METRICS_SEGMENT_REFRESH_S``.
 
 A custom collector serves the last read: a scrape never queries, and a segment deleted or
 renamed since leaves the labels with the next read (the collector yields what was read, with
@@ -28,8 +29,8 @@ from clm_metrics.segment_kpis import Labelled, bounded
 log = logging.getLogger(__name__)
 
 MEMBERS = ("clm_segment_members", "Customers in the segment now")
-ENTRIES = ("clm_segment_entries_total", "Customers who entered the segment, every span so far")
-EXITS = ("clm_segment_exits_total", "Customers who left the segment, every span so far")
+ENTRIES = ("clm_segment_entries_total", "Entries into the segment so far (membership spans)")
+EXITS = ("clm_segment_exits_total", "Exits from the segment so far (membership spans closed)")
 UNLABELLED = (
     "clm_segments_unlabelled",
     "Segments not deleted left out of the segment series (beyond CLM_SEGMENTS_MAX_ACTIVE)",
