@@ -123,7 +123,8 @@ def condition_json_schema() -> dict[str, Any]:
         "description": (
             "A segment's condition (generated from clm_domain.segments; see docs/segments.md). "
             "The API also checks what a schema cannot: at most 8 levels and 200 nodes, "
-            "between's lo <= hi, stage aliases, money with at most 4 decimal places."
+            "between's lo <= hi, stage names in any case, money with at most 4 decimal "
+            "places, times from 1970 and before 9900."
         ),
         "$ref": "#/$defs/node",
         "$defs": {
