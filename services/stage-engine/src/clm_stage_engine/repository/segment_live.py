@@ -91,23 +91,36 @@ async def orphans(conn: AsyncConnection, segment_id: int) -> list[str]:
     return [r[0] for r in await (await driver(conn)).fetch(_ORPHANS, segment_id)]
 
 
+# the open spans (segment id ≥ 1), then the clocks (segment id 0), of the customers
 _OPEN = (
     "SELECT customer_id, segment_id, entered_at FROM segment_memberships"
     " WHERE customer_id = ANY($1::text[]) AND left_at IS NULL"
+    " UNION ALL SELECT customer_id, 0, due_at FROM segment_clock"
+    " WHERE customer_id = ANY($1::text[])"
 )
 
 
-async def open_spans(
-    conn: AsyncConnection, customer_ids: Iterable[str]
-) -> dict[str, dict[int, datetime]]:
-    """Each customer's open spans: segment id → when it entered (customers in none: absent)."""
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The customers' open spans (customer → segment id → when it entered) and their clocks
+    (customer → due instant; customers without one: absent)."""
+
+    spans: dict[str, dict[int, datetime]]
+    clocks: dict[str, datetime]
+
+
+async def open_spans(conn: AsyncConnection, customer_ids: Iterable[str]) -> Held:
+    """The customers' open spans and their segment clocks, in one statement."""
     wanted = sorted(set(customer_ids))
+    held = Held({}, {})
     if not wanted:
-        return {}
-    out: dict[str, dict[int, datetime]] = {}
-    for cid, sid, entered in await (await driver(conn)).fetch(_OPEN, wanted):
-        out.setdefault(cid, {})[int(sid)] = entered
-    return out
+        return held
+    for cid, sid, at in await (await driver(conn)).fetch(_OPEN, wanted):
+        if sid == 0:
+            held.clocks[cid] = at
+        else:
+            held.spans.setdefault(cid, {})[int(sid)] = at
+    return held
 
 
 _WRITE = """
@@ -146,8 +159,8 @@ async def write_spans(
     clocks: Sequence[tuple[str, datetime | None]],
 ) -> None:
     """Open the ``entered`` spans (each with its segment's version), close the ``left`` ones
-    and set the customers' clocks (None: time alone changes nothing of it), in one
-    statement. A span to close that is not open, or one to open that is, raises
+    and set the customers' clocks (None: time alone changes nothing of it; give only those
+    that change), in one statement. A span to close that is not open, or one to open that is, raises
     :class:`MembershipsChanged`."""
     if not (entered or left or clocks):
         return
