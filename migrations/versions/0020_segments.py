@@ -3,9 +3,14 @@
 - ``segments``: a definition (name, description, condition, version) and its backfill's
   progress; ``segment_versions``: every version as written; ``segment_catalog``: one row, the
   definitions' version, bumped by every definition change;
+  (``paused`` while a replay rebuilds the customers: memberships are re-evaluated by a
+  backfill once it is done);
 - ``segment_memberships``: one row a span (a customer entered a segment, and left it or not);
   the open spans are the members;
 - ``segment_clock``: when time alone may next change a customer's memberships;
+- ``clm_segment_catalog()``: takes the catalog's advisory lock shared for the transaction,
+  then reads the catalog's version (plpgsql: the read's snapshot is taken after the lock is
+  granted, so a definition change that committed while the caller waited is seen);
 - ``webhook_subscriptions.segments``: the segments whose entries and exits a subscription gets;
 - views for the metrics service (``docs/read-model.md``): ``segment_spans`` and
   ``segment_names``.
@@ -28,6 +33,18 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
+
+#: ``clm_infra.segment_schema.CATALOG_LOCK``
+CATALOG_LOCK = 0x636C6D5347
+
+CATALOG_FUNCTION = f"""
+CREATE FUNCTION clm_segment_catalog() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared({CATALOG_LOCK});
+    RETURN (SELECT version FROM segment_catalog WHERE id = 1);
+END
+$$
+"""
 
 VIEWS = {
     "segment_spans": "SELECT segment_id, entered_at, left_at FROM segment_memberships",
@@ -76,6 +93,7 @@ def upgrade() -> None:
         "segment_catalog",
         sa.Column("id", sa.SmallInteger(), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segment_catalog")),
         sa.CheckConstraint("id = 1", name=op.f("ck_segment_catalog_one_row")),
     )
@@ -126,6 +144,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_segment_clock_due_at", "segment_clock", ["due_at"])
     op.add_column("webhook_subscriptions", sa.Column("segments", ARRAY(sa.BigInteger())))
+    op.execute(CATALOG_FUNCTION)
     for name, query in VIEWS.items():
         op.execute(f"CREATE VIEW {name} AS {query}")
 
@@ -133,6 +152,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in VIEWS:
         op.execute(f"DROP VIEW IF EXISTS {name}")
+    op.execute("DROP FUNCTION IF EXISTS clm_segment_catalog()")
     op.drop_column("webhook_subscriptions", "segments")
     for table in (
         "segment_clock",

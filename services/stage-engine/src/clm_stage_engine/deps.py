@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.fernet import MultiFernet
 from fastapi import Request
@@ -12,7 +12,10 @@ from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine.model_cache import ModelCache
+from clm_stage_engine.predictions import Horizon, score_source
+from clm_stage_engine.segment_cache import SegmentCache
 from clm_stage_engine.settings import StageEngineSettings
+from clm_stage_engine.usecases.segments import Segmenting
 from clm_web.auth import KeyVerifier
 
 
@@ -26,6 +29,14 @@ class State:
     secrets_box: MultiFernet  # seals webhook subscription secrets
     url_policy: UrlPolicy  # where webhooks may go
     models: ModelCache  # the predictive models' current version
+    segments: SegmentCache = field(default_factory=SegmentCache)  # the sweeper's, the API's
+
+    async def segmenting(self) -> Segmenting:
+        """What keeps memberships outside a consumer batch, with today's model's scores."""
+        model = self.settings.model
+        horizon = Horizon(model.horizon_months, model.monthly_discount)
+        scores = score_source(await self.models.current(), horizon)
+        return Segmenting(self.segments, self.settings.topics.segments, scores)
 
 
 async def app_state(request: Request) -> State:

@@ -21,9 +21,13 @@ from clm_domain.rules import LifecycleRules
 from clm_infra.consumer import BatchResult, Poison
 from clm_stage_engine.known import KnownStates
 from clm_stage_engine.model_cache import ModelCache
+from clm_stage_engine.predictions import Horizon, score_source
 from clm_stage_engine.processor import first_of_each
 from clm_stage_engine.relay import PayloadCache
 from clm_stage_engine.usecases.batch import DUPLICATES, BatchApplier, Outcome, Phases
+
+#: Predicted CLV's horizon where the caller names none (12 months, undiscounted).
+DEFAULT_HORIZON = Horizon()
 
 
 def decode(record: Any) -> Event:
@@ -43,8 +47,11 @@ class EventsHandler:
         outbox: PayloadCache | None = None,
         pseudonyms: Pseudonyms | None = None,
         models: ModelCache | None = None,
+        segments_topic: str | None = None,
+        horizon: Horizon = DEFAULT_HORIZON,
     ) -> None:
         self.lifecycle_topic = lifecycle_topic
+        self.horizon = horizon  # predicted CLV's, as segments on it read it
         # the model version the P(alive) rule reads (the sweeper's too); None: rule never on
         self.models = models
         # how an erased customer is remembered: never its id, only its keyed hash (the app
@@ -55,7 +62,9 @@ class EventsHandler:
         # does not call it, as the tests that drive the handler directly, reads every row)
         self.known = known if known is not None else KnownStates(0)
         self.outbox = outbox if outbox is not None else PayloadCache(0)  # the relay's
-        self.applier = BatchApplier(lifecycle_topic, rules, self.known, self.pseudonyms)
+        self.applier = BatchApplier(
+            lifecycle_topic, rules, self.known, self.pseudonyms, segments_topic
+        )
 
     async def __call__(self, conn: AsyncConnection, records: Sequence[Any]) -> BatchResult:
         wanted: set[str] = set()
@@ -76,8 +85,15 @@ class EventsHandler:
         phases.lap("decode")
         fresh = [(record, event, record.value) for record, event in unique]
         model = None if self.models is None else await self.models.for_rules(self.rules)
+        version = None if self.models is None else await self.models.current()
         outcome = await self.applier.apply(
-            conn, fresh, now=now, wanted=wanted, phases=phases, model=model
+            conn,
+            fresh,
+            now=now,
+            wanted=wanted,
+            phases=phases,
+            model=model,
+            scores=score_source(version, self.horizon),
         )
         poison.extend(Poison(record, reason) for record, reason in outcome.result.failed)
         return BatchResult(

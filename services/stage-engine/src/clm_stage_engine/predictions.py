@@ -19,6 +19,7 @@ from typing import Any
 
 from clm_domain.customer_state import CustomerState
 from clm_domain.p_alive import AliveModel
+from clm_domain.segments.compile import ScoreSource
 from clm_predict.bgnbd import expected_purchases, p_alive
 from clm_predict.live import (
     DAYS_PER_WEEK,
@@ -40,6 +41,7 @@ __all__ = [
     "alive_model",
     "p_alive_of",
     "rfm_of",
+    "score_source",
     "scores",
     "version_from_row",
 ]
@@ -106,6 +108,25 @@ def scores(
             doc["predicted_clv"] = str(Decimal(value).quantize(Decimal("0.01")))
             doc["currency"] = rfm.currency
     return doc
+
+
+def score_source(model: ModelVersion | None, horizon: Horizon) -> ScoreSource | None:
+    """The customers' scores as segment conditions read them (None: no model fitted)."""
+    if model is None:
+        return None
+
+    def source(customer: CustomerState, today: date) -> dict[str, float | None] | None:
+        doc = scores(model, customer, today, horizon)
+        if doc is None:
+            return None
+        clv = doc["predicted_clv"]
+        return {
+            "p_alive": doc["p_alive"],
+            "expected_purchases_90d": doc["expected_purchases_90d"],
+            "predicted_clv": None if clv is None else float(clv),
+        }
+
+    return source
 
 
 def alive_model(model: ModelVersion | None) -> AliveModel | None:

@@ -1,5 +1,6 @@
 """The sweeper: time-based moves (inactivity → ``at_risk`` → ``churned``, and P(alive) below
-``at_risk.p_alive_below`` → ``at_risk`` with the rule on) from a given clock.
+``at_risk.p_alive_below`` → ``at_risk`` with the rule on) from a given clock, and the segments
+of the customers whose segment clock is due (a ``days_since`` threshold crossed).
 
 Safe with several replicas: each pass takes the candidates with ``FOR UPDATE SKIP LOCKED``, so
 two sweepers never move the same customer, and a consumer batch holding a customer's row is
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,7 +22,8 @@ from clm_domain.p_alive import AliveModel
 from clm_domain.rules import LifecycleRules
 from clm_infra.replay import replay_behind
 from clm_stage_engine.model_cache import ModelCache
-from clm_stage_engine.usecases.sweep import sweep_batch, sweep_predicted
+from clm_stage_engine.usecases.segments import Segmenting
+from clm_stage_engine.usecases.sweep import sweep_batch, sweep_predicted, sweep_segments
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +36,51 @@ async def sweep_once(
     lifecycle_topic: str,
     batch: int = 1000,
     model: AliveModel | None = None,
+    segmenting: Segmenting | None = None,
 ) -> int:
     """Move every customer whose inactivity crossed a threshold by ``now``, and with
     ``at_risk.p_alive_below`` set and a ``model``, every one whose P(alive) fell below it;
-    return moves."""
+    with ``segmenting``, evaluate the segments of those moved and of those whose segment
+    clock is due. Returns moves."""
     at_risk_before = now - timedelta(days=rules.at_risk.inactive_days)
     churn_before = now - timedelta(days=rules.churned.inactive_days)
     total = 0
     while True:
         async with engine.begin() as conn:
             seen, moved = await sweep_batch(
-                conn, rules, now, (at_risk_before, churn_before), lifecycle_topic, batch, model
+                conn,
+                rules,
+                now,
+                (at_risk_before, churn_before),
+                lifecycle_topic,
+                batch,
+                model,
+                segmenting,
             )
             total += moved
             if seen < batch:
                 break
     if model is not None and rules.at_risk.p_alive_below is not None:
-        total += await _sweep_predicted(engine, rules, model, now, lifecycle_topic, batch)
+        total += await _sweep_predicted(
+            engine, rules, model, now, lifecycle_topic, batch, segmenting
+        )
+    if segmenting is not None:
+        await _sweep_segments(engine, segmenting, now, batch)
     return total
+
+
+async def _sweep_segments(
+    engine: AsyncEngine, segmenting: Segmenting, now: datetime, batch: int
+) -> int:
+    """The segment clocks due by ``now``, a page a transaction, earliest first (each page
+    sets the clocks it evaluated past ``now``); returns the customers evaluated."""
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            seen, evaluated = await sweep_segments(conn, segmenting, now, batch)
+        total += evaluated
+        if seen < batch or not evaluated:
+            return total
 
 
 async def _sweep_predicted(
@@ -61,6 +90,7 @@ async def _sweep_predicted(
     now: datetime,
     topic: str,
     batch: int,
+    segmenting: Segmenting | None,
 ) -> int:
     """The P(alive) pass: one walk over the customer stages by id, a page a transaction
     (keyset, so a candidate that does not move is never looked at twice in a pass)."""
@@ -68,7 +98,7 @@ async def _sweep_predicted(
     while True:
         async with engine.begin() as conn:
             seen, moved, after = await sweep_predicted(
-                conn, rules, model, now, topic, after=after, limit=batch
+                conn, rules, model, now, topic, after=after, limit=batch, segmenting=segmenting
             )
             total += moved
         if seen < batch:
@@ -86,10 +116,13 @@ async def sweep_forever(
     batch: int,
     stopping: asyncio.Event,
     models: ModelCache | None = None,
+    segmenting: Callable[[], Awaitable[Segmenting | None]] | None = None,
 ) -> None:
     """Sweep every ``every_s`` seconds; not while a replay of ``group_id`` is under way (a
     customer rebuilt from part of its events would look inactive and be moved for nothing).
-    ``models``: the current model version, for the P(alive) rule (None: never on)."""
+    ``models``: the current model version, for the P(alive) rule (None: never on);
+    ``segmenting``: what keeps segment memberships, asked each round (the scores move with
+    the model version)."""
     while not stopping.is_set():
         try:
             async with engine.begin() as conn:
@@ -98,6 +131,7 @@ async def sweep_forever(
                 log.info("sweeper waits for the replay", extra={"behind": behind})
             else:
                 model = None if models is None else await models.for_rules(rules)
+                segments = None if segmenting is None else await segmenting()
                 moved = await sweep_once(
                     engine,
                     rules,
@@ -105,6 +139,7 @@ async def sweep_forever(
                     lifecycle_topic=lifecycle_topic,
                     batch=batch,
                     model=model,
+                    segmenting=segments,
                 )
                 if moved:
                     log.info("sweeper moved customers", extra={"moved": moved})

@@ -64,12 +64,15 @@ def verify_signature(
 
 
 def stage_change_deliveries(
-    transitions: Sequence[Transition], subscriptions: Sequence[tuple[int, list[str] | None]]
+    transitions: Sequence[Transition],
+    subscriptions: Sequence[tuple[int, list[str] | None, list[int] | None]],
 ) -> list[tuple[int, bytes]]:
     """The deliveries (subscription id, payload) announcing ``transitions`` to the
-    subscriptions (id, stages it wants; None or empty: all) that want them."""
+    subscriptions (id, stages it wants, None or empty: all; segments it wants: a
+    subscription to segments gets their entries and exits, no stage changes) that want them."""
     rows: list[tuple[int, bytes]] = []
-    if not subscriptions:
+    staged = [(sid, stages) for sid, stages, segments in subscriptions if not segments]
+    if not staged:
         return rows
     for t in transitions:
         payload = orjson.dumps(
@@ -83,9 +86,7 @@ def stage_change_deliveries(
                 "reason": t.reason,
             }
         )
-        rows.extend(
-            (sid, payload) for sid, stages in subscriptions if not stages or t.to_stage in stages
-        )
+        rows.extend((sid, payload) for sid, stages in staged if not stages or t.to_stage in stages)
     return rows
 
 

@@ -1,6 +1,6 @@
 """The stage engine's background work, run in the ``all`` role: the consumer lanes, the
-outbox relay, the sweeper, the webhook dispatcher and the models' refit, each under a
-:class:`Supervisor`.
+outbox relay, the sweeper, the webhook dispatcher, the models' refit and the segments'
+backfill, each under a :class:`Supervisor`.
 
 The lanes are consumer loops side by side, each a member of the group with partitions of its
 own, sharing the rows this process wrote (a customer moves between lanes only with its
@@ -23,8 +23,10 @@ from clm_infra.worker import Supervisor, Workers
 from clm_stage_engine.deps import State
 from clm_stage_engine.handler import EventsHandler
 from clm_stage_engine.known import KnownStates
+from clm_stage_engine.predictions import Horizon
 from clm_stage_engine.relay import OutboxGate, OutboxRelay, PayloadCache
 from clm_stage_engine.sweeper import sweep_forever
+from clm_stage_engine.usecases.backfill import backfill_forever
 from clm_stage_engine.usecases.refit import refit_forever
 from clm_stage_engine.webhooks import Dispatcher
 
@@ -52,6 +54,7 @@ def build_workers(state: State) -> Workers:
         Supervisor("sweeper", functools.partial(_sweep, state, workers)),
         Supervisor("webhook dispatcher", functools.partial(_dispatch, state, workers)),
         Supervisor("model refit", functools.partial(_refit, state, workers)),
+        Supervisor("segment backfill", functools.partial(_backfill, state, workers)),
     ]
     return workers
 
@@ -70,6 +73,8 @@ class _Lanes:
             written,
             state.pseudonyms,
             state.models,
+            settings.topics.segments,
+            Horizon(settings.model.horizon_months, settings.model.monthly_discount),
         )
         self.policy = BatchPolicy(
             max_records=settings.batch.records,
@@ -140,6 +145,7 @@ async def _sweep(state: State, workers: Workers) -> None:
         batch=settings.stage_engine_sweep_batch,
         stopping=workers.stopping,
         models=state.models,
+        segmenting=state.segmenting,
     )
 
 
@@ -151,6 +157,18 @@ async def _refit(state: State, workers: Workers) -> None:
         every_s=settings.refit_interval_s,
         min_repeat_customers=settings.min_repeat_customers,
         fitted=state.models.fitted,
+        stopping=workers.stopping,
+    )
+
+
+async def _backfill(state: State, workers: Workers) -> None:
+    await backfill_forever(
+        state.engine,
+        state.segmenting,
+        lambda: datetime.now(UTC),
+        group_id=state.settings.stage_engine_group,
+        chunk=state.settings.segments.backfill_chunk,
+        poll_s=state.settings.segments.backfill_poll_s,
         stopping=workers.stopping,
     )
 

@@ -71,6 +71,9 @@ segment_catalog = Table(
     metadata,
     Column("id", SmallInteger, primary_key=True),
     Column("version", BigInteger, nullable=False),
+    # set by a replay: writers leave memberships alone until the replay is done and a
+    # backfill of every segment re-evaluates the rebuilt customers
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("id = 1", name="one_row"),
 )
 
@@ -126,7 +129,8 @@ Index("ix_segment_clock_due_at", segment_clock.c.due_at)
 
 #: The advisory lock (one int8 key) of the segment definitions: every writer of customer rows
 #: holds it shared for its transaction and evaluates the definitions of the catalog version
-#: it reads; a definition change holds it exclusive while it bumps ``segment_catalog``. So
+#: it reads (the SQL function ``clm_segment_catalog()`` takes it and then reads the version);
+#: a definition change holds it exclusive while it bumps ``segment_catalog``. So
 #: once a change commits, every later write of a customer evaluates the new definitions, and
 #: a backfill may skip the rows such writes hold.
 CATALOG_LOCK = 0x636C6D5347  # "clmSG"

@@ -237,6 +237,9 @@ class SegmentSettings(BaseSettings):
     backfill_chunk: int = Field(
         default=1000, ge=1, le=100_000, description="Customers a backfill step evaluates."
     )
+    backfill_poll_s: float = Field(
+        default=1.0, gt=0, description="How often the stage engine looks for a backfill to do."
+    )
 
 
 class CommonSettings(BaseSettings):

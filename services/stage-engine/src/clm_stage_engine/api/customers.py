@@ -304,6 +304,7 @@ async def erase(
                 topic=state.settings.topics.lifecycle,
                 at=datetime.now(UTC),
                 model=model,
+                segmenting=await state.segmenting(),
             )
     except AlreadyAnonymised:
         raise ProblemError(

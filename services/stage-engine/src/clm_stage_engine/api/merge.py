@@ -67,6 +67,7 @@ async def merge(
             topic=state.settings.topics.lifecycle,
             now=datetime.now(UTC),
             model=model,
+            segmenting=await state.segmenting(),
         )
     log.info(
         "customers merged",

@@ -43,7 +43,9 @@ class BatchLookup:
     applied: set[tuple[str, str]]  # (source, event_id) applied before
     erased: dict[str, datetime]  # customer hash → when erased
     links: dict[str, str]  # anonymous id → customer id
-    subscriptions: list[tuple[int, list[str] | None]]  # active webhook subscriptions
+    # active webhook subscriptions: (id, stages wanted, segments wanted)
+    subscriptions: list[tuple[int, list[str] | None, list[int] | None]]
+    catalog: int  # the segment definitions' version (their lock held shared from here on)
 
 
 #: The advisory lock space (the first of two int4 keys) of anonymous ids: a batch holds each of
@@ -56,7 +58,8 @@ ANONYMOUS_ID_LOCKS = 0x636C6D61
 # Joins, not ``EXISTS … OR EXISTS``: an OR of subqueries cannot become a semi-join, and
 # Postgres ran them as hashed subplans that read the whole event log on every batch.
 _LOOKUP = f"""
-SELECT a.applied, e.hashes, e.times, l.anons, l.customers, s.subscriptions, k.held
+SELECT a.applied, e.hashes, e.times, l.anons, l.customers, s.subscriptions, k.held,
+    g.catalog
 FROM (
     SELECT array_agg(n) AS applied FROM (
         SELECT u.n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(k, n)
@@ -72,7 +75,7 @@ FROM (
     SELECT array_agg(anonymous_id) AS anons, array_agg(customer_id) AS customers
     FROM identity_links WHERE anonymous_id IN (SELECT jsonb_array_elements_text($3::jsonb))
 ) l, (
-    SELECT jsonb_agg(jsonb_build_array(id, stages))::text AS subscriptions
+    SELECT jsonb_agg(jsonb_build_array(id, stages, segments))::text AS subscriptions
     FROM webhook_subscriptions WHERE active
 ) s, (
     SELECT coalesce(bool_and(held), true) AS held FROM (
@@ -82,7 +85,9 @@ FROM (
         SELECT pg_try_advisory_xact_lock_shared({ANONYMOUS_ID_LOCKS}, hashtext(x))
         FROM jsonb_array_elements_text($5::jsonb) AS x
     ) locks
-) k
+) k, (
+    SELECT clm_segment_catalog() AS catalog
+) g
 """
 
 
@@ -96,7 +101,8 @@ async def lookup_batch(
     """Which of ``keys`` (source, event_id) were applied before — in a customer's event log,
     or claimed in ``processed_events`` (events without a customer, events that failed) —,
     which ``hashes`` are of erased customers, the links of ``ids`` and the active webhook
-    subscriptions: four lookups, one statement, on the driver (for a small batch,
+    subscriptions, and the segment catalog's version (:func:`clm_segment_catalog` takes
+    its lock shared, then reads it): five lookups, one statement, on the driver (for a small batch,
     SQLAlchemy's own execution of a statement costs more CPU than the statement's work).
 
     ``anonymous`` is the anonymous ids the batch links, then those whose own events it
@@ -112,14 +118,15 @@ async def lookup_batch(
         orjson.dumps(sorted(set(visiting))).decode(),
     )
     assert row is not None
-    applied, hashes_, times, anons, linked, subscriptions, held = row
+    applied, hashes_, times, anons, linked, subscriptions, held, catalog = row
     if not held:
         raise AnonymousIdBusy("another batch is linking or applying one of its anonymous ids")
     return BatchLookup(
         applied={keys[n - 1] for n in applied or ()},
         erased=dict(zip(hashes_ or (), times or (), strict=True)),
         links=dict(zip(anons or (), linked or (), strict=True)),
-        subscriptions=[(int(i), st) for i, st in orjson.loads(subscriptions or "[]")],
+        subscriptions=[(int(i), st, sg) for i, st, sg in orjson.loads(subscriptions or "[]")],
+        catalog=int(catalog),
     )
 
 

@@ -14,16 +14,27 @@ from clm_infra import subscription_secrets
 from clm_infra.schema import webhook_deliveries, webhook_subscriptions
 
 
-async def active_subscriptions(conn: AsyncConnection) -> list[tuple[int, list[str] | None]]:
-    """The active webhook subscriptions (id, stages wanted), as
+async def active_subscriptions(
+    conn: AsyncConnection,
+) -> list[tuple[int, list[str] | None, list[int] | None]]:
+    """The active webhook subscriptions (id, stages wanted, segments wanted), as
     :func:`~clm_stage_engine.repository.batch.lookup_batch` reads them, for writers outside a
-    batch (an explicit merge)."""
+    batch (the sweeper, merges, erasures)."""
     rows = await conn.execute(
-        select(webhook_subscriptions.c.id, webhook_subscriptions.c.stages).where(
-            webhook_subscriptions.c.active
-        )
+        select(
+            webhook_subscriptions.c.id,
+            webhook_subscriptions.c.stages,
+            webhook_subscriptions.c.segments,
+        ).where(webhook_subscriptions.c.active)
     )
-    return [(int(sid), list(stages) if stages else None) for sid, stages in rows]
+    return [
+        (
+            int(sid),
+            list(stages) if stages else None,
+            [int(g) for g in segments] if segments else None,
+        )
+        for sid, stages, segments in rows
+    ]
 
 
 async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> None:

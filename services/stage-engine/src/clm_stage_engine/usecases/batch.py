@@ -15,11 +15,14 @@
    :mod:`~clm_stage_engine.processor`);
 4. write rows, the event log, links, history, outbox records and webhook deliveries; each
    customer row only if still at the version the batch started from (else the batch is
-   retried: :class:`~clm_stage_engine.repository.batch.StaleRows`).
+   retried: :class:`~clm_stage_engine.repository.batch.StaleRows`);
+5. with segments defined, evaluate the segments of every customer written (and the exits
+   of the profiles merged away) at the batch's clock (:mod:`.segments`).
 
 The SQL round trips of a batch, in order: the lookup, the customers' rows (those not known),
-the stored events of the customers rebuilt (if any), the merges (if any), the write, the
-outbox row, the webhook deliveries.
+the stored events of the customers rebuilt (if any), the merges (if any), the write, with
+segments defined the customers' open spans and the spans' write, the outbox row (and one for
+the segment records, if any), the webhook deliveries.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ from clm_domain.lifecycle import CustomerState, customer_key
 from clm_domain.p_alive import AliveModel
 from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
+from clm_domain.segments.compile import ScoreSource
 from clm_stage_engine.known import KnownStates, Stored
 from clm_stage_engine.processor import FoldResult, Item, fold, needs_history
 from clm_stage_engine.repository import batch, customers, events, outbox, webhooks
+from clm_stage_engine.segment_cache import SegmentCache
 from clm_stage_engine.usecases.identity import Identities, resolve_identities
 from clm_stage_engine.usecases.merge import absorb
+from clm_stage_engine.usecases.segments import Changed, Evaluation, evaluate
 from clm_stage_engine.webhooks import stage_change_deliveries
 
 log = logging.getLogger(__name__)
@@ -108,11 +114,15 @@ class BatchApplier:
         rules: LifecycleRules,
         known: KnownStates,
         pseudonyms: Pseudonyms,
+        segments_topic: str | None = None,
     ) -> None:
         self.lifecycle_topic = lifecycle_topic
         self.rules = rules
         self.known = known
         self.pseudonyms = pseudonyms
+        # where segment entries and exits go (None: the caller keeps no segments)
+        self.segments_topic = segments_topic
+        self.segments = SegmentCache()
 
     async def apply(
         self,
@@ -123,10 +133,12 @@ class BatchApplier:
         wanted: set[str],
         phases: Phases,
         model: AliveModel | None = None,
+        scores: ScoreSource | None = None,
     ) -> Outcome:
         """Apply ``fresh`` (decoded, each (source, event id) once) as of ``now``; ``wanted``
         collects the customers taken from memory (to forget if the batch fails); ``model``:
-        the one the P(alive) rule reads (None: off), the sweeper's too."""
+        the one the P(alive) rule reads (None: off), the sweeper's too; ``scores``: the
+        customers' predictions, for segments on them (None: no model)."""
         new, found = await self._unseen(conn, fresh)
         phases.lap("dedupe")
         identities = resolve_identities((e for _, e, _ in new), found.links)
@@ -138,6 +150,8 @@ class BatchApplier:
         phases.lap("fold")
         xid, queued = await self._write(conn, items, result, loaded, identities, found)
         phases.lap("write")
+        await self._segment_changes(conn, result, loaded, found, Evaluation((), now, scores))
+        phases.lap("segments")
         return Outcome(result, xid, queued)
 
     async def _unseen(
@@ -244,6 +258,34 @@ class BatchApplier:
         await webhooks.enqueue_deliveries(conn, deliveries)
         _count(result)
         return xid, queued
+
+    async def _segment_changes(
+        self,
+        conn: AsyncConnection,
+        result: FoldResult[Any],
+        loaded: Loaded,
+        found: batch.BatchLookup,
+        how: Evaluation,
+    ) -> None:
+        """The segments of the customers written, evaluated at the batch's clock; the
+        profiles merged away leave theirs. Nothing to do (no round trip) while no segment
+        is defined."""
+        if self.segments_topic is None:
+            return
+        segments = await self.segments.at(conn, found.catalog)
+        if not segments:
+            return
+        causes = dict.fromkeys(result.states, "merge")  # a survivor of links alone
+        causes.update(
+            (i.key, f"event:{i.event.source}:{i.event.event_id}")
+            for i in result.applied
+            if i.key is not None
+        )
+        gone = {anon: "merge" for anons in loaded.merges.values() for anon in anons}
+        how = Evaluation(segments, how.now, how.scores, found.subscriptions)
+        changed: Changed = await evaluate(conn, how, result.states, causes, gone=gone)
+        await outbox.insert_outbox(conn, self.segments_topic, changed.records)
+        await webhooks.enqueue_deliveries(conn, changed.deliveries)
 
     async def _absorb(self, conn: AsyncConnection, loaded: Loaded) -> list[tuple[str, bytes]]:
         """The identity merges: each profile absorbed by its customer; their records."""

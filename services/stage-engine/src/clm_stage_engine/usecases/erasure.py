@@ -4,6 +4,7 @@ caller owns the transaction."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Literal
 
@@ -15,8 +16,9 @@ from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
 from clm_stage_engine.processor import Fold, counted
 from clm_stage_engine.records import removal_record, restatement_records
-from clm_stage_engine.repository import customers, erasure, events, outbox
+from clm_stage_engine.repository import customers, erasure, events, outbox, segment_live
 from clm_stage_engine.usecases.errors import AlreadyAnonymised, UnknownCustomer
+from clm_stage_engine.usecases.segments import Segmenting
 
 Mode = Literal["erase", "anonymise"]
 
@@ -31,16 +33,21 @@ async def erase_customer(
     topic: str,
     at: datetime,
     model: AliveModel | None = None,
+    segmenting: Segmenting | None = None,
 ) -> str | None:
     """Erase or anonymise the customer; returns its pseudonym (None: erased).
     :class:`UnknownCustomer`, or :class:`AlreadyAnonymised` when its pseudonym is taken.
-    ``model``: the one the P(alive) rule reads (None: off), to tell what was counted."""
+    ``model``: the one the P(alive) rule reads (None: off), to tell what was counted;
+    ``segmenting``: with it, the customer leaves its segments (an anonymised one's pseudonym
+    enters those its facts match) and its spans forget its id."""
     # one erasure among the id's (it may come back with new events and be erased again):
     # its records' ids name it, so a consumer deduping by record id keeps each
     digest = f"{pseudonyms.tombstone(customer_id)}@{at.isoformat()}"
+    segments = None if segmenting is None else await segmenting.segments(conn)
     current = await customers.get_customer(conn, customer_id)
     if current is None:
         raise UnknownCustomer(customer_id)
+    ids = await segment_live.linked_ids(conn, customer_id)  # the rows erasure takes
     taken_back: list[bytes] = []
     pseudonym = None
     if mode == "erase":
@@ -64,6 +71,10 @@ async def erase_customer(
     await outbox.insert_outbox(
         conn, topic, [(customer_id, record), *((customer_id, r) for r in taken_back)]
     )
+    if segmenting is not None and segments is not None:
+        kept = {} if pseudonym is None else {pseudonym: replace(current, customer_id=pseudonym)}
+        await segmenting.written(conn, segments, kept, "erasure", at, gone=ids)
+        await segment_live.forget_customer(conn, ids)
     return pseudonym
 
 

@@ -22,6 +22,7 @@ from clm_stage_engine.records import (
 )
 from clm_stage_engine.repository import customers, events, outbox, webhooks
 from clm_stage_engine.usecases.errors import UnknownCustomer
+from clm_stage_engine.usecases.segments import Segmenting
 from clm_stage_engine.webhooks import stage_change_deliveries
 
 
@@ -64,12 +65,15 @@ async def merge_customers(
     topic: str,
     now: datetime,
     model: AliveModel | None = None,
+    segmenting: Segmenting | None = None,
 ) -> Merged:
     """Merge the known customer ``other`` into ``into``: rebuilt from both profiles' events,
     ``other`` linked to it, the move (if any) recorded and announced to the webhook
     subscribers, and the records published: ``other``'s ``identity_merge``, ``into``'s
     ``customer_merge`` and the restatement of both timelines. :class:`UnknownCustomer` if
-    either is unknown. ``model``: the one the P(alive) rule reads (None: off)."""
+    either is unknown. ``model``: the one the P(alive) rule reads (None: off);
+    ``segmenting``: with it, ``other`` leaves its segments and ``into``'s are evaluated."""
+    segments = None if segmenting is None else await segmenting.segments(conn)
     rows = await customers.lock_customers(conn, sorted({into, other}))
     missing = [c for c in (into, other) if c not in rows]
     if missing:
@@ -95,6 +99,8 @@ async def merge_customers(
     records.append((into, merge_record(into, other, before, merged, move, now)))
     records.extend((into, r) for r in restatements)
     await outbox.insert_outbox(conn, topic, records)
+    if segmenting is not None and segments is not None:
+        await segmenting.written(conn, segments, {into: merged}, "merge", now, gone=[other])
     return Merged(before, merged, move)
 
 

@@ -1,5 +1,6 @@
 """One sweep batch: the customers whose inactivity (or P(alive), with the rule on) crossed a
-threshold moved on, their moves recorded and published like any other (the caller owns the
+threshold moved on, their moves recorded and published like any other, and their segments
+evaluated; or the customers whose segment clock is due evaluated (the caller owns the
 transaction)."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from clm_domain.lifecycle import CustomerState, Transition, advance
 from clm_domain.lifecycle_records import TimeRecord, encode
 from clm_domain.p_alive import AliveModel
 from clm_domain.rules import LifecycleRules
+from clm_domain.segments.membership import Segment
 from clm_stage_engine.records import SCHEMA, customer_facts, move_doc
-from clm_stage_engine.repository import customers
+from clm_stage_engine.repository import customers, segment_live
 from clm_stage_engine.repository.outbox import insert_outbox
+from clm_stage_engine.usecases.segments import Segmenting
 
 SWEPT = Counter("clm_sweeper_moves_total", "Inactivity moves made by the sweeper", ["to_stage"])
 
@@ -29,11 +32,15 @@ async def sweep_batch(
     topic: str,
     limit: int,
     model: AliveModel | None = None,
+    segmenting: Segmenting | None = None,
 ) -> tuple[int, int]:
     """Move up to ``limit`` of the customers quiet since ``quiet_since`` (at risk before,
     churn before), by id, skipping rows others hold. Returns (customers looked at, moved)."""
+    segments = None if segmenting is None else await segmenting.segments(conn)
     rows = await customers.lock_lapsing(conn, *quiet_since, limit)
-    return len(rows), await _move(conn, rows, rules, now, topic, model)
+    moved = await _move(conn, rows, rules, now, topic, model)
+    await _segments_of(conn, segmenting, segments, moved, now)
+    return len(rows), len(moved)
 
 
 async def sweep_predicted(
@@ -45,6 +52,7 @@ async def sweep_predicted(
     *,
     after: str,
     limit: int,
+    segmenting: Segmenting | None = None,
 ) -> tuple[int, int, str]:
     """Move up to ``limit`` of the customers whose P(alive) under ``model`` is below
     ``at_risk.p_alive_below`` by ``now``, by id after ``after``, skipping rows others hold.
@@ -53,11 +61,53 @@ async def sweep_predicted(
     if threshold is None:
         return 0, 0, after
     today = now.astimezone(UTC).date()
+    segments = None if segmenting is None else await segmenting.segments(conn)
     rows = await customers.lock_below_p_alive(
         conn, model, threshold, today, after=after, limit=limit
     )
     last = rows[-1].customer_id if rows else after
-    return len(rows), await _move(conn, rows, rules, now, topic, model), last
+    moved = await _move(conn, rows, rules, now, topic, model)
+    await _segments_of(conn, segmenting, segments, moved, now)
+    return len(rows), len(moved), last
+
+
+async def sweep_segments(
+    conn: AsyncConnection, segmenting: Segmenting, now: datetime, limit: int
+) -> tuple[int, int]:
+    """Evaluate up to ``limit`` of the customers whose segment clock is due by ``now``, each
+    from its due instant on (a change is recorded when it happened). Returns (customers
+    due, customers evaluated)."""
+    segments = await segmenting.segments(conn)
+    seen, due = await segment_live.lock_due(conn, now, limit)
+    await segmenting.written(
+        conn,
+        segments,
+        {state.customer_id: state for state, _ in due},
+        "sweep",
+        now,
+        since={state.customer_id: at for state, at in due},
+    )
+    return seen, len(due)
+
+
+async def _segments_of(
+    conn: AsyncConnection,
+    segmenting: Segmenting | None,
+    segments: Sequence[Segment] | None,
+    moved: Sequence[tuple[CustomerState, datetime]],
+    now: datetime,
+) -> None:
+    """The segments of the customers moved, walked from their last move to ``now``."""
+    if segmenting is None or segments is None or not moved:
+        return
+    await segmenting.written(
+        conn,
+        segments,
+        {state.customer_id: state for state, _ in moved},
+        "sweep",
+        now,
+        since={state.customer_id: at for state, at in moved},
+    )
 
 
 async def _move(
@@ -67,8 +117,9 @@ async def _move(
     now: datetime,
     topic: str,
     model: AliveModel | None,
-) -> int:
-    """Apply the time-based moves due by ``now`` to ``rows``; return how many moved."""
+) -> list[tuple[CustomerState, datetime]]:
+    """Apply the time-based moves due by ``now`` to ``rows``; return the customers moved
+    (each after its moves, and the time of its last move)."""
     states, transitions, outbox = [], [], []
     for before in rows:
         after, moves = advance(before, now, rules, model)
@@ -83,7 +134,8 @@ async def _move(
         await customers.upsert_customers(conn, states)
         await customers.insert_transitions(conn, transitions)
         await insert_outbox(conn, topic, outbox)
-    return len(states)
+    last = {t.customer_id: t.at for t in transitions}
+    return [(state, last[state.customer_id]) for state in states]
 
 
 def time_record(
