@@ -54,6 +54,9 @@ RULES_BEYOND_THE_SCHEMA = {
     "GET /v1/customers",  # `cursor` is opaque: only a `next_cursor` we gave is one
     "POST /v1/customers/{customer_id}/merge",  # `from` must differ from the path's customer
     "POST /v1/webhooks",  # the URL's host must resolve, to public addresses only (SSRF)
+    "POST /v1/segments",  # the condition's language (docs/segments.md), at most N segments
+    "PATCH /v1/segments/{segment_id}",  # the same
+    "GET /v1/segments/{segment_id}/history",  # to after from, within bounds, <= 1000 buckets
     "GET /v1/kpis",  # window or from+to (together, to after from), within 731 days
     "GET /v1/kpis/{name}/series",  # the same, and at most 400 steps
     "GET /v1/lifecycle/map",  # the same as /v1/kpis

@@ -17,7 +17,7 @@ from clm_infra import webhook_secrets
 from clm_infra.db import ping
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine import at_rest
-from clm_stage_engine.api import customers, merge, models, webhooks
+from clm_stage_engine.api import customers, merge, models, segments, webhooks
 from clm_stage_engine.deps import State
 from clm_stage_engine.hot_read import HotReadMiddleware
 from clm_stage_engine.model_cache import ModelCache
@@ -75,6 +75,7 @@ def create_app(
     app.include_router(merge.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(segments.router)
     return app
 
 

@@ -23,7 +23,7 @@ from clm_domain.events import TEXT_PATTERN
 from clm_infra.db import unavailable
 from clm_stage_engine.api.customers import customer_body, not_found
 from clm_stage_engine.deps import State
-from clm_stage_engine.repository import customers
+from clm_stage_engine.repository import segment_members
 from clm_web.asgi import header, send_json
 from clm_web.auth import bearer_from_header
 from clm_web.problem import ProblemError, database_unavailable, raised_problem
@@ -53,16 +53,16 @@ class HotReadMiddleware:
             return
         scope["route"] = self.route[0]  # the label clm_http_requests_total counts it under
         try:
-            customer = await customers.read_customer(state.engine, customer_id)
+            found = await segment_members.read_customer_with_segments(state.engine, customer_id)
         except Exception as exc:
             if not unavailable(exc):  # as the app's handlers: anything else is a 500
                 raise
             await database_unavailable(exc, path)(scope, receive, send)
             return
-        if customer is None:
+        if found is None:
             await raised_problem(not_found(customer_id), path)(scope, receive, send)
             return
-        body = orjson.dumps(await customer_body(state, customer))
+        body = orjson.dumps(await customer_body(state, *found))
         await send_json(send, 200, body)
 
 

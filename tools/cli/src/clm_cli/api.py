@@ -67,13 +67,15 @@ async def request(
     token: str | None,
     key_kind: str = "read",
     params: dict[str, Any] | None = None,
+    body: Any = None,
     timeout_s: float = TIMEOUT_S,
 ) -> Any:
-    """One call; the decoded JSON body of a 2xx answer."""
+    """One call (with ``body`` as its JSON body, if given); the decoded JSON body of a 2xx
+    answer."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with httpx.AsyncClient(base_url=service.url, timeout=timeout_s) as client:
-            response = await client.request(method, path, params=params, headers=headers)
+            response = await client.request(method, path, params=params, json=body, headers=headers)
     except httpx.TimeoutException as exc:
         raise CliError(
             f"the {service.name} at {service.url} did not answer in time ({exc})", 2

@@ -10,6 +10,8 @@
                                                   journeys (or transactions) to the ingest
     clm model fit --csv FILE [--calibration-end DATE] [--currency C] [--json]
                   [--predictions OUT.csv --horizon-weeks N]   fit P(alive) and CLV models
+    clm segments list | show ID | create --file F | update ID --file F | delete ID
+    clm segments members ID [--after C] | history ID [--from T --to T --bucket hour|day]
 
 Each module in :mod:`clm_cli.commands` has ``register(sub)``, which adds its parser and sets
 one of two defaults on every leaf command:
@@ -59,6 +61,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulated customer journeys (or a CSV of transactions) to the ingest",
     ),
     "model": ("model", "predictive models: P(alive), expected purchases, predicted CLV"),
+    "segments": ("segments", "segments: define them, their members and history"),
 }
 ALL = "*"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,8 +20,9 @@ from clm_domain.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage
 from clm_stage_engine.deps import State, app_state
 from clm_stage_engine.predictions import Horizon, p_alive_of, scores
 from clm_stage_engine.records import BOOKKEEPING_FIELDS
-from clm_stage_engine.repository import customers, models
+from clm_stage_engine.repository import customers, models, segment_members
 from clm_stage_engine.repository.rows import row_from_state
+from clm_stage_engine.repository.segment_members import Membership
 from clm_stage_engine.usecases.erasure import erase_customer
 from clm_stage_engine.usecases.errors import AlreadyAnonymised, UnknownCustomer
 from clm_web.auth import Principal, authenticate
@@ -59,9 +60,11 @@ def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
     return doc
 
 
-async def customer_body(state: State, customer: CustomerState) -> dict[str, Any]:
+async def customer_body(
+    state: State, customer: CustomerState, memberships: Sequence[Membership]
+) -> dict[str, Any]:
     """The customer's document with its live ``predictions`` (null: no model fitted yet, or
-    the customer never purchased)."""
+    the customer never purchased) and its ``segments`` (by segment id)."""
     doc = customer_doc(state, customer)
     model = await state.models.current()
     settings = state.settings.model
@@ -75,6 +78,10 @@ async def customer_body(state: State, customer: CustomerState) -> dict[str, Any]
             Horizon(settings.horizon_months, settings.monthly_discount),
         )
     )
+    doc["segments"] = [
+        {"id": m.segment_id, "name": m.name, "entered_at": m.entered_at.isoformat()}
+        for m in memberships
+    ]
     return doc
 
 
@@ -217,7 +224,7 @@ async def stages(
 
 @router.get(
     "/customers/{customer_id}",
-    summary="A customer's lifecycle stage and running facts",
+    summary="A customer's lifecycle stage, running facts, predictions and segments",
     responses={
         200: {"content": {"application/json": {}}, "description": "the customer"},
         401: {},
@@ -232,10 +239,10 @@ async def get_customer(
     _: Annotated[Principal, Depends(reader)],
 ) -> Response:
     """The hot read: serialized straight to JSON bytes (no response-model pass)."""
-    customer = await customers.read_customer(state.engine, customer_id)
-    if customer is None:
+    found = await segment_members.read_customer_with_segments(state.engine, customer_id)
+    if found is None:
         raise not_found(customer_id)
-    body = await customer_body(state, customer)
+    body = await customer_body(state, *found)
     return Response(orjson.dumps(body), media_type="application/json")
 
 

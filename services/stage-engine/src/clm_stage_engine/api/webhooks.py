@@ -1,4 +1,5 @@
-"""Webhook subscriptions: stage changes POSTed, signed, to a subscriber's URL (admin key).
+"""Webhook subscriptions: stage changes (or segment entries and exits) POSTed, signed, to a
+subscriber's URL (admin key).
 
 The URL must pass the server-side request forgery policy (:mod:`clm_infra.webhook_urls`);
 the signing secret is shown once and stored encrypted (:mod:`clm_infra.subscription_secrets`).
@@ -10,12 +11,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import AnyHttpUrl, BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.lifecycle import STAGE_NAMES, Stage, parse_stage
 from clm_infra import subscription_secrets, webhook_urls
 from clm_stage_engine.api.customers import admin
 from clm_stage_engine.deps import State, app_state
-from clm_stage_engine.repository import webhooks
+from clm_stage_engine.repository import segment_defs, webhooks
 from clm_web.auth import Principal
 from clm_web.problem import ProblemError
 
@@ -32,12 +34,22 @@ class SubscriptionIn(BaseModel):
         description="Only moves into these stages (names or aliases); all if absent.",
         json_schema_extra={"items": {"type": "string", "enum": list(STAGE_NAMES)}},
     )
+    segments: (
+        Annotated[
+            list[Annotated[int, Field(ge=1, le=2**63 - 1)]], Field(min_length=1, max_length=1000)
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Segment ids: the subscription gets these segments' entries and exits "
+        "(segment.entered, segment.exited) instead of stage changes. Not with stages.",
+    )
 
 
 @router.post(
     "",
     status_code=201,
-    summary="Subscribe a URL to stage changes; the signing secret is shown once",
+    summary="Subscribe a URL to stage changes or segments; the signing secret is shown once",
     responses={401: {}, 403: {"description": "not an admin key"}, 422: {}},
 )
 async def subscribe(
@@ -58,15 +70,43 @@ async def subscribe(
         raise ProblemError(
             422, "Invalid request", f"url {refused}", errors=[{"field": "url", "message": refused}]
         )
+    segments = sorted(set(body.segments)) if body.segments is not None else None
+    if segments is not None and body.stages is not None:
+        raise _invalid_segments("a subscription takes stages or segments, not both")
     secret = subscription_secrets.new_secret()
     async with state.engine.begin() as conn:
+        if segments is not None:
+            await _check_segments(conn, segments)
         sid = await webhooks.add_subscription(
             conn,
             str(body.url),
             subscription_secrets.seal(state.secrets_box, secret),
             [s.value for s in stages] if stages else None,
+            segments,
         )
-    return {"id": sid, "url": str(body.url), "stages": stages, "secret": secret}
+    return {
+        "id": sid,
+        "url": str(body.url),
+        "stages": stages,
+        "segments": segments,
+        "secret": secret,
+    }
+
+
+def _invalid_segments(message: str) -> ProblemError:
+    return ProblemError(
+        422, "Invalid request", message, errors=[{"field": "segments", "message": message}]
+    )
+
+
+async def _check_segments(conn: AsyncConnection, ids: list[int]) -> None:
+    """A 422 naming ``segments`` unless every id is a segment (not deleted)."""
+    missing = sorted(set(ids) - await segment_defs.existing_segments(conn, ids))
+    if missing:
+        shown = ", ".join(str(i) for i in missing[:10])
+        raise _invalid_segments(
+            f"no segment {shown}" if len(missing) == 1 else f"no segments {shown}"
+        )
 
 
 @router.get(
@@ -85,6 +125,7 @@ async def list_subscriptions(
                 "id": s["id"],
                 "url": s["url"],
                 "stages": s["stages"],
+                "segments": s["segments"],
                 "created_at": s["created_at"].isoformat(),
                 "deliveries": s["deliveries"],
             }

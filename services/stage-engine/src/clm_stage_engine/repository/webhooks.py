@@ -48,26 +48,32 @@ async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, by
 
 
 async def add_subscription(
-    conn: AsyncConnection, url: str, sealed_secret: str, stages: list[str] | None
+    conn: AsyncConnection,
+    url: str,
+    sealed_secret: str,
+    stages: list[str] | None,
+    segments: list[int] | None = None,
 ) -> int:
-    """A new active subscription; its id."""
+    """A new active subscription (to stage changes, or with ``segments`` to those segments'
+    entries and exits); its id."""
     sid = await conn.execute(
         insert(webhook_subscriptions)
-        .values(url=url, secret=sealed_secret, stages=stages)
+        .values(url=url, secret=sealed_secret, stages=stages, segments=segments)
         .returning(webhook_subscriptions.c.id)
     )
     return int(sid.scalar_one())
 
 
 async def list_subscriptions(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """The active subscriptions by id (id, url, stages, created_at) with their delivery
-    counts by status (``deliveries``)."""
+    """The active subscriptions by id (id, url, stages, segments, created_at) with their
+    delivery counts by status (``deliveries``)."""
     subs = (
         await conn.execute(
             select(
                 webhook_subscriptions.c.id,
                 webhook_subscriptions.c.url,
                 webhook_subscriptions.c.stages,
+                webhook_subscriptions.c.segments,
                 webhook_subscriptions.c.created_at,
             )
             .where(webhook_subscriptions.c.active.is_(True))
