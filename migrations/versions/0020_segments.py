@@ -13,7 +13,7 @@
   granted, so a definition change that committed while the caller waited is seen);
 - ``webhook_subscriptions.segments``: the segments whose entries and exits a subscription gets;
 - views for the metrics service (``docs/read-model.md``): ``segment_spans`` and
-  ``segment_names``.
+  ``segment_names``; for ``clm status``: ``status_segments``.
 
 Revision ID: 0020_segments
 Revises: 0019_prediction_read_model
@@ -49,6 +49,15 @@ $$
 VIEWS = {
     "segment_spans": "SELECT segment_id, entered_at, left_at FROM segment_memberships",
     "segment_names": "SELECT id AS segment_id, name, deleted_at FROM segments",
+    # the operators' read model (``clm status``): one row
+    "status_segments": (
+        "SELECT (SELECT count(*) FROM segments WHERE deleted_at IS NULL) AS active,"
+        " (SELECT count(*) FROM segments WHERE deleted_at IS NULL"
+        " AND backfill_version IS NOT NULL AND backfill_finished_at IS NULL) AS backfilling,"
+        " (SELECT paused FROM segment_catalog WHERE id = 1) AS paused,"
+        " (SELECT count(*) FROM segment_clock WHERE due_at < now() - interval '5 minutes')"
+        " AS overdue"
+    ),
 }
 
 
