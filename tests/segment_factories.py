@@ -162,11 +162,11 @@ SCORE_NAMES = ("p_alive", "expected_purchases_90d", "predicted_clv")
 
 
 def score_source(seed: int) -> Any:
-    """Scores that are a function of the state and the UTC date (as the spec requires),
-    null without purchases, sometimes missing or null."""
+    """Scores that are a function of the state and the UTC date, None for a customer who
+    never bought (the ScoreSource contract), sometimes missing or null."""
 
     def scores(state: CustomerState, day: date) -> Mapping[str, float | None] | None:
-        if state.purchases == 0:
+        if state.last_purchase_at is None:
             return None
         rng = random.Random(seed * 100_003 + day.toordinal())
         values: dict[str, float | None] = {}

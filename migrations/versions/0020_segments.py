@@ -3,6 +3,8 @@
 - ``segments``: a definition (name, description, condition, version) and its backfill's
   progress; ``segment_versions``: every version as written; ``segment_catalog``: one row, the
   definitions' version, bumped by every definition change;
+  (``paused`` while a replay rebuilds the customers: memberships are re-evaluated by a
+  backfill once it is done);
 - ``segment_memberships``: one row a span (a customer entered a segment, and left it or not);
   the open spans are the members;
 - ``segment_clock``: when time alone may next change a customer's memberships;
@@ -11,7 +13,7 @@
   granted, so a definition change that committed while the caller waited is seen);
 - ``webhook_subscriptions.segments``: the segments whose entries and exits a subscription gets;
 - views for the metrics service (``docs/read-model.md``): ``segment_spans`` and
-  ``segment_names``.
+  ``segment_names``; for ``clm status``: ``status_segments``.
 
 Revision ID: 0020_segments
 Revises: 0019_prediction_read_model
@@ -47,6 +49,15 @@ $$
 VIEWS = {
     "segment_spans": "SELECT segment_id, entered_at, left_at FROM segment_memberships",
     "segment_names": "SELECT id AS segment_id, name, deleted_at FROM segments",
+    # the operators' read model (``clm status``): one row
+    "status_segments": (
+        "SELECT (SELECT count(*) FROM segments WHERE deleted_at IS NULL) AS active,"
+        " (SELECT count(*) FROM segments WHERE deleted_at IS NULL"
+        " AND backfill_version IS NOT NULL AND backfill_finished_at IS NULL) AS backfilling,"
+        " (SELECT paused FROM segment_catalog WHERE id = 1) AS paused,"
+        " (SELECT count(*) FROM segment_clock WHERE due_at < now() - interval '5 minutes')"
+        " AS overdue"
+    ),
 }
 
 
@@ -91,6 +102,7 @@ def upgrade() -> None:
         "segment_catalog",
         sa.Column("id", sa.SmallInteger(), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segment_catalog")),
         sa.CheckConstraint("id = 1", name=op.f("ck_segment_catalog_one_row")),
     )

@@ -247,7 +247,10 @@ async def test_status_compares_stage_counts_and_a_tampered_row_is_unhealthy(
     assert doc["healthy"] is True
     assert doc["stages"]["engine"] == doc["stages"]["metrics"]
     assert doc["stages"]["engine"]["acquisition"] == 1
-    assert "stage counts: engine and metrics agree" in (await clm(stack, "status")).out
+    table = (await clm(stack, "status")).out
+    assert "stage counts: engine and metrics agree" in table
+    assert "segments: 0 active, 0 backfilling" in table
+    assert doc["segments"] == {"active": 0, "backfilling": 0, "paused": False, "overdue": 0}
 
     # one customer too many in acquisition in the metrics' all-time flows; an old day's write
     # counter bumped so the service's cache of closed days reads the row again

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_infra.segment_schema import segment_memberships
+from clm_infra.segment_schema import segment_memberships, segments
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
-from tests.integration.conftest import NO_REQUEST_LIMITS
+from tests.integration.conftest import NO_REQUEST_LIMITS, eventually
 from tests.integration.ingest_server import serving
 from tests.integration.test_clm_cli import clm
 from tests.keys import ADMIN_KEY, READ_TOKEN
@@ -51,6 +51,14 @@ async def test_define_look_and_delete(
     assert "buyers" in out
     assert "pending 0/?" in out
 
+    async def backfilled() -> bool | None:  # else it closes the spans of no customer below
+        async with db.connect() as conn:
+            done = await conn.execute(
+                select(segments.c.backfill_finished_at).where(segments.c.id == sid)
+            )
+            return done.scalar_one() is not None or None
+
+    assert await eventually(backfilled)
     async with db.begin() as conn:
         await conn.execute(
             insert(segment_memberships).values(

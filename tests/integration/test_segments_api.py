@@ -79,6 +79,18 @@ async def add_span(
         )
 
 
+async def stored_segment(db: AsyncEngine, name: str) -> int:
+    """A segment stored as is, with no backfill pending: whatever evaluates segments leaves
+    the spans a test writes alone."""
+    async with db.begin() as conn:
+        created = await conn.execute(
+            insert(segments)
+            .values(name=name, condition=BUYERS, backfill_version=None)
+            .returning(segments.c.id)
+        )
+        return int(created.scalar_one())
+
+
 def fields_of(response: httpx.Response) -> list[str]:
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -134,6 +146,11 @@ async def test_define_read_change_delete(client: httpx.AsyncClient, db: AsyncEng
         ).all()
     assert sorted(versions) == [(1, "buyers"), (2, "customers")]
 
+    async def backfilled() -> bool | None:  # else it closes the span of no customer below
+        shown = (await client.get(f"/v1/segments/{sid}", headers=READ)).json()
+        return shown["backfill"] == {**shown["backfill"], "version": 2, "status": "done"} or None
+
+    assert await eventually(backfilled)
     await add_span(db, sid, "c-1", hours(0), None)
     deleted = await client.delete(f"/v1/segments/{sid}", headers=ADMIN)
     assert deleted.json() == {"id": sid, "deleted": True}
@@ -241,7 +258,7 @@ async def test_the_active_segments_are_capped(client: httpx.AsyncClient) -> None
 async def test_members_by_keyset_pages_stay_stable(
     client: httpx.AsyncClient, db: AsyncEngine
 ) -> None:
-    sid = (await define(client, "members"))["id"]
+    sid = await stored_segment(db, "members")
     staying = [f"m-{i:02d}" for i in range(0, 50, 2)]
     for customer in staying:
         await add_span(db, sid, customer, hours(1), None)
@@ -274,7 +291,7 @@ async def test_members_by_keyset_pages_stay_stable(
 
 
 async def test_history_from_the_spans(client: httpx.AsyncClient, db: AsyncEngine) -> None:
-    sid = (await define(client, "history"))["id"]
+    sid = await stored_segment(db, "history")
     await add_span(db, sid, "a", hours(-5), None)  # a member all along
     await add_span(db, sid, "b", hours(-1), hours(2.5))  # leaves in the third hour
     await add_span(db, sid, "c", hours(0.5), hours(1.5))  # in and out
@@ -320,18 +337,6 @@ async def test_history_from_the_spans(client: httpx.AsyncClient, db: AsyncEngine
     assert await refused(**{"from": "1969-12-31T23:59:59Z"}) == ["from"]
     assert await refused(to="9999-12-31T23:59:59-14:00") == ["to"]
     assert await refused(bucket="week") == ["bucket"]
-
-
-async def stored_segment(db: AsyncEngine, name: str) -> int:
-    """A segment stored as is, with no backfill pending: whatever evaluates segments leaves
-    the spans a test writes alone."""
-    async with db.begin() as conn:
-        created = await conn.execute(
-            insert(segments)
-            .values(name=name, condition=BUYERS, backfill_version=None)
-            .returning(segments.c.id)
-        )
-        return int(created.scalar_one())
 
 
 async def test_the_customer_document_has_its_segments_on_both_paths(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -282,4 +282,19 @@ def test_a_score_predicate_is_due_at_the_next_utc_midnight() -> None:
     compiled = predicate({"fact": "p_alive", "op": "lt", "value": 0.3})
     now = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)
     assert compiled.next_change(STATE, now) == datetime(2026, 3, 2, tzinfo=UTC)
-    assert compiled.next_change(STATE, now.astimezone(UTC)) == datetime(2026, 3, 2, tzinfo=UTC)
+    tokyo = now.astimezone(timezone(timedelta(hours=9)))  # 2026-03-02 08:30 there
+    assert compiled.next_change(STATE, tokyo) == datetime(2026, 3, 2, tzinfo=UTC)
+
+
+def test_a_customer_who_never_bought_is_never_due_for_scores() -> None:
+    never = replace(STATE, purchases=0, converted_at=None, last_purchase_at=None)
+    for op, value, matches in [
+        ("lt", 0.3, False),
+        ("exists", True, False),
+        ("exists", False, True),
+    ]:
+        compiled = predicate({"fact": "p_alive", "op": op, "value": value})
+        assert compiled.next_change(never, T0) is None
+        assert compiled.matches(never, T0, score_source(1)) is matches
+        negated = predicate({"not": {"fact": "p_alive", "op": op, "value": value}})
+        assert negated.next_change(never, T0) is None

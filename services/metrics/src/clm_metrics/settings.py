@@ -66,6 +66,12 @@ class MetricsSettings(CommonSettings):
     metrics_refresh_s: float = Field(
         default=5.0, gt=0, description="How often the Prometheus KPI gauges are recomputed."
     )
+    metrics_segment_refresh_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often the segment series (members, entries, exits) are read: one "
+        "statement that counts every span of the labelled segments.",
+    )
     metrics_minute_retention_days: int = Field(
         default=92,
         ge=1,

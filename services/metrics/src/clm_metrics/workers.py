@@ -1,6 +1,6 @@
 """The metrics service's background work, started and stopped with the app: the lifecycle
 consumer (supervised: rebuilt until Kafka answers, stopped for good past the poison limit),
-the KPI gauge refresher and the retention pruner."""
+the KPI gauge refresher, the segment series' refresher and the retention pruner."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from clm_infra.worker import Supervisor, Workers
 from clm_metrics.deps import State
 from clm_metrics.handler import LifecycleHandler
 from clm_metrics.repository import pruning
+from clm_metrics.segment_gauges import refresh_segments_forever
 from clm_metrics.settings import MetricsSettings
 from clm_metrics.snapshot import PRUNED, refresh_forever
 from clm_metrics.windows import Retention
@@ -26,7 +27,7 @@ CONSUMER = "consumer 0"
 
 
 def build_workers(state: State) -> Workers:
-    """The consumer, the gauge refresher and the pruner of the running service."""
+    """The consumer, the gauge refreshers and the pruner of the running service."""
     settings, engine = state.settings, state.engine
     workers = Workers()
 
@@ -55,11 +56,19 @@ def build_workers(state: State) -> Workers:
             forecasts=state.forecasts,
         )
 
+    async def refresh_segments() -> None:
+        bound = settings.segments.max_active
+        await refresh_segments_forever(engine, bound, settings.metrics_segment_refresh_s)
+
     async def prune() -> None:
         await prune_forever(engine, state.retention, settings.metrics_prune_s)
 
     workers.supervisors = [Supervisor("metrics consumer", consume, fatal=(PoisonLimitExceeded,))]
-    workers.background = [("kpi-refresher", refresh), ("kpi-pruner", prune)]
+    workers.background = [
+        ("kpi-refresher", refresh),
+        ("segment-refresher", refresh_segments),
+        ("kpi-pruner", prune),
+    ]
     return workers
 
 

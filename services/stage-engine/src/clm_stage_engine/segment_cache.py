@@ -19,14 +19,22 @@ class SegmentCache:
     def __init__(self) -> None:
         self.version: int | None = None
         self.segments: tuple[Segment, ...] = ()
+        self.paused = False  # a replay runs: writers leave memberships alone
 
     async def at(self, conn: AsyncConnection, version: int) -> tuple[Segment, ...]:
         """The segments of catalog ``version`` (read in ``conn``'s transaction, which holds
-        the catalog's lock: the definitions read are that version's)."""
+        the catalog's lock: the definitions read are that version's); none while paused."""
         if version != self.version:
-            self.segments = compiled(await segment_live.active_definitions(conn))
+            definitions, self.paused = await segment_live.active_definitions(conn)
+            self.segments = compiled(definitions)
             self.version = version
-        return self.segments
+        return () if self.paused else self.segments
+
+    async def definitions(self, conn: AsyncConnection) -> tuple[tuple[Segment, ...], bool]:
+        """The segments now (the catalog's lock taken shared), paused or not, and whether
+        memberships are paused."""
+        await self.at(conn, await segment_live.catalog_version(conn))
+        return self.segments, self.paused
 
     async def current(self, conn: AsyncConnection) -> tuple[Segment, ...]:
         """The segments now, the catalog's lock taken shared for ``conn``'s transaction."""

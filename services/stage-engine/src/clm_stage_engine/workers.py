@@ -166,6 +166,7 @@ async def _backfill(state: State, workers: Workers) -> None:
         state.engine,
         state.segmenting,
         lambda: datetime.now(UTC),
+        group_id=state.settings.stage_engine_group,
         chunk=state.settings.segments.backfill_chunk,
         poll_s=state.settings.segments.backfill_poll_s,
         stopping=workers.stopping,

@@ -6,8 +6,10 @@ in one transaction. Running engines notice (their next offset compare-and-set fa
 idle re-check sees the reset), seek to the start and re-apply the whole log with the current
 rules. The log's end at reset time is stored as the replay's target: until the stored offsets
 reach it, the sweeper moves nobody, so inactivity moves never act on a half-rebuilt history.
-Erasures are kept, so an erased customer's events stay dropped. Lifecycle records are
-re-published with their stable ``record_id``s: the metrics service does not count them twice.
+Erasures are kept, so an erased customer's events stay dropped. Segment memberships are kept
+and paused (:func:`pause_segments`): a backfill re-evaluates them once the replay is done.
+Lifecycle records are re-published with their stable ``record_id``s: the metrics service does
+not count them twice.
 
 A replay that changes customers' pasts (new rules) is followed by the metrics only when they
 are rebuilt with it (:func:`reset_metrics`, ``clm replay --with-metrics``, the metrics service
@@ -24,6 +26,7 @@ from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_infra.schema import consumer_offsets, replay_targets
+from clm_infra.segment_schema import CATALOG_LOCK, segment_catalog, segments
 
 #: The advisory lock the outbox relay holds while it publishes (one relay at a time).
 RELAY_LOCK_ID = 0x434C4D01  # "CLM" + 1
@@ -52,8 +55,6 @@ DERIVED = (
     "processed_events",
     "outbox",
     "outbox_batches",
-    "segment_memberships",
-    "segment_clock",
 )
 
 
@@ -63,6 +64,7 @@ async def reset_for_replay(
     """Clear the derived tables, point the group's stored offsets at 0 and record the log's end
     per partition (``log_ends``) as the replay's target; return the partitions reset."""
     await conn.execute(text(f"TRUNCATE {', '.join(DERIVED)}"))
+    await pause_segments(conn)
     await conn.execute(delete(replay_targets).where(replay_targets.c.group_id == group_id))
     targets = [
         {"group_id": group_id, "topic": topic, "partition": p, "end_offset": end}
@@ -77,6 +79,32 @@ async def reset_for_replay(
         .values(next_offset=0)
     )
     return int(result.rowcount)
+
+
+async def pause_segments(conn: AsyncConnection) -> None:
+    """Segment memberships are kept through a replay: the writers leave them alone while it
+    runs (a customer rebuilt from part of its events would enter and leave segments for
+    nothing), and once it is done a backfill of every segment re-evaluates the rebuilt
+    customers against them (only real differences change a span). The catalog's lock is
+    taken exclusive: every writer after this reads the pause."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CATALOG_LOCK})
+    await conn.execute(
+        update(segment_catalog)
+        .where(segment_catalog.c.id == 1)
+        .values(paused=True, version=segment_catalog.c.version + 1)
+    )
+    await conn.execute(
+        update(segments)
+        .where(segments.c.deleted_at.is_(None))
+        .values(
+            backfill_version=segments.c.version,
+            backfill_after=None,
+            backfill_done=0,
+            backfill_total=None,
+            backfill_started_at=None,
+            backfill_finished_at=None,
+        )
+    )
 
 
 async def replay_behind(conn: AsyncConnection, group_id: str) -> int:

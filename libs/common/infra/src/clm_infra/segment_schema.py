@@ -71,6 +71,9 @@ segment_catalog = Table(
     metadata,
     Column("id", SmallInteger, primary_key=True),
     Column("version", BigInteger, nullable=False),
+    # set by a replay: writers leave memberships alone until the replay is done and a
+    # backfill of every segment re-evaluates the rebuilt customers
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("id = 1", name="one_row"),
 )
 

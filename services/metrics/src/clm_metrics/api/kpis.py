@@ -15,6 +15,8 @@ from clm_domain.kpis import parse_window, window_bounds
 from clm_metrics import service
 from clm_metrics.deps import State, app_state
 from clm_metrics.formulas import WindowInputs, compute_kpis, lifecycle_map
+from clm_metrics.repository import segment_reads
+from clm_metrics.segment_kpis import SegmentInfo, parse_ref
 from clm_web.auth import Principal, authenticate
 from clm_web.problem import ProblemError
 
@@ -100,6 +102,14 @@ From = Annotated[datetime | None, Query(alias="from", description="RFC 3339, wit
 To = Annotated[datetime | None, Query(description="RFC 3339, with from")]
 Source = Annotated[str | None, Query(max_length=200, pattern=TEXT_PATTERN)]
 Channel = Annotated[str | None, Query(max_length=200, pattern=TEXT_PATTERN)]
+SegmentParam = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        pattern=TEXT_PATTERN,
+        description="A segment's id or name: its KPIs (size, entries, exits) instead",
+    ),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,19 +163,49 @@ Selected = Annotated[Selection, Depends(selection)]
     description=(
         "Every KPI of the README's table over `[now - window, now]` in whole minutes (or "
         "`[from, to)`), by event time. Money is a decimal string in the reporting currency; "
-        "a ratio with a zero denominator is null."
+        "a ratio with a zero denominator is null. With `segment` (an id, or the name of a "
+        "segment not deleted): that segment's size at the range's end and its entries and "
+        "exits in it, instead."
     ),
-    responses={401: {}, 403: {}, 422: {"description": "bad window or filter"}},
+    responses={
+        401: {},
+        403: {},
+        404: {"description": "unknown segment"},
+        422: {"description": "bad window, filter or segment"},
+    },
 )
 async def get_kpis(
     state: Annotated[State, Depends(app_state)],
     _: Annotated[Principal, Depends(reader)],
     sel: Selected,
+    segment: SegmentParam = None,
 ) -> dict[str, Any]:
+    if segment is not None:
+        return await segment_kpis(state, segment, sel)
     kpis = compute_kpis(
         await sel.inputs(state), reporting_currency=state.settings.reporting_currency
     )
     return {"window": sel.window, **sel.bounds(), **kpis}
+
+
+async def segment_kpis(state: State, text: str, sel: Selection) -> dict[str, Any]:
+    """The KPIs of the segment ``text`` names (its id, or the name of one not deleted)."""
+    if sel.source is not None or sel.channel is not None:
+        raise _invalid("segment", "segment KPIs take no source or channel filter")
+    try:
+        ref = parse_ref(text)
+    except ValueError as exc:
+        raise _invalid("segment", str(exc)) from None
+    async with state.engine.connect() as conn:
+        found: SegmentInfo | None = None
+        if ref.id is not None:
+            found = await segment_reads.by_id(conn, ref.id)
+        if found is None:
+            found = await segment_reads.by_name(conn, ref.name)
+        if found is None:
+            raise ProblemError(404, "Unknown segment", f"no segment {text!r}")
+        counts = await segment_reads.window_counts(conn, found.id, sel.start, sel.end)
+    return {"window": sel.window, **sel.bounds(), "segment": found.document(), **counts.kpis()}
 
 
 @router.get(

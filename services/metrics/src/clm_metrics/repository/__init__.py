@@ -8,5 +8,7 @@ caller (the consumer's micro-batch, a request, the pruner) owns the transaction.
 * :mod:`.pruning`: the retention policy;
 * :mod:`.reads`: sums, distinct sets, write counters and cohorts, for the KPIs;
 * :mod:`.predictions`: the current model and customers' purchase facts, through the
-  prediction read model, for the predictive KPIs.
+  prediction read model, for the predictive KPIs;
+* :mod:`.segment_reads`: segments and their membership spans, through the segments' read
+  model, for the segment KPIs and gauges.
 """

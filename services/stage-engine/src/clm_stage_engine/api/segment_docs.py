@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from clm_domain.segments import ConditionError, dump_condition, parse_condition
+
 _SHOWN = ("id", "name", "description", "condition", "version", "announce_backfill")
 
 
@@ -32,12 +34,21 @@ def backfill_doc(row: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def shown_condition(stored: Any) -> Any:
+    """A stored condition in its canonical form (``jsonb`` keeps no key order): ``fact``,
+    ``op``, ``value`` as written; as stored should it no longer parse."""
+    try:
+        return dump_condition(parse_condition(stored))
+    except ConditionError:
+        return stored
+
+
 def version_doc(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": row["version"],
         "name": row["name"],
         "description": row["description"],
-        "condition": row["condition"],
+        "condition": shown_condition(row["condition"]),
         "created_at": row["created_at"].isoformat(),
     }
 
@@ -51,6 +62,7 @@ def segment_doc(
     """A ``segments`` row as the API shows it; ``size`` (its members now) and ``versions``
     (oldest first) where given."""
     doc: dict[str, Any] = {k: row[k] for k in _SHOWN}
+    doc["condition"] = shown_condition(row["condition"])
     doc["created_at"] = row["created_at"].isoformat()
     doc["updated_at"] = row["updated_at"].isoformat()
     if size is not None:

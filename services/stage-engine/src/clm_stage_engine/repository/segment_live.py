@@ -18,6 +18,7 @@ from clm_domain.lifecycle import CustomerState
 from clm_infra.consumer import Conflict
 from clm_infra.db import driver
 from clm_infra.schema import customers
+from clm_infra.segment_schema import CATALOG_LOCK
 from clm_stage_engine.repository.rows import state_from_row
 
 
@@ -60,28 +61,66 @@ _DEFINITIONS = (
 )
 
 
-async def active_definitions(conn: AsyncConnection) -> list[Definition]:
-    rows = await (await driver(conn)).fetch(_DEFINITIONS)
-    return [Definition(int(i), int(v), n, orjson.loads(c)) for i, v, n, c in rows]
+async def active_definitions(conn: AsyncConnection) -> tuple[list[Definition], bool]:
+    """The active definitions, and whether memberships are paused (a replay runs)."""
+    drv = await driver(conn)
+    rows = await drv.fetch(_DEFINITIONS)
+    paused = bool(await drv.fetchval("SELECT paused FROM segment_catalog WHERE id = 1"))
+    return [Definition(int(i), int(v), n, orjson.loads(c)) for i, v, n, c in rows], paused
 
 
-_OPEN = (
-    "SELECT customer_id, segment_id, entered_at FROM segment_memberships"
-    " WHERE customer_id = ANY($1::text[]) AND left_at IS NULL"
+async def resume(conn: AsyncConnection) -> None:
+    """End a replay's pause: the catalog's lock taken exclusive (every writer after this
+    evaluates memberships again), the version bumped."""
+    drv = await driver(conn)
+    await drv.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+    await drv.execute(
+        "UPDATE segment_catalog SET paused = false, version = version + 1 WHERE id = 1"
+    )
+
+
+_ORPHANS = (
+    "SELECT m.customer_id FROM segment_memberships AS m WHERE m.segment_id = $1"
+    " AND m.left_at IS NULL AND NOT EXISTS"
+    " (SELECT 1 FROM customers AS c WHERE c.customer_id = m.customer_id) ORDER BY 1"
 )
 
 
-async def open_spans(
-    conn: AsyncConnection, customer_ids: Iterable[str]
-) -> dict[str, dict[int, datetime]]:
-    """Each customer's open spans: segment id → when it entered (customers in none: absent)."""
+async def orphans(conn: AsyncConnection, segment_id: int) -> list[str]:
+    """Members of the segment without a customer row (gone during a replay)."""
+    return [r[0] for r in await (await driver(conn)).fetch(_ORPHANS, segment_id)]
+
+
+# the open spans (segment id ≥ 1), then the clocks (segment id 0), of the customers
+_OPEN = (
+    "SELECT customer_id, segment_id, entered_at FROM segment_memberships"
+    " WHERE customer_id = ANY($1::text[]) AND left_at IS NULL"
+    " UNION ALL SELECT customer_id, 0, due_at FROM segment_clock"
+    " WHERE customer_id = ANY($1::text[])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The customers' open spans (customer → segment id → when it entered) and their clocks
+    (customer → due instant; customers without one: absent)."""
+
+    spans: dict[str, dict[int, datetime]]
+    clocks: dict[str, datetime]
+
+
+async def open_spans(conn: AsyncConnection, customer_ids: Iterable[str]) -> Held:
+    """The customers' open spans and their segment clocks, in one statement."""
     wanted = sorted(set(customer_ids))
+    held = Held({}, {})
     if not wanted:
-        return {}
-    out: dict[str, dict[int, datetime]] = {}
-    for cid, sid, entered in await (await driver(conn)).fetch(_OPEN, wanted):
-        out.setdefault(cid, {})[int(sid)] = entered
-    return out
+        return held
+    for cid, sid, at in await (await driver(conn)).fetch(_OPEN, wanted):
+        if sid == 0:
+            held.clocks[cid] = at
+        else:
+            held.spans.setdefault(cid, {})[int(sid)] = at
+    return held
 
 
 _WRITE = """
@@ -120,8 +159,8 @@ async def write_spans(
     clocks: Sequence[tuple[str, datetime | None]],
 ) -> None:
     """Open the ``entered`` spans (each with its segment's version), close the ``left`` ones
-    and set the customers' clocks (None: time alone changes nothing of it), in one
-    statement. A span to close that is not open, or one to open that is, raises
+    and set the customers' clocks (None: time alone changes nothing of it; give only those
+    that change), in one statement. A span to close that is not open, or one to open that is, raises
     :class:`MembershipsChanged`."""
     if not (entered or left or clocks):
         return

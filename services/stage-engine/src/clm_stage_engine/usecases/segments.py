@@ -102,23 +102,24 @@ async def evaluate(
     in ``since`` is walked from that instant (its due clock) to now. ``gone``: customers
     whose rows went (merged away, erased) → the cause of their exits."""
     gone = gone or {}
-    spans = await segment_live.open_spans(conn, [*states, *gone])
+    found = await segment_live.open_spans(conn, [*states, *gone])
     by_id = {s.id: s for s in how.segments}
     entered: list[tuple[Span, int]] = []
     left: list[Span] = []
-    clocks: list[tuple[str, datetime | None]] = []
+    clocks: dict[str, datetime | None] = {}
     for cid, state in states.items():
         start = (since or {}).get(cid, how.now)
         steps = walk(how.segments, state, start, how.now, how.scores)
-        held = {sid: at for sid, at in spans.get(cid, {}).items() if sid in by_id}
+        held = {sid: at for sid, at in found.spans.get(cid, {}).items() if sid in by_id}
         for step in steps:
             _step(cid, step, held, causes[cid], entered, left, by_id)
-        clocks.append((cid, due_at(_clocked(how), state, steps[-1].at)))
+        clocks[cid] = due_at(_clocked(how), state, steps[-1].at)
     for cid, cause in gone.items():
-        for sid, since_at in sorted(spans.get(cid, {}).items()):
+        for sid, since_at in sorted(found.spans.get(cid, {}).items()):
             left.append(Span(sid, cid, how.now, since_at, cause))
-        clocks.append((cid, None))
-    await segment_live.write_spans(conn, entered=entered, left=left, clocks=clocks)
+        clocks[cid] = None
+    changed_clocks = [(c, at) for c, at in clocks.items() if found.clocks.get(c) != at]
+    await segment_live.write_spans(conn, entered=entered, left=left, clocks=changed_clocks)
     return _announced(how, entered, left, by_id) if how.announce else Changed()
 
 

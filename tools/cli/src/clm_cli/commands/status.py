@@ -69,6 +69,8 @@ class Status:
     stage_problems: list[str] = field(default_factory=list)
     #: The predictive models: the version scored with and the last fit attempt.
     model: dict[str, Any] = field(default_factory=dict)
+    #: Segments: how many, backfills under way, paused by a replay, clocks overdue.
+    segments: dict[str, Any] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[str]:
@@ -144,11 +146,21 @@ async def service_status(client: httpx.AsyncClient, service: Service) -> Service
     return ServiceStatus(service.name, service.url, state, checks)
 
 
-async def database_facts(
-    settings: CliSettings,
-) -> tuple[dict[tuple[str, str, int], int], dict[str, Any], dict[str, int], dict[str, Any]]:
-    """Stored offsets, outbox backlog and webhook delivery counts, from the operators' read
-    model (the ``status_*`` views, ``docs/read-model.md``), never the services' own tables."""
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What ``clm status`` reads from Postgres."""
+
+    offsets: dict[tuple[str, str, int], int]
+    outbox: dict[str, Any]
+    webhooks: dict[str, int]
+    model: dict[str, Any]
+    segments: dict[str, Any]
+
+
+async def database_facts(settings: CliSettings) -> Facts:
+    """Stored offsets, outbox backlog, webhook delivery counts, the models and the segments,
+    from the operators' read model (the ``status_*`` views, ``docs/read-model.md``), never
+    the services' own tables."""
     engine = create_engine(settings.database.url, pool_size=1, app_name="clm-cli")
     try:
         async with engine.connect() as conn:
@@ -168,7 +180,8 @@ async def database_facts(
                 k: (v.isoformat() if isinstance(v, datetime) else v)
                 for k, v in (await conn.execute(_MODEL)).one()._mapping.items()
             }
-            return offsets, outbox, webhooks, model
+            segments = dict((await conn.execute(_SEGMENTS)).one()._mapping)
+            return Facts(offsets, outbox, webhooks, model, segments)
     finally:
         await engine.dispose()
 
@@ -179,6 +192,7 @@ _MODEL = text(
     "SELECT version, fitted_at, customers, repeat_customers, last_attempt_at, last_outcome,"
     " last_reason FROM status_model"
 )
+_SEGMENTS = text("SELECT active, backfilling, paused, overdue FROM status_segments")
 _WEBHOOKS = text(
     "SELECT status, deliveries FROM status_webhook_deliveries WHERE status <> 'delivered'"
 )
@@ -220,7 +234,9 @@ async def collect(settings: CliSettings) -> Status:
     status = Status(services=services, kafka="ok", postgres="ok")
     offsets: dict[tuple[str, str, int], int] = {}
     try:
-        offsets, status.outbox, status.webhooks, status.model = await database_facts(settings)
+        facts = await database_facts(settings)
+        offsets, status.outbox, status.webhooks = facts.offsets, facts.outbox, facts.webhooks
+        status.model, status.segments = facts.model, facts.segments
     except (OSError, DBAPIError) as exc:
         status.postgres = f"unreachable ({type(exc).__name__})"
     topics = {t for _, t, _ in offsets} | {settings.topics.events, settings.topics.dlq}
@@ -312,6 +328,8 @@ def render(status: Status) -> str:
         parts.append(f"dead-letter records: {status.dlq_records}")
     if status.model:
         parts.append(model_line(status.model))
+    if status.segments:
+        parts.append(segments_line(status.segments))
     if status.stages:
         note = status.stages.get("note")
         parts.append(
@@ -322,6 +340,16 @@ def render(status: Status) -> str:
         )
     parts.append("healthy" if status.healthy else "\n".join(["NOT HEALTHY", *status.problems]))
     return "\n\n".join(parts)
+
+
+def segments_line(segments: dict[str, Any]) -> str:
+    """Segments in one line: how many, backfills, a replay's pause, overdue clocks."""
+    line = f"segments: {segments['active']} active, {segments['backfilling']} backfilling"
+    if segments["paused"]:
+        line += "; memberships paused until the replay is done"
+    if segments["overdue"]:
+        line += f"; {segments['overdue']} segment clock(s) overdue by over 5 minutes"
+    return line
 
 
 def model_line(model: dict[str, Any]) -> str:

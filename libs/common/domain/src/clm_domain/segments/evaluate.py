@@ -18,7 +18,9 @@ from clm_domain.segments.facts import FACTS, NULLABLE, Kind
 from clm_domain.segments.nodes import AllOf, AnyOf, DaysSince, FactTest, Node, Not, Value, walk
 
 #: The scores of a customer on a UTC date (keys ``p_alive``, ``expected_purchases_90d``,
-#: ``predicted_clv``); None when it has none (no model, no purchases).
+#: ``predicted_clv``); None when it has none (no model, no purchases). A function of the
+#: state and the date only, and None for a customer who never bought (``last_purchase_at``
+#: null): ``next_change`` relies on both.
 ScoreSource: TypeAlias = Callable[[CustomerState, date], Mapping[str, float | None] | None]
 #: A compiled node: (state, now, scores) -> bool. The third argument is a
 #: :class:`LazyScores` where the node reads scores, and is ignored where it does not.

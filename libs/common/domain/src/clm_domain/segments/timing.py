@@ -5,7 +5,8 @@ the scores) and the earliest instant after ``now`` it may change (None: never).
 An ``all`` that is false stays false until every false item has changed (an ``any`` that is
 true, dually), so a customer outside a segment for a reason time cannot change is never due;
 a ``days_since`` leaf flips exactly at a day boundary of its time fact; a score leaf may change
-at the next 00:00 UTC (scores are a function of the UTC date)."""
+at the next 00:00 UTC (scores are a function of the UTC date), unless the customer never bought
+(then it has no scores)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from clm_domain.segments.evaluate import (
     uses_scores,
     value_test,
 )
-from clm_domain.segments.nodes import AllOf, AnyOf, DaysSince, Node, Not, Value, walk
+from clm_domain.segments.nodes import AllOf, AnyOf, DaysSince, FactTest, Node, Not, Value, walk
 
 #: A compiled node's value now (None: not known without the scores) and the earliest
 #: instant it may change by time alone (None: never).
@@ -55,7 +56,21 @@ def change_of(node: Node) -> Change:
         return negated
     if isinstance(node, DaysSince):
         return _days_since_change(node)
-    return lambda s, n: (None, next_utc_midnight(n))  # a score: a function of the UTC date
+    assert isinstance(node, FactTest)
+    return _score_change(node)
+
+
+def _score_change(node: FactTest) -> Change:
+    """A score is a function of the UTC date: it may change at the next 00:00 UTC. A
+    customer who never bought has none (the :data:`ScoreSource` contract), whatever the day."""
+    unscored = node.op == "exists" and node.value is False
+
+    def change(s: CustomerState, n: datetime) -> tuple[bool | None, datetime | None]:
+        if s.last_purchase_at is None:
+            return unscored, None
+        return None, next_utc_midnight(n)
+
+    return change
 
 
 def _group_change(fixed: tuple[Test, ...], moving: tuple[Change, ...], every: bool) -> Change:
