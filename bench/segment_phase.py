@@ -3,10 +3,10 @@
 
 The segments bench's journeys are folded by the pure reducer in batches of 2000 events (as a
 lane folds them), and each batch's segments phase is replayed on a fresh database, its parts
-timed as :func:`clm_stage_engine.usecases.segments.evaluate` runs them: the open spans'
-read, the walk (memberships and entries / exits), the clocks' due times, the spans' and
-clocks' write, the records, the outbox row. One connection and no Kafka: what each part
-costs, not the engine's rate. Needs ``CLM_TEST_PG_ADMIN_URL`` (or ``CLM_DATABASE_URL``).
+timed as :func:`clm_stage_engine.usecases.segments.evaluate` runs them: the read of the open
+spans and clocks, the walk (memberships and entries / exits), the clocks' due times, the
+write of the spans and of the clocks that moved, the records, the outbox row. One
+connection and no Kafka: what each part costs, not the engine's rate. Needs ``CLM_TEST_PG_ADMIN_URL`` (or ``CLM_DATABASE_URL``).
 
 ``--revisits R``: the journeys are applied untimed, then R more visits of every customer
 (an hour apart, right after its journey) are timed instead: events of known customers whose
@@ -134,9 +134,10 @@ async def profile(
             async with engine.begin() as c:
                 found = await cache.current(c)
                 timer.lap("setup")
-                spans = await segment_live.open_spans(c, written)
+                held = await segment_live.open_spans(c, written)
                 timer.lap("open spans (SQL)")
-                entered, left, clocks = _walked(found, written, spans, causes, now, timer)
+                entered, left, due = _walked(found, written, held.spans, causes, now, timer)
+                clocks = [(cid, at) for cid, at in due if held.clocks.get(cid) != at]
                 await segment_live.write_spans(c, entered=entered, left=left, clocks=clocks)
                 timer.lap("write (SQL)")
                 by_id = {s.id: s for s in found}
