@@ -6,7 +6,8 @@ lane folds them), and each batch's segments phase is replayed on a fresh databas
 timed as :func:`clm_stage_engine.usecases.segments.evaluate` runs them: the read of the open
 spans and clocks, the walk (memberships and entries / exits), the clocks' due times, the
 write of the spans and of the clocks that moved, the records, the outbox row. One
-connection and no Kafka: what each part costs, not the engine's rate. Needs ``CLM_TEST_PG_ADMIN_URL`` (or ``CLM_DATABASE_URL``).
+connection and no Kafka: what each part costs, not the engine's rate. The garbage collector
+is tuned as the engine's (its pauses otherwise land in whichever part allocates). Needs ``CLM_TEST_PG_ADMIN_URL`` (or ``CLM_DATABASE_URL``).
 
 ``--revisits R``: the journeys are applied untimed, then R more visits of every customer
 (an hour apart, right after its journey) are timed instead: events of known customers whose
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -159,6 +161,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--revisits", type=int, default=0)
     args = parser.parse_args()
+    gc.freeze()  # the collector tuned as the stage engine's process tunes it
+    gc.set_threshold(200_000, 20, 20)
     seconds, changes, timed = asyncio.run(profile(args.segments, args.events, args.revisits))
     total = sum(seconds.values())
     what = f"{timed:,} revisits" if args.revisits else f"{timed:,} journey events"
