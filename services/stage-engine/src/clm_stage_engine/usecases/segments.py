@@ -107,9 +107,9 @@ async def evaluate(
     entered: list[tuple[Span, int]] = []
     left: list[Span] = []
     clocks: list[tuple[str, datetime | None]] = []
+    starts = await _starts(conn, how, since or {}, spans)
     for cid, state in states.items():
-        start = (since or {}).get(cid, how.now)
-        steps = walk(how.segments, state, start, how.now, how.scores)
+        steps = walk(how.segments, state, starts.get(cid, how.now), how.now, how.scores)
         held = {sid: at for sid, at in spans.get(cid, {}).items() if sid in by_id}
         for step in steps:
             _step(cid, step, held, causes[cid], entered, left, by_id)
@@ -118,8 +118,32 @@ async def evaluate(
         for sid, since_at in sorted(spans.get(cid, {}).items()):
             left.append(Span(sid, cid, how.now, since_at, cause))
         clocks.append((cid, None))
-    await segment_live.write_spans(conn, entered=entered, left=left, clocks=clocks)
+    # a backfill evaluates one segment: a change of the others still due stays due
+    keep_due = how.clocked is not None
+    await segment_live.write_spans(
+        conn, entered=entered, left=left, clocks=clocks, keep_due=keep_due
+    )
     return _announced(how, entered, left, by_id) if how.announce else Changed()
+
+
+async def _starts(
+    conn: AsyncConnection,
+    how: Evaluation,
+    since: Mapping[str, datetime],
+    spans: Mapping[str, Mapping[int, datetime]],
+) -> dict[str, datetime]:
+    """Where each walk starts: at its ``since``, but not before a change already recorded of
+    the customer (a write after a sweep's move instant evaluated the state then; the walk
+    cannot rewrite what that write recorded), nor after now."""
+    if not since:
+        return {}
+    after = min(since.values())
+    exits = await segment_live.last_exits(conn, [s.id for s in how.segments], list(since), after)
+    starts = {}
+    for cid, at in since.items():
+        recorded = [*spans.get(cid, {}).values(), *([exits[cid]] if cid in exits else [])]
+        starts[cid] = min(max([at, *recorded]), how.now)
+    return starts
 
 
 def _clocked(how: Evaluation) -> Sequence[Segment]:
