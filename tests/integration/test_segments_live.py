@@ -70,14 +70,14 @@ def receiver() -> Iterator[str]:
     server.shutdown()
 
 
-async def subscribe(client: httpx.AsyncClient, db: AsyncEngine, url: str, segment: int) -> str:
-    """A webhook subscription to ``segment``'s entries and exits; returns its secret."""
+async def subscribe(client: httpx.AsyncClient, db: AsyncEngine, url: str, *segments: int) -> str:
+    """A webhook subscription to ``segments``' entries and exits; returns its secret."""
     created = await client.post("/v1/webhooks", json={"url": url}, headers=ADMIN)
     assert created.status_code == 201, created.text
     async with db.begin() as conn:
         await conn.execute(
-            text("UPDATE webhook_subscriptions SET segments = ARRAY[CAST(:s AS bigint)]"),
-            {"s": segment},
+            text("UPDATE webhook_subscriptions SET segments = CAST(:s AS bigint[]) WHERE url = :u"),
+            {"s": list(segments), "u": url},
         )
     return str(created.json()["secret"])
 
@@ -112,12 +112,14 @@ async def test_a_purchase_enters_and_a_refund_leaves(
     await send_events(common, buy)
     [entered] = await segment_records(common, 1)
     assert brief([entered]) == [("enter", "payer", "event")]
-    assert entered["event_id"] == "shop:p1" or entered["event_id"].endswith(":p1")
+    assert entered["event_id"] == "shop:p1"
     refund = event_doc("refund", customer_id="payer", event_id="r1", occurred_at=at(2))
     refund["properties"] = {**buy["properties"]}
     await send_events(common, refund)
     records = await segment_records(common, 2)
     assert brief(records) == [("enter", "payer", "event"), ("exit", "payer", "event")]
+    assert records[1]["event_id"] == "shop:r1"
+    assert records[1]["entered_at"] == entered["at"]
     assert schema_errors(records) == []
     hooks = await deliveries(secret, 2)
     assert sorted(h["type"] for h in hooks) == ["segment.entered", "segment.exited"]
@@ -132,41 +134,50 @@ VALIDATOR = truth.record_validator()
 
 
 async def test_a_sweep_crossing_a_threshold_leaves_at_the_crossing(
-    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
+    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine, receiver: str
 ) -> None:
     sid = await truth.define_now(
         db, "bought lately", {"days_since": "last_purchase_at", "op": "le", "value": 5}
     )
-    bought = DAY0 + timedelta(hours=9, minutes=17)
+    secret = await subscribe(client, db, receiver, sid)
+    bought = DAY0 + timedelta(hours=9, minutes=17, seconds=3)
     doc = event_doc("purchase", customer_id="lapsing", event_id="p", occurred_at=bought.isoformat())
     await send_events(common, doc)
     await segment_records(common, 1)
+    # le 5 holds while fewer than 6 whole days have passed: it fails from bought + 6 days on
     crossing = bought + timedelta(days=6)
     segmenting = Segmenting(SegmentCache(), common.topics.segments)
-    await sweep_once(
-        db,
-        LifecycleRules(),
-        crossing + timedelta(hours=5),
-        lifecycle_topic=common.topics.lifecycle,
-        segmenting=segmenting,
-    )
+    for now in (crossing - timedelta(microseconds=1), crossing + timedelta(hours=5)):
+        await sweep_once(
+            db,
+            LifecycleRules(),
+            now,
+            lifecycle_topic=common.topics.lifecycle,
+            segmenting=segmenting,
+        )
     records = await segment_records(common, 2)
     assert brief(records) == [("enter", "lapsing", "event"), ("exit", "lapsing", "sweep")]
     assert datetime.fromisoformat(records[1]["at"]) == crossing
+    assert records[1]["segment_id"] == sid
+    assert schema_errors(records) == []
+    hooks = await deliveries(secret, 2)
+    exited = [h for h in hooks if h["type"] == "segment.exited"]
+    assert [(h["cause"], datetime.fromisoformat(h["at"])) for h in exited] == [("sweep", crossing)]
     async with db.connect() as conn:
         assert await truth.open_spans(conn) == set()
-    assert sid == records[1]["segment_id"]
 
 
 async def test_an_erasure_and_a_merge_leave_with_their_cause(
-    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine
+    client: httpx.AsyncClient, common: CommonSettings, db: AsyncEngine, receiver: str
 ) -> None:
-    sid = await truth.define_now(db, "buyers", {"fact": "purchases", "op": "ge", "value": 1})
+    buyers = await truth.define_now(db, "buyers", {"fact": "purchases", "op": "ge", "value": 1})
+    repeat = await truth.define_now(db, "repeat", {"fact": "purchases", "op": "ge", "value": 2})
+    secret = await subscribe(client, db, receiver, buyers, repeat)
     await send_events(
         common,
         *(
-            event_doc("purchase", customer_id=c, event_id=f"p-{c}", occurred_at=at(1))
-            for c in ("erased", "kept", "merged")
+            event_doc("purchase", customer_id=c, event_id=f"p-{c}", occurred_at=at(n))
+            for n, c in enumerate(("erased", "kept", "merged"))
         ),
     )
     await segment_records(common, 3)
@@ -174,14 +185,38 @@ async def test_an_erasure_and_a_merge_leave_with_their_cause(
     assert erased.status_code == 200, erased.text
     merged = await client.post("/v1/customers/kept/merge", json={"from": "merged"}, headers=ADMIN)
     assert merged.status_code == 200, merged.text
-    records = await segment_records(common, 5)
-    exits = sorted(brief([r for r in records if r["kind"] == "exit"]))
-    assert exits == [("exit", "erased", "erasure"), ("exit", "merged", "merge")]
+    records = await segment_records(common, 6)
+    changes = sorted(
+        (r["segment_id"], r["kind"], r["customer_id"], r["cause"])
+        for r in records
+        if r["cause"] != "event"
+    )
+    assert changes == [
+        (buyers, "exit", "erased", "erasure"),
+        (buyers, "exit", "merged", "merge"),
+        (repeat, "enter", "kept", "merge"),  # the survivor is evaluated: two purchases now
+    ]
+    assert schema_errors(records) == []
+    hooks = await deliveries(secret, 6)
+    assert sorted((h["type"], h["customer_id"], h["cause"]) for h in hooks) == sorted(
+        [
+            *(("segment.entered", c, "event") for c in ("erased", "kept", "merged")),
+            ("segment.exited", "erased", "erasure"),
+            ("segment.exited", "merged", "merge"),
+            ("segment.entered", "kept", "merge"),
+        ]
+    )
     async with db.connect() as conn:
-        assert await truth.open_spans(conn) == {(sid, "kept")}
-        assert await truth.brute_force(conn, datetime.now(UTC)) == {(sid, "kept")}
-        ids = (await conn.execute(text("SELECT customer_id FROM segment_memberships"))).scalars()
-        assert "erased" not in set(ids)
+        want = {(buyers, "kept"), (repeat, "kept")}
+        assert await truth.open_spans(conn) == want
+        assert await truth.brute_force(conn, datetime.now(UTC)) == want
+        spans = (
+            await conn.execute(
+                text("SELECT customer_id, left_by FROM segment_memberships ORDER BY id")
+            )
+        ).all()
+    assert [tuple(s) for s in spans if s[1] == "erasure"] == [(None, "erasure")]
+    assert "erased" not in {s[0] for s in spans}
 
 
 async def test_a_backfill_of_many_customers_does_not_stall_the_live_path(
@@ -215,15 +250,16 @@ async def test_a_backfill_of_many_customers_does_not_stall_the_live_path(
         customer = await eventually(seen)
         assert customer["stage"]
         async with db.connect() as conn:
-            finished = (
+            done, finished = (
                 await conn.execute(
-                    text("SELECT backfill_finished_at FROM segments WHERE id = :i"), {"i": sid}
+                    text("SELECT backfill_done, backfill_finished_at FROM segments WHERE id = :i"),
+                    {"i": sid},
                 )
-            ).scalar_one()
-        if finished is None:
-            applied_while_running += 1
-        else:
+            ).one()
+        if finished is not None:
             break
+        if done > 0:  # applied while the backfill was under way, not merely pending
+            applied_while_running += 1
         assert n < 2000, "the backfill never finished"
     assert applied_while_running >= 1, "the backfill finished before any live event was applied"
     async with db.connect() as conn:
