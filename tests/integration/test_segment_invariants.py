@@ -264,8 +264,6 @@ async def fresh_world() -> AsyncIterator[SegmentWorld]:
     db = create_engine(settings.database.url, pool_size=3)
     try:
         await reset(db)
-        async with db.begin() as conn:  # TRUNCATE emptied the catalog's one row
-            await conn.execute(text("INSERT INTO segment_catalog (id, version) VALUES (1, 0)"))
         async with engine_api(settings, db) as api:
             yield SegmentWorld(db, api, settings.topics.lifecycle, settings.topics.segments)
     finally:
