@@ -445,3 +445,36 @@ FOUND: dict[str, tuple[list[dict[str, Any]], Plan]] = {
 def test_found_by_the_property(env: dict[str, str], example: str) -> None:
     found = play(*FOUND[example])
     assert not found, verdict(*FOUND[example], found)
+
+
+def test_a_writer_whose_clock_is_behind_records_no_exit_before_its_entry(
+    env: dict[str, str],
+) -> None:
+    """Two replicas' clocks differ: a batch a second behind the one that made the customer
+    enter records its exit at the entry, not before it (the record refused that, and the
+    batch failed)."""
+    defined = [{"fact": "net_revenue", "op": "gt", "value": 0}]
+
+    async def go() -> tuple[list[str], list[Any]]:
+        async with fresh_world() as world:
+            await world.define(SimClock(), defined[0], backfill=False)
+            with engine_clock() as clock:
+                clock.current = T0 + timedelta(days=1)
+                await world.deliver(
+                    [event(1, "purchase", cid="c0", anon=None, minute=60, variant=0)]
+                )
+                clock.current -= timedelta(seconds=1)
+                await world.deliver([event(2, "refund", cid="c0", anon=None, minute=61, variant=0)])
+            await world.play_all([])
+            async with world.db.connect() as conn:
+                spans = (
+                    await conn.execute(
+                        text("SELECT entered_at, left_at, left_by FROM segment_memberships")
+                    )
+                ).all()
+            return await problems(world), [tuple(s) for s in spans]
+
+    found, spans = asyncio.run(go())
+    assert not found, verdict(defined, [], found)
+    day = T0 + timedelta(days=1)
+    assert spans == [(day, day, "event:shop:e2")]

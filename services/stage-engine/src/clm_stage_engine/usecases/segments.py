@@ -11,7 +11,7 @@ until its clock passes now (:func:`walk`), so a change is recorded when it happe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
@@ -107,16 +107,16 @@ async def evaluate(
     entered: list[tuple[Span, int]] = []
     left: list[Span] = []
     clocks: list[tuple[str, datetime | None]] = []
-    starts = await _starts(conn, how, since or {}, spans)
+    starts = await _starts(conn, how, states, since or {}, spans)
     for cid, state in states.items():
-        steps = walk(how.segments, state, starts.get(cid, how.now), how.now, how.scores)
+        steps = walk(how.segments, state, starts[cid], how.now, how.scores)
         held = {sid: at for sid, at in spans.get(cid, {}).items() if sid in by_id}
         for step in steps:
             _step(cid, step, held, causes[cid], entered, left, by_id)
         clocks.append((cid, due_at(_clocked(how), state, steps[-1].at)))
     for cid, cause in gone.items():
         for sid, since_at in sorted(spans.get(cid, {}).items()):
-            left.append(Span(sid, cid, how.now, since_at, cause))
+            left.append(Span(sid, cid, max(how.now, since_at), since_at, cause))
         clocks.append((cid, None))
     # a backfill evaluates one segment: a change of the others still due stays due
     keep_due = how.clocked is not None
@@ -129,20 +129,22 @@ async def evaluate(
 async def _starts(
     conn: AsyncConnection,
     how: Evaluation,
+    customers: Iterable[str],
     since: Mapping[str, datetime],
     spans: Mapping[str, Mapping[int, datetime]],
 ) -> dict[str, datetime]:
-    """Where each walk starts: at its ``since``, but not before a change already recorded of
-    the customer (a write after a sweep's move instant evaluated the state then; the walk
-    cannot rewrite what that write recorded), nor after now."""
-    if not since:
-        return {}
-    after = min(since.values())
-    exits = await segment_live.last_exits(conn, [s.id for s in how.segments], list(since), after)
+    """Where each customer's walk starts: at its ``since`` (else now), but never before a
+    change already recorded of it. A write after a sweep's move instant evaluated the state
+    then, and a writer whose clock is behind another's (another replica) cannot record an
+    exit before the entry it closes."""
+    exits: Mapping[str, datetime] = {}
+    if since:
+        ids = [s.id for s in how.segments]
+        exits = await segment_live.last_exits(conn, ids, list(since), min(since.values()))
     starts = {}
-    for cid, at in since.items():
+    for cid in customers:
         recorded = [*spans.get(cid, {}).values(), *([exits[cid]] if cid in exits else [])]
-        starts[cid] = min(max([at, *recorded]), how.now)
+        starts[cid] = max([since.get(cid, how.now), *recorded])
     return starts
 
 
