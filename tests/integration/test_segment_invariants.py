@@ -129,7 +129,17 @@ def leaves() -> st.SearchStrategy[dict[str, Any]]:
         ),
         st.booleans().map(lambda b: {"fact": "last_nps", "op": "exists", "value": b}),
     )
-    return st.one_of(stage, counts, money, days, days, days, text_)
+    # leaves a later event makes false (events alone take a customer out of these)
+    falling = st.one_of(
+        st.tuples(st.sampled_from(("events", "purchases", "tickets_open")), st.integers(1, 4)).map(
+            lambda fv: {"fact": fv[0], "op": "lt", "value": fv[1]}
+        ),
+        st.sampled_from(("reach", "acquisition", "conversion")).map(
+            lambda v: {"fact": "stage", "op": "eq", "value": v}
+        ),
+        st.sampled_from(AMOUNTS[1:]).map(lambda v: {"fact": "net_revenue", "op": "ge", "value": v}),
+    )
+    return st.one_of(stage, counts, money, days, days, days, text_, falling, falling)
 
 
 def conditions() -> st.SearchStrategy[dict[str, Any]]:
