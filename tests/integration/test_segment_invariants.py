@@ -24,7 +24,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -488,3 +488,47 @@ def test_a_writer_whose_clock_is_behind_records_no_exit_before_its_entry(
     assert not found, verdict(defined, [], found)
     day = T0 + timedelta(days=1)
     assert spans == [(day, day, "event:shop:e2")]
+
+
+CATCH_UP: dict[str, tuple[dict[str, Any], datetime]] = {
+    # c0 buys at 1 hour, then nothing
+    # quiet for a day from 1 day 1 hour on; the sweep at 3 days first moves c0 to at_risk
+    # (as of 2 days 1 hour) and walks the moved state from there
+    "a crossing before a move": (
+        {"days_since": "last_seen_at", "op": "ge", "value": 1},
+        T0 + timedelta(days=1, hours=1),
+    ),
+    # at_risk from 2 days 1 hour, churned from 4 days 1 hour: one sweep at 5 days makes both
+    # moves and walks the churned state only
+    "a stage between two moves": (
+        {"fact": "stage", "op": "eq", "value": "at_risk"},
+        T0 + timedelta(days=2, hours=1),
+    ),
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a sweep that moves a customer walks its segments from its last move with the "
+    "moved state: a change due before (a days_since crossing, an intermediate stage) is "
+    "recorded at the move, or not at all (reported to the lead)",
+)
+@pytest.mark.parametrize("case", list(CATCH_UP))
+def test_a_sweep_catching_up_records_each_change_when_it_happened(
+    env: dict[str, str], case: str
+) -> None:
+    condition, entered = CATCH_UP[case]
+    buy = event(1, "purchase", cid="c0", anon=None, minute=60, variant=0)
+    plan: Plan = [Deliver((buy,)), SweepAt(T0 + timedelta(days=3 if "before" in case else 5))]
+
+    async def go() -> list[Any]:
+        async with fresh_world() as world:
+            await world.define(SimClock(), condition, backfill=False)
+            await world.play_all(plan)
+            async with world.db.connect() as conn:
+                rows = await conn.execute(
+                    text("SELECT entered_at FROM segment_memberships ORDER BY entered_at")
+                )
+                return [r[0] for r in rows.all()]
+
+    assert asyncio.run(go())[:1] == [entered]
