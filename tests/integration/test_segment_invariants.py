@@ -325,11 +325,15 @@ def verdict(defined: Sequence[dict[str, Any]], plan: Plan, found: list[str]) -> 
     return f"{len(found)} problems:\n  {shown}\ndefinitions: {list(defined)}\nplan:\n  {steps}"
 
 
+#: Examples of the property: 60 in the suite (about 20 s); CLM_SEGMENT_EXAMPLES for more.
+EXAMPLES = int(os.environ.get("CLM_SEGMENT_EXAMPLES", "60"))
+
+
 # --- the property ---------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
-@property_settings(int(os.environ.get("CLM_SEGMENT_EXAMPLES", "60")))
+@pytest.mark.timeout(60 + 2 * EXAMPLES)
+@property_settings(EXAMPLES)
 @given(drawn=plans())
 def test_live_memberships_and_their_stream_equal_the_brute_force_truth(
     env: dict[str, str], drawn: tuple[list[dict[str, Any]], Plan]
