@@ -221,7 +221,7 @@ class Played:
 
 
 async def reset(db: AsyncEngine) -> None:
-    """Every table emptied but the keys and Alembic's."""
+    """Every table emptied but the keys and Alembic's (the segment catalog's row put back)."""
     async with db.begin() as conn:
         names = (
             await conn.execute(
@@ -233,6 +233,8 @@ async def reset(db: AsyncEngine) -> None:
         ).scalars()
         tables = ", ".join(f'"{n}"' for n in names)
         await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        # the segment catalog's one row, as the migration leaves it (every batch reads it)
+        await conn.execute(text("INSERT INTO segment_catalog (id, version) VALUES (1, 0)"))
 
 
 def engine_api(settings: StageEngineSettings, db: AsyncEngine) -> httpx.AsyncClient:

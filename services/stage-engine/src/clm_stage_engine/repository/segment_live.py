@@ -123,6 +123,24 @@ async def open_spans(conn: AsyncConnection, customer_ids: Iterable[str]) -> Held
     return held
 
 
+_LAST_EXITS = (
+    "SELECT customer_id, max(left_at) FROM segment_memberships WHERE segment_id = ANY($1)"
+    " AND left_at > $2 AND customer_id = ANY($3::text[]) GROUP BY customer_id"
+)
+
+
+async def last_exits(
+    conn: AsyncConnection, segment_ids: Sequence[int], customer_ids: Sequence[str], after: datetime
+) -> dict[str, datetime]:
+    """Each customer's latest exit after ``after`` from one of ``segment_ids`` (none: absent)."""
+    if not (segment_ids and customer_ids):
+        return {}
+    rows = await (await driver(conn)).fetch(
+        _LAST_EXITS, list(segment_ids), after, sorted(customer_ids)
+    )
+    return {cid: at for cid, at in rows}
+
+
 _WRITE = """
 WITH closed AS (
     UPDATE segment_memberships AS m SET left_at = x.at, left_by = x.cause
@@ -131,18 +149,22 @@ WITH closed AS (
     WHERE m.segment_id = x.segment_id AND m.customer_id = x.customer_id AND m.left_at IS NULL
     RETURNING 1
 ), opened AS (
-    INSERT INTO segment_memberships (segment_id, customer_id, version, entered_at, entered_by)
-    SELECT segment_id, customer_id, version, at, cause FROM jsonb_to_recordset($2::jsonb)
-        AS x(segment_id bigint, customer_id text, version int, at timestamptz, cause text)
+    INSERT INTO segment_memberships
+        (segment_id, customer_id, version, entered_at, entered_by, left_at, left_by)
+    SELECT segment_id, customer_id, version, at, cause, left_at, left_by
+    FROM jsonb_to_recordset($2::jsonb) AS x(segment_id bigint, customer_id text, version int,
+        at timestamptz, cause text, left_at timestamptz, left_by text)
     RETURNING 1
 ), clocked AS (
     INSERT INTO segment_clock (customer_id, due_at)
     SELECT customer_id, due_at FROM jsonb_to_recordset($3::jsonb)
         AS x(customer_id text, due_at timestamptz)
-    ON CONFLICT (customer_id) DO UPDATE SET due_at = excluded.due_at
+    ON CONFLICT (customer_id) DO UPDATE SET due_at = CASE WHEN $5::boolean
+        THEN LEAST(segment_clock.due_at, excluded.due_at) ELSE excluded.due_at END
     RETURNING 1
 ), unclocked AS (
-    DELETE FROM segment_clock WHERE customer_id IN (SELECT jsonb_array_elements_text($4::jsonb))
+    DELETE FROM segment_clock WHERE NOT $5::boolean
+        AND customer_id IN (SELECT jsonb_array_elements_text($4::jsonb))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM closed), (SELECT count(*) FROM opened),
@@ -157,27 +179,39 @@ async def write_spans(
     entered: Sequence[tuple[Span, int]],
     left: Sequence[Span],
     clocks: Sequence[tuple[str, datetime | None]],
+    keep_due: bool = False,
 ) -> None:
     """Open the ``entered`` spans (each with its segment's version), close the ``left`` ones
     and set the customers' clocks (None: time alone changes nothing of it; give only those
-    that change), in one statement. A span to close that is not open, or one to open that is, raises
+    that change; ``keep_due``: a clock already set stays if earlier, as when only some
+    segments were evaluated), in one statement. A span both opened and closed here (a
+    sweep's walk crossing two thresholds) is written closed. A span to close that is not
+    open, or one to open that is, raises
     :class:`MembershipsChanged`."""
     if not (entered or left or clocks):
         return
+    # the statement's parts share one snapshot: its UPDATE cannot see its INSERT's rows
+    opened = {(s.segment_id, s.customer_id, s.entered_at) for s, _ in entered}
+    ends = {(s.segment_id, s.customer_id, s.entered_at): s for s in left}
     closing = [
         {"segment_id": s.segment_id, "customer_id": s.customer_id, "at": s.at, "cause": s.cause}
-        for s in left
+        for key, s in ends.items()
+        if key not in opened
     ]
-    opening = [
-        {
-            "segment_id": s.segment_id,
-            "customer_id": s.customer_id,
-            "version": version,
-            "at": s.at,
-            "cause": s.cause,
-        }
-        for s, version in entered
-    ]
+    opening = []
+    for s, version in entered:
+        end = ends.get((s.segment_id, s.customer_id, s.entered_at))
+        opening.append(
+            {
+                "segment_id": s.segment_id,
+                "customer_id": s.customer_id,
+                "version": version,
+                "at": s.at,
+                "cause": s.cause,
+                "left_at": None if end is None else end.at,
+                "left_by": None if end is None else end.cause,
+            }
+        )
     due = [{"customer_id": c, "due_at": at} for c, at in clocks if at is not None]
     never = [c for c, at in clocks if at is None]
     try:
@@ -187,6 +221,7 @@ async def write_spans(
             orjson.dumps(opening).decode(),
             orjson.dumps(due).decode(),
             orjson.dumps(never).decode(),
+            keep_due,
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != _OPEN_KEY:

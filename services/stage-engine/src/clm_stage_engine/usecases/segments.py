@@ -11,7 +11,7 @@ until its clock passes now (:func:`walk`), so a change is recorded when it happe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
@@ -107,20 +107,65 @@ async def evaluate(
     entered: list[tuple[Span, int]] = []
     left: list[Span] = []
     clocks: dict[str, datetime | None] = {}
+    starts = await _starts(conn, how, states, since or {}, found.spans)
     for cid, state in states.items():
-        start = (since or {}).get(cid, how.now)
-        steps = walk(how.segments, state, start, how.now, how.scores)
+        steps = walk(how.segments, state, starts[cid], how.now, how.scores)
         held = {sid: at for sid, at in found.spans.get(cid, {}).items() if sid in by_id}
         for step in steps:
             _step(cid, step, held, causes[cid], entered, left, by_id)
         clocks[cid] = due_at(_clocked(how), state, steps[-1].at)
     for cid, cause in gone.items():
         for sid, since_at in sorted(found.spans.get(cid, {}).items()):
-            left.append(Span(sid, cid, how.now, since_at, cause))
+            left.append(Span(sid, cid, max(how.now, since_at), since_at, cause))
         clocks[cid] = None
-    changed_clocks = [(c, at) for c, at in clocks.items() if found.clocks.get(c) != at]
-    await segment_live.write_spans(conn, entered=entered, left=left, clocks=changed_clocks)
+    # a backfill evaluates one segment: a change of the others still due stays due
+    keep_due = how.clocked is not None
+    moved = _moved_clocks(clocks, found.clocks, keep_due=keep_due)
+    await segment_live.write_spans(
+        conn, entered=entered, left=left, clocks=moved, keep_due=keep_due
+    )
     return _announced(how, entered, left, by_id) if how.announce else Changed()
+
+
+async def _starts(
+    conn: AsyncConnection,
+    how: Evaluation,
+    customers: Iterable[str],
+    since: Mapping[str, datetime],
+    spans: Mapping[str, Mapping[int, datetime]],
+) -> dict[str, datetime]:
+    """Where each customer's walk starts: at its ``since`` (else now), but never before a
+    change already recorded of it. A write after a sweep's move instant evaluated the state
+    then, and a writer whose clock is behind another's (another replica) cannot record an
+    exit before the entry it closes."""
+    exits: Mapping[str, datetime] = {}
+    if since:
+        ids = [s.id for s in how.segments]
+        exits = await segment_live.last_exits(conn, ids, list(since), min(since.values()))
+    starts = {}
+    for cid in customers:
+        recorded = [*spans.get(cid, {}).values(), *([exits[cid]] if cid in exits else [])]
+        starts[cid] = max([since.get(cid, how.now), *recorded])
+    return starts
+
+
+def _moved_clocks(
+    clocks: Mapping[str, datetime | None],
+    stored: Mapping[str, datetime],
+    *,
+    keep_due: bool,
+) -> list[tuple[str, datetime | None]]:
+    """The clocks to write: those that move (with ``keep_due``, only earlier ones: a clock
+    already set stays if earlier, and none is removed)."""
+    moved = []
+    for cid, due in clocks.items():
+        was = stored.get(cid)
+        if due == was:
+            continue
+        if keep_due and (due is None or (was is not None and was < due)):
+            continue
+        moved.append((cid, due))
+    return moved
 
 
 def _clocked(how: Evaluation) -> Sequence[Segment]:
