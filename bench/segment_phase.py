@@ -35,7 +35,7 @@ from clm_domain.customer_state import CustomerState
 from clm_domain.events import Event, parse_event
 from clm_domain.reducer import apply_event
 from clm_domain.rules import load_rules
-from clm_domain.segments.membership import Segment, due_at
+from clm_domain.segments.membership import Segment
 from clm_infra.db import create_engine
 from clm_stage_engine.repository import outbox, segment_live
 from clm_stage_engine.repository.segment_live import Span
@@ -73,12 +73,12 @@ def _walked(
     left: list[Span] = []
     clocks: list[tuple[str, datetime | None]] = []
     for cid, state in written.items():
-        steps = live.walk(segments, state, now, now, None)
+        steps, due = live.walk(segments, state, now, now, None)
         held = {sid: at for sid, at in spans.get(cid, {}).items() if sid in by_id}
         for step in steps:
             live._step(cid, step, held, causes[cid], entered, left, by_id)
         timer.lap("walk (py)")
-        clocks.append((cid, due_at(segments, state, steps[-1].at)))
+        clocks.append((cid, due))
         timer.lap("clocks (py)")
     return entered, left, clocks
 

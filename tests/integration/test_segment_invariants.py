@@ -511,12 +511,6 @@ CATCH_UP: dict[str, tuple[dict[str, Any], datetime]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sweep that moves a customer walks its segments from its last move with the "
-    "moved state: a change due before (a days_since crossing, an intermediate stage) is "
-    "recorded at the move, or not at all (reported to the lead)",
-)
 @pytest.mark.parametrize("case", list(CATCH_UP))
 def test_a_sweep_catching_up_records_each_change_when_it_happened(
     env: dict[str, str], case: str

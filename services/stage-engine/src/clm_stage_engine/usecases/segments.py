@@ -61,19 +61,47 @@ def walk(
     start: datetime,
     until: datetime,
     scores: ScoreSource | None,
-) -> list[Step]:
+) -> tuple[list[Step], datetime | None]:
     """The customer's memberships at ``start`` and at each instant after it, up to
     ``until``, when time alone may have changed them (at most :data:`MAX_STEPS`; the last
-    step is always at ``until`` or before it, the state's memberships then)."""
+    step is always at ``until`` or before it, the state's memberships then), and the next
+    such instant after the last step (None: never)."""
     steps = [Step(start, members_of(segments, state, start, scores))]
     at: datetime | None = due_at(segments, state, start)
     while at is not None and at <= until:
         if len(steps) >= MAX_STEPS:
             steps.append(Step(until, members_of(segments, state, until, scores)))
-            break
+            return steps, due_at(segments, state, until)
         steps.append(Step(at, members_of(segments, state, at, scores)))
         at = due_at(segments, state, at)
-    return steps
+    return steps, at
+
+
+#: A customer's states over time: from each instant on (the first one: where its walk
+#: starts), the state it was in, oldest first.
+Pieces = Sequence[tuple[datetime, CustomerState]]
+
+
+def walk_pieces(
+    segments: Sequence[Segment], pieces: Pieces, until: datetime, scores: ScoreSource | None
+) -> tuple[list[Step], datetime | None]:
+    """:func:`walk` over each piece of a customer's states up to the next piece's instant
+    (the last one up to ``until``): the memberships the states had, each when it had them."""
+    steps: list[Step] = []
+    due: datetime | None = None
+    for n, (start, state) in enumerate(pieces):
+        end = pieces[n + 1][0] if n + 1 < len(pieces) else until
+        walked, due = walk(segments, state, start, end, scores)
+        last = n + 1 == len(pieces)
+        steps += [step for step in walked if last or step.at < end]
+    return steps, due
+
+
+def clamped(pieces: Pieces, start: datetime) -> list[tuple[datetime, CustomerState]]:
+    """``pieces`` from ``start`` on: the state held at ``start``, then the later ones."""
+    held = [p for p in pieces if p[0] <= start]
+    later = [p for p in pieces if p[0] > start]
+    return [(start, held[-1][1] if held else pieces[0][1]), *later]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,25 +123,31 @@ async def evaluate(
     causes: Mapping[str, str],
     *,
     since: Mapping[str, datetime] | None = None,
+    moves: Mapping[str, tuple[CustomerState, Pieces]] | None = None,
     gone: Mapping[str, str] | None = None,
 ) -> Changed:
     """Evaluate ``states`` (customer id → its state as written) at ``how.now``, each change
     caused by ``causes[id]`` (``event:<source>:<id>``, ``sweep``, ``merge`` …); a customer
-    in ``since`` is walked from that instant (its due clock) to now. ``gone``: customers
-    whose rows went (merged away, erased) → the cause of their exits."""
+    in ``since`` is walked from that instant (its due clock) to now; one in ``moves`` (the
+    sweeper's: its state before them, then each move's instant and state after it) from its
+    clock, if due before its first move, through each state. ``gone``: customers whose rows
+    went (merged away, erased) → the cause of their exits."""
     gone = gone or {}
+    moves = moves or {}
     found = await segment_live.open_spans(conn, [*states, *gone])
     by_id = {s.id: s for s in how.segments}
     entered: list[tuple[Span, int]] = []
     left: list[Span] = []
     clocks: dict[str, datetime | None] = {}
-    starts = await _starts(conn, how, states, since or {}, found.spans)
+    since = {**(since or {}), **_move_starts(moves, found.clocks)}
+    starts = await _starts(conn, how, states, since, found.spans)
     for cid, state in states.items():
-        steps = walk(how.segments, state, starts[cid], how.now, how.scores)
+        pieces = _pieces(moves.get(cid), state, starts[cid])
+        steps, due = walk_pieces(how.segments, pieces, how.now, how.scores)
         held = {sid: at for sid, at in found.spans.get(cid, {}).items() if sid in by_id}
         for step in steps:
             _step(cid, step, held, causes[cid], entered, left, by_id)
-        clocks[cid] = due_at(_clocked(how), state, steps[-1].at)
+        clocks[cid] = due if how.clocked is None else due_at(how.clocked, state, steps[-1].at)
     for cid, cause in gone.items():
         for sid, since_at in sorted(found.spans.get(cid, {}).items()):
             left.append(Span(sid, cid, max(how.now, since_at), since_at, cause))
@@ -168,8 +202,28 @@ def _moved_clocks(
     return moved
 
 
-def _clocked(how: Evaluation) -> Sequence[Segment]:
-    return how.segments if how.clocked is None else how.clocked
+def _pieces(
+    moved: tuple[CustomerState, Pieces] | None, state: CustomerState, start: datetime
+) -> list[tuple[datetime, CustomerState]]:
+    """A customer's states from ``start`` on: ``state`` alone, or the state before its moves
+    (until the first) and each move's."""
+    if moved is None:
+        return [(start, state)]
+    before, after = moved
+    return clamped([(min(start, after[0][0]), before), *after], start)
+
+
+def _move_starts(
+    moves: Mapping[str, tuple[CustomerState, Pieces]], clocks: Mapping[str, datetime]
+) -> dict[str, datetime]:
+    """Where a moved customer's walk starts: its clock, if due before its first move, else
+    that move."""
+    starts = {}
+    for cid, (_, pieces) in moves.items():
+        first = pieces[0][0]
+        clock = clocks.get(cid)
+        starts[cid] = clock if clock is not None and clock < first else first
+    return starts
 
 
 def _step(
@@ -269,10 +323,12 @@ class Segmenting:
         now: datetime,
         *,
         since: Mapping[str, datetime] | None = None,
+        moves: Mapping[str, tuple[CustomerState, Pieces]] | None = None,
         gone: Sequence[str] = (),
     ) -> int:
-        """Evaluate ``states`` (and ``gone``'s exits) as :func:`evaluate`, every change
-        caused by ``cause``; queue the records and deliveries. Returns the changes."""
+        """Evaluate ``states`` (``since`` and ``moves`` as :func:`evaluate`'s, and
+        ``gone``'s exits), every change caused by ``cause``; queue the records and
+        deliveries. Returns the changes."""
         if not (states or gone):
             return 0
         subscriptions = await webhooks.active_subscriptions(conn)
@@ -283,6 +339,7 @@ class Segmenting:
             states,
             dict.fromkeys(states, cause),
             since=since,
+            moves=moves,
             gone=dict.fromkeys(gone, cause),
         )
         await outbox.insert_outbox(conn, self.topic, changed.records)

@@ -6,6 +6,7 @@ transaction)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from prometheus_client import Counter
@@ -94,20 +95,37 @@ async def _segments_of(
     conn: AsyncConnection,
     segmenting: Segmenting | None,
     segments: Sequence[Segment] | None,
-    moved: Sequence[tuple[CustomerState, datetime]],
+    moved: Sequence[Moved],
     now: datetime,
 ) -> None:
-    """The segments of the customers moved, walked from their last move to ``now``."""
+    """The segments of the customers moved, walked through the states their moves made
+    (from their segment clock, if due before the first move) to ``now``."""
     if segmenting is None or segments is None or not moved:
         return
     await segmenting.written(
         conn,
         segments,
-        {state.customer_id: state for state, _ in moved},
+        {m.after.customer_id: m.after for m in moved},
         "sweep",
         now,
-        since={state.customer_id: at for state, at in moved},
+        moves={m.after.customer_id: (m.before, m.states()) for m in moved},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A customer the sweep moved: its state before and after, and its moves."""
+
+    before: CustomerState
+    after: CustomerState
+    moves: Sequence[Transition]
+
+    def states(self) -> list[tuple[datetime, CustomerState]]:
+        """Each move's instant and the state it made (a move changes the stage alone)."""
+        return [
+            (m.at, replace(self.before, stage=m.to_stage, stage_entered_at=m.at))
+            for m in self.moves[:-1]
+        ] + [(self.moves[-1].at, self.after)]
 
 
 async def _move(
@@ -117,25 +135,23 @@ async def _move(
     now: datetime,
     topic: str,
     model: AliveModel | None,
-) -> list[tuple[CustomerState, datetime]]:
-    """Apply the time-based moves due by ``now`` to ``rows``; return the customers moved
-    (each after its moves, and the time of its last move)."""
-    states, transitions, outbox = [], [], []
+) -> list[Moved]:
+    """Apply the time-based moves due by ``now`` to ``rows``; return the customers moved."""
+    moved, transitions, outbox = [], [], []
     for before in rows:
         after, moves = advance(before, now, rules, model)
         if not moves:
             continue
-        states.append(after)
+        moved.append(Moved(before, after, moves))
         transitions.extend(moves)
         for move in moves:
             SWEPT.labels(move.to_stage.value).inc()
         outbox.append((after.customer_id, encode(time_record(before, after, moves))))
-    if states:
-        await customers.upsert_customers(conn, states)
+    if moved:
+        await customers.upsert_customers(conn, [m.after for m in moved])
         await customers.insert_transitions(conn, transitions)
         await insert_outbox(conn, topic, outbox)
-    last = {t.customer_id: t.at for t in transitions}
-    return [(state, last[state.customer_id]) for state in states]
+    return moved
 
 
 def time_record(
