@@ -11,6 +11,7 @@ until its clock passes now (:func:`walk`), so a change is recorded when it happe
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -252,6 +253,7 @@ def _announced(
     """The records and deliveries of the changes, each customer's in the order they happened
     (a walk's exit of a span entered in the same write follows its entry)."""
     changed = Changed()
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
     moves: list[tuple[RecordKind, Span]] = [("enter", s) for s, _ in entered]
     moves += [("exit", s) for s in left]
     moves.sort(key=lambda m: (m[1].customer_id, m[1].at, m[0] == "enter"))
@@ -260,7 +262,7 @@ def _announced(
         if segment is None:
             continue
         cause, event_id = _cause(span.cause)
-        CHANGES.labels(kind, cause).inc()
+        counts[kind, cause] += 1
         record = segment_record(
             kind,
             segment=segment,
@@ -272,6 +274,8 @@ def _announced(
         )
         changed.records.append((span.customer_id, record))
         changed.deliveries += segment_deliveries(kind, record, span.segment_id, how.subscriptions)
+    for labels, n in counts.items():
+        CHANGES.labels(*labels).inc(n)
     return changed
 
 

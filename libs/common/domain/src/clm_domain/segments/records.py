@@ -76,16 +76,17 @@ def segment_record(
         raise ValueError("an enter record's entered_at is its at")
     if at < entered_at:
         raise ValueError("a segment record cannot be before its span started")
+    entered = _iso(entered_at)
     record: SegmentRecord = {
         "schema": SEGMENTS_SCHEMA,
         "kind": kind,
-        "record_id": record_id(kind, segment.id, customer_id, entered_at),
+        "record_id": f"segment:{segment.id}:{customer_id}:{kind}@{entered}",
         "segment_id": segment.id,
         "segment_name": segment.name,
         "segment_version": segment.version,
         "customer_id": customer_id,
-        "at": _iso(at),
-        "entered_at": _iso(entered_at),
+        "at": entered if at == entered_at else _iso(at),
+        "entered_at": entered,
         "cause": cause,
         "event_id": event_id,
     }
