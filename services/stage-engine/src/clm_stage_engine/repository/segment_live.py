@@ -141,24 +141,25 @@ async def last_exits(
     return {cid: at for cid, at in rows}
 
 
+# The rows go as JSON arrays of arrays (positional: no keys to build in Python nor to look up
+# in Postgres), one parameter each.
 _WRITE = """
 WITH closed AS (
-    UPDATE segment_memberships AS m SET left_at = x.at, left_by = x.cause
-    FROM jsonb_to_recordset($1::jsonb)
-        AS x(segment_id bigint, customer_id text, at timestamptz, cause text)
-    WHERE m.segment_id = x.segment_id AND m.customer_id = x.customer_id AND m.left_at IS NULL
+    UPDATE segment_memberships AS m SET left_at = CAST(x->>2 AS timestamptz), left_by = x->>3
+    FROM jsonb_array_elements($1::jsonb) AS x
+    WHERE m.segment_id = CAST(x->>0 AS bigint) AND m.customer_id = x->>1
+        AND m.left_at IS NULL
     RETURNING 1
 ), opened AS (
     INSERT INTO segment_memberships
         (segment_id, customer_id, version, entered_at, entered_by, left_at, left_by)
-    SELECT segment_id, customer_id, version, at, cause, left_at, left_by
-    FROM jsonb_to_recordset($2::jsonb) AS x(segment_id bigint, customer_id text, version int,
-        at timestamptz, cause text, left_at timestamptz, left_by text)
+    SELECT CAST(x->>0 AS bigint), x->>1, CAST(x->>2 AS integer), CAST(x->>3 AS timestamptz),
+        x->>4, CAST(x->>5 AS timestamptz), x->>6
+    FROM jsonb_array_elements($2::jsonb) AS x
     RETURNING 1
 ), clocked AS (
     INSERT INTO segment_clock (customer_id, due_at)
-    SELECT customer_id, due_at FROM jsonb_to_recordset($3::jsonb)
-        AS x(customer_id text, due_at timestamptz)
+    SELECT x->>0, CAST(x->>1 AS timestamptz) FROM jsonb_array_elements($3::jsonb) AS x
     ON CONFLICT (customer_id) DO UPDATE SET due_at = CASE WHEN $5::boolean
         THEN LEAST(segment_clock.due_at, excluded.due_at) ELSE excluded.due_at END
     RETURNING 1
@@ -194,25 +195,14 @@ async def write_spans(
     opened = {(s.segment_id, s.customer_id, s.entered_at) for s, _ in entered}
     ends = {(s.segment_id, s.customer_id, s.entered_at): s for s in left}
     closing = [
-        {"segment_id": s.segment_id, "customer_id": s.customer_id, "at": s.at, "cause": s.cause}
-        for key, s in ends.items()
-        if key not in opened
+        (s.segment_id, s.customer_id, s.at, s.cause) for key, s in ends.items() if key not in opened
     ]
     opening = []
     for s, version in entered:
         end = ends.get((s.segment_id, s.customer_id, s.entered_at))
-        opening.append(
-            {
-                "segment_id": s.segment_id,
-                "customer_id": s.customer_id,
-                "version": version,
-                "at": s.at,
-                "cause": s.cause,
-                "left_at": None if end is None else end.at,
-                "left_by": None if end is None else end.cause,
-            }
-        )
-    due = [{"customer_id": c, "due_at": at} for c, at in clocks if at is not None]
+        left_at, left_by = (None, None) if end is None else (end.at, end.cause)
+        opening.append((s.segment_id, s.customer_id, version, s.at, s.cause, left_at, left_by))
+    due = [(c, at) for c, at in clocks if at is not None]
     never = [c for c, at in clocks if at is None]
     try:
         counts = await (await driver(conn)).fetchrow(
