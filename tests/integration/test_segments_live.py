@@ -5,11 +5,9 @@ events flow."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import httpx
@@ -30,6 +28,7 @@ from tests.factories import event_doc
 from tests.integration import segment_truth as truth
 from tests.integration.apps import app_client, read_customer
 from tests.integration.conftest import eventually, read_topic, send_events
+from tests.integration.webhook_receiver import Receiver, receiving
 from tests.keys import ADMIN
 
 # recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
@@ -47,27 +46,10 @@ async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[str, bytes]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((self.headers["X-CLM-Signature"], body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[str]:
-    _Receiver.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
+    with receiving() as url:
+        yield url
 
 
 async def subscribe(client: httpx.AsyncClient, db: AsyncEngine, url: str, *segments: int) -> str:
@@ -89,7 +71,7 @@ async def segment_records(common: CommonSettings, expect: int) -> list[dict[str,
 
 async def deliveries(secret: str, expect: int) -> list[dict[str, Any]]:
     async def probe() -> list[tuple[str, bytes]] | None:
-        got = list(_Receiver.received)
+        got = list(Receiver.received)
         return got if len(got) >= expect else None
 
     out = []

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
 from tests.integration.apps import app_client, read_customer
 from tests.integration.conftest import eventually, produce, read_topic, send_events, wire
+from tests.integration.webhook_receiver import Receiver, receiving
 from tests.keys import ADMIN, READ, WRITE
 
 # recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
@@ -304,28 +304,10 @@ async def test_a_replay_rebuilds_the_same_states_as_live_processing(
     assert await snapshot() == live
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[str, bytes]] = []
-    fail = False
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((self.headers["X-CLM-Signature"], body))
-        self.send_response(500 if type(self).fail else 204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[str]:
-    _Receiver.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
+    with receiving() as url:
+        yield url
 
 
 async def test_stage_changes_go_out_as_signed_webhooks(
@@ -343,7 +325,7 @@ async def test_stage_changes_go_out_as_signed_webhooks(
     )
 
     async def delivered() -> list[tuple[str, bytes]]:
-        return list(_Receiver.received)
+        return list(Receiver.received)
 
     (signature, body), *_ = await eventually(delivered)
     assert verify_signature(secret, signature, body, now=time.time())
@@ -365,7 +347,7 @@ async def test_failing_webhooks_are_retried_then_parked(
 ) -> None:
     monkeypatch.setenv("CLM_WEBHOOK_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("CLM_WEBHOOK_POLL_S", "0.05")
-    _Receiver.fail = True
+    Receiver.fail = True
     try:
         app = create_app(StageEngineSettings())
         async with app_client(app, "http://e") as c:
@@ -380,9 +362,9 @@ async def test_failing_webhooks_are_retried_then_parked(
                 return subs[0]["deliveries"] if subs[0]["deliveries"].get("parked") else None
 
             assert await eventually(parked, timeout=30) == {"parked": 1}
-        assert len(_Receiver.received) == 2
+        assert len(Receiver.received) == 2
     finally:
-        _Receiver.fail = False
+        Receiver.fail = False
 
 
 class _Hanging(socketserver.BaseRequestHandler):
@@ -443,7 +425,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
         queued = time.monotonic()  # the deliveries commit with the customers' rows
 
         async def all_delivered() -> bool:
-            return len(_Receiver.received) >= 3
+            return len(Receiver.received) >= 3
 
         await eventually(all_delivered, every=0.02)
         took = time.monotonic() - queued
@@ -484,7 +466,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
                 {"url": receiver},
             )
         ]
-    assert [json.loads(body)["customer_id"] for _, body in _Receiver.received] == queued_order
+    assert [json.loads(body)["customer_id"] for _, body in Receiver.received] == queued_order
 
 
 async def test_listing_by_stage_with_aliases_and_stable_cursors(
@@ -694,7 +676,7 @@ async def test_an_explicit_merge_publishes_the_survivors_move_and_metrics_stay_e
         assert ("mg-a", "reach", "conversion", "merged mg-b") in moves
 
         async def merge_announced() -> list[tuple[str, bytes]] | None:
-            got = [r for r in _Receiver.received if json.loads(r[1]).get("reason") == "merged mg-b"]
+            got = [r for r in Receiver.received if json.loads(r[1]).get("reason") == "merged mg-b"]
             return got or None
 
         (_, body), *_ = await eventually(merge_announced)
@@ -770,7 +752,7 @@ async def test_an_identity_merge_moves_the_survivor_on_its_event_record(
         assert (gone["customer_id"], gone["stage_before"]) == ("im-anon", "conversion")
 
         async def announced() -> list[dict[str, Any]] | None:
-            moves = [json.loads(body) for _, body in _Receiver.received]
+            moves = [json.loads(body) for _, body in Receiver.received]
             found = [p for p in moves if p["customer_id"] == "im-k" and p["from"] == "reach"]
             return found or None
 
