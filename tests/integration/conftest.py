@@ -21,7 +21,7 @@ from clm_infra.settings import CommonSettings, KafkaSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
-from tests.integration.apps import app_client
+from tests.integration.apps import app_client, read_customer
 from tests.keys import seed
 
 T = TypeVar("T")
@@ -96,6 +96,16 @@ async def eventually(
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str, Any]:
+    """Customer ``cid`` from the stage engine's read API once it has ``n`` events applied."""
+
+    async def probe() -> dict[str, Any] | None:
+        c = await read_customer(client, cid)
+        return c if c and c["events"] == n else None
+
+    return await eventually(probe)
 
 
 async def read_topic(

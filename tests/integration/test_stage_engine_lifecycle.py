@@ -35,7 +35,14 @@ from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
 from tests.integration.apps import app_client, read_customer
-from tests.integration.conftest import eventually, produce, read_topic, send_events, wire
+from tests.integration.conftest import (
+    eventually,
+    produce,
+    read_topic,
+    send_events,
+    until_events,
+    wire,
+)
 from tests.integration.webhook_receiver import Receiver, receiving
 from tests.keys import ADMIN, READ, WRITE
 
@@ -52,14 +59,6 @@ async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
     async with app_client(app, "http://engine") as c:
         yield c
-
-
-async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        c = await read_customer(client, cid)
-        return c if c and c["events"] == n else None
-
-    return await eventually(probe)
 
 
 async def test_a_late_first_touch_is_applied_by_event_time(

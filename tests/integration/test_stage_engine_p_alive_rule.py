@@ -26,7 +26,7 @@ from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from tests.factories import event_doc
 from tests.integration.apps import app_client, read_customer
-from tests.integration.conftest import eventually, read_topic, send_events
+from tests.integration.conftest import read_topic, send_events, until_events
 from tests.keys import READ
 
 # recent enough that nothing is inactive by the real clock (the app's own sweeper runs too)
@@ -75,14 +75,6 @@ async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
     async with app_client(app, "http://engine") as c:
         yield c
-
-
-async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        c = await read_customer(client, cid)
-        return c if c and c["events"] == n else None
-
-    return await eventually(probe)
 
 
 async def history(client: httpx.AsyncClient, cid: str) -> list[tuple[str, str, str]]:
