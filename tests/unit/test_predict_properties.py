@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from clm_predict import bgnbd, gamma_gamma
@@ -54,8 +54,21 @@ def test_p_alive_does_not_rise_with_age(
     assert then <= now * (1 + 1e-12) + 1e-300
 
 
+#: How far the conditional expectation is from exact, in purchases: the hypergeometric
+#: function's rounding times (a + b + x - 1) / (a - 1), which is large next to a = 1 (there the
+#: expectation is the mean of either side); at most ~8e-7 over 3,000 random parameter sets with
+#: a horizon of zero, where the exact value is 0.
+EXPECTATION_FLOOR = 1e-6
+
+
 @settings(max_examples=300, deadline=None)
 @given(bg_params(), history(), st.floats(0.0, 5_000.0), st.floats(0.0, 5_000.0))
+@example(  # a = 1 and horizons next to zero: two values ~1e-9 apart, both rounding
+    bgnbd.BgNbdParams(r=403.4287934927351, alpha=403.4287934927351, a=1.0, b=1.0),
+    (0.0, 0.0, 0.0),
+    9.115533449146174e-10,
+    3.7853024904434617e-185,
+)
 def test_expected_purchases_are_finite_and_grow_with_the_horizon(
     params: bgnbd.BgNbdParams, h: tuple[float, float, float], t1: float, t2: float
 ) -> None:
@@ -63,7 +76,7 @@ def test_expected_purchases_are_finite_and_grow_with_the_horizon(
     values = bgnbd.expected_purchases(params, np.array([short, long]), *h)
     assert np.all(np.isfinite(values))
     assert np.all(values >= 0)
-    assert values[1] >= values[0] * (1 - 1e-9) - 1e-12
+    assert values[1] >= values[0] * (1 - 1e-9) - EXPECTATION_FLOOR
 
 
 @settings(max_examples=100, deadline=None)
