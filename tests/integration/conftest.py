@@ -20,6 +20,8 @@ from clm_infra.kafka import topic_partitions
 from clm_infra.settings import CommonSettings, KafkaSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
+from clm_stage_engine.app import create_app as create_engine_app
+from clm_stage_engine.settings import StageEngineSettings
 from tests.conftest import Infra, _plain, _with_database, clm_env_for, cloned_database
 from tests.integration.apps import app_client, read_customer
 from tests.keys import seed
@@ -96,6 +98,15 @@ async def eventually(
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+@pytest.fixture
+async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on a stage engine app of this test's settings, its workers running (a test
+    module that needs another app defines its own ``client``)."""
+    app = create_engine_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
+    async with app_client(app, "http://engine") as c:
+        yield c
 
 
 async def until_events(client: httpx.AsyncClient, cid: str, n: int) -> dict[str, Any]:

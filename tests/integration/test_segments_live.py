@@ -6,7 +6,7 @@ events flow."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,15 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.rules import LifecycleRules
 from clm_infra.settings import CommonSettings
-from clm_stage_engine.app import create_app
 from clm_stage_engine.segment_cache import SegmentCache
-from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.sweeper import sweep_once
 from clm_stage_engine.usecases.segments import Segmenting
 from clm_stage_engine.webhooks import verify_signature
 from tests.factories import event_doc
 from tests.integration import segment_truth as truth
-from tests.integration.apps import app_client, read_customer
+from tests.integration.apps import read_customer
 from tests.integration.conftest import eventually, read_topic, send_events
 from tests.integration.webhook_receiver import Receiver, receiving
 from tests.keys import ADMIN
@@ -37,13 +35,6 @@ DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - ti
 
 def at(days: float) -> str:
     return (DAY0 + timedelta(days=days)).isoformat()
-
-
-@pytest.fixture
-async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with app_client(app, "http://engine") as c:
-        yield c
 
 
 @pytest.fixture

@@ -54,13 +54,6 @@ def at(days: float) -> str:
     return (DAY0 + timedelta(days=days)).isoformat()
 
 
-@pytest.fixture
-async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with app_client(app, "http://engine") as c:
-        yield c
-
-
 async def test_a_late_first_touch_is_applied_by_event_time(
     client: httpx.AsyncClient, common: CommonSettings
 ) -> None:

@@ -6,7 +6,6 @@ before applying a later event."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,13 +67,6 @@ async def fitted_model(db: AsyncEngine) -> int:
             },
         )
     return int(row["id"])
-
-
-@pytest.fixture
-async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with app_client(app, "http://engine") as c:
-        yield c
 
 
 async def history(client: httpx.AsyncClient, cid: str) -> list[tuple[str, str, str]]:

@@ -4,22 +4,18 @@ both profiles' purchases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.kpis import exact_money
 from clm_infra.schema import customers
 from clm_infra.settings import CommonSettings
-from clm_stage_engine.app import create_app
-from clm_stage_engine.settings import StageEngineSettings
 from tests.factories import event_doc
-from tests.integration.apps import app_client, read_customer
+from tests.integration.apps import read_customer
 from tests.integration.conftest import eventually, send_events
 from tests.keys import ADMIN
 
@@ -42,13 +38,6 @@ def purchase(cid: str, eid: str, when: str, amount: str, currency: str = "EUR") 
         currency=currency,
         order_id=f"o-{eid}",
     )
-
-
-@pytest.fixture
-async def client(common: CommonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(StageEngineSettings(stage_engine_idle_recheck_s=0.5))
-    async with app_client(app, "http://engine") as c:
-        yield c
 
 
 async def facts_after(
