@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_domain.events import dump_event, parse_event
 from clm_infra.db import create_engine
 from clm_infra.kafka import topic_partitions
+from clm_infra.privacy.ciphers import master_keys
+from clm_infra.privacy.reader import open_events
 from clm_infra.settings import CommonSettings, KafkaSettings
 from clm_metrics.app import create_app as create_metrics_app
 from clm_metrics.settings import MetricsSettings
@@ -190,3 +193,15 @@ async def bare_database(infra: Infra) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def opened(common: CommonSettings, values: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Records of the events topic as their events were sent: personal fields opened with
+    the test database's data keys (what the read API does)."""
+    engine = create_engine(common.database.url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            docs = await open_events(conn, master_keys(common), [orjson.loads(v) for v in values])
+    finally:
+        await engine.dispose()
+    return [doc for doc, _ in docs]

@@ -17,7 +17,7 @@ from segment.analytics.request import APIError
 from clm_infra.settings import CommonSettings
 from clm_ingest.app import create_app
 from clm_ingest.settings import IngestSettings
-from tests.integration.conftest import read_topic
+from tests.integration.conftest import opened, read_topic
 from tests.integration.ingest_server import ingest_client, serving
 from tests.keys import READ_TOKEN, WRITE_KEY
 
@@ -200,7 +200,8 @@ async def test_the_real_segment_python_client_delivers_track_identify_page(
         analytics.join()
     assert errors == []
     records = await read_topic(common.kafka.bootstrap, common.topics.events, expect=4)
-    by_type = {dict(r.headers)["type"].decode(): orjson.loads(r.value) for r in records}
+    docs = await opened(common, [r.value for r in records])
+    by_type = {dict(r.headers)["type"].decode(): doc for r, doc in zip(records, docs, strict=True)}
     assert set(by_type) == {"identify", "purchase", "custom", "site_visit"}
     assert all(r.key == user.encode() for r in records)
     assert by_type["purchase"]["properties"]["amount"] == "42.5"

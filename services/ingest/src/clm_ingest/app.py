@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_infra.kafka import make_producer
+from clm_infra.privacy.ciphers import master_keys
+from clm_infra.privacy.store import KeyRing
 from clm_infra.webhook_secrets import SecretCache, SecretsKeyMissing, cipher
 from clm_ingest.api import events, segment, webhooks
 from clm_ingest.deps import State
@@ -102,6 +104,12 @@ def _state(settings: IngestSettings, engine: AsyncEngine, publisher: Publisher) 
         engine=engine,
         verifier=KeyVerifier(engine, ttl_s=settings.auth_cache_s),
         publisher=publisher,
+        keyring=KeyRing(
+            engine,
+            master_keys(settings),
+            size=settings.privacy.key_cache_size,
+            ttl_s=settings.privacy.key_cache_s,
+        ),
         limiter=_event_limiter(settings),
         secrets=_secret_cache(settings, engine),
         track_events={**DEFAULT_TRACK_EVENTS, **settings.ingest_segment_events},

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_infra.privacy.store import KeyRing
 from clm_infra.webhook_secrets import SecretCache
 from clm_ingest.publisher import Publisher
 from clm_ingest.ratelimit import TokenBuckets, retry_after_header
@@ -25,6 +26,7 @@ class State:
     engine: AsyncEngine
     verifier: KeyVerifier
     publisher: Publisher
+    keyring: KeyRing  # the customers' data keys (their personal fields are sealed)
     limiter: TokenBuckets | None
     secrets: SecretCache | None  # None: CLM_SECRETS_KEY missing, webhooks answer 503
     track_events: dict[str, str]

@@ -18,11 +18,13 @@ from pydantic import ValidationError
 from clm_domain.events import (
     EVENT_TYPES,
     Event,
-    dump_event,
     parse_events,
     partition_key,
     record_headers,
 )
+from clm_infra.privacy.ciphers import DataKey
+from clm_infra.privacy.sealing import seal_event, subject_of
+from clm_infra.privacy.store import KeyRing
 from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
 from clm_ingest.publisher import Publisher, Record
 from clm_web.prom import children
@@ -123,18 +125,40 @@ def reject(type_label: str, reason: str, route: str, count: int = 1) -> None:
     REJECTED(type_label, reason, route).inc(count)
 
 
-def record(event: Event, topic: str) -> Record:
-    """The Kafka record of an event: keyed by customer; schema version, source, type headers."""
-    return Record(topic, partition_key(event).encode(), dump_event(event), record_headers(event))
+def record(event: Event, topic: str, key: DataKey | None = None) -> Record:
+    """The Kafka record of an event: keyed by customer, its personal fields sealed under
+    ``key`` (its subject's data key, see :func:`subject_of`); schema version, source, type
+    headers."""
+    return Record(
+        topic, partition_key(event).encode(), seal_event(event, key), record_headers(event)
+    )
 
 
-async def publish(publisher: Publisher, topic: str, events: Sequence[Event], *, route: str) -> None:
-    """Publish all, returning once the broker acknowledged every one (else PublishUnavailable)."""
+async def records(keyring: KeyRing, topic: str, events: Sequence[Event]) -> list[Record]:
+    """The events' records, their personal fields sealed (data keys made on first use)."""
+    subjects = [subject_of(e) for e in events]
+    keys = await keyring.keys_for({s for s in subjects if s is not None})
+    return [
+        record(e, topic, None if s is None else keys[s])
+        for e, s in zip(events, subjects, strict=True)
+    ]
+
+
+async def publish(
+    publisher: Publisher,
+    keyring: KeyRing,
+    topic: str,
+    events: Sequence[Event],
+    *,
+    route: str,
+) -> None:
+    """Publish all, returning once the broker acknowledged every one (else PublishUnavailable;
+    Postgres away for the data keys: its error)."""
     if not events:
         return
     by_type = collections.Counter(e.type for e in events)
     try:
-        await publisher.publish_many([record(e, topic) for e in events])
+        await publisher.publish_many(await records(keyring, topic, events))
     except Exception:
         for type_, n in by_type.items():
             REJECTED(type_, "unavailable", route).inc(n)
@@ -144,7 +168,7 @@ async def publish(publisher: Publisher, topic: str, events: Sequence[Event], *, 
 
 
 async def publish_checked(
-    publisher: Publisher, topic: str, checked: Checked, *, route: str
+    publisher: Publisher, keyring: KeyRing, topic: str, checked: Checked, *, route: str
 ) -> None:
     """Publish the valid events of a request (PublishUnavailable when not acknowledged)."""
-    await publish(publisher, topic, [e for _, e in checked.events], route=route)
+    await publish(publisher, keyring, topic, [e for _, e in checked.events], route=route)

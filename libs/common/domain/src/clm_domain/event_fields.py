@@ -3,16 +3,18 @@ bounds a new event's fields must meet (see :mod:`clm_domain.bounds`)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    ConfigDict,
     Field,
     PlainSerializer,
     ValidationInfo,
@@ -28,6 +30,17 @@ MAX_ITEMS_BYTES = 64 * 1024  # a purchase's items, as JSON
 
 #: The error type of a new event's id or label breaking the bounds; ``ctx["field"]`` names it.
 BOUNDS_ERROR = "bounds"
+
+
+#: The validation context's flag of an event a client sent (not one read from the topic or
+#: the store): what only the ingest may set is refused in it.
+INBOUND = "inbound"
+
+
+def is_inbound(info: ValidationInfo) -> bool:
+    """Whether this is an event as a client sent it (see INBOUND)."""
+    context = info.context
+    return context is not None and context.get(INBOUND) is True
 
 
 def is_stored(info: ValidationInfo) -> bool:
@@ -129,3 +142,36 @@ def at_most(limit: int) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("is not an IPv4 or IPv6 address") from None
+
+
+class EventContext(BaseModel):
+    """Where the event came from: personal data, sealed by the ingest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ip: Annotated[str, Field(max_length=45), AfterValidator(_ip_address)] | None = None
+    user_agent: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+
+
+#: The largest sealed part: every personal field at its bound, as base64, with room for
+#: JSON's escapes.
+MAX_SEALED_CHARS = 600_000
+
+
+class Sealed(BaseModel):
+    """An event's personal fields, encrypted under its subject's data key (AES-256-GCM):
+    ``data`` is the base64url of the nonce and the ciphertext of their JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    subject: Annotated[str, Field(min_length=1, max_length=bounds.MAX_ID_LENGTH)]
+    key: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    data: Annotated[str, Field(min_length=1, max_length=MAX_SEALED_CHARS)]

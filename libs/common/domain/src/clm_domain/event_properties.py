@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from clm_domain import bounds
 from clm_domain.event_fields import (
@@ -22,6 +23,7 @@ from clm_domain.event_fields import (
     Money,
     at_most,
     check_text,
+    is_inbound,
     is_stored,
     json_size,
     known_currency,
@@ -83,9 +85,26 @@ class AdClickProperties(Properties):
     creative: Label | None = None
 
 
+def _url_required(schema: dict[str, Any]) -> None:
+    schema["required"] = ["url"]
+
+
 class SiteVisitProperties(Properties):
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    """``url`` is required of a client; on the topic it is personal data, sealed."""
+
+    model_config = ConfigDict(json_schema_extra=_url_required)
+
+    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        default=None, validate_default=True
+    )
     referrer: Annotated[str, Field(max_length=2048)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _client_sends_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and is_inbound(info):
+            raise PydanticCustomError("missing", "Field required")
+        return value
 
 
 class SignupProperties(Properties):

@@ -31,16 +31,20 @@ from clm_domain import bounds
 from clm_domain.event_examples import EXAMPLE_PROPERTIES, example_event
 from clm_domain.event_fields import (
     BOUNDS_ERROR,
+    INBOUND,
     MAX_EXTRA_PROPERTIES_BYTES,
     MAX_ITEMS_BYTES,
     MAX_TRAITS_BYTES,
     TEXT_PATTERN,
+    EventContext,
     EventTime,
     Id,
     Label,
     Money,
+    Sealed,
     check_text,
     event_time,
+    is_inbound,
     is_stored,
 )
 from clm_domain.event_properties import (
@@ -76,6 +80,7 @@ __all__ = [
     "MAX_TRAITS_BYTES",
     "MISSING_CUSTOMER_KEY",
     "SCHEMA_VERSION",
+    "SEALED_BY_CLIENT",
     "TEXT_PATTERN",
     "AdClick",
     "AdClickProperties",
@@ -85,6 +90,7 @@ __all__ = [
     "EmailEngagementProperties",
     "Event",
     "EventBase",
+    "EventContext",
     "EventTime",
     "EventType",
     "Id",
@@ -105,6 +111,7 @@ __all__ = [
     "RefundProperties",
     "Review",
     "ReviewProperties",
+    "Sealed",
     "Signup",
     "SignupProperties",
     "SiteVisit",
@@ -128,6 +135,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MAX_FUTURE_SKEW = timedelta(hours=24)
 MISSING_CUSTOMER_KEY = "missing_customer_key"
+SEALED_BY_CLIENT = "sealed_by_client"
 
 
 ENVELOPE_ID_FIELDS = ("event_id", "customer_id", "anonymous_id")
@@ -149,6 +157,21 @@ class EventBase(BaseModel):
     channel: Label | None = Field(
         default=None, description="paid_search, social, email, referral, direct, organic, …"
     )
+    context: EventContext | None = Field(
+        default=None, description="The request's IP address and user agent (personal data)."
+    )
+    sealed: Sealed | None = Field(
+        default=None,
+        description="The event's personal fields, encrypted by the ingest under the customer's "
+        "data key. Set by the ingest only: refused in an event a client sends.",
+    )
+
+    @field_validator("sealed")
+    @classmethod
+    def _sealed_by_ingest(cls, value: Sealed | None, info: ValidationInfo) -> Sealed | None:
+        if value is not None and is_inbound(info):
+            raise PydanticCustomError(SEALED_BY_CLIENT, "is set by the ingest, not by clients")
+        return value
 
     @field_validator("occurred_at")
     @classmethod
@@ -273,12 +296,13 @@ EVENTS_ADAPTER: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 def parse_events(data: list[Any], *, now: datetime | None = None) -> list[Event]:
     """Validate many events in one call (errors' locations start with the index)."""
-    return EVENTS_ADAPTER.validate_python(data, context={"now": now})
+    return EVENTS_ADAPTER.validate_python(data, context={"now": now, INBOUND: True})
 
 
 def parse_event(data: Any, *, now: datetime | None = None) -> Event:
-    """Validate a decoded JSON document as an event (``now`` bounds future timestamps)."""
-    return EVENT_ADAPTER.validate_python(data, context={"now": now})
+    """Validate a decoded JSON document as an event a client sent (``now`` bounds future
+    timestamps)."""
+    return EVENT_ADAPTER.validate_python(data, context={"now": now, INBOUND: True})
 
 
 def parse_event_json(raw: bytes) -> Event:

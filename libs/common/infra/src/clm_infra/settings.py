@@ -242,6 +242,36 @@ class SegmentSettings(BaseSettings):
     )
 
 
+class PrivacySettings(BaseSettings):
+    """The master key that wraps the customers' data keys, and the data keys' cache
+    (``CLM_PRIVACY_…``; docs/security.md, "Personal data")."""
+
+    model_config = group("CLM_PRIVACY_")
+
+    master_keys: SecretStr | None = Field(
+        default=None,
+        description="Master keys, comma-separated `id:base64-of-32-bytes`, newest first: the "
+        "first wraps new data keys, the others still unwrap until `clm privacy rotate` "
+        "re-wrapped theirs (make one with `clm privacy new-master-key`). Needed in prod by the "
+        "ingest, the stage engine and the CLI; dev and test fall back to a well-known key.",
+    )
+    master_keys_file: Path | None = Field(
+        default=None,
+        description="A file holding the master keys instead (one `id:key` a line, newest "
+        "first), e.g. a mounted secret.",
+    )
+    key_cache_size: int = Field(
+        default=100_000, ge=0, description="Data keys a process keeps in memory (0: none)."
+    )
+    key_cache_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a cached data key is used before it is read again: after an "
+        "erasure, an ingest may seal a returning customer's first events under the erased "
+        "key for this long (those fields then read as erased).",
+    )
+
+
 class CommonSettings(BaseSettings):
     """What every CLM Stream process needs: Kafka, topics, Postgres, keys, limits, logging."""
 
@@ -255,6 +285,7 @@ class CommonSettings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     segments: SegmentSettings = Field(default_factory=SegmentSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     log_level: str = Field(default="INFO", description="Log level of our loggers.")
     otel_enabled: bool = Field(

@@ -87,7 +87,7 @@ def unavailable(state: State, exc: PublishUnavailable) -> ProblemError:
 async def publish_checked(state: State, checked: service.Checked, route: str) -> None:
     try:
         await service.publish_checked(
-            state.publisher, state.settings.topics.events, checked, route=route
+            state.publisher, state.keyring, state.settings.topics.events, checked, route=route
         )
     except PublishUnavailable as exc:
         raise unavailable(state, exc) from None

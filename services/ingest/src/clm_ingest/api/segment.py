@@ -192,7 +192,7 @@ def _events_of(
 async def _publish(state: State, checked: service.Checked, route: str) -> None:
     try:
         await service.publish_checked(
-            state.publisher, state.settings.topics.events, checked, route=route
+            state.publisher, state.keyring, state.settings.topics.events, checked, route=route
         )
     except PublishUnavailable as exc:
         raise SegmentError(

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import Text, delete, func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_infra.schema import (
@@ -39,6 +39,22 @@ async def erase_customer(
         stmt.on_conflict_do_update(index_elements=["customer_hash"], set_={"erased_at": func.now()})
     )
     return bool(existed.rowcount)
+
+
+async def sealed_subjects(conn: AsyncConnection, customer_ids: Sequence[str]) -> set[str]:
+    """Every subject whose data key sealed one of these customers' stored events (a merged
+    profile's events keep the key of the profile they came under)."""
+    subject = (
+        func.convert_from(customer_events.c.payload, literal("UTF8"))
+        .cast(JSONB)["sealed"]["subject"]
+        .astext
+    )
+    rows = await conn.execute(
+        select(subject)
+        .distinct()
+        .where(customer_events.c.customer_id.in_(customer_ids), subject.is_not(None))
+    )
+    return {r[0] for r in rows}
 
 
 async def anonymise_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> bool:

@@ -14,6 +14,7 @@ from clm_domain.lifecycle import CustomerState
 from clm_domain.p_alive import AliveModel
 from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
+from clm_infra.privacy import store as keystore
 from clm_stage_engine.processor import Fold, counted
 from clm_stage_engine.records import removal_record, restatement_records
 from clm_stage_engine.repository import customers, erasure, events, outbox, segment_live
@@ -35,7 +36,8 @@ async def erase_customer(
     model: AliveModel | None = None,
     segmenting: Segmenting | None = None,
 ) -> str | None:
-    """Erase or anonymise the customer; returns its pseudonym (None: erased).
+    """Erase or anonymise the customer (either way its data keys are shredded); returns its
+    pseudonym (None: erased).
     :class:`UnknownCustomer`, or :class:`AlreadyAnonymised` when its pseudonym is taken.
     ``model``: the one the P(alive) rule reads (None: off), to tell what was counted;
     ``segmenting``: with it, the customer leaves its segments (an anonymised one's pseudonym
@@ -48,6 +50,9 @@ async def erase_customer(
     if current is None:
         raise UnknownCustomer(customer_id)
     ids = await segment_live.linked_ids(conn, customer_id)  # the rows erasure takes
+    # shredding its data keys makes every copy of its personal fields unreadable: the events
+    # topic's, its mirrors' and backups', the event log's
+    await keystore.shred(conn, {*ids, *await erasure.sealed_subjects(conn, ids)})
     taken_back: list[bytes] = []
     pseudonym = None
     if mode == "erase":
