@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import orjson
 import pytest
@@ -34,6 +35,14 @@ def master_id(entry: str) -> str:
 
 def use_masters(monkeypatch: pytest.MonkeyPatch, *entries: str) -> None:
     monkeypatch.setenv("CLM_PRIVACY_MASTER_KEYS", ",".join(entries))
+
+
+async def privacy_status(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """``clm privacy status --json``, which always exits 0."""
+    status, out, err = await clm(["privacy", "status", "--json"], capsys)
+    assert status == 0, err
+    doc: dict[str, Any] = orjson.loads(out)
+    return doc
 
 
 def key_ids(keys: dict[str, DataKey]) -> dict[str, str]:
@@ -69,11 +78,19 @@ async def test_rotation_rewraps_every_key_and_never_touches_the_topic(
     assert {k.master_id for k in before.values()} == {master_id(A)}
 
     use_masters(monkeypatch, B, A)
+    assert await privacy_status(capsys) == {
+        "current": master_id(B),
+        "master_keys": [
+            {"id": master_id(B), "data_keys": 0, "state": "current"},
+            {"id": master_id(A), "data_keys": 25, "state": "to re-wrap"},
+        ],
+        "data_keys": 25,
+        "to_rewrap": 25,
+        "not_configured": {},
+    }
     status, out, _ = await clm(["privacy", "status"], capsys)
     assert status == 0
-    assert f"{master_id(B)}\t0\tcurrent" in out
-    assert f"{master_id(A)}\t25\tto re-wrap" in out
-    assert "25 data keys; 25 to re-wrap" in out
+    assert f"25 data keys; 25 to re-wrap under {master_id(B)} (clm privacy rotate)" in out
 
     status, out, err = await clm(["privacy", "rotate", "--batch", "7"], capsys)
     assert status == 0, err
@@ -81,11 +98,12 @@ async def test_rotation_rewraps_every_key_and_never_touches_the_topic(
     assert "rotate: 7 re-wrapped" in out
     assert "rotate: done, 25 data keys re-wrapped" in out
 
-    status, out, _ = await clm(["privacy", "status"], capsys)
-    assert status == 0
-    assert f"{master_id(B)}\t25\tcurrent" in out
-    assert f"{master_id(A)}\t0\tto re-wrap" in out
-    assert "25 data keys; 0 to re-wrap" in out
+    after_status = await privacy_status(capsys)
+    assert after_status["master_keys"] == [
+        {"id": master_id(B), "data_keys": 25, "state": "current"},
+        {"id": master_id(A), "data_keys": 0, "state": "to re-wrap"},
+    ]
+    assert after_status["to_rewrap"] == 0
     status, out, _ = await clm(["privacy", "rotate"], capsys)
     assert status == 0
     assert "rotate: done, 0 data keys re-wrapped" in out
@@ -128,9 +146,10 @@ async def test_rotate_refuses_while_a_master_key_is_missing(
     async with db.connect() as conn:
         assert await count_by_master(conn) == {master_id(A): 2, master_id(C): 1}
 
+    assert (await privacy_status(capsys))["not_configured"] == {master_id(C): 1}
     status, out, _ = await clm(["privacy", "status"], capsys)
     assert status == 0
-    assert f"{master_id(C)}\t1\tnot configured" in out
+    assert "not configured" in out
     assert f"warning: data keys under master keys that are not configured: {master_id(C)}" in out
 
     use_masters(monkeypatch, B, A, C)
@@ -177,6 +196,24 @@ async def test_concurrent_rotations_rewrap_each_key_once(
     for subject, key in stored.items():
         assert key.key_id == made[subject].key_id
         only_b.unwrap(subject, key.key_id, key.master_id, key.wrapped)
+
+
+async def test_new_master_keys_parse_and_prod_refuses_to_run_without_one(
+    common: CommonSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = await clm(["privacy", "new-master-key"], capsys)
+    assert status == 0
+    entry = out.strip()
+    assert parse_master_keys(entry).ids == [master_id(entry)]
+    status, again, _ = await clm(["privacy", "new-master-key"], capsys)
+    assert again.strip() != entry
+
+    monkeypatch.setenv("CLM_ENV", "prod")
+    monkeypatch.delenv("CLM_PRIVACY_MASTER_KEYS", raising=False)
+    for command in (["privacy", "status"], ["privacy", "rotate"]):
+        status, _, err = await clm(command, capsys)
+        assert status == 2
+        assert "CLM_PRIVACY_MASTER_KEYS is not set" in err
 
 
 def _main(argv: list[str]) -> int:

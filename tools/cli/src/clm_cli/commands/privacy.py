@@ -9,6 +9,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clm_cli import output
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
 from clm_infra.db import create_engine
@@ -56,17 +57,30 @@ async def _new_master_key(_: argparse.Namespace, __: CliSettings) -> int:
     return 0
 
 
-async def _status(_: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:
+def _state(master_id: str, masters: MasterKeys) -> str:
+    if master_id == masters.current_id:
+        return "current"
+    return "to re-wrap" if master_id in masters.ids else "not configured"
+
+
+async def _status(args: argparse.Namespace, settings: CommonSettings, conn: AsyncConnection) -> int:
     masters = _masters(settings)
     counts = await count_by_master(conn)
-    print("master_id\tdata_keys\tstate")
-    for master_id in masters.ids:
-        state = "current" if master_id == masters.current_id else "to re-wrap"
-        print(f"{master_id}\t{counts.get(master_id, 0)}\t{state}")
-    unknown = _unknown(counts, masters)
-    for master_id, n in unknown.items():
-        print(f"{master_id}\t{n}\tnot configured")
-    pending = _pending(counts, masters)
+    ids = [*masters.ids, *_unknown(counts, masters)]
+    rows = [(m, counts.get(m, 0), _state(m, masters)) for m in ids]
+    pending, unknown = _pending(counts, masters), _unknown(counts, masters)
+    if args.json:
+        output.print_json(
+            {
+                "current": masters.current_id,
+                "master_keys": [{"id": m, "data_keys": n, "state": s} for m, n, s in rows],
+                "data_keys": sum(counts.values()),
+                "to_rewrap": pending,
+                "not_configured": unknown,
+            }
+        )
+        return 0
+    print(output.table(("master key", "data keys", "state"), rows))
     print(
         f"{sum(counts.values())} data keys; {pending} to re-wrap under {masters.current_id}"
         + (" (clm privacy rotate)" if pending else "")
@@ -144,7 +158,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="print a new master key entry (id:key) for CLM_PRIVACY_MASTER_KEYS",
     ).set_defaults(action_fn=_new_master_key)
     cmds.add_parser(
-        "status", help="data keys per master key: which is current, how many to re-wrap"
+        "status",
+        parents=[output.json_parent()],
+        help="data keys per master key: which is current, how many to re-wrap",
     ).set_defaults(handler=_status)
     rotate = cmds.add_parser(
         "rotate",
