@@ -132,5 +132,5 @@ $(KUSTOMIZE_BIN):
 
 compose-config: compose-tool ## check docker-compose.yml with .env.example (secrets filled with placeholders)
 	@env_file=$$(mktemp) && trap 'rm -f "$$env_file"' EXIT && \
-	  sed -E 's/^(POSTGRES_PASSWORD|GRAFANA_ADMIN_PASSWORD|SECRETS_KEY)=$$/\1=placeholder/' .env.example > "$$env_file" && \
+	  sed -E 's/^(POSTGRES_PASSWORD|GRAFANA_ADMIN_PASSWORD|SECRETS_KEY|PSEUDONYM_KEY|PRIVACY_MASTER_KEYS)=$$/\1=placeholder/' .env.example > "$$env_file" && \
 	  "$(TOOLS)/bin/docker-compose" --env-file "$$env_file" config --quiet && echo "docker-compose.yml: ok"

@@ -42,6 +42,9 @@ def test_every_operator_command_is_there() -> None:
         "replay",
         "migrate",
         "model fit",
+        "privacy new-master-key",
+        "privacy status",
+        "privacy rotate",
     ):
         assert expected in leaves
 

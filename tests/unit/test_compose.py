@@ -50,7 +50,13 @@ COMMON_CLM_SETTINGS = {
     "CLM_TOPIC_DLQ",
     "CLM_LOG_LEVEL",
 }
-SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECRETS_KEY", "PSEUDONYM_KEY")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+    "SECRETS_KEY",
+    "PSEUDONYM_KEY",
+    "PRIVACY_MASTER_KEYS",
+)
 # ${NAME}, ${NAME:-default}, ${NAME:?message}, ... ($$ is an escaped dollar)
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 DEFAULT_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}$")

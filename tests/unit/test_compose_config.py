@@ -33,7 +33,13 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 BUILT_COMPOSE = ROOT / ".tools" / "bin" / "docker-compose"
 # left empty in .env.example; `${NAME:?…}` in docker-compose.yml refuses them unset
-SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SECRETS_KEY", "PSEUDONYM_KEY")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+    "SECRETS_KEY",
+    "PSEUDONYM_KEY",
+    "PRIVACY_MASTER_KEYS",
+)
 
 
 def compose_command() -> list[str]:

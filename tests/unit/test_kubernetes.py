@@ -91,7 +91,12 @@ def test_prod_brings_no_secret_and_dev_marks_its_example_values() -> None:
     text = (k8s.KUBERNETES_DIR / "overlays" / "dev" / "kustomization.yaml").read_text("utf-8")
     assert "# EXAMPLE VALUES, for a throwaway dev cluster only" in text
     (secret,) = [d for d in overlay("dev") if d["kind"] == "Secret"]
-    assert set(secret["data"]) == {"CLM_DATABASE_URL", "CLM_SECRETS_KEY", "CLM_PSEUDONYM_KEY"}
+    assert set(secret["data"]) == {
+        "CLM_DATABASE_URL",
+        "CLM_SECRETS_KEY",
+        "CLM_PSEUDONYM_KEY",
+        "CLM_PRIVACY_MASTER_KEYS",
+    }
 
 
 def test_prod_images_come_from_a_registry_with_a_tag() -> None:

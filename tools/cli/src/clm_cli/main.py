@@ -12,6 +12,7 @@
                   [--predictions OUT.csv --horizon-weeks N]   fit P(alive) and CLV models
     clm segments list | show ID | create --file F | update ID --file F | delete ID
     clm segments members ID [--after C] | history ID [--from T --to T --bucket hour|day]
+    clm privacy new-master-key | clm privacy status | clm privacy rotate [--batch N]
 
 Each module in :mod:`clm_cli.commands` has ``register(sub)``, which adds its parser and sets
 one of two defaults on every leaf command:
@@ -62,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "model": ("model", "predictive models: P(alive), expected purchases, predicted CLV"),
     "segments": ("segments", "segments: define them, their members and history"),
+    "privacy": ("privacy", "master keys of the customers' data keys: new key, status, rotation"),
 }
 ALL = "*"
 

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clm_infra.db import any_text
-from clm_infra.privacy.ciphers import DataKey, MasterKeys
+from clm_infra.privacy.ciphers import DataKey, MasterKeys, Undecryptable
 from clm_infra.privacy.schema import data_keys
 
 
@@ -77,35 +77,52 @@ async def shred(conn: AsyncConnection, subjects: Collection[str]) -> int:
     return int(gone.rowcount or 0)
 
 
-async def rewrap_page(conn: AsyncConnection, masters: MasterKeys, limit: int) -> int:
-    """Re-wrap up to ``limit`` data keys still under an older master key with the current
-    one (rows another rotation holds are skipped); returns how many."""
-    rows = (
-        await conn.execute(
-            select(data_keys.c.subject, data_keys.c.key_id, data_keys.c.master_id)
-            .add_columns(data_keys.c.wrapped)
-            .where(data_keys.c.master_id != masters.current_id)
-            .order_by(data_keys.c.subject)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
+async def rewrap_page(
+    conn: AsyncConnection, masters: MasterKeys, limit: int, after: str | None = None
+) -> list[str]:
+    """Re-wrap with the current master key up to ``limit`` data keys still under another
+    configured one, in subject order from after ``after`` (rows another rotation holds are
+    skipped); returns their subjects, in order (the last one is where the next page starts).
+
+    Walking the subjects forward keeps a page an index range scan: restarting from the
+    first subject every page would read every key re-wrapped so far again. Keys under a
+    master key that is not configured are left alone (:func:`count_by_master` finds them).
+    """
+    older = [m for m in masters.ids if m != masters.current_id]
+    if not older:
+        return []
+    query = (
+        select(data_keys.c.subject, data_keys.c.key_id, data_keys.c.master_id, data_keys.c.wrapped)
+        .where(data_keys.c.master_id == any_text(older))
+        .order_by(data_keys.c.subject)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if after is not None:
+        query = query.where(data_keys.c.subject > after)
+    rows = (await conn.execute(query)).all()
     if not rows:
-        return 0
+        return []
     await conn.execute(
         update(data_keys)
         .where(data_keys.c.subject == bindparam("s"))
         .values(master_id=bindparam("m"), wrapped=bindparam("w"), rewrapped_at=func.now()),
         [
-            {
-                "s": r.subject,
-                "m": masters.current_id,
-                "w": masters.rewrap(r.subject, r.key_id, r.master_id, r.wrapped),
-            }
-            for r in rows
+            {"s": k.subject, "m": masters.current_id, "w": _rewrapped(masters, k)}
+            for k in (StoredKey(r.subject, r.key_id, r.master_id, r.wrapped) for r in rows)
         ],
     )
-    return len(rows)
+    return [r.subject for r in rows]
+
+
+def _rewrapped(masters: MasterKeys, row: StoredKey) -> bytes:
+    try:
+        return masters.rewrap(row.subject, row.key_id, row.master_id, row.wrapped)
+    except Undecryptable:
+        raise Undecryptable(
+            f"a data key under master key {row.master_id!r} does not open with the configured "
+            f"{row.master_id!r}: is it the key that wrapped it?"
+        ) from None
 
 
 async def count_by_master(conn: AsyncConnection) -> dict[str, int]:
@@ -113,7 +130,7 @@ async def count_by_master(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(
         select(data_keys.c.master_id, func.count()).group_by(data_keys.c.master_id)
     )
-    return {m: int(n) for m, n in rows.tuples()}
+    return {m: int(n) for m, n in rows}
 
 
 class KeyRing:
