@@ -157,6 +157,14 @@ def test_channel_comes_from_the_campaign_medium() -> None:
     assert convert(msg, "track").channel == "newsletter"
 
 
+def test_the_ip_address_and_user_agent_are_carried_as_the_context() -> None:
+    seen = {"ip": "203.0.113.9", "userAgent": "Mozilla/5.0", "locale": "en-GB"}
+    event = convert({**track("Signed Up"), "context": seen}, "track")
+    assert event.context is not None
+    assert (event.context.ip, event.context.user_agent) == ("203.0.113.9", "Mozilla/5.0")
+    assert convert({**track("Signed Up"), "context": {"ip": 7}}, "track").context is None
+
+
 def test_sent_at_corrects_the_client_clock() -> None:
     # the client's clock is 1 hour fast: stamped 13:00, sent 13:00:05, received at 12:00
     msg = {

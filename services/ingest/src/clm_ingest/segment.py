@@ -265,7 +265,17 @@ def _ids_and_times(msg: Mapping[str, Any], context: Mapping[str, Any]) -> dict[s
     ):
         if value is not None:
             doc[target] = value
+    seen = _seen_by(context)
+    if seen:
+        doc["context"] = seen
     return doc
+
+
+def _seen_by(context: Mapping[str, Any]) -> dict[str, str]:
+    """The request's IP address and user agent, when the library sent them (personal data:
+    sealed on the topic)."""
+    seen = {"ip": context.get("ip"), "user_agent": context.get("userAgent")}
+    return {k: v for k, v in seen.items() if isinstance(v, str) and v}
 
 
 def _track(
