@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -53,6 +54,11 @@ def test_every_type_and_field_is_classified_once() -> None:
         assert not set(personal.PERSONAL[kind]) & set(personal.CLEAR[kind])
     envelope = set(EventBase.model_fields) - {"sealed"}
     assert envelope == set(personal.ENVELOPE_PERSONAL) | set(personal.ENVELOPE_CLEAR) - {"type"}
+
+
+def test_the_readme_shows_the_classification() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert personal.classification_table() in readme
 
 
 PERSONAL_EVENT: dict[str, Any] = {

@@ -107,3 +107,23 @@ def reveal(doc: dict[str, Any], personal: dict[str, Any]) -> dict[str, Any]:
     if "properties" in personal:
         out["properties"] = {**doc.get("properties", {}), **personal["properties"]}
     return out
+
+
+def _names(fields: tuple[str, ...]) -> str:
+    return ", ".join(f"`{f}`" for f in fields)
+
+
+def classification_table() -> str:
+    """The classification as the Markdown table the README shows (a test keeps it equal)."""
+    rows = [
+        "| type | personal: sealed | clear |",
+        "|---|---|---|",
+        f"| envelope, every type | {_names(ENVELOPE_PERSONAL)} | {_names(ENVELOPE_CLEAR)} |",
+    ]
+    for kind, fields in PERSONAL.items():
+        if kind in ABOUT_NO_ONE:
+            sealed = "none (about no one)"
+        else:
+            sealed = ", ".join([*(f"`{f}`" for f in fields), "unknown properties"])
+        rows.append(f"| `{kind}` | {sealed} | {_names(CLEAR[kind]) or '—'} |")
+    return "\n".join(rows)
