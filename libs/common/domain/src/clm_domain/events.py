@@ -45,6 +45,7 @@ from clm_domain.event_fields import (
 )
 from clm_domain.event_properties import (
     AdClickProperties,
+    ConsentProperties,
     CustomProperties,
     EmailEngagementProperties,
     EventType,
@@ -79,6 +80,8 @@ __all__ = [
     "TEXT_PATTERN",
     "AdClick",
     "AdClickProperties",
+    "Consent",
+    "ConsentProperties",
     "Custom",
     "CustomProperties",
     "EmailEngagement",
@@ -247,6 +250,11 @@ class Custom(EventBase):
     properties: CustomProperties
 
 
+class Consent(EventBase):
+    type: Literal["consent"]
+    properties: ConsentProperties
+
+
 Event = Annotated[
     AdClick
     | SiteVisit
@@ -261,7 +269,8 @@ Event = Annotated[
     | Referral
     | EmailEngagement
     | MarketingSpend
-    | Custom,
+    | Custom
+    | Consent,
     Field(discriminator="type"),
 ]
 
