@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_domain.consent import ConsentGiven, consent_doc
 from clm_domain.events import TEXT_PATTERN
 from clm_domain.kpis import exact_money
 from clm_domain.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
@@ -61,10 +62,14 @@ def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
 
 
 async def customer_body(
-    state: State, customer: CustomerState, memberships: Sequence[Membership]
+    state: State,
+    customer: CustomerState,
+    memberships: Sequence[Membership],
+    consent: Mapping[str, ConsentGiven],
 ) -> dict[str, Any]:
     """The customer's document with its live ``predictions`` (null: no model fitted yet, or
-    the customer never purchased) and its ``segments`` (by segment id)."""
+    the customer never purchased), its ``segments`` (by segment id), its ``consent`` per
+    purpose and whether ``marketing`` may reach it, and why."""
     doc = customer_doc(state, customer)
     model = await state.models.current()
     settings = state.settings.model
@@ -82,6 +87,7 @@ async def customer_body(
         {"id": m.segment_id, "name": m.name, "entered_at": m.entered_at.isoformat()}
         for m in memberships
     ]
+    doc.update(consent_doc(consent))
     return doc
 
 
@@ -224,7 +230,14 @@ async def stages(
 
 @router.get(
     "/customers/{customer_id}",
-    summary="A customer's lifecycle stage, running facts, predictions and segments",
+    summary="A customer's lifecycle stage, running facts, predictions, segments and consent",
+    description=(
+        "`consent`: per purpose (`analytics`, `marketing`) the customer's latest consent, "
+        '`{"granted": bool, "at": time}`, or null (none recorded). `marketing`: '
+        '`{"allowed": bool, "reason": text}`, whether marketing may reach the customer and '
+        "why: marketing is opt-out, so it is allowed unless the latest marketing consent is "
+        "withdrawn (then marketing webhooks and marketing segment exports leave it out)."
+    ),
     responses={
         200: {"content": {"application/json": {}}, "description": "the customer"},
         401: {},
