@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_infra.consent_schema import customer_consent
 from clm_infra.segment_schema import segment_memberships, segments
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
@@ -84,6 +85,20 @@ async def test_define_look_and_delete(
         ["segments", "members", str(sid), "--after", "c-1", "--json"], capsys
     )
     assert [m["customer_id"] for m in json.loads(out)["members"]] == ["c-2"]
+    async with db.begin() as conn:  # c-1 withdrew marketing consent
+        await conn.execute(
+            insert(customer_consent).values(
+                customer_id="c-1",
+                purpose="marketing",
+                granted=False,
+                at=T0,
+                source="shop",
+                event_id="c1-consent",
+            )
+        )
+    status, out, _ = await clm(["segments", "members", str(sid), "--purpose", "marketing"], capsys)
+    assert (status, "c-0" in out, "c-1" in out, "c-2" in out) == (0, True, False, True)
+    assert "left out: 1 (marketing consent withdrawn)" in out
 
     window = ["--from", "2026-11-01T00:00:00Z", "--to", "2026-11-03T00:00:00Z"]
     status, out, _ = await clm(["segments", "history", str(sid), *window, "--json"], capsys)

@@ -278,6 +278,19 @@ async def test_merges_keep_the_latest_consent_and_erasure_forgets_it(
     await until_claimed(db, "m-c-late")
     assert (await stored_consent(db, "m-1"))[("m-1", "marketing")] == (True, "m-c-late")
 
+    # an anonymous id with nothing but consent (no profile to merge) brings it along too
+    await send_events(common, anonymous(consent(None, "m-a-anon2", 7, True, "analytics"), "a2"))
+    await until_claimed(db, "m-a-anon2")
+    link = anonymous(
+        event_doc("identify", customer_id="m-1", event_id="m-i2", occurred_at=at(8)), "a2"
+    )
+    await send_events(common, link)
+    await until_events(client, "m-1", 5)  # m-2's signup came with the merge
+    assert await stored_consent(db, "m-1", "a2") == {
+        ("m-1", "marketing"): (True, "m-c-late"),
+        ("m-1", "analytics"): (True, "m-a-anon2"),
+    }
+
     erased = await client.delete("/v1/customers/m-1", headers=ADMIN)
     assert erased.status_code == 200, erased.text
     assert await stored_consent(db, "m-1", "m-2", "m-anon") == {}
