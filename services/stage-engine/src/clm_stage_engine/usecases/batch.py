@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -262,7 +262,7 @@ class BatchApplier:
             transitions=result.transitions,
         )
         queued = await outbox.insert_outbox(conn, self.lifecycle_topic, records)
-        await _record_consents(conn, consents, identities)
+        await _record_consents(conn, consents, identities, found.consenting)
         deliveries = stage_change_deliveries(result.transitions, found.subscriptions)
         await webhooks.enqueue_deliveries(conn, deliveries)
         _count(result)
@@ -323,12 +323,17 @@ def _anonymous_ids(events: Iterable[Event]) -> tuple[list[str], list[str]]:
 
 
 async def _record_consents(
-    conn: AsyncConnection, consents: Sequence[Item[Any]], identities: Identities
+    conn: AsyncConnection,
+    consents: Sequence[Item[Any]],
+    identities: Identities,
+    consenting: Collection[str],
 ) -> None:
-    """The consent of each newly linked anonymous id goes to its customer, then the batch's
-    consent events are recorded (the latest per customer and purpose)."""
+    """The consent of each newly linked anonymous id that has some (``consenting``, as the
+    lookup found it under the id's lock) goes to its customer, then the batch's consent
+    events are recorded (the latest per customer and purpose). Nothing to do: no round trip."""
     await consent.move_consents(
-        conn, [(anon, cid) for anon, (cid, _) in identities.new_links.items()]
+        conn,
+        [(anon, cid) for anon, (cid, _) in identities.new_links.items() if anon in consenting],
     )
     landed = [(i.key, i.event) for i in consents if i.key and isinstance(i.event, Consent)]
     await consent.record_consents(conn, latest_consents(landed))
