@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_domain.consent import ConsentGiven, consent_doc
@@ -44,6 +45,35 @@ async def reader(request: Request, state: Annotated[State, Depends(app_state)]) 
 async def admin(request: Request, state: Annotated[State, Depends(app_state)]) -> Principal:
     """Erasure, merges and webhook subscriptions: never a (public) write key."""
     return await authenticate(request, state.verifier, "admin")
+
+
+class ConsentGivenOut(BaseModel):
+    granted: bool = Field(description="given (true) or withdrawn (false)")
+    at: datetime = Field(description="the consent event's occurred_at")
+
+
+class ConsentOut(BaseModel):
+    """The customer's latest consent per purpose (null: none recorded)."""
+
+    analytics: ConsentGivenOut | None
+    marketing: ConsentGivenOut | None
+
+
+class MarketingOut(BaseModel):
+    allowed: bool = Field(description="false only when the latest marketing consent is withdrawn")
+    reason: str = Field(description="why, with the consent's time (opt-out default: allowed)")
+
+
+class CustomerOut(BaseModel):
+    """The customer document: its id, stage, consent and marketing typed here; the other
+    fields in docs/api.md."""
+
+    model_config = ConfigDict(extra="allow")
+
+    customer_id: str
+    stage: str
+    consent: ConsentOut
+    marketing: MarketingOut
 
 
 def display(state: State, stage: Stage | str | None) -> str | None:
@@ -239,7 +269,7 @@ async def stages(
         "withdrawn (then marketing webhooks and marketing segment exports leave it out)."
     ),
     responses={
-        200: {"content": {"application/json": {}}, "description": "the customer"},
+        200: {"model": CustomerOut, "description": "the customer"},
         401: {},
         403: {},
         404: {"description": "unknown customer"},
