@@ -104,11 +104,13 @@ class Loaded:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the batch did, and what to remember once it commits: the writing transaction's
-    id and the outbox row (id, payload; None: no records)."""
+    id and the outbox row (id, payload; None: no records); and the consent events it
+    recorded (not folded: not in ``result``)."""
 
     result: FoldResult[Any]
     xid: int
     queued: tuple[int, bytes] | None
+    consents: int = 0
 
 
 class BatchApplier:
@@ -158,7 +160,7 @@ class BatchApplier:
         phases.lap("write")
         await self._segment_changes(conn, result, loaded, found, Evaluation((), now, scores))
         phases.lap("segments")
-        return Outcome(result, xid, queued)
+        return Outcome(result, xid, queued, len(consents))
 
     async def _unseen(
         self, conn: AsyncConnection, fresh: Sequence[New]
