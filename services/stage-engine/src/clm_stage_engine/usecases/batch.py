@@ -25,7 +25,8 @@
 The SQL round trips of a batch, in order: the lookup, the customers' rows (those not known),
 the stored events of the customers rebuilt (if any), the merges (if any), the write, with
 segments defined the customers' open spans and the spans' write, the outbox row (and one for
-the segment records, if any), the webhook deliveries.
+the segment records, if any), the consent moved to newly linked customers and the consent
+recorded (each only if any), the webhook deliveries.
 """
 
 from __future__ import annotations
