@@ -4,6 +4,7 @@ exports leaving out customers who withdrew, merges, erasure and replay."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,17 +13,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_infra import replay
 from clm_infra.consent_schema import customer_consent
+from clm_infra.db import create_engine
 from clm_infra.kafka import log_ends
 from clm_infra.schema import processed_events
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
 from clm_stage_engine.settings import StageEngineSettings
 from clm_stage_engine.webhooks import verify_signature
+from tests.conftest import alembic_upgrade
 from tests.factories import event_doc
 from tests.integration.apps import app_client, read_customer
 from tests.integration.conftest import NO_REQUEST_LIMITS, eventually, send_events, until_events
@@ -335,3 +338,32 @@ async def test_a_replay_rebuilds_consent(
         return await stored_consent(db, "r-1") == live or None
 
     await eventually(rebuilt)
+
+
+async def test_migration_0021_makes_existing_subscriptions_marketing_ones(
+    bare_database: str,
+) -> None:
+    """Privacy by default: a subscription made before consent existed gets the marketing
+    purpose; only marketing and service are stored; the downgrade drops both again."""
+    await asyncio.to_thread(alembic_upgrade, bare_database, "upgrade", "0020_segments")
+    db = create_engine(bare_database, pool_size=1)
+    try:
+        async with db.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO webhook_subscriptions (url, secret) VALUES ('https://x', 's')")
+            )
+        await db.dispose()
+        await asyncio.to_thread(alembic_upgrade, bare_database, "upgrade", "0021_consent")
+        async with db.begin() as conn:
+            purpose = await conn.execute(text("SELECT purpose FROM webhook_subscriptions"))
+            assert purpose.scalar_one() == "marketing"
+        with pytest.raises(Exception, match="ck_webhook_subscriptions_purpose"):
+            async with db.begin() as conn:
+                await conn.execute(text("UPDATE webhook_subscriptions SET purpose = 'ads'"))
+        await db.dispose()
+        await asyncio.to_thread(alembic_upgrade, bare_database, "downgrade", "0020_segments")
+        async with db.connect() as conn:
+            left = await conn.execute(text("SELECT to_regclass('customer_consent')"))
+            assert left.scalar_one() is None
+    finally:
+        await db.dispose()
