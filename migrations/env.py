@@ -10,7 +10,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from clm_infra import model_schema, segment_schema  # noqa: F401 - their tables join the metadata
+from clm_infra import consent_schema, model_schema, segment_schema  # noqa: F401 - joins metadata
 from clm_infra.privacy import schema as privacy_schema  # noqa: F401 - the same
 from clm_infra.schema import metadata
 from clm_infra.settings import CommonSettings

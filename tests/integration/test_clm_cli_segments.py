@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_infra.consent_schema import customer_consent
 from clm_infra.segment_schema import segment_memberships, segments
 from clm_infra.settings import CommonSettings
 from clm_stage_engine.app import create_app
@@ -84,6 +85,20 @@ async def test_define_look_and_delete(
         ["segments", "members", str(sid), "--after", "c-1", "--json"], capsys
     )
     assert [m["customer_id"] for m in json.loads(out)["members"]] == ["c-2"]
+    async with db.begin() as conn:  # c-1 withdrew marketing consent
+        await conn.execute(
+            insert(customer_consent).values(
+                customer_id="c-1",
+                purpose="marketing",
+                granted=False,
+                at=T0,
+                source="shop",
+                event_id="c1-consent",
+            )
+        )
+    status, out, _ = await clm(["segments", "members", str(sid), "--purpose", "marketing"], capsys)
+    assert (status, "c-0" in out, "c-1" in out, "c-2" in out) == (0, True, False, True)
+    assert "left out: 1 (marketing consent withdrawn)" in out
 
     window = ["--from", "2026-11-01T00:00:00Z", "--to", "2026-11-03T00:00:00Z"]
     status, out, _ = await clm(["segments", "history", str(sid), *window, "--json"], capsys)
@@ -129,3 +144,29 @@ async def test_refusals_say_what_is_wrong(
     )
     status, _, err = await clm(["segments", "create", "--file", str(bad), "--token", "x"], capsys)
     assert (status, "refused the admin key" in err) == (2, True)
+
+
+async def test_webhook_subscriptions_with_their_purpose(
+    engine_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hook = "http://127.0.0.1:9/hook"
+    status, out, _ = await clm(["webhooks", "subscribe", hook, "--stages", "purchase"], capsys)
+    assert (status, "subscription 1 (marketing)" in out) == (0, True)
+    assert out.strip().splitlines()[-1].startswith("whsec_")
+    status, out, _ = await clm(
+        ["webhooks", "subscribe", hook, "--purpose", "service", "--json"], capsys
+    )
+    assert (status, json.loads(out)["purpose"]) == (0, "service")
+    status, out, _ = await clm(["webhooks", "subscriptions"], capsys)
+    rows = [line.split() for line in out.strip().splitlines()[2:]]
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("1", "marketing", "conversion"),
+        ("2", "service", "all"),
+    ]
+    assert (await clm(["webhooks", "unsubscribe", "1"], capsys))[0] == 0
+    status, out, _ = await clm(["webhooks", "subscriptions", "--json"], capsys)
+    assert [s["id"] for s in json.loads(out)["subscriptions"]] == [2]
+    status, _, err = await clm(["webhooks", "unsubscribe", "1"], capsys)
+    assert (status, "no active subscription 1" in err) == (1, True)
+    status, _, err = await clm(["webhooks", "subscribe", hook, "--stages", "nope"], capsys)
+    assert (status, "stages" in err) == (1, True)

@@ -37,7 +37,9 @@ MASTERS = parse_master_keys(new_master_key())
 
 
 def _example(kind: str) -> dict[str, Any]:
-    return {**example_event(kind), "source": "shop"}
+    """A fresh example (deep-copied: the examples' properties are shared)."""
+    example: dict[str, Any] = orjson.loads(orjson.dumps(example_event(kind)))
+    return {**example, "source": "shop"}
 
 
 def _properties_model(kind: str) -> type[BaseModel]:

@@ -98,7 +98,7 @@ class EventsHandler:
         poison.extend(Poison(record, reason) for record, reason in outcome.result.failed)
         return BatchResult(
             poison=poison,
-            applied=len(outcome.result.applied),
+            applied=len(outcome.result.applied) + outcome.consents,
             committed=lambda: self._committed(outcome),
         )
 

@@ -4,6 +4,8 @@
     clm keys list | clm keys revoke ID | clm keys seed-dev
     clm webhooks add --source shop-eu --provider shopify [--secret …]  store a signing secret
     clm webhooks list | clm webhooks revoke ID | clm webhooks new-key
+    clm webhooks subscriptions | subscribe URL [--stages S | --segments IDS]
+                  [--purpose marketing|service] | unsubscribe ID   outbound subscriptions
     clm customer show ID | clm stages | clm kpis --window 7d | clm status
     clm dlq list | clm dlq replay P:O [--fixed FILE] | clm replay --yes | clm migrate
     clm simulate [--customers N] [--seed S] [--csv FILE] [--out FILE] [--truth FILE] …
@@ -49,7 +51,7 @@ Action = Callable[[argparse.Namespace, "CliSettings"], Coroutine[Any, Any, int]]
 # libraries of the others (Kafka, SQLAlchemy, Alembic …), which take seconds to import.
 COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("keys", "API keys: write keys (ingest), read tokens (read APIs)"),
-    "webhooks": ("webhooks", "webhook signing secrets per source and provider"),
+    "webhooks": ("webhooks", "webhook signing secrets; outbound subscriptions"),
     "customer": ("customers", "one customer's stage, facts and history; erasure"),
     "stages": ("customers", "how many customers are in each stage"),
     "kpis": ("kpis", "lifecycle KPIs over a window"),

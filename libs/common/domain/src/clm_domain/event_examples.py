@@ -29,6 +29,7 @@ EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
         "period_end": "2026-11-30T23:59:59Z",
     },
     "custom": {"name": "Wishlist Shared"},
+    "consent": {"purpose": "marketing", "granted": False},
 }
 
 

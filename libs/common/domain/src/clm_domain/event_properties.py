@@ -47,6 +47,7 @@ class EventType(StrEnum):
     EMAIL_ENGAGEMENT = "email_engagement"
     MARKETING_SPEND = "marketing_spend"
     CUSTOM = "custom"
+    CONSENT = "consent"
 
 
 class Properties(BaseModel):
@@ -195,3 +196,12 @@ class CustomProperties(Properties):
     LABEL_FIELDS = ("name",)
 
     name: Label
+
+
+class ConsentProperties(Properties):
+    """A customer's consent for one purpose, given (``granted``) or withdrawn, as of the
+    event's ``occurred_at``. Not a touchpoint: it changes no lifecycle fact
+    (:mod:`clm_domain.consent`)."""
+
+    purpose: Literal["analytics", "marketing"]
+    granted: Annotated[bool, Field(strict=True)]

@@ -49,6 +49,7 @@ from clm_domain.event_fields import (
 )
 from clm_domain.event_properties import (
     AdClickProperties,
+    ConsentProperties,
     CustomProperties,
     EmailEngagementProperties,
     EventType,
@@ -84,6 +85,8 @@ __all__ = [
     "TEXT_PATTERN",
     "AdClick",
     "AdClickProperties",
+    "Consent",
+    "ConsentProperties",
     "Custom",
     "CustomProperties",
     "EmailEngagement",
@@ -270,6 +273,11 @@ class Custom(EventBase):
     properties: CustomProperties
 
 
+class Consent(EventBase):
+    type: Literal["consent"]
+    properties: ConsentProperties
+
+
 Event = Annotated[
     AdClick
     | SiteVisit
@@ -284,7 +292,8 @@ Event = Annotated[
     | Referral
     | EmailEngagement
     | MarketingSpend
-    | Custom,
+    | Custom
+    | Consent,
     Field(discriminator="type"),
 ]
 

@@ -43,6 +43,7 @@ PERSONAL: Final[dict[str, tuple[str, ...]]] = {
     "email_engagement": (),
     "marketing_spend": (),
     "custom": (),
+    "consent": (),
 }
 
 #: The types about no one (marketing spend): nothing of theirs is sealed, unknown properties
@@ -72,6 +73,7 @@ CLEAR: Final[dict[str, tuple[str, ...]]] = {
         "period_end",
     ),
     "custom": ("name",),
+    "consent": ("purpose", "granted"),
 }
 
 #: The envelope's clear fields.

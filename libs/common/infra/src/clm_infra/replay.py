@@ -1,11 +1,12 @@
 """Resetting the stage engine's derived state so the engines rebuild it from the event log.
 
 Clears what the stage engine derived (customers, history, event log, identity links, dedupe
-rows, unpublished outbox rows) and resets the group's stored offsets on the events topic to 0,
-in one transaction. Running engines notice (their next offset compare-and-set fails, or their
-idle re-check sees the reset), seek to the start and re-apply the whole log with the current
-rules. The log's end at reset time is stored as the replay's target: until the stored offsets
-reach it, the sweeper moves nobody, so inactivity moves never act on a half-rebuilt history.
+rows, unpublished outbox rows, consent) and resets the group's stored offsets on the events
+topic to 0, in one transaction. Running engines notice (their next offset compare-and-set
+fails, or their idle re-check sees the reset), seek to the start and re-apply the whole log
+with the current rules. The log's end at reset time is stored as the replay's target: until
+the stored offsets reach it, the sweeper moves nobody, so inactivity moves never act on a
+half-rebuilt history.
 Erasures are kept, so an erased customer's events stay dropped. Segment memberships are kept
 and paused (:func:`pause_segments`): a backfill re-evaluates them once the replay is done.
 Lifecycle records are re-published with their stable ``record_id``s: the metrics service does
@@ -55,6 +56,7 @@ DERIVED = (
     "processed_events",
     "outbox",
     "outbox_batches",
+    "customer_consent",
 )
 
 

@@ -161,8 +161,7 @@ replay_targets = Table(
     PrimaryKeyConstraint("group_id", "topic", "partition"),
 )
 
-# The outbox of stage engines before migration 0009: one row per record. This version only
-# drains it (rows an older engine still writes during a rolling upgrade).
+# The outbox of engines before migration 0009, a row per record: drained (rolling upgrades).
 outbox = Table(
     "outbox",
     metadata,
@@ -259,6 +258,8 @@ webhook_subscriptions = Table(
     Column("segments", ARRAY(BigInteger)),  # set: segment entries and exits, no stage changes
     Column("active", Boolean, nullable=False, server_default="true"),
     Column("created_at", TS, nullable=False, server_default=func.now()),
+    Column("purpose", Text, nullable=False, server_default="marketing"),  # clm_domain.consent
+    CheckConstraint("purpose IN ('marketing', 'service')", name="purpose"),
 )
 
 webhook_deliveries = Table(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clm_domain.consent import ConsentGiven, consent_doc
 from clm_domain.events import TEXT_PATTERN
 from clm_domain.kpis import exact_money
 from clm_domain.lifecycle import STAGE_NAMES, VOCABULARIES, CustomerState, Stage, parse_stage
@@ -45,6 +47,35 @@ async def admin(request: Request, state: Annotated[State, Depends(app_state)]) -
     return await authenticate(request, state.verifier, "admin")
 
 
+class ConsentGivenOut(BaseModel):
+    granted: bool = Field(description="given (true) or withdrawn (false)")
+    at: datetime = Field(description="the consent event's occurred_at")
+
+
+class ConsentOut(BaseModel):
+    """The customer's latest consent per purpose (null: none recorded)."""
+
+    analytics: ConsentGivenOut | None
+    marketing: ConsentGivenOut | None
+
+
+class MarketingOut(BaseModel):
+    allowed: bool = Field(description="false only when the latest marketing consent is withdrawn")
+    reason: str = Field(description="why, with the consent's time (opt-out default: allowed)")
+
+
+class CustomerOut(BaseModel):
+    """The customer document: its id, stage, consent and marketing typed here; the other
+    fields in docs/api.md."""
+
+    model_config = ConfigDict(extra="allow")
+
+    customer_id: str
+    stage: str
+    consent: ConsentOut
+    marketing: MarketingOut
+
+
 def display(state: State, stage: Stage | str | None) -> str | None:
     if stage is None:
         return None
@@ -61,10 +92,14 @@ def customer_doc(state: State, customer: CustomerState) -> dict[str, Any]:
 
 
 async def customer_body(
-    state: State, customer: CustomerState, memberships: Sequence[Membership]
+    state: State,
+    customer: CustomerState,
+    memberships: Sequence[Membership],
+    consent: Mapping[str, ConsentGiven],
 ) -> dict[str, Any]:
     """The customer's document with its live ``predictions`` (null: no model fitted yet, or
-    the customer never purchased) and its ``segments`` (by segment id)."""
+    the customer never purchased), its ``segments`` (by segment id), its ``consent`` per
+    purpose and whether ``marketing`` may reach it, and why."""
     doc = customer_doc(state, customer)
     model = await state.models.current()
     settings = state.settings.model
@@ -82,6 +117,7 @@ async def customer_body(
         {"id": m.segment_id, "name": m.name, "entered_at": m.entered_at.isoformat()}
         for m in memberships
     ]
+    doc.update(consent_doc(consent))
     return doc
 
 
@@ -224,9 +260,16 @@ async def stages(
 
 @router.get(
     "/customers/{customer_id}",
-    summary="A customer's lifecycle stage, running facts, predictions and segments",
+    summary="A customer's lifecycle stage, running facts, predictions, segments and consent",
+    description=(
+        "`consent`: per purpose (`analytics`, `marketing`) the customer's latest consent, "
+        '`{"granted": bool, "at": time}`, or null (none recorded). `marketing`: '
+        '`{"allowed": bool, "reason": text}`, whether marketing may reach the customer and '
+        "why: marketing is opt-out, so it is allowed unless the latest marketing consent is "
+        "withdrawn (then marketing webhooks and marketing segment exports leave it out)."
+    ),
     responses={
-        200: {"content": {"application/json": {}}, "description": "the customer"},
+        200: {"model": CustomerOut, "description": "the customer"},
         401: {},
         403: {},
         404: {"description": "unknown customer"},

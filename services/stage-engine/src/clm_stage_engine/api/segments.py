@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clm_domain import bounds
+from clm_domain.consent import MARKETING, WITHDRAWN
 from clm_domain.events import TEXT_PATTERN
 from clm_domain.segments import ConditionError, dump_condition, parse_condition
 from clm_stage_engine.api.customers import admin, reader
@@ -236,7 +237,13 @@ async def delete(
 @router.get(
     "/{segment_id}/members",
     summary="A segment's members now, by customer id (keyset pagination)",
-    description="Pass a page's `next` as `after` for the next page; `next` is null on the last.",
+    description=(
+        "Pass a page's `next` as `after` for the next page; `next` is null on the last. "
+        "With `purpose=marketing` (an export for marketing), members whose latest marketing "
+        "consent is withdrawn are left out, and `excluded` counts them across the whole "
+        'segment now (`{"marketing_consent_withdrawn": n}`); without it, every member is '
+        "listed and `excluded` is absent."
+    ),
     responses={401: {}, 403: {}, 404: {"description": "unknown or deleted segment"}},
 )
 async def members(
@@ -248,14 +255,23 @@ async def members(
         Query(min_length=1, max_length=200, pattern=TEXT_PATTERN, description="a customer id"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    purpose: Annotated[
+        Literal["marketing"] | None,
+        Query(description="marketing: leave out members who withdrew marketing consent"),
+    ] = None,
 ) -> dict[str, Any]:
     if after is not None and not _utf8(after):
         raise invalid("after", "must be valid UTF-8 text")
+    marketing = purpose == MARKETING
     async with state.engine.connect() as conn:
         row = await segment_defs.get_segment(conn, segment_id)
         if row is None or row["deleted_at"] is not None:
             raise unknown(segment_id)
-        page = await segment_members.members_page(conn, segment_id, after, limit)
+        page = await segment_members.members_page(
+            conn, segment_id, after, limit, marketing=marketing
+        )
+        withdrawn = await segment_members.withdrawn_members(conn, segment_id) if marketing else 0
+    excluded = {"excluded": {WITHDRAWN: withdrawn}} if marketing else {}
     return {
         "segment_id": segment_id,
         "members": [
@@ -267,6 +283,7 @@ async def members(
             for m in page
         ],
         "next": page[-1]["customer_id"] if len(page) == limit else None,
+        **excluded,
     }
 
 

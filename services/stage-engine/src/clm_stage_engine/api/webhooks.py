@@ -3,11 +3,13 @@ subscriber's URL (admin key).
 
 The URL must pass the server-side request forgery policy (:mod:`clm_infra.webhook_urls`);
 the signing secret is shown once and stored encrypted (:mod:`clm_infra.subscription_secrets`).
+A ``marketing`` subscription (the default) gets nothing about customers who withdrew marketing
+consent; a ``service`` one gets every customer (:mod:`clm_domain.consent`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import AnyHttpUrl, BaseModel, Field
@@ -43,6 +45,12 @@ class SubscriptionIn(BaseModel):
         default=None,
         description="Segment ids: the subscription gets these segments' entries and exits "
         "(segment.entered, segment.exited) instead of stage changes. Not with stages.",
+    )
+    purpose: Literal["marketing", "service"] = Field(
+        default="marketing",
+        description="marketing (the default): nothing about customers whose latest marketing "
+        "consent is withdrawn (a customer with no consent recorded is included: opt-out); "
+        "service: every customer (operational use, not marketing).",
     )
 
 
@@ -83,12 +91,14 @@ async def subscribe(
             subscription_secrets.seal(state.secrets_box, secret),
             [s.value for s in stages] if stages else None,
             segments,
+            body.purpose,
         )
     return {
         "id": sid,
         "url": str(body.url),
         "stages": stages,
         "segments": segments,
+        "purpose": body.purpose,
         "secret": secret,
     }
 
@@ -126,6 +136,7 @@ async def list_subscriptions(
                 "url": s["url"],
                 "stages": s["stages"],
                 "segments": s["segments"],
+                "purpose": s["purpose"],
                 "created_at": s["created_at"].isoformat(),
                 "deliveries": s["deliveries"],
             }

@@ -46,6 +46,7 @@ class BatchLookup:
     # active webhook subscriptions: (id, stages wanted, segments wanted)
     subscriptions: list[tuple[int, list[str] | None, list[int] | None]]
     catalog: int  # the segment definitions' version (their lock held shared from here on)
+    consenting: frozenset[str] = frozenset()  # anonymous ids it links that have consent rows
 
 
 #: The advisory lock space (the first of two int4 keys) of anonymous ids: a batch holds each of
@@ -59,7 +60,7 @@ ANONYMOUS_ID_LOCKS = 0x636C6D61
 # Postgres ran them as hashed subplans that read the whole event log on every batch.
 _LOOKUP = f"""
 SELECT a.applied, e.hashes, e.times, l.anons, l.customers, s.subscriptions, k.held,
-    g.catalog
+    g.catalog, c.consenting
 FROM (
     SELECT array_agg(n) AS applied FROM (
         SELECT u.n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(k, n)
@@ -87,7 +88,10 @@ FROM (
     ) locks
 ) k, (
     SELECT clm_segment_catalog() AS catalog
-) g
+) g, (
+    SELECT array_agg(DISTINCT customer_id) AS consenting FROM customer_consent
+    WHERE customer_id IN (SELECT jsonb_array_elements_text($4::jsonb))
+) c
 """
 
 
@@ -102,8 +106,10 @@ async def lookup_batch(
     or claimed in ``processed_events`` (events without a customer, events that failed) —,
     which ``hashes`` are of erased customers, the links of ``ids`` and the active webhook
     subscriptions, and the segment catalog's version (:func:`clm_segment_catalog` takes
-    its lock shared, then reads it): five lookups, one statement, on the driver (for a small batch,
-    SQLAlchemy's own execution of a statement costs more CPU than the statement's work).
+    its lock shared, then reads it), and which of the anonymous ids it links have consent
+    rows (to move onto their customers): six lookups, one statement, on the driver (for a
+    small batch, SQLAlchemy's own execution of a statement costs more CPU than the
+    statement's work).
 
     ``anonymous`` is the anonymous ids the batch links, then those whose own events it
     applies: it takes their locks (:data:`ANONYMOUS_ID_LOCKS`) without waiting, and raises
@@ -118,7 +124,7 @@ async def lookup_batch(
         orjson.dumps(sorted(set(visiting))).decode(),
     )
     assert row is not None
-    applied, hashes_, times, anons, linked, subscriptions, held, catalog = row
+    applied, hashes_, times, anons, linked, subscriptions, held, catalog, consenting = row
     if not held:
         raise AnonymousIdBusy("another batch is linking or applying one of its anonymous ids")
     return BatchLookup(
@@ -127,6 +133,7 @@ async def lookup_batch(
         links=dict(zip(anons or (), linked or (), strict=True)),
         subscriptions=[(int(i), st, sg) for i, st, sg in orjson.loads(subscriptions or "[]")],
         catalog=int(catalog),
+        consenting=frozenset(consenting or ()),
     )
 
 

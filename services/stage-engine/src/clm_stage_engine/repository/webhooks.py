@@ -1,4 +1,9 @@
-"""Webhook subscriptions and their deliveries (rows the dispatcher works through)."""
+"""Webhook subscriptions and their deliveries (rows the dispatcher works through).
+
+A delivery to a ``marketing`` subscription about a customer whose latest marketing consent is
+withdrawn is not queued (:mod:`clm_domain.consent`); each one left out is counted in
+``clm_webhook_deliveries_skipped_total{reason="consent"}``, where the statement decides it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from prometheus_client import Counter
+from sqlalchemy import ColumnElement, and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,14 +43,40 @@ async def active_subscriptions(
     ]
 
 
-async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> None:
+SKIPPED = Counter(
+    "clm_webhook_deliveries_skipped_total",
+    "Webhook deliveries not queued (consent: to a marketing subscription, about a customer "
+    "who withdrew marketing consent)",
+    ["reason"],
+)
+
+# The deliveries in the order given (their ids are the order they are sent in), less those
+# to a marketing subscription about a customer (the payload's customer_id) whose latest
+# marketing consent is withdrawn, read in the caller's transaction.
+_ENQUEUE = text(
+    "WITH d AS (SELECT * FROM unnest(CAST(:sids AS bigint[]), CAST(:payloads AS bytea[]))"
+    " WITH ORDINALITY AS d(sid, payload, n)), queued AS ("
+    " INSERT INTO webhook_deliveries (subscription_id, payload) SELECT d.sid, d.payload FROM d"
+    " LEFT JOIN webhook_subscriptions s ON s.id = d.sid"
+    " WHERE s.purpose IS DISTINCT FROM 'marketing' OR NOT EXISTS (SELECT 1"
+    " FROM customer_consent c WHERE c.purpose = 'marketing' AND NOT c.granted"
+    " AND c.customer_id = CAST(convert_from(d.payload, 'UTF8') AS jsonb) ->> 'customer_id')"
+    " ORDER BY d.n RETURNING 1) SELECT count(*) FROM queued"
+)
+
+
+async def enqueue_deliveries(conn: AsyncConnection, rows: Sequence[tuple[int, bytes]]) -> int:
+    """Queue the deliveries (subscription id, JSON payload naming its ``customer_id``) but
+    those consent rules out; returns how many it left out."""
     if not rows:
-        return
-    await conn.execute(
-        insert(webhook_deliveries).values(
-            [{"subscription_id": sid, "payload": payload} for sid, payload in rows]
-        )
+        return 0
+    found = await conn.execute(
+        _ENQUEUE, {"sids": [sid for sid, _ in rows], "payloads": [p for _, p in rows]}
     )
+    skipped = len(rows) - int(found.scalar_one())
+    if skipped:
+        SKIPPED.labels("consent").inc(skipped)
+    return skipped
 
 
 async def add_subscription(
@@ -53,19 +85,20 @@ async def add_subscription(
     sealed_secret: str,
     stages: list[str] | None,
     segments: list[int] | None = None,
+    purpose: str = "marketing",
 ) -> int:
     """A new active subscription (to stage changes, or with ``segments`` to those segments'
-    entries and exits); its id."""
+    entries and exits) for ``purpose`` (marketing or service); its id."""
     sid = await conn.execute(
         insert(webhook_subscriptions)
-        .values(url=url, secret=sealed_secret, stages=stages, segments=segments)
+        .values(url=url, secret=sealed_secret, stages=stages, segments=segments, purpose=purpose)
         .returning(webhook_subscriptions.c.id)
     )
     return int(sid.scalar_one())
 
 
 async def list_subscriptions(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """The active subscriptions by id (id, url, stages, segments, created_at) with their
+    """The active subscriptions by id (id, url, stages, segments, purpose, created_at) with their
     delivery counts by status (``deliveries``)."""
     subs = (
         await conn.execute(
@@ -74,6 +107,7 @@ async def list_subscriptions(conn: AsyncConnection) -> list[dict[str, Any]]:
                 webhook_subscriptions.c.url,
                 webhook_subscriptions.c.stages,
                 webhook_subscriptions.c.segments,
+                webhook_subscriptions.c.purpose,
                 webhook_subscriptions.c.created_at,
             )
             .where(webhook_subscriptions.c.active.is_(True))

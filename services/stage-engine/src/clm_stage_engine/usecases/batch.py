@@ -15,14 +15,18 @@
    :mod:`~clm_stage_engine.processor`);
 4. write rows, the event log, links, history, outbox records and webhook deliveries; each
    customer row only if still at the version the batch started from (else the batch is
-   retried: :class:`~clm_stage_engine.repository.batch.StaleRows`);
+   retried: :class:`~clm_stage_engine.repository.batch.StaleRows`); ``consent`` events are
+   not folded (not a touchpoint: :mod:`clm_domain.consent`): claimed, and their latest per
+   customer and purpose written, before the deliveries (which leave out customers who
+   withdrew marketing consent);
 5. with segments defined, evaluate the segments of every customer written (and the exits
    of the profiles merged away) at the batch's clock (:mod:`.segments`).
 
 The SQL round trips of a batch, in order: the lookup, the customers' rows (those not known),
 the stored events of the customers rebuilt (if any), the merges (if any), the write, with
 segments defined the customers' open spans and the spans' write, the outbox row (and one for
-the segment records, if any), the webhook deliveries.
+the segment records, if any), the consent moved to newly linked customers and the consent
+recorded (each only if any), the webhook deliveries.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,7 +42,8 @@ from typing import Any
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from clm_domain.events import Event
+from clm_domain.consent import latest_consents
+from clm_domain.events import Consent, Event
 from clm_domain.lifecycle import CustomerState, customer_key
 from clm_domain.p_alive import AliveModel
 from clm_domain.pseudonyms import Pseudonyms
@@ -46,7 +51,7 @@ from clm_domain.rules import LifecycleRules
 from clm_domain.segments.compile import ScoreSource
 from clm_stage_engine.known import KnownStates, Stored
 from clm_stage_engine.processor import FoldResult, Item, fold, needs_history
-from clm_stage_engine.repository import batch, customers, events, outbox, webhooks
+from clm_stage_engine.repository import batch, consent, customers, events, outbox, webhooks
 from clm_stage_engine.segment_cache import SegmentCache
 from clm_stage_engine.usecases.identity import Identities, resolve_identities
 from clm_stage_engine.usecases.merge import absorb
@@ -100,11 +105,13 @@ class Loaded:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the batch did, and what to remember once it commits: the writing transaction's
-    id and the outbox row (id, payload; None: no records)."""
+    id and the outbox row (id, payload; None: no records); and the consent events it
+    recorded (not folded: not in ``result``)."""
 
     result: FoldResult[Any]
     xid: int
     queued: tuple[int, bytes] | None
+    consents: int = 0
 
 
 class BatchApplier:
@@ -142,17 +149,19 @@ class BatchApplier:
         new, found = await self._unseen(conn, fresh)
         phases.lap("dedupe")
         identities = resolve_identities((e for _, e, _ in new), found.links)
-        items = [Item.of(tag, e, identities.landing(e), wire) for tag, e, wire in new]
+        landed = [Item.of(tag, e, identities.landing(e), wire) for tag, e, wire in new]
+        items = [i for i in landed if not isinstance(i.event, Consent)]
+        consents = [i for i in landed if isinstance(i.event, Consent)]
         phases.lap("identities")
         loaded = await self._load(conn, items, identities, wanted)
         phases.lap("load")
         result = self._fold(items, loaded, now, model)
         phases.lap("fold")
-        xid, queued = await self._write(conn, items, result, loaded, identities, found)
+        xid, queued = await self._write(conn, (items, consents), result, loaded, identities, found)
         phases.lap("write")
         await self._segment_changes(conn, result, loaded, found, Evaluation((), now, scores))
         phases.lap("segments")
-        return Outcome(result, xid, queued)
+        return Outcome(result, xid, queued, len(consents))
 
     async def _unseen(
         self, conn: AsyncConnection, fresh: Sequence[New]
@@ -232,7 +241,7 @@ class BatchApplier:
     async def _write(
         self,
         conn: AsyncConnection,
-        items: Sequence[Item[Any]],
+        batch_items: tuple[Sequence[Item[Any]], Sequence[Item[Any]]],
         result: FoldResult[Any],
         loaded: Loaded,
         identities: Identities,
@@ -242,18 +251,21 @@ class BatchApplier:
         payload (None: no records). Every customer row goes back only if still at the
         version read (none: it had no row). A new event's claim that finds its key taken
         means a concurrent transaction applied it after this batch's dedupe read: the batch
-        rolls back, and the retry sees it as a duplicate."""
+        rolls back, and the retry sees it as a duplicate. ``batch_items``: the events folded,
+        and the consent events (claimed, and recorded once the links are)."""
+        items, consents = batch_items
         records = list(result.outbox)
         records += await self._absorb(conn, loaded)
         xid = await batch.write_batch(
             conn,
             events=_logged(result),
-            claims=_claims(items, result),
+            claims=_claims(items, result) + _claimed(consents),
             links=[(anon, cid, eid) for anon, (cid, eid) in sorted(identities.new_links.items())],
             states=[(state, _version(loaded, key)) for key, state in result.states.items()],
             transitions=result.transitions,
         )
         queued = await outbox.insert_outbox(conn, self.lifecycle_topic, records)
+        await _record_consents(conn, consents, identities, found.consenting)
         deliveries = stage_change_deliveries(result.transitions, found.subscriptions)
         await webhooks.enqueue_deliveries(conn, deliveries)
         _count(result)
@@ -313,6 +325,25 @@ def _anonymous_ids(events: Iterable[Event]) -> tuple[list[str], list[str]]:
     return linking, visiting
 
 
+async def _record_consents(
+    conn: AsyncConnection,
+    consents: Sequence[Item[Any]],
+    identities: Identities,
+    consenting: Collection[str],
+) -> None:
+    """The consent of each newly linked anonymous id that has some (``consenting``, as the
+    lookup found it under the id's lock) goes to its customer, then the batch's consent
+    events are recorded (the latest per customer and purpose). Nothing to do: no round trip."""
+    await consent.move_consents(
+        conn,
+        [(anon, cid) for anon, (cid, _) in identities.new_links.items() if anon in consenting],
+    )
+    landed = [(i.key, i.event) for i in consents if i.key and isinstance(i.event, Consent)]
+    await consent.record_consents(conn, latest_consents(landed))
+    if consents:
+        EVENTS.labels("consent").inc(len(consents))
+
+
 def _version(loaded: Loaded, key: str) -> int | None:
     row = loaded.rows.get(key)
     return None if row is None else row.version
@@ -338,6 +369,11 @@ def _claims(
         for i in items
         if i.key is None or id(i.tag) in failed
     ]
+
+
+def _claimed(consents: Sequence[Item[Any]]) -> list[tuple[str, str, str | None]]:
+    """The claims of consent events (they leave no event-log row either)."""
+    return [(i.event.source, i.event.event_id, customer_key(i.event)) for i in consents]
 
 
 def _count(result: FoldResult[Any]) -> None:

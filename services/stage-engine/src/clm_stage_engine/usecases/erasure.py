@@ -17,7 +17,7 @@ from clm_domain.rules import LifecycleRules
 from clm_infra.privacy import store as keystore
 from clm_stage_engine.processor import Fold, counted
 from clm_stage_engine.records import removal_record, restatement_records
-from clm_stage_engine.repository import customers, erasure, events, outbox, segment_live
+from clm_stage_engine.repository import consent, customers, erasure, events, outbox, segment_live
 from clm_stage_engine.usecases.errors import AlreadyAnonymised, UnknownCustomer
 from clm_stage_engine.usecases.segments import Segmenting
 
@@ -62,6 +62,7 @@ async def erase_customer(
     else:
         pseudonym = pseudonyms.pseudonym(customer_id)
         await _anonymise(conn, customer_id, pseudonym)
+    await consent.forget_consents(conn, ids)  # no longer someone to ask, either way
     record = removal_record(
         "erasure",
         digest,

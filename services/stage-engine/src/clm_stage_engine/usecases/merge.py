@@ -20,7 +20,7 @@ from clm_stage_engine.records import (
     removal_record,
     restatement_records,
 )
-from clm_stage_engine.repository import customers, events, outbox, webhooks
+from clm_stage_engine.repository import consent, customers, events, outbox, webhooks
 from clm_stage_engine.usecases.errors import UnknownCustomer
 from clm_stage_engine.usecases.segments import Segmenting
 from clm_stage_engine.webhooks import stage_change_deliveries
@@ -31,8 +31,10 @@ async def absorb(
 ) -> list[tuple[str, bytes]]:
     """``profiles`` (their states before) become part of ``into``: their events, history and
     links move onto it and their rows go. Returns each one's ``identity_merge`` record, for
-    the outbox (restated: the survivor's rebuild takes back what was counted of it)."""
+    the outbox (restated: the survivor's rebuild takes back what was counted of it). Their
+    consent goes to ``into`` too (per purpose, the latest of all wins)."""
     await customers.absorb_profiles(conn, into, list(profiles))
+    await consent.move_consents(conn, [(profile, into) for profile in profiles])
     return [
         (
             into,

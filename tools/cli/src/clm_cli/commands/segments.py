@@ -4,7 +4,8 @@
     clm segments create --file F [--announce-backfill] define one (admin key)
     clm segments update ID --file F                   change one: a new condition is a new version
     clm segments delete ID                            its members leave it; its history stays
-    clm segments members ID [--after C] [--limit N]   its members now, by customer id
+    clm segments members ID [--after C] [--limit N] [--purpose marketing]
+                                                      its members now, by customer id
     clm segments history ID [--from T] [--to T] [--bucket hour|day]
 
 The file of ``create`` and ``update`` is a JSON object: ``name``, ``description``,
@@ -146,6 +147,8 @@ async def _members(args: argparse.Namespace, settings: CliSettings) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.after:
         params["after"] = args.after
+    if args.purpose:
+        params["purpose"] = args.purpose
     call = read(settings, settings.stage_engine(), _path(args.id, "/members"), args.token, params)
     page = await _unknown_is_an_error(args.id, call)
     if args.json:
@@ -153,6 +156,8 @@ async def _members(args: argparse.Namespace, settings: CliSettings) -> int:
         return 0
     rows = [(m["customer_id"], m["entered_at"], m["version"]) for m in page["members"]]
     print(output.table(["customer", "entered", "version"], rows))
+    for reason, n in page.get("excluded", {}).items():
+        print(f"\nleft out: {n} ({reason.replace('_', ' ')})")
     if page["next"]:
         print(f"\nnext page: clm segments members {args.id} --after {page['next']}")
     return 0
@@ -211,6 +216,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     members.add_argument("id", type=int)
     members.add_argument("--after", help="the customer id printed under the previous page")
     members.add_argument("--limit", type=int, default=100, help="page size (default 100)")
+    members.add_argument(
+        "--purpose",
+        choices=["marketing"],
+        help="marketing: leave out (and count) members who withdrew marketing consent",
+    )
     members.set_defaults(action_fn=_members)
     history = cmds.add_parser(
         "history", parents=common, help="entries, exits and size by hour or day"

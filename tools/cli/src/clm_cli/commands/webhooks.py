@@ -1,4 +1,5 @@
-"""``clm webhooks``: the signing secrets of inbound provider webhooks."""
+"""``clm webhooks``: the signing secrets of inbound provider webhooks, and the stage
+engine's outbound subscriptions (:mod:`.subscriptions`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clm_cli.commands.stored_credentials import print_stored, report_revoked
+from clm_cli.commands.subscriptions import register_subscriptions
 from clm_cli.errors import CliError
 from clm_infra import webhook_secrets
 from clm_infra.settings import CommonSettings
@@ -45,7 +47,10 @@ async def _webhooks_new_key(_: argparse.Namespace, __: CommonSettings) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("webhooks", help="webhook signing secrets per source and provider")
+    group = sub.add_parser(
+        "webhooks",
+        help="webhook signing secrets per source and provider; outbound subscriptions",
+    )
     cmds = group.add_subparsers(dest="action", required=True)
     add = cmds.add_parser(
         "add",
@@ -66,3 +71,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmds.add_parser(
         "new-key", help="print a new CLM_SECRETS_KEY (encrypts the secrets; no database)"
     ).set_defaults(action_fn=_webhooks_new_key)
+    register_subscriptions(cmds)

@@ -4,8 +4,8 @@ Personal fields of events are sealed under their subject's data key by the inges
 deletes the key (``docs/security.md``, "Personal data"). Not derived from the events topic: a
 replay keeps it.
 
-Revision ID: 0021_data_keys
-Revises: 0020_segments
+Revision ID: 0022_data_keys
+Revises: 0021_consent
 Create Date: 2026-12-08 02:40:00
 
 """
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0021_data_keys"
-down_revision: str | Sequence[str] | None = "0020_segments"
+revision: str = "0022_data_keys"
+down_revision: str | Sequence[str] | None = "0021_consent"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
