@@ -15,6 +15,7 @@ from clm_domain.pseudonyms import pseudonyms_from
 from clm_domain.rules import LifecycleRules, load_rules
 from clm_infra import webhook_secrets
 from clm_infra.db import ping
+from clm_infra.privacy.ciphers import master_keys
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine import at_rest
 from clm_stage_engine.api import customers, merge, models, segments, webhooks
@@ -88,6 +89,7 @@ def _lifespan(settings: StageEngineSettings, rules: LifecycleRules, url_policy: 
             settings.env,
         )
         secrets_box = webhook_secrets.cipher(settings)
+        masters = master_keys(settings)
         async with database(settings, "clm-stage-engine") as engine:
             state = State(
                 settings=settings,
@@ -98,6 +100,7 @@ def _lifespan(settings: StageEngineSettings, rules: LifecycleRules, url_policy: 
                 secrets_box=secrets_box,
                 url_policy=url_policy,
                 models=ModelCache(engine, settings.model.reload_s),
+                masters=masters,
             )
             app.state.clm = state
             if settings.stage_engine_role == "all":
