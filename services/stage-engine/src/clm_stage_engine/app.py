@@ -18,7 +18,15 @@ from clm_infra.db import ping
 from clm_infra.privacy.ciphers import master_keys
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine import at_rest
-from clm_stage_engine.api import customers, merge, models, segments, webhooks
+from clm_stage_engine.api import (
+    customer_events,
+    customer_export,
+    customers,
+    merge,
+    models,
+    segments,
+    webhooks,
+)
 from clm_stage_engine.deps import State
 from clm_stage_engine.hot_read import HotReadMiddleware
 from clm_stage_engine.model_cache import ModelCache
@@ -73,6 +81,8 @@ def create_app(
     )
     if hot_read and len(read_route) != 1:
         raise RuntimeError("the hot read without its FastAPI route")
+    app.include_router(customer_events.router)
+    app.include_router(customer_export.router)
     app.include_router(merge.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
