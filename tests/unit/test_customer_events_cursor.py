@@ -15,7 +15,7 @@ from clm_domain import bounds
 from clm_stage_engine.api.customer_events import event_cursor, event_key
 from clm_web.problem import ProblemError
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1)
+TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1)
 
 
 @given(
