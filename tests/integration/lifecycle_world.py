@@ -29,6 +29,7 @@ from clm_domain.lifecycle import Stage
 from clm_domain.pseudonyms import DEV_PSEUDONYM_KEY, Pseudonyms
 from clm_domain.rules import LifecycleRules
 from clm_infra import webhook_secrets
+from clm_infra.privacy.ciphers import master_keys
 from clm_infra.schema import customers, stage_counts
 from clm_infra.webhook_urls import UrlPolicy
 from clm_metrics import service
@@ -249,6 +250,7 @@ def engine_api(settings: StageEngineSettings, db: AsyncEngine) -> httpx.AsyncCli
         secrets_box=webhook_secrets.cipher(settings),
         url_policy=UrlPolicy.of(True, "127.0.0.1"),
         models=ModelCache(db, settings.model.reload_s),
+        masters=master_keys(settings),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://engine")
 

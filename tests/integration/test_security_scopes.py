@@ -111,9 +111,13 @@ async def test_a_write_key_can_erase_merge_subscribe_or_read_nothing(
         await client.get("/v1/customers", headers=WRITE),
         await client.get("/v1/stages", headers=WRITE),
         await client.get("/v1/customers/victim/history", headers=WRITE),
+        await client.get("/v1/customers/victim/events", headers=WRITE),
+        await client.get("/v1/customers/victim/export", headers=WRITE),
         # a read token changes nothing either
         await client.delete("/v1/customers/victim", headers=READ),
         await client.post("/v1/webhooks", json={"url": PUBLIC_HOOK}, headers=READ),
+        # nor exports what is held about a customer (subject access: admin only)
+        await client.get("/v1/customers/victim/export", headers=READ),
     ]
     for answer in refused:
         assert answer.status_code == 403, (answer.request.method, answer.request.url, answer.text)

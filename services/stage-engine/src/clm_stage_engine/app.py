@@ -15,9 +15,18 @@ from clm_domain.pseudonyms import pseudonyms_from
 from clm_domain.rules import LifecycleRules, load_rules
 from clm_infra import webhook_secrets
 from clm_infra.db import ping
+from clm_infra.privacy.ciphers import master_keys
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine import at_rest
-from clm_stage_engine.api import customers, merge, models, segments, webhooks
+from clm_stage_engine.api import (
+    customer_events,
+    customer_export,
+    customers,
+    merge,
+    models,
+    segments,
+    webhooks,
+)
 from clm_stage_engine.deps import State
 from clm_stage_engine.hot_read import HotReadMiddleware
 from clm_stage_engine.model_cache import ModelCache
@@ -72,6 +81,8 @@ def create_app(
     )
     if hot_read and len(read_route) != 1:
         raise RuntimeError("the hot read without its FastAPI route")
+    app.include_router(customer_events.router)
+    app.include_router(customer_export.router)
     app.include_router(merge.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
@@ -88,6 +99,7 @@ def _lifespan(settings: StageEngineSettings, rules: LifecycleRules, url_policy: 
             settings.env,
         )
         secrets_box = webhook_secrets.cipher(settings)
+        masters = master_keys(settings)
         async with database(settings, "clm-stage-engine") as engine:
             state = State(
                 settings=settings,
@@ -98,6 +110,7 @@ def _lifespan(settings: StageEngineSettings, rules: LifecycleRules, url_policy: 
                 secrets_box=secrets_box,
                 url_policy=url_policy,
                 models=ModelCache(engine, settings.model.reload_s),
+                masters=masters,
             )
             app.state.clm = state
             if settings.stage_engine_role == "all":

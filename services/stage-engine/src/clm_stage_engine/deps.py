@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_domain.pseudonyms import Pseudonyms
 from clm_domain.rules import LifecycleRules
+from clm_infra.privacy.ciphers import MasterKeys
 from clm_infra.webhook_urls import UrlPolicy
 from clm_stage_engine.model_cache import ModelCache
 from clm_stage_engine.predictions import Horizon, score_source
@@ -29,6 +30,7 @@ class State:
     secrets_box: MultiFernet  # seals webhook subscription secrets
     url_policy: UrlPolicy  # where webhooks may go
     models: ModelCache  # the predictive models' current version
+    masters: MasterKeys  # unwrap the data keys: the read API opens events' personal fields
     segments: SegmentCache = field(default_factory=SegmentCache)  # the sweeper's, the API's
 
     async def segmenting(self) -> Segmenting:

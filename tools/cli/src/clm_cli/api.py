@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import IO, Any
 
 import httpx
 
@@ -73,9 +75,20 @@ async def request(
     """One call (with ``body`` as its JSON body, if given); the decoded JSON body of a 2xx
     answer."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        reaching(service),
+        httpx.AsyncClient(base_url=service.url, timeout=timeout_s) as client,
+    ):
+        response = await client.request(method, path, params=params, json=body, headers=headers)
+    raise_for(service, response, key_kind=key_kind)
+    return response.json()
+
+
+@asynccontextmanager
+async def reaching(service: Service) -> AsyncIterator[None]:
+    """A call to ``service``: its timeouts and connection failures as operator messages."""
     try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=timeout_s) as client:
-            response = await client.request(method, path, params=params, json=body, headers=headers)
+        yield
     except httpx.TimeoutException as exc:
         raise CliError(
             f"the {service.name} at {service.url} did not answer in time ({exc})", 2
@@ -86,5 +99,24 @@ async def request(
             f"(make run, or set {service.variable})",
             2,
         ) from exc
-    raise_for(service, response, key_kind=key_kind)
-    return response.json()
+
+
+async def download(
+    service: Service, path: str, out: IO[bytes], *, token: str | None, key_kind: str
+) -> int:
+    """GET ``path`` and write its 2xx body to ``out`` as it comes (any size, a chunk at a
+    time; ``TIMEOUT_S`` bounds each wait, not the whole); the bytes written."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    written = 0
+    async with (
+        reaching(service),
+        httpx.AsyncClient(base_url=service.url, timeout=TIMEOUT_S) as client,
+        client.stream("GET", path, headers=headers) as response,
+    ):
+        if response.status_code >= 300:
+            await response.aread()
+            raise_for(service, response, key_kind=key_kind)
+        async for chunk in response.aiter_bytes():
+            out.write(chunk)
+            written += len(chunk)
+    return written

@@ -1,13 +1,17 @@
-"""``clm customer show|history|list|erase`` and ``clm stages``: the stage engine's read API."""
+"""``clm customer show|list|events|export|erase`` and ``clm stages``: the stage engine's
+read API."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from clm_cli import output
-from clm_cli.api import NotFound, request
+from clm_cli.api import NotFound, download, request
 from clm_cli.commands.read_api import read, token_parent
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
@@ -63,6 +67,53 @@ async def _list(args: argparse.Namespace, settings: CliSettings) -> int:
     return 0
 
 
+async def _events(args: argparse.Namespace, settings: CliSettings) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.after:
+        params["after"] = args.after
+    path = _path(args.customer_id) + "/events"
+    try:
+        page = await read(settings, settings.stage_engine(), path, args.token, params)
+    except NotFound as exc:
+        raise CliError(f"unknown customer {args.customer_id!r} ({exc.detail})") from exc
+    if args.json:
+        output.print_json(page)
+        return 0
+    rows = [
+        (e["occurred_at"], e["type"], e.get("source"), e["event_id"], e["personal"])
+        for e in page["events"]
+    ]
+    print(output.table(["occurred", "type", "source", "event", "personal"], rows))
+    if page.get("next"):
+        print(f"\nnext page: clm customer events {args.customer_id} --after {page['next']}")
+    return 0
+
+
+async def _export(args: argparse.Namespace, settings: CliSettings) -> int:
+    """The export streamed to ``--output`` (through a ``.part`` file, renamed once whole) or
+    to standard output."""
+    service = settings.stage_engine()
+    path = _path(args.customer_id) + "/export"
+    token = settings.token("admin", args.token)
+    try:
+        if args.output is None:
+            await download(service, path, sys.stdout.buffer, token=token, key_kind="admin")
+            sys.stdout.buffer.flush()
+            return 0
+        target = Path(args.output)
+        part = target.with_name(target.name + ".part")
+        try:
+            with part.open("wb") as out:
+                size = await download(service, path, out, token=token, key_kind="admin")
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+    except NotFound as exc:
+        raise CliError(f"unknown customer {args.customer_id!r} ({exc.detail})") from exc
+    print(f"exported customer {args.customer_id} to {target} ({size} bytes)")
+    return 0
+
+
 async def _erase(args: argparse.Namespace, settings: CliSettings) -> int:
     if not args.yes:
         raise CliError(
@@ -115,6 +166,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.add_argument("--limit", type=int, default=50, help="page size (default 50)")
     listing.add_argument("--cursor", help="the cursor printed under the previous page")
     listing.set_defaults(action_fn=_list)
+
+    events = cmds.add_parser(
+        "events", parents=common, help="a customer's events, personal fields opened (read token)"
+    )
+    events.add_argument("customer_id")
+    events.add_argument("--limit", type=int, default=50, help="page size (default 50, max 500)")
+    events.add_argument("--after", help="the cursor printed under the previous page")
+    events.set_defaults(action_fn=_events)
+
+    export = cmds.add_parser(
+        "export", help="everything held about a customer as one JSON document (admin key)"
+    )
+    export.add_argument("customer_id")
+    export.add_argument("--token", help="the key to present (default: CLM_ADMIN_KEY)")
+    export.add_argument("--output", "-o", help="write it to this file (default: standard output)")
+    export.set_defaults(action_fn=_export)
 
     erase = cmds.add_parser(
         "erase", parents=common, help="GDPR erasure (or --mode anonymise); needs an admin key"
