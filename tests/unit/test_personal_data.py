@@ -118,7 +118,7 @@ def test_events_without_personal_fields_are_published_as_they_were() -> None:
     for kind in ("ad_click", "refund", "nps_response", "marketing_spend"):
         event = parse_event(_example(kind))
         assert subject_of(event) is None
-        assert seal_event(event, None) == dump_event(event)
+        assert orjson.loads(seal_event(event, None)) == orjson.loads(dump_event(event))
     spend = _example("marketing_spend")
     spend["properties"]["note"] = "agency invoice"  # about no one: nothing to seal
     assert subject_of(parse_event(spend)) is None

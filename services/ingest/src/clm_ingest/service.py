@@ -22,8 +22,7 @@ from clm_domain.events import (
     partition_key,
     record_headers,
 )
-from clm_infra.privacy.ciphers import DataKey
-from clm_infra.privacy.sealing import seal_event, subject_of
+from clm_infra.privacy.sealing import seal, split_event
 from clm_infra.privacy.store import KeyRing
 from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
 from clm_ingest.publisher import Publisher, Record
@@ -125,23 +124,19 @@ def reject(type_label: str, reason: str, route: str, count: int = 1) -> None:
     REJECTED(type_label, reason, route).inc(count)
 
 
-def record(event: Event, topic: str, key: DataKey | None = None) -> Record:
-    """The Kafka record of an event: keyed by customer, its personal fields sealed under
-    ``key`` (its subject's data key, see :func:`subject_of`); schema version, source, type
-    headers."""
-    return Record(
-        topic, partition_key(event).encode(), seal_event(event, key), record_headers(event)
-    )
-
-
 async def records(keyring: KeyRing, topic: str, events: Sequence[Event]) -> list[Record]:
-    """The events' records, their personal fields sealed (data keys made on first use)."""
-    subjects = [subject_of(e) for e in events]
-    keys = await keyring.keys_for({s for s in subjects if s is not None})
-    return [
-        record(e, topic, None if s is None else keys[s])
-        for e, s in zip(events, subjects, strict=True)
-    ]
+    """The events' Kafka records: keyed by customer, their personal fields sealed under their
+    subject's data key (made on first use); schema version, source, type headers."""
+    split = [split_event(e) for e in events]
+    keys = await keyring.keys_for(
+        {partition_key(e) for e, (_, part) in zip(events, split, strict=True) if part}
+    )
+    out = []
+    for event, (doc, part) in zip(events, split, strict=True):
+        subject = partition_key(event)
+        value = seal(doc, part, keys[subject] if part else None)
+        out.append(Record(topic, subject.encode(), value, record_headers(event)))
+    return out
 
 
 async def publish(

@@ -13,15 +13,13 @@ user agent, URLs (query strings carry e-mail addresses and tokens), the free tex
 and cancellations, a purchase's items. A property the contract does not know is personal:
 we cannot tell what a client put there.
 
-Pure: builds the part to seal (``personal_part``) and puts an opened part back
-(``reveal``); the cipher is the caller's.
+Pure: takes the part to seal out of an event's document (``take_personal``) and puts an
+opened part back (``reveal``); the cipher is the caller's.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
-
-from pydantic import BaseModel
 
 #: The envelope's personal fields (every type).
 ENVELOPE_PERSONAL: Final = ("context",)
@@ -88,19 +86,27 @@ ENVELOPE_CLEAR: Final = (
 )
 
 
-def personal_fields(event: BaseModel) -> tuple[list[str], list[str]]:
-    """The personal envelope fields and ``properties`` fields ``event`` carries (set, not None),
-    unknown properties included."""
-    envelope = [name for name in ENVELOPE_PERSONAL if getattr(event, name, None) is not None]
-    properties: BaseModel = getattr(event, "properties")  # noqa: B009 (every event has them)
-    kind: str = getattr(event, "type")  # noqa: B009
+_CLEAR_SETS: Final = {kind: frozenset(fields) for kind, fields in CLEAR.items()}
+_ENVELOPE_SET: Final = frozenset(ENVELOPE_PERSONAL)
+
+
+def take_personal(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """Move the personal fields out of the event document ``doc`` (its JSON form, without
+    nulls) and return them as a document of their own; None when it has none (``doc`` is
+    then untouched). A property is personal unless the table says it is clear."""
+    kind = doc["type"]
     if kind in ABOUT_NO_ONE:
-        return [], []
-    fields = [name for name in PERSONAL[kind] if getattr(properties, name) is not None]
-    extra = properties.__pydantic_extra__
-    if extra:
-        fields.extend(extra)
-    return envelope, fields
+        return None
+    part: dict[str, Any] = {}
+    for name in _ENVELOPE_SET.intersection(doc):
+        part[name] = doc.pop(name)
+    properties = doc.get("properties")
+    if properties:
+        clear = _CLEAR_SETS[kind]
+        personal = [name for name in properties if name not in clear]
+        if personal:
+            part["properties"] = {name: properties.pop(name) for name in personal}
+    return part or None
 
 
 def reveal(doc: dict[str, Any], personal: dict[str, Any]) -> dict[str, Any]:
