@@ -37,12 +37,13 @@ def _person(n: int) -> dict[str, str]:
 
 
 def _journey(n: int, start: datetime) -> list[dict[str, Any]]:
-    """An anonymous visit, an identify linking it, a purchase and a review: personal values
-    in the context, the URL, the traits, the items and the free text."""
+    """A visit, an identify, a signup, a purchase and a review: personal values in the
+    context, the URL, the traits, the items and the free text. Even customers visit as an
+    anonymous profile the identify links (sealed under its own key), odd ones as themselves."""
     p = _person(n)
     at = [(start + timedelta(hours=h)).isoformat() for h in range(5)]
     context = {"ip": p["ip"], "user_agent": f"Browser of {p['name']}"}
-    return [
+    docs = [
         {
             "type": "site_visit",
             "event_id": f"{p['anonymous_id']}-v",
@@ -88,6 +89,11 @@ def _journey(n: int, start: datetime) -> list[dict[str, Any]]:
             "properties": {"rating": 4, "text": f"Sent to {p['email']}, thanks!"},
         },
     ]
+    if n % 2:
+        docs[0] = {**docs[0], "customer_id": p["customer_id"], "event_id": f"{p['customer_id']}-v"}
+        del docs[0]["anonymous_id"]
+        del docs[1]["anonymous_id"]
+    return docs
 
 
 async def _records(env: dict[str, str], topic: str) -> list[Any]:
@@ -118,6 +124,18 @@ async def _snapshot(engine: httpx.AsyncClient, ids: list[str]) -> dict[str, Any]
         history = (await engine.get(f"/v1/customers/{cid}/history")).json()
         out[cid] = {"doc": doc, "history": history}
     return out
+
+
+def _comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What a replay must reproduce exactly: every customer's document, and the stage history
+    of those without an anonymous profile. An anonymous profile's events are on another
+    partition than its customer's, so whether its visit is folded before or after the identify
+    that links them depends on the order the partitions are read in: the history's steps may
+    differ (the customer's document does not)."""
+    return {
+        cid: got if int(cid.rsplit("c", 1)[1]) % 2 else {"doc": got["doc"]}
+        for cid, got in snapshot.items()
+    }
 
 
 async def _nothing_of_the_victim_on_the_topics(
@@ -198,11 +216,16 @@ async def test_erasure_shreds_every_copy_and_a_replay_rebuilds_the_others(
             others = ids[1:]
             want = {cid: before[cid] for cid in others}
 
-            async def same_again() -> dict[str, Any] | None:
-                snap = await _snapshot(engine, others)
-                return snap if snap == want else None
+            last: dict[str, Any] = {}
 
-            await eventually(same_again, timeout=90, every=0.5)
+            async def same_again() -> dict[str, Any] | None:
+                last.update(_comparable(await _snapshot(engine, others)))
+                return last if last == _comparable(want) else None
+
+            try:
+                await eventually(same_again, timeout=90, every=0.5)
+            except AssertionError:
+                assert last == _comparable(want)  # names what differs
             gone = await engine.get(f"/v1/customers/{victim['customer_id']}")
             assert gone.status_code == 404
     finally:
