@@ -22,7 +22,8 @@ from clm_domain.events import (
     partition_key,
     record_headers,
 )
-from clm_infra.privacy.sealing import seal, split_event
+from clm_domain.personal import personal_fields
+from clm_infra.privacy.sealing import seal_event, subject_of
 from clm_infra.privacy.store import KeyRing
 from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
 from clm_ingest.publisher import Publisher, Record
@@ -127,16 +128,18 @@ def reject(type_label: str, reason: str, route: str, count: int = 1) -> None:
 async def records(keyring: KeyRing, topic: str, events: Sequence[Event]) -> list[Record]:
     """The events' Kafka records: keyed by customer, their personal fields sealed under their
     subject's data key (made on first use); schema version, source, type headers."""
-    split = [split_event(e) for e in events]
-    keys = await keyring.keys_for(
-        {partition_key(e) for e, (_, part) in zip(events, split, strict=True) if part}
-    )
-    out = []
-    for event, (doc, part) in zip(events, split, strict=True):
-        subject = partition_key(event)
-        value = seal(doc, part, keys[subject] if part else None)
-        out.append(Record(topic, subject.encode(), value, record_headers(event)))
-    return out
+    found = [personal_fields(e) for e in events]
+    subjects = [subject_of(e, f) for e, f in zip(events, found, strict=True)]
+    keys = await keyring.keys_for({s for s in subjects if s is not None})
+    return [
+        Record(
+            topic,
+            partition_key(event).encode(),
+            seal_event(event, None if subject is None else keys[subject], personal),
+            record_headers(event),
+        )
+        for event, personal, subject in zip(events, found, subjects, strict=True)
+    ]
 
 
 async def publish(

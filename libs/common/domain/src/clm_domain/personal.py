@@ -13,13 +13,15 @@ user agent, URLs (query strings carry e-mail addresses and tokens), the free tex
 and cancellations, a purchase's items. A property the contract does not know is personal:
 we cannot tell what a client put there.
 
-Pure: takes the part to seal out of an event's document (``take_personal``) and puts an
-opened part back (``reveal``); the cipher is the caller's.
+Pure: finds an event's personal fields (``personal_fields``), makes the part to seal
+(``personal_part``) and puts an opened part back (``reveal``); the cipher is the caller's.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
+
+from pydantic import BaseModel
 
 #: The envelope's personal fields (every type).
 ENVELOPE_PERSONAL: Final = ("context",)
@@ -86,27 +88,39 @@ ENVELOPE_CLEAR: Final = (
 )
 
 
-_CLEAR_SETS: Final = {kind: frozenset(fields) for kind, fields in CLEAR.items()}
-_ENVELOPE_SET: Final = frozenset(ENVELOPE_PERSONAL)
+#: An event's personal fields: those of the envelope, those of its properties.
+Found = tuple[list[str], list[str]]
 
 
-def take_personal(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """Move the personal fields out of the event document ``doc`` (its JSON form, without
-    nulls) and return them as a document of their own; None when it has none (``doc`` is
-    then untouched). A property is personal unless the table says it is clear."""
-    kind = doc["type"]
+def personal_fields(event: BaseModel) -> Found:
+    """The personal envelope fields and ``properties`` fields ``event`` carries (set, not
+    None), unknown properties included; none for a type about no one."""
+    kind: str = getattr(event, "type")  # noqa: B009 (every event has one)
     if kind in ABOUT_NO_ONE:
-        return None
-    part: dict[str, Any] = {}
-    for name in _ENVELOPE_SET.intersection(doc):
-        part[name] = doc.pop(name)
-    properties = doc.get("properties")
-    if properties:
-        clear = _CLEAR_SETS[kind]
-        personal = [name for name in properties if name not in clear]
-        if personal:
-            part["properties"] = {name: properties.pop(name) for name in personal}
-    return part or None
+        return [], []
+    envelope = [name for name in ENVELOPE_PERSONAL if getattr(event, name) is not None]
+    properties: BaseModel = getattr(event, "properties")  # noqa: B009
+    fields = [name for name in PERSONAL[kind] if getattr(properties, name) is not None]
+    extra = properties.__pydantic_extra__
+    if extra:
+        fields.extend(extra)
+    return envelope, fields
+
+
+def personal_part(event: BaseModel, found: Found) -> dict[str, Any]:
+    """The event's personal fields as a JSON-ready document (what is sealed). The values are
+    as they came: free-form JSON, or text; the envelope's ``context`` is dumped."""
+    envelope, fields = found
+    part: dict[str, Any] = {
+        name: getattr(event, name).model_dump(mode="json", exclude_none=True) for name in envelope
+    }
+    if fields:
+        properties: BaseModel = getattr(event, "properties")  # noqa: B009
+        extra = properties.__pydantic_extra__ or {}
+        part["properties"] = {
+            name: extra[name] if name in extra else getattr(properties, name) for name in fields
+        }
+    return part
 
 
 def reveal(doc: dict[str, Any], personal: dict[str, Any]) -> dict[str, Any]:

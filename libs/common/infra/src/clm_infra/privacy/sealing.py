@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import orjson
 
-from clm_domain.events import Event, partition_key
-from clm_domain.personal import reveal, take_personal
+from clm_domain.events import Event, dump_event, partition_key
+from clm_domain.personal import Found, personal_fields, personal_part, reveal
 from clm_infra.privacy.ciphers import DataKey, Undecryptable
 
 #: What a reader learns of an event's personal part: there was none, it was opened, or its
@@ -26,37 +26,31 @@ def _aad(subject: str, key_id: str, source: str, event_id: str) -> bytes:
     return f"clm-event\x00{subject}\x00{key_id}\x00{source}\x00{event_id}".encode()
 
 
-def split_event(event: Event) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The event's JSON document without its personal fields, and those (None: none)."""
-    doc = event.__pydantic_serializer__.to_python(event, mode="json", exclude_none=True)
-    return doc, take_personal(doc)
+def subject_of(event: Event, found: Found | None = None) -> str | None:
+    """Whose data key seals the event's personal fields (``found``: its
+    :func:`personal_fields`, if known); None when it carries none."""
+    envelope, fields = personal_fields(event) if found is None else found
+    return partition_key(event) if envelope or fields else None
 
 
-def subject_of(event: Event) -> str | None:
-    """Whose data key seals the event's personal fields; None when it carries none."""
-    return None if split_event(event)[1] is None else partition_key(event)
-
-
-def seal(doc: dict[str, Any], part: dict[str, Any] | None, key: DataKey | None) -> bytes:
-    """The record value of an event split by :func:`split_event`: ``part`` sealed under
-    ``key``, the data key of the event's subject (None only when ``part`` is)."""
-    if part is None:
-        return orjson.dumps(doc)
+def seal_event(event: Event, key: DataKey | None, found: Found | None = None) -> bytes:
+    """The event's record value on the topic: its personal fields (``found``, if known) taken
+    out and sealed under ``key``, the data key of :func:`subject_of` (None only when that is
+    None)."""
+    envelope, fields = found = personal_fields(event) if found is None else found
+    if not envelope and not fields:
+        return dump_event(event)
     if key is None:
         raise ValueError("an event with personal fields needs its subject's data key")
-    aad = _aad(key.subject, key.key_id, doc["source"], doc["event_id"])
-    doc["sealed"] = {
-        "v": 1,
-        "subject": key.subject,
-        "key": key.key_id,
-        "data": key.seal(orjson.dumps(part), aad),
-    }
-    return orjson.dumps(doc)
-
-
-def seal_event(event: Event, key: DataKey | None) -> bytes:
-    """The event's record value on the topic, its personal fields sealed under ``key``."""
-    return seal(*split_event(event), key)
+    spec: dict[str, Any] = dict.fromkeys(envelope, True)
+    if fields:
+        spec["properties"] = set(fields)
+    clear = event.__pydantic_serializer__.to_json(event, exclude=spec, exclude_none=True)
+    aad = _aad(key.subject, key.key_id, event.source, event.event_id)
+    data = key.seal(orjson.dumps(personal_part(event, found)), aad)
+    sealed = orjson.dumps({"v": 1, "subject": key.subject, "key": key.key_id, "data": data})
+    # one more member of the JSON object: cheaper than a document made and dumped again
+    return clear[:-1] + b',"sealed":' + sealed + b"}"
 
 
 def sealed_subject(doc: Mapping[str, Any]) -> tuple[str, str] | None:
