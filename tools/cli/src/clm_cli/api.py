@@ -9,7 +9,7 @@ from typing import IO, Any
 import httpx
 
 from clm_cli.errors import CliError
-from clm_cli.settings import Service
+from clm_cli.settings import CliSettings, Service
 
 TIMEOUT_S = 10.0
 
@@ -120,3 +120,17 @@ async def download(
             out.write(chunk)
             written += len(chunk)
     return written
+
+
+async def admin_request(
+    settings: CliSettings, method: str, path: str, token: str | None, body: Any = None
+) -> Any:
+    """A call to the stage engine with the admin key (``token``, else the configured one)."""
+    return await request(
+        settings.stage_engine(),
+        method,
+        path,
+        token=settings.token("admin", token),
+        key_kind="admin",
+        body=body,
+    )

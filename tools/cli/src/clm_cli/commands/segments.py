@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clm_cli import output
-from clm_cli.api import NotFound, request
+from clm_cli.api import NotFound, admin_request
 from clm_cli.commands.read_api import read, token_parent
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
@@ -48,19 +48,6 @@ def definition_file(path: Path) -> dict[str, Any]:
     if unknown:
         raise CliError(f"{path}: unknown fields {', '.join(unknown)} ({', '.join(_FIELDS)})", 2)
     return doc
-
-
-async def _admin(
-    settings: CliSettings, method: str, path: str, token: str | None, body: Any = None
-) -> Any:
-    return await request(
-        settings.stage_engine(),
-        method,
-        path,
-        token=settings.token("admin", token),
-        key_kind="admin",
-        body=body,
-    )
 
 
 def _backfill(doc: dict[str, Any]) -> str:
@@ -114,7 +101,7 @@ async def _create(args: argparse.Namespace, settings: CliSettings) -> int:
     body = definition_file(args.file)
     if args.announce_backfill:
         body["announce_backfill"] = True
-    doc = await _admin(settings, "POST", "/v1/segments", args.token, body)
+    doc = await admin_request(settings, "POST", "/v1/segments", args.token, body)
     if args.json:
         output.print_json(doc)
     else:
@@ -124,7 +111,7 @@ async def _create(args: argparse.Namespace, settings: CliSettings) -> int:
 
 async def _update(args: argparse.Namespace, settings: CliSettings) -> int:
     body = definition_file(args.file)
-    call = _admin(settings, "PATCH", _path(args.id), args.token, body)
+    call = admin_request(settings, "PATCH", _path(args.id), args.token, body)
     doc = await _unknown_is_an_error(args.id, call)
     if args.json:
         output.print_json(doc)
@@ -134,7 +121,7 @@ async def _update(args: argparse.Namespace, settings: CliSettings) -> int:
 
 
 async def _delete(args: argparse.Namespace, settings: CliSettings) -> int:
-    call = _admin(settings, "DELETE", _path(args.id), args.token)
+    call = admin_request(settings, "DELETE", _path(args.id), args.token)
     doc = await _unknown_is_an_error(args.id, call)
     if args.json:
         output.print_json(doc)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clm_cli import output
-from clm_cli.api import NotFound, request
+from clm_cli.api import NotFound, admin_request
 from clm_cli.commands.read_api import token_parent
 from clm_cli.errors import CliError
 from clm_cli.settings import CliSettings
@@ -18,25 +18,12 @@ from clm_cli.settings import CliSettings
 _PATH = "/v1/webhooks"
 
 
-async def _admin(
-    settings: CliSettings, method: str, path: str, token: str | None, body: Any = None
-) -> Any:
-    return await request(
-        settings.stage_engine(),
-        method,
-        path,
-        token=settings.token("admin", token),
-        key_kind="admin",
-        body=body,
-    )
-
-
 def _listed(values: list[Any] | None) -> str:
     return "all" if not values else ",".join(str(v) for v in values)
 
 
 async def _subscriptions(args: argparse.Namespace, settings: CliSettings) -> int:
-    doc = await _admin(settings, "GET", _PATH, args.token)
+    doc = await admin_request(settings, "GET", _PATH, args.token)
     if args.json:
         output.print_json(doc)
         return 0
@@ -69,7 +56,7 @@ async def _subscribe(args: argparse.Namespace, settings: CliSettings) -> int:
         body["stages"] = _split(args.stages)
     if args.segments is not None:
         body["segments"] = _split(args.segments, int)
-    doc = await _admin(settings, "POST", _PATH, args.token, body)
+    doc = await admin_request(settings, "POST", _PATH, args.token, body)
     if args.json:
         output.print_json(doc)
     else:
@@ -80,7 +67,7 @@ async def _subscribe(args: argparse.Namespace, settings: CliSettings) -> int:
 
 async def _unsubscribe(args: argparse.Namespace, settings: CliSettings) -> int:
     try:
-        doc = await _admin(settings, "DELETE", f"{_PATH}/{args.id}", args.token)
+        doc = await admin_request(settings, "DELETE", f"{_PATH}/{args.id}", args.token)
     except NotFound as exc:
         raise CliError(f"no active subscription {args.id} ({exc.detail})") from exc
     if args.json:
