@@ -273,3 +273,17 @@ async def test_the_key_ring_is_bounded_and_reads_again_after_its_ttl(
         await shred(conn, subjects)
     renewed = key_ids(await fresh.keys_for(subjects))
     assert all(renewed[s] != now[s] for s in subjects)  # ttl 0: the erasure is seen at once
+
+
+async def test_an_ingest_without_the_master_key_of_a_data_key_answers_503(
+    common: CommonSettings, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await keys_under(db, B, ["cust-b"])  # re-wrapped by a rotation this ingest has not seen
+    use_masters(monkeypatch, A)
+    doc = event_doc("review", customer_id="cust-b", text="Lovely shoes")
+    async with ingest_client(IngestSettings()) as ingest:
+        response = await ingest.post("/v1/events", json=doc, headers=WRITE)
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "does not open here" in response.json()["detail"]
+    assert "Retry-After" in response.headers

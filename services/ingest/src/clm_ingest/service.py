@@ -23,10 +23,11 @@ from clm_domain.events import (
     record_headers,
 )
 from clm_domain.personal import personal_fields
+from clm_infra.privacy.ciphers import Undecryptable
 from clm_infra.privacy.sealing import seal_event, subject_of
 from clm_infra.privacy.store import KeyRing
 from clm_ingest.normalize import SourceMismatch, field_errors, normalize, prepare
-from clm_ingest.publisher import Publisher, Record
+from clm_ingest.publisher import Publisher, PublishUnavailable, Record
 from clm_web.prom import children
 
 # every label is bounded: event types (or "unknown"), route templates, refusal reasons
@@ -130,7 +131,12 @@ async def records(keyring: KeyRing, topic: str, events: Sequence[Event]) -> list
     subject's data key (made on first use); schema version, source, type headers."""
     found = [personal_fields(e) for e in events]
     subjects = [subject_of(e, f) for e, f in zip(events, found, strict=True)]
-    keys = await keyring.keys_for({s for s in subjects if s is not None})
+    try:
+        keys = await keyring.keys_for({s for s in subjects if s is not None})
+    except Undecryptable as exc:
+        # a data key wrapped by a master key this ingest lacks (a rotation rolled out to the
+        # rotating CLI before this replica): retryable once the key reaches it, so a 503
+        raise PublishUnavailable(f"a data key does not open here ({exc})") from exc
     return [
         Record(
             topic,
