@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
@@ -34,13 +35,14 @@ EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
 
 
 def example_event(type_: str) -> dict[str, Any]:
-    """A valid request body of this type, as a client sends it (for the docs and tests)."""
+    """A valid request body of this type, as a client sends it (for the docs and tests); a
+    fresh copy each call, so a caller may change it."""
     doc: dict[str, Any] = {
         "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"clm-example:{type_}")),
         "type": type_,
         "occurred_at": "2026-11-23T10:15:00Z",
         "channel": "email",
-        "properties": EXAMPLE_PROPERTIES[type_],
+        "properties": copy.deepcopy(EXAMPLE_PROPERTIES[type_]),
     }
     if type_ != EventType.MARKETING_SPEND:
         doc["customer_id"] = "cust-42"
