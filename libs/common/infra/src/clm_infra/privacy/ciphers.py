@@ -102,19 +102,18 @@ class MasterKeys:
     def unwrap(self, subject: str, key_id: str, master_id: str, wrapped: bytes) -> DataKey:
         """The data key stored wrapped under ``master_id`` (Undecryptable: unknown master key,
         or not this subject's key)."""
-        master = self._ciphers.get(master_id)
-        if master is None:
-            raise Undecryptable(f"master key {master_id!r} is not configured")
-        raw = open_bytes(master, wrapped, _wrap_aad(subject, key_id))
-        return DataKey(subject, key_id, AESGCM(raw))
+        return DataKey(subject, key_id, AESGCM(self._raw(subject, key_id, master_id, wrapped)))
 
     def rewrap(self, subject: str, key_id: str, master_id: str, wrapped: bytes) -> bytes:
         """The same data key, wrapped under the current master key."""
+        raw = self._raw(subject, key_id, master_id, wrapped)
+        return seal_bytes(self._ciphers[self.current_id], raw, _wrap_aad(subject, key_id))
+
+    def _raw(self, subject: str, key_id: str, master_id: str, wrapped: bytes) -> bytes:
         master = self._ciphers.get(master_id)
         if master is None:
             raise Undecryptable(f"master key {master_id!r} is not configured")
-        aad = _wrap_aad(subject, key_id)
-        return seal_bytes(self._ciphers[self.current_id], open_bytes(master, wrapped, aad), aad)
+        return open_bytes(master, wrapped, _wrap_aad(subject, key_id))
 
 
 def parse_master_keys(text: str) -> MasterKeys:

@@ -17,7 +17,7 @@ async def open_events(
     conn: AsyncConnection, masters: MasterKeys, docs: Sequence[dict[str, Any]]
 ) -> list[tuple[dict[str, Any], Personal]]:
     """Each stored event document with its personal fields put back (one read of the keys)."""
-    wanted = {s[0] for s in map(sealed_subject, docs) if s is not None}
+    wanted = {s for s in map(sealed_subject, docs) if s is not None}
     keys: dict[str, DataKey] = {}
     for subject, stored in (await read_keys(conn, wanted)).items():
         try:

@@ -53,12 +53,10 @@ def seal_event(event: Event, key: DataKey | None, found: Found | None = None) ->
     return clear[:-1] + b',"sealed":' + sealed + b"}"
 
 
-def sealed_subject(doc: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(subject, key id) of a stored event document's sealed part; None if it has none."""
+def sealed_subject(doc: Mapping[str, Any]) -> str | None:
+    """Whose key sealed a stored event document's personal part; None if it has none."""
     sealed = doc.get("sealed")
-    if not isinstance(sealed, dict):
-        return None
-    return str(sealed.get("subject")), str(sealed.get("key"))
+    return str(sealed.get("subject")) if isinstance(sealed, dict) else None
 
 
 def open_event(doc: dict[str, Any], keys: Mapping[str, DataKey]) -> tuple[dict[str, Any], Personal]:
